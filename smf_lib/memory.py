@@ -1,0 +1,365 @@
+"""Product-key memory layer (Lample et al. 2019, arXiv 1907.05242) with the Memory+ SiLU gate
+(Berges et al. 2024, arXiv 2412.09764), plugged into the MLP of Hugging Face Qwen2 / Llama decoders,
+and a peft-style adapter format that saves only the memory.
+
+Usage::
+
+    model, tok = smf_lib.load_model()
+    smf_lib.add_memory(model, smf_lib.MemoryConfig(layers=(7, 15, 22), n_keys=64))
+    smf_lib.save_memory(model, "adapter/")
+    fresh, _ = smf_lib.load_model(); smf_lib.load_memory(fresh, "adapter/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MODES = ("additive", "replacement")
+INITS = ("zero", "seed")
+CONFIG_NAME = "memory_config.json"
+WEIGHTS_NAME = "memory.safetensors"
+
+
+@dataclass
+class MemoryConfig:
+    """Where and how large the memory layers are (METHOD.md section 2).
+
+    Args:
+        layers: decoder layer indices whose MLP gets a memory (one table per layer, not shared).
+        n_keys: sub-keys per half; each layer has ``n_keys ** 2`` value slots.
+        heads: query heads; they share the layer's value table.
+        knn: slots read per head and token (top-k of the product keys).
+        k_dim: query/key width per head; must be even (split into two halves).
+        mode: ``"additive"`` (mlp(x) + alpha * memory(x)) or ``"replacement"`` (memory(x) only).
+        init: ``"zero"`` (project default: V = 0, no biases, alpha = 1, logits unchanged at insertion)
+            or ``"seed"`` (the paper's: random V, biases on, alpha = 0.01).
+        alpha: scale of the memory output in additive mode; ``None`` takes the init's default.
+    """
+
+    layers: tuple[int, ...] = (7, 15, 22)
+    n_keys: int = 64
+    heads: int = 4
+    knn: int = 16
+    k_dim: int = 256
+    mode: str = "additive"
+    init: str = "zero"
+    alpha: float | None = None
+
+    def __post_init__(self):
+        self.layers = tuple(int(i) for i in self.layers)
+        if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+            raise ValueError(f"layers must be distinct non-negative decoder indices, got {self.layers}")
+        if self.n_keys < 2:
+            raise ValueError(f"n_keys must be >= 2 (N = n_keys**2 slots), got {self.n_keys}")
+        if self.heads < 1:
+            raise ValueError(f"heads must be >= 1, got {self.heads}")
+        if not 1 <= self.knn <= self.n_keys:
+            raise ValueError(f"knn must be in 1..n_keys={self.n_keys}, got {self.knn}")
+        if self.k_dim < 2 or self.k_dim % 2:
+            raise ValueError(f"k_dim must be even and >= 2 (split into two halves), got {self.k_dim}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
+        if self.alpha is None:
+            self.alpha = 1.0 if self.init == "zero" else 0.01
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_keys**2
+
+
+class ProductKeyMemory(nn.Module):
+    """One memory: query -> exact product-key top-k -> weighted sum of value rows -> SiLU-gated output."""
+
+    def __init__(self, d: int, config: MemoryConfig, layer_idx: int):
+        super().__init__()
+        c = config
+        self.config, self.layer_idx = c, layer_idx
+        bias = c.init == "seed"
+        self.query = nn.Linear(d, c.heads * c.k_dim, bias=bias)
+        # keys[h, 0] scores the first half of head h's query, keys[h, 1] the second half.
+        self.keys = nn.Parameter(torch.empty(c.heads, 2, c.n_keys, c.k_dim // 2))
+        self.values = nn.Embedding(c.n_slots, d)
+        self.w1 = nn.Linear(d, d, bias=bias)
+        self.w2 = nn.Linear(d, d, bias=bias)
+        self.sparse_grad = False  # training sets True: value-table gradient as a sparse tensor
+        self.record = False  # when True, the forward keeps last_indices / last_weights
+        self.last_indices: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        c, d = self.config, self.values.embedding_dim
+        nn.init.uniform_(self.keys, -1 / math.sqrt(c.k_dim), 1 / math.sqrt(c.k_dim))
+        nn.init.xavier_uniform_(self.query.weight)
+        for lin in (self.w1, self.w2):
+            nn.init.normal_(lin.weight, std=d**-0.5)
+        if c.init == "zero":
+            # V = 0 makes the read y = 0, so the output is exactly 0 while dL/dV is not:
+            # dL/dV = alpha * w * (W2^T g * silu(W1 x)). Zeroing alpha or W2 instead would kill dL/dV.
+            nn.init.zeros_(self.values.weight)
+        else:
+            nn.init.normal_(self.values.weight, std=d**-0.5)
+
+    def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-knn slots per head: indices (..., heads, knn) and softmax weights."""
+        c = self.config
+        q = self.query(x).unflatten(-1, (c.heads, 2, c.k_dim // 2))
+        s = torch.einsum("...hcd,hcnd->...hcn", q, self.keys.to(q.dtype))
+        s1, i1 = s[..., 0, :].topk(c.knn, dim=-1)
+        s2, i2 = s[..., 1, :].topk(c.knn, dim=-1)
+        # The best knn of all n*n sums lie among the knn*knn sums of the two halves' top-knn.
+        cand = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2)
+        cand_idx = (i1.unsqueeze(-1) * c.n_keys + i2.unsqueeze(-2)).flatten(-2)
+        scores, best = cand.topk(c.knn, dim=-1)
+        indices = cand_idx.gather(-1, best)
+        weights = scores.float().softmax(dim=-1).to(x.dtype)
+        return indices, weights
+
+    def read(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """y = sum over heads and slots of w * V[slot] (one shared table, an embedding bag)."""
+        flat_idx = indices.flatten(-2).reshape(-1, indices.shape[-2] * indices.shape[-1])
+        flat_w = weights.flatten(-2).reshape(flat_idx.shape).to(self.values.weight.dtype)
+        if self.sparse_grad:
+            y = _RowSparseRead.apply(flat_idx, flat_w, self.values.weight)
+        else:
+            y = F.embedding_bag(flat_idx, self.values.weight, per_sample_weights=flat_w, mode="sum")
+        return y.view(*indices.shape[:-2], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, weights = self.lookup(x)
+        if self.record:
+            self.last_indices, self.last_weights = indices.detach(), weights.detach()
+        y = self.read(indices, weights).to(x.dtype)
+        return self.w2(y * F.silu(self.w1(x)))
+
+
+class _RowSparseRead(torch.autograd.Function):
+    """Embedding-bag read whose value-table gradient is a coalesced sparse tensor over the U distinct rows
+    read (U x d), built with one sparse matmul: no N x d buffer and no (reads x d) intermediate."""
+
+    @staticmethod
+    def forward(ctx, idx, w, table):
+        ctx.save_for_backward(idx, w, table)
+        return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, w, table = ctx.saved_tensors
+        grad_w = grad_table = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (table[idx] * g.unsqueeze(1)).sum(-1)
+        if ctx.needs_input_grad[2]:
+            rows, inverse = torch.unique(idx, return_inverse=True)
+            bags = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
+            scatter = torch.sparse_coo_tensor(torch.stack([inverse.reshape(-1), bags.reshape(-1)]),
+                                              w.reshape(-1).to(g.dtype), (rows.numel(), idx.shape[0]),
+                                              check_invariants=False)
+            vals = torch.sparse.mm(scatter, g).to(table.dtype)
+            grad_table = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, table.shape, is_coalesced=True,
+                                                 check_invariants=False)
+        return None, grad_w, grad_table
+
+
+class MemoryMLP(nn.Module):
+    """Replaces a decoder layer's ``mlp``: additive (mlp + alpha * memory) or replacement (memory only)."""
+
+    def __init__(self, mlp: nn.Module, memory: ProductKeyMemory):
+        super().__init__()
+        self.mlp, self.memory = mlp, memory  # in replacement mode the pretrained mlp is kept but bypassed
+        self.alpha = nn.Parameter(torch.tensor(float(memory.config.alpha)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.memory(x)
+        if self.memory.config.mode == "replacement":
+            return out
+        return self.mlp(x) + self.alpha.to(out.dtype) * out
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Qwen2/Llama-style causal LM (``model.model.layers``)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no model.model.layers; smf_lib supports Qwen2/Llama-style "
+                         "causal LMs (AutoModelForCausalLM). Pass the causal LM, not a peft wrapper.")
+    return layers
+
+
+def add_memory(model: nn.Module, config: MemoryConfig) -> nn.Module:
+    """Wrap ``model.model.layers[i].mlp`` for each ``i`` in ``config.layers`` with a memory, in place.
+
+    Args:
+        model: a Hugging Face Qwen2 or Llama causal LM without memory.
+        config: the memory configuration.
+
+    Returns:
+        The same model, with ``model.smf_memory_config`` set. Parameters are created on the model's
+        device and dtype; nothing is frozen here (the trainer decides what trains).
+    """
+    layers = decoder_layers(model)
+    if memory_layers(model):
+        raise ValueError("this model already has memory layers; load a fresh base model first")
+    bad = [i for i in config.layers if i >= len(layers)]
+    if bad:
+        raise ValueError(f"memory layer index {bad} out of range: the model has {len(layers)} decoder layers "
+                         f"(allowed 0..{len(layers) - 1})")
+    ref = next(model.parameters())
+    d = model.config.hidden_size
+    for i in config.layers:
+        mem = ProductKeyMemory(d, config, i).to(device=ref.device, dtype=ref.dtype)
+        layers[i].mlp = MemoryMLP(layers[i].mlp, mem)
+    model.smf_memory_config = config
+    return model
+
+
+def memory_layers(model: nn.Module) -> list[ProductKeyMemory]:
+    """The model's memory modules, in layer order."""
+    return sorted((m for m in model.modules() if isinstance(m, ProductKeyMemory)), key=lambda m: m.layer_idx)
+
+
+def memory_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All memory parameters (and alphas) keyed by ``layers.{i}.{name}``; detached clones."""
+    out = {}
+    for mod in model.modules():
+        if isinstance(mod, MemoryMLP):
+            i = mod.memory.layer_idx
+            out[f"layers.{i}.alpha"] = mod.alpha.detach().clone()
+            for name, p in mod.memory.named_parameters():
+                out[f"layers.{i}.{name}"] = p.detach().clone()
+    return out
+
+
+def set_recording(model: nn.Module, on: bool) -> None:
+    """Ask every memory layer to keep (or stop keeping) its last selected indices and weights."""
+    for m in memory_layers(model):
+        m.record = on
+        if not on:
+            m.last_indices = m.last_weights = None
+
+
+def base_fingerprint(model: nn.Module) -> dict:
+    """Shape facts and a hash of the base weights outside the memory, to refuse a wrong base model."""
+    cfg = model.config
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if ".memory." in name or name.endswith("mlp.alpha") or "lora_" in name:
+            continue
+        h.update(name.replace(".mlp.mlp.", ".mlp.").encode())
+        h.update(p.detach().reshape(-1)[::997].float().cpu().numpy().tobytes())
+    return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
+            "weights_sha256": h.hexdigest()[:16]}
+
+
+def save_memory(model: nn.Module, path: str | Path, reference: str | Path | None = None) -> Path:
+    """Save only the memory, peft-style: ``memory_config.json`` + ``memory.safetensors``.
+
+    Args:
+        model: a model with memory layers.
+        path: output folder (created).
+        reference: an earlier saved memory (e.g. the retrofit). When given, only the value rows that differ
+            from it are stored (plus any other memory tensor that differs), and loading reads it first.
+
+    Returns:
+        The folder written.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = memory_state_dict(model)
+    meta = {"memory_config": dataclasses.asdict(model.smf_memory_config), "base": base_fingerprint(model),
+            "format": "smf_lib.memory/1"}
+    tensors = state
+    if reference is not None:
+        reference = Path(reference).resolve()
+        ref_state = load_file(str(reference / WEIGHTS_NAME))
+        tensors = {}
+        for k, v in state.items():
+            r = ref_state.get(k)
+            if r is None or r.shape != v.shape:
+                raise ValueError(f"reference {reference} has no matching {k}: save without reference")
+            if k.endswith("values.weight"):
+                rows = (v != r.to(v.dtype)).any(dim=1).nonzero().flatten()
+                tensors[k + ".rows"], tensors[k + ".data"] = rows, v[rows].contiguous()
+            elif not torch.equal(v, r.to(v.dtype)):
+                tensors[k] = v
+        meta["reference"] = {"path": str(reference), "sha256": _file_sha(reference / WEIGHTS_NAME)}
+    save_file({k: t.contiguous() for k, t in tensors.items()}, str(path / WEIGHTS_NAME))
+    (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
+    """Add the saved memory to a fresh base model and load its weights (safetensors only, no pickle).
+
+    Args:
+        model: the base model the memory was trained on, without memory.
+        path: a folder written by :func:`save_memory`.
+
+    Returns:
+        The model with memory, weights restored.
+    """
+    path = Path(path)
+    if not (path / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: pass a folder written by smf_lib.save_memory")
+    meta = json.loads((path / CONFIG_NAME).read_text())
+    want, have = meta["base"], base_fingerprint(model)
+    diff = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
+    if diff:
+        raise ValueError(f"memory at {path} was saved from a different base model (saved vs given: {diff}); "
+                         "load the same base model (name, revision and dtype) it was trained on")
+    config = MemoryConfig(**meta["memory_config"])
+    saved = load_file(str(path / WEIGHTS_NAME))
+    if "reference" in meta:
+        ref = Path(meta["reference"]["path"])
+        if not (ref / WEIGHTS_NAME).exists() or _file_sha(ref / WEIGHTS_NAME) != meta["reference"]["sha256"]:
+            raise ValueError(f"memory at {path} stores only changed rows on top of {ref}, which is missing or "
+                             "has changed; restore that reference adapter or save the memory without reference")
+        state = load_file(str(ref / WEIGHTS_NAME))
+        for k in list(saved):
+            if k.endswith(".rows"):
+                base_k = k[: -len(".rows")]
+                state[base_k] = state[base_k].clone()
+                state[base_k][saved[k]] = saved[base_k + ".data"].to(state[base_k].dtype)
+            elif not k.endswith(".data"):
+                state[k] = saved[k]
+    else:
+        state = saved
+    add_memory(model, config)
+    own = {}
+    for mod in model.modules():
+        if isinstance(mod, MemoryMLP):
+            i = mod.memory.layer_idx
+            own[f"layers.{i}.alpha"] = mod.alpha
+            own.update({f"layers.{i}.{n}": p for n, p in mod.memory.named_parameters()})
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: the file is incomplete")
+    with torch.no_grad():
+        for k, p in own.items():
+            p.copy_(state[k].to(p.dtype))
+    return model
+
+
+def print_trainable_parameters(model: nn.Module) -> str:
+    """Print and return 'trainable params: X || all params: Y || trainable%: Z', as peft does."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    msg = f"trainable params: {train:,} || all params: {total:,} || trainable%: {100 * train / max(total, 1):.4f}"
+    print(msg)
+    return msg
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -1,0 +1,200 @@
+"""Row-access statistics and row selectors (METHOD.md section 4).
+
+Per memory layer and batch, ``c_i`` counts the reads of slot ``i`` (each real token contributes
+heads * knn reads). Background statistics hold, per slot, ``df_i`` (documents that read it) and ``A_i``
+(total reads) over ``B`` general-text documents. Selectors score the read slots; :func:`select_rows`
+takes the top-t with deterministic ties and never an unread slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .memory import memory_layers, set_recording
+
+SELECTORS = ("kl", "tfidf", "tf", "random")
+
+
+def read_counts(indices: torch.Tensor, n_slots: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reads per slot from one forward's selected indices.
+
+    Args:
+        indices: (B, T, heads, knn) slot indices recorded by a memory layer.
+        n_slots: N, the number of slots.
+        attention_mask: (B, T); positions where it is 0 (padding) are not counted. ``None`` counts every
+            position (the seed's behaviour).
+
+    Returns:
+        int64 tensor (N,) of read counts.
+    """
+    if attention_mask is not None:
+        indices = indices[attention_mask.bool()]
+    return torch.bincount(indices.reshape(-1).long(), minlength=n_slots)
+
+
+def batch_counts(model, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Read counts of every memory layer from its last recorded forward (recording must be on)."""
+    out = []
+    for m in memory_layers(model):
+        if m.last_indices is None:
+            raise RuntimeError("memory layers recorded nothing: call set_recording(model, True) before forward")
+        out.append(read_counts(m.last_indices, m.config.n_slots, attention_mask).cpu())
+    return out
+
+
+def memory_fingerprint(model) -> str:
+    """Hash of the query weights and keys of every memory layer: what background statistics depend on."""
+    h = hashlib.sha256()
+    for m in memory_layers(model):
+        for t in (m.query.weight, m.keys) + ((m.query.bias,) if m.query.bias is not None else ()):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class BackgroundStats:
+    """Per-layer slot statistics over ``n_docs`` general-text documents.
+
+    Args:
+        df: (layers, N) number of documents that read each slot at least once.
+        totals: (layers, N) total reads of each slot (A_i).
+        n_docs: B, the number of documents.
+        fingerprint: :func:`memory_fingerprint` of the model they were computed on.
+    """
+
+    df: torch.Tensor
+    totals: torch.Tensor
+    n_docs: int
+    fingerprint: str
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors) and ``path.json`` (n_docs, fingerprint)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"df": self.df.contiguous(), "totals": self.totals.contiguous()}, str(tmp))
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps({"n_docs": self.n_docs, "fingerprint": self.fingerprint}))
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> "BackgroundStats":
+        """Load; with ``model``, refuse statistics computed under other keys / query weights."""
+        path = Path(path)
+        t = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text())
+        stats = cls(t["df"], t["totals"], meta["n_docs"], meta["fingerprint"])
+        if model is not None:
+            stats.check(model)
+        return stats
+
+    def check(self, model) -> None:
+        """Raise if the model's keys / query weights changed since these statistics were computed."""
+        fp = memory_fingerprint(model)
+        if fp != self.fingerprint:
+            raise ValueError(f"background statistics were computed with memory fingerprint {self.fingerprint}, "
+                             f"the model has {fp}: keys or query weights changed; recompute them with "
+                             "compute_background_stats on this model")
+
+
+@torch.no_grad()
+def compute_background_stats(model, tokenizer, texts: list[str], max_length: int = 1024,
+                             progress: bool = True) -> BackgroundStats:
+    """Run each document alone through the model (eval mode) and count slot reads per layer.
+
+    Args:
+        model: a model with memory layers (e.g. after retrofit).
+        tokenizer: its tokenizer.
+        texts: background documents (B of them).
+        max_length: truncation length in tokens.
+        progress: show a progress bar.
+
+    Returns:
+        The statistics, fingerprinted with the model's keys and query weights.
+    """
+    mems = memory_layers(model)
+    n = mems[0].config.n_slots
+    df = torch.zeros(len(mems), n, dtype=torch.long)
+    totals = torch.zeros_like(df)
+    was_training = model.training
+    model.eval()
+    set_recording(model, True)
+    device = next(model.parameters()).device
+    try:
+        for text in tqdm(texts, desc="background stats", disable=not progress):
+            ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt").input_ids
+            model(input_ids=ids.to(device))
+            for j, c in enumerate(batch_counts(model, None)):
+                totals[j] += c
+                df[j] += c > 0
+    finally:
+        set_recording(model, False)
+        model.train(was_training)
+    return BackgroundStats(df, totals, len(texts), memory_fingerprint(model))
+
+
+def score_rows(counts: torch.Tensor, selector: str, df: torch.Tensor | None = None,
+               totals: torch.Tensor | None = None, n_docs: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Score every slot of one layer for one batch; only slots with counts > 0 are eligible later.
+
+    Args:
+        counts: (N,) read counts c_i of the batch.
+        selector: ``"tfidf"``: (c_i/C) ln((B+1)/(df_i+1)); ``"kl"``: p_i ln((p_i+1e-8)/(q_i+1e-8)) with
+            p = c/C and q_i = (A_i+1)/sum_j(A_j+1); ``"tf"``: c_i/C; ``"random"``: uniform noise.
+        df: (N,) background document frequencies (tfidf).
+        totals: (N,) background total reads A_i (kl).
+        n_docs: B, background documents (tfidf).
+        generator: random source for ``"random"``.
+
+    Returns:
+        float64 (N,) scores.
+    """
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; allowed: {', '.join(SELECTORS)}")
+    c = counts.double()
+    p = c / c.sum().clamp_min(1)
+    if selector == "tf":
+        return p
+    if selector == "random":
+        return torch.rand(c.shape, generator=generator, dtype=torch.float64)
+    if selector == "tfidf":
+        if df is None or n_docs is None:
+            raise ValueError("tfidf needs background statistics (df, n_docs): compute_background_stats first")
+        return p * torch.log((n_docs + 1) / (df.double() + 1))
+    if totals is None:
+        raise ValueError("kl needs background statistics (totals): compute_background_stats first")
+    q = (totals.double() + 1) / (totals.double() + 1).sum()
+    return p * torch.log((p + 1e-8) / (q + 1e-8))
+
+
+def select_rows(counts: torch.Tensor, scores: torch.Tensor, top_t: int) -> torch.Tensor:
+    """Indices of the top-t read slots by score, t clipped to the number of read slots.
+
+    Ties go to the lower slot index. Slots with zero reads are never selected.
+
+    Returns:
+        int64 indices sorted by descending score.
+    """
+    if top_t < 1:
+        raise ValueError(f"top_t must be >= 1, got {top_t}")
+    read = counts.nonzero().flatten()  # ascending slot order
+    order = torch.sort(scores[read], descending=True, stable=True).indices
+    return read[order[:top_t]]
+
+
+def select_for_layers(counts: list[torch.Tensor], selector: str, top_t: int,
+                      stats: BackgroundStats | None = None,
+                      generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """:func:`select_rows` for every memory layer, with per-layer background statistics."""
+    out = []
+    for j, c in enumerate(counts):
+        kw = {} if stats is None else dict(df=stats.df[j], totals=stats.totals[j], n_docs=stats.n_docs)
+        out.append(select_rows(c, score_rows(c, selector, generator=generator, **kw), top_t))
+    return out
