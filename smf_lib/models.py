@@ -59,3 +59,18 @@ def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, vocab: in
     cfg = LlamaConfig(**kw) if arch == "llama" else Qwen2Config(**kw)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """Only the tokenizer of :func:`load_model` (pad token set)."""
+    try:
+        if name == DEFAULT_MODEL:
+            tok = AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=_GGUF)
+        else:
+            tok = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise OSError(f"could not load the tokenizer of {name!r} ({err}): go online, pass a local folder, or use "
+                      f"the offline default {DEFAULT_MODEL!r}") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,204 @@
+"""MedMCQA, WikiText, TriviaQA, OASST1 and background text: loaders and the seed's text formats.
+
+Two sources behind one call: a local folder laid out like ``../shared/data`` (``SMF_DATA_DIR`` or the
+``data_dir`` argument), else the Hugging Face Hub through ``datasets``. Local copies depart from the seed
+where ``../shared/data/README.md`` says (2,650 MedMCQA train rows; TriviaQA unfiltered validation).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+
+LETTERS = "ABCD"
+MEDMCQA_FIELDS = ("question", "opa", "opb", "opc", "opd", "cop")
+HUB = {"medmcqa": "openlifescienceai/medmcqa", "wikitext": ("Salesforce/wikitext", "wikitext-103-raw-v1"),
+       "triviaqa": ("mandarjoshi/trivia_qa", "rc.nocontext"), "oasst1": "OpenAssistant/oasst1"}
+
+
+def data_dir(path: str | Path | None = None) -> Path | None:
+    """The local data folder: ``path``, else ``$SMF_DATA_DIR``, else ``None`` (use the Hub)."""
+    path = path or os.environ.get("SMF_DATA_DIR")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"data folder {p} does not exist: set SMF_DATA_DIR to a folder laid out like "
+                                "../shared/data, or unset it to load from the Hugging Face Hub")
+    return p
+
+
+def _local_file(root: Path, rel: str) -> Path:
+    f = root / rel
+    if not f.exists():
+        raise FileNotFoundError(f"no {rel} in {root}: copy it there (layout of ../shared/data/README.md), point "
+                                "SMF_DATA_DIR elsewhere, or unset SMF_DATA_DIR to load from the Hub")
+    return f
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = (), limit: int | None = None) -> list[dict]:
+    """Rows of a .jsonl or .jsonl.gz file; a malformed row raises naming the file, line and remedy."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+            missing = [k for k in required if row.get(k) is None]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing field(s) {missing}; each row needs {list(required)}")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def _hub(name: str, split: str):
+    try:
+        from datasets import load_dataset
+
+        spec = HUB[name]
+        args = spec if isinstance(spec, tuple) else (spec,)
+        return load_dataset(*args, split=split)
+    except Exception as err:  # network, missing dataset, ...
+        raise RuntimeError(f"could not load {name} ({split}) from the Hugging Face Hub ({err}): go online, or set "
+                           "SMF_DATA_DIR to a local copy laid out like ../shared/data") from err
+
+
+def load_medmcqa(split: str = "validation", n: int | None = None, single_choice: bool = True,
+                 root: str | Path | None = None) -> list[dict]:
+    """MedMCQA rows (HF schema) in file order.
+
+    Args:
+        split: ``"train"`` or ``"validation"``.
+        n: keep the first n rows (after filtering).
+        single_choice: keep only ``choice_type == "single"`` rows where the field is present (the local
+            copies have no choice_type, so nothing can be filtered there).
+        root: local data folder (default ``$SMF_DATA_DIR``; ``None`` and no variable: the Hub).
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"unknown MedMCQA split {split!r}; allowed: train, validation")
+    local = data_dir(root)
+    if local is not None:
+        rows = read_jsonl(_local_file(local, f"medmcqa/{split}.jsonl"), MEDMCQA_FIELDS)
+    else:
+        rows = [dict(r) for r in _hub("medmcqa", split)]
+    bad = [i for i, r in enumerate(rows) if int(r["cop"]) not in range(4)]
+    if bad:
+        raise ValueError(f"MedMCQA {split} row {bad[0]}: cop must be 0-3, got {rows[bad[0]]['cop']}")
+    if single_choice:
+        rows = [r for r in rows if r.get("choice_type") in (None, "single")]
+    return rows[:n] if n is not None else rows
+
+
+def medmcqa_prompt(row: dict) -> str:
+    """The seed's prompt (no chat template)."""
+    return (f"Medical exam question:\nQuestion: {row['question']}\nA. {row['opa']}\nB. {row['opb']}\n"
+            f"C. {row['opc']}\nD. {row['opd']}\nAnswer:")
+
+
+def medmcqa_options(row: dict) -> list[str]:
+    """The four scored continuations `` {L}. {option text}``."""
+    return [f" {L}. {row['op' + L.lower()]}" for L in LETTERS]
+
+
+def medmcqa_training_text(row: dict) -> str:
+    """Prompt + gold continuation, plus ``\\nExplanation: {exp}`` when present; the loss covers all of it."""
+    text = medmcqa_prompt(row) + medmcqa_options(row)[int(row["cop"])]
+    if row.get("exp"):
+        text += f"\nExplanation: {row['exp']}"
+    return text
+
+
+def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None) -> list[str]:
+    """The first n non-empty lines of the WikiText-103 (= WikiText-2) raw test text, stripped."""
+    local = data_dir(root)
+    if local is not None:
+        raw = _local_file(local, "wikitext/wiki.test.raw").read_text(encoding="utf-8").split("\n")
+    else:
+        raw = _hub("wikitext", "test")["text"]
+    lines = [s.strip() for s in raw if s.strip()]
+    return lines[:n] if n is not None else lines
+
+
+def wikitext_text(n: int | None = 1000, root: str | Path | None = None) -> str:
+    """The perplexity probe's text: the lines joined with blank lines."""
+    return "\n\n".join(load_wikitext_lines(n, root))
+
+
+def load_triviaqa(n: int | None = 1000, root: str | Path | None = None) -> list[dict]:
+    """TriviaQA validation questions as ``{"question", "aliases"}`` in file order.
+
+    Locally the unfiltered validation set (a superset of rc.nocontext validation); online rc.nocontext.
+    """
+    local = data_dir(root)
+    if local is not None:
+        rows = read_jsonl(_local_file(local, "triviaqa/validation.jsonl"), ("question", "answer"), limit=n)
+    else:
+        ds = _hub("triviaqa", "validation")
+        rows = [ds[i] for i in range(min(n or len(ds), len(ds)))]
+    out = []
+    for i, r in enumerate(rows):
+        aliases = r["answer"].get("aliases") or ([r["answer"]["value"]] if r["answer"].get("value") else [])
+        if not aliases:
+            raise ValueError(f"TriviaQA validation row {i}: no answer aliases; each row needs answer.aliases")
+        out.append({"question": r["question"], "aliases": list(aliases)})
+    return out
+
+
+def triviaqa_prompt(row: dict) -> str:
+    """The seed's prompt."""
+    return f"Question: {row['question']}\nAnswer:"
+
+
+def load_oasst1_replies(which: str = "validation", n: int | None = None, root: str | Path | None = None) -> list[str]:
+    """English OASST1 assistant replies of rank 0/1 with >= 50 characters (the seed's retrofit corpus).
+
+    Args:
+        which: ``"validation"`` (808 replies, exact seed filter) or ``"train"`` (locally: replies whose role
+            was inferred, ~98% precision; online: the exact filter on the train split).
+    """
+    if which not in ("validation", "train"):
+        raise ValueError(f"unknown OASST1 split {which!r}; allowed: validation, train")
+    local = data_dir(root)
+    if local is not None:
+        rel = "oasst1/validation_assistant.jsonl" if which == "validation" else "oasst1/train_assistant_inferred.jsonl.gz"
+        texts = [r["text"] for r in read_jsonl(_local_file(local, rel), ("text",))]
+    else:
+        texts = [r["text"] for r in _hub("oasst1", which)
+                 if r["role"] == "assistant" and r["lang"] == "en" and r["rank"] in (0, 1)]
+    texts = [t for t in texts if len(t) >= 50]
+    return texts[:n] if n is not None else texts
+
+
+def load_background(n: int | None = 2000, root: str | Path | None = None,
+                    drop_wikitext_overlap: bool = True) -> list[str]:
+    """General text for background statistics: Wikipedia lead paragraphs (locally), one per line.
+
+    ``drop_wikitext_overlap`` drops the four articles that also occur in the WikiText test set.
+    Online (no local folder) the seed's choice, OASST1 train replies, is used instead.
+    """
+    local = data_dir(root)
+    if local is None:
+        return load_oasst1_replies("train", n)
+    lines = [s for s in _local_file(local, "background/wikipedia_vital_leads.txt").read_text("utf-8").split("\n")
+             if s.strip()]
+    if drop_wikitext_overlap:
+        overlap = ("Du Fu", "Olmec colossal heads", "Nero", "Manila")
+        lines = [s for s in lines if not any(s.startswith(t + " ") or s.startswith(t + ",") for t in overlap)]
+    return lines[:n] if n is not None else lines
+
+
+def fingerprint(items) -> str:
+    """A short sha256 of a list of texts / rows, recorded with results."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(it, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import smf_lib as S
+from smf_lib import probes as P
+from smf_lib.data import medmcqa_options, medmcqa_prompt
+
+from conftest import CharTokenizer
+
+ROW = {"question": "Which?", "opa": "red", "opb": "green", "opc": "blue", "opd": "black", "cop": 2}
+
+
+class LetterTokenizer(CharTokenizer):
+    """Char tokenizer where ' A'..' D' are single tokens (ids 1..4), as with real BPE vocabularies."""
+
+    def encode(self, text):
+        return [" ABCD".index(text[1])] if text in (" A", " B", " C", " D") else super().encode(text)
+
+
+@pytest.fixture
+def model():
+    return S.tiny_model("llama", seed=3)
+
+
+def test_perplexity_single_window_equals_full_context(model):
+    tok = CharTokenizer()
+    text = "the quick brown fox jumps over the lazy dog " * 3
+    ids = torch.tensor([list(text.encode())])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1]
+    nll = F.cross_entropy(logits, ids[0, 1:], reduction="sum")
+    res = P.perplexity(model, tok, text, max_length=1024, stride=512, progress=False)
+    assert res["tokens"] == ids.shape[1] - 1 and len(res["windows"]) == 1
+    assert res["ppl"] == pytest.approx(math.exp(float(nll) / (ids.shape[1] - 1)), rel=1e-5)
+
+
+def test_sliding_windows_score_every_token_once(model):
+    tok = CharTokenizer()
+    text = "abcdefghij" * 13  # 130 tokens
+    res = P.perplexity(model, tok, text, max_length=32, stride=16, batch_size=3, progress=False)
+    assert res["tokens"] == 129
+    assert [w["tokens"] for w in res["windows"]][:3] == [31, 16, 16]
+    one = P.perplexity(model, tok, text, max_length=32, stride=16, batch_size=1, progress=False)
+    assert one["ppl"] == pytest.approx(res["ppl"], rel=1e-5)  # batching windows does not change the score
+
+
+@pytest.mark.parametrize("raw,norm", [("The Beatles!", "beatles"), ("  a  Tale of   Two Cities ", "tale of two cities"),
+                                      ("Paris, France.", "paris france."), ("AN apple-pie", "apple-pie"),
+                                      ("thesis", "thesis"), ("Ünïcode", "n code")])
+def test_normalize_answer(raw, norm):
+    assert P.normalize_answer(raw) == norm
+
+
+def test_first_answer_cut():
+    assert P._first_answer(" Paris, the capital.\nQuestion") == "Paris"
+
+
+def test_option_batching_matches_separate_scoring(model):
+    tok = LetterTokenizer()
+    ctx = list(medmcqa_prompt(ROW).encode())
+    opts = [list(o.encode()) for o in medmcqa_options(ROW)]
+    means, letters = P._option_scores(model, ctx, opts, [1, 2, 3, 4])
+    sep = [float(lp.mean()) for lp in P.continuation_logprobs(model, [ctx] * 4, opts, batch_size=1)]
+    assert means == pytest.approx(sep, abs=1e-5)
+    with torch.no_grad():
+        last = F.log_softmax(model(torch.tensor([ctx])).logits[0, -1], -1)
+    assert letters == pytest.approx(last[[1, 2, 3, 4]].tolist(), abs=1e-5)
+
+
+class ConstantHead(torch.nn.Module):
+    """An output head that ignores the input: every position predicts softmax(bias)."""
+
+    def __init__(self, bias):
+        super().__init__()
+        self.bias = bias
+
+    def forward(self, h):
+        return h[..., :1] * 0 + self.bias
+
+
+@pytest.mark.parametrize("gold", [0, 2, 3])
+def test_medmcqa_picks_planted_answer(model, gold):
+    """Rig the model to favour the characters of the gold continuation: scoring must pick that option."""
+    row = {**ROW, "cop": gold}
+    bias = torch.zeros(256)
+    bias[list(set(medmcqa_options(row)[gold].encode()))] = 10.0
+    model.lm_head = ConstantHead(bias)
+    res = P.medmcqa_accuracy(model, LetterTokenizer(), [row], progress=False)
+    assert res["items"][0]["pred"] == gold and res["acc"] == 1.0 and res["n"] == 1
+    assert res["always_a_acc"] == float(gold == 0)
+
+
+def test_letter_must_be_one_token(model):
+    with pytest.raises(ValueError, match="letter scoring needs 1"):
+        P.medmcqa_accuracy(model, CharTokenizer(), [ROW], progress=False)
+
+
+def test_triviaqa_scoring_on_rigged_output(model, monkeypatch):
+    tok = CharTokenizer()
+    rows = [{"question": "Capital of France?", "aliases": ["Paris", "City of Light"]},
+            {"question": "Largest planet?", "aliases": ["Jupiter"]}]
+    outs = iter([[" The answer is paris, France.\nQuestion:", " Saturn"]])
+    monkeypatch.setattr(model, "generate", lambda **kw: torch.cat([kw["input_ids"], kw["input_ids"][:, :1]], 1))
+    monkeypatch.setattr(tok, "batch_decode", lambda ids, skip_special_tokens=True: next(outs), raising=False)
+    res = P.triviaqa_accuracy(model, tok, rows, progress=False)
+    assert [it["correct"] for it in res["items"]] == [1, 0]
+    assert [it["em"] for it in res["items"]] == [0, 0]  # "the answer is paris" is not an exact alias
+    assert all(it["alias_loglik"] < 0 for it in res["items"])
