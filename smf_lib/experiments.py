@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -303,6 +304,7 @@ class Runner:
         result = evaluate(model, tok, self.p, self.progress)
         extra["wall_seconds"] = time.perf_counter() - t0
         self._record(method, seed, result, extra)
+        shutil.rmtree(self.art / f"{method}-s{seed}" / "ckpt", ignore_errors=True)  # the result is safe now
         self.log(f"{method} seed {seed}: {result['metrics']}")
 
     def selection_snapshot(self, seed: int = 0, n_batches: int = 4) -> Path:

