@@ -80,21 +80,22 @@ METHODS = {
     "retrofit": (None, {}, "additive"),
     "smf-kl": ("smf", {"selector": "kl"}, "additive"),
     "smf-tfidf": ("smf", {"selector": "tfidf"}, "additive"),
-    "smf-kl-seedmode": ("smf", {"selector": "kl", "update": "seed", "count_padding": True,
-                                "select_per_microbatch": True}, "additive"),
-    "smf-tfidf-seedmode": ("smf", {"selector": "tfidf", "update": "seed", "count_padding": True,
-                                   "select_per_microbatch": True}, "additive"),
-    "smf-kl-alpha": ("smf", {"selector": "kl", "update": "seed", "count_padding": True,
-                             "select_per_microbatch": True, "train_alpha": True}, "additive"),
-    "smf-kl-replacement": ("smf", {"selector": "kl", "update": "seed", "count_padding": True,
-                                   "select_per_microbatch": True}, "replacement"),
+}
+# The seed's own update: gradient mask + AdamW, padded positions counted, selection per micro-batch.
+SEED_UPDATE = {"update": "seed", "count_padding": True, "select_per_microbatch": True}
+for _sel in ("kl", "tfidf"):
+    METHODS[f"smf-{_sel}-seedmode"] = ("smf", {"selector": _sel, **SEED_UPDATE}, "additive")
+    METHODS[f"smf-{_sel}-alpha"] = ("smf", {"selector": _sel, **SEED_UPDATE, "train_alpha": True}, "additive")
+    METHODS[f"smf-{_sel}-replacement"] = ("smf", {"selector": _sel, **SEED_UPDATE}, "replacement")
+METHODS.update({
     "smf-tf": ("smf", {"selector": "tf"}, "additive"),
     "smf-random": ("smf", {"selector": "random"}, "additive"),
     "lora": ("lora", {}, None),
     "full": ("full", {}, None),
-}
+})
 GRID = ("base", "retrofit", "smf-kl", "smf-tfidf", "smf-kl-seedmode", "lora", "full")
-PAPER_GRID = ("base", "smf-kl-replacement", "smf-kl-seedmode", "smf-kl-alpha", "smf-tfidf-seedmode", "lora", "full")
+PAPER_GRID = ("base", "smf-kl-replacement", "smf-tfidf-replacement", "smf-kl-seedmode", "smf-tfidf-seedmode",
+              "smf-kl-alpha", "smf-tfidf-alpha", "lora", "full")
 
 PRESETS = {
     "smoke": Preset(
@@ -136,6 +137,36 @@ PRESETS = {
         lr={"smf-sgd": 2.0, "smf-adam": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 5e-4},
         notes="the seed's protocol on Qwen2.5-0.5B-Instruct; needs a GPU and the Hub (e.g. Colab)"),
 }
+
+
+def results_dir(name: str = "cpu", start: str | Path | None = None) -> Path:
+    """``results/NAME`` of the checkout that contains ``start`` (default: the working directory)."""
+    here = Path(start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "results" / name).is_dir():
+            return p / "results" / name
+    raise FileNotFoundError(f"no results/{name} above {here}: run the notebook from a clone of the repository, "
+                            f"or make the results with `python -m smf_lib run --preset {name}`")
+
+
+def load_results(name: str = "cpu", compute: bool = True, progress: bool = False):
+    """The summary table and run records of ``results/NAME``; runs the preset into ``results/NAME`` when no
+    committed results are found (the book's "load if present, else compute").
+
+    Returns:
+        ``(folder, summary DataFrame, list of run dicts)``.
+    """
+    from .stats import load_runs, summary_table
+
+    try:
+        out = results_dir(name)
+    except FileNotFoundError:
+        if not compute:
+            raise
+        out = Path.cwd() / "results" / name
+        Runner(get_preset(name), out, progress=progress).run()
+    runs = load_runs(out)
+    return out, summary_table(runs), runs
 
 
 def get_preset(name: str) -> Preset:

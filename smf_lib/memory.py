@@ -127,6 +127,15 @@ class ProductKeyMemory(nn.Module):
         weights = scores.float().softmax(dim=-1).to(x.dtype)
         return indices, weights
 
+    def lookup_brute_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same top-knn by scoring all N = n_keys**2 slots (for checks and teaching; O(N) per token)."""
+        c = self.config
+        q = self.query(x).unflatten(-1, (c.heads, 2, c.k_dim // 2))
+        s = torch.einsum("...hcd,hcnd->...hcn", q, self.keys.to(q.dtype))
+        full = (s[..., 0, :].unsqueeze(-1) + s[..., 1, :].unsqueeze(-2)).flatten(-2)  # slot a * n_keys + b
+        scores, indices = full.topk(c.knn, dim=-1)
+        return indices, scores.float().softmax(dim=-1).to(x.dtype)
+
     def read(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """y = sum over heads and slots of w * V[slot] (one shared table, an embedding bag)."""
         flat_idx = indices.flatten(-2).reshape(-1, indices.shape[-2] * indices.shape[-1])

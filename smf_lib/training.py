@@ -102,11 +102,13 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model (LoRA merged), the per-step log and timings."""
+    """What :func:`train` returns: the trained model (LoRA merged), the per-step log, the training seconds and
+    the bytes of optimizer state held at the end."""
 
     model: torch.nn.Module
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    optimizer_bytes: int = 0
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -358,7 +360,9 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
     model.requires_grad_(False)
     if c.method == "lora":
         model = model.merge_and_unload()
-    return TrainResult(model, log, seconds)
+    states = [o.state_dict() for o in row_opts] + [s for o in (dense_opt, seed_opt) if o for s in o.state.values()]
+    opt_bytes = sum(t.numel() * t.element_size() for st in states for t in st.values() if torch.is_tensor(t))
+    return TrainResult(model, log, seconds, opt_bytes)
 
 
 def _save_checkpoint(path: Path, model, dense_opt, seed_opt, row_opts, rand, step, log, seconds, config):

