@@ -15,6 +15,7 @@ Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, resumabl
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,9 +228,46 @@ def _take_row_grads(mems) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _restrict(rows: torch.Tensor, grads: torch.Tensor, selected: torch.Tensor):
-    """Gradient rows of ``selected`` (every selected row was read, so it is present in ``rows``)."""
+    """Gradient rows of ``selected`` (zeros for a selected row this process did not read: under DDP another
+    rank may have read it)."""
     selected = selected.sort().values.to(rows.device)
-    return selected, grads[torch.searchsorted(rows, selected)]
+    out = grads.new_zeros(len(selected), grads.shape[1])
+    if len(rows):
+        pos = torch.searchsorted(rows, selected).clamp_max(len(rows) - 1)
+        found = rows[pos] == selected
+        out[found] = grads[pos[found]]
+    return selected, out
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size). Under ``accelerate launch`` (or torchrun) joins the process group through
+    accelerate's ``PartialState`` (gloo on CPU, NCCL on GPU); otherwise (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+        t /= world
+    return t
+
+
+def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
 
 
 def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
@@ -273,6 +311,10 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
         row_opts = [RowSparseAdam(m.values.weight, weight_decay=c.weight_decay) for m in mems]
     elif mems and c.update == "seed":
         seed_opt = torch.optim.AdamW([m.values.weight for m in mems], lr=c.lr, weight_decay=c.weight_decay)
+    rank, world = distributed()
+    if world > 1 and c.micro_batch < world:
+        raise ValueError(f"micro_batch={c.micro_batch} is smaller than the {world} processes: each process takes "
+                         "an equal share of every micro-batch; raise micro_batch to at least the world size")
     plan = micro_batches(len(texts), c)
     rand = torch.Generator().manual_seed(c.seed)
     log, start, seconds = [], 0, 0.0
@@ -293,7 +335,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
         start, log, seconds = state["step"], state["log"], state["seconds"]
     model.train()
     set_recording(model, bool(mems))
-    bar = tqdm(total=len(plan), initial=start, desc=c.method, disable=not progress)
+    bar = tqdm(total=len(plan), initial=start, desc=c.method, disable=not progress or rank > 0)
     try:
         for step in range(start, len(plan)):
             t0 = time.perf_counter()
@@ -302,7 +344,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
             parts = [[] for _ in mems]
             for mb in group:
-                batch = _collate(tokenizer, [texts[i] for i in mb], c.max_length, device)
+                batch = _collate(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device)
                 loss = model(**batch).loss / len(group)
                 loss.backward()
                 total_loss += loss.item()
@@ -311,6 +353,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
                 mb_counts = batch_counts(model, None if c.count_padding else batch["attention_mask"])
                 grads = _take_row_grads(mems)
                 if c.select_per_microbatch:
+                    # every process sums the same counts, so every process selects the same rows
+                    mb_counts = [_all_reduce_sum(x, world) for x in mb_counts]
                     chosen = select_for_layers(mb_counts, c.selector, c.top_t, stats, rand)
                     grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
                 for j in range(len(mems)):
@@ -318,8 +362,16 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
                     parts[j].append(grads[j])
             row_grads = [_merge(p, m.values.weight) for p, m in zip(parts, mems)]
             if mems and not c.select_per_microbatch:
+                counts = [_all_reduce_sum(x, world) for x in counts]
                 chosen = select_for_layers(counts, c.selector, c.top_t, stats, rand)
                 row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
+            if world > 1:  # average gradients over processes (the selected rows are the same everywhere)
+                row_grads = [(r, _all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]
+                for p in dense:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    _all_reduce_mean(p.grad, world)
+                total_loss = float(_all_reduce_mean(torch.tensor(total_loss), world))
             sq = sum(float(g.float().square().sum()) for _, g in row_grads)
             sq += sum(float(p.grad.float().square().sum()) for p in dense if p.grad is not None)
             norm = math.sqrt(sq)
@@ -349,7 +401,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}")
             last = step + 1 == len(plan)
-            if ckpt is not None and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or last):
+            if ckpt is not None and rank == 0 and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or last):
                 _save_checkpoint(ckpt, model, dense_opt, seed_opt, row_opts, rand, step + 1, log, seconds, c)
     finally:
         bar.close()

@@ -2,12 +2,18 @@
 # jupyter:
 #   jupytext:
 #     formats: notebooks///ipynb,book/notebooks///py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
 
+# %%
 
 # %% [markdown]
 # # 2. Training on MedMCQA: retrofit, background statistics, sparse steps, baselines
@@ -65,9 +71,9 @@ print(f"device {device}, seed {SEED}")
 # parameter, stays bit-identical.
 
 # %%
-tiny = S.tiny_model("llama", seed=SEED)
-S.add_memory(tiny, S.MemoryConfig(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16))
 tok = S.models.load_tokenizer()
+tiny = S.tiny_model("llama", vocab=len(tok), seed=SEED)
+S.add_memory(tiny, S.MemoryConfig(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16))
 texts = ["Medical exam question: which organ pumps blood? Answer: the heart.",
          "Insulin is secreted by the beta cells of the pancreas.",
          "The kidney filters blood and produces urine.", "Red blood cells carry oxygen."]

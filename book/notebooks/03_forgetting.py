@@ -2,12 +2,18 @@
 # jupyter:
 #   jupytext:
 #     formats: notebooks///ipynb,book/notebooks///py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
 
+# %%
 
 # %% [markdown]
 # # 3. Forgetting probes
