@@ -112,7 +112,7 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
     if method == "base-forward":
         times = []
         with torch.no_grad():
-            for i in range(n):
+            for _ in range(n):
                 sync(device)
                 t0 = time.perf_counter()
                 model(input_ids=ids)
@@ -148,8 +148,8 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
             selector = "tfidf" if "tfidf" in method else "kl"
             extra = {"update": "seed"} if method.endswith("seedmode") else {}
             extra.update({"optimizer": "adam", "lr": 1e-3} if method.endswith("adam") else {})
-            res = S.train(model, tok, texts, S.TrainConfig(method="smf", selector=selector, **{"lr": 1.0, **kw, **extra}),
-                          stats=stats, progress=False)
+            cfg = S.TrainConfig(method="smf", selector=selector, **{"lr": 1.0, **kw, **extra})
+            res = S.train(model, tok, texts, cfg, stats=stats, progress=False)
         else:
             res = S.train(model, tok, texts, S.TrainConfig(method=method, **kw), progress=False)
         if res is not None:
@@ -218,7 +218,8 @@ def lookup_and_probes(target_name: str) -> dict:
         P.medmcqa_accuracy(model, tok, rows_m, progress=False)
         n_tok = sum(len(tok(D.medmcqa_prompt(r)).input_ids) + sum(len(tok(o).input_ids) for o in D.medmcqa_options(r))
                     for r in rows_m)
-        probes.append({"probe": "medmcqa (prompt once + 4 options)", "tokens_per_s": n_tok / (time.perf_counter() - t0)})
+        probes.append({"probe": "medmcqa (prompt once + 4 options)",
+                       "tokens_per_s": n_tok / (time.perf_counter() - t0)})
         rows_t = D.load_triviaqa(32)
         t0 = time.perf_counter()
         P.triviaqa_accuracy(model, tok, rows_t, progress=False)
@@ -285,7 +286,8 @@ def main():
     pd.DataFrame(slots).to_csv(out / f"{args.target}_slots.csv", index=False, float_format="%.4g")
     meta = {"setup": (f"{args.target}: {t['model']}, memory at {t['layers']} with {t['n_keys'] ** 2} slots, batch "
                       f"{t['batch']} x {t['seq']} tokens, top-t {t['top_t']}, {t['dtype']}, median of {t['steps']} "
-                      f"steps after {t['warmup']} warm-up, torch {torch.__version__}, {torch.get_num_threads()} threads"),
+                      f"steps after {t['warmup']} warm-up, torch {torch.__version__}, "
+                      f"{torch.get_num_threads()} threads"),
             **lookup_and_probes(args.target)}
     if args.target == "cpu":  # adapter sizes do not depend on the device
         meta["adapters"] = adapter_sizes()

@@ -11,7 +11,6 @@ the validation items it evaluates on). Usage (after the cpu retrofit exists):
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -24,8 +23,8 @@ from smf_lib.training import _collate
 
 def heldout_loss(model, tok, texts):
     with torch.no_grad():
-        return sum(float(model(**_collate(tok, texts[i:i + 16], 256, "cpu")).loss) for i in range(0, len(texts), 16)) / (
-            (len(texts) + 15) // 16)
+        chunks = [texts[i:i + 16] for i in range(0, len(texts), 16)]
+        return sum(float(model(**_collate(tok, c, 256, "cpu")).loss) for c in chunks) / len(chunks)
 
 
 def main():

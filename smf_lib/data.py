@@ -169,7 +169,8 @@ def load_oasst1_replies(which: str = "validation", n: int | None = None, root: s
         raise ValueError(f"unknown OASST1 split {which!r}; allowed: validation, train")
     local = data_dir(root)
     if local is not None:
-        rel = "oasst1/validation_assistant.jsonl" if which == "validation" else "oasst1/train_assistant_inferred.jsonl.gz"
+        rel = {"validation": "oasst1/validation_assistant.jsonl",
+               "train": "oasst1/train_assistant_inferred.jsonl.gz"}[which]
         texts = [r["text"] for r in read_jsonl(_local_file(local, rel), ("text",))]
     else:
         texts = [r["text"] for r in _hub("oasst1", which)

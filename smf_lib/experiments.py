@@ -257,6 +257,13 @@ class Runner:
         self.task_rows = D.load_medmcqa("train", preset.train_n, single_choice=True, root=root)
         self.task_texts = [D.medmcqa_training_text(r) for r in self.task_rows]
 
+    def eval_fingerprints(self) -> dict:
+        """Hashes of the probe items, so runs compared pairwise are known to share them."""
+        p, root = self.p, _data_root(self.p)
+        return {"medmcqa_validation": D.fingerprint(D.load_medmcqa("validation", p.medmcqa_n, root=root)),
+                "triviaqa": D.fingerprint(D.load_triviaqa(p.triviaqa_n, root)),
+                "wikitext": D.fingerprint([D.wikitext_text(p.wikitext_lines, root)])}
+
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -268,6 +275,7 @@ class Runner:
         obj = {"method": method, "seed": seed, "preset": p.name, "model": p.model, "notes": p.notes,
                "memory": p.memory, "versions": _versions(),
                "data": {"medmcqa_train": D.fingerprint(self.task_texts), "n_train": len(self.task_texts),
+                        "eval_fingerprints": self.eval_fingerprints(),
                         "medmcqa_n": p.medmcqa_n, "triviaqa_n": p.triviaqa_n, "wikitext_lines": p.wikitext_lines,
                         "source": str(D.data_dir(_data_root(p)) or "huggingface-hub")},
                **result, **extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -315,6 +323,7 @@ class Runner:
         elif mode is not None:
             model, tok, stats, ref = self.retrofit(seed, mode)
             extra["retrofit"] = json.loads((ref / "train_log.json").read_text())
+            extra["background"] = json.loads((ref / "background_meta.json").read_text())
             if kind == "smf":
                 cfg = _train_config(self.p, method, seed)
                 self.log(f"{method} seed {seed}: {len(self.task_texts)} texts")

@@ -26,8 +26,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
     """Load a causal LM and its tokenizer.
 
     Args:
-        name: ``"smollm2-135m-instruct"`` (offline default, GGUF de-quantised to float), a Hub id such as ``"Qwen/Qwen2.5-0.5B-Instruct"``,
-            or a local folder.
+        name: ``"smollm2-135m-instruct"`` (offline default, GGUF de-quantised to float), a Hub id such as
+            ``"Qwen/Qwen2.5-0.5B-Instruct"``, or a local folder.
         device: where to put the model.
         dtype: parameter dtype (float32 or bfloat16).
 

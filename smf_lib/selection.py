@@ -84,7 +84,7 @@ class BackgroundStats:
         path.with_suffix(".json").write_text(json.dumps({"n_docs": self.n_docs, "fingerprint": self.fingerprint}))
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> "BackgroundStats":
+    def load(cls, path: str | Path, model=None) -> BackgroundStats:
         """Load; with ``model``, refuse statistics computed under other keys / query weights."""
         path = Path(path)
         t = load_file(str(path))

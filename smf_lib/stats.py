@@ -65,7 +65,8 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
         cfg = r.get("train_config") or {}
         row = {"method": r["method"], "selector": cfg.get("selector", "") if cfg.get("method") == "smf" else "",
                "seed": r["seed"] if r["method"] != "base" else "", **r["metrics"],
-               "train_seconds": round(r.get("train_seconds", 0.0), 1), "wall_seconds": round(r.get("wall_seconds", 0), 1)}
+               "train_seconds": round(r.get("train_seconds", 0.0), 1),
+               "wall_seconds": round(r.get("wall_seconds", 0), 1)}
         if base is not None:
             for m in METRICS:
                 ci = paired_bootstrap(base["items"], r["items"], m)

@@ -59,7 +59,6 @@ def test_first_answer_cut():
 
 
 def test_option_batching_matches_separate_scoring(model):
-    tok = LetterTokenizer()
     ctx = list(medmcqa_prompt(ROW).encode())
     opts = [list(o.encode()) for o in medmcqa_options(ROW)]
     means, letters = P._option_scores(model, ctx, opts, [1, 2, 3, 4])
