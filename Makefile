@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export SMF_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-fast book lint cpu-results bench clean
+.PHONY: setup test test-fast book book-check lint cpu-results bench clean
 
 setup: $(VENV)/.done
 
@@ -25,6 +25,11 @@ test-fast: setup
 
 book: setup
 	$(VENV)/bin/jupyter-book build book/
+
+# CI: build strictly (warnings are errors), then open every chapter in headless Chromium.
+book-check: setup
+	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
+	$(PY) scripts/check_book.py --html book/_build/html --shots book/_build/screenshots
 
 lint: setup
 	$(VENV)/bin/ruff check smf_lib tests benchmarks
