@@ -39,17 +39,19 @@ class Preset:
 
     Args:
         name: preset name.
-        model: model name for :func:`load_model`, or ``"tiny"`` (random tiny Llama + the default tokenizer).
+        model: model name for :func:`~smf_lib.models.load_model`, or ``"tiny"`` (random tiny Llama + the
+            default tokenizer).
         data: local data folder (``None``: ``$SMF_DATA_DIR`` or the Hub; ``"fixtures"``: the packaged fixtures).
-        memory: :class:`MemoryConfig` fields.
+        memory: :class:`~smf_lib.memory.MemoryConfig` fields.
         seeds: seeds of the grid.
         methods: the grid's method names (keys of ``METHODS``).
         train_n, medmcqa_n, triviaqa_n, wikitext_lines: data sizes.
         retrofit_corpus: ``"oasst1-validation"`` | ``"oasst1-train"`` | ``"oasst1-both"``; ``retrofit_n`` texts.
         background_n: background documents for the statistics; ``background_corpus`` like retrofit_corpus or
             ``"wikipedia"``.
-        train: :class:`TrainConfig` fields shared by all task runs; ``retrofit``: those of the retrofit stage;
-            ``lr``: per-method learning rates.
+        train: :class:`~smf_lib.training.TrainConfig` fields shared by all task runs.
+        retrofit: :class:`~smf_lib.training.TrainConfig` fields of the retrofit stage.
+        lr: per-method learning rates (keys as in ``DEFAULT_LR``).
         notes: departures from the paper this preset makes.
     """
 

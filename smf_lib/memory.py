@@ -147,6 +147,7 @@ class ProductKeyMemory(nn.Module):
         return y.view(*indices.shape[:-2], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """out = W2 (y * silu(W1 x)) for the read y; records indices and weights when ``record`` is on."""
         indices, weights = self.lookup(x)
         if self.record:
             self.last_indices, self.last_weights = indices.detach(), weights.detach()
@@ -190,6 +191,7 @@ class MemoryMLP(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(memory.config.alpha)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """mlp(x) + alpha * memory(x) (additive) or memory(x) (replacement)."""
         out = self.memory(x)
         if self.memory.config.mode == "replacement":
             return out

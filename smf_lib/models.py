@@ -34,20 +34,26 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
     Returns:
         ``(model, tokenizer)`` with the model in eval mode and ``tokenizer.pad_token`` set.
     """
+    model = _from_pretrained(AutoModelForCausalLM, name, dtype=dtype)
+    return model.to(device).eval(), load_tokenizer(name)
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """Only the tokenizer of :func:`load_model` (pad token set to EOS when the model has none)."""
+    tok = _from_pretrained(AutoTokenizer, name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _from_pretrained(cls, name: str, **kw):
     try:
         if name == DEFAULT_MODEL:
-            folder = _smollm2_folder()
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF, dtype=dtype)
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-            tok = AutoTokenizer.from_pretrained(name)
+            return cls.from_pretrained(_smollm2_folder(), gguf_file=_GGUF, **kw)
+        return cls.from_pretrained(name, **kw)
     except OSError as err:
         raise OSError(f"could not load {name!r} ({err}): go online so the Hugging Face Hub can be reached, "
                       f"pass a local folder, or use the offline default {DEFAULT_MODEL!r}") from err
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model.to(device).eval(), tok
 
 
 def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, vocab: int = 256, seed: int = 0):
@@ -60,17 +66,3 @@ def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, vocab: in
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
-
-def load_tokenizer(name: str = DEFAULT_MODEL):
-    """Only the tokenizer of :func:`load_model` (pad token set)."""
-    try:
-        if name == DEFAULT_MODEL:
-            tok = AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=_GGUF)
-        else:
-            tok = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        raise OSError(f"could not load the tokenizer of {name!r} ({err}): go online, pass a local folder, or use "
-                      f"the offline default {DEFAULT_MODEL!r}") from err
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok

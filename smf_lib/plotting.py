@@ -89,7 +89,8 @@ def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
         ax.plot(np.arange(1, len(s) + 1), s, label=r["method"], color=PALETTE.get(r["method"]))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (MedMCQA)")
-    ax.legend(fontsize=8, frameon=False)
+    if ax.get_lines():
+        ax.legend(fontsize=8, frameon=False)
     return ax
 
 

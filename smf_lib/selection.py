@@ -66,7 +66,7 @@ class BackgroundStats:
         df: (layers, N) number of documents that read each slot at least once.
         totals: (layers, N) total reads of each slot (A_i).
         n_docs: B, the number of documents.
-        fingerprint: :func:`memory_fingerprint` of the model they were computed on.
+        fingerprint: :func:`~smf_lib.selection.memory_fingerprint` of the model they were computed on.
     """
 
     df: torch.Tensor

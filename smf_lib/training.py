@@ -9,6 +9,7 @@
   moving a row for a while after it was last selected (the "momentum leak"), and any weight decay moves
   every row; kept for fidelity.
 - ``lora`` (peft, merged after training) and ``full``: dense AdamW.
+
 Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, resumable checkpoints.
 """
 
