@@ -38,7 +38,8 @@ TARGETS = {
     "gpu": dict(model="qwen2.5-0.5b-shape", layers=(6, 12, 18), n_keys=128, batch=16, seq=1024, top_t=512,
                 steps=10, warmup=3, dtype="bfloat16", slots=(64, 128, 512, 1024)),
 }
-METHODS = ("base-forward", "smf-floor", "smf-kl", "smf-tfidf", "smf-kl-adam", "smf-kl-seedmode", "lora", "full")
+METHODS = ("base-forward", "memory-forward", "smf-floor", "smf-kl", "smf-tfidf", "smf-kl-adam", "smf-kl-seedmode",
+           "lora", "full")
 
 
 class ScaledMLP(nn.Module):
@@ -109,7 +110,11 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
     n = target["steps"] + target["warmup"]
     texts = [str(i % target["batch"]) for i in range(target["batch"] * n)]
     opt_bytes = 0
-    if method == "base-forward":
+    if method in ("base-forward", "memory-forward"):
+        if method == "memory-forward":  # the forward overhead of the memory layers (seed init: real reads)
+            S.add_memory(model, S.MemoryConfig(layers=target["layers"], n_keys=target["n_keys"],
+                                               knn=min(16, target["n_keys"]), init="seed"))
+            model.to(getattr(torch, target["dtype"]))
         times = []
         with torch.no_grad():
             for _ in range(n):
