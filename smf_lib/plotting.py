@@ -112,8 +112,9 @@ def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=Non
     return ax
 
 
-def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", ax=None):
-    """Every read row of a layer: task share against background share, the selected top-t highlighted."""
+def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", ax=None, label=None):
+    """Every read row of memory ``layer`` (position in ``counts``; ``label``: its decoder index for the title):
+    task share against background share, the selected top-t highlighted."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     c, tot = counts[layer].double(), stats.totals[layer].double()
     read = c > 0
@@ -131,7 +132,7 @@ def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", 
     ax.set_yscale("log")
     lim = [min(df.min(numeric_only=True)), max(df.max(numeric_only=True))]
     ax.plot(lim, lim, color="0.5", lw=0.8, ls="--")
-    ax.set_title(f"layer {layer}: rows read by the task batch", fontsize=10)
+    ax.set_title(f"layer {layer if label is None else label}: rows read by the task batch ({selector})", fontsize=10)
     return ax
 
 

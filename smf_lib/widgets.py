@@ -33,7 +33,7 @@ def selection_explorer(counts, stats, layers: list[int] | None = None, top_t: in
         with out:
             out.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5.5, 4))
-            plot_selection(counts, stats, layer.value, slider.value, selector.value, ax=ax)
+            plot_selection(counts, stats, layer.value, slider.value, selector.value, ax=ax, label=labels[layer.value])
             plt.show()
 
     for control in (slider, selector, layer):

@@ -74,8 +74,8 @@ for j, layer in enumerate(snap["layers"]):
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-plot_selection(counts, stats, 1, 128, "kl", ax=axes[0])
-plot_selection(counts, stats, 1, 128, "tfidf", ax=axes[1])
+plot_selection(counts, stats, 1, 128, "kl", ax=axes[0], label=snap["layers"][1])
+plot_selection(counts, stats, 1, 128, "tfidf", ax=axes[1], label=snap["layers"][1])
 fig.tight_layout()
 
 # %%
