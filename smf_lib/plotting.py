@@ -28,7 +28,7 @@ def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats
     return counts, stats, snap
 
 
-def selection_overlap(counts, stats, ts) -> pd.DataFrame:
+def selection_overlap(counts, stats, ts, layers=None) -> pd.DataFrame:
     """Per layer and top-t: rows KL and TF-IDF select, their Jaccard overlap and their share of hub rows
     (rows that more than half of the background documents read)."""
     rows = []
@@ -38,7 +38,7 @@ def selection_overlap(counts, stats, ts) -> pd.DataFrame:
         for j, (a, b) in enumerate(zip(kl, tf)):
             sa, sb = set(a.tolist()), set(b.tolist())
             hub = stats.df[j] > stats.n_docs / 2
-            rows.append({"layer": j, "top_t": t, "jaccard": len(sa & sb) / max(1, len(sa | sb)),
+            rows.append({"layer": j if layers is None else layers[j], "top_t": t, "jaccard": len(sa & sb) / max(1, len(sa | sb)),
                          "kl_hub_share": float(hub[a].float().mean()) if len(a) else 0.0,
                          "tfidf_hub_share": float(hub[b].float().mean()) if len(b) else 0.0})
     return pd.DataFrame(rows)

@@ -87,7 +87,7 @@ scores_table(counts, stats, layer=1, top_t=10)
 # tend to the same set.
 
 # %%
-overlap = selection_overlap(counts, stats, [8, 16, 32, 64, 128, 256, 512, 1024])
+overlap = selection_overlap(counts, stats, [8, 16, 32, 64, 128, 256, 512, 1024], layers=snap["layers"])
 plot_overlap(overlap)
 plt.show()
 
