@@ -88,3 +88,25 @@ def write_summary(out: str | Path) -> Path:
     summary_table(load_runs(out)).to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(path)
     return path
+
+
+def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per method, what the paired 95% intervals support: learned the task (MedMCQA accuracy or gold-option
+    log-likelihood up), forgot (WikiText perplexity up, TriviaQA alias log-likelihood down), or neither."""
+
+    def sign(row, metric, worse_if_up):
+        lo, hi = row[f"d_{metric}_lo"], row[f"d_{metric}_hi"]
+        if lo > 0:
+            return "worse" if worse_if_up else "better"
+        if hi < 0:
+            return "better" if worse_if_up else "worse"
+        return "no clear change"
+
+    rows = []
+    for _, r in summary[summary["method"] != "base"].iterrows():
+        rows.append({"method": r["method"],
+                     "MedMCQA accuracy": sign(r, "medmcqa_acc", False),
+                     "MedMCQA gold log-lik": sign(r, "medmcqa_gold_loglik", False),
+                     "WikiText perplexity": sign(r, "wikitext_ppl", True),
+                     "TriviaQA alias log-lik": sign(r, "triviaqa_alias_loglik", False)})
+    return pd.DataFrame(rows)
