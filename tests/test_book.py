@@ -54,5 +54,6 @@ def test_toc_lists_every_chapter_and_config_is_linked():
     assert (ROOT / "book" / "_config.yml").resolve() == (ROOT / "_config.yml").resolve()
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert cfg["execute"]["execute_notebooks"] == "cache"
-    for js in cfg["sphinx"]["config"]["nb_ipywidgets_js"]:
-        assert (ROOT / "book" / js).exists(), f"vendored widget script {js} missing"
+    for js in cfg["sphinx"]["config"]["html_js_files"]:
+        js = js if isinstance(js, str) else js[0]
+        assert (ROOT / "book" / "_static" / js).exists(), f"vendored widget script {js} missing"
