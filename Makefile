@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # CPU wheel for this machine; Colab/GPU users keep their own torch (the package asks only torch>=2.4).
 TORCH  ?= torch==2.13.0
-export SMF_DATA_DIR ?= $(abspath ../shared/data)
+export SMF_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
 .PHONY: setup test test-fast book book-check lint cpu-results bench clean
 
