@@ -66,3 +66,11 @@ def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, vocab: in
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
+
+
+def setup_notebook(seed: int = 0) -> str:
+    """Seed torch and pick the device for a book chapter; prints both and returns the device."""
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"torch {torch.__version__}, device {device}, seed {seed}")
+    return device

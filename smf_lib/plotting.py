@@ -38,7 +38,8 @@ def selection_overlap(counts, stats, ts, layers=None) -> pd.DataFrame:
         for j, (a, b) in enumerate(zip(kl, tf)):
             sa, sb = set(a.tolist()), set(b.tolist())
             hub = stats.df[j] > stats.n_docs / 2
-            rows.append({"layer": j if layers is None else layers[j], "top_t": t, "jaccard": len(sa & sb) / max(1, len(sa | sb)),
+            rows.append({"layer": j if layers is None else layers[j], "top_t": t,
+                         "jaccard": len(sa & sb) / max(1, len(sa | sb)),
                          "kl_hub_share": float(hub[a].float().mean()) if len(a) else 0.0,
                          "tfidf_hub_share": float(hub[b].float().mean()) if len(b) else 0.0})
     return pd.DataFrame(rows)

@@ -55,6 +55,7 @@ if "google.colab" in sys.modules:
     os.environ.setdefault("SMF_DATA_DIR", "")  # empty: data come from the Hugging Face Hub
 
 # %%
+from smf_lib import setup_notebook
 import torch
 
 import smf_lib as S
@@ -62,9 +63,7 @@ from smf_lib.experiments import load_results
 from smf_lib.plotting import plot_tradeoff
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"smf_lib {S.__version__}, torch {torch.__version__}, device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## The headline result on the offline default model

@@ -41,6 +41,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import time
 
 import matplotlib.pyplot as plt
@@ -50,9 +51,7 @@ import smf_lib as S
 from smf_lib.plotting import plot_reads
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## Product keys

@@ -51,6 +51,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -60,9 +61,7 @@ from smf_lib.experiments import get_preset, load_results
 from smf_lib.plotting import plot_loss_curves
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## A sparse step, live, on a tiny model

@@ -51,6 +51,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import matplotlib.pyplot as plt
 import torch
 
@@ -59,9 +60,7 @@ from smf_lib.plotting import plot_deltas, plot_tradeoff
 from smf_lib.stats import mcnemar, verdicts
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu")
 base = next(r for r in runs if r["method"] == "base")
 print(f"results from {folder.name}: MedMCQA n={base['data']['medmcqa_n']}, TriviaQA n={base['data']['triviaqa_n']}, "

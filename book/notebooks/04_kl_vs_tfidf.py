@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import matplotlib.pyplot as plt
 import torch
 
@@ -56,9 +57,7 @@ from smf_lib.plotting import load_snapshot, plot_overlap, plot_selection, scores
 from smf_lib.widgets import selection_explorer
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
 print(f"read counts of {snap['batch_texts']} MedMCQA training texts at memory layers {snap['layers']}; "

@@ -43,6 +43,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import dataclasses
 
 import torch
@@ -52,9 +53,7 @@ from smf_lib.experiments import PAPER_GRID, get_preset
 from smf_lib.memory import ProductKeyMemory
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 paper = get_preset("paper")
 {k: v for k, v in dataclasses.asdict(paper).items() if k not in ("notes",)}
 

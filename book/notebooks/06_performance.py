@@ -44,6 +44,7 @@ if "google.colab" in sys.modules:
 
 
 # %%
+from smf_lib import setup_notebook
 import json
 
 import matplotlib.pyplot as plt
@@ -54,9 +55,7 @@ from smf_lib.experiments import results_dir
 from smf_lib.plotting import plot_benchmark
 
 SEED = 0
-torch.manual_seed(SEED)
-device = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"device {device}, seed {SEED}")
+device = setup_notebook(SEED)
 bench = results_dir("cpu").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
