@@ -2,7 +2,7 @@
 
 from .memory import (MemoryConfig, ProductKeyMemory, add_memory, load_memory, memory_layers, memory_state_dict,
                      print_trainable_parameters, save_memory, set_recording)
-from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, setup_notebook, tiny_model
+from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, setup_notebook, tiny_model, tune_cpu_allocator
 from .selection import (BackgroundStats, compute_background_stats, read_counts, score_rows, select_for_layers,
                         select_rows)
 from .training import RowSparseAdam, TrainConfig, TrainResult, train
@@ -10,6 +10,7 @@ from .training import RowSparseAdam, TrainConfig, TrainResult, train
 __version__ = "0.1.0"
 __all__ = ["MemoryConfig", "ProductKeyMemory", "add_memory", "load_memory", "memory_layers", "memory_state_dict",
            "print_trainable_parameters", "save_memory", "set_recording", "DEFAULT_MODEL", "PAPER_MODEL",
-           "load_model", "setup_notebook", "tiny_model", "BackgroundStats", "compute_background_stats",
+           "load_model", "setup_notebook", "tiny_model",
+           "tune_cpu_allocator", "BackgroundStats", "compute_background_stats",
            "read_counts", "score_rows", "select_for_layers", "select_rows", "RowSparseAdam", "TrainConfig",
            "TrainResult", "train"]

@@ -409,6 +409,8 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", nargs="+", type=int, help="default: the preset's seeds")
     r.add_argument("--out", help="results folder (default results/PRESET)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-tune-allocator", action="store_true",
+                   help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
     s = sub.add_parser("summarize", help="rewrite OUT/summary.csv from OUT/runs/*.json")
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -418,6 +420,10 @@ def main(argv=None) -> int:
         print(write_summary(Path(args.out)))
         return 0
     preset = get_preset(args.preset)
+    if not args.no_tune_allocator:
+        from .models import tune_cpu_allocator
+
+        tune_cpu_allocator()
     Runner(preset, args.out or f"results/{preset.name}", progress=not args.no_progress).run(args.methods, args.seeds)
     return 0
 

@@ -36,3 +36,31 @@ def test_unreachable_hub_model_names_both_remedies(monkeypatch):
     monkeypatch.setattr(S.models.AutoModelForCausalLM, "from_pretrained", offline)
     with pytest.raises(OSError, match="go online.*offline default 'smollm2-135m-instruct'"):
         S.load_model("no-such-org/no-such-model-xyz")
+
+
+_FAULTS = """
+import resource, sys, torch, smf_lib as S
+tuned = S.tune_cpu_allocator() if sys.argv[1] == "tune" else None
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(25_000_000); del x  # 100 MB, above glibc's default mmap threshold
+f0 = faults()
+for _ in range(10):
+    x = torch.ones(25_000_000); del x
+print(tuned, faults() - f0)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc only")
+def test_tune_cpu_allocator_reuses_freed_blocks():
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        tuned, faults = out.stdout.split()
+        return tuned, int(faults)
+
+    _, plain = run("plain")
+    tuned, after = run("tune")
+    assert plain > 10 * 20_000  # each fresh 100 MB block faults in its ~24k pages again
+    assert tuned == "True" and after < plain / 4  # reused (now and then one block is faulted in once more)
