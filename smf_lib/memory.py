@@ -173,10 +173,12 @@ class _RowSparseRead(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             rows, inverse = torch.unique(idx, return_inverse=True)
             bags = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
+            # accumulate in float32 (bf16 sums over many reads lose rows' small gradients; and sparse.mm's
+            # bf16 support varies by device), then store in the table's dtype
             scatter = torch.sparse_coo_tensor(torch.stack([inverse.reshape(-1), bags.reshape(-1)]),
-                                              w.reshape(-1).to(g.dtype), (rows.numel(), idx.shape[0]),
+                                              w.reshape(-1).float(), (rows.numel(), idx.shape[0]),
                                               check_invariants=False)
-            vals = torch.sparse.mm(scatter, g).to(table.dtype)
+            vals = torch.sparse.mm(scatter, g.float()).to(table.dtype)
             grad_table = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, table.shape, is_coalesced=True,
                                                  check_invariants=False)
         return None, grad_w, grad_table

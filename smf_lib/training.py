@@ -224,7 +224,8 @@ def _take_row_grads(mems) -> list[tuple[torch.Tensor, torch.Tensor]]:
         g = m.values.weight.grad
         m.values.weight.grad = None
         if g is None:
-            out.append((torch.zeros(0, dtype=torch.long), m.values.weight.new_zeros(0, m.values.weight.shape[1])))
+            w = m.values.weight
+            out.append((torch.zeros(0, dtype=torch.long, device=w.device), w.new_zeros(0, w.shape[1])))
             continue
         g = g.coalesce()
         out.append((g.indices()[0], g.values()))
@@ -257,21 +258,28 @@ def distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
+def _all_reduce(t: torch.Tensor, world: int, mean: bool) -> torch.Tensor:
+    """Sum (or mean) of ``t`` over processes, returned on ``t``'s device. NCCL reduces only CUDA tensors, so
+    CPU tensors (read counts, the loss) travel through this process's GPU there."""
+    if world == 1:
+        return t
+    import torch.distributed as dist
 
-        dist.all_reduce(t)
-        t /= world
-    return t
+    on = t.device
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t)
+    if mean:
+        t = t / world
+    return t.to(on)
+
+
+def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
+    return _all_reduce(t, world, mean=True)
 
 
 def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
+    return _all_reduce(t, world, mean=False)
 
 
 def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
@@ -374,7 +382,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
                 for p in dense:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
-                    _all_reduce_mean(p.grad, world)
+                    p.grad = _all_reduce_mean(p.grad, world)
                 total_loss = float(_all_reduce_mean(torch.tensor(total_loss), world))
             sq = sum(float(g.float().square().sum()) for _, g in row_grads)
             sq += sum(float(p.grad.float().square().sum()) for p in dense if p.grad is not None)
