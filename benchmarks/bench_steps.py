@@ -5,8 +5,11 @@ so that its peak memory is its own.
     python benchmarks/bench_steps.py --target cpu --out benchmarks/results    # SmolLM2-135M, this CPU
     python benchmarks/bench_steps.py --target gpu --out benchmarks/results    # Qwen2.5-0.5B shape, random, CUDA
 
-Writes ``{target}_steps.csv`` (one row per method), ``{target}_slots.csv`` (strict SMF step time as slots
-grow) and ``{target}_meta.json`` (set-up, product-key vs brute-force lookup, probe throughput, adapter sizes).
+Every process first calls ``smf_lib.tune_cpu_allocator()`` (reuse freed CPU memory; ``--no-tune-allocator``
+turns it off). Writes ``{target}_steps.csv`` (one row per method), ``{target}_slots.csv`` (strict SMF step time
+as slots grow, with glibc's default allocator and with the tuned one) and ``{target}_meta.json`` (set-up,
+product-key vs brute-force lookup, probe throughput, adapter sizes). ``--parts`` rewrites only some of them;
+``--quick`` is a dry run of a target's code path (e.g. the GPU target on a CPU) whose numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def build(target: dict, device: str):
         cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                           num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                           tie_word_embeddings=True)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
+        with torch.device(device):  # initialise the random weights where they will run
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         tok = None
     return model, tok
 
@@ -93,10 +97,24 @@ class _Enc(dict):
     __getattr__ = dict.__getitem__
 
 
+QUICK = dict(batch=1, seq=32, steps=1, warmup=1)  # --quick: a dry run of a target's code path, not a measurement
+
+
+def target_of(name: str, quick: bool) -> dict:
+    t = dict(TARGETS[name])
+    if quick:
+        t.update(QUICK, slots=t["slots"][:2])
+    return t
+
+
+def device_of(name: str) -> str:
+    return os.environ.get("BENCH_DEVICE") or ("cuda" if name == "gpu" else "cpu")
+
+
 def one_method(target_name: str, method: str, n_keys: int | None = None, layers=None) -> dict:
     """Time one method in this process; returns its row."""
-    target = dict(TARGETS[target_name])
-    device = "cuda" if target_name == "gpu" else "cpu"
+    target = target_of(target_name, bool(os.environ.get("BENCH_QUICK")))
+    device = device_of(target_name)
     if n_keys is not None:
         target["n_keys"] = n_keys
     if layers is not None:
@@ -176,8 +194,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_sub(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True,
+def run_sub(args: list[str], tune: bool = True) -> dict:
+    flag = [] if tune else ["--no-tune-allocator"]
+    out = subprocess.run([sys.executable, __file__, *flag, "--one", *args], capture_output=True, text=True,
                          env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -188,8 +207,8 @@ def lookup_and_probes(target_name: str) -> dict:
     """Product-key lookup vs brute force at growing N; probe throughput (tokens/s)."""
     from smf_lib.memory import ProductKeyMemory
 
-    target = TARGETS[target_name]
-    device = "cuda" if target_name == "gpu" else "cpu"
+    target = target_of(target_name, bool(os.environ.get("BENCH_QUICK")))
+    device = device_of(target_name)
     d = {"cpu": 576, "gpu": 896, "tiny": 64}[target_name]
     x = torch.randn(target["batch"], target["seq"], d, device=device)
     rows = []
@@ -210,7 +229,7 @@ def lookup_and_probes(target_name: str) -> dict:
             r[name] = (time.perf_counter() - t0) / 3 * 1e3
         rows.append(r)
     probes = []
-    if target_name == "cpu":
+    if target_name == "cpu" and not os.environ.get("BENCH_QUICK"):
         from smf_lib import data as D
         from smf_lib import probes as P
 
@@ -264,7 +283,19 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--parts", nargs="+", choices=("steps", "slots", "meta"), default=["steps", "slots", "meta"],
+                    help="which tables to (re)write; the others are left as they are")
+    ap.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's default malloc settings")
+    ap.add_argument("--device", help="run a target on another device (default: cuda for gpu, else cpu)")
+    ap.add_argument("--quick", action="store_true",
+                    help="dry run: batch 1 x 32 tokens, 1 timed step, 2 slot sizes (checks the code path, e.g. the "
+                         "gpu target's model on a CPU before a GPU session); its numbers mean nothing")
     args = ap.parse_args()
+    if args.device:
+        os.environ["BENCH_DEVICE"] = args.device
+    if args.quick:
+        os.environ["BENCH_QUICK"] = "1"
+    tuned = False if args.no_tune_allocator else S.tune_cpu_allocator()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if args.one:
         t, m, *rest = args.one
@@ -276,25 +307,38 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t = TARGETS[args.target]
+    t = target_of(args.target, args.quick)
+    device = device_of(args.target)
+
+    def write(df, name):  # after every row, atomically: a run cut short keeps what it measured
+        df.to_csv(out / f"{name}.tmp", index=False, float_format="%.4g")
+        (out / f"{name}.tmp").replace(out / name)
+
     rows = []
-    for m in args.methods:
+    for m in args.methods if "steps" in args.parts else ():
         rows.append(run_sub([args.target, m]))
         print(rows[-1], flush=True)
-    pd.DataFrame(rows).to_csv(out / f"{args.target}_steps.csv", index=False, float_format="%.4g")
+        write(pd.DataFrame(rows), f"{args.target}_steps.csv")
     slots = []
     mid = t["layers"][len(t["layers"]) // 2]
-    for n_keys in t["slots"]:
-        r = run_sub([args.target, "smf-kl", str(n_keys), str(mid)])
-        slots.append({"n_slots": n_keys**2, "median_step_s": r["median_step_s"], "peak_mem_mb": r["peak_mem_mb"]})
-        print(slots[-1], flush=True)
-    pd.DataFrame(slots).to_csv(out / f"{args.target}_slots.csv", index=False, float_format="%.4g")
-    meta = {"setup": (f"{args.target}: {t['model']}, memory at {t['layers']} with {t['n_keys'] ** 2} slots, batch "
+    for tune in ((False, True) if device == "cpu" else (True,)) if "slots" in args.parts else ():
+        # glibc's malloc matters on CPU only
+        for n_keys in t["slots"]:
+            r = run_sub([args.target, "smf-kl", str(n_keys), str(mid)], tune=tune)
+            slots.append({"n_slots": n_keys**2, "allocator": "tuned" if tune else "glibc default",
+                          "median_step_s": r["median_step_s"], "peak_mem_mb": r["peak_mem_mb"]})
+            print(slots[-1], flush=True)
+            write(pd.DataFrame(slots), f"{args.target}_slots.csv")
+    if "meta" not in args.parts:
+        return
+    meta = {"setup": (f"{args.target}{' (quick dry run)' if args.quick else ''} on {device}: {t['model']}, "
+                      f"memory at {t['layers']} with {t['n_keys'] ** 2} slots, batch "
                       f"{t['batch']} x {t['seq']} tokens, top-t {t['top_t']}, {t['dtype']}, median of {t['steps']} "
                       f"steps after {t['warmup']} warm-up, torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads"),
-            **lookup_and_probes(args.target)}
-    if args.target == "cpu":  # adapter sizes do not depend on the device
+                      f"{torch.get_num_threads()} CPU threads, allocator "
+                      f"{'tuned (smf_lib.tune_cpu_allocator)' if tuned else 'default'}"),
+            "date": time.strftime("%Y-%m-%d"), **lookup_and_probes(args.target)}
+    if args.target == "cpu" and not args.quick:  # adapter sizes do not depend on the device
         meta["adapters"] = adapter_sizes()
     (out / f"{args.target}_meta.json").write_text(json.dumps(meta, indent=1))
     print(json.dumps(meta, indent=1))

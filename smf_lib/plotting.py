@@ -177,3 +177,16 @@ def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:
         out[f"{sel} slot"] = chosen.tolist()
         out[f"{sel} score"] = s[chosen].round(decimals=5).tolist()
     return pd.DataFrame(out)
+
+
+def plot_slot_scaling(slots: pd.DataFrame, ax=None):
+    """Strict-SMF step time against the number of slots per memory (log x), one line per allocator setting."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.4))
+    hue = "allocator" if "allocator" in slots else None
+    sns.lineplot(slots, x="n_slots", y="median_step_s", hue=hue, marker="o", ax=ax)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, None)
+    ax.set_xlabel("slots per memory layer (N)")
+    ax.set_ylabel("median step time (s)")
+    return ax

@@ -110,3 +110,48 @@ def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
                      "WikiText perplexity": sign(r, "wikitext_ppl", True),
                      "TriviaQA alias log-lik": sign(r, "triviaqa_alias_loglik", False)})
     return pd.DataFrame(rows)
+
+
+def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gpu: bool = False) -> pd.DataFrame:
+    """Issue 5's speed and memory targets, checked on a benchmark's tables (``benchmarks/bench_steps.py``).
+
+    Args:
+        steps: ``{target}_steps.csv`` (one row per method: median_step_s, peak_mem_mb).
+        slots: ``{target}_slots.csv`` (n_slots, median_step_s and, when present, allocator).
+        gpu: whether the tables come from a GPU (the forward-overhead goal is stated for GPU only).
+
+    Returns:
+        One row per target: what was measured, the goal, and whether it holds (yes / no / not measured).
+    """
+    t = steps.set_index("method")
+    rows = []
+
+    def add(name, value, goal, holds):
+        rows.append({"target": name, "measured": value, "goal": goal,
+                     "holds": "not measured" if holds is None else ("yes" if holds else "no")})
+
+    def ratio(a, b, col="median_step_s"):
+        return float(t.loc[a, col] / t.loc[b, col]) if a in t.index and b in t.index else None
+
+    for smf in ("smf-kl", "smf-tfidf"):
+        r = ratio(smf, "lora")
+        add(f"{smf} step / LoRA step", None if r is None else round(r, 3), "<= 1", None if r is None else r <= 1)
+        r = ratio(smf, "smf-floor")
+        add(f"{smf} step / SMF floor", None if r is None else round(r, 3), "<= 1.15",
+            None if r is None else r <= 1.15)
+    r = ratio("smf-kl", "lora", "peak_mem_mb")
+    add("smf-kl peak memory / LoRA peak", None if r is None else round(r, 3), "< 1", None if r is None else r < 1)
+    if slots is not None and len(slots):
+        groups = slots.groupby("allocator") if "allocator" in slots else [("", slots)]
+        for alloc, g in groups:
+            g = g.sort_values("n_slots")
+            r = float(g["median_step_s"].max() / g["median_step_s"].iloc[0])
+            label = f"slowest / {int(g['n_slots'].iloc[0]):,}-slot step ({int(g['n_slots'].min()):,} to " \
+                    f"{int(g['n_slots'].max()):,} slots{', ' + alloc if alloc else ''})"
+            add(label, round(r, 3), "<= 1.2", r <= 1.2)
+    r = ratio("memory-forward", "base-forward")
+    add("memory forward / base forward", None if r is None else round(r, 3),
+        "<= 1.10 (goal on GPU)", None if r is None or not gpu else r <= 1.10)
+    if not gpu and r is not None:
+        rows[-1]["holds"] = "reported (goal is for GPU)"
+    return pd.DataFrame(rows)

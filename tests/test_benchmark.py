@@ -17,4 +17,24 @@ def test_benchmark_script_runs_on_tiny_target(tmp_path):
     assert list(df["method"]) == ["base-forward", "smf-floor", "smf-kl", "lora"]
     assert (df["median_step_s"] > 0).all()
     assert df.loc[df.method == "lora", "optimizer_state_mb"].item() > 0
-    assert len(pd.read_csv(tmp_path / "tiny_slots.csv")) == 2
+    slots = pd.read_csv(tmp_path / "tiny_slots.csv")
+    assert len(slots) == 4 and set(slots["allocator"]) == {"glibc default", "tuned"}
+
+
+def test_benchmark_targets_say_which_hold():
+    from smf_lib.stats import benchmark_targets
+
+    steps = pd.DataFrame({"method": ["base-forward", "memory-forward", "smf-floor", "smf-kl", "lora"],
+                          "median_step_s": [1.0, 1.2, 3.0, 3.3, 5.0], "peak_mem_mb": [1, 1, 1, 2000, 3000]})
+    slots = pd.DataFrame({"n_slots": [4096, 65536, 1048576] * 2, "allocator": ["a"] * 3 + ["b"] * 3,
+                          "median_step_s": [2.0, 2.1, 2.6, 2.0, 2.0, 2.3]})
+    t = benchmark_targets(steps, slots).set_index("target")["holds"]
+    assert t["smf-kl step / LoRA step"] == "yes" and t["smf-kl step / SMF floor"] == "yes"
+    assert t["smf-kl peak memory / LoRA peak"] == "yes"
+    assert t["smf-tfidf step / LoRA step"] == "not measured"
+    flat = t[t.index.str.startswith("slowest")]
+    assert list(flat) == ["no", "yes"]  # 2.6 / 2.0 = 1.3 > 1.2; 2.3 / 2.0 = 1.15
+    assert t["memory forward / base forward"] == "reported (goal is for GPU)"
+    gpu = benchmark_targets(steps.assign(median_step_s=[1.0, 1.2, 3.0, 3.6, 3.2]), gpu=True).set_index("target")
+    assert gpu.loc["smf-kl step / LoRA step", "holds"] == "no" and gpu.loc["smf-kl step / SMF floor", "holds"] == "no"
+    assert gpu.loc["memory forward / base forward", "holds"] == "no"  # 1.2 > 1.10
