@@ -37,6 +37,9 @@ TARGETS = {
     # hidden states and batch of the issue: SmolLM2-135M, memory at (7, 15, 22), 8 x 128 tokens
     "cpu": dict(model="smollm2", layers=(7, 15, 22), n_keys=64, batch=8, seq=128, top_t=128, steps=6, warmup=2,
                 dtype="float32", slots=(64, 256, 1024)),
+    # the paper's shapes on this CPU (float32, a smaller batch): the memory layers' forward overhead there
+    "cpu-paper": dict(model="qwen2.5-0.5b-shape", layers=(6, 12, 18), n_keys=128, batch=4, seq=256, top_t=512,
+                      steps=5, warmup=1, dtype="float32", slots=(128,)),
     # the paper's shapes: Qwen2.5-0.5B (random weights), memory at (6, 12, 18) with 16,384 slots, top-t 512
     "gpu": dict(model="qwen2.5-0.5b-shape", layers=(6, 12, 18), n_keys=128, batch=16, seq=1024, top_t=512,
                 steps=10, warmup=3, dtype="bfloat16", slots=(64, 128, 512, 1024)),
@@ -122,7 +125,11 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
     model, _ = build(target, device)
     ids = batch_ids(target, model.config.vocab_size, device)
     tok = IdsTokenizer(ids)
+    # a control: an unused tensor as large as a table of BENCH_BALLAST_SLOTS slots, held through the run
+    ballast = torch.zeros(int(os.environ.get("BENCH_BALLAST_SLOTS", 0)), model.config.hidden_size, device=device,
+                          dtype=getattr(torch, target["dtype"]))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n = target["steps"] + target["warmup"]
@@ -186,7 +193,10 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
     return {"method": method, "median_step_s": med, "tokens_per_s": target["batch"] * target["seq"] / med,
             "peak_mem_mb": peak, "mem_after_load_mb": rss0 if device == "cpu" else None,
             "extra_mem_mb": peak - rss0 if device == "cpu" else None,
-            "optimizer_state_mb": opt_bytes / 2**20, "n_slots": target["n_keys"] ** 2, "steps_timed": len(times)}
+            "optimizer_state_mb": opt_bytes / 2**20, "n_slots": target["n_keys"] ** 2, "steps_timed": len(times),
+            # minor page faults from after loading to the end, over all steps (warm-up included)
+            "page_faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n,
+            "unused_tensor_mb": ballast.numel() * ballast.element_size() / 2**20}
 
 
 def sync(device):
@@ -194,10 +204,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_sub(args: list[str], tune: bool = True) -> dict:
+def run_sub(args: list[str], tune: bool = True, ballast_slots: int = 0) -> dict:
     flag = [] if tune else ["--no-tune-allocator"]
     out = subprocess.run([sys.executable, __file__, *flag, "--one", *args], capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+                         env={**os.environ, "TQDM_DISABLE": "1", "BENCH_BALLAST_SLOTS": str(ballast_slots)})
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,7 +219,7 @@ def lookup_and_probes(target_name: str) -> dict:
 
     target = target_of(target_name, bool(os.environ.get("BENCH_QUICK")))
     device = device_of(target_name)
-    d = {"cpu": 576, "gpu": 896, "tiny": 64}[target_name]
+    d = {"cpu": 576, "gpu": 896, "cpu-paper": 896, "tiny": 64}[target_name]
     x = torch.randn(target["batch"], target["seq"], d, device=device)
     rows = []
     for n_keys in target["slots"]:
@@ -323,10 +333,14 @@ def main():
     mid = t["layers"][len(t["layers"]) // 2]
     for tune in ((False, True) if device == "cpu" else (True,)) if "slots" in args.parts else ():
         # glibc's malloc matters on CPU only
-        for n_keys in t["slots"]:
-            r = run_sub([args.target, "smf-kl", str(n_keys), str(mid)], tune=tune)
+        # the smallest table again, beside an unused tensor as large as the largest table (a control: does the
+        # step slow down with the table's size or with the process's?)
+        control = [(t["slots"][0], t["slots"][-1] ** 2)] if device == "cpu" else []
+        for n_keys, ballast in [(k, 0) for k in t["slots"]] + control:
+            r = run_sub([args.target, "smf-kl", str(n_keys), str(mid)], tune=tune, ballast_slots=ballast)
             slots.append({"n_slots": n_keys**2, "allocator": "tuned" if tune else "glibc default",
-                          "median_step_s": r["median_step_s"], "peak_mem_mb": r["peak_mem_mb"]})
+                          "unused_tensor_mb": r["unused_tensor_mb"], "median_step_s": r["median_step_s"],
+                          "page_faults_per_step": round(r["page_faults_per_step"]), "peak_mem_mb": r["peak_mem_mb"]})
             print(slots[-1], flush=True)
             write(pd.DataFrame(slots), f"{args.target}_slots.csv")
     if "meta" not in args.parts:

@@ -183,6 +183,8 @@ def plot_slot_scaling(slots: pd.DataFrame, ax=None):
     """Strict-SMF step time against the number of slots per memory (log x), one line per allocator setting."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.4))
+    if "unused_tensor_mb" in slots:
+        slots = slots[slots["unused_tensor_mb"] == 0]  # leave out the control rows
     hue = "allocator" if "allocator" in slots else None
     sns.lineplot(slots, x="n_slots", y="median_step_s", hue=hue, marker="o", ax=ax)
     ax.set_xscale("log", base=2)

@@ -117,7 +117,8 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
 
     Args:
         steps: ``{target}_steps.csv`` (one row per method: median_step_s, peak_mem_mb).
-        slots: ``{target}_slots.csv`` (n_slots, median_step_s and, when present, allocator).
+        slots: ``{target}_slots.csv`` (n_slots, median_step_s and, when present, allocator and
+            unused_tensor_mb; rows with an unused tensor are a control and are left out here).
         gpu: whether the tables come from a GPU (the forward-overhead goal is stated for GPU only).
 
     Returns:
@@ -141,6 +142,8 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
             None if r is None else r <= 1.15)
     r = ratio("smf-kl", "lora", "peak_mem_mb")
     add("smf-kl peak memory / LoRA peak", None if r is None else round(r, 3), "< 1", None if r is None else r < 1)
+    if slots is not None and "unused_tensor_mb" in slots:
+        slots = slots[slots["unused_tensor_mb"] == 0]  # the control rows (an unused tensor beside) are not a size
     if slots is not None and len(slots):
         groups = slots.groupby("allocator") if "allocator" in slots else [("", slots)]
         for alloc, g in groups:

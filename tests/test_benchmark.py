@@ -18,7 +18,9 @@ def test_benchmark_script_runs_on_tiny_target(tmp_path):
     assert (df["median_step_s"] > 0).all()
     assert df.loc[df.method == "lora", "optimizer_state_mb"].item() > 0
     slots = pd.read_csv(tmp_path / "tiny_slots.csv")
-    assert len(slots) == 4 and set(slots["allocator"]) == {"glibc default", "tuned"}
+    assert len(slots) == 6 and set(slots["allocator"]) == {"glibc default", "tuned"}
+    control = slots[slots["unused_tensor_mb"] > 0]
+    assert list(control["n_slots"]) == [64, 64] and (slots["page_faults_per_step"] >= 0).all()
 
 
 def test_benchmark_targets_say_which_hold():
@@ -26,8 +28,9 @@ def test_benchmark_targets_say_which_hold():
 
     steps = pd.DataFrame({"method": ["base-forward", "memory-forward", "smf-floor", "smf-kl", "lora"],
                           "median_step_s": [1.0, 1.2, 3.0, 3.3, 5.0], "peak_mem_mb": [1, 1, 1, 2000, 3000]})
-    slots = pd.DataFrame({"n_slots": [4096, 65536, 1048576] * 2, "allocator": ["a"] * 3 + ["b"] * 3,
-                          "median_step_s": [2.0, 2.1, 2.6, 2.0, 2.0, 2.3]})
+    slots = pd.DataFrame({"n_slots": [4096, 65536, 1048576, 4096] * 2, "allocator": ["a"] * 4 + ["b"] * 4,
+                          "unused_tensor_mb": [0, 0, 0, 2304] * 2,
+                          "median_step_s": [2.0, 2.1, 2.6, 9.0, 2.0, 2.0, 2.3, 9.0]})  # controls are left out
     t = benchmark_targets(steps, slots).set_index("target")["holds"]
     assert t["smf-kl step / LoRA step"] == "yes" and t["smf-kl step / SMF floor"] == "yes"
     assert t["smf-kl peak memory / LoRA peak"] == "yes"
