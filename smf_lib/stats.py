@@ -149,8 +149,8 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
         for alloc, g in groups:
             g = g.sort_values("n_slots")
             r = float(g["median_step_s"].max() / g["median_step_s"].iloc[0])
-            label = f"slowest / {int(g['n_slots'].iloc[0]):,}-slot step ({int(g['n_slots'].min()):,} to " \
-                    f"{int(g['n_slots'].max()):,} slots{', ' + alloc if alloc else ''})"
+            label = (f"slot scaling{' (' + alloc + ')' if alloc else ''}: slowest step / "
+                     f"{int(g['n_slots'].iloc[0]):,}-slot step, up to {int(g['n_slots'].max()):,} slots")
             add(label, round(r, 3), "<= 1.2", r <= 1.2)
     r = ratio("memory-forward", "base-forward")
     add("memory forward / base forward", None if r is None else round(r, 3),

@@ -35,7 +35,7 @@ def test_benchmark_targets_say_which_hold():
     assert t["smf-kl step / LoRA step"] == "yes" and t["smf-kl step / SMF floor"] == "yes"
     assert t["smf-kl peak memory / LoRA peak"] == "yes"
     assert t["smf-tfidf step / LoRA step"] == "not measured"
-    flat = t[t.index.str.startswith("slowest")]
+    flat = t[t.index.str.startswith("slot scaling")]
     assert list(flat) == ["no", "yes"]  # 2.6 / 2.0 = 1.3 > 1.2; 2.3 / 2.0 = 1.15
     assert t["memory forward / base forward"] == "reported (goal is for GPU)"
     gpu = benchmark_targets(steps.assign(median_step_s=[1.0, 1.2, 3.0, 3.6, 3.2]), gpu=True).set_index("target")
