@@ -87,7 +87,8 @@ def tune_cpu_allocator(keep_below: int = 2**30) -> bool:
     (``python -m smf_lib run --no-tune-allocator`` opts out). GPU memory is not affected.
 
     Returns:
-        True when set; False where the C library is not glibc (macOS, musl, Windows): nothing is changed.
+        ``True`` when set, ``False`` where the C library is not glibc (macOS, musl, Windows), which is left
+        unchanged.
     """
     if not sys.platform.startswith("linux"):
         return False

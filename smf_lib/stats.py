@@ -122,7 +122,8 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
         gpu: whether the tables come from a GPU (the forward-overhead goal is stated for GPU only).
 
     Returns:
-        One row per target: what was measured, the goal, and whether it holds (yes / no / not measured).
+        A table with one row per target, giving what was measured, the goal, and whether it holds (yes / no /
+        not measured / reported).
     """
     t = steps.set_index("method")
     rows = []
