@@ -4,6 +4,10 @@ Every run writes one JSON under ``OUT/runs/`` atomically (write to a temporary f
 interrupted grid never damages finished results; finished runs are skipped and training resumes from its
 last checkpoint under ``OUT/artifacts/``. ``OUT/summary.csv`` has one row per method and seed with the
 metrics, their deltas to base and paired-bootstrap 95% confidence intervals.
+
+Several processes (``accelerate launch -m smf_lib run ...`` or torchrun): every process trains (each takes an
+equal share of every micro-batch; see :func:`smf_lib.train`), process 0 alone evaluates, computes background
+statistics and writes files, and the others wait for its files before they go on.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .memory import MemoryConfig, add_memory, load_memory, memory_layers, save_m
 from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, load_tokenizer, tiny_model
 from .probes import medmcqa_accuracy, perplexity, triviaqa_accuracy
 from .selection import BackgroundStats, batch_counts, compute_background_stats
-from .training import TrainConfig, train
+from .training import TrainConfig, distributed, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -198,10 +202,17 @@ def _corpus(p: Preset, which: str, n: int | None) -> list[str]:
     return texts[:n] if n is not None else texts
 
 
+def _device() -> torch.device:
+    """This process's device: its own GPU under accelerate launch / torchrun (LOCAL_RANK), else cuda:0 or CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _load(p: Preset, seed: int = 0):
     if p.model == "tiny":
         return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), load_tokenizer()
-    return load_model(p.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(p.model, device=_device())
 
 
 def _versions() -> dict:
@@ -258,7 +269,9 @@ class Runner:
     """Runs a preset's grid into ``out``; everything finished is kept and skipped on the next call."""
 
     def __init__(self, preset: Preset, out: str | Path, progress: bool = True):
-        self.p, self.out, self.progress = preset, Path(out), progress
+        self.rank, self.world = distributed()
+        self.main = self.rank == 0
+        self.p, self.out, self.progress = preset, Path(out), progress and self.main
         self.art = self.out / "artifacts"
         root = _data_root(preset)
         self.task_rows = D.load_medmcqa("train", preset.train_n, single_choice=True, root=root)
@@ -272,7 +285,14 @@ class Runner:
                 "wikitext": D.fingerprint([D.wikitext_text(p.wikitext_lines, root)])}
 
     def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        if self.main:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def wait_for(self, path: Path) -> None:
+        """Processes other than 0 wait until process 0 has written ``path``. A file, not a collective barrier:
+        evaluation can outlast NCCL's timeout, and the launcher stops every process if process 0 fails."""
+        while not self.main and not path.exists():
+            time.sleep(0.5)
 
     def run_path(self, method: str, seed: int) -> Path:
         return self.out / "runs" / (f"{method}.json" if method == "base" else f"{method}-s{seed}.json")
@@ -280,7 +300,7 @@ class Runner:
     def _record(self, method, seed, result, extra) -> None:
         p = self.p
         obj = {"method": method, "seed": seed, "preset": p.name, "model": p.model, "notes": p.notes,
-               "memory": p.memory, "versions": _versions(),
+               "memory": p.memory, "versions": _versions(), "processes": self.world,
                "data": {"medmcqa_train": D.fingerprint(self.task_texts), "n_train": len(self.task_texts),
                         "eval_fingerprints": self.eval_fingerprints(),
                         "medmcqa_n": p.medmcqa_n, "triviaqa_n": p.triviaqa_n, "wikitext_lines": p.wikitext_lines,
@@ -301,11 +321,14 @@ class Runner:
             cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"), **p.retrofit)
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
             res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress)
-            save_memory(res.model, folder / "adapter")
-            write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts)})
+            if self.main:
+                save_memory(res.model, folder / "adapter")
+                write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds,
+                                                       "n_texts": len(texts), "processes": self.world})
+        self.wait_for(folder / "train_log.json")
         model, tok = _load(p, seed)
         load_memory(model, folder / "adapter")
-        if not stats_path.exists():
+        if self.main and not stats_path.exists():
             t0 = time.perf_counter()
             texts = _corpus(p, p.background_corpus, p.background_n)
             self.log(f"background statistics on {len(texts)} documents")
@@ -314,6 +337,7 @@ class Runner:
             stats.save(stats_path)
             write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(texts),
                                                           "corpus": p.background_corpus})
+        self.wait_for(folder / "background_meta.json")
         return model, tok, BackgroundStats.load(stats_path, model), folder
 
     def run_one(self, method: str, seed: int) -> None:
@@ -323,6 +347,9 @@ class Runner:
             self.log(f"{method} seed {seed}: done already, skipped")
             return
         kind, _, mode = METHODS[method]
+        if method == "base" and not self.main:  # nothing to train: process 0 evaluates the base alone
+            self.wait_for(self.run_path(method, seed))
+            return
         t0 = time.perf_counter()
         extra = {}
         if method == "base":
@@ -337,7 +364,8 @@ class Runner:
                 res = train(model, tok, self.task_texts, cfg, stats=stats,
                             checkpoint_dir=self.art / f"{method}-s{seed}" / "ckpt", progress=self.progress)
                 model = res.model
-                save_memory(model, self.art / f"{method}-s{seed}" / "adapter", reference=ref / "adapter")
+                if self.main:
+                    save_memory(model, self.art / f"{method}-s{seed}" / "adapter", reference=ref / "adapter")
                 extra.update(train_config=dataclasses.asdict(cfg), train_log=res.log, train_seconds=res.seconds)
         else:
             model, tok = _load(self.p, seed)
@@ -347,6 +375,10 @@ class Runner:
                         progress=self.progress)
             model = res.model
             extra.update(train_config=dataclasses.asdict(cfg), train_log=res.log, train_seconds=res.seconds)
+        if not self.main:  # process 0 evaluates and writes the run file
+            del model
+            self.wait_for(self.run_path(method, seed))
+            return
         self.log(f"{method} seed {seed}: evaluating")
         result = evaluate(model, tok, self.p, self.progress)
         extra["wall_seconds"] = time.perf_counter() - t0
@@ -357,7 +389,8 @@ class Runner:
     def selection_snapshot(self, seed: int = 0, n_batches: int = 4) -> Path:
         """Read counts of a few task batches and the background statistics, for the KL vs TF-IDF chapter."""
         path = self.out / "selection_counts.json"
-        if path.exists():
+        if path.exists() or not self.main:
+            self.wait_for(path)
             return path
         model, tok, stats, _ = self.retrofit(seed, "additive")
         from .memory import set_recording
@@ -395,7 +428,9 @@ class Runner:
             self.selection_snapshot(seeds[0])
         from .stats import write_summary
 
-        path = write_summary(self.out)
+        path = self.out / "summary.csv"
+        if self.main:
+            write_summary(self.out)
         self.log(f"grid done in {time.perf_counter() - t0:.0f} s; summary at {path}")
         return path
 

@@ -49,3 +49,35 @@ def test_two_gloo_ranks_select_the_same_rows(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(r0["values"], r1["values"]))
     assert [x["rows"] for x in r0["log"]] == [x["rows"] for x in r1["log"]]
     assert [x["loss"] for x in r0["log"]] == pytest.approx([x["loss"] for x in r1["log"]])
+
+
+def _runner_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from smf_lib import experiments as E
+
+    E.main(["run", "--preset", "smoke", "--out", out, "--no-progress", "--methods", "base", "smf-kl", "lora"])
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_runner_under_two_processes(tmp_path, capfd):
+    """The experiment runner as `accelerate launch -m smf_lib run` would start it: both processes train, process
+    0 alone evaluates and writes; a second launch finds everything done."""
+    import json
+
+    out = tmp_path / "grid"
+    mp.spawn(_runner_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["base.json", "lora-s0.json", "smf-kl-s0.json"]
+    smf = json.loads((out / "runs" / "smf-kl-s0.json").read_text())
+    assert smf["processes"] == 2 and smf["train_log"] and "medmcqa_acc" in smf["metrics"]
+    assert json.loads((out / "artifacts" / "retrofit-additive-s0" / "train_log.json").read_text())["processes"] == 2
+    assert (out / "summary.csv").exists() and (out / "selection_counts.json").exists()
+    first = capfd.readouterr().out
+    assert first.count("smf-kl seed 0: evaluating") == 1  # once, by process 0
+    before = {p.name: p.read_bytes() for p in (out / "runs").iterdir()}
+    mp.spawn(_runner_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    assert {p.name: p.read_bytes() for p in (out / "runs").iterdir()} == before
+    assert capfd.readouterr().out.count("done already, skipped") == 3
