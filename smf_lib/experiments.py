@@ -5,9 +5,9 @@ interrupted grid never damages finished results; finished runs are skipped and t
 last checkpoint under ``OUT/artifacts/``. ``OUT/summary.csv`` has one row per method and seed with the
 metrics, their deltas to base and paired-bootstrap 95% confidence intervals.
 
-Several processes (``accelerate launch -m smf_lib run ...`` or torchrun): every process trains (each takes an
-equal share of every micro-batch; see :func:`smf_lib.train`), process 0 alone evaluates, computes background
-statistics and writes files, and the others wait for its files before they go on.
+Several processes (``accelerate launch --multi_gpu -m smf_lib run ...`` or torchrun): every process trains
+(each takes an equal share of every micro-batch; see :func:`smf_lib.training.train`). Process 0 alone
+evaluates, computes background statistics and writes files; the others wait for its files before going on.
 """
 
 from __future__ import annotations

@@ -149,3 +149,20 @@ if (bench / "gpu_steps.csv").exists():
     display(benchmark_targets(gpu_steps, gpu_slots, gpu=True))
 else:
     print("No GPU results in benchmarks/results/: the GPU target has not been run yet.")
+
+# %% [markdown]
+# ## More than one GPU
+# `smf_lib.train` runs under `accelerate launch` (or `torchrun`) as plain data-parallel training. Each process
+# takes an equal share of every micro-batch. The read counts are summed over processes before selection, so
+# every process picks the same rows. The selected rows' gradients (and LoRA's or full finetuning's dense
+# gradients) are averaged, so the value tables stay identical everywhere. The experiment runner runs the same
+# way: every process trains, and process 0 alone evaluates and writes the result files.
+#
+# ```bash
+# accelerate launch --multi_gpu --num_processes 8 -m smf_lib run --preset paper
+# torchrun --nproc_per_node 2 -m smf_lib run --preset smoke --out /tmp/ddp   # two CPU processes (gloo)
+# ```
+#
+# `tests/test_distributed.py` runs two gloo processes on a CPU. It checks identical selections and value
+# tables after a few steps, and a runner grid written once. The GPU (NCCL) path has not been run: no GPU
+# was available to this project's sessions.
