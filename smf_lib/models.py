@@ -90,6 +90,8 @@ def tune_cpu_allocator(keep_below: int = 2**30) -> bool:
         ``True`` when set, ``False`` where the C library is not glibc (macOS, musl, Windows), which is left
         unchanged.
     """
+    if not 0 <= int(keep_below) < 2**31:
+        raise ValueError(f"keep_below must be a byte count in 0..2**31-1 (mallopt takes an int), got {keep_below}")
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -100,7 +102,7 @@ def tune_cpu_allocator(keep_below: int = 2**30) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, min(int(keep_below), 2**31 - 1))
+    return bool(mallopt(m_mmap_threshold, int(keep_below))
                 and mallopt(m_trim_threshold, 2**31 - 1))
 
 

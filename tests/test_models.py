@@ -64,3 +64,8 @@ def test_tune_cpu_allocator_reuses_freed_blocks():
     tuned, after = run("tune")
     assert plain > 10 * 20_000  # each fresh 100 MB block faults in its ~24k pages again
     assert tuned == "True" and after < plain / 4  # reused (now and then one block is faulted in once more)
+
+
+def test_tune_cpu_allocator_refuses_a_bad_size():
+    with pytest.raises(ValueError, match="keep_below"):
+        S.tune_cpu_allocator(-1)
