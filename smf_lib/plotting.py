@@ -180,13 +180,15 @@ def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:
 
 
 def plot_slot_scaling(slots: pd.DataFrame, ax=None):
-    """Strict-SMF step time against the number of slots per memory (log x), one line per allocator setting."""
+    """Strict-SMF step time against the number of slots per memory (log x): colour per allocator setting, line
+    style per run (when a ``run`` column is present)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.4))
     if "unused_tensor_mb" in slots:
         slots = slots[slots["unused_tensor_mb"] == 0]  # leave out the control rows
     hue = "allocator" if "allocator" in slots else None
-    sns.lineplot(slots, x="n_slots", y="median_step_s", hue=hue, marker="o", ax=ax)
+    style = "run" if "run" in slots else None
+    sns.lineplot(slots, x="n_slots", y="median_step_s", hue=hue, style=style, marker="o", ax=ax)
     ax.set_xscale("log", base=2)
     ax.set_ylim(0, None)
     ax.set_xlabel("slots per memory layer (N)")

@@ -117,8 +117,9 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
 
     Args:
         steps: ``{target}_steps.csv`` (one row per method: median_step_s, peak_mem_mb).
-        slots: ``{target}_slots.csv`` (n_slots, median_step_s and, when present, allocator and
-            unused_tensor_mb; rows with an unused tensor are a control and are left out here).
+        slots: ``{target}_slots.csv`` (n_slots, median_step_s and, when present, run, allocator and
+            unused_tensor_mb; one verdict per run and allocator; rows with an unused tensor are a control and
+            are left out here).
         gpu: whether the tables come from a GPU (the forward-overhead goal is stated for GPU only).
 
     Returns:
@@ -146,11 +147,13 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
     if slots is not None and "unused_tensor_mb" in slots:
         slots = slots[slots["unused_tensor_mb"] == 0]  # the control rows (an unused tensor beside) are not a size
     if slots is not None and len(slots):
-        groups = slots.groupby("allocator") if "allocator" in slots else [("", slots)]
-        for alloc, g in groups:
+        keys = [k for k in ("run", "allocator") if k in slots]
+        groups = slots.groupby(keys, sort=False) if keys else [((), slots)]
+        for key, g in groups:
             g = g.sort_values("n_slots")
             r = float(g["median_step_s"].max() / g["median_step_s"].iloc[0])
-            label = (f"slot scaling{' (' + alloc + ')' if alloc else ''}: slowest step / "
+            what = ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            label = (f"slot scaling{' (' + what + ')' if what else ''}: slowest step / "
                      f"{int(g['n_slots'].iloc[0]):,}-slot step, up to {int(g['n_slots'].max()):,} slots")
             add(label, round(r, 3), "<= 1.2", r <= 1.2)
     r = ratio("memory-forward", "base-forward")

@@ -85,12 +85,19 @@ plt.show()
 # A control row runs the smallest table beside an *unused* tensor as large as the largest table. If that row
 # is as slow as the largest table, the time goes with the size of the process, not with SMF's lookup or
 # update.
+#
+# Two runs are shown: the one that made the table above, and an earlier one of the same command
+# (`cpu_slots_earlier.csv`). With glibc's defaults, what a page fault costs on this virtual machine changed
+# between the runs, and so did the verdict on flatness. With the allocator tuned, both runs are flat.
 
 # %%
-scaling = pd.read_csv(bench / "cpu_slots.csv")
+runs_ = {"this run": "cpu_slots.csv", "earlier run": "cpu_slots_earlier.csv"}
+scaling = pd.concat([pd.read_csv(bench / f).assign(run=name) for name, f in runs_.items() if (bench / f).exists()],
+                    ignore_index=True)
 plot_slot_scaling(scaling)
 plt.show()
-scaling  # the rows with unused_tensor_mb > 0 are the controls
+# median step time (s); the rows with an unused tensor are the controls (page faults and peaks are in the csv)
+scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allocator"], values="median_step_s")
 
 # %% [markdown]
 # ## Which targets hold
