@@ -38,8 +38,9 @@ def main():
     base, tok = S.load_model()
     S.load_memory(base, ref / "adapter")
     stats = S.BackgroundStats.load(ref / "background.safetensors", base)
-    train = [D.medmcqa_training_text(r) for r in D.load_medmcqa("train", 16 * args.steps)]
-    held = [D.medmcqa_training_text(r) for r in D.load_medmcqa("train")[-48:]]
+    rows = D.load_medmcqa("train")
+    train = [D.medmcqa_training_text(r) for r in rows[:16 * args.steps]]
+    held = [D.medmcqa_training_text(r) for r in rows[-48:]]
     out = {"before": heldout_loss(base, tok, held), "runs": []}
     for lr in args.lrs:
         m = copy.deepcopy(base)

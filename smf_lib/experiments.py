@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -261,8 +262,7 @@ def evaluate(model, tokenizer, p: Preset, progress: bool = True) -> dict:
 def _train_config(p: Preset, method: str, seed: int) -> TrainConfig:
     kind, over, _ = METHODS[method]
     cfg = TrainConfig(method=kind, seed=seed, **{**p.train, **over})
-    key = f"smf-{'adam' if cfg.update == 'seed' else cfg.optimizer}" if kind == "smf" else kind
-    return dataclasses.replace(cfg, lr=p.lr.get(key, cfg.lr))
+    return dataclasses.replace(cfg, lr=p.lr.get(cfg.lr_key, cfg.lr))
 
 
 class Runner:
@@ -277,8 +277,9 @@ class Runner:
         self.task_rows = D.load_medmcqa("train", preset.train_n, single_choice=True, root=root)
         self.task_texts = [D.medmcqa_training_text(r) for r in self.task_rows]
 
+    @functools.cached_property
     def eval_fingerprints(self) -> dict:
-        """Hashes of the probe items, so runs compared pairwise are known to share them."""
+        """Hashes of the probe items, so runs compared pairwise are known to share them (read once)."""
         p, root = self.p, _data_root(self.p)
         return {"medmcqa_validation": D.fingerprint(D.load_medmcqa("validation", p.medmcqa_n, root=root)),
                 "triviaqa": D.fingerprint(D.load_triviaqa(p.triviaqa_n, root)),
@@ -302,7 +303,7 @@ class Runner:
         obj = {"method": method, "seed": seed, "preset": p.name, "model": p.model, "notes": p.notes,
                "memory": p.memory, "versions": _versions(), "processes": self.world,
                "data": {"medmcqa_train": D.fingerprint(self.task_texts), "n_train": len(self.task_texts),
-                        "eval_fingerprints": self.eval_fingerprints(),
+                        "eval_fingerprints": self.eval_fingerprints,
                         "medmcqa_n": p.medmcqa_n, "triviaqa_n": p.triviaqa_n, "wikitext_lines": p.wikitext_lines,
                         "source": str(D.data_dir(_data_root(p)) or "huggingface-hub")},
                **result, **extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -242,16 +242,20 @@ def memory_layers(model: nn.Module) -> list[ProductKeyMemory]:
     return sorted((m for m in model.modules() if isinstance(m, ProductKeyMemory)), key=lambda m: m.layer_idx)
 
 
-def memory_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """All memory parameters (and alphas) keyed by ``layers.{i}.{name}``; detached clones."""
+def _memory_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The memory parameters (and alphas) themselves, keyed by ``layers.{i}.{name}`` (the adapter's keys)."""
     out = {}
     for mod in model.modules():
         if isinstance(mod, MemoryMLP):
             i = mod.memory.layer_idx
-            out[f"layers.{i}.alpha"] = mod.alpha.detach().clone()
-            for name, p in mod.memory.named_parameters():
-                out[f"layers.{i}.{name}"] = p.detach().clone()
+            out[f"layers.{i}.alpha"] = mod.alpha
+            out.update({f"layers.{i}.{n}": p for n, p in mod.memory.named_parameters()})
     return out
+
+
+def memory_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All memory parameters (and alphas) keyed by ``layers.{i}.{name}``; detached clones."""
+    return {k: p.detach().clone() for k, p in _memory_parameters(model).items()}
 
 
 def set_recording(model: nn.Module, on: bool) -> None:
@@ -350,12 +354,7 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
     else:
         state = saved
     add_memory(model, config)
-    own = {}
-    for mod in model.modules():
-        if isinstance(mod, MemoryMLP):
-            i = mod.memory.layer_idx
-            own[f"layers.{i}.alpha"] = mod.alpha
-            own.update({f"layers.{i}.{n}": p for n, p in mod.memory.named_parameters()})
+    own = _memory_parameters(model)
     missing = sorted(set(own) - set(state))
     if missing:
         raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: the file is incomplete")

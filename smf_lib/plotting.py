@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .selection import BackgroundStats, score_rows, select_for_layers
+from .selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 
 PALETTE = {"base": "#444444", "retrofit": "#999999", "smf-kl": "#1b9e77", "smf-tfidf": "#66a61e",
            "smf-kl-seedmode": "#7fc97f", "lora": "#7570b3", "full": "#d95f02"}
@@ -120,9 +120,7 @@ def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", 
     c, tot = counts[layer].double(), stats.totals[layer].double()
     read = c > 0
     p, q = c / c.sum(), (tot + 1) / (tot + 1).sum()
-    chosen = select_for_layers([counts[layer]], selector, top_t,
-                               BackgroundStats(stats.df[layer:layer + 1], stats.totals[layer:layer + 1],
-                                               stats.n_docs, stats.fingerprint))[0]
+    chosen = select_rows(counts[layer], score_rows(counts[layer], selector, **layer_stats(stats, layer)), top_t)
     mask = torch.zeros_like(read)
     mask[chosen] = True
     df = pd.DataFrame({"background share q": q[read].numpy(), "task share p": p[read].numpy(),
@@ -167,13 +165,10 @@ def plot_benchmark(df: pd.DataFrame):
 
 def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:
     """The top rows of a layer under each selector, side by side (rank, slot, score)."""
-    kw = dict(df=stats.df[layer], totals=stats.totals[layer], n_docs=stats.n_docs)
     out = {}
     for sel in ("kl", "tfidf", "tf"):
-        s = score_rows(counts[layer], sel, **kw)
-        chosen = select_for_layers([counts[layer]], sel, top_t,
-                                   BackgroundStats(stats.df[layer:layer + 1], stats.totals[layer:layer + 1],
-                                                   stats.n_docs, ""))[0]
+        s = score_rows(counts[layer], sel, **layer_stats(stats, layer))
+        chosen = select_rows(counts[layer], s, top_t)
         out[f"{sel} slot"] = chosen.tolist()
         out[f"{sel} score"] = s[chosen].round(decimals=5).tolist()
     return pd.DataFrame(out)

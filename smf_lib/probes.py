@@ -30,6 +30,21 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def _pad_right(seqs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences (lists or 1-d tensors) as a right-padded id matrix (pad 0) and its attention mask."""
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, :len(q)] = torch.as_tensor(q)
+        mask[i, :len(q)] = 1
+    return ids, mask
+
+
+def _cache_argument(model) -> str:
+    """transformers >= 5.2x names the forward's KV-cache argument ``cache``; older releases ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def continuation_logprobs(model, contexts: list[list[int]], continuations: list[list[int]],
                           batch_size: int = 8) -> list[torch.Tensor]:
@@ -40,13 +55,7 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: list[
     dev, out = _device(model), []
     for s in range(0, len(contexts), batch_size):
         ctx, cont = contexts[s:s + batch_size], continuations[s:s + batch_size]
-        seqs = [a + b for a, b in zip(ctx, cont)]
-        L = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), L, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, q in enumerate(seqs):
-            ids[i, :len(q)] = torch.tensor(q)
-            mask[i, :len(q)] = 1
+        ids, mask = _pad_right([a + b for a, b in zip(ctx, cont)])
         hidden = model.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
         for i, (a, b) in enumerate(zip(ctx, cont)):
             pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=dev)
@@ -56,23 +65,18 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: list[
 
 
 @torch.no_grad()
-def _option_scores(model, prompt: list[int], options: list[list[int]], letter_ids: list[int]):
-    """Mean log-likelihood of each option and the letter log-probs, running the prompt once."""
-    dev = _device(model)
+def _option_scores(model, prompt: list[int], options: list[list[int]], letter_ids: list[int],
+                   cache_arg: str | None = None):
+    """Mean log-likelihood of each option and the letter log-probs, running the prompt once (its KV cache,
+    passed as ``cache_arg``, found once per probe by :func:`_cache_argument`, is shared by the options)."""
+    dev, cache_arg = _device(model), cache_arg or _cache_argument(model)
     first = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
     last = F.log_softmax(first.logits[0, -1].float(), dim=-1)
     cache = first["cache"] if "cache" in first else first.past_key_values
     cache.batch_repeat_interleave(len(options))
-    C = max(map(len, options))
-    ids = torch.zeros(len(options), C, dtype=torch.long)
-    mask = torch.zeros(len(options), len(prompt) + C, dtype=torch.long)
-    mask[:, :len(prompt)] = 1
-    for i, o in enumerate(options):
-        ids[i, :len(o)] = torch.tensor(o)
-        mask[i, len(prompt):len(prompt) + len(o)] = 1
-    # transformers >= 5.2x names the argument ``cache``; older releases ``past_key_values``.
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **{key: cache}).logits.float()
+    ids, opt_mask = _pad_right(options)
+    mask = torch.cat([torch.ones(len(options), len(prompt), dtype=torch.long), opt_mask], dim=1)
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **{cache_arg: cache}).logits.float()
     logp = F.log_softmax(logits, dim=-1)
     means = []
     for i, o in enumerate(options):
@@ -101,10 +105,11 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True) 
         if len(ids) != 1:
             raise ValueError(f"letter ' {L}' is {len(ids)} tokens for this tokenizer; letter scoring needs 1")
         letter_ids.append(ids[0])
-    items = []
+    items, cache_arg = [], _cache_argument(model)
     for row in tqdm(rows, desc="medmcqa", disable=not progress):
         means, letters = _option_scores(model, _encode(tokenizer, medmcqa_prompt(row)),
-                                        [_encode(tokenizer, o) for o in medmcqa_options(row)], letter_ids)
+                                        [_encode(tokenizer, o) for o in medmcqa_options(row)], letter_ids,
+                                        cache_arg)
         gold = int(row["cop"])
         pred = max(range(4), key=lambda i: (means[i], -i))
         lpred = max(range(4), key=lambda i: (letters[i], -i))
@@ -144,11 +149,7 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
     windows = []
     for s in tqdm(range(0, len(spans), batch_size), desc="wikitext", disable=not progress):
         chunk = spans[s:s + batch_size]
-        L = max(e - b for b, e, _ in chunk)
-        batch = torch.zeros(len(chunk), L, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for i, (b, e, _) in enumerate(chunk):
-            batch[i, :e - b], mask[i, :e - b] = ids[b:e], 1
+        batch, mask = _pad_right([ids[b:e] for b, e, _ in chunk])
         hidden = model.model(input_ids=batch.to(dev), attention_mask=mask.to(dev)).last_hidden_state
         for i, (b, e, first) in enumerate(chunk):
             pos = torch.arange(first - b - 1, e - b - 1, device=dev)

@@ -195,6 +195,10 @@ def select_for_layers(counts: list[torch.Tensor], selector: str, top_t: int,
     """:func:`select_rows` for every memory layer, with per-layer background statistics."""
     out = []
     for j, c in enumerate(counts):
-        kw = {} if stats is None else dict(df=stats.df[j], totals=stats.totals[j], n_docs=stats.n_docs)
-        out.append(select_rows(c, score_rows(c, selector, generator=generator, **kw), top_t))
+        out.append(select_rows(c, score_rows(c, selector, generator=generator, **layer_stats(stats, j)), top_t))
     return out
+
+
+def layer_stats(stats: BackgroundStats | None, j: int) -> dict:
+    """The :func:`score_rows` keyword arguments (df, totals, n_docs) of memory layer ``j``; empty without stats."""
+    return {} if stats is None else dict(df=stats.df[j], totals=stats.totals[j], n_docs=stats.n_docs)

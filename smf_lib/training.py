@@ -100,9 +100,15 @@ class TrainConfig:
         if self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("micro_batch and grad_accum must be >= 1")
         if self.lr is None:
-            key = f"smf-{'adam' if self.update == 'seed' else self.optimizer}" if self.method == "smf" else self.method
-            self.lr = DEFAULT_LR[key]
+            self.lr = DEFAULT_LR[self.lr_key]
         self.lora_targets = tuple(self.lora_targets)
+
+    @property
+    def lr_key(self) -> str:
+        """This config's key in ``DEFAULT_LR`` (and in a preset's ``lr``): SMF by its update's optimizer."""
+        if self.method != "smf":
+            return self.method
+        return f"smf-{'adam' if self.update == 'seed' else self.optimizer}"
 
 
 @dataclass
