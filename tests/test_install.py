@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,24 @@ def test_a_chapter_runs_as_in_colab_from_its_own_install_cell(tmp_path):
     assert "smf_lib set up for Colab" in printed and "parameters per memory layer" in printed
     installed = imports_smf_lib(python, env, work)
     assert installed.returncode == 0 and installed.stdout.startswith(str(tmp_path / "venv")), installed
+
+
+def test_the_wheel_carries_the_fixtures_and_runs_the_smoke_grid_outside_the_checkout(tmp_path):
+    source = checkout_copy(tmp_path / "checkout")
+    python, env = fresh_venv(tmp_path)
+    subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source], env=env,
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("smf_lib-*.whl")
+    fixtures = {p.relative_to(ROOT).as_posix() for p in (ROOT / "smf_lib" / "fixtures").rglob("*") if p.is_file()}
+    with zipfile.ZipFile(wheel) as zf:
+        assert fixtures and fixtures <= set(zf.namelist()), sorted(fixtures - set(zf.namelist()))
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], env=env, check=True,
+                   capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert imports_smf_lib(python, env, elsewhere).stdout.startswith(str(tmp_path / "venv"))
+    env.pop("SMF_DATA_DIR", None)  # the smoke preset reads the packaged fixtures only
+    run = subprocess.run([python, "-m", "smf_lib", "run", "--preset", "smoke", "--out", tmp_path / "smoke",
+                          "--no-progress"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert (tmp_path / "smoke" / "summary.csv").is_file()
