@@ -31,8 +31,10 @@ book-check: setup
 	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
 	$(PY) scripts/check_book.py --html book/_build/html --shots book/_build/screenshots
 
+# Lint the chapters, the book's Sphinx hooks, the scripts and the benchmarks (rules in pyproject.toml).
+LINTED := book/notebooks book/_ext scripts benchmarks
 lint: setup
-	$(VENV)/bin/ruff check smf_lib tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
 
 # The cached results the book shows (about an hour on 2 CPU cores; resumable).
 cpu-results: setup

@@ -1,3 +1,6 @@
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -34,3 +37,15 @@ def test_readme_setup_page_and_environment_agree():
     for line in (ROOT / ".ci" / "run").read_text().splitlines():
         if line.startswith("make "):
             assert line.split()[1] in (ROOT / "Makefile").read_text()
+
+
+def test_ci_lints_the_chapters_scripts_and_benchmarks_and_they_pass():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "make lint" in ci and ci.index("make lint") < ci.index("make test")
+    linted = re.search(r"^LINTED := (.*)$", (ROOT / "Makefile").read_text(), re.M)[1].split()
+    assert {"book/notebooks", "scripts", "benchmarks"} <= set(linted)
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *linted], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+    ruff = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["line-length"] == 120 and ruff["format"]["quote-style"] == "double"
