@@ -1,4 +1,4 @@
-"""Side-by-side training-step benchmark: base forward, SMF (strict KL / TF-IDF, seed mode), the SMF floor,
+"""Side-by-side training-step benchmark: base forward, SMF (strict KL / TF-IDF, the paper's update), the SMF floor,
 LoRA r16 and full finetuning, all on the same batch and in one run. Each method runs in a fresh subprocess
 so that its peak memory is its own.
 
@@ -44,7 +44,7 @@ TARGETS = {
     "gpu": dict(model="qwen2.5-0.5b-shape", layers=(6, 12, 18), n_keys=128, batch=16, seq=1024, top_t=512,
                 steps=10, warmup=3, dtype="bfloat16", slots=(64, 128, 512, 1024)),
 }
-METHODS = ("base-forward", "memory-forward", "smf-floor", "smf-kl", "smf-tfidf", "smf-kl-adam", "smf-kl-seedmode",
+METHODS = ("base-forward", "memory-forward", "smf-floor", "smf-kl", "smf-tfidf", "smf-kl-adam", "smf-kl-paper",
            "lora", "full")
 
 
@@ -136,9 +136,9 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
     texts = [str(i % target["batch"]) for i in range(target["batch"] * n)]
     opt_bytes = 0
     if method in ("base-forward", "memory-forward"):
-        if method == "memory-forward":  # the forward overhead of the memory layers (seed init: real reads)
+        if method == "memory-forward":  # the forward overhead of the memory layers (paper init: real reads)
             S.add_memory(model, S.MemoryConfig(layers=target["layers"], n_keys=target["n_keys"],
-                                               knn=min(16, target["n_keys"]), init="seed"))
+                                               knn=min(16, target["n_keys"]), init="paper"))
             model.to(getattr(torch, target["dtype"]))
         times = []
         with torch.no_grad():
@@ -176,10 +176,11 @@ def one_method(target_name: str, method: str, n_keys: int | None = None, layers=
                                       torch.zeros(len(target["layers"]), target["n_keys"] ** 2, dtype=torch.long),
                                       1, S.selection.memory_fingerprint(model))
             selector = "tfidf" if "tfidf" in method else "kl"
-            extra = {"update": "seed"} if method.endswith("seedmode") else {}
-            extra.update({"optimizer": "adam", "lr": 1e-3} if method.endswith("adam") else {})
-            cfg = S.TrainConfig(method="smf", selector=selector, **{"lr": 1.0, **kw, **extra})
-            res = S.train(model, tok, texts, cfg, stats=stats, progress=False)
+            # smf-kl / smf-tfidf: strict SGD; -adam: row-sparse Adam; -paper: gradient mask + dense AdamW
+            update = {"smf-kl-adam": "adam", "smf-kl-paper": "paper"}.get(method, "sgd")
+            lr = {"sgd": 1.0, "adam": 1e-3, "paper": 1e-3}[update]
+            cfg = S.TrainConfig(method="smf", selector=selector, **{**kw, "lr": lr, "update": update})
+            res = S.train(model, tok, texts, cfg, background=stats, progress=False)
         else:
             res = S.train(model, tok, texts, S.TrainConfig(method=method, **kw), progress=False)
         if res is not None:

@@ -1,7 +1,7 @@
-"""MedMCQA, WikiText, TriviaQA, OASST1 and background text: loaders and the seed's text formats.
+"""MedMCQA, WikiText, TriviaQA, OASST1 and background text: loaders and the paper's text formats.
 
 Two sources behind one call: a local folder laid out like ``../shared/data`` (``SMF_DATA_DIR`` or the
-``data_dir`` argument), else the Hugging Face Hub through ``datasets``. Local copies depart from the seed
+``data_dir`` argument), else the Hugging Face Hub through ``datasets``. Local copies depart from the paper
 where ``../shared/data/README.md`` says (2,650 MedMCQA train rows; TriviaQA unfiltered validation).
 """
 
@@ -39,21 +39,41 @@ def _local_file(root: Path, rel: str) -> Path:
     return f
 
 
-def read_jsonl(path: Path, required: tuple[str, ...] = (), limit: int | None = None) -> list[dict]:
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; other bytes raise an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({err.reason}); re-encode the file as UTF-8") from err
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = (), limit: int | None = None, check=None) -> list[dict]:
     """Rows of a .jsonl or .jsonl.gz file; a malformed row raises naming the file, line and remedy."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte {err.start} of the line); "
+                                 "re-encode the file as UTF-8") from err
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
             missing = [k for k in required if row.get(k) is None]
             if missing:
                 raise ValueError(f"{path}:{n}: missing field(s) {missing}; each row needs {list(required)}")
+            problem = check(row) if check is not None else None
+            if problem:
+                raise ValueError(f"{path}:{n}: {problem}")
             rows.append(row)
             if limit is not None and len(rows) >= limit:
                 break
@@ -87,19 +107,26 @@ def load_medmcqa(split: str = "validation", n: int | None = None, single_choice:
         raise ValueError(f"unknown MedMCQA split {split!r}; allowed: train, validation")
     local = data_dir(root)
     if local is not None:
-        rows = read_jsonl(_local_file(local, f"medmcqa/{split}.jsonl"), MEDMCQA_FIELDS)
+        rows = read_jsonl(_local_file(local, f"medmcqa/{split}.jsonl"), MEDMCQA_FIELDS, check=_check_cop)
     else:
         rows = [dict(r) for r in _hub("medmcqa", split)]
-    bad = [i for i, r in enumerate(rows) if int(r["cop"]) not in range(4)]
-    if bad:
-        raise ValueError(f"MedMCQA {split} row {bad[0]}: cop must be 0-3, got {rows[bad[0]]['cop']}")
+        for i, r in enumerate(rows):
+            if _check_cop(r):
+                raise ValueError(f"MedMCQA {split} (Hub) row {i}: {_check_cop(r)}")
     if single_choice:
         rows = [r for r in rows if r.get("choice_type") in (None, "single")]
     return rows[:n] if n is not None else rows
 
 
+def _check_cop(row: dict) -> str | None:
+    cop = row["cop"]
+    if isinstance(cop, bool) or not isinstance(cop, int) or cop not in range(4):
+        return f"cop must be an integer 0-3 (the gold option), got {cop!r}"
+    return None
+
+
 def medmcqa_prompt(row: dict) -> str:
-    """The seed's prompt (no chat template)."""
+    """The paper's prompt (no chat template)."""
     return (f"Medical exam question:\nQuestion: {row['question']}\nA. {row['opa']}\nB. {row['opb']}\n"
             f"C. {row['opc']}\nD. {row['opd']}\nAnswer:")
 
@@ -121,7 +148,7 @@ def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None) ->
     """The first n non-empty lines of the WikiText-103 (= WikiText-2) raw test text, stripped."""
     local = data_dir(root)
     if local is not None:
-        raw = _local_file(local, "wikitext/wiki.test.raw").read_text(encoding="utf-8").split("\n")
+        raw = read_text(_local_file(local, "wikitext/wiki.test.raw")).split("\n")
     else:
         raw = _hub("wikitext", "test")["text"]
     lines = [s.strip() for s in raw if s.strip()]
@@ -154,15 +181,15 @@ def load_triviaqa(n: int | None = 1000, root: str | Path | None = None) -> list[
 
 
 def triviaqa_prompt(row: dict) -> str:
-    """The seed's prompt."""
+    """The paper's prompt."""
     return f"Question: {row['question']}\nAnswer:"
 
 
 def load_oasst1_replies(which: str = "validation", n: int | None = None, root: str | Path | None = None) -> list[str]:
-    """English OASST1 assistant replies of rank 0/1 with >= 50 characters (the seed's retrofit corpus).
+    """English OASST1 assistant replies of rank 0/1 with >= 50 characters (the paper's retrofit corpus).
 
     Args:
-        which: ``"validation"`` (808 replies, exact seed filter) or ``"train"`` (locally: replies whose role
+        which: ``"validation"`` (808 replies, the paper's exact filter) or ``"train"`` (locally: replies whose role
             was inferred, ~98% precision; online: the exact filter on the train split).
     """
     if which not in ("validation", "train"):
@@ -179,17 +206,32 @@ def load_oasst1_replies(which: str = "validation", n: int | None = None, root: s
     return texts[:n] if n is not None else texts
 
 
+def load_oasst1_pairs(n: int | None = None, root: str | Path | None = None) -> list[tuple[str, str]]:
+    """(prompt, reply) pairs of the OASST1 English validation replies of :func:`load_oasst1_replies`, in the same
+    order (each reply with the prompter message it answers), for scoring replies in a chat template."""
+    local = data_dir(root)
+    if local is not None:
+        msgs = read_jsonl(_local_file(local, "oasst1/validation_messages.jsonl"), ("message_id", "text"))
+        replies = read_jsonl(_local_file(local, "oasst1/validation_assistant.jsonl"), ("text", "parent_id"))
+    else:
+        msgs = [dict(r) for r in _hub("oasst1", "validation")]
+        replies = [r for r in msgs if r["role"] == "assistant" and r["lang"] == "en" and r["rank"] in (0, 1)]
+    text = {m["message_id"]: m["text"] for m in msgs}
+    pairs = [(text[r["parent_id"]], r["text"]) for r in replies if len(r["text"]) >= 50 and r["parent_id"] in text]
+    return pairs[:n] if n is not None else pairs
+
+
 def load_background(n: int | None = 2000, root: str | Path | None = None,
                     drop_wikitext_overlap: bool = True) -> list[str]:
     """General text for background statistics: Wikipedia lead paragraphs (locally), one per line.
 
     ``drop_wikitext_overlap`` drops the four articles that also occur in the WikiText test set.
-    Online (no local folder) the seed's choice, OASST1 train replies, is used instead.
+    Online (no local folder) the paper's choice, OASST1 train replies, is used instead.
     """
     local = data_dir(root)
     if local is None:
         return load_oasst1_replies("train", n)
-    lines = [s for s in _local_file(local, "background/wikipedia_vital_leads.txt").read_text("utf-8").split("\n")
+    lines = [s for s in read_text(_local_file(local, "background/wikipedia_vital_leads.txt")).split("\n")
              if s.strip()]
     if drop_wikitext_overlap:
         overlap = ("Du Fu", "Olmec colossal heads", "Nero", "Manila")

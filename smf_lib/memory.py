@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .files import atomic_write
+
 MODES = ("additive", "replacement")
-INITS = ("zero", "seed")
+INITS = ("zero", "paper")
+FORMAT = "smf_lib.memory/1"
 CONFIG_NAME = "memory_config.json"
 WEIGHTS_NAME = "memory.safetensors"
 
@@ -42,7 +46,7 @@ class MemoryConfig:
         k_dim: query/key width per head; must be even (split into two halves).
         mode: ``"additive"`` (mlp(x) + alpha * memory(x)) or ``"replacement"`` (memory(x) only).
         init: ``"zero"`` (project default: V = 0, no biases, alpha = 1, logits unchanged at insertion)
-            or ``"seed"`` (the paper's: random V, biases on, alpha = 0.01).
+            or ``"paper"`` (the paper's: random V, biases on, alpha = 0.01).
         alpha: scale of the memory output in additive mode; ``None`` takes the init's default.
     """
 
@@ -56,9 +60,19 @@ class MemoryConfig:
     alpha: float | None = None
 
     def __post_init__(self):
+        if isinstance(self.layers, int):
+            self.layers = (self.layers,)
+        if isinstance(self.layers, (str, bytes)) or not all(
+                isinstance(i, int) or (hasattr(i, "__index__") and not isinstance(i, bool)) for i in self.layers):
+            raise ValueError(f"layers must be a sequence of decoder indices such as (12,) or (6, 12, 18), got "
+                             f"{self.layers!r}")
         self.layers = tuple(int(i) for i in self.layers)
         if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
             raise ValueError(f"layers must be distinct non-negative decoder indices, got {self.layers}")
+        for name in ("n_keys", "heads", "knn", "k_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
         if self.n_keys < 2:
             raise ValueError(f"n_keys must be >= 2 (N = n_keys**2 slots), got {self.n_keys}")
         if self.heads < 1:
@@ -73,6 +87,9 @@ class MemoryConfig:
             raise ValueError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.alpha is None:
             self.alpha = 1.0 if self.init == "zero" else 0.01
+        if not math.isfinite(float(self.alpha)):
+            raise ValueError(f"alpha must be a finite number (the memory output's scale), got {self.alpha}")
+        self.alpha = float(self.alpha)
 
     @property
     def n_slots(self) -> int:
@@ -86,7 +103,7 @@ class ProductKeyMemory(nn.Module):
         super().__init__()
         c = config
         self.config, self.layer_idx = c, layer_idx
-        bias = c.init == "seed"
+        bias = c.init == "paper"
         self.query = nn.Linear(d, c.heads * c.k_dim, bias=bias)
         # keys[h, 0] scores the first half of head h's query, keys[h, 1] the second half.
         self.keys = nn.Parameter(torch.empty(c.heads, 2, c.n_keys, c.k_dim // 2))
@@ -281,25 +298,32 @@ def base_fingerprint(model: nn.Module) -> dict:
 
 
 def save_memory(model: nn.Module, path: str | Path, reference: str | Path | None = None) -> Path:
-    """Save only the memory, peft-style: ``memory_config.json`` + ``memory.safetensors``.
+    """Save only the memory, peft-style: ``memory_config.json`` + ``memory.safetensors``, each written atomically
+    (the weights first, the config last: a folder with a config is complete).
 
     Args:
         model: a model with memory layers.
         path: output folder (created).
         reference: an earlier saved memory (e.g. the retrofit). When given, only the value rows that differ
-            from it are stored (plus any other memory tensor that differs), and loading reads it first.
+            from it are stored (plus any other memory tensor that differs), with the reference's path relative
+            to ``path`` and its hash, so a copied results folder still loads. ``path`` itself is refused.
 
     Returns:
         The folder written.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     state = memory_state_dict(model)
     meta = {"memory_config": dataclasses.asdict(model.smf_memory_config), "base": base_fingerprint(model),
-            "format": "smf_lib.memory/1"}
+            "format": FORMAT}
     tensors = state
     if reference is not None:
-        reference = Path(reference).resolve()
+        reference = Path(reference)
+        if reference.resolve() == path.resolve():
+            raise ValueError(f"reference {reference} is the folder being written: a delta adapter cannot point at "
+                             "itself; save the full memory (reference=None) or write to another folder")
+        if not (reference / WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in reference {reference}: pass a folder written by "
+                                    "save_memory")
         ref_state = load_file(str(reference / WEIGHTS_NAME))
         tensors = {}
         for k, v in state.items():
@@ -311,10 +335,34 @@ def save_memory(model: nn.Module, path: str | Path, reference: str | Path | None
                 tensors[k + ".rows"], tensors[k + ".data"] = rows, v[rows].contiguous()
             elif not torch.equal(v, r.to(v.dtype)):
                 tensors[k] = v
-        meta["reference"] = {"path": str(reference), "sha256": _file_sha(reference / WEIGHTS_NAME)}
-    save_file({k: t.contiguous() for k, t in tensors.items()}, str(path / WEIGHTS_NAME))
-    (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        rel = os.path.relpath(reference.resolve(), path.resolve())
+        meta["reference"] = {"path": Path(rel).as_posix(), "sha256": _file_sha(reference / WEIGHTS_NAME)}
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp)))
+    atomic_write(path / CONFIG_NAME, json.dumps(meta, indent=2))
     return path
+
+
+def _read_adapter(path: Path) -> tuple[dict, dict]:
+    """The adapter's metadata and tensors, checked for the damage a hand edit or a crash could leave."""
+    if not (path / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: pass a folder written by smf_lib.save_memory")
+    try:
+        meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / CONFIG_NAME} is damaged ({err}): save the memory again") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path / CONFIG_NAME}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
+                         f"is not {FORMAT!r}; this smf_lib reads only its own adapter format")
+    for key in ("memory_config", "base"):
+        if not isinstance(meta.get(key), dict):
+            raise ValueError(f"{path / CONFIG_NAME} has no {key!r} entry: the file is incomplete; save it again")
+    try:
+        saved = load_file(str(path / WEIGHTS_NAME))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}: the adapter is incomplete; save it again") from None
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path / WEIGHTS_NAME} is damaged ({err}): save the memory again") from err
+    return meta, saved
 
 
 def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
@@ -328,27 +376,39 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
         The model with memory, weights restored.
     """
     path = Path(path)
-    if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: pass a folder written by smf_lib.save_memory")
-    meta = json.loads((path / CONFIG_NAME).read_text())
+    meta, saved = _read_adapter(path)
     want, have = meta["base"], base_fingerprint(model)
     diff = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
     if diff:
         raise ValueError(f"memory at {path} was saved from a different base model (saved vs given: {diff}); "
                          "load the same base model (name, revision and dtype) it was trained on")
-    config = MemoryConfig(**meta["memory_config"])
-    saved = load_file(str(path / WEIGHTS_NAME))
+    try:
+        config = MemoryConfig(**meta["memory_config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path / CONFIG_NAME}: invalid memory_config ({err}); save the memory again") from err
     if "reference" in meta:
-        ref = Path(meta["reference"]["path"])
-        if not (ref / WEIGHTS_NAME).exists() or _file_sha(ref / WEIGHTS_NAME) != meta["reference"]["sha256"]:
+        ref = (path / meta["reference"]["path"]).resolve()
+        if ref == path.resolve():
+            raise ValueError(f"memory at {path} names itself as its reference: it cannot be loaded; save it again "
+                             "without reference")
+        if not (ref / WEIGHTS_NAME).exists() or _file_sha(ref / WEIGHTS_NAME) != meta["reference"].get("sha256"):
             raise ValueError(f"memory at {path} stores only changed rows on top of {ref}, which is missing or "
                              "has changed; restore that reference adapter or save the memory without reference")
-        state = load_file(str(ref / WEIGHTS_NAME))
+        _, state = _read_adapter(ref)
         for k in list(saved):
             if k.endswith(".rows"):
                 base_k = k[: -len(".rows")]
+                rows, data = saved[k], saved.get(base_k + ".data")
+                if base_k not in state or data is None:
+                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} has no matching table or data; save it again")
+                n = state[base_k].shape[0]
+                ok = rows.dtype == torch.long and rows.dim() == 1 and len(torch.unique(rows)) == len(rows)
+                ok = ok and (not len(rows) or (rows.min() >= 0 and rows.max() < n))
+                if not ok or tuple(data.shape) != (len(rows), state[base_k].shape[1]):
+                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} holds bad row indices or data (rows must be "
+                                     f"distinct in 0..{n - 1}, one data row each); the file was edited or damaged")
                 state[base_k] = state[base_k].clone()
-                state[base_k][saved[k]] = saved[base_k + ".data"].to(state[base_k].dtype)
+                state[base_k][rows] = data.to(state[base_k].dtype)
             elif not k.endswith(".data"):
                 state[k] = saved[k]
     else:
@@ -357,11 +417,27 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
     own = _memory_parameters(model)
     missing = sorted(set(own) - set(state))
     if missing:
-        raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: the file is incomplete")
+        _remove_memory(model)
+        raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: its layers do not match its config "
+                         f"(layers {list(config.layers)}); the file is incomplete or was edited")
+    bad = [k for k, p in own.items() if tuple(state[k].shape) != tuple(p.shape)]
+    if bad:
+        _remove_memory(model)
+        raise ValueError(f"memory at {path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, its config asks for "
+                         f"{tuple(own[bad[0]].shape)}; the file was edited or damaged")
     with torch.no_grad():
         for k, p in own.items():
             p.copy_(state[k].to(p.dtype))
     return model
+
+
+def _remove_memory(model: nn.Module) -> None:
+    """Undo :func:`add_memory` (used when loading fails half-way, so the caller's model is left as it was)."""
+    for layer in decoder_layers(model):
+        if isinstance(layer.mlp, MemoryMLP):
+            layer.mlp = layer.mlp.mlp
+    if hasattr(model, "smf_memory_config"):
+        del model.smf_memory_config
 
 
 def print_trainable_parameters(model: nn.Module) -> str:

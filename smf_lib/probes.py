@@ -1,11 +1,15 @@
 """The evaluation protocols (METHOD.md section 6), with per-item results for paired statistics.
 
 - MedMCQA: mean per-token log-likelihood of each `` {L}. {option}`` after the prompt (answer-norm
-  accuracy), plus the lm-eval style letter score; the prompt runs once and its cache is shared by the
-  four options.
+  accuracy), plus the lm-eval style letter score. Several questions share one forward; each prompt runs
+  once and its cache is shared by its four options.
 - WikiText: sliding-window perplexity (window 1024, stride 512), scoring each window's new tokens.
-- TriviaQA: greedy 32 new tokens, alias containment after normalisation, plus exact match; and a
-  retention score (mean log-likelihood of the first alias) that moves before accuracy does.
+- TriviaQA: greedy answers of at most 32 new tokens, stopping at the tokenizer's EOS; alias containment after
+  normalisation, plus exact match; and a retention score (mean log-likelihood of the first alias).
+- Drift and chat retention (for an instruct model): per item, the mean per-token KL(base || tuned) of the
+  next-token distributions over a scored span, from a compact cache of the base model's top-k
+  log-probabilities (:func:`reference_topk`); and the mean log-likelihood of held-out assistant replies in the
+  model's chat template (:func:`chat_items`).
 """
 
 from __future__ import annotations
@@ -64,65 +68,107 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: list[
     return out
 
 
+def _letter_ids(tokenizer) -> list[int]:
+    out = []
+    for L in LETTERS:
+        ids = _encode(tokenizer, f" {L}")
+        if len(ids) != 1:
+            raise ValueError(f"letter ' {L}' is {len(ids)} tokens for this tokenizer; letter scoring needs 1")
+        out.append(ids[0])
+    return out
+
+
 @torch.no_grad()
+def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int],
+                         cache_arg: str):
+    """Mean log-likelihood of every option and the letter log-probs of several questions in two forwards.
+
+    The prompts are left-padded (positions from the mask) and run once; their KV cache is repeated for each
+    question's options, which are right-padded after it.
+    """
+    dev, B, K = _device(model), len(prompts), len(options[0])
+    P = max(map(len, prompts))
+    ids = torch.zeros(B, P, dtype=torch.long)
+    pmask = torch.zeros_like(ids)
+    for i, q in enumerate(prompts):
+        ids[i, P - len(q):] = torch.as_tensor(q)
+        pmask[i, P - len(q):] = 1
+    pos = (pmask.cumsum(1) - 1).clamp_min(0)
+    first = model(input_ids=ids.to(dev), attention_mask=pmask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                  logits_to_keep=1)
+    last = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # (B, vocab)
+    cache = first["cache"] if "cache" in first else first.past_key_values
+    cache.batch_repeat_interleave(K)
+    flat = [o for opts in options for o in opts]
+    oids, omask = _pad_right(flat)
+    mask = torch.cat([pmask.repeat_interleave(K, 0), omask], dim=1)
+    lens = torch.tensor([len(q) for q in prompts]).repeat_interleave(K)
+    opos = lens.unsqueeze(1) + torch.arange(oids.shape[1]).unsqueeze(0)
+    logits = model(input_ids=oids.to(dev), attention_mask=mask.to(dev), position_ids=opos.to(dev),
+                   **{cache_arg: cache}).logits
+    out = []
+    for b in range(B):
+        means = []
+        for k in range(K):
+            r, o = b * K + k, flat[b * K + k]
+            lp = [last[b, o[0]]]
+            if len(o) > 1:
+                rows = F.log_softmax(logits[r, : len(o) - 1].float(), dim=-1)
+                lp += list(rows.gather(1, torch.tensor(o[1:], device=dev).unsqueeze(1)).squeeze(1))
+            means.append(float(torch.stack(lp).mean()))
+        out.append((means, [float(last[b, t]) for t in letter_ids]))
+    return out
+
+
 def _option_scores(model, prompt: list[int], options: list[list[int]], letter_ids: list[int],
                    cache_arg: str | None = None):
-    """Mean log-likelihood of each option and the letter log-probs, running the prompt once (its KV cache,
-    passed as ``cache_arg``, found once per probe by :func:`_cache_argument`, is shared by the options)."""
-    dev, cache_arg = _device(model), cache_arg or _cache_argument(model)
-    first = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
-    last = F.log_softmax(first.logits[0, -1].float(), dim=-1)
-    cache = first["cache"] if "cache" in first else first.past_key_values
-    cache.batch_repeat_interleave(len(options))
-    ids, opt_mask = _pad_right(options)
-    mask = torch.cat([torch.ones(len(options), len(prompt), dtype=torch.long), opt_mask], dim=1)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **{cache_arg: cache}).logits.float()
-    logp = F.log_softmax(logits, dim=-1)
-    means = []
-    for i, o in enumerate(options):
-        lp = [last[o[0]]] + [logp[i, j - 1, o[j]] for j in range(1, len(o))]
-        means.append(float(torch.stack(lp).mean()))
-    return means, [float(last[t]) for t in letter_ids]
+    """One question's option means and letter log-probs (see :func:`_option_scores_batch`)."""
+    return _option_scores_batch(model, [prompt], [options], letter_ids, cache_arg or _cache_argument(model))[0]
 
 
-def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True) -> dict:
+def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, batch_size: int = 8) -> dict:
     """MedMCQA answer-norm accuracy (argmax of mean per-token log-likelihood of `` {L}. {option}``).
 
     Args:
         model: causal LM.
         tokenizer: its tokenizer.
-        rows: MedMCQA rows (HF schema).
+        rows: MedMCQA rows (HF schema); at least one.
         progress: show a progress bar.
+        batch_size: questions per forward (sorted by prompt length to keep padding small).
 
     Returns:
-        ``{"acc", "letter_acc", "majority_acc", "always_a_acc", "gold_loglik", "items": [...], "seconds"}``;
-        each item has ``pred``, ``letter_pred``, ``gold``, ``correct``, ``gold_loglik`` (the retention score).
+        ``{"acc", "letter_acc", "majority_acc", "always_a_acc", "gold_loglik", "items": [...], "seconds",
+        "tokens"}``; each item has ``pred``, ``letter_pred``, ``gold``, ``correct``, ``gold_loglik``.
     """
+    if not rows:
+        raise ValueError("no MedMCQA rows to score: pass at least one question")
     t0 = time.perf_counter()
-    letter_ids = []
-    for L in LETTERS:
-        ids = _encode(tokenizer, f" {L}")
-        if len(ids) != 1:
-            raise ValueError(f"letter ' {L}' is {len(ids)} tokens for this tokenizer; letter scoring needs 1")
-        letter_ids.append(ids[0])
-    items, cache_arg = [], _cache_argument(model)
-    for row in tqdm(rows, desc="medmcqa", disable=not progress):
-        means, letters = _option_scores(model, _encode(tokenizer, medmcqa_prompt(row)),
-                                        [_encode(tokenizer, o) for o in medmcqa_options(row)], letter_ids,
-                                        cache_arg)
+    letter_ids, cache_arg = _letter_ids(tokenizer), _cache_argument(model)
+    prompts = [_encode(tokenizer, medmcqa_prompt(r)) for r in rows]
+    options = [[_encode(tokenizer, o) for o in medmcqa_options(r)] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    scores = [None] * len(rows)
+    for s in tqdm(range(0, len(rows), batch_size), desc="medmcqa", disable=not progress):
+        idx = order[s:s + batch_size]
+        for i, sc in zip(idx, _option_scores_batch(model, [prompts[i] for i in idx], [options[i] for i in idx],
+                                                   letter_ids, cache_arg)):
+            scores[i] = sc
+    items = []
+    for row, (means, letters) in zip(rows, scores):
         gold = int(row["cop"])
         pred = max(range(4), key=lambda i: (means[i], -i))
         lpred = max(range(4), key=lambda i: (letters[i], -i))
         items.append({"pred": pred, "letter_pred": lpred, "gold": gold, "correct": int(pred == gold),
                       "letter_correct": int(lpred == gold), "gold_loglik": means[gold]})
-    n = max(len(items), 1)
+    n = len(items)
     golds = [it["gold"] for it in items]
-    majority = max(range(4), key=golds.count) if golds else 0
+    majority = max(range(4), key=golds.count)
+    tokens = sum(len(p) for p in prompts) + sum(len(o) for opts in options for o in opts)
     return {"acc": sum(it["correct"] for it in items) / n,
             "letter_acc": sum(it["letter_correct"] for it in items) / n,
             "majority_acc": golds.count(majority) / n, "always_a_acc": golds.count(0) / n,
-            "gold_loglik": sum(it["gold_loglik"] for it in items) / n, "n": len(items), "items": items,
-            "seconds": time.perf_counter() - t0}
+            "gold_loglik": sum(it["gold_loglik"] for it in items) / n, "n": n, "items": items,
+            "seconds": time.perf_counter() - t0, "tokens": tokens}
 
 
 @torch.no_grad()
@@ -138,14 +184,10 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
     """
     t0 = time.perf_counter()
     ids = torch.as_tensor(_encode(tokenizer, text), dtype=torch.long)
-    n, dev = len(ids), _device(model)
-    spans, prev_end = [], 0
-    for begin in range(0, n, stride):
-        end = min(begin + max_length, n)
-        spans.append((begin, end, max(prev_end, begin + 1)))  # score positions [first, end)
-        prev_end = end
-        if end == n:
-            break
+    if len(ids) < 2:
+        raise ValueError("the perplexity text has fewer than 2 tokens: pass a longer text")
+    dev = _device(model)
+    spans = window_spans(len(ids), max_length, stride)
     windows = []
     for s in tqdm(range(0, len(spans), batch_size), desc="wikitext", disable=not progress):
         chunk = spans[s:s + batch_size]
@@ -160,6 +202,19 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
     tokens = sum(w["tokens"] for w in windows)
     return {"ppl": math.exp(nll / max(tokens, 1)), "nll": nll, "tokens": tokens, "windows": windows,
             "seconds": time.perf_counter() - t0}
+
+
+def window_spans(n: int, max_length: int = 1024, stride: int = 512) -> list[tuple[int, int, int]]:
+    """The sliding windows over ``n`` tokens as ``(begin, end, first)``: window tokens [begin, end), scored
+    positions [first, end), each token scored once (the first token of the text never)."""
+    spans, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_length, n)
+        spans.append((begin, end, max(prev_end, begin + 1)))
+        prev_end = end
+        if end == n:
+            break
+    return spans
 
 
 def normalize_answer(s: str) -> str:
@@ -180,12 +235,18 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
                       progress: bool = True) -> dict:
     """TriviaQA: greedy answers, alias containment (and exact match), plus the first-alias retention score.
 
+    Generation stops at the tokenizer's EOS (for an instruct model its end-of-turn token); text after it is not
+    part of the answer.
+
     Returns:
         ``{"acc", "em", "alias_loglik", "items": [...], "seconds"}``; each item has ``output``, ``correct``,
         ``em`` and ``alias_loglik``.
     """
+    if not rows:
+        raise ValueError("no TriviaQA rows to score: pass at least one question")
     t0 = time.perf_counter()
     dev = _device(model)
+    eos = tokenizer.eos_token_id
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs = []
@@ -194,9 +255,11 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
             prompts = [triviaqa_prompt(r) for r in rows[s:s + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None, temperature=None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, temperature=None,
                                  top_p=None, top_k=None)
-            outputs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+            new = [row.tolist() for row in gen[:, enc.input_ids.shape[1]:]]
+            new = [row[: row.index(eos)] if eos in row else row for row in new]  # cut at the first EOS
+            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
     ctx = [_encode(tokenizer, triviaqa_prompt(r)) for r in rows]
@@ -208,7 +271,115 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
         norm_out, short = normalize_answer(out), normalize_answer(_first_answer(out))
         items.append({"output": out, "correct": int(any(a in norm_out for a in aliases)),
                       "em": int(short in aliases), "alias_loglik": l})
-    n = max(len(items), 1)
+    n = len(items)
     return {"acc": sum(it["correct"] for it in items) / n, "em": sum(it["em"] for it in items) / n,
             "alias_loglik": sum(it["alias_loglik"] for it in items) / n, "n": len(items), "items": items,
+            "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drift and chat retention
+
+def chat_items(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, int]]:
+    """(prompt, reply) pairs in the tokenizer's chat template as scored spans ``(ids, first, end)``: the reply's
+    tokens (through its end-of-turn token) are scored, the prompt and template tokens are context."""
+    if tokenizer.chat_template is None:
+        raise ValueError("the tokenizer has no chat template: chat retention needs an instruct model's tokenizer")
+    out = []
+    for prompt, reply in pairs:
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": reply}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template renders the reply's prompt differently with and without the reply; "
+                             "chat retention cannot locate the reply")
+        a, b = _encode(tokenizer, head), _encode(tokenizer, full[len(head):].rstrip("\n"))
+        out.append((a + b, len(a), len(a) + len(b)))
+    return out
+
+
+def text_windows(tokenizer, text: str, max_length: int = 1024, stride: int = 512) -> list[tuple[list[int], int, int]]:
+    """The perplexity probe's sliding windows as scored spans ``(ids, first, end)`` (positions in ``ids``)."""
+    ids = _encode(tokenizer, text)
+    return [(ids[b:e], f - b, e - b) for b, e, f in window_spans(len(ids), max_length, stride)]
+
+
+def _span_logprobs(model, items, batch_size: int):
+    """Yield, per item, the log-softmax rows (float32) predicting its scored tokens, and those tokens."""
+    dev = _device(model)
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        batch, mask = _pad_right([ids for ids, _, _ in chunk])
+        hidden = model.model(input_ids=batch.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+        for i, (ids, first, end) in enumerate(chunk):
+            pos = torch.arange(first - 1, end - 1, device=dev)
+            yield F.log_softmax(model.lm_head(hidden[i, pos]).float(), dim=-1), torch.tensor(ids[first:end], device=dev)
+
+
+@torch.no_grad()
+def reference_topk(model, items, k: int = 32, batch_size: int = 4, progress: bool = True) -> list[dict]:
+    """The base side of the drift probe, stored compactly: per scored position the top-k log-probabilities and
+    their token ids (the rest of the distribution is kept only as its total mass), and each item's NLL.
+
+    Args:
+        model: the reference (base) model.
+        items: scored spans ``(ids, first, end)`` from :func:`chat_items` or :func:`text_windows`.
+        k: tokens kept per position.
+
+    Returns:
+        Per item ``{"idx": int32 (T, k), "logp": float32 (T, k), "nll": float, "tokens": int}``.
+    """
+    if not items:
+        raise ValueError("no items to score: pass at least one span")
+    out = []
+    for logp, target in tqdm(_span_logprobs(model, items, batch_size), total=len(items), desc="reference",
+                             disable=not progress):
+        top = logp.topk(k, dim=-1)
+        out.append({"idx": top.indices.int().cpu(), "logp": top.values.cpu(),
+                    "nll": float(-logp.gather(1, target.unsqueeze(1)).sum()), "tokens": len(target)})
+    return out
+
+
+def _topk_kl(ref_idx, ref_logp, logq) -> torch.Tensor:
+    """Per position KL(p || q) between p and q coarsened to p's top-k tokens plus one bucket for the rest."""
+    p = ref_logp.exp()
+    q_top = logq.gather(1, ref_idx.long())
+    p_rest = (1 - p.sum(1)).clamp_min(0)
+    q_rest = (1 - q_top.exp().sum(1)).clamp_min(1e-12)
+    kl = (p * (ref_logp - q_top)).sum(1)
+    return kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-12).log() - q_rest.log()), 0.0)
+
+
+@torch.no_grad()
+def drift(model, items, reference: list[dict], batch_size: int = 4, exact_reference=None,
+          progress: bool = True) -> dict:
+    """Mean per-token KL(base || tuned) per item, from the cached base top-k (:func:`reference_topk`), and the
+    tuned model's mean log-likelihood per item (chat retention when the items are chat replies).
+
+    The top-k + rest coarsening can only lower the KL (the data-processing inequality); pass the base model as
+    ``exact_reference`` to also compute the exact KL and measure that gap.
+
+    Returns:
+        ``{"kl", "loglik", "items": [{"kl", "loglik", "tokens"(, "kl_exact")}], "seconds"}``.
+    """
+    if len(items) != len(reference):
+        raise ValueError(f"{len(items)} items but {len(reference)} cached reference items: recompute the reference "
+                         "on these items")
+    t0 = time.perf_counter()
+    exact = _span_logprobs(exact_reference, items, batch_size) if exact_reference is not None else None
+    out = []
+    for (logq, target), ref in tqdm(zip(_span_logprobs(model, items, batch_size), reference), total=len(items),
+                                    desc="drift", disable=not progress):
+        if ref["idx"].shape[0] != len(target):
+            raise ValueError("the cached reference does not match these items (token counts differ); recompute it")
+        kl = _topk_kl(ref["idx"].to(logq.device), ref["logp"].to(logq.device), logq)
+        item = {"kl": float(kl.mean()), "loglik": float(logq.gather(1, target.unsqueeze(1)).mean()),
+                "tokens": len(target)}
+        if exact is not None:
+            logp, _ = next(exact)
+            item["kl_exact"] = float((logp.exp() * (logp - logq)).sum(1).mean())
+        out.append(item)
+    n = len(out)
+    return {"kl": sum(i["kl"] for i in out) / n, "loglik": sum(i["loglik"] for i in out) / n, "items": out,
             "seconds": time.perf_counter() - t0}

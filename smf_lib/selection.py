@@ -9,17 +9,17 @@ takes the top-t with deterministic ties and never an unread slot.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .memory import memory_layers, set_recording
 
-SELECTORS = ("kl", "tfidf", "tf", "random")
 
 
 def read_counts(indices: torch.Tensor, n_slots: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,21 +75,25 @@ class BackgroundStats:
     fingerprint: str
 
     def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors) and ``path.json`` (n_docs, fingerprint)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"df": self.df.contiguous(), "totals": self.totals.contiguous()}, str(tmp))
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps({"n_docs": self.n_docs, "fingerprint": self.fingerprint}))
+        """Write one safetensors file atomically; n_docs and the fingerprint go in its header."""
+        meta = {"n_docs": str(self.n_docs), "fingerprint": self.fingerprint}
+        tensors = {"df": self.df.contiguous(), "totals": self.totals.contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> BackgroundStats:
         """Load; with ``model``, refuse statistics computed under other keys / query weights."""
         path = Path(path)
-        t = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
-        stats = cls(t["df"], t["totals"], meta["n_docs"], meta["fingerprint"])
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            stats = cls(t["df"], t["totals"], int(meta["n_docs"]), meta["fingerprint"])
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(f"{path} is not a background-statistics file written by BackgroundStats.save ({err}); "
+                             "delete it so it is computed again") from err
         if model is not None:
             stats.check(model)
         return stats
@@ -139,6 +143,81 @@ def compute_background_stats(model, tokenizer, texts: list[str], max_length: int
     return BackgroundStats(df, totals, len(texts), memory_fingerprint(model))
 
 
+def _tf(p, c, df, totals, n_docs, generator):
+    """c_i / C: how much of the batch's reads go to the row."""
+    return p
+
+
+def _random(p, c, df, totals, n_docs, generator):
+    """Uniform noise: a random subset of the read rows (ablation)."""
+    return torch.rand(c.shape, generator=generator, dtype=torch.float64)
+
+
+def _tfidf(p, c, df, totals, n_docs, generator):
+    """(c_i / C) ln((B + 1) / (df_i + 1)) with B background documents, df_i of which read the row."""
+    return p * torch.log((n_docs + 1) / (df.double() + 1))
+
+
+def _kl(p, c, df, totals, n_docs, generator):
+    """p_i ln((p_i + 1e-8) / (q_i + 1e-8)), p = c / C, q_i = (A_i + 1) / sum_j (A_j + 1) from background reads."""
+    q = (totals.double() + 1) / (totals.double() + 1).sum()
+    return p * torch.log((p + 1e-8) / (q + 1e-8))
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A row scorer: ``score(p, counts, df, totals, n_docs, generator)`` -> (N,) float64, and the background
+    statistics it reads (``df``, ``totals``, ``n_docs``; none for selectors that need no background)."""
+
+    score: object
+    needs: tuple[str, ...] = ()
+
+    @property
+    def needs_background(self) -> bool:
+        return bool(self.needs)
+
+
+# The selector registry: a new selector is one scoring function and one line here.
+SELECTORS: dict[str, Selector] = {
+    "kl": Selector(_kl, ("totals",)),
+    "tfidf": Selector(_tfidf, ("df", "n_docs")),
+    "tf": Selector(_tf),
+    "random": Selector(_random),
+}
+
+
+@torch.no_grad()
+def read_counts_of_texts(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
+                         count_padding: bool = False) -> list[torch.Tensor]:
+    """Per memory layer, the read counts of ``texts`` run in batches (eval mode): what a training batch of
+    these texts would select from.
+
+    Returns:
+        One int64 (N,) tensor per memory layer.
+    """
+    if not texts:
+        raise ValueError("no texts to count reads on")
+    was_training = model.training
+    model.eval()
+    set_recording(model, True)
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    counts = None
+    try:
+        for b in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[b:b + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            mask = enc.attention_mask.to(device)
+            model(input_ids=enc.input_ids.to(device), attention_mask=mask)
+            c = batch_counts(model, None if count_padding else mask)
+            counts = c if counts is None else [a + x for a, x in zip(counts, c)]
+    finally:
+        tokenizer.padding_side = side
+        set_recording(model, False)
+        model.train(was_training)
+    return counts
+
+
 def score_rows(counts: torch.Tensor, selector: str, df: torch.Tensor | None = None,
                totals: torch.Tensor | None = None, n_docs: int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,11 +225,12 @@ def score_rows(counts: torch.Tensor, selector: str, df: torch.Tensor | None = No
 
     Args:
         counts: (N,) read counts c_i of the batch.
-        selector: ``"tfidf"``: (c_i/C) ln((B+1)/(df_i+1)); ``"kl"``: p_i ln((p_i+1e-8)/(q_i+1e-8)) with
-            p = c/C and q_i = (A_i+1)/sum_j(A_j+1); ``"tf"``: c_i/C; ``"random"``: uniform noise.
-        df: (N,) background document frequencies (tfidf).
-        totals: (N,) background total reads A_i (kl).
-        n_docs: B, background documents (tfidf).
+        selector: a key of ``SELECTORS``: ``"tfidf"``: (c_i/C) ln((B+1)/(df_i+1)); ``"kl"``:
+            p_i ln((p_i+1e-8)/(q_i+1e-8)) with p = c/C and q_i = (A_i+1)/sum_j(A_j+1); ``"tf"``: c_i/C;
+            ``"random"``: uniform noise.
+        df: (N,) background document frequencies df_i.
+        totals: (N,) background total reads A_i.
+        n_docs: B, the number of background documents.
         generator: random source for ``"random"``.
 
     Returns:
@@ -158,20 +238,15 @@ def score_rows(counts: torch.Tensor, selector: str, df: torch.Tensor | None = No
     """
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; allowed: {', '.join(SELECTORS)}")
+    sel = SELECTORS[selector]
+    given = {"df": df, "totals": totals, "n_docs": n_docs}
+    missing = [k for k in sel.needs if given[k] is None]
+    if missing:
+        raise ValueError(f"selector {selector!r} needs background statistics ({', '.join(missing)}): "
+                         "compute_background_stats first")
     c = counts.double()
     p = c / c.sum().clamp_min(1)
-    if selector == "tf":
-        return p
-    if selector == "random":
-        return torch.rand(c.shape, generator=generator, dtype=torch.float64)
-    if selector == "tfidf":
-        if df is None or n_docs is None:
-            raise ValueError("tfidf needs background statistics (df, n_docs): compute_background_stats first")
-        return p * torch.log((n_docs + 1) / (df.double() + 1))
-    if totals is None:
-        raise ValueError("kl needs background statistics (totals): compute_background_stats first")
-    q = (totals.double() + 1) / (totals.double() + 1).sum()
-    return p * torch.log((p + 1e-8) / (q + 1e-8))
+    return sel.score(p, c, df, totals, n_docs, generator)
 
 
 def select_rows(counts: torch.Tensor, scores: torch.Tensor, top_t: int) -> torch.Tensor:

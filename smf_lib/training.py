@@ -1,67 +1,248 @@
 """One training loop for retrofit, sparse memory finetuning (SMF), LoRA and full finetuning.
 
-- ``retrofit``: all memory parameters train densely (AdamW), the base is frozen (METHOD.md section 3.1).
-- ``smf``: only value rows selected per step train (sections 4-5). Update modes:
-  ``strict`` (default): the optimizer touches only the selected rows, so every other row and every frozen
-  parameter is bit-identical after a step; SGD (no momentum, no decay) or a row-sparse Adam whose moments
-  exist only for rows it has touched (per-row step counts for bias correction). Cost is O(rows read), no
-  N x d sweep. ``seed``: the paper's gradient mask + dense AdamW over the whole table. Its moments keep
-  moving a row for a while after it was last selected (the "momentum leak"), and any weight decay moves
-  every row; kept for fidelity.
-- ``lora`` (peft, merged after training) and ``full``: dense AdamW.
+Two registries make the choices, so nothing else branches on names:
 
-Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, resumable checkpoints.
+- ``METHODS``: what trains. ``retrofit``: all memory parameters densely (AdamW), the base frozen (METHOD.md
+  section 3.1). ``smf``: only the value rows selected per step (sections 4-5). ``lora`` (peft, merged after
+  training) and ``full``: dense AdamW.
+- ``UPDATES``: how SMF moves the selected value rows. Every rule has ``step(rows, grads, lr)`` and
+  ``state_dict()`` / ``load_state_dict()``:
+  ``adam`` (default): row-sparse Adam; moments exist only for rows it has touched, with per-row step counts for
+  bias correction. Its step size does not depend on the scale of the model's gradients, so one rate transfers
+  across models. ``sgd``: plain SGD on the selected rows; its rate must be calibrated per model
+  (``python -m smf_lib calibrate``). Both are strict: every other row and every frozen parameter is
+  bit-identical after a step, and the cost is O(rows read), no N x d sweep. ``paper``: the paper's gradient
+  mask + dense AdamW over the whole table; its moments keep moving a row for a while after it was last
+  selected (the "momentum leak"), and any weight decay moves every row; kept for fidelity.
+
+Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, probe trajectories, resumable
+checkpoints (parameters, optimizer state, selection and dropout random state), and a stop with a clear error
+when the loss stops being finite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .memory import MemoryMLP, memory_layers, set_recording
 from .selection import SELECTORS, BackgroundStats, batch_counts, select_for_layers
 
-METHODS = ("retrofit", "smf", "lora", "full")
-UPDATES = ("strict", "seed")
-OPTIMIZERS = ("sgd", "adam")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# smf-sgd: the value-table gradient of a mean-token loss is tiny (softmax weight x gate, averaged over every
-# token of the batch), so plain SGD needs a very large rate; 1e6 had the best held-out loss of 1e3..1e6 on
-# SmolLM2-135M (benchmarks/calibrate_smf_lr.py). Recalibrate for another model. The others are the seed's.
-DEFAULT_LR = {"retrofit": 5e-4, "smf-sgd": 1e6, "smf-adam": 5e-4, "lora": 2e-4, "full": 5e-5}
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being finite; no metrics are written for such a run."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Row-update rules for the value tables (one interface: step, state_dict, load_state_dict)
+
+class RowSGD:
+    """Plain SGD on the selected rows (no momentum, no decay): ``V[rows] -= lr * grads``."""
+
+    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0):
+        self.table = table
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+        self.table.index_add_(0, rows, grads.to(self.table.dtype), alpha=-lr)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class RowSparseAdam:
+    """Adam over the rows of one table that have been touched: moments exist only for those rows, each row
+    keeps its own step count for bias correction; untouched rows cost nothing and never move."""
+
+    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0, betas=(0.9, 0.999), eps=1e-8):
+        self.table, self.betas, self.eps, self.wd = table, betas, eps, weight_decay
+        self.slot_of = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
+        self.m = table.new_zeros(0, table.shape[1], dtype=torch.float32)
+        self.v = table.new_zeros(0, table.shape[1], dtype=torch.float32)
+        self.steps = torch.zeros(0, dtype=torch.long, device=table.device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+        new = rows[self.slot_of[rows] < 0]
+        if new.numel():
+            self.slot_of[new] = torch.arange(len(self.m), len(self.m) + len(new), device=rows.device)
+            self.m = torch.cat([self.m, self.m.new_zeros(len(new), self.m.shape[1])])
+            self.v = torch.cat([self.v, self.v.new_zeros(len(new), self.v.shape[1])])
+            self.steps = torch.cat([self.steps, self.steps.new_zeros(len(new))])
+        s = self.slot_of[rows]
+        b1, b2 = self.betas
+        grads = grads.float()
+        self.steps[s] += 1
+        m = self.m[s].mul_(b1).add_(grads, alpha=1 - b1)
+        v = self.v[s].mul_(b2).addcmul_(grads, grads, value=1 - b2)
+        self.m[s], self.v[s] = m, v
+        k = self.steps[s].unsqueeze(1).to(m.dtype)
+        update = (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + self.eps)
+        if self.wd:
+            update = update + self.wd * self.table[rows].float()
+        self.table.index_add_(0, rows, update.to(self.table.dtype), alpha=-lr)
+
+    def state_dict(self) -> dict:
+        return {"slot_of": self.slot_of, "m": self.m, "v": self.v, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slot_of, self.m, self.v, self.steps = state["slot_of"], state["m"], state["v"], state["steps"]
+
+
+class MaskedAdamW:
+    """The paper's update: the value gradient is zero outside the selected rows, and a dense AdamW steps the
+    whole table (so its moments move rows selected earlier, and weight decay moves every row)."""
+
+    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0):
+        self.table = table
+        self.opt = torch.optim.AdamW([table], lr=1.0, weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+        self.table.grad = torch.zeros_like(self.table).index_put_((rows,), grads.to(self.table.dtype))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.table.grad = None
+
+    def state_dict(self) -> dict:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """A value-row update rule and its default peak learning rate (``None``: must be given per model)."""
+
+    make: Callable
+    default_lr: float | None
+
+
+# The update registry: a new rule is one class with the interface above and one line here.
+UPDATES: dict[str, UpdateRule] = {
+    "adam": UpdateRule(RowSparseAdam, 5e-4),
+    "sgd": UpdateRule(RowSGD, None),
+    "paper": UpdateRule(MaskedAdamW, 5e-4),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods: what trains
+
+def _prepare_retrofit(model, c):
+    for mod in model.modules():
+        if isinstance(mod, MemoryMLP):
+            mod.requires_grad_(True)
+            mod.mlp.requires_grad_(False)
+    return model
+
+
+def _prepare_smf(model, c):
+    for m in memory_layers(model):
+        m.values.weight.requires_grad_(True)
+        m.sparse_grad = True
+    if c.train_alpha:
+        for mod in model.modules():
+            if isinstance(mod, MemoryMLP):
+                mod.alpha.requires_grad_(True)
+    return model
+
+
+def _prepare_lora(model, c):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                      target_modules=list(c.lora_targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def _prepare_full(model, c):
+    return model.requires_grad_(True)
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a training method trains.
+
+    Args:
+        prepare: ``(model, config) -> model`` sets ``requires_grad`` (or wraps the model) for the method.
+        needs_memory: the model must have memory layers.
+        sparse: value rows move through an update rule of ``UPDATES`` (the rate key is ``smf-{update}``).
+        finish: ``model -> model`` after training (LoRA merges its adapter).
+        default_lr: peak rate when the config gives none (sparse methods take their update rule's).
+    """
+
+    prepare: Callable
+    needs_memory: bool = False
+    sparse: bool = False
+    finish: Callable = staticmethod(lambda m: m)
+    default_lr: float | None = None
+
+
+# The method registry (the paper's rates are the defaults).
+METHODS: dict[str, Method] = {
+    "retrofit": Method(_prepare_retrofit, needs_memory=True, default_lr=5e-4),
+    "smf": Method(_prepare_smf, needs_memory=True, sparse=True),
+    "lora": Method(_prepare_lora, finish=lambda m: m.merge_and_unload(), default_lr=2e-4),
+    "full": Method(_prepare_full, default_lr=5e-5),
+}
+
+
+def default_lr(key: str) -> float | None:
+    """The default peak rate of a rate key (``retrofit``, ``lora``, ``full`` or ``smf-{update}``)."""
+    if key.startswith("smf-") and key[4:] in UPDATES:
+        return UPDATES[key[4:]].default_lr
+    if key in METHODS:
+        return METHODS[key].default_lr
+    raise ValueError(f"unknown rate key {key!r}; allowed: {', '.join(rate_keys())}")
+
+
+def rate_keys() -> list[str]:
+    """Every key a learning-rate table (``TrainConfig.lr_key``, a preset's ``lr``) may use."""
+    return [k for k in METHODS if not METHODS[k].sparse] + [f"smf-{u}" for u in UPDATES]
 
 
 @dataclass
 class TrainConfig:
-    """How to train (METHOD.md sections 3-5; seed values are the defaults where the seed gives one).
+    """How to train (METHOD.md sections 3-5; the paper's values are the defaults where it gives one).
 
     Args:
-        method: ``retrofit`` | ``smf`` | ``lora`` | ``full``.
-        lr: peak learning rate; ``None`` takes the method's default (``DEFAULT_LR``).
-        weight_decay: AdamW decay (seed: 0 for SMF; applied to touched rows only in strict Adam).
-        epochs: passes over the texts (ignored when ``max_steps`` is set).
-        max_steps: stop after this many optimizer steps.
+        method: a key of ``METHODS``: ``retrofit`` | ``smf`` | ``lora`` | ``full``.
+        lr: peak learning rate (> 0); ``None`` takes the default of the method (or of SMF's update rule).
+        weight_decay: AdamW decay, >= 0 (paper: 0 for SMF; applied to touched rows only in row-sparse Adam).
+        epochs: passes over the texts, > 0 (ignored when ``max_steps`` is set).
+        max_steps: stop after this many optimizer steps (>= 1).
         micro_batch: texts per forward.
         grad_accum: micro-batches per optimizer step.
-        max_length: truncation length in tokens.
+        max_length: truncation length in tokens (>= 2).
         warmup_steps: linear warm-up, then cosine decay to 0.
-        clip: gradient-norm clip (over all trainable gradients; for SMF the selected rows).
-        seed: data order and random selector seed.
-        selector: SMF row scorer: ``kl`` | ``tfidf`` | ``tf`` | ``random``.
+        clip: gradient-norm clip, >= 0 (0: off; over all trainable gradients, for SMF the selected rows).
+        seed: data order, random selector and dropout seed.
+        selector: SMF row scorer, a key of ``SELECTORS``: ``kl`` | ``tfidf`` | ``tf`` | ``random``.
         top_t: rows per memory layer per step (per micro-batch with ``select_per_microbatch``).
-        update: SMF update mode: ``strict`` (project default) | ``seed`` (gradient mask + AdamW).
-        optimizer: strict-mode optimizer: ``sgd`` (default) | ``adam`` (row-sparse).
-        count_padding: count reads at padded positions (seed quirk; default counts real tokens only).
-        select_per_microbatch: select per micro-batch, updating the union (seed quirk; default selects once
-            per optimizer step from counts summed over its micro-batches).
-        train_alpha: SMF also trains each layer's alpha densely (seed variant).
-        lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings (seed: 16, 32, 0.05, 7 projections).
+        update: SMF update rule, a key of ``UPDATES``: ``adam`` (default, row-sparse Adam) | ``sgd`` (strict
+            SGD; calibrate its rate per model) | ``paper`` (gradient mask + dense AdamW).
+        count_padding: count reads at padded positions (the paper's code does; default counts real tokens).
+        select_per_microbatch: select per micro-batch, updating the union (the paper's code does; default
+            selects once per optimizer step from counts summed over its micro-batches).
+        train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
+        lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings (paper: 16, 32, 0.05, 7 projections).
         checkpoint_every: optimizer steps between checkpoints (0: none).
     """
 
@@ -78,8 +259,7 @@ class TrainConfig:
     seed: int = 0
     selector: str = "kl"
     top_t: int = 512
-    update: str = "strict"
-    optimizer: str = "sgd"
+    update: str = "adam"
     count_padding: bool = False
     select_per_microbatch: bool = False
     train_alpha: bool = False
@@ -91,35 +271,59 @@ class TrainConfig:
 
     def __post_init__(self):
         for name, value, allowed in (("method", self.method, METHODS), ("update", self.update, UPDATES),
-                                     ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("selector", self.selector, SELECTORS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-        if self.top_t < 1:
-            raise ValueError(f"top_t must be >= 1 (rows per layer per step), got {self.top_t}")
-        if self.micro_batch < 1 or self.grad_accum < 1:
-            raise ValueError("micro_batch and grad_accum must be >= 1")
+
+        def integer(name, low, what):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low} ({what}), got {v!r}")
+
+        integer("micro_batch", 1, "texts per forward")
+        integer("grad_accum", 1, "micro-batches per optimizer step")
+        integer("max_length", 2, "tokens per text")
+        integer("warmup_steps", 0, "linear warm-up steps")
+        integer("top_t", 1, "rows per layer per step")
+        integer("lora_r", 1, "LoRA rank")
+        integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
+        integer("seed", 0, "random seed")
+        if self.max_steps is not None:
+            integer("max_steps", 1, "optimizer steps; None to use epochs")
+        for name, low_ok in (("epochs", False), ("clip", True), ("weight_decay", True), ("lora_dropout", True)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and not low_ok):
+                raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {v!r}")
+        if self.lora_dropout >= 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.lr_key]
+            self.lr = default_lr(self.lr_key)
+            if self.lr is None:
+                raise ValueError(f"update {self.update!r} has no default rate: its step follows the scale of the "
+                                 "model's gradients. Pass lr= (python -m smf_lib calibrate --model NAME "
+                                 "--update sgd measures one on held-out training questions)")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         self.lora_targets = tuple(self.lora_targets)
 
     @property
     def lr_key(self) -> str:
-        """This config's key in ``DEFAULT_LR`` (and in a preset's ``lr``): SMF by its update's optimizer."""
-        if self.method != "smf":
-            return self.method
-        return f"smf-{'adam' if self.update == 'seed' else self.optimizer}"
+        """This config's key in a learning-rate table (``rate_keys()``): SMF by its update rule."""
+        return f"smf-{self.update}" if METHODS[self.method].sparse else self.method
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model (LoRA merged), the per-step log, the training seconds and
-    the bytes of optimizer state held at the end."""
+    """What :func:`train` returns: the trained model (LoRA merged), the per-step log, the probe trajectory, the
+    training seconds and the bytes of optimizer state held at the end."""
 
     model: torch.nn.Module
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     optimizer_bytes: int = 0
+    trajectory: list[dict] = field(default_factory=list)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -130,73 +334,14 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class RowSparseAdam:
-    """Adam over the rows of one table that have been touched: moments exist only for those rows, each row
-    keeps its own step count for bias correction; untouched rows cost nothing and never move."""
-
-    def __init__(self, table: torch.Tensor, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        self.table, self.betas, self.eps, self.wd = table, betas, eps, weight_decay
-        self.slot_of = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
-        self.m = table.new_zeros(0, table.shape[1])
-        self.v = table.new_zeros(0, table.shape[1])
-        self.steps = torch.zeros(0, dtype=torch.long, device=table.device)
-
-    @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
-        new = rows[self.slot_of[rows] < 0]
-        if new.numel():
-            self.slot_of[new] = torch.arange(len(self.m), len(self.m) + len(new), device=rows.device)
-            self.m = torch.cat([self.m, self.m.new_zeros(len(new), self.m.shape[1])])
-            self.v = torch.cat([self.v, self.v.new_zeros(len(new), self.v.shape[1])])
-            self.steps = torch.cat([self.steps, self.steps.new_zeros(len(new))])
-        s = self.slot_of[rows]
-        b1, b2 = self.betas
-        self.steps[s] += 1
-        m = self.m[s].mul_(b1).add_(grads, alpha=1 - b1)
-        v = self.v[s].mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        self.m[s], self.v[s] = m, v
-        k = self.steps[s].unsqueeze(1).to(m.dtype)
-        update = (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + self.eps)
-        if self.wd:
-            update = update + self.wd * self.table[rows]
-        self.table.index_add_(0, rows, update.to(self.table.dtype), alpha=-lr)
-
-    def state_dict(self) -> dict:
-        return {"slot_of": self.slot_of, "m": self.m, "v": self.v, "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.slot_of, self.m, self.v, self.steps = state["slot_of"], state["m"], state["v"], state["steps"]
-
-
 def prepare_model(model, config: TrainConfig):
     """Set what trains for the method (wrapping with peft for LoRA); returns the model to train."""
-    c = config
-    mems = memory_layers(model)
-    if c.method in ("retrofit", "smf") and not mems:
-        raise ValueError(f"method {c.method!r} needs memory layers: call smf_lib.add_memory(model, config) first")
+    method = METHODS[config.method]
+    if method.needs_memory and not memory_layers(model):
+        raise ValueError(f"method {config.method!r} needs memory layers: call smf_lib.add_memory(model, config) "
+                         "first")
     model.requires_grad_(False)
-    if c.method == "full":
-        model.requires_grad_(True)
-    elif c.method == "retrofit":
-        for mod in model.modules():
-            if isinstance(mod, MemoryMLP):
-                mod.requires_grad_(True)
-                mod.mlp.requires_grad_(False)
-    elif c.method == "smf":
-        for m in mems:
-            m.values.weight.requires_grad_(True)
-            m.sparse_grad = True
-        if c.train_alpha:
-            for mod in model.modules():
-                if isinstance(mod, MemoryMLP):
-                    mod.alpha.requires_grad_(True)
-    else:
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                          target_modules=list(c.lora_targets), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)
-    return model
+    return method.prepare(model, config)
 
 
 def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
@@ -217,7 +362,12 @@ def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
 
 
 def _collate(tokenizer, texts, max_length, device):
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    """Right-padded batch (whatever the tokenizer's padding side) with labels on real tokens only."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
             "labels": labels.to(device)}
@@ -295,62 +445,80 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
     return g.indices()[0], g.values()
 
 
-def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: BackgroundStats | None = None,
-          checkpoint_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` on ``texts`` with one of the four methods.
+def texts_fingerprint(texts: list[str]) -> str:
+    """A short hash of the training texts, kept in checkpoints so a resume on other data is refused."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,
+          checkpoint_dir: str | Path | None = None, progress: bool = True,
+          probe: Callable[[torch.nn.Module, int], dict] | None = None, probe_steps: Iterable[int] = ()) -> TrainResult:
+    """Train ``model`` on ``texts`` with one of the methods of ``METHODS``.
 
     Args:
         model: a causal LM (with memory layers for ``retrofit`` and ``smf``).
-        tokenizer: its tokenizer (padding side right; ``pad_token`` set).
+        tokenizer: its tokenizer (``pad_token`` set; batches are padded on the right whatever its setting).
         texts: training texts; the loss covers every real token.
         config: the method and its hyper-parameters.
-        stats: background statistics (required by SMF with ``kl`` / ``tfidf``); checked against the model.
-        checkpoint_dir: where to keep ``checkpoint.pt``; an existing one is resumed from.
+        background: background statistics (required by selectors that need them); checked against the model.
+        checkpoint_dir: where to keep ``checkpoint.pt``; an existing one is resumed from when it was made with
+            the same config and texts, and refused otherwise.
         progress: show a tqdm bar.
+        probe: ``probe(model, step) -> dict`` of cheap metrics, run in eval mode before the first step
+            (step 0) and after each step in ``probe_steps``; its random draws do not disturb training.
+        probe_steps: optimizer steps after which to run ``probe``.
 
     Returns:
         A :class:`TrainResult`; for LoRA the adapter is merged into the returned model.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the message names the step).
     """
     c = config
     if not texts:
         raise ValueError("no training texts given")
-    if c.method == "smf" and c.selector in ("kl", "tfidf"):
-        if stats is None:
-            raise ValueError(f"selector {c.selector!r} needs background statistics: pass stats= from "
+    if METHODS[c.method].sparse and SELECTORS[c.selector].needs_background:
+        if background is None:
+            raise ValueError(f"selector {c.selector!r} needs background statistics: pass background= from "
                              "compute_background_stats(model, tokenizer, texts)")
-        stats.check(model)
+        background.check(model)
     model = prepare_model(model, c)
-    mems = memory_layers(model) if c.method == "smf" else []
+    mems = memory_layers(model) if METHODS[c.method].sparse else []
     device = next(model.parameters()).device
     dense = [p for n, p in model.named_parameters() if p.requires_grad and not (mems and n.endswith("values.weight"))]
     dense_opt = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None
-    row_opts, seed_opt = [], None
-    if mems and c.update == "strict" and c.optimizer == "adam":
-        row_opts = [RowSparseAdam(m.values.weight, weight_decay=c.weight_decay) for m in mems]
-    elif mems and c.update == "seed":
-        seed_opt = torch.optim.AdamW([m.values.weight for m in mems], lr=c.lr, weight_decay=c.weight_decay)
+    rules = [UPDATES[c.update].make(m.values.weight, weight_decay=c.weight_decay) for m in mems]
     rank, world = distributed()
     if world > 1 and c.micro_batch < world:
         raise ValueError(f"micro_batch={c.micro_batch} is smaller than the {world} processes: each process takes "
                          "an equal share of every micro-batch; raise micro_batch to at least the world size")
     plan = micro_batches(len(texts), c)
+    probe_at = {s for s in probe_steps if 0 < s <= len(plan)}
     rand = torch.Generator().manual_seed(c.seed)
-    log, start, seconds = [], 0, 0.0
+    torch.manual_seed(c.seed)  # dropout (LoRA)
+    log, trajectory, start, seconds = [], [], 0, 0.0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+    identity = {"config": asdict(c), "texts": texts_fingerprint(texts), "n_texts": len(texts)}
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = _load_checkpoint(ckpt, identity)
         with torch.no_grad():
             params = dict(model.named_parameters())
             for k, v in state["params"].items():
                 params[k].copy_(v)
         if dense_opt:
             dense_opt.load_state_dict(state["dense_opt"])
-        if seed_opt:
-            seed_opt.load_state_dict(state["seed_opt"])
-        for o, s in zip(row_opts, state.get("row_opts", [])):
-            o.load_state_dict(s)
+        for rule, st in zip(rules, state["rules"]):
+            rule.load_state_dict(st)
         rand.set_state(state["rand"])
-        start, log, seconds = state["step"], state["log"], state["seconds"]
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start, log, seconds, trajectory = state["step"], state["log"], state["seconds"], state["trajectory"]
+    if probe is not None and start == 0:
+        trajectory.append(_run_probe(probe, model, 0))
     model.train()
     set_recording(model, bool(mems))
     bar = tqdm(total=len(plan), initial=start, desc=c.method, disable=not progress or rank > 0)
@@ -364,6 +532,10 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             for mb in group:
                 batch = _collate(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device)
                 loss = model(**batch).loss / len(group)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"the training loss is {loss.item() * len(group)} at step {step + 1} of "
+                                           f"{len(plan)} ({c.method}, lr {c.lr:g}); lower the learning rate or "
+                                           "check the data. No metrics are written for this run")
                 loss.backward()
                 total_loss += loss.item()
                 if not mems:
@@ -373,7 +545,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
                 if c.select_per_microbatch:
                     # every process sums the same counts, so every process selects the same rows
                     mb_counts = [_all_reduce_sum(x, world) for x in mb_counts]
-                    chosen = select_for_layers(mb_counts, c.selector, c.top_t, stats, rand)
+                    chosen = select_for_layers(mb_counts, c.selector, c.top_t, background, rand)
                     grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
                 for j in range(len(mems)):
                     counts[j] += mb_counts[j]
@@ -381,7 +553,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             row_grads = [_merge(p, m.values.weight) for p, m in zip(parts, mems)]
             if mems and not c.select_per_microbatch:
                 counts = [_all_reduce_sum(x, world) for x in counts]
-                chosen = select_for_layers(counts, c.selector, c.top_t, stats, rand)
+                chosen = select_for_layers(counts, c.selector, c.top_t, background, rand)
                 row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
             if world > 1:  # average gradients over processes (the selected rows are the same everywhere)
                 row_grads = [(r, _all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]
@@ -393,34 +565,34 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             sq = sum(float(g.float().square().sum()) for _, g in row_grads)
             sq += sum(float(p.grad.float().square().sum()) for p in dense if p.grad is not None)
             norm = math.sqrt(sq)
+            if not math.isfinite(norm):
+                raise TrainingDiverged(f"the gradient norm is {norm} at step {step + 1} of {len(plan)} ({c.method}, "
+                                       f"lr {c.lr:g}); lower the learning rate. No metrics are written for this run")
             scale = min(1.0, c.clip / (norm + 1e-6)) if c.clip else 1.0
             if scale < 1.0:
                 row_grads = [(r, g * scale) for r, g in row_grads]
                 for p in dense:
                     if p.grad is not None:
                         p.grad.mul_(scale)
-            with torch.no_grad():
-                for j, (m, (rows, g)) in enumerate(zip(mems, row_grads)):
-                    if seed_opt is not None:
-                        m.values.weight.grad = torch.zeros_like(m.values.weight).index_put_((rows,), g)
-                    elif row_opts:
-                        row_opts[j].step(rows, g, lr)
-                    else:
-                        m.values.weight.index_add_(0, rows, g.to(m.values.weight.dtype), alpha=-lr)
-            for opt in (dense_opt, seed_opt):
-                if opt is not None:
-                    for grp in opt.param_groups:
-                        grp["lr"] = lr
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+            for rule, (rows, g) in zip(rules, row_grads):
+                rule.step(rows, g, lr)
+            if dense_opt is not None:
+                for grp in dense_opt.param_groups:
+                    grp["lr"] = lr
+                dense_opt.step()
+                dense_opt.zero_grad(set_to_none=True)
             seconds += time.perf_counter() - t0
             log.append({"step": step + 1, "loss": total_loss, "lr": lr, "grad_norm": norm,
                         "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}")
+            if probe is not None and step + 1 in probe_at:
+                set_recording(model, False)
+                trajectory.append(_run_probe(probe, model, step + 1))
+                set_recording(model, bool(mems))
             last = step + 1 == len(plan)
             if ckpt is not None and rank == 0 and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or last):
-                _save_checkpoint(ckpt, model, dense_opt, seed_opt, row_opts, rand, step + 1, log, seconds, c)
+                _save_checkpoint(ckpt, identity, model, dense_opt, rules, rand, step + 1, log, seconds, trajectory)
     finally:
         bar.close()
         set_recording(model, False)
@@ -428,23 +600,58 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, stats: Backgr
             m.sparse_grad = False
     model.eval()
     model.requires_grad_(False)
-    if c.method == "lora":
-        model = model.merge_and_unload()
-    states = [o.state_dict() for o in row_opts] + [s for o in (dense_opt, seed_opt) if o for s in o.state.values()]
-    opt_bytes = sum(t.numel() * t.element_size() for st in states for t in st.values() if torch.is_tensor(t))
-    return TrainResult(model, log, seconds, opt_bytes)
+    model = METHODS[c.method].finish(model)
+    states = [r.state_dict() for r in rules] + ([dense_opt.state_dict()] if dense_opt else [])
+    return TrainResult(model, log, seconds, _tensor_bytes(states), trajectory)
 
 
-def _save_checkpoint(path: Path, model, dense_opt, seed_opt, row_opts, rand, step, log, seconds, config):
-    state = {"step": step, "log": log, "seconds": seconds, "rand": rand.get_state(), "config": asdict(config),
-             "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
+def _run_probe(probe, model, step: int) -> dict:
+    """Run ``probe`` in eval mode on the plain causal LM (peft's wrapper unwrapped), isolated from the training
+    random streams."""
+    was_training = model.training
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            out = probe(inner, step)
+    finally:
+        model.train(was_training)
+    return {"step": step, **out}
+
+
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory):
+    state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory,
+             "rand": rand.get_state(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "rules": [r.state_dict() for r in rules]}
     if dense_opt:
         state["dense_opt"] = dense_opt.state_dict()
-    if seed_opt:
-        state["seed_opt"] = seed_opt.state_dict()
-    if row_opts:
-        state["row_opts"] = [o.state_dict() for o in row_opts]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path, identity: dict) -> dict:
+    """A checkpoint made with the same config and texts; anything else is refused with the remedy."""
+    try:
+        state = torch.load(path, weights_only=True)
+        saved = {k: state[k] for k in ("config", "texts", "n_texts")}
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is damaged or from an older smf_lib ({type(err).__name__}: {err}); "
+                         "delete it to train from the start") from err
+    if saved != identity:
+        diff = sorted(k for k in identity["config"] if saved["config"].get(k) != identity["config"][k])
+        what = f"config fields {diff}" if diff else "training texts"
+        raise ValueError(f"checkpoint {path} was made with other {what}; delete it (or the run's folder) to "
+                         "train from the start, or use the config it was made with")
+    return state

@@ -18,8 +18,16 @@ class Encoding(dict):
 class CharTokenizer:
     """Bytes as tokens (vocab 256): enough of the HF tokenizer interface for the trainer and the probes."""
 
-    pad_token, pad_token_id, eos_token = "\0", 0, "\0"
+    pad_token, pad_token_id, eos_token, eos_token_id = "\0", 0, "\0", 0
     padding_side = "right"
+    chat_template = "<u>...</u><a>...</a>"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role'][0]}>{m['content']}</{m['role'][0]}>\n" for m in messages)
+        return text + ("<a>" if add_generation_prompt else "")
+
+    def __len__(self):
+        return 256
 
     def __call__(self, texts, padding=True, truncation=False, max_length=64, return_tensors=None,
                  add_special_tokens=False):

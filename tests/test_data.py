@@ -5,7 +5,9 @@ import os
 import pytest
 
 from smf_lib import data as D
-from smf_lib.experiments import FIXTURES
+from smf_lib.evaluation import data_root
+
+FIXTURES = data_root(type("P", (), {"data": "fixtures"}))
 
 REAL = os.environ.get("SMF_DATA_DIR")
 
@@ -60,10 +62,21 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"train.jsonl:2: missing field\(s\) \['opc'\]"):
         D.load_medmcqa("train", root=tmp_path)
     f.write_text(json.dumps({**good, "cop": 7}) + "\n")
-    with pytest.raises(ValueError, match="cop must be 0-3"):
+    with pytest.raises(ValueError, match=r"train.jsonl:1: cop must be an integer 0-3"):
+        D.load_medmcqa("train", root=tmp_path)
+    f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "cop": 2.9}) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl:2: cop must be an integer 0-3 .*got 2.9"):
+        D.load_medmcqa("train", root=tmp_path)
+    bad = json.dumps({**good, "question": "caf"}).encode().replace(b"caf", b"caf\xe9")
+    f.write_bytes(json.dumps(good).encode() + b"\n" + bad + b"\n")
+    with pytest.raises(ValueError, match=r"train.jsonl:2: not UTF-8"):
         D.load_medmcqa("train", root=tmp_path)
     with pytest.raises(ValueError, match="allowed: train, validation"):
         D.load_medmcqa("test", root=tmp_path)
+    (tmp_path / "wikitext").mkdir()
+    (tmp_path / "wikitext" / "wiki.test.raw").write_bytes(b"fine\nline two \xff\n")
+    with pytest.raises(ValueError, match=r"wiki.test.raw:2: not UTF-8"):
+        D.load_wikitext_lines(root=tmp_path)
 
 
 def test_gzip_reader(tmp_path):

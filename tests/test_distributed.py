@@ -25,7 +25,7 @@ def _worker(rank, world, port, out):
     before = [m.values.weight.detach().clone() for m in S.memory_layers(model)]
     cfg = S.TrainConfig(method="smf", selector="kl", lr=500.0, micro_batch=4, grad_accum=2, max_steps=3,
                         warmup_steps=1, top_t=5, epochs=10)
-    res = S.train(model, tok, TEXTS, cfg, stats=stats, progress=False)
+    res = S.train(model, tok, TEXTS, cfg, background=stats, progress=False)
     rank_, world_ = S.training.distributed()
     changed = [sorted((b != m.values.weight).any(1).nonzero().flatten().tolist())
                for b, m in zip(before, S.memory_layers(model))]
@@ -55,9 +55,9 @@ def _runner_worker(rank, world, port, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from smf_lib import experiments as E
+    from smf_lib.cli import main
 
-    E.main(["run", "--preset", "smoke", "--out", out, "--no-progress", "--methods", "base", "smf-kl", "lora"])
+    main(["run", "--preset", "smoke", "--out", out, "--no-progress", "--methods", "base", "smf-kl", "lora"])
     torch.distributed.destroy_process_group()
 
 
@@ -76,7 +76,7 @@ def test_runner_under_two_processes(tmp_path, capfd):
     assert json.loads((out / "artifacts" / "retrofit-additive-s0" / "train_log.json").read_text())["processes"] == 2
     assert (out / "summary.csv").exists() and (out / "selection_counts.json").exists()
     first = capfd.readouterr().out
-    assert first.count("smf-kl seed 0: evaluating") == 1  # once, by process 0
+    assert first.count("smf-kl-s0: evaluating") == 1  # once, by process 0
     before = {p.name: p.read_bytes() for p in (out / "runs").iterdir()}
     mp.spawn(_runner_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     assert {p.name: p.read_bytes() for p in (out / "runs").iterdir()} == before

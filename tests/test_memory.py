@@ -29,7 +29,7 @@ def test_seed_init_perturbs_the_model(tiny):
     ids = torch.randint(0, 256, (1, 9))
     with torch.no_grad():
         before = tiny(ids).logits
-        S.add_memory(tiny, S.MemoryConfig(**MEM, init="seed"))
+        S.add_memory(tiny, S.MemoryConfig(**MEM, init="paper"))
         after = tiny(ids).logits
     assert not torch.equal(before, after)
     assert S.memory_layers(tiny)[0].query.bias is not None
@@ -54,7 +54,7 @@ def test_product_key_topk_equals_brute_force(heads, knn):
 
 def test_read_is_weighted_sum_of_shared_table():
     torch.manual_seed(0)
-    cfg = S.MemoryConfig(layers=(0,), n_keys=4, heads=2, knn=2, k_dim=4, init="seed")
+    cfg = S.MemoryConfig(layers=(0,), n_keys=4, heads=2, knn=2, k_dim=4, init="paper")
     mem = ProductKeyMemory(8, cfg, 0)
     x = torch.randn(1, 3, 8)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_recording_without_hooks(mem_model):
 
 def test_bf16_forward_and_backward():
     model = S.tiny_model("qwen2").to(torch.bfloat16)
-    S.add_memory(model, S.MemoryConfig(**MEM, init="seed"))
+    S.add_memory(model, S.MemoryConfig(**MEM, init="paper"))
     ids = torch.randint(0, 256, (2, 6))
     out = model(ids, labels=ids)
     out.loss.backward()
@@ -105,6 +105,8 @@ def test_replacement_mode_bypasses_mlp():
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(k_dim=15), "k_dim"), (dict(knn=9), "knn"), (dict(mode="mixed"), "mode"), (dict(init="ones"), "init"),
     (dict(layers=()), "layers"), (dict(layers=(1, 1)), "layers"), (dict(heads=0), "heads"), (dict(n_keys=1), "n_keys"),
+    (dict(layers="12"), "sequence of decoder indices"), (dict(alpha=float("nan")), "alpha must be a finite"),
+    (dict(alpha=float("inf")), "alpha must be a finite"), (dict(n_keys=8.0), "n_keys must be an integer"),
 ])
 def test_invalid_config(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
@@ -152,6 +154,57 @@ def test_save_changed_rows_only(mem_model, tmp_path):
     S.load_memory(fresh, tmp_path / "delta")
     for a, b in zip(S.memory_layers(mem_model), S.memory_layers(fresh)):
         assert torch.equal(a.values.weight, b.values.weight)
+
+
+def test_delta_adapter_moves_with_its_folder_and_refuses_itself(mem_model, tmp_path):
+    import shutil
+
+    S.save_memory(mem_model, tmp_path / "run" / "ref")
+    _perturb_rows(mem_model, [2])
+    S.save_memory(mem_model, tmp_path / "run" / "delta", reference=tmp_path / "run" / "ref")
+    meta = json.loads((tmp_path / "run" / "delta" / "memory_config.json").read_text())
+    assert meta["reference"]["path"] == "../ref" and len(meta["reference"]["sha256"]) == 16
+    shutil.move(tmp_path / "run", tmp_path / "copied")  # a results folder copied elsewhere still loads
+    fresh = S.load_memory(S.tiny_model("llama"), tmp_path / "copied" / "delta")
+    assert torch.equal(S.memory_layers(fresh)[0].values.weight, S.memory_layers(mem_model)[0].values.weight)
+    before = (tmp_path / "copied" / "delta" / "memory.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="cannot point at itself"):
+        S.save_memory(mem_model, tmp_path / "copied" / "delta", reference=tmp_path / "copied" / "delta")
+    assert (tmp_path / "copied" / "delta" / "memory.safetensors").read_bytes() == before  # nothing overwritten
+
+
+def _edit(folder, fn):
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(folder / "memory.safetensors"))
+    fn(t)
+    save_file(t, str(folder / "memory.safetensors"))
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda d, m: (d / "memory_config.json").write_text(""), "memory_config.json is damaged"),
+    (lambda d, m: (d / "memory_config.json").write_text(json.dumps({**m, "format": "smf_lib.memory/9"})),
+     "format 'smf_lib.memory/9'"),
+    (lambda d, m: (d / "memory_config.json").write_text(json.dumps(
+        {**m, "memory_config": {**m["memory_config"], "layers": [1, 3]}})), "lacks tensors"),
+    (lambda d, m: (d / "memory_config.json").write_text(json.dumps(
+        {**m, "memory_config": {**m["memory_config"], "n_keys": 4, "knn": 2}})), "has shape"),
+    (lambda d, m: (d / "memory.safetensors").write_bytes(b"xx"), "memory.safetensors is damaged"),
+    (lambda d, m: _edit(d, lambda t: t.__setitem__("layers.1.values.weight.rows", torch.tensor([3, 99]))),
+     "bad row indices"),
+    (lambda d, m: _edit(d, lambda t: t.__setitem__("layers.1.values.weight.rows", torch.tensor([3, 3]))),
+     "bad row indices"),
+])
+def test_edited_or_damaged_adapters_fail_clearly(mem_model, tmp_path, damage, msg):
+    S.save_memory(mem_model, tmp_path / "ref")
+    _perturb_rows(mem_model, [3, 7])
+    S.save_memory(mem_model, tmp_path / "delta", reference=tmp_path / "ref")
+    meta = json.loads((tmp_path / "delta" / "memory_config.json").read_text())
+    damage(tmp_path / "delta", meta)
+    fresh = S.tiny_model("llama")
+    with pytest.raises(ValueError, match=msg):
+        S.load_memory(fresh, tmp_path / "delta")
+    assert not S.memory_layers(fresh)  # the model is left as it was
 
 
 def test_wrong_base_refused(mem_model, tmp_path):

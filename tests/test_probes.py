@@ -108,3 +108,63 @@ def test_triviaqa_scoring_on_rigged_output(model, monkeypatch):
     assert [it["correct"] for it in res["items"]] == [1, 0]
     assert [it["em"] for it in res["items"]] == [0, 0]  # "the answer is paris" is not an exact alias
     assert all(it["alias_loglik"] < 0 for it in res["items"])
+
+
+def test_triviaqa_generation_stops_at_eos(model):
+    """A model whose first new token is EOS answers nothing, even if it would go on after it."""
+    tok = CharTokenizer()
+    steps = {"n": 0}
+
+    def eos_then_paris(module, args, out):
+        steps["n"] += 1
+        out = out.clone()
+        out[..., tok.eos_token_id] += 1e4 if steps["n"] == 1 else -1e4  # EOS first, then anything
+        return out
+
+    model.lm_head.register_forward_hook(eos_then_paris)
+    res = P.triviaqa_accuracy(model, tok, [{"question": "Capital?", "aliases": ["x", "e", "a", "o", " "]}],
+                              progress=False)
+    assert res["items"][0]["output"] == "" and res["items"][0]["correct"] == 0
+
+
+def test_batched_medmcqa_equals_one_question_at_a_time(model):
+    rows = [dict(ROW, question="Which colour " + "is it " * k + "?", cop=k % 4) for k in range(5)]
+    one = P.medmcqa_accuracy(model, LetterTokenizer(), rows, progress=False, batch_size=1)
+    many = P.medmcqa_accuracy(model, LetterTokenizer(), rows, progress=False, batch_size=3)
+    assert [i["pred"] for i in one["items"]] == [i["pred"] for i in many["items"]]
+    for a, b in zip(one["items"], many["items"]):
+        assert a["gold_loglik"] == pytest.approx(b["gold_loglik"], abs=1e-4)
+
+
+def test_empty_evaluation_sets_are_refused(model):
+    with pytest.raises(ValueError, match="no MedMCQA rows"):
+        P.medmcqa_accuracy(model, LetterTokenizer(), [], progress=False)
+    with pytest.raises(ValueError, match="no TriviaQA rows"):
+        P.triviaqa_accuracy(model, CharTokenizer(), [], progress=False)
+    with pytest.raises(ValueError, match="fewer than 2 tokens"):
+        P.perplexity(model, CharTokenizer(), "", progress=False)
+    with pytest.raises(ValueError, match="no items"):
+        P.reference_topk(model, [], progress=False)
+
+
+def test_chat_items_score_the_reply_only():
+    tok = CharTokenizer()
+    (ids, first, end), = P.chat_items(tok, [("hi?", "hello there")])
+    assert bytes(ids[first:end]).decode() == "hello there</a>"
+    assert bytes(ids[:first]).decode() == "<u>hi?</u>\n<a>"
+
+
+def test_drift_is_zero_for_the_same_model_and_exact_with_the_whole_vocabulary(model):
+    tok = CharTokenizer()
+    items = P.text_windows(tok, "the quick brown fox jumps over the lazy dog " * 4, max_length=64, stride=32)
+    other = S.tiny_model("llama", seed=4)
+    same = P.drift(model, items, P.reference_topk(model, items, k=8, progress=False), progress=False)
+    assert same["kl"] == pytest.approx(0, abs=1e-6)
+    full = P.drift(other, items, P.reference_topk(model, items, k=256, progress=False), exact_reference=model,
+                   progress=False)
+    for it in full["items"]:
+        assert it["kl"] == pytest.approx(it["kl_exact"], rel=1e-4)
+    small = P.drift(other, items, P.reference_topk(model, items, k=4, progress=False), exact_reference=model,
+                    progress=False)
+    for it in small["items"]:
+        assert 0 < it["kl"] <= it["kl_exact"] + 1e-6  # coarsening only lowers the KL

@@ -6,7 +6,7 @@ import torch
 import smf_lib as S
 from smf_lib.training import lr_factor, micro_batches
 
-from conftest import TEXTS
+from conftest import MEM, TEXTS
 
 
 def _snapshot(model):
@@ -27,46 +27,48 @@ def _cfg(**kw):
     return S.TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("optimizer,lr", [("sgd", 50.0), ("adam", 1e-2)])
-def test_strict_mode_touches_only_selected_rows(mem_model, tok, stats, optimizer, lr, tmp_path):
-    before = _snapshot(mem_model)
-    cfg = _cfg(optimizer=optimizer, lr=lr, checkpoint_every=1)
-    # one step at a time (resuming from the checkpoint) so each step's changed rows can be inspected
-    for step in range(1, 4):
-        prev = _snapshot(mem_model)
-        res = S.train(mem_model, tok, TEXTS, cfg.__class__(**{**cfg.__dict__, "max_steps": step}), stats=stats,
-                      checkpoint_dir=tmp_path, progress=False)
-        now = _snapshot(mem_model)
-        changed = sum(len(_changed_rows(prev, now, f"model.layers.{i}.mlp.memory.values.weight")) for i in (1, 2))
-        assert 0 < changed <= res.log[-1]["rows"] <= 2 * cfg.top_t
-        for n in now:
-            if not n.endswith("values.weight"):
-                assert torch.equal(now[n], before[n]), n  # every frozen parameter bit-identical
-    assert len(res.log) == 3
+def _rows_per_step(model, tok, stats, cfg):
+    """Train with a probe after every step; returns the value rows changed by each step and the last result."""
+    name = [f"model.layers.{i}.mlp.memory.values.weight" for i in (1, 2)]
+    snaps = []
+
+    def probe(m, step):
+        snaps.append({n: p.detach().clone() for n, p in m.named_parameters()})
+        return {}
+
+    res = S.train(model, tok, TEXTS, cfg, background=stats, progress=False, probe=probe,
+                  probe_steps=range(1, cfg.max_steps + 1))
+    changed = [[_changed_rows(a, b, n) for n in name] for a, b in zip(snaps, snaps[1:])]
+    return snaps, changed, res
 
 
-def test_seed_mode_shows_the_adam_leak(mem_model, tok, stats, tmp_path):
-    cfg = _cfg(update="seed", lr=1e-2, checkpoint_every=1, top_t=2)
-    S.train(mem_model, tok, TEXTS, cfg.__class__(**{**cfg.__dict__, "max_steps": 1}), stats=stats,
-            checkpoint_dir=tmp_path, progress=False)
-    first = _snapshot(mem_model)
-    res = S.train(mem_model, tok, TEXTS, cfg.__class__(**{**cfg.__dict__, "max_steps": 2}), stats=stats,
-                  checkpoint_dir=tmp_path, progress=False)
-    second = _snapshot(mem_model)
-    name = "model.layers.1.mlp.memory.values.weight"
-    moved = _changed_rows(first, second, name)
-    # step 2 selected at most top_t rows here, yet rows selected only at step 1 keep moving (Adam moments)
-    assert len(moved) > cfg.top_t
+@pytest.mark.parametrize("update,lr", [("sgd", 50.0), ("adam", 1e-2)])
+def test_strict_updates_touch_only_selected_rows(mem_model, tok, stats, update, lr):
+    cfg = _cfg(update=update, lr=lr, max_steps=3)
+    snaps, changed, res = _rows_per_step(mem_model, tok, stats, cfg)
+    assert len(changed) == 3
+    for step, rows in enumerate(changed):
+        assert 0 < sum(map(len, rows)) <= res.log[step]["rows"] <= 2 * cfg.top_t
+    for n in snaps[0]:
+        if not n.endswith("values.weight"):
+            assert torch.equal(snaps[0][n], snaps[-1][n]), n  # every frozen parameter bit-identical
+
+
+def test_paper_update_shows_the_adam_leak(mem_model, tok, stats):
+    cfg = _cfg(update="paper", lr=1e-2, top_t=2, max_steps=2)
+    _, changed, res = _rows_per_step(mem_model, tok, stats, cfg)
+    # step 2 selected at most top_t rows per layer, yet rows selected only at step 1 keep moving (Adam moments)
+    assert len(changed[1][0]) > cfg.top_t
     assert res.log[-1]["rows"] <= 2 * cfg.top_t
 
 
 def test_per_microbatch_selection_updates_a_union(mem_model, tok, stats):
     per_step = copy.deepcopy(mem_model)
     before = _snapshot(mem_model)
-    S.train(per_step, tok, TEXTS, _cfg(max_steps=1, grad_accum=4, micro_batch=2, top_t=2, lr=50.0), stats=stats,
+    S.train(per_step, tok, TEXTS, _cfg(max_steps=1, grad_accum=4, micro_batch=2, top_t=2, lr=50.0), background=stats,
             progress=False)
     S.train(mem_model, tok, TEXTS, _cfg(max_steps=1, grad_accum=4, micro_batch=2, top_t=2, lr=50.0,
-                                        select_per_microbatch=True), stats=stats, progress=False)
+                                        select_per_microbatch=True), background=stats, progress=False)
     name = "model.layers.1.mlp.memory.values.weight"
     a = _changed_rows(before, _snapshot(per_step), name)
     b = _changed_rows(before, _snapshot(mem_model), name)
@@ -76,11 +78,11 @@ def test_per_microbatch_selection_updates_a_union(mem_model, tok, stats):
 
 def test_padding_counts_change_with_option(mem_model, tok, stats):
     a, b = copy.deepcopy(mem_model), copy.deepcopy(mem_model)
-    texts = ["a", "a much longer text with many more tokens in it"]
+    texts = ["a", "abc defg"]
     kw = dict(max_steps=1, grad_accum=1, micro_batch=2, top_t=1000, lr=50.0, selector="tf")
     ra = S.train(a, tok, texts, _cfg(**kw), progress=False)
     rb = S.train(b, tok, texts, _cfg(**kw, count_padding=True), progress=False)
-    assert ra.log[0]["rows"] <= rb.log[0]["rows"]
+    assert ra.log[0]["rows"] < rb.log[0]["rows"]  # padded positions read rows too
 
 
 def _loss(model, tok, texts):
@@ -90,14 +92,16 @@ def _loss(model, tok, texts):
         return float(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss)
 
 
-@pytest.mark.parametrize("method,lr", [("smf", 2000.0), ("lora", 5e-3), ("full", 2e-3), ("retrofit", 5e-3)])
-def test_each_method_lowers_loss_on_repeated_batch(mem_model, tok, stats, method, lr):
+@pytest.mark.parametrize("method,lr,update", [("smf", 2000.0, "sgd"), ("smf", 5e-2, "adam"), ("smf", 5e-2, "paper"),
+                                               ("lora", 5e-3, "adam"), ("full", 2e-3, "adam"),
+                                               ("retrofit", 5e-3, "adam")])
+def test_each_method_lowers_loss_on_repeated_batch(mem_model, tok, stats, method, lr, update):
     texts = TEXTS[:4]
     model = mem_model if method in ("smf", "retrofit") else S.tiny_model("llama")
     start = _loss(model, tok, texts)
     cfg = S.TrainConfig(method=method, lr=lr, micro_batch=4, grad_accum=1, max_steps=8, warmup_steps=1,
-                        top_t=64, epochs=8, clip=0)
-    res = S.train(model, tok, texts, cfg, stats=stats, progress=False)
+                        top_t=64, epochs=8, clip=0, update=update)
+    res = S.train(model, tok, texts, cfg, background=stats, progress=False)
     assert _loss(res.model, tok, texts) < start - 1e-3
     assert len(res.log) == 8 and all(k in res.log[0] for k in ("loss", "lr", "grad_norm"))
     if method == "lora":
@@ -123,7 +127,14 @@ def test_smf_without_stats_or_memory_fails_clearly(tok):
 
 @pytest.mark.parametrize("kw,msg", [(dict(top_t=0), "top_t"), (dict(selector="bm25"), "selector"),
                                     (dict(update="lazy"), "update"), (dict(method="prefix"), "method"),
-                                    (dict(optimizer="lion"), "optimizer")])
+                                    (dict(lr=-1.0), "lr must be a finite number > 0"),
+                                    (dict(update="sgd", lr=-5.0), "lr must be"),
+                                    (dict(lr=float("nan")), "lr must be"), (dict(clip=-1.0), "clip"),
+                                    (dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
+                                    (dict(max_steps=0), "max_steps"), (dict(max_steps=-3), "max_steps"),
+                                    (dict(max_length=0), "max_length"), (dict(micro_batch=2.5), "micro_batch"),
+                                    (dict(lora_dropout=1.0), "lora_dropout"), (dict(weight_decay=-0.1), "weight_decay"),
+                                    (dict(update="sgd"), "calibrate")])
 def test_invalid_train_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         S.TrainConfig(**kw)
@@ -154,3 +165,99 @@ def test_row_sparse_adam_matches_dense_adam_on_touched_rows():
     assert torch.allclose(table[rows], ref.detach()[rows], atol=1e-6)
     untouched = torch.tensor([0, 2, 3, 5])
     assert torch.equal(table[untouched], ref.detach()[untouched])
+
+
+def _first_step_gain(model, tok, scale, update, lr):
+    """Loss decrease of one SMF step after the memory output weights (W2) are multiplied by ``scale``."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for mem in S.memory_layers(m):
+            mem.w2.weight.mul_(scale)
+    before = _loss(m, tok, TEXTS[:4])
+    cfg = S.TrainConfig(method="smf", selector="tf", update=update, lr=lr, max_steps=1, micro_batch=4, grad_accum=1,
+                        warmup_steps=0, top_t=64, clip=0)
+    return before - _loss(S.train(m, tok, TEXTS[:4], cfg, progress=False).model, tok, TEXTS[:4])
+
+
+def test_default_update_does_not_follow_the_gradient_scale(tok):
+    """Multiplying W2 by c multiplies the value gradient by c. The default (row-sparse Adam) takes a step of the
+    same size whatever the gradient's scale, so the first-step gain grows only as fast as c itself (the output's
+    sensitivity to a fixed step); plain SGD's step also grows with the gradient, so its gain grows as c**2."""
+    model = S.tiny_model("llama")
+    torch.manual_seed(1)
+    S.add_memory(model, S.MemoryConfig(**MEM, init="paper"))
+    default = S.TrainConfig().update
+    ref = _first_step_gain(model, tok, 1.0, default, None)
+    assert ref > 0
+    for c in (0.1, 10.0):
+        ratio = _first_step_gain(model, tok, c, default, None) / ref
+        assert c / 2 < ratio < 2 * c, (c, ratio)
+    sgd_ref = _first_step_gain(model, tok, 1.0, "sgd", 1.0)
+    sgd = _first_step_gain(model, tok, 10.0, "sgd", 1.0) / sgd_ref
+    assert sgd > 2 * 10.0  # the control: plain SGD fails the same bound
+
+
+def test_non_finite_loss_stops_with_the_step(mem_model, tok, stats):
+    calls = {"n": 0}
+
+    def nan_on_fifth_forward(module, args, out):
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 5 else out
+
+    mem_model.lm_head.register_forward_hook(nan_on_fifth_forward)
+    cfg = _cfg(max_steps=6, grad_accum=2)  # forward 5 is the first micro-batch of step 3
+    with pytest.raises(S.TrainingDiverged, match=r"loss is nan at step 3 of 6"):
+        S.train(mem_model, tok, TEXTS, cfg, background=stats, progress=False)
+
+
+@pytest.mark.parametrize("method", ["smf", "lora", "full"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tok, tmp_path, method, monkeypatch):
+    import smf_lib.training as T
+
+    def fresh():
+        model = S.tiny_model("llama")
+        torch.manual_seed(1)
+        if method == "smf":
+            S.add_memory(model, S.MemoryConfig(**MEM))
+        return model
+
+    cfg = S.TrainConfig(method=method, selector="tf", lr=1e-2, micro_batch=2, grad_accum=2, max_steps=4,
+                        warmup_steps=1, top_t=4, checkpoint_every=1, lora_dropout=0.3)
+    whole = S.train(fresh(), tok, TEXTS, cfg, progress=False)
+    real, calls = T._save_checkpoint, {"n": 0}
+
+    def dying(*a, **kw):
+        real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(T, "_save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        S.train(fresh(), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(T, "_save_checkpoint", real)
+    torch.manual_seed(12345)  # the caller's random state must not matter
+    resumed = S.train(fresh(), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert [e["loss"] for e in resumed.log] == [e["loss"] for e in whole.log]
+    a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_checkpoint_from_another_config_or_damaged_is_refused(mem_model, tok, stats, tmp_path):
+    cfg = _cfg(max_steps=2, checkpoint_every=1, selector="tf")
+    S.train(copy.deepcopy(mem_model), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"other config fields \['top_t'\].*delete it"):
+        S.train(copy.deepcopy(mem_model), tok, TEXTS, _cfg(max_steps=2, checkpoint_every=1, selector="tf", top_t=5),
+                checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other training texts"):
+        S.train(copy.deepcopy(mem_model), tok, TEXTS[:6], cfg, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is damaged"):
+        S.train(copy.deepcopy(mem_model), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_probe_trajectory_has_step_zero_and_the_end(mem_model, tok, stats):
+    seen = []
+    res = S.train(mem_model, tok, TEXTS, _cfg(max_steps=4), background=stats, progress=False,
+                  probe=lambda m, step: seen.append(m.training) or {"x": step}, probe_steps=[2, 4])
+    assert [p["step"] for p in res.trajectory] == [0, 2, 4] and not any(seen)

@@ -1,0 +1,73 @@
+"""The command line: ``python -m smf_lib run | summarize | calibrate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .methods import GRID_METHODS
+from .presets import PRESETS, get_preset
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a preset's grid (resumable)")
+    r.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    r.add_argument("--methods", nargs="+", choices=list(GRID_METHODS), help="default: the preset's grid")
+    r.add_argument("--seeds", nargs="+", type=int, help="default: the preset's seeds")
+    r.add_argument("--out", help="results folder (default results/PRESET)")
+    r.add_argument("--fresh", action="store_true",
+                   help="recompute results made with other settings or data (default: refuse them)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-tune-allocator", action="store_true",
+                   help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
+    s = sub.add_parser("summarize", help="rewrite OUT/summary.csv and OUT/trajectories.csv from OUT/runs/*.json")
+    s.add_argument("--out", required=True)
+    c = sub.add_parser("calibrate", help="pick an SMF update rule's learning rate on held-out training questions")
+    c.add_argument("--model", default="smollm2-135m-instruct")
+    c.add_argument("--update", default="sgd", choices=["sgd", "adam", "paper"])
+    c.add_argument("--rates", nargs="+", type=float, help="default: 1e3..1e6 for sgd, 1e-4..3e-3 otherwise")
+    c.add_argument("--steps", type=int, default=8)
+    c.add_argument("--heldout", type=int, default=48)
+    c.add_argument("--adapter", help="start from this saved memory (e.g. a retrofit adapter)")
+    c.add_argument("--layers", nargs="+", type=int, default=[7, 15, 22], help="memory layers of a fresh memory")
+    c.add_argument("--n-keys", type=int, default=64)
+    c.add_argument("--out", help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    if args.cmd == "summarize":
+        from .results import write_summary
+
+        print(write_summary(Path(args.out)))
+        return 0
+    if args.cmd == "calibrate":
+        from .calibrate import calibrate
+        from .files import write_json
+        from .models import load_model
+
+        rates = args.rates or ([1e3, 1e4, 1e5, 1e6] if args.update == "sgd" else [1e-4, 3e-4, 1e-3, 3e-3])
+        model, tok = load_model(args.model)
+        res = calibrate(model, tok, rates, args.update, args.steps, args.heldout, adapter=args.adapter,
+                        memory=dict(layers=tuple(args.layers), n_keys=args.n_keys), progress=True)
+        for run in res["runs"]:
+            print(f"lr {run['lr']:g}: held-out loss {run['heldout_loss']:.4f} (before {res['before']:.4f})")
+        print(f"best lr: {res['best_lr']}")
+        if args.out:
+            write_json(args.out, {"model": args.model, **res})
+        return 0
+    from .runner import Runner
+    from .training import TrainingDiverged
+
+    preset = get_preset(args.preset)
+    if not args.no_tune_allocator:
+        from .perf import tune_cpu_allocator
+
+        tune_cpu_allocator()
+    try:
+        Runner(preset, args.out or f"results/{preset.name}", progress=not args.no_progress,
+               fresh=args.fresh).run(args.methods, args.seeds)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,120 @@
+"""Crash-safe files: atomic writes, strict JSON, readers that name the file, and a folder lock.
+
+Every artifact smf_lib writes (adapters, background statistics, logs, checkpoints, run records) goes through
+:func:`atomic_write`: the bytes go to a temporary file in the same folder, are flushed to disk, and the file is
+renamed over the target. A crash or a full disk leaves the old file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: the target file (its folder is created).
+        data: bytes, text (UTF-8), or a function that writes a given temporary path (for writers such as
+            ``torch.save`` or ``safetensors.torch.save_file`` that take a file name).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def dumps(obj) -> str:
+    """Strict JSON text (NaN and infinity are refused: they are not JSON)."""
+    try:
+        return json.dumps(obj, indent=1, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"refusing to write a non-finite number as JSON ({err}); a NaN or infinite metric means "
+                         "the model diverged: check its training log") from err
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write strict JSON atomically."""
+    return atomic_write(path, dumps(obj))
+
+
+def read_json(path: str | Path):
+    """Read a JSON file; a truncated or edited file raises an error naming it and the remedy."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); delete it so it is "
+                         "written again, or restore it") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); the file is damaged: delete it so "
+                         "it is written again, or restore it") from err
+
+
+class FolderLock:
+    """An exclusive lock on a folder (``folder/.lock``) while one process uses it; released on exit or death.
+
+    Uses ``fcntl.flock``, so a killed process never leaves a stale lock. Where ``fcntl`` is missing (Windows)
+    the lock is a no-op.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self._f = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RuntimeError(f"{self.path.parent} is in use by {holder}: wait for that runner to finish, or "
+                                   "pass another --out") from None
+            raise
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,64 @@
+"""Paired statistics over probe items: the metrics computed from per-item arrays, paired-bootstrap intervals and
+McNemar's test. Two runs are compared on the same items, so item difficulty cancels out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+def _mean(a):
+    return a[0].mean(axis=-1)
+
+
+# metric -> (item arrays it is computed from, how the metric is computed from them, +1 if higher is better
+# else -1, what it measures)
+METRICS = {
+    "medmcqa_acc": (("medmcqa_correct",), _mean, 1, "learning"),
+    "medmcqa_gold_loglik": (("medmcqa_gold_loglik",), _mean, 1, "learning"),
+    "acquisition_acc": (("acquisition_correct",), _mean, 1, "learning"),
+    "acquisition_gold_loglik": (("acquisition_gold_loglik",), _mean, 1, "learning"),
+    "wikitext_ppl": (("wikitext_window_nll", "wikitext_window_tokens"),
+                     lambda a: np.exp(a[0].sum(axis=-1) / a[1].sum(axis=-1)), -1, "retention"),
+    "wikitext_drift_kl": (("wikitext_drift_kl",), _mean, -1, "retention"),
+    "chat_drift_kl": (("chat_drift_kl",), _mean, -1, "retention"),
+    "chat_loglik": (("chat_loglik",), _mean, 1, "retention"),
+    "triviaqa_acc": (("triviaqa_correct",), _mean, 1, "retention"),
+    "triviaqa_alias_loglik": (("triviaqa_alias_loglik",), _mean, 1, "retention"),
+}
+
+
+def paired_bootstrap(base: dict, other: dict, metric: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Delta ``other - base`` of a metric with a paired-bootstrap 95% interval (same resampled items).
+
+    Args:
+        base, other: the ``items`` dicts of two runs on the same probe items.
+        metric: a key of ``METRICS``.
+
+    Returns:
+        ``{"delta", "lo", "hi", "p_le_0"}``: p_le_0 is the bootstrap share of deltas <= 0.
+    """
+    keys, fn = METRICS[metric][:2]
+    a = [np.asarray(base[k], dtype=float) for k in keys]
+    b = [np.asarray(other[k], dtype=float) for k in keys]
+    if any(x.shape != y.shape for x, y in zip(a, b)):
+        raise ValueError(f"{metric}: runs were evaluated on different items; paired statistics need the same items")
+    n = a[0].shape[0]
+    if n == 0:
+        raise ValueError(f"{metric}: no items to compare")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    deltas = fn([y[idx] for y in b]) - fn([x[idx] for x in a])
+    return {"delta": float(fn(b) - fn(a)), "lo": float(np.percentile(deltas, 2.5)),
+            "hi": float(np.percentile(deltas, 97.5)), "p_le_0": float((deltas <= 0).mean())}
+
+
+def mcnemar(base_correct, other_correct) -> dict:
+    """Exact two-sided McNemar test on paired 0/1 outcomes."""
+    a, b = np.asarray(base_correct), np.asarray(other_correct)
+    n01, n10 = int(((a == 0) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())
+    n = n01 + n10
+    k = min(n01, n10)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"gained": n01, "lost": n10, "p": p}
+
+

@@ -1,0 +1,180 @@
+"""The experiment runner: presets as data, crash safety, refusal of mixed results, the lock, failed runs."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import smf_lib.runner as R
+from smf_lib import evaluation, files, memory, results, selection, training
+from smf_lib.cli import main
+from smf_lib.files import FolderLock
+from smf_lib.methods import GRID_METHODS, ORDER, PALETTE
+from smf_lib.paired_stats import mcnemar, paired_bootstrap
+from smf_lib.presets import PRESETS, Preset, get_preset
+
+SMOKE = ["run", "--preset", "smoke", "--no-progress"]
+
+
+def test_presets_are_valid_data():
+    for name in PRESETS:
+        p = get_preset(name)
+        for spec in R.plan(p):
+            if GRID_METHODS[spec.method].train is not None:
+                p.train_config(spec.method, spec.seed, spec.lr)  # every run's config validates
+    with pytest.raises(ValueError, match="allowed: .*smoke"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="unknown method 'dora'"):
+        Preset(name="x", model="tiny", methods=("dora",))
+    with pytest.raises(ValueError, match="medmcqa_n must be an integer >= 1"):
+        Preset(name="x", model="tiny", medmcqa_n=0)
+    assert list(PALETTE) == list(ORDER) == list(GRID_METHODS)
+
+
+def test_plan_runs_seeds_and_sweeps():
+    p = get_preset("cpu")
+    names = [s.name for s in R.plan(p)]
+    assert names[0] == "base" and names.count("base") == 1
+    for m in p.multi_seed:
+        assert {f"{m}-s0", f"{m}-s1"} <= set(names)
+    assert "smf-kl-paper-s0" in names and "smf-kl-paper-s1" not in names
+    sweeps = [s for s in R.plan(p) if s.lr is not None]
+    assert {s.method for s in sweeps} == {"smf-kl", "lora", "full"} and all(s.evaluation == "cheap" for s in sweeps)
+
+
+@pytest.fixture(scope="module")
+def reference_grid(tmp_path_factory):
+    """One uninterrupted smoke grid."""
+    out = tmp_path_factory.mktemp("whole")
+    assert main([*SMOKE, "--out", str(out)]) == 0
+    return out
+
+
+def _tables(out):
+    return (out / "summary.csv").read_bytes(), (out / "trajectories.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_failure_before_any_write_then_rerun_gives_identical_results(reference_grid, tmp_path, monkeypatch):
+    """Every write of the grid fails once (a crash or a full disk at that point, with a half-written temporary
+    file left behind); each time the runner is started again. The final tables are bit-identical to an
+    uninterrupted grid's, for every method (LoRA included)."""
+    out = tmp_path / "grid"
+    failed, counts = set(), {}
+    real = files.atomic_write
+
+    def flaky(path, data):
+        rel = str(files.Path(path).resolve().relative_to(out.resolve()))
+        counts[rel] = counts.get(rel, 0) + 1
+        key = (rel, counts[rel])
+        if key not in failed:
+            failed.add(key)
+            files.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            files.Path(path).with_name(f".{files.Path(path).name}.crash.tmp").write_bytes(b"half")
+            raise OSError(28, "No space left on device (simulated)")
+        return real(path, data)
+
+    for mod in (files, memory, selection, training, evaluation, results):
+        monkeypatch.setattr(mod, "atomic_write", flaky)
+    attempts = 0
+    while True:
+        attempts += 1
+        counts.clear()
+        try:
+            assert main([*SMOKE, "--out", str(out)]) == 0
+            break
+        except OSError as err:
+            assert "simulated" in str(err)
+        assert attempts < 400
+    assert attempts > 30  # many distinct write points were hit
+    assert _tables(out) == _tables(reference_grid)
+    names = sorted(p.name for p in (reference_grid / "runs").iterdir())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == names
+    monkeypatch.undo()
+    main([*SMOKE, "--out", str(out)])  # a last start finds everything done and drops killed writers' leftovers
+    assert not list(out.rglob("*.tmp"))
+    for name in ("smf-kl-s0", "lora-s0", "full-s0", "smf-kl-paper-s0"):
+        a = json.loads((out / "runs" / f"{name}.json").read_text())
+        b = json.loads((reference_grid / "runs" / f"{name}.json").read_text())
+        assert a["items"] == b["items"] and a["trajectory"] == b["trajectory"]
+        assert [e["loss"] for e in a["train_log"]] == [e["loss"] for e in b["train_log"]]
+
+
+@pytest.mark.slow
+def test_smoke_grid_tables(reference_grid):
+    df = pd.read_csv(reference_grid / "summary.csv")
+    assert list(df["method"]) == ["base", "retrofit", "smf-kl", "smf-tfidf", "smf-kl-paper", "lora", "full"]
+    for col in ("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "wikitext_drift_kl", "chat_loglik",
+                "wikitext_ppl", "triviaqa_acc", "d_medmcqa_acc_lo", "d_chat_drift_kl_hi"):
+        assert col in df.columns, col
+    assert df.loc[df.method == "base", "chat_drift_kl"].item() == 0
+    traj = pd.read_csv(reference_grid / "trajectories.csv")
+    for m in ("smf-kl", "lora", "full"):
+        steps = traj[traj.method == m]["step"].tolist()
+        assert steps[0] == 0 and len(steps) >= 3 and steps[-1] == steps[-2] + 0 * steps[-2] or steps == sorted(steps)
+    run = json.loads((reference_grid / "runs" / "smf-kl-s0.json").read_text())
+    assert run["trajectory"][-1]["step"] == len(run["train_log"])
+    for path in reference_grid.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity
+    assert not list(reference_grid.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_results_from_other_settings_are_refused(reference_grid, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    smoke = get_preset("smoke")
+    smoke.train = {**smoke.train, "top_t": 4}
+    monkeypatch.setitem(PRESETS, "smoke", smoke)
+    with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*train_config.*--fresh"):
+        main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl"])
+    before = (out / "runs" / "base.json").read_bytes()
+    assert main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl", "--fresh"]) == 0
+    assert (out / "runs" / "base.json").read_bytes() == before  # unchanged settings: kept
+    run = json.loads((out / "runs" / "smf-kl-s0.json").read_text())
+    assert run["train_config"]["top_t"] == 4
+
+
+def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
+    with FolderLock(tmp_path):
+        with pytest.raises(RuntimeError, match="in use by process .*another --out"):
+            R.Runner(get_preset("smoke"), tmp_path, progress=False).run(["base"])
+    with FolderLock(tmp_path):  # released: taken again
+        pass
+
+
+@pytest.mark.slow
+def test_a_diverging_run_writes_no_metrics_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
+    real = training.train
+
+    def diverging(model, tok, texts, cfg, **kw):
+        if cfg.method == "lora":
+            raise training.TrainingDiverged("the training loss is nan at step 2 of 3")
+        return real(model, tok, texts, cfg, **kw)
+
+    monkeypatch.setattr(R, "train", diverging)
+    out = tmp_path / "grid"
+    assert main([*SMOKE, "--out", str(out), "--methods", "base", "lora", "full"]) == 1
+    assert "step 2 of 3" in capsys.readouterr().err
+    assert not (out / "runs" / "lora-s0.json").exists() and (out / "failed" / "lora-s0.json").exists()
+    assert (out / "runs" / "full-s0.json").exists()
+    assert "lora" not in pd.read_csv(out / "summary.csv")["method"].tolist()
+
+
+def test_damaged_run_file_names_itself(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "base.json").write_text('{"method": "ba')
+    with pytest.raises(ValueError, match=r"base\.json:1: not valid JSON.*delete it"):
+        results.load_runs(tmp_path)
+
+
+def test_paired_bootstrap_and_mcnemar():
+    base = {"medmcqa_correct": [0, 1, 0, 1, 0, 0, 1, 0]}
+    other = {"medmcqa_correct": [1, 1, 1, 1, 0, 1, 1, 0]}
+    ci = paired_bootstrap(base, other, "medmcqa_acc", n_boot=500)
+    assert ci["delta"] == pytest.approx(3 / 8) and ci["lo"] <= ci["delta"] <= ci["hi"] and ci["lo"] >= 0
+    assert mcnemar(base["medmcqa_correct"], other["medmcqa_correct"]) == {"gained": 3, "lost": 0, "p": 0.25}
+    with pytest.raises(ValueError, match="different items"):
+        paired_bootstrap(base, {"medmcqa_correct": [1, 0]}, "medmcqa_acc")
