@@ -1,21 +1,36 @@
-"""Open the built book in headless Chromium: every chapter renders to a non-empty screenshot, and the
-top-t slider of chapter 4 is present in the rendered page (the vendored widget JavaScript works offline).
+"""Open the built book in headless Chromium and check what a reader gets.
+
+- Every page renders (a non-empty screenshot, 1280 x 1600).
+- Chapter 4's selection explorer works without a kernel: moving the top-t slider (a mouse drag), choosing
+  another selector and another memory layer each change the figure shown. At a 400 px wide viewport its
+  controls fit the screen and the slider's track keeps its width.
+- Each chapter's Colab links (badge and launch button) open its paired ``notebooks/*.ipynb``.
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``), standard library only.
 
     python scripts/check_book.py [--html book/_build/html] [--shots book/_build/screenshots]
 """
 
 import argparse
+import base64
+import fcntl
+import json
+import os
+import re
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from PIL import Image, ImageStat
+from PIL import Image, ImageChops, ImageStat
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--allow-file-access-from-files", "--virtual-time-budget=15000", "--hide-scrollbars"]
+         "--allow-file-access-from-files", "--hide-scrollbars", "--remote-debugging-pipe"]
+WIDGET_PAGE = "04_kl_vs_tfidf"
 
 
 def chromium() -> str:
@@ -25,9 +40,214 @@ def chromium() -> str:
     sys.exit("no Chromium found: apt-get install -y chromium (Debian package), then rerun")
 
 
-def run(args, profile):
-    return subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                          text=True, timeout=180)
+class Browser:
+    """Headless Chromium; ``call`` sends one DevTools command and returns its result, keeping the events."""
+
+    def __init__(self, profile: str):
+        to_child, self._send = os.pipe()
+        self._recv, from_child = os.pipe()
+        # Chromium reads commands on fd 3 and writes replies on fd 4
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]
+        self.proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     pass_fds=(3, 4), preexec_fn=lambda: [os.dup2(high[0], 3), os.dup2(high[1], 4)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in (to_child, from_child, *high):
+            os.close(fd)
+        self._buf, self._id, self.events = b"", 0, []
+
+    def _read(self, timeout: float) -> dict | None:
+        while b"\0" not in self._buf:
+            if not select.select([self._recv], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self._recv, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._send, json.dumps(msg).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            reply = self._read(left)
+            if reply is None:
+                break
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+        raise TimeoutError(f"{method}: no reply in {timeout} s")
+
+    def pump(self, seconds: float):
+        """Collect events for ``seconds``."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            event = self._read(left)
+            if event is not None:
+                self.events.append(event)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class Page:
+    """One tab at a given viewport size."""
+
+    def __init__(self, browser: Browser, width: int, height: int):
+        self.b = browser
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.call(f"{domain}.enable")
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def call(self, method: str, params: dict | None = None, timeout: float = 60):
+        return self.b.call(method, params, self.session, timeout)
+
+    def js(self, expression: str, timeout: float = 60):
+        """Evaluate ``expression`` (awaiting a promise) in the page and return its value."""
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True}, timeout)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}...: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.js(expression):
+                return True
+            self.b.pump(0.2)
+        return False
+
+    def open(self, path: Path):
+        """Load ``path`` and wait until its widgets, its math and its fonts are rendered."""
+        self.b.events.clear()
+        self.call("Page.navigate", {"url": path.resolve().as_uri()})
+        self.wait_for("document.readyState === 'complete'")
+        self.wait_for("!document.querySelector('script[type=\"application/vnd.jupyter.widget-view+json\"]') || "
+                      "document.querySelectorAll('.jupyter-widgets').length > 0")
+        self.js("(window.MathJax && MathJax.startup && MathJax.startup.promise) ? "
+                "MathJax.startup.promise.then(() => true) : true")
+        self.js("document.fonts.ready.then(() => true)")
+        self.b.pump(1.0)
+
+    def screenshot(self, png: Path, clip: dict | None = None) -> Image.Image:
+        params = {"format": "png"}
+        if clip:
+            params["clip"] = {**clip, "scale": 1}
+        png.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", params)["data"]))
+        return Image.open(png).convert("RGB")
+
+
+# The explorer on chapter 4: the widget box that holds the "top-t" slider, and the figure it shows now.
+EXPLORER = """(() => {
+  const label = [...document.querySelectorAll('.widget-slider .widget-label')].find(l => l.textContent === 'top-t');
+  return label && label.closest('.widget-vbox');
+})()"""
+STATE = rf"""(() => {{
+  const box = {EXPLORER};
+  if (!box) return null;
+  const img = [...box.querySelectorAll('img')].find(i => i.offsetParent !== null && i.complete);
+  const r = box.getBoundingClientRect();
+  return {{figure: img ? img.src : null, readout: box.querySelector('.widget-readout').textContent.trim(),
+          selects: [...box.querySelectorAll('select')].map(s => s.options[s.selectedIndex].text.replace(/\s+/g, ' ')),
+          x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}};
+}})()"""
+
+
+def drag_slider(page: Page, pixels: int):
+    """Press the mouse on the slider's handle, move it ``pixels`` to the right and release it."""
+    page.js(f"{EXPLORER}.scrollIntoView({{block: 'center'}})")
+    r = page.js(f"(() => {{ const h = {EXPLORER}.querySelector('.noUi-handle').getBoundingClientRect();"
+                "return {x: h.left + h.width / 2, y: h.top + h.height / 2}; })()")
+    x, y = r["x"], r["y"]
+    page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    page.call("Input.dispatchMouseEvent", {"type": "mousePressed", "x": x, "y": y, "button": "left",
+                                           "clickCount": 1})
+    for step in range(1, 11):
+        page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x + pixels * step / 10, "y": y,
+                                               "button": "left", "buttons": 1})
+    page.call("Input.dispatchMouseEvent", {"type": "mouseReleased", "x": x + pixels, "y": y, "button": "left",
+                                           "clickCount": 1})
+    page.b.pump(0.5)
+
+
+def choose_next(page: Page, which: int):
+    """Pick the next option of the explorer's ``which``-th dropdown, as a reader's choice does."""
+    page.js(f"(() => {{ const s = {EXPLORER}.querySelectorAll('select')[{which}];"
+            "s.selectedIndex = (s.selectedIndex + 1) % s.options.length;"
+            "s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+    page.b.pump(0.5)
+
+
+def explorer_shot(page: Page, png: Path) -> tuple[dict, Image.Image]:
+    page.js(f"{EXPLORER}.scrollIntoView({{block: 'center'}})")  # a screenshot shows the viewport only
+    state = page.js(STATE)
+    clip = {k: state[k] for k in ("x", "y", "width", "height")}
+    return state, page.screenshot(png, clip)
+
+
+def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
+    """Move each control of chapter 4's explorer and require the figure to change; then the 400 px view."""
+    failures = []
+    page = Page(browser, 1280, 1600)
+    page.open(html / "notebooks" / f"{WIDGET_PAGE}.html")
+    if not page.wait_for(f"{EXPLORER} !== null && {EXPLORER}.querySelector('img') !== null", 30):
+        return [f"{WIDGET_PAGE}: the explorer (top-t slider) did not render"]
+    state, before = explorer_shot(page, shots / f"{WIDGET_PAGE}-explorer.png")
+    print(f"{WIDGET_PAGE}: explorer opens at top-t {state['readout']}, {' / '.join(state['selects'])}")
+    if (state["readout"], *state["selects"]) != ("128", "kl", "layer 15"):
+        failures.append(f"{WIDGET_PAGE}: the explorer should open where the text says (128, kl, layer 15), "
+                        f"not {state['readout']}, {state['selects']}")
+    for name, act in [("top-t slider", lambda: drag_slider(page, 80)), ("selector", lambda: choose_next(page, 0)),
+                      ("memory layer", lambda: choose_next(page, 1))]:
+        act()
+        moved, after = explorer_shot(page, shots / f"{WIDGET_PAGE}-explorer-{name.split()[0]}.png")
+        pixels = ImageChops.difference(before.resize(after.size), after).getbbox() is not None
+        changed = moved["figure"] != state["figure"] and pixels
+        print(f"{WIDGET_PAGE}: after moving the {name}: top-t {moved['readout']}, {' / '.join(moved['selects'])}; "
+              f"figure changed: {changed}")
+        if not changed:
+            failures.append(f"{WIDGET_PAGE}: moving the {name} did not change the figure")
+        state, before = moved, after
+    narrow = Page(browser, 400, 900)
+    narrow.open(html / "notebooks" / f"{WIDGET_PAGE}.html")
+    narrow.wait_for(f"{EXPLORER} !== null && {EXPLORER}.querySelector('img') !== null", 30)
+    narrow.js(f"{EXPLORER}.scrollIntoView({{block: 'start'}}); window.scrollBy(0, -80)")  # below the header
+    narrow.b.pump(0.5)
+    narrow.screenshot(shots / f"{WIDGET_PAGE}-400px.png")
+    fit = narrow.js(f"""(() => {{ const box = {EXPLORER};
+      const rights = [...box.querySelectorAll('.widget-slider, select, img')]
+        .filter(e => e.offsetParent !== null).map(e => e.getBoundingClientRect().right);
+      return {{track: box.querySelector('.noUi-target').getBoundingClientRect().width,
+              right: Math.max(...rights), viewport: document.documentElement.clientWidth}}; }})()""")
+    print(f"{WIDGET_PAGE} at 400 px: slider track {fit['track']:.0f} px wide, rightmost control at "
+          f"{fit['right']:.0f} of {fit['viewport']} px; screenshot {shots / f'{WIDGET_PAGE}-400px.png'}")
+    if fit["track"] < 120:
+        failures.append(f"{WIDGET_PAGE} at 400 px: the slider's track collapsed to {fit['track']:.0f} px")
+    if fit["right"] > fit["viewport"] + 1:
+        failures.append(f"{WIDGET_PAGE} at 400 px: controls overflow the screen ({fit['right']:.0f} px)")
+    return failures
+
+
+def check_colab_links(html: Path) -> list[str]:
+    """Every Colab link of a chapter (badge, launch button) opens that chapter's paired notebook."""
+    failures = []
+    for page in sorted(html.glob("notebooks/*.html")):
+        links = re.findall(r'href="(https://colab\.research\.google\.com/[^"]*)"', page.read_text())
+        wrong = [u for u in links if not u.endswith(f"/notebooks/{page.stem}.ipynb")]
+        if len(links) < 2 or wrong:
+            failures.append(f"{page.name}: Colab links {links} should open notebooks/{page.stem}.ipynb")
+    return failures
 
 
 def main() -> int:
@@ -38,29 +258,24 @@ def main() -> int:
     html, shots = Path(args.html), Path(args.shots)
     shots.mkdir(parents=True, exist_ok=True)
     pages = sorted(html.glob("notebooks/*.html")) + [html / "setup.html", html / "api.html"]
-    failures = []
+    failures = check_colab_links(html)
     with tempfile.TemporaryDirectory() as profile:
-        for page in pages:
-            if not page.exists():
-                failures.append(f"{page}: missing")
-                continue
-            png = shots / (page.stem + ".png")
-            run([f"--screenshot={png}", "--window-size=1280,1600", page.resolve().as_uri()], profile)
-            if not png.exists():
-                failures.append(f"{page.name}: no screenshot")
-                continue
-            stat = ImageStat.Stat(Image.open(png).convert("L"))
-            ok = stat.stddev[0] > 5  # a blank page is one flat colour
-            print(f"{page.name}: screenshot {png} ({png.stat().st_size} bytes, pixel stddev {stat.stddev[0]:.1f})")
-            if not ok:
-                failures.append(f"{page.name}: blank screenshot")
-        widget_page = html / "notebooks" / "04_kl_vs_tfidf.html"
-        dom = run(["--dump-dom", widget_page.resolve().as_uri()], profile).stdout
-        sliders = dom.count("widget-slider")
-        print(f"{widget_page.name}: rendered DOM has {sliders} widget-slider element(s); "
-              f"'top-t' label present: {'top-t' in dom}")
-        if not sliders or "top-t" not in dom:
-            failures.append(f"{widget_page.name}: the top-t slider did not render")
+        browser = Browser(profile)
+        try:
+            page = Page(browser, 1280, 1600)
+            for path in pages:
+                if not path.exists():
+                    failures.append(f"{path}: missing")
+                    continue
+                page.open(path)
+                png = shots / (path.stem + ".png")
+                stat = ImageStat.Stat(page.screenshot(png).convert("L"))
+                print(f"{path.name}: screenshot {png} (pixel stddev {stat.stddev[0]:.1f})")
+                if stat.stddev[0] <= 5:  # a blank page is one flat colour
+                    failures.append(f"{path.name}: blank screenshot")
+            failures += check_explorer(browser, html, shots)
+        finally:
+            browser.close()
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0

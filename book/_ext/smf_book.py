@@ -3,13 +3,17 @@
 - The header's Colab launch button opens the ``.ipynb`` that jupytext pairs with a chapter (``notebooks/``),
   not the ``.py`` source the book is built from. The address is made by :func:`smf_lib.colab.colab_url` from
   ``repository.url``, ``repository.branch`` and ``launch_buttons.colab_url``, as the chapters' badges are.
+- The chapters run with ``SMF_STATIC_WIDGETS`` set (the kernels inherit the build's environment), so that
+  :func:`smf_lib.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
 """
 
+import os
 from pathlib import Path
 
 from smf_lib.colab import colab_url, paired_ipynb
 
 ROOT = Path(__file__).resolve().parents[2]
+STATIC_WIDGETS = "SMF_STATIC_WIDGETS"  # smf_lib.widgets.STATIC_ENV
 
 
 def colab_launch_button(app, pagename, templatename, context, doctree):
@@ -27,6 +31,7 @@ def colab_launch_button(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    os.environ[STATIC_WIDGETS] = "1"
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", colab_launch_button, priority=502)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

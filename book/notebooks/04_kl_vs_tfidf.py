@@ -87,12 +87,14 @@ plt.show()
 
 # %% [markdown]
 # ## Try it: a top-t slider
-# The widget recomputes the selection live from the stored read counts. It needs a running kernel (Jupyter or
-# Colab: open this chapter with the badge at the top). On the static web page it shows the state it was
-# saved in. The figure above is the same view at t = 128.
+# The explorer opens on the left panel of the first figure: memory layer 15, KL, t = 128. Move the slider, or
+# pick another selector or memory layer. In Jupyter or Colab (the badge at the top), it recomputes the
+# selection from the stored read counts for any t from 1 to 1,024. This web page has no kernel, so here it
+# switches between figures drawn when the book was built, for t = 16, 32, ..., 1,024.
 
 # %%
-selection_explorer(counts, stats, layers=snap["layers"], top_t=128, max_t=snap["n_slots"] // 4)
+selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl", top_t=128,
+                   max_t=snap["n_slots"] // 4)
 
 # %% [markdown]
 # ## Did the selector matter for forgetting?
