@@ -1,6 +1,7 @@
 """Open the built book in headless Chromium and check what a reader gets.
 
-- Every page renders (a non-empty screenshot, 1280 x 1600).
+- Every page renders (a non-empty screenshot, 1280 x 1600) with a clean console: no error logged, no
+  uncaught exception, no file or address that fails to load.
 - Chapter 4's selection explorer works without a kernel: moving the top-t slider (a mouse drag), choosing
   another selector and another memory layer each change the figure shown. At a 400 px wide viewport its
   controls fit the screen and the slider's track keeps its width.
@@ -130,7 +131,7 @@ class Page:
 
     def open(self, path: Path):
         """Load ``path`` and wait until its widgets, its math and its fonts are rendered."""
-        self.b.events.clear()
+        self.problems()
         self.call("Page.navigate", {"url": path.resolve().as_uri()})
         self.wait_for("document.readyState === 'complete'")
         self.wait_for("!document.querySelector('script[type=\"application/vnd.jupyter.widget-view+json\"]') || "
@@ -139,6 +140,31 @@ class Page:
                 "MathJax.startup.promise.then(() => true) : true")
         self.js("document.fonts.ready.then(() => true)")
         self.b.pump(1.0)
+
+    def problems(self) -> list[str]:
+        """Console errors, uncaught exceptions and failed loads of this tab since the last call."""
+        found, urls, keep = [], {}, []
+        for event in self.b.events:
+            if event.get("sessionId") != self.session:
+                keep.append(event)
+                continue
+            method, p = event.get("method"), event.get("params", {})
+            if method == "Network.requestWillBeSent":
+                urls[p["requestId"]] = p["request"]["url"]
+            elif method == "Network.loadingFailed" and not p.get("canceled"):
+                found.append(f"failed to load {urls.get(p['requestId'], '?')}: {p.get('errorText')}")
+            elif method == "Network.responseReceived" and p["response"].get("status", 200) >= 400:
+                found.append(f"HTTP {p['response']['status']} for {p['response']['url']}")
+            elif method == "Runtime.exceptionThrown":
+                d = p["exceptionDetails"]
+                found.append(f"uncaught {d.get('exception', {}).get('description') or d.get('text')}"[:400])
+            elif method == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+                args = " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"])
+                found.append(f"console.{p['type']}: {args}"[:400])
+            elif method == "Log.entryAdded" and p["entry"]["level"] == "error" and p["entry"]["source"] != "network":
+                found.append(f"logged error: {p['entry']['text']} {p['entry'].get('url', '')}"[:400])
+        self.b.events[:] = keep
+        return found
 
     def screenshot(self, png: Path, clip: dict | None = None) -> Image.Image:
         params = {"format": "png"}
@@ -236,6 +262,8 @@ def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
         failures.append(f"{WIDGET_PAGE} at 400 px: the slider's track collapsed to {fit['track']:.0f} px")
     if fit["right"] > fit["viewport"] + 1:
         failures.append(f"{WIDGET_PAGE} at 400 px: controls overflow the screen ({fit['right']:.0f} px)")
+    for tab, where in ((page, "while moving the controls"), (narrow, "at 400 px")):
+        failures += [f"{WIDGET_PAGE} {where}: {p}" for p in tab.problems()]
     return failures
 
 
@@ -273,6 +301,9 @@ def main() -> int:
                 print(f"{path.name}: screenshot {png} (pixel stddev {stat.stddev[0]:.1f})")
                 if stat.stddev[0] <= 5:  # a blank page is one flat colour
                     failures.append(f"{path.name}: blank screenshot")
+                problems = page.problems()
+                print(f"{path.name}: {len(problems)} console error(s) or failed load(s)")
+                failures += [f"{path.name}: {p}" for p in problems]
             failures += check_explorer(browser, html, shots)
         finally:
             browser.close()

@@ -83,8 +83,39 @@ def test_toc_lists_every_chapter_and_config_is_linked():
     assert {f"notebooks/{p.stem}" for p in SOURCES} <= set(files)
     assert (ROOT / "_toc.yml").resolve() == (ROOT / "book" / "_toc.yml").resolve()
     assert (ROOT / "book" / "_config.yml").resolve() == (ROOT / "_config.yml").resolve()
-    cfg = CONFIG
-    assert cfg["execute"]["execute_notebooks"] == "cache"
-    for js in cfg["sphinx"]["config"]["html_js_files"]:
-        js = js if isinstance(js, str) else js[0]
-        assert (ROOT / "book" / "_static" / js).exists(), f"vendored widget script {js} missing"
+    assert CONFIG["execute"]["execute_notebooks"] == "cache"
+
+
+def test_vendored_scripts_load_once_in_order_and_find_their_fonts():
+    sphinx = CONFIG["sphinx"]["config"]
+    # Jupyter Book would add every .js under book/_static to every page (MathJax a second time)
+    assert not (ROOT / "book" / "_static").exists()
+    static = [ROOT / "book" / d for d in sphinx["html_static_path"]]
+    scripts = [js if isinstance(js, str) else js[0] for js in sphinx["html_js_files"]]
+    assert scripts == ["widgets/require.js", "widgets/embed-setup.js", "widgets/embed-amd.js"]
+    for name in [*scripts, sphinx["mathjax_path"], "colab-badge.svg"]:
+        assert any((d / name).is_file() for d in static), f"{name} is not in {sphinx['html_static_path']}"
+    (widgets,) = [d / "widgets" for d in static if (d / "widgets").is_dir()]
+    wanted = set(re.findall(r'"([0-9a-f]{20}\.woff2)"', (widgets / "embed-amd.js").read_text()))
+    assert wanted and wanted <= {p.name for p in (widgets / "fonts").iterdir()}
+    assert sphinx["html_context"]["default_mode"] in ("auto", "light", "dark")
+
+
+def test_book_extension_keeps_one_copy_of_each_script_and_a_local_badge():
+    from sphinx.builders.html._assets import _JavaScript
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import smf_book
+    finally:
+        sys.path.pop(0)
+    body = "const THEBE_JS_URL = 'x'"
+    ctx = {"script_files": [_JavaScript("a.js"), _JavaScript(None, body=body), _JavaScript("b.js", priority=800),
+                            _JavaScript("", body=body), _JavaScript("a.js", priority=900)],
+           "body": f'<a href="u"><img alt="Open In Colab" src="{smf_book.COLAB_BADGE}" /></a>',
+           "pathto": lambda name, resource: f"../{name}"}
+    smf_book.each_script_once(None, "p", "page.html", ctx, None)
+    assert [(js.filename, js.attributes) for js in ctx["script_files"]] == [("a.js", {}), (None, {"body": body}),
+                                                                           ("b.js", {})]
+    smf_book.local_badge(None, "p", "page.html", ctx, None)
+    assert 'src="../_static/colab-badge.svg"' in ctx["body"] and smf_book.COLAB_BADGE not in ctx["body"]

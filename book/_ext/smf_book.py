@@ -5,6 +5,9 @@
   ``repository.url``, ``repository.branch`` and ``launch_buttons.colab_url``, as the chapters' badges are.
 - The chapters run with ``SMF_STATIC_WIDGETS`` set (the kernels inherit the build's environment), so that
   :func:`smf_lib.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
+- A page loads each script once (sphinx-thebe's and sphinx-togglebutton's inline settings arrive twice, and
+  declaring ``THEBE_JS_URL`` twice is an error) and nothing from the network: the Colab badge's image comes
+  from ``_static/colab-badge.svg``. ``scripts/check_book.py`` fails on any console error or missing file.
 """
 
 import os
@@ -14,6 +17,7 @@ from smf_lib.colab import colab_url, paired_ipynb
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_WIDGETS = "SMF_STATIC_WIDGETS"  # smf_lib.widgets.STATIC_ENV
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def colab_launch_button(app, pagename, templatename, context, doctree):
@@ -30,8 +34,29 @@ def colab_launch_button(app, pagename, templatename, context, doctree):
                 button["url"] = url
 
 
+def each_script_once(app, pagename, templatename, context, doctree):
+    """Drop repeated scripts (same file or same inline body, whatever their priorities), keeping the first."""
+    seen, scripts = set(), []
+    for js in sorted(context.get("script_files", []), key=lambda js: js.priority):
+        key = (str(js.filename or ""), tuple(sorted(js.attributes.items())))  # inline: None or ""
+        if key not in seen:
+            seen.add(key)
+            scripts.append(js)
+    context["script_files"] = scripts
+
+
+def local_badge(app, pagename, templatename, context, doctree):
+    """The Colab badge's image from ``_static`` (the link still opens Colab)."""
+    if "body" in context:
+        local = context["pathto"]("_static/colab-badge.svg", 1)
+        context["body"] = context["body"].replace(f'src="{COLAB_BADGE}"', f'src="{local}"')
+
+
 def setup(app):
     os.environ[STATIC_WIDGETS] = "1"
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", colab_launch_button, priority=502)
+    # after every extension that adds scripts to the page
+    app.connect("html-page-context", each_script_once, priority=900)
+    app.connect("html-page-context", local_badge, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
