@@ -34,7 +34,7 @@ TARGETS = {
     # a seconds-long check of this script itself (tests)
     "tiny": dict(model="tiny", layers=(1, 2), n_keys=8, batch=2, seq=16, top_t=4, steps=2, warmup=1,
                  dtype="float32", slots=(8, 16)),
-    # hidden states and batch of the issue: SmolLM2-135M, memory at (7, 15, 22), 8 x 128 tokens
+    # the offline default: SmolLM2-135M, memory at (7, 15, 22), a batch of 8 x 128 tokens
     "cpu": dict(model="smollm2", layers=(7, 15, 22), n_keys=64, batch=8, seq=128, top_t=128, steps=6, warmup=2,
                 dtype="float32", slots=(64, 256, 1024)),
     # the paper's shapes on this CPU (float32, a smaller batch): the memory layers' forward overhead there

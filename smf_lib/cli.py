@@ -10,6 +10,13 @@ from .methods import GRID_METHODS
 from .presets import PRESETS, get_preset
 
 
+def markdown_table(df) -> str:
+    """A DataFrame as a Markdown table (no extra dependency)."""
+    rows = [list(df.columns)] + [[str(v).replace("|", "\\|") for v in r] for r in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -25,6 +32,9 @@ def main(argv=None) -> int:
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
     s = sub.add_parser("summarize", help="rewrite OUT/summary.csv and OUT/trajectories.csv from OUT/runs/*.json")
     s.add_argument("--out", required=True)
+    pr = sub.add_parser("protocol", help="print a preset's departures from the paper's protocol, with reasons")
+    pr.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    pr.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     c = sub.add_parser("calibrate", help="pick an SMF update rule's learning rate on held-out training questions")
     c.add_argument("--model", default="smollm2-135m-instruct")
     c.add_argument("--update", default="sgd", choices=["sgd", "adam", "paper"])
@@ -40,6 +50,15 @@ def main(argv=None) -> int:
         from .results import write_summary
 
         print(write_summary(Path(args.out)))
+        return 0
+    if args.cmd == "protocol":
+        from .presets import protocol_table
+
+        table = protocol_table(get_preset(args.preset))
+        if not len(table):
+            print(f"preset {args.preset!r} follows the paper's protocol in every setting smf_lib records")
+        else:
+            print(table.to_csv(index=False) if args.format == "csv" else markdown_table(table))
         return 0
     if args.cmd == "calibrate":
         from .calibrate import calibrate

@@ -16,11 +16,15 @@ from pathlib import Path
 LETTERS = "ABCD"
 MEDMCQA_FIELDS = ("question", "opa", "opb", "opc", "opd", "cop")
 HUB = {"medmcqa": "openlifescienceai/medmcqa", "wikitext": ("Salesforce/wikitext", "wikitext-103-raw-v1"),
+       "wikitext-nonraw": ("Salesforce/wikitext", "wikitext-103-v1"),
        "triviaqa": ("mandarjoshi/trivia_qa", "rc.nocontext"), "oasst1": "OpenAssistant/oasst1"}
 
 
 def data_dir(path: str | Path | None = None) -> Path | None:
-    """The local data folder: ``path``, else ``$SMF_DATA_DIR``, else ``None`` (use the Hub)."""
+    """The local data folder: ``path``, else ``$SMF_DATA_DIR``, else ``None`` (use the Hub). ``path="hub"``
+    always means the Hub, whatever ``$SMF_DATA_DIR`` says."""
+    if path == "hub":
+        return None
     path = path or os.environ.get("SMF_DATA_DIR")
     if not path:
         return None
@@ -92,6 +96,20 @@ def _hub(name: str, split: str):
                            "SMF_DATA_DIR to a local copy laid out like ../shared/data") from err
 
 
+def sample_rows(rows: list, n: int | None, how: str = "first", seed: int = 0) -> list:
+    """``n`` rows: the first ones in file order (``"first"``), or, as the paper's code takes its training set,
+    ``shuffle(seed).select(range(n))`` (``"shuffle"``: numpy's ``default_rng(seed).permutation``, as
+    ``datasets.Dataset.shuffle`` draws it), a different sample for each seed."""
+    if how == "first":
+        return rows[:n] if n is not None else list(rows)
+    if how != "shuffle":
+        raise ValueError(f"unknown sampling {how!r}; allowed: first, shuffle")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order[: n if n is not None else len(rows)]]
+
+
 def load_medmcqa(split: str = "validation", n: int | None = None, single_choice: bool = True,
                  root: str | Path | None = None) -> list[dict]:
     """MedMCQA rows (HF schema) in file order.
@@ -139,25 +157,34 @@ def medmcqa_options(row: dict) -> list[str]:
 def medmcqa_training_text(row: dict) -> str:
     """Prompt + gold continuation, plus ``\\nExplanation: {exp}`` when present; the loss covers all of it."""
     text = medmcqa_prompt(row) + medmcqa_options(row)[int(row["cop"])]
-    if row.get("exp"):
-        text += f"\nExplanation: {row['exp']}"
+    exp = (row.get("exp") or "").strip()
+    if exp:
+        text += f"\nExplanation: {exp}"
     return text
 
 
-def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None) -> list[str]:
-    """The first n non-empty lines of the WikiText-103 (= WikiText-2) raw test text, stripped."""
+def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None, raw: bool = True) -> list[str]:
+    """The first n non-empty lines of the WikiText-103 (= WikiText-2) test text, stripped.
+
+    Args:
+        raw: the raw text (``wikitext-103-raw-v1``), or the non-raw ``wikitext-103-v1`` the paper evaluates on,
+            where rare words are ``<unk>`` (only from the Hub: the local copy is the raw text).
+    """
     local = data_dir(root)
     if local is not None:
-        raw = read_text(_local_file(local, "wikitext/wiki.test.raw")).split("\n")
+        if not raw:
+            raise ValueError(f"the non-raw WikiText (wikitext-103-v1) is not in {local}, which holds the raw text; "
+                             "load it from the Hub (unset SMF_DATA_DIR) or use the raw text")
+        lines = read_text(_local_file(local, "wikitext/wiki.test.raw")).split("\n")
     else:
-        raw = _hub("wikitext", "test")["text"]
-    lines = [s.strip() for s in raw if s.strip()]
+        lines = _hub("wikitext" if raw else "wikitext-nonraw", "test")["text"]
+    lines = [s.strip() for s in lines if s.strip()]
     return lines[:n] if n is not None else lines
 
 
-def wikitext_text(n: int | None = 1000, root: str | Path | None = None) -> str:
+def wikitext_text(n: int | None = 1000, root: str | Path | None = None, raw: bool = True) -> str:
     """The perplexity probe's text: the lines joined with blank lines."""
-    return "\n\n".join(load_wikitext_lines(n, root))
+    return "\n\n".join(load_wikitext_lines(n, root, raw))
 
 
 def load_triviaqa(n: int | None = 1000, root: str | Path | None = None) -> list[dict]:

@@ -76,7 +76,7 @@ def build_suite(p, task_rows: list[dict]) -> Suite:
     root = data_root(p)
     val = D.load_medmcqa("validation", p.medmcqa_n + p.medmcqa_dev_n, root=root)
     tqa = D.load_triviaqa(p.triviaqa_n + p.triviaqa_dev_n, root)
-    lines = D.load_wikitext_lines(p.wikitext_lines + p.wikitext_dev_lines, root)
+    lines = D.load_wikitext_lines(p.wikitext_lines + p.wikitext_dev_lines, root, raw=p.wikitext_raw)
     pairs = D.load_oasst1_pairs(root=root)
     held = pairs[len(pairs) - heldout_chat_count(p):] if heldout_chat_count(p) else []
     for name, got, want in (("MedMCQA validation", len(val), p.medmcqa_n + p.medmcqa_dev_n),
@@ -109,8 +109,8 @@ def _spans(tok, suite: Suite, split: str, cheap: dict | None):
 class Reference:
     """The base model's top-k log-probabilities on the drift spans, computed once and cached in ``folder``."""
 
-    def __init__(self, folder: Path, topk: int):
-        self.folder, self.topk, self.cache = Path(folder), topk, {}
+    def __init__(self, folder: Path, topk: int, progress: bool = False):
+        self.folder, self.topk, self.cache, self.progress = Path(folder), topk, {}, progress
 
     def get(self, name: str, base_model, items) -> list[dict]:
         key = f"{name}-{texts_fingerprint([str(i) for i in items])}"
@@ -125,7 +125,8 @@ class Reference:
             if base_model is None:
                 raise RuntimeError(f"the base model's reference for {name} is not cached in {self.folder}: run the "
                                    "base model first")
-            ref = reference_topk(base_model, items, self.topk, progress=False)
+            on_gpu = next(base_model.parameters()).device.type == "cuda"
+            ref = reference_topk(base_model, items, self.topk, batch_size=4 if on_gpu else 1, progress=self.progress)
             tensors = {}
             for i, r in enumerate(ref):
                 tensors[f"{i}.idx"], tensors[f"{i}.logp"] = r["idx"].contiguous(), r["logp"].contiguous()
@@ -174,7 +175,8 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
             continue
         ref = reference.get(f"{name}-{split}", base_model, spans)
         t0 = time.perf_counter()
-        d = drift(model, spans, ref, batch_size=max(1, p.eval_batch // 4), progress=progress)
+        on_gpu = next(model.parameters()).device.type == "cuda"  # CPU: one item per forward, no padding
+        d = drift(model, spans, ref, batch_size=max(1, p.eval_batch // 4) if on_gpu else 1, progress=progress)
         metrics[f"{name}_drift_kl"] = d["kl"]
         items[f"{name}_drift_kl"] = [round(i["kl"], 7) for i in d["items"]]
         if name == "chat":
@@ -184,7 +186,7 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
     if kind == "full":
         text = suite.wikitext[split][0] if suite.wikitext[split] else None
         if text:
-            ppl = perplexity(model, tok, text, progress=progress)
+            ppl = perplexity(model, tok, text, progress=progress, first_window=p.ppl_first_window)
             metrics.update(wikitext_ppl=ppl["ppl"], wikitext_tokens=ppl["tokens"])
             items.update(wikitext_window_nll=[round(w["nll"], 4) for w in ppl["windows"]],
                          wikitext_window_tokens=[w["tokens"] for w in ppl["windows"]])

@@ -48,6 +48,8 @@ class MemoryConfig:
         init: ``"zero"`` (project default: V = 0, no biases, alpha = 1, logits unchanged at insertion)
             or ``"paper"`` (the paper's: random V, biases on, alpha = 0.01).
         alpha: scale of the memory output in additive mode; ``None`` takes the init's default.
+        dtype: the memory parameters' dtype (``"float32"``, ``"bfloat16"``, ...); ``None``: the model's. The
+            paper keeps them in float32 under a bfloat16 model; inputs are cast in and outputs back.
     """
 
     layers: tuple[int, ...] = (7, 15, 22)
@@ -58,6 +60,7 @@ class MemoryConfig:
     mode: str = "additive"
     init: str = "zero"
     alpha: float | None = None
+    dtype: str | None = None
 
     def __post_init__(self):
         if isinstance(self.layers, int):
@@ -90,6 +93,8 @@ class MemoryConfig:
         if not math.isfinite(float(self.alpha)):
             raise ValueError(f"alpha must be a finite number (the memory output's scale), got {self.alpha}")
         self.alpha = float(self.alpha)
+        if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {self.dtype!r}")
 
     @property
     def n_slots(self) -> int:
@@ -164,12 +169,15 @@ class ProductKeyMemory(nn.Module):
         return y.view(*indices.shape[:-2], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """out = W2 (y * silu(W1 x)) for the read y; records indices and weights when ``record`` is on."""
+        """out = W2 (y * silu(W1 x)) for the read y; records indices and weights when ``record`` is on.
+        Computed in the memory's dtype and returned in the input's."""
+        dtype = x.dtype
+        x = x.to(self.w1.weight.dtype)
         indices, weights = self.lookup(x)
         if self.record:
             self.last_indices, self.last_weights = indices.detach(), weights.detach()
         y = self.read(indices, weights).to(x.dtype)
-        return self.w2(y * F.silu(self.w1(x)))
+        return self.w2(y * F.silu(self.w1(x))).to(dtype)
 
 
 class _RowSparseRead(torch.autograd.Function):
@@ -248,7 +256,8 @@ def add_memory(model: nn.Module, config: MemoryConfig) -> nn.Module:
     ref = next(model.parameters())
     d = model.config.hidden_size
     for i in config.layers:
-        mem = ProductKeyMemory(d, config, i).to(device=ref.device, dtype=ref.dtype)
+        dtype = getattr(torch, config.dtype) if config.dtype else ref.dtype
+        mem = ProductKeyMemory(d, config, i).to(device=ref.device, dtype=dtype)
         layers[i].mlp = MemoryMLP(layers[i].mlp, mem)
     model.smf_memory_config = config
     return model

@@ -11,13 +11,14 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .methods import PALETTE
 from .selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 
-PALETTE = {"base": "#444444", "retrofit": "#999999", "smf-kl": "#1b9e77", "smf-tfidf": "#66a61e",
-           "smf-kl-seedmode": "#7fc97f", "lora": "#7570b3", "full": "#d95f02"}
 LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
           "triviaqa_acc": "TriviaQA accuracy", "medmcqa_gold_loglik": "MedMCQA gold-option log-lik",
-          "triviaqa_alias_loglik": "TriviaQA alias log-lik"}
+          "triviaqa_alias_loglik": "TriviaQA alias log-lik", "acquisition_acc": "accuracy on trained questions",
+          "acquisition_gold_loglik": "trained questions: gold log-lik", "chat_drift_kl": "drift on chat (KL)",
+          "wikitext_drift_kl": "drift on WikiText (KL)", "chat_loglik": "held-out chat log-lik"}
 
 
 def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats, dict]:

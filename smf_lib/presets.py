@@ -29,7 +29,9 @@ class Preset:
         methods: the grid's method names (keys of :data:`smf_lib.methods.GRID_METHODS`).
         seeds: training seeds of the methods in ``multi_seed``; every other method runs with the first seed.
         multi_seed: methods run with every seed.
-        sweep: extra peak learning rates per method; these runs are scored on the cheap dev subset only.
+        sweep: extra peak learning rates per method.
+        sweep_evaluation: how swept runs are scored: ``"cheap"`` (the dev subset along their trajectory only) or
+            ``"full"`` (every probe, like the grid's runs).
         train_n: MedMCQA training questions (file order).
         medmcqa_n: reported MedMCQA validation items (the first ones); ``medmcqa_dev_n`` more after them form the
             dev split used to choose settings.
@@ -49,7 +51,16 @@ class Preset:
         retrofit: TrainConfig fields of the retrofit stage.
         lr: peak learning rates by rate key (``smf_lib.training.rate_keys()``).
         eval_batch: batch size of the probes.
-        notes: departures from the paper this preset makes.
+        dtype: the model's parameter dtype (``"float32"`` | ``"bfloat16"``); ``memory_dtype`` the memory's
+            (``None``: the model's); ``eval_dtype`` the dtype the model is scored in (``None``: as trained).
+        train_sample: ``"first"`` (the first ``train_n`` training questions, every seed) or ``"shuffle"`` (the
+            paper's ``shuffle(seed).select(range(train_n))``: a different sample per seed).
+        wikitext_raw: score the raw WikiText text, or the non-raw ``wikitext-103-v1`` (Hub only).
+        ppl_first_window: ``"exact"`` (the first window's tokens counted as scored) or ``"paper"`` (counted one
+            too many, as the paper's code does).
+        departures: why this preset departs from the paper's protocol, one reason per departing setting (the
+            keys of :func:`protocol_table`); a test requires exactly the departing settings here.
+        notes: a summary of the preset.
     """
 
     name: str
@@ -60,6 +71,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     multi_seed: tuple[str, ...] = ()
     sweep: dict = field(default_factory=dict)
+    sweep_evaluation: str = "cheap"
     train_n: int | None = None
     medmcqa_n: int = 1000
     medmcqa_dev_n: int = 0
@@ -82,6 +94,13 @@ class Preset:
     retrofit: dict = field(default_factory=dict)
     lr: dict = field(default_factory=dict)
     eval_batch: int = 16
+    dtype: str = "float32"
+    memory_dtype: str | None = None
+    eval_dtype: str | None = None
+    train_sample: str = "first"
+    wikitext_raw: bool = True
+    ppl_first_window: str = "exact"
+    departures: dict = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self):
@@ -100,6 +119,12 @@ class Preset:
                 raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 0, got {v!r}")
         if self.trajectory_points < 2:
             raise ValueError(f"preset {self.name!r}: trajectory_points must be >= 2 (step 0 and the last step)")
+        for k, allowed in (("train_sample", ("first", "shuffle")), ("ppl_first_window", ("exact", "paper")),
+                           ("dtype", ("float32", "bfloat16", "float16"))):
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
+        if self.sweep_evaluation not in ("cheap", "full"):
+            raise ValueError(f"preset {self.name!r}: sweep_evaluation must be 'cheap' or 'full'")
         if self.evaluate_on not in ("report", "dev"):
             raise ValueError(f"preset {self.name!r}: evaluate_on must be 'report' or 'dev', got {self.evaluate_on!r}")
         unknown = set(self.lr) - set(rate_keys()) - {"retrofit"}
@@ -135,7 +160,15 @@ PRESETS = {
                    checkpoint_every=1),
         retrofit=dict(micro_batch=4, grad_accum=1, max_length=64, warmup_steps=1, epochs=1, checkpoint_every=1),
         lr={"smf-adam": 1e-2, "smf-sgd": 1.0, "smf-paper": 1e-2, "lora": 1e-3, "full": 1e-3, "retrofit": 1e-3},
-        notes="tiny random Llama and synthetic fixtures: checks the pipeline, not the method"),
+        notes="tiny random Llama and synthetic fixtures: checks the pipeline, not the method",
+        departures={k: "a seconds-long check of the pipeline on a tiny random model and fixtures" for k in (
+            "model", "model dtype", "evaluation dtype", "full finetuning precision", "memory layers",
+            "memory slots per layer", "memory heads x knn x k_dim", "memory init", "retrofit corpus", "retrofit texts",
+            "retrofit epochs", "retrofit rate", "background statistics", "MedMCQA training questions",
+            "MedMCQA training sample", "task epochs", "batch (micro x accumulation)", "max length", "warm-up steps",
+            "warm-up schedule", "top-t", "deterministic ties", "SMF rate (paper's update)", "LoRA rate",
+            "full finetuning rate", "MedMCQA items", "TriviaQA items", "WikiText lines", "WikiText text",
+            "first perplexity window", "data source")}),
     "cpu": Preset(
         name="cpu", model=DEFAULT_MODEL,
         methods=("base", "retrofit", "smf-kl", "smf-tfidf", "smf-kl-paper", "lora", "full"),
@@ -156,7 +189,35 @@ PRESETS = {
                "held-out chat replies) for 1 epoch (paper: 50k, 2 epochs). Background statistics on 500 Wikipedia "
                "leads. Top-t 128 of 4,096 slots (about 3%). Reported items: MedMCQA 1,000, TriviaQA 300 "
                "(unfiltered validation), WikiText 120 lines, 150 held-out OASST1 chat replies; settings are chosen "
-               "on disjoint dev items only")),
+               "on disjoint dev items only"),
+        departures={
+            "model": "the offline default: runs on 2 CPU cores without the Hub",
+            "model dtype": "CPU: float32 (bfloat16 matmuls are slow on this CPU)",
+            "evaluation dtype": "float32 model",
+            "full finetuning precision": "float32 model",
+            "memory layers": "SmolLM2 has 30 layers: about the same relative depths",
+            "memory slots per layer": "CPU time: 4,096 slots",
+            "memory init": "project default: zero values, the model is unchanged at insertion",
+            "retrofit corpus": "offline copy: OASST1 train roles are inferred, so the exact validation replies "
+                               "are used too (minus the held-out chat replies)",
+            "retrofit texts": "time on 2 CPU cores",
+            "retrofit epochs": "time on 2 CPU cores",
+            "background statistics": "Wikipedia leads: general text disjoint from the chat probe",
+            "MedMCQA training questions": "the offline copy has 2,650; CPU time",
+            "MedMCQA training sample": "one fixed sample, so seeds differ only in order and randomness",
+            "task epochs": "CPU time (chosen on dev items by the cpu-pilot preset)",
+            "batch (micro x accumulation)": "time on 2 CPU cores",
+            "max length": "time on 2 CPU cores",
+            "warm-up steps": "75 steps in all",
+            "warm-up schedule": "project default: the first step is not wasted at rate 0",
+            "top-t": "about 3% of 4,096 slots, the paper's share",
+            "deterministic ties": "project default: reproducible selections",
+            "TriviaQA items": "CPU time; 300 reported",
+            "WikiText lines": "CPU time; 120 reported",
+            "WikiText text": "the offline copy is the raw text",
+            "first perplexity window": "project default: the first window scores one token fewer, counted so",
+            "data source": "offline copies in SMF_DATA_DIR",
+        }),
     "paper": Preset(
         name="paper", model=PAPER_MODEL,
         methods=("base", "smf-kl-paper-replacement", "smf-tfidf-paper-replacement", "smf-kl-paper",
@@ -166,13 +227,26 @@ PRESETS = {
         memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256, init="paper", mode="additive"),
         train_n=60000, medmcqa_n=1000, medmcqa_dev_n=500, triviaqa_n=1000, wikitext_lines=1000, chat_n=200,
         acquisition_n=500, cheap=dict(medmcqa=200, acquisition=200, chat=50, wikitext_windows=8),
-        retrofit_n=50000, retrofit_corpus="oasst1-both", background_corpus="oasst1-train", background_n=2000,
+        retrofit_n=50000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=2000,
         train=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=3, top_t=512,
-                   checkpoint_every=200),
-        retrofit=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=2, checkpoint_every=200),
+                   checkpoint_every=200, schedule="paper", deterministic_ties=False),
+        retrofit=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=2, checkpoint_every=200,
+                      schedule="paper"),
         lr={"smf-adam": 5e-4, "smf-paper": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 5e-4},
-        notes="the paper's protocol on Qwen2.5-0.5B-Instruct; needs a GPU and the Hub (e.g. Colab)"),
+        dtype="bfloat16", memory_dtype="float32", train_sample="shuffle", wikitext_raw=False,
+        ppl_first_window="paper", data="hub",
+        notes=("the paper's protocol on Qwen2.5-0.5B-Instruct (bfloat16 model, float32 memory); needs a GPU and "
+               "the Hugging Face Hub (e.g. Colab). Beside the paper's rows it runs the project's SMF (smf-kl, "
+               "smf-tfidf: strict row-sparse Adam, reads on real tokens, one selection per step)")),
 }
+
+
+# The pilot that chose the cpu regime: full finetuning at three rates, scored on dev items only (disjoint from
+# every reported item), to see whether this regime makes full finetuning forget.
+PRESETS["cpu-pilot"] = dataclasses.replace(
+    PRESETS["cpu"], name="cpu-pilot", methods=("base", "full"), multi_seed=(), seeds=(0,),
+    sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="full", evaluate_on="dev",
+    notes=PRESETS["cpu"].notes + ". Pilot: dev items only; full finetuning at 5e-5, 2e-4 and 1e-3")
 
 
 def get_preset(name: str) -> Preset:
@@ -180,3 +254,113 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's protocol, as settings, and the table of a preset's departures from it
+
+#: What the paper's code does (METHOD.md sections 3-6), in the terms of :func:`protocol_settings`.
+PAPER_PROTOCOL = {
+    "model": PAPER_MODEL,
+    "model dtype": "bfloat16",
+    "memory dtype": "float32",
+    "evaluation dtype": "bfloat16",
+    "full finetuning precision": "bfloat16 weights and AdamW state",
+    "memory layers": (6, 12, 18),
+    "memory slots per layer": 16384,
+    "memory heads x knn x k_dim": "4 x 16 x 256",
+    "memory init": "paper",
+    "retrofit corpus": "oasst1-train",
+    "retrofit texts": 50000,
+    "retrofit epochs": 2,
+    "retrofit rate": 5e-4,
+    "background statistics": "oasst1-train, 2000",
+    "MedMCQA training questions": 60000,
+    "MedMCQA training sample": "shuffle",
+    "task epochs": 3,
+    "batch (micro x accumulation)": "4 x 4",
+    "max length": 1024,
+    "warm-up steps": 100,
+    "warm-up schedule": "paper",
+    "loss average": "step-tokens",
+    "top-t": 512,
+    "SMF update of the paper's variants": "paper",
+    "reads counted at padding": True,
+    "selection per micro-batch": True,
+    "deterministic ties": False,
+    "SMF rate (paper's update)": 5e-4,
+    "LoRA r / alpha / dropout": "16 / 32 / 0.05",
+    "LoRA rate": 2e-4,
+    "full finetuning rate": 5e-5,
+    "MedMCQA items": 1000,
+    "TriviaQA items": 1000,
+    "WikiText lines": 1000,
+    "WikiText text": "wikitext-103-v1 (non-raw)",
+    "first perplexity window": "paper",
+    "data source": "Hugging Face Hub",
+}
+
+
+def protocol_settings(p: Preset) -> dict:
+    """A preset's values of the settings in :data:`PAPER_PROTOCOL`."""
+    smf = p.train_config("smf-kl-paper", 0)
+    lora = p.train_config("lora", 0)
+    m = p.memory
+    full_precision = ("bfloat16 weights and AdamW state" if p.dtype == "bfloat16"
+                      else f"{p.dtype} weights and AdamW state")
+    data = {"fixtures": "packaged fixtures", "hub": "Hugging Face Hub"}.get(
+        p.data, "Hugging Face Hub, or the local copy SMF_DATA_DIR names")
+    return {
+        "model": p.model,
+        "model dtype": p.dtype,
+        "memory dtype": p.memory_dtype or p.dtype,
+        "evaluation dtype": p.eval_dtype or p.dtype,
+        "full finetuning precision": full_precision,
+        "memory layers": tuple(m.get("layers", ())),
+        "memory slots per layer": m.get("n_keys", 0) ** 2,
+        "memory heads x knn x k_dim": f"{m.get('heads')} x {m.get('knn')} x {m.get('k_dim')}",
+        "memory init": m.get("init", "zero"),
+        "retrofit corpus": p.retrofit_corpus,
+        "retrofit texts": p.retrofit_n,
+        "retrofit epochs": p.retrofit.get("epochs"),
+        "retrofit rate": p.lr.get("retrofit"),
+        "background statistics": f"{p.background_corpus}, {p.background_n}",
+        "MedMCQA training questions": p.train_n,
+        "MedMCQA training sample": p.train_sample,
+        "task epochs": smf.epochs,
+        "batch (micro x accumulation)": f"{smf.micro_batch} x {smf.grad_accum}",
+        "max length": smf.max_length,
+        "warm-up steps": smf.warmup_steps,
+        "warm-up schedule": smf.schedule,
+        "loss average": smf.loss_average,
+        "top-t": smf.top_t,
+        "SMF update of the paper's variants": smf.update,
+        "reads counted at padding": smf.count_padding,
+        "selection per micro-batch": smf.select_per_microbatch,
+        "deterministic ties": smf.deterministic_ties,
+        "SMF rate (paper's update)": smf.lr,
+        "LoRA r / alpha / dropout": f"{lora.lora_r} / {lora.lora_alpha} / {lora.lora_dropout:g}",
+        "LoRA rate": lora.lr,
+        "full finetuning rate": p.train_config("full", 0).lr,
+        "MedMCQA items": p.medmcqa_n,
+        "TriviaQA items": p.triviaqa_n,
+        "WikiText lines": p.wikitext_lines,
+        "WikiText text": "wikitext-103-raw-v1 (raw)" if p.wikitext_raw else "wikitext-103-v1 (non-raw)",
+        "first perplexity window": p.ppl_first_window,
+        "data source": data,
+    }
+
+
+def protocol_table(p: Preset):
+    """The settings where preset ``p`` departs from the paper's protocol, with the paper's value, the preset's
+    and the reason (from ``p.departures``) for each.
+
+    Returns:
+        A pandas DataFrame with columns setting, paper, preset, why.
+    """
+    import pandas as pd
+
+    ours = protocol_settings(p)
+    rows = [{"setting": k, "paper's code": str(v), "this preset": str(ours[k]), "why": p.departures.get(k, "")}
+            for k, v in PAPER_PROTOCOL.items() if ours[k] != v]
+    return pd.DataFrame(rows, columns=["setting", "paper's code", "this preset", "why"])

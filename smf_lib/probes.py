@@ -173,15 +173,19 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int = 512, batch_size: int = 4,
-               progress: bool = True) -> dict:
+               progress: bool = True, first_window: str = "exact") -> dict:
     """Sliding-window perplexity (the Hugging Face fixed-length recipe), scoring each window's new tokens.
 
     The text is tokenised without special tokens; window k starts at k*stride and scores the tokens not
     scored by earlier windows (the first token of the text has no context and is not scored).
+    ``first_window="paper"`` counts the first window as the paper's code does: its mean loss over the scored
+    tokens is weighted by the window's length, one token more than it scored.
 
     Returns:
         ``{"ppl", "nll", "tokens", "windows": [{"nll", "tokens"}...], "seconds"}``.
     """
+    if first_window not in ("exact", "paper"):
+        raise ValueError(f"first_window must be 'exact' or 'paper', got {first_window!r}")
     t0 = time.perf_counter()
     ids = torch.as_tensor(_encode(tokenizer, text), dtype=torch.long)
     if len(ids) < 2:
@@ -197,7 +201,11 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
             pos = torch.arange(first - b - 1, e - b - 1, device=dev)
             logits = model.lm_head(hidden[i, pos]).float()
             nll = F.cross_entropy(logits, ids[first:e].to(dev), reduction="sum")
-            windows.append({"nll": float(nll), "tokens": e - first})
+            if first_window == "paper" and b == 0:  # mean over e - 1 scored tokens, weighted by e
+                nll, scored = nll / (e - first) * e, e
+            else:
+                scored = e - first
+            windows.append({"nll": float(nll), "tokens": scored})
     nll = sum(w["nll"] for w in windows)
     tokens = sum(w["tokens"] for w in windows)
     return {"ppl": math.exp(nll / max(tokens, 1)), "nll": nll, "tokens": tokens, "windows": windows,
@@ -280,13 +288,19 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
 # ----------------------------------------------------------------------------------------------------------------
 # Drift and chat retention
 
-def chat_items(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, int]]:
+def chat_items(tokenizer, pairs: list[tuple[str, str]], prompt_chars: int = 800,
+               reply_chars: int = 1200) -> list[tuple[list[int], int, int]]:
     """(prompt, reply) pairs in the tokenizer's chat template as scored spans ``(ids, first, end)``: the reply's
-    tokens (through its end-of-turn token) are scored, the prompt and template tokens are context."""
+    tokens (through its end-of-turn token) are scored, the prompt and template tokens are context.
+
+    Long texts are cut by characters (the prompt's last ``prompt_chars``, the reply's first ``reply_chars``), so
+    every item costs about the same whatever the tokenizer.
+    """
     if tokenizer.chat_template is None:
         raise ValueError("the tokenizer has no chat template: chat retention needs an instruct model's tokenizer")
     out = []
     for prompt, reply in pairs:
+        prompt, reply = prompt[-prompt_chars:], reply[:reply_chars]
         head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},

@@ -46,6 +46,7 @@ class RunSpec:
     method: str
     seed: int
     lr: float | None = None
+    sweep_evaluation: str = "cheap"
 
     @property
     def name(self) -> str:
@@ -55,8 +56,8 @@ class RunSpec:
 
     @property
     def evaluation(self) -> str:
-        """``full`` (every probe) or ``cheap`` (a swept rate: the dev subset along its trajectory only)."""
-        return "cheap" if self.lr is not None else "full"
+        """``full`` (every probe) or ``cheap`` (a swept rate scored only on the dev subset along its trajectory)."""
+        return self.sweep_evaluation if self.lr is not None else "full"
 
 
 def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
@@ -73,7 +74,7 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
             specs.append(RunSpec(m, seed))
     for m, rates in p.sweep.items():
         if m in methods:
-            specs += [RunSpec(m, seeds[0], float(r)) for r in rates]
+            specs += [RunSpec(m, seeds[0], float(r), p.sweep_evaluation) for r in rates]
     return specs
 
 
@@ -123,31 +124,45 @@ class Runner:
         self.p, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
         self.art = self.out / "artifacts"
         root = data_root(preset)
-        self.task_rows = D.load_medmcqa("train", preset.train_n, single_choice=True, root=root)
-        if not self.task_rows:
+        self.all_task_rows = D.load_medmcqa("train", single_choice=True, root=root)
+        if not self.all_task_rows:
             raise ValueError("no MedMCQA training questions: check the data folder (SMF_DATA_DIR)")
+        self.task_rows = self.task_rows_for(preset.seeds[0])
         self.task_texts = [D.medmcqa_training_text(r) for r in self.task_rows]
         self.suite = build_suite(preset, self.task_rows)
-        self.reference = Reference(self.art / "reference", preset.topk)
-        self._tok = None
+        self.reference = Reference(self.art / "reference", preset.topk, progress and self.main)
         self.failures: list[str] = []
+
+    def task_rows_for(self, seed: int) -> list[dict]:
+        """The training questions of a seed (the same for every seed unless the preset samples per seed)."""
+        return D.sample_rows(self.all_task_rows, self.p.train_n, self.p.train_sample, seed)
+
+    def task_texts_for(self, seed: int) -> list[str]:
+        if self.p.train_sample == "first":
+            return self.task_texts
+        return [D.medmcqa_training_text(r) for r in self.task_rows_for(seed)]
 
     # -- identities -------------------------------------------------------------------------------------------
     def data_identity(self) -> dict:
         return {"medmcqa_train": D.fingerprint(self.task_texts), "n_train": len(self.task_texts),
+                "train_sample": self.p.train_sample, "wikitext_raw": self.p.wikitext_raw,
+                "ppl_first_window": self.p.ppl_first_window,
                 "probes": self.suite.fingerprints(), "source": "fixtures" if self.p.data == "fixtures"
                 else ("local" if D.data_dir(data_root(self.p)) else "huggingface-hub")}
 
     def retrofit_identity(self, seed: int, mode: str) -> dict:
         p = self.p
-        return _plain({"model": p.model, "memory": {**p.memory, "mode": mode}, "seed": seed, "retrofit": p.retrofit,
+        return _plain({"model": p.model, "dtype": [p.dtype, p.memory_dtype], "memory": {**p.memory, "mode": mode},
+                       "seed": seed, "retrofit": p.retrofit,
                        "lr": p.lr.get("retrofit"), "corpus": [p.retrofit_corpus, p.retrofit_n],
                        "background": [p.background_corpus, p.background_n],
                        "heldout_chat": p.chat_n + p.chat_dev_n})
 
     def identity(self, spec: RunSpec) -> dict:
         p, gm = self.p, get_method(spec.method)
-        ident = {"method": spec.method, "seed": spec.seed, "model": p.model, "evaluation": spec.evaluation,
+        ident = {"method": spec.method, "seed": spec.seed, "model": p.model, "dtype": [p.dtype, p.memory_dtype,
+                                                                                         p.eval_dtype],
+                 "evaluation": spec.evaluation,
                  "split": p.evaluate_on, "cheap": p.cheap, "trajectory_points": p.trajectory_points,
                  "topk": p.topk, "data": self.data_identity()}
         if gm.memory is not None:
@@ -182,12 +197,16 @@ class Runner:
             time.sleep(0.5)
 
     def load(self, seed: int = 0):
+        """The base model (in the preset's dtype) and its tokenizer."""
         p = self.p
-        if p.model == "tiny":
-            if self._tok is None:
-                self._tok = load_tokenizer()
-            return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), self._tok
-        return load_model(p.model, device=_device())
+        dtype = getattr(torch, p.dtype)
+        if p.model.startswith("tiny"):  # "tiny" (Llama) or "tiny-qwen2": random weights, the default tokenizer
+            arch = p.model.partition("-")[2] or "llama"
+            return tiny_model(arch, vocab=49152, hidden=64, layers=4, seed=seed).to(_device(), dtype), load_tokenizer()
+        return load_model(p.model, device=_device(), dtype=dtype)
+
+    def memory_config(self, mode: str) -> MemoryConfig:
+        return MemoryConfig(**{**self.p.memory, "mode": mode, "dtype": self.p.memory_dtype})
 
     def run_path(self, spec: RunSpec) -> Path:
         return self.out / "runs" / f"{spec.name}.json"
@@ -229,7 +248,7 @@ class Runner:
             write_json(started, ident)
             model, tok = self.load(seed)
             torch.manual_seed(seed)
-            add_memory(model, MemoryConfig(**{**p.memory, "mode": mode}))
+            add_memory(model, self.memory_config(mode))
             texts = corpus(p, p.retrofit_corpus, p.retrofit_n)
             cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"), **p.retrofit)
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
@@ -323,9 +342,10 @@ class Runner:
             model, tok, stats = *self.load(spec.seed), None
         if gm.train is not None:
             cfg = self.train_config(spec)
-            self.log(f"{spec.name}: {len(self.task_texts)} texts, lr {cfg.lr:g}")
+            texts = self.task_texts_for(spec.seed)
+            self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
             try:
-                res = train(model, tok, self.task_texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
+                res = train(model, tok, texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
                             progress=self.progress, probe=self._probe(tok, start), probe_steps=self._probe_steps(cfg))
             except TrainingDiverged as err:
                 self.log(f"{spec.name}: FAILED: {err}")
@@ -342,6 +362,8 @@ class Runner:
             del model
             self.wait_for(path)
             return
+        if self.p.eval_dtype:
+            model = model.to(getattr(torch, self.p.eval_dtype))
         if spec.evaluation == "full":
             self.log(f"{spec.name}: evaluating")
             result = evaluate(model, tok, self.p, self.suite, self.reference, "full", progress=self.progress)

@@ -29,7 +29,7 @@ def read_counts(indices: torch.Tensor, n_slots: int, attention_mask: torch.Tenso
         indices: (B, T, heads, knn) slot indices recorded by a memory layer.
         n_slots: N, the number of slots.
         attention_mask: (B, T); positions where it is 0 (padding) are not counted. ``None`` counts every
-            position (the seed's behaviour).
+            position (as the paper's code does).
 
     Returns:
         int64 tensor (N,) of read counts.
@@ -249,10 +249,11 @@ def score_rows(counts: torch.Tensor, selector: str, df: torch.Tensor | None = No
     return sel.score(p, c, df, totals, n_docs, generator)
 
 
-def select_rows(counts: torch.Tensor, scores: torch.Tensor, top_t: int) -> torch.Tensor:
+def select_rows(counts: torch.Tensor, scores: torch.Tensor, top_t: int, deterministic: bool = True) -> torch.Tensor:
     """Indices of the top-t read slots by score, t clipped to the number of read slots.
 
-    Ties go to the lower slot index. Slots with zero reads are never selected.
+    Slots with zero reads are never selected. With ``deterministic`` ties go to the lower slot index; without it
+    ``torch.topk`` breaks them as the paper's code does (its order among equal scores is not specified).
 
     Returns:
         int64 indices sorted by descending score.
@@ -260,18 +261,18 @@ def select_rows(counts: torch.Tensor, scores: torch.Tensor, top_t: int) -> torch
     if top_t < 1:
         raise ValueError(f"top_t must be >= 1, got {top_t}")
     read = counts.nonzero().flatten()  # ascending slot order
+    if not deterministic:
+        return read[scores[read].topk(min(top_t, len(read))).indices]
     order = torch.sort(scores[read], descending=True, stable=True).indices
     return read[order[:top_t]]
 
 
 def select_for_layers(counts: list[torch.Tensor], selector: str, top_t: int,
                       stats: BackgroundStats | None = None,
-                      generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                      generator: torch.Generator | None = None, deterministic: bool = True) -> list[torch.Tensor]:
     """:func:`select_rows` for every memory layer, with per-layer background statistics."""
-    out = []
-    for j, c in enumerate(counts):
-        out.append(select_rows(c, score_rows(c, selector, generator=generator, **layer_stats(stats, j)), top_t))
-    return out
+    return [select_rows(c, score_rows(c, selector, generator=generator, **layer_stats(stats, j)), top_t, deterministic)
+            for j, c in enumerate(counts)]
 
 
 def layer_stats(stats: BackgroundStats | None, j: int) -> dict:

@@ -244,6 +244,13 @@ class TrainConfig:
         train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
         lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings (paper: 16, 32, 0.05, 7 projections).
         checkpoint_every: optimizer steps between checkpoints (0: none).
+        loss_average: ``"step-tokens"`` (every real token of an optimizer step weighs the same across its
+            micro-batches, as in the paper's code) or ``"micro-batch"`` (each micro-batch's mean loss weighs the
+            same).
+        schedule: ``"project"`` (warm-up step s at (s + 1) / warmup_steps) or ``"paper"`` (transformers' cosine
+            schedule: s / warmup_steps, so the first step has rate 0).
+        deterministic_ties: equal selector scores go to the lower slot index (``False``: ``torch.topk``'s order,
+            as in the paper's code).
     """
 
     method: str = "smf"
@@ -268,10 +275,15 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = LORA_TARGETS
     checkpoint_every: int = 0
+    loss_average: str = "step-tokens"
+    schedule: str = "project"
+    deterministic_ties: bool = True
 
     def __post_init__(self):
         for name, value, allowed in (("method", self.method, METHODS), ("update", self.update, UPDATES),
-                                     ("selector", self.selector, SELECTORS)):
+                                     ("selector", self.selector, SELECTORS),
+                                     ("loss_average", self.loss_average, ("step-tokens", "micro-batch")),
+                                     ("schedule", self.schedule, ("project", "paper"))):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -326,10 +338,11 @@ class TrainResult:
     trajectory: list[dict] = field(default_factory=list)
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "project") -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``total`` (``schedule="paper"``: the
+    warm-up of transformers' cosine schedule, which starts at 0)."""
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + (schedule == "project")) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -525,15 +538,18 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     try:
         for step in range(start, len(plan)):
             t0 = time.perf_counter()
-            lr = c.lr * lr_factor(step, c.warmup_steps, len(plan))
+            lr = c.lr * lr_factor(step, c.warmup_steps, len(plan), c.schedule)
             group, total_loss = plan[step], 0.0
             counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
             parts = [[] for _ in mems]
-            for mb in group:
-                batch = _collate(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device)
-                loss = model(**batch).loss / len(group)
+            batches = [_collate(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device) for mb in group]
+            scored = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # tokens each loss averages over
+            step_tokens = float(_all_reduce_sum(torch.tensor(float(sum(scored))), world)) / world
+            for batch, n_scored in zip(batches, scored):
+                weight = n_scored / max(step_tokens, 1) if c.loss_average == "step-tokens" else 1 / len(group)
+                loss = model(**batch).loss * weight
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the training loss is {loss.item() * len(group)} at step {step + 1} of "
+                    raise TrainingDiverged(f"the training loss is {loss.item()} at step {step + 1} of "
                                            f"{len(plan)} ({c.method}, lr {c.lr:g}); lower the learning rate or "
                                            "check the data. No metrics are written for this run")
                 loss.backward()
@@ -545,7 +561,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
                 if c.select_per_microbatch:
                     # every process sums the same counts, so every process selects the same rows
                     mb_counts = [_all_reduce_sum(x, world) for x in mb_counts]
-                    chosen = select_for_layers(mb_counts, c.selector, c.top_t, background, rand)
+                    chosen = select_for_layers(mb_counts, c.selector, c.top_t, background, rand, c.deterministic_ties)
                     grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
                 for j in range(len(mems)):
                     counts[j] += mb_counts[j]
@@ -553,7 +569,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             row_grads = [_merge(p, m.values.weight) for p, m in zip(parts, mems)]
             if mems and not c.select_per_microbatch:
                 counts = [_all_reduce_sum(x, world) for x in counts]
-                chosen = select_for_layers(counts, c.selector, c.top_t, background, rand)
+                chosen = select_for_layers(counts, c.selector, c.top_t, background, rand, c.deterministic_ties)
                 row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
             if world > 1:  # average gradients over processes (the selected rows are the same everywhere)
                 row_grads = [(r, _all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]

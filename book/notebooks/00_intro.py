@@ -57,7 +57,7 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.experiments import load_results
+from smf_lib.results import load_results
 from smf_lib.plotting import plot_tradeoff
 
 SEED = 0

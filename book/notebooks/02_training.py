@@ -53,7 +53,8 @@ import torch
 
 import smf_lib as S
 from smf_lib import setup_notebook
-from smf_lib.experiments import get_preset, load_results
+from smf_lib.presets import get_preset
+from smf_lib.results import load_results
 from smf_lib.plotting import plot_loss_curves
 
 SEED = 0
@@ -61,9 +62,11 @@ device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## A sparse step, live, on a tiny model
-# Before looking at the real runs, here are three SMF steps on a tiny random Llama. In the default
-# **strict** mode the optimizer touches only the selected rows. Every other value row, and every frozen
-# parameter, stays bit-identical.
+# Before looking at the real runs, here are three SMF steps on a tiny random Llama. The default update,
+# row-sparse Adam, is **strict**: it touches only the selected rows. Every other value row, and every frozen
+# parameter, stays bit-identical. Adam's step has the same size whatever the scale of the model's gradients,
+# so one rate transfers across models; plain SGD on the rows (`update="sgd"`) is strict too, but its rate must
+# be calibrated per model (`python -m smf_lib calibrate`).
 
 # %%
 tok = S.models.load_tokenizer()
@@ -75,9 +78,9 @@ texts = ["Medical exam question: which organ pumps blood? Answer: the heart.",
 stats = S.compute_background_stats(tiny, tok, ["A general sentence about the weather.",
                                                "Another one about history and art."], progress=False)
 before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-cfg = S.TrainConfig(method="smf", selector="kl", top_t=4, lr=100.0, micro_batch=2, grad_accum=2,
+cfg = S.TrainConfig(method="smf", selector="kl", top_t=4, lr=1e-2, micro_batch=2, grad_accum=2,
                     max_steps=3, warmup_steps=1)
-res = S.train(tiny, tok, texts, cfg, stats=stats, progress=False)
+res = S.train(tiny, tok, texts, cfg, background=stats, progress=False)
 after = dict(tiny.named_parameters())
 changed = {n: int((before[n] != after[n]).reshape(len(before[n]), -1).any(1).sum())
            for n in before if not torch.equal(before[n], after[n])}
@@ -85,10 +88,10 @@ print("tensors that changed, with the number of rows:", changed)
 pd.DataFrame(res.log)[["step", "loss", "lr", "rows"]]
 
 # %% [markdown]
-# At most `top_t` rows change per layer per step. The paper's own update (`update="seed"`: a gradient mask
+# At most `top_t` rows change per layer per step. The paper's own update (`update="paper"`: a gradient mask
 # plus AdamW over the whole table) behaves differently: Adam's moments keep moving a row for several steps
-# after it was last selected, and any weight decay moves every row. `smf_lib` reproduces that mode for
-# fidelity (`smf-kl-seedmode` below) and tests the leak.
+# after it was last selected, and any weight decay moves every row. `smf_lib` reproduces that update for
+# fidelity (the `smf-kl-paper` method) and tests the leak.
 #
 # ## The real runs
 # The runs below come from `python -m smf_lib run --preset cpu` (about an hour on 2 CPU cores, resumable).

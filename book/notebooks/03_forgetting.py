@@ -50,9 +50,10 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.experiments import load_results
+from smf_lib.results import load_results
 from smf_lib.plotting import plot_deltas, plot_tradeoff
-from smf_lib.stats import mcnemar, verdicts
+from smf_lib.paired_stats import mcnemar
+from smf_lib.results import verdicts
 
 SEED = 0
 device = setup_notebook(SEED)

@@ -47,9 +47,9 @@ import pandas as pd
 from IPython.display import display
 
 from smf_lib import setup_notebook
-from smf_lib.experiments import results_dir
+from smf_lib.results import results_dir
 from smf_lib.plotting import plot_benchmark, plot_slot_scaling
-from smf_lib.stats import benchmark_targets
+from smf_lib.perf import benchmark_targets
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -96,7 +96,7 @@ scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allo
 
 # %% [markdown]
 # ## Which targets hold
-# The issue's targets, checked on the tables above (`smf_lib.stats.benchmark_targets`). The forward-overhead
+# The issue's targets, checked on the tables above (`smf_lib.perf.benchmark_targets`). The forward-overhead
 # goal (within 10% of the base forward) is stated for a GPU; on this CPU it is only reported.
 
 # %%
