@@ -97,3 +97,52 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
     if not gpu and r is not None:
         rows[-1]["holds"] = "reported (goal is for GPU)"
     return pd.DataFrame(rows)
+
+
+# parameters of the models the presets use (embeddings included)
+MODEL_PARAMS = {"Qwen/Qwen2.5-0.5B-Instruct": 494e6, "smollm2-135m-instruct": 135e6}
+
+
+def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_params: float | None = None):
+    """A preset's compute, estimated from FLOPs: 6 N per trained token for full finetuning (forward, backward
+    and weight gradients), 4 N for the methods that train few weights (backward through the activations),
+    2 N per scored token; divided by a sustained rate ``flops_per_s``.
+
+    Args:
+        p: the preset.
+        flops_per_s: sustained FLOP/s of the machine (measured, or an assumption stated with the result).
+        tokens_per_text: mean tokens per training text or probe item.
+        n_params: model parameters (default: :data:`MODEL_PARAMS`).
+
+    Returns:
+        A pandas DataFrame, one row per stage (tokens, TFLOPs, minutes), with a total row.
+    """
+    from .methods import GRID_METHODS
+    from .runner import plan
+
+    n = n_params or MODEL_PARAMS.get(p.model, 494e6)
+    epochs = p.train.get("epochs", 1)
+    rows = []
+    trained = (p.train_n or 0) * tokens_per_text * epochs
+    retro = (p.retrofit_n or 0) * tokens_per_text * p.retrofit.get("epochs", 1)
+    if any(GRID_METHODS[s.method].memory for s in plan(p)):
+        rows.append(("retrofit", retro, 4 * n * retro))
+        bg = p.background_n * tokens_per_text
+        rows.append(("background statistics", bg, 2 * n * bg))
+    full_eval = (p.medmcqa_n * 1.2 + p.acquisition_n + p.chat_n * 1.7 + p.wikitext_lines * 0.6
+                 + p.triviaqa_n * 0.3) * tokens_per_text
+    cheap = sum(p.cheap.get(k, 0) for k in ("medmcqa", "acquisition", "chat")) * tokens_per_text
+    for s in plan(p):
+        gm = GRID_METHODS[s.method]
+        if gm.train is not None:
+            per = 6 if gm.train == "full" else 4
+            rows.append((f"train {s.name}", trained, per * n * trained))
+            pts = p.trajectory_points - 1
+            rows.append((f"trajectory {s.name}", cheap * pts, 2 * n * cheap * pts))
+        if s.evaluation == "full":
+            rows.append((f"evaluate {s.name}", full_eval, 2 * n * full_eval))
+    df = pd.DataFrame(rows, columns=["stage", "tokens", "flops"])
+    df.loc[len(df)] = ["total", df["tokens"].sum(), df["flops"].sum()]
+    df["minutes"] = df["flops"] / flops_per_s / 60
+    df["tflops"] = df["flops"] / 1e12
+    return df[["stage", "tokens", "tflops", "minutes"]].round({"tokens": 0, "tflops": 1, "minutes": 1})

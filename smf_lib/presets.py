@@ -120,7 +120,7 @@ class Preset:
         if self.trajectory_points < 2:
             raise ValueError(f"preset {self.name!r}: trajectory_points must be >= 2 (step 0 and the last step)")
         for k, allowed in (("train_sample", ("first", "shuffle")), ("ppl_first_window", ("exact", "paper")),
-                           ("dtype", ("float32", "bfloat16", "float16"))):
+                           ("dtype", ("float32", "bfloat16", "float16", "auto"))):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
         if self.sweep_evaluation not in ("cheap", "full"):
@@ -233,13 +233,49 @@ PRESETS = {
         retrofit=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=2, checkpoint_every=200,
                       schedule="paper"),
         lr={"smf-adam": 5e-4, "smf-paper": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 5e-4},
-        dtype="bfloat16", memory_dtype="float32", train_sample="shuffle", wikitext_raw=False,
+        dtype="bfloat16", memory_dtype="float32", eval_dtype="bfloat16", train_sample="shuffle", wikitext_raw=False,
         ppl_first_window="paper", data="hub",
         notes=("the paper's protocol on Qwen2.5-0.5B-Instruct (bfloat16 model, float32 memory); needs a GPU and "
                "the Hugging Face Hub (e.g. Colab). Beside the paper's rows it runs the project's SMF (smf-kl, "
                "smf-tfidf: strict row-sparse Adam, reads on real tokens, one selection per step)")),
 }
 
+
+# One free Colab GPU (T4, 16 GB, no fast bfloat16) in about 45 minutes: base, SMF-KL, LoRA and full finetuning on
+# Qwen2.5-0.5B-Instruct. "auto" precision: bfloat16 model + float32 memory where the GPU supports bfloat16, else
+# float32 master weights with float16 autocast and loss scaling (smf_lib.perf.estimate_runtime gives the
+# budget; chapter 5 shows it).
+PRESETS["colab"] = Preset(
+    name="colab", model=PAPER_MODEL, data="hub", methods=("base", "smf-kl", "lora", "full"), seeds=(0,),
+    memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256),
+    train_n=4000, medmcqa_n=1000, medmcqa_dev_n=200, triviaqa_n=300, triviaqa_dev_n=100, wikitext_lines=200,
+    wikitext_dev_lines=50, chat_n=100, chat_dev_n=50, acquisition_n=200,
+    cheap=dict(medmcqa=100, acquisition=100, chat=30, wikitext_windows=4), trajectory_points=4,
+    retrofit_n=3000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=500,
+    train=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, top_t=512,
+               checkpoint_every=50),
+    retrofit=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, checkpoint_every=50),
+    lr={"smf-adam": 5e-4, "smf-paper": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 5e-4},
+    dtype="auto", memory_dtype="float32", eval_batch=16,
+    departures={
+        "model dtype": "auto: bfloat16 where the GPU supports it, else float32 master weights with float16 "
+                       "autocast (a T4 has no fast bfloat16)",
+        "evaluation dtype": "as trained (see model dtype)",
+        "full finetuning precision": "as the model dtype",
+        "retrofit texts": "one T4 in about 45 minutes", "retrofit epochs": "one T4 in about 45 minutes",
+        "background statistics": "one T4 in about 45 minutes",
+        "MedMCQA training questions": "one T4 in about 45 minutes",
+        "MedMCQA training sample": "one fixed sample (one seed)",
+        "task epochs": "one T4 in about 45 minutes", "batch (micro x accumulation)": "8 x 2: fewer steps on a GPU",
+        "max length": "512: MedMCQA texts are shorter; memory on a T4", "warm-up steps": "250 steps in all",
+        "warm-up schedule": "project default: the first step is not wasted at rate 0",
+        "deterministic ties": "project default: reproducible selections",
+        "TriviaQA items": "time; 300 reported", "WikiText lines": "time; 200 reported",
+        "WikiText text": "the raw text, as offline (compare with the cpu study)",
+        "first perplexity window": "project default: the first window scores one token fewer, counted so",
+        "memory init": "project default: zero values, the model is unchanged at insertion",
+    },
+    notes="Qwen2.5-0.5B-Instruct on one Colab T4 in about 45 minutes: base, SMF-KL, LoRA, full finetuning")
 
 # The pilot that chose the cpu regime: full finetuning at three rates, scored on dev items only (disjoint from
 # every reported item), to see whether this regime makes full finetuning forget.

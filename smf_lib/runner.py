@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -104,6 +105,21 @@ def _versions() -> dict:
             "peft": peft.__version__, "smf_lib": smf_lib.__version__}
 
 
+def auto_precision(p: Preset, device: torch.device) -> dict:
+    """The preset's precision on this device: model dtype, memory dtype and training/evaluation autocast.
+
+    ``dtype="auto"``: a bfloat16 model with float32 memory where the GPU supports bfloat16; float32 master weights
+    with float16 autocast (and loss scaling) on a GPU without it (e.g. a T4); float32 on a CPU.
+    """
+    if p.dtype != "auto":
+        return {"model": p.dtype, "memory": p.memory_dtype, "autocast": p.train.get("autocast")}
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return {"model": "bfloat16", "memory": p.memory_dtype or "float32", "autocast": None}
+    if device.type == "cuda":
+        return {"model": "float32", "memory": None, "autocast": "float16"}
+    return {"model": "float32", "memory": None, "autocast": None}
+
+
 class Mismatch(ValueError):
     """A result on disk was made with other settings or data than the current ones."""
 
@@ -131,6 +147,7 @@ class Runner:
         self.task_texts = [D.medmcqa_training_text(r) for r in self.task_rows]
         self.suite = build_suite(preset, self.task_rows)
         self.reference = Reference(self.art / "reference", preset.topk, progress and self.main)
+        self.precision = auto_precision(preset, _device())
         self.failures: list[str] = []
 
     def task_rows_for(self, seed: int) -> list[dict]:
@@ -152,7 +169,7 @@ class Runner:
 
     def retrofit_identity(self, seed: int, mode: str) -> dict:
         p = self.p
-        return _plain({"model": p.model, "dtype": [p.dtype, p.memory_dtype], "memory": {**p.memory, "mode": mode},
+        return _plain({"model": p.model, "precision": self.precision, "memory": {**p.memory, "mode": mode},
                        "seed": seed, "retrofit": p.retrofit,
                        "lr": p.lr.get("retrofit"), "corpus": [p.retrofit_corpus, p.retrofit_n],
                        "background": [p.background_corpus, p.background_n],
@@ -160,8 +177,8 @@ class Runner:
 
     def identity(self, spec: RunSpec) -> dict:
         p, gm = self.p, get_method(spec.method)
-        ident = {"method": spec.method, "seed": spec.seed, "model": p.model, "dtype": [p.dtype, p.memory_dtype,
-                                                                                         p.eval_dtype],
+        ident = {"method": spec.method, "seed": spec.seed, "model": p.model,
+                 "precision": {**self.precision, "eval": p.eval_dtype},
                  "evaluation": spec.evaluation,
                  "split": p.evaluate_on, "cheap": p.cheap, "trajectory_points": p.trajectory_points,
                  "topk": p.topk, "data": self.data_identity()}
@@ -172,7 +189,13 @@ class Runner:
         return _plain(ident)
 
     def train_config(self, spec: RunSpec) -> TrainConfig:
-        return self.p.train_config(spec.method, spec.seed, spec.lr)
+        cfg = self.p.train_config(spec.method, spec.seed, spec.lr)
+        return dataclasses.replace(cfg, autocast=self.precision["autocast"])
+
+    def autocast(self):
+        """The evaluation's autocast context (a no-op unless the precision asks for one)."""
+        a = self.precision["autocast"]
+        return torch.autocast(_device().type, dtype=getattr(torch, a)) if a else contextlib.nullcontext()
 
     def _check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
         """True when ``stored`` matches; on a mismatch refuse, or (``fresh``) return False so it is redone."""
@@ -199,14 +222,14 @@ class Runner:
     def load(self, seed: int = 0):
         """The base model (in the preset's dtype) and its tokenizer."""
         p = self.p
-        dtype = getattr(torch, p.dtype)
+        dtype = getattr(torch, self.precision["model"])
         if p.model.startswith("tiny"):  # "tiny" (Llama) or "tiny-qwen2": random weights, the default tokenizer
             arch = p.model.partition("-")[2] or "llama"
             return tiny_model(arch, vocab=49152, hidden=64, layers=4, seed=seed).to(_device(), dtype), load_tokenizer()
         return load_model(p.model, device=_device(), dtype=dtype)
 
     def memory_config(self, mode: str) -> MemoryConfig:
-        return MemoryConfig(**{**self.p.memory, "mode": mode, "dtype": self.p.memory_dtype})
+        return MemoryConfig(**{**self.p.memory, "mode": mode, "dtype": self.precision["memory"]})
 
     def run_path(self, spec: RunSpec) -> Path:
         return self.out / "runs" / f"{spec.name}.json"
@@ -217,7 +240,8 @@ class Runner:
         if not self.main:
             return
         marker = self.art / "reference" / "complete.json"
-        ident = _plain({"model": self.p.model, "topk": self.p.topk, "probes": self.suite.fingerprints(),
+        ident = _plain({"model": self.p.model, "precision": self.precision, "topk": self.p.topk,
+                        "probes": self.suite.fingerprints(),
                         "cheap": self.p.cheap, "split": self.p.evaluate_on})
         if marker.exists() and self._check(marker, read_json(marker), ident, "drift reference"):
             return
@@ -231,7 +255,8 @@ class Runner:
                 wiki, chat = _spans(tok, self.suite, split, cheap)
                 for name, spans in (("wikitext", wiki), ("chat", chat)):
                     if spans:
-                        self.reference.get(f"{name}-{split}", model, spans)
+                        with self.autocast():
+                            self.reference.get(f"{name}-{split}", model, spans)
         write_json(marker, ident)
 
     def retrofit(self, seed: int, mode: str):
@@ -250,7 +275,8 @@ class Runner:
             torch.manual_seed(seed)
             add_memory(model, self.memory_config(mode))
             texts = corpus(p, p.retrofit_corpus, p.retrofit_n)
-            cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"), **p.retrofit)
+            cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"),
+                              **{**p.retrofit, "autocast": self.precision["autocast"]})
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
             res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress)
             save_memory(res.model, folder / "adapter")
@@ -259,8 +285,9 @@ class Runner:
             t0 = time.perf_counter()
             bg = corpus(p, p.background_corpus, p.background_n)
             self.log(f"background statistics on {len(bg)} documents")
-            stats = compute_background_stats(res.model, tok, bg, max_length=p.train.get("max_length", 1024),
-                                             progress=self.progress)
+            with self.autocast():
+                stats = compute_background_stats(res.model, tok, bg, max_length=p.train.get("max_length", 1024),
+                                                 progress=self.progress)
             stats.save(folder / "background.safetensors")
             write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(bg),
                                                           "corpus": p.background_corpus})
@@ -278,7 +305,8 @@ class Runner:
         def probe(model, step):
             if step == 0 and cache.exists():
                 return read_json(cache)
-            res = evaluate(model, tok, self.p, self.suite, self.reference, "cheap", progress=False)
+            with self.autocast():
+                res = evaluate(model, tok, self.p, self.suite, self.reference, "cheap", progress=False)
             out = {"metrics": res["metrics"], "items": res["items"]}
             if step == 0 and self.main:
                 write_json(cache, out)
@@ -366,7 +394,8 @@ class Runner:
             model = model.to(getattr(torch, self.p.eval_dtype))
         if spec.evaluation == "full":
             self.log(f"{spec.name}: evaluating")
-            result = evaluate(model, tok, self.p, self.suite, self.reference, "full", progress=self.progress)
+            with self.autocast():
+                result = evaluate(model, tok, self.p, self.suite, self.reference, "full", progress=self.progress)
             if gm.train is None:  # the cheap scores of an untrained model: the reference point of trajectories
                 cheap = self._probe(tok, start)(model, 0)
                 result["cheap"] = cheap["items"]

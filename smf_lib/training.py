@@ -251,6 +251,9 @@ class TrainConfig:
             schedule: s / warmup_steps, so the first step has rate 0).
         deterministic_ties: equal selector scores go to the lower slot index (``False``: ``torch.topk``'s order,
             as in the paper's code).
+        autocast: run forwards under ``torch.autocast`` in this dtype (``"float16"`` | ``"bfloat16"``) with the
+            parameters in their own dtype (float32 master weights). ``"float16"`` adds dynamic loss scaling: a
+            step whose gradients overflow is skipped and the scale halved (GPUs without fast bfloat16, e.g. T4).
     """
 
     method: str = "smf"
@@ -278,12 +281,14 @@ class TrainConfig:
     loss_average: str = "step-tokens"
     schedule: str = "project"
     deterministic_ties: bool = True
+    autocast: str | None = None
 
     def __post_init__(self):
         for name, value, allowed in (("method", self.method, METHODS), ("update", self.update, UPDATES),
                                      ("selector", self.selector, SELECTORS),
                                      ("loss_average", self.loss_average, ("step-tokens", "micro-batch")),
-                                     ("schedule", self.schedule, ("project", "paper"))):
+                                     ("schedule", self.schedule, ("project", "paper")),
+                                     ("autocast", self.autocast, (None, "float16", "bfloat16"))):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -513,6 +518,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     rand = torch.Generator().manual_seed(c.seed)
     torch.manual_seed(c.seed)  # dropout (LoRA)
     log, trajectory, start, seconds = [], [], 0, 0.0
+    amp = getattr(torch, c.autocast) if c.autocast else None
+    scaler = {"scale": 2.0**16 if c.autocast == "float16" else 1.0, "good": 0}
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     identity = {"config": asdict(c), "texts": texts_fingerprint(texts), "n_texts": len(texts)}
     if ckpt is not None and ckpt.exists():
@@ -530,6 +537,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start, log, seconds, trajectory = state["step"], state["log"], state["seconds"], state["trajectory"]
+        scaler = state["scaler"]
     if probe is not None and start == 0:
         trajectory.append(_run_probe(probe, model, 0))
     model.train()
@@ -547,12 +555,13 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             step_tokens = float(_all_reduce_sum(torch.tensor(float(sum(scored))), world)) / world
             for batch, n_scored in zip(batches, scored):
                 weight = n_scored / max(step_tokens, 1) if c.loss_average == "step-tokens" else 1 / len(group)
-                loss = model(**batch).loss * weight
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = model(**batch).loss.float() * weight
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the training loss is {loss.item()} at step {step + 1} of "
                                            f"{len(plan)} ({c.method}, lr {c.lr:g}); lower the learning rate or "
                                            "check the data. No metrics are written for this run")
-                loss.backward()
+                (loss * scaler["scale"] if scaler["scale"] != 1.0 else loss).backward()
                 total_loss += loss.item()
                 if not mems:
                     continue
@@ -578,10 +587,25 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
                         p.grad = torch.zeros_like(p)
                     p.grad = _all_reduce_mean(p.grad, world)
                 total_loss = float(_all_reduce_mean(torch.tensor(total_loss), world))
+            if scaler["scale"] != 1.0:  # float16 loss scaling: gradients back to their true size
+                row_grads = [(r, g / scaler["scale"]) for r, g in row_grads]
+                for p in dense:
+                    if p.grad is not None:
+                        p.grad.div_(scaler["scale"])
             sq = sum(float(g.float().square().sum()) for _, g in row_grads)
             sq += sum(float(p.grad.float().square().sum()) for p in dense if p.grad is not None)
             norm = math.sqrt(sq)
-            if not math.isfinite(norm):
+            skipped = not math.isfinite(norm) and c.autocast == "float16"
+            if skipped:  # float16 overflow: skip the step, halve the scale
+                scaler["scale"], scaler["good"] = scaler["scale"] / 2, 0
+                if dense_opt is not None:
+                    dense_opt.zero_grad(set_to_none=True)
+                row_grads = [(r[:0], g[:0]) for r, g in row_grads]
+            elif c.autocast == "float16":
+                scaler["good"] += 1
+                if scaler["good"] % 2000 == 0:
+                    scaler["scale"] *= 2
+            if not math.isfinite(norm) and c.autocast != "float16":
                 raise TrainingDiverged(f"the gradient norm is {norm} at step {step + 1} of {len(plan)} ({c.method}, "
                                        f"lr {c.lr:g}); lower the learning rate. No metrics are written for this run")
             scale = min(1.0, c.clip / (norm + 1e-6)) if c.clip else 1.0
@@ -591,15 +615,17 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
                     if p.grad is not None:
                         p.grad.mul_(scale)
             for rule, (rows, g) in zip(rules, row_grads):
-                rule.step(rows, g, lr)
-            if dense_opt is not None:
+                if not skipped:
+                    rule.step(rows, g, lr)
+            if dense_opt is not None and not skipped:
                 for grp in dense_opt.param_groups:
                     grp["lr"] = lr
                 dense_opt.step()
                 dense_opt.zero_grad(set_to_none=True)
             seconds += time.perf_counter() - t0
-            log.append({"step": step + 1, "loss": total_loss, "lr": lr, "grad_norm": norm,
-                        "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": seconds})
+            log.append({"step": step + 1, "loss": total_loss, "lr": lr, "grad_norm": None if skipped else norm,
+                        "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": seconds,
+                        **({"skipped": True} if skipped else {})})
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}")
             if probe is not None and step + 1 in probe_at:
@@ -608,7 +634,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
                 set_recording(model, bool(mems))
             last = step + 1 == len(plan)
             if ckpt is not None and rank == 0 and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or last):
-                _save_checkpoint(ckpt, identity, model, dense_opt, rules, rand, step + 1, log, seconds, trajectory)
+                _save_checkpoint(ckpt, identity, model, dense_opt, rules, rand, step + 1, log, seconds, trajectory,
+                                 scaler)
     finally:
         bar.close()
         set_recording(model, False)
@@ -646,8 +673,8 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
-def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory):
-    state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory,
+def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory, scaler):
+    state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory, "scaler": scaler,
              "rand": rand.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},

@@ -146,3 +146,55 @@ def test_qwen2_bf16_model_with_float32_memory_step_save_load(tmp_path, tok):
     ids = torch.randint(0, 256, (2, 7))
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, res.model(ids).logits)
+
+
+def _tiny(preset_name, **over):
+    """A preset on a tiny random Qwen2 and the packaged fixtures: the same runner code path, small sizes."""
+    import dataclasses
+
+    small = dict(model="tiny-qwen2", data="fixtures", memory={**get_preset(preset_name).memory, "layers": (1, 2),
+                                                             "n_keys": 8, "knn": 4, "k_dim": 16, "heads": 2},
+                 train_n=16, medmcqa_n=4, medmcqa_dev_n=3, triviaqa_n=2, triviaqa_dev_n=2, wikitext_lines=4,
+                 wikitext_dev_lines=2, chat_n=2, chat_dev_n=2, acquisition_n=3, topk=8, retrofit_n=8, background_n=4,
+                 cheap=dict(medmcqa=2, acquisition=2, chat=1, wikitext_windows=1), trajectory_points=3, eval_batch=4)
+    p = dataclasses.replace(get_preset(preset_name), **{**small, **over})
+    p.train = {**p.train, "micro_batch": 4, "grad_accum": 2, "max_length": 64, "warmup_steps": 1, "epochs": 1,
+               "top_t": 8, "checkpoint_every": 1}
+    p.retrofit = {**p.retrofit, "micro_batch": 4, "grad_accum": 1, "max_length": 64, "warmup_steps": 1, "epochs": 1}
+    return p
+
+
+@pytest.mark.slow
+def test_colab_preset_end_to_end_on_a_tiny_qwen2_as_on_a_t4(tmp_path, monkeypatch):
+    """The colab preset's code path on a GPU without bfloat16: float32 master weights, float16 autocast in
+    training and evaluation, loss scaling."""
+    import json
+
+    import smf_lib.runner as R
+
+    monkeypatch.setattr(R, "auto_precision", lambda p, device: {"model": "float32", "memory": None,
+                                                                "autocast": "float16"})
+    monkeypatch.setitem(PRESETS, "colab", _tiny("colab"))
+    assert main(["run", "--preset", "colab", "--out", str(tmp_path), "--no-progress"]) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
+    assert set(runs) == {"base", "smf-kl-s0", "lora-s0", "full-s0"}
+    assert runs["full-s0"]["train_config"]["autocast"] == "float16"
+    assert runs["smf-kl-s0"]["identity"]["precision"]["autocast"] == "float16"
+    assert all(e["grad_norm"] is None or e["grad_norm"] >= 0 for e in runs["full-s0"]["train_log"])
+
+
+@pytest.mark.slow
+def test_paper_preset_end_to_end_on_a_tiny_qwen2(tmp_path, monkeypatch):
+    """bfloat16 model with float32 memory, bfloat16 evaluation, a per-seed training sample, the paper's update."""
+    import json
+
+    monkeypatch.setitem(PRESETS, "paper", _tiny("paper", methods=("base", "smf-kl-paper", "full"), seeds=(0, 1),
+                                                 multi_seed=("smf-kl-paper",), wikitext_raw=True))
+    assert main(["run", "--preset", "paper", "--out", str(tmp_path), "--no-progress"]) == 0
+    r0 = json.loads((tmp_path / "runs" / "smf-kl-paper-s0.json").read_text())
+    r1 = json.loads((tmp_path / "runs" / "smf-kl-paper-s1.json").read_text())
+    assert r0["identity"]["precision"] == {"model": "bfloat16", "memory": "float32", "autocast": None,
+                                           "eval": "bfloat16"}
+    assert r0["train_config"]["update"] == "paper" and r0["train_config"]["schedule"] == "paper"
+    assert r0["train_log"][0]["lr"] == 0  # transformers' warm-up starts at 0
+    assert r0["train_log"] != r1["train_log"]
