@@ -190,3 +190,55 @@ def plot_slot_scaling(slots: pd.DataFrame, ax=None):
     ax.set_xlabel("slots per memory layer (N)")
     ax.set_ylabel("median step time (s)")
     return ax
+
+
+def _better(ax, x_better: str, y_better: str):
+    """Mark which way is better on each axis."""
+    ax.annotate(f"better: {x_better}", xy=(1, -0.16), xycoords="axes fraction", ha="right", fontsize=8, color="0.35")
+    ax.annotate(f"better: {y_better}", xy=(-0.02, 1.02), xycoords="axes fraction", ha="left", fontsize=8,
+                color="0.35")
+
+
+def plot_paths(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str = "chat_drift_kl", ax=None):
+    """Learning (x) against forgetting (y) along training, one path per method (mean over seeds; the preset's
+    rate only), from ``trajectories.csv``: at matched learning, the lower path forgets less."""
+    ax = ax or plt.subplots(figsize=(5.5, 4))[1]
+    if traj.empty:
+        ax.text(0.5, 0.5, "no trajectories yet", ha="center", transform=ax.transAxes)
+        return ax
+    rate = traj.groupby("method")["lr"].transform(lambda s: s.mode().iloc[0])  # the preset's rate per method
+    main = traj[traj["lr"] == rate] if "lr" in traj else traj
+    scale = 100 if learn.endswith("_acc") else 1
+    for method, g in main.groupby("method", sort=False):
+        m = g.groupby("step")[[learn, forget]].mean().reset_index()
+        ax.plot(m[learn] * scale, m[forget], marker="o", ms=4, color=PALETTE.get(method, "k"), label=method)
+        ax.annotate("", xy=(m[learn].iloc[-1] * scale, m[forget].iloc[-1]),
+                    xytext=(m[learn].iloc[-2] * scale, m[forget].iloc[-2]) if len(m) > 1 else None,
+                    arrowprops=dict(arrowstyle="->", color=PALETTE.get(method, "k")))
+    ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
+    ax.set_ylabel(LABELS.get(forget, forget))
+    _better(ax, "right (more learned)", "down (less forgotten)")
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_frontier(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str = "chat_drift_kl", ax=None):
+    """The end of every run at every learning rate (mean over seeds): learning gain against forgetting, one line
+    per method through its rates, each point labelled with its rate."""
+    ax = ax or plt.subplots(figsize=(5.5, 4))[1]
+    if traj.empty:
+        ax.text(0.5, 0.5, "no runs yet", ha="center", transform=ax.transAxes)
+        return ax
+    ends = traj[traj["step"] == traj["steps"]]
+    scale = 100 if learn.endswith("_acc") else 1
+    for method, g in ends.groupby("method", sort=False):
+        m = g.groupby("lr")[[learn, forget]].mean().reset_index().sort_values("lr")
+        ax.plot(m[learn] * scale, m[forget], marker="o", color=PALETTE.get(method, "k"), label=method)
+        for _, r in m.iterrows():
+            ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
+    ax.set_ylabel(LABELS.get(forget, forget))
+    _better(ax, "right", "down")
+    ax.legend(fontsize=8, frameon=False)
+    return ax

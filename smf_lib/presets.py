@@ -175,7 +175,7 @@ PRESETS = {
         seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
         sweep={"smf-kl": (1e-4, 2e-3), "lora": (5e-5, 1e-3), "full": (1e-5, 2e-4)},
         memory=dict(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256),
-        train_n=1200, medmcqa_n=1000, medmcqa_dev_n=400, triviaqa_n=300, triviaqa_dev_n=200,
+        train_n=1200, medmcqa_n=1000, medmcqa_dev_n=400, triviaqa_n=200, triviaqa_dev_n=100,
         wikitext_lines=120, wikitext_dev_lines=80, chat_n=150, chat_dev_n=100, acquisition_n=300, topk=32,
         cheap=_CHEAP_CPU, trajectory_points=4,
         retrofit_n=800, retrofit_corpus="oasst1-both", background_corpus="wikipedia", background_n=500,
@@ -187,7 +187,7 @@ PRESETS = {
                "(paper: a 60k sample); the first 1,200 are used for 1 epoch; no single-choice filter is possible "
                "on train. Max length 256. Retrofit on 800 OASST1 replies (validation + inferred train, minus the "
                "held-out chat replies) for 1 epoch (paper: 50k, 2 epochs). Background statistics on 500 Wikipedia "
-               "leads. Top-t 128 of 4,096 slots (about 3%). Reported items: MedMCQA 1,000, TriviaQA 300 "
+               "leads. Top-t 128 of 4,096 slots (about 3%). Reported items: MedMCQA 1,000, TriviaQA 200 "
                "(unfiltered validation), WikiText 120 lines, 150 held-out OASST1 chat replies; settings are chosen "
                "on disjoint dev items only"),
         departures={
@@ -212,7 +212,7 @@ PRESETS = {
             "warm-up schedule": "project default: the first step is not wasted at rate 0",
             "top-t": "about 3% of 4,096 slots, the paper's share",
             "deterministic ties": "project default: reproducible selections",
-            "TriviaQA items": "CPU time; 300 reported",
+            "TriviaQA items": "greedy generation is the slowest probe on 2 CPU cores; 200 reported",
             "WikiText lines": "CPU time; 120 reported",
             "WikiText text": "the offline copy is the raw text",
             "first perplexity window": "project default: the first window scores one token fewer, counted so",

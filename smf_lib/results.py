@@ -137,3 +137,61 @@ def write_summary(out: str | Path) -> Path:
     runs = load_runs(out)
     atomic_write(out / "trajectories.csv", trajectory_table(runs).to_csv(index=False, float_format="%.6g"))
     return atomic_write(out / "summary.csv", summary_table(runs).to_csv(index=False, float_format="%.6g"))
+
+
+def _first(runs, method):
+    """The run of ``method`` with the lowest seed (fully evaluated, the preset's rate), or None."""
+    cands = [r for r in runs if r["method"] == method and r.get("evaluation", "full") == "full"]
+    return min(cands, key=lambda r: r["seed"]) if cands else None
+
+
+def _verdict(lo, hi, agree_if, disagree_if) -> str:
+    if agree_if(lo, hi):
+        return "agrees"
+    if disagree_if(lo, hi):
+        return "disagrees"
+    return "cannot tell"
+
+
+def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
+    """The paper's headline claims (its abstract; METHOD.md section 7) against this study, one row per claim:
+    what was measured (delta and paired 95% interval, first seed) and whether the study agrees, disagrees or
+    cannot tell at that interval.
+
+    Claims: SMF gains about 2.5 points on MedMCQA; SMF keeps WikiText perplexity and TriviaQA accuracy within
+    about 1 point of base; LoRA and full finetuning gain more on MedMCQA than SMF; LoRA and full finetuning
+    drift clearly on both probes.
+    """
+    base = next((r for r in runs if r["method"] == "base" and r.get("evaluation", "full") == "full"), None)
+    rows = []
+    s = _first(runs, smf)
+
+    def ci(a, b, metric):
+        if a is None or b is None or any(k not in a["items"] or k not in b["items"] for k in METRICS[metric][0]):
+            return None
+        return paired_bootstrap(a["items"], b["items"], metric)
+
+    def add(claim, measured, c, agree_if, disagree_if, scale=1.0, unit=""):
+        if c is None:
+            rows.append({"claim": claim, "measured": "not run yet", "verdict": "cannot tell"})
+            return
+        text = f"{c['delta'] * scale:+.2f}{unit} [{c['lo'] * scale:+.2f}, {c['hi'] * scale:+.2f}]"
+        rows.append({"claim": claim, "measured": f"{measured}: {text}",
+                     "verdict": _verdict(c["lo"] * scale, c["hi"] * scale, agree_if, disagree_if)})
+
+    add(f"{smf} gains about +2.5 points on MedMCQA", f"{smf} - base, accuracy", ci(base, s, "medmcqa_acc"),
+        lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, " pt")
+    add(f"{smf} keeps WikiText perplexity within about 1 of base", f"{smf} - base, perplexity",
+        ci(base, s, "wikitext_ppl"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1)
+    add(f"{smf} keeps TriviaQA accuracy within about 1 point of base", f"{smf} - base, accuracy",
+        ci(base, s, "triviaqa_acc"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1, 100,
+        " pt")
+    for other in ("lora", "full"):
+        o = _first(runs, other)
+        add(f"{other} gains more on MedMCQA than {smf}", f"{other} - {smf}, accuracy", ci(s, o, "medmcqa_acc"),
+            lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, " pt")
+        add(f"{other} raises WikiText perplexity clearly", f"{other} - base, perplexity",
+            ci(base, o, "wikitext_ppl"), lambda lo, hi: lo > 0, lambda lo, hi: hi < 0)
+        add(f"{other} lowers TriviaQA accuracy clearly", f"{other} - base, accuracy", ci(base, o, "triviaqa_acc"),
+            lambda lo, hi: hi < 0, lambda lo, hi: lo > 0, 100, " pt")
+    return pd.DataFrame(rows)

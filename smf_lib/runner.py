@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .evaluation import Reference, build_suite, corpus, data_root, evaluate
+from .evaluation import Reference, build_suite, corpus, data_root, evaluate, memory_report
 from .files import FolderLock, read_json, write_json
 from .memory import MemoryConfig, add_memory, load_memory, memory_layers, save_memory
 from .methods import GRID_METHODS, get_method
@@ -274,14 +274,19 @@ class Runner:
             model, tok = self.load(seed)
             torch.manual_seed(seed)
             add_memory(model, self.memory_config(mode))
+            heldout = [reply for _, reply in self.suite.chat["dev"] or self.suite.chat["report"]]
+            maxlen = p.retrofit.get("max_length", 256)
+            before = memory_report(model, tok, heldout, maxlen) if heldout else None
             texts = corpus(p, p.retrofit_corpus, p.retrofit_n)
             cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"),
                               **{**p.retrofit, "autocast": self.precision["autocast"]})
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
             res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress)
             save_memory(res.model, folder / "adapter")
+            after = memory_report(res.model, tok, heldout, maxlen) if heldout else None
             write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
-                                                   "processes": self.world})
+                                                   "processes": self.world,
+                                                   "heldout_oasst1": {"before": before, "after": after}})
             t0 = time.perf_counter()
             bg = corpus(p, p.background_corpus, p.background_n)
             self.log(f"background statistics on {len(bg)} documents")

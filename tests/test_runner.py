@@ -178,3 +178,19 @@ def test_paired_bootstrap_and_mcnemar():
     assert mcnemar(base["medmcqa_correct"], other["medmcqa_correct"]) == {"gained": 3, "lost": 0, "p": 0.25}
     with pytest.raises(ValueError, match="different items"):
         paired_bootstrap(base, {"medmcqa_correct": [1, 0]}, "medmcqa_acc")
+
+
+@pytest.mark.slow
+def test_claims_paths_and_frontier_from_the_smoke_grid(reference_grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from smf_lib.plotting import plot_frontier, plot_paths
+
+    runs = results.load_runs(reference_grid)
+    claims = results.claims_table(runs)
+    assert len(claims) == 9 and set(claims["verdict"]) <= {"agrees", "disagrees", "cannot tell"}
+    assert claims["measured"].str.contains(r"\[").all()
+    traj = pd.read_csv(reference_grid / "trajectories.csv")
+    assert len(plot_paths(traj).get_lines()) >= 3 and len(plot_frontier(traj).get_lines()) >= 3
+    assert results.claims_table([r for r in runs if r["method"] == "base"])["measured"].eq("not run yet").all()
