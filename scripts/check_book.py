@@ -1,7 +1,7 @@
 """Open the built book in headless Chromium and check what a reader gets.
 
-- Every page renders (a non-empty screenshot, 1280 x 1600) with a clean console: no error logged, no
-  uncaught exception, no file or address that fails to load.
+- Every page (chapters, set-up, API, index, search) renders (a non-empty screenshot, 1280 x 1600) with a
+  clean console: no error logged, no uncaught exception, no file or address that fails to load.
 - Chapter 4's selection explorer works without a kernel: moving the top-t slider (a mouse drag), choosing
   another selector and another memory layer each change the figure shown. At a 400 px wide viewport its
   controls fit the screen and the slider's track keeps its width.
@@ -285,7 +285,10 @@ def main() -> int:
     args = ap.parse_args()
     html, shots = Path(args.html), Path(args.shots)
     shots.mkdir(parents=True, exist_ok=True)
-    pages = sorted(html.glob("notebooks/*.html")) + [html / "setup.html", html / "api.html"]
+    # every page: the chapters, set-up, API, and Sphinx's own (index, search, general and module index)
+    pages = sorted(html.glob("notebooks/*.html"))
+    pages += [html / name for name in ("setup.html", "api.html", "index.html")]
+    pages += sorted(p for p in html.glob("*.html") if p not in pages)
     failures = check_colab_links(html)
     with tempfile.TemporaryDirectory() as profile:
         browser = Browser(profile)
