@@ -195,3 +195,29 @@ def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
         add(f"{other} lowers TriviaQA accuracy clearly", f"{other} - base, accuracy", ci(base, o, "triviaqa_acc"),
             lambda lo, hi: hi < 0, lambda lo, hi: lo > 0, 100, " pt")
     return pd.DataFrame(rows)
+
+
+def _digits(lo: float, hi: float) -> int:
+    """Decimals that an interval of this width supports (two significant digits of its width)."""
+    import math
+
+    width = abs(hi - lo)
+    return 0 if not width or not math.isfinite(width) else max(0, 1 - int(math.floor(math.log10(width))))
+
+
+def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "chat_loglik",
+                                               "wikitext_ppl", "triviaqa_acc")) -> pd.DataFrame:
+    """A compact view of ``summary``: per run and metric one cell ``"Δ [lo, hi]"`` (accuracies in points), rounded
+    to what the interval supports; metrics a run lacks are left out."""
+    rows = []
+    for _, r in summary[summary["method"] != "base"].iterrows():
+        row = {"method": r["method"], "seed": r["seed"]}
+        for m in metrics:
+            if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
+                continue
+            s = 100 if m.endswith("_acc") else 1
+            d, lo, hi = r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s
+            k = _digits(lo, hi)
+            row[m.replace("_", " ")] = f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
