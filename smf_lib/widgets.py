@@ -25,10 +25,11 @@ def _controls(widgets):
     and the slider's track keeps a usable width."""
     slider = {"layout": widgets.Layout(flex="1 1 100%", min_width="240px"),  # a row of its own
               "style": {"description_width": "48px"}}
-    dropdown = {"layout": widgets.Layout(flex="0 1 220px", min_width="180px"), "style": {"description_width": "64px"}}
+    dropdown = {"layout": widgets.Layout(flex="0 1 220px", min_width="180px", margin="2px 24px 2px 2px"),
+                "style": {"description_width": "64px"}}
 
     def row(*controls):
-        return widgets.HBox(list(controls), layout=widgets.Layout(flex_flow="row wrap", gap="4px 24px"))
+        return widgets.HBox(list(controls), layout=widgets.Layout(flex_flow="row wrap"))
 
     return slider, dropdown, row
 

@@ -1,6 +1,7 @@
 """smf_lib.widgets: the live explorer and the pre-drawn gallery the static book shows, with their controls
 linked in the browser."""
 
+import warnings
 from pathlib import Path
 
 import ipywidgets as w
@@ -59,7 +60,10 @@ def test_the_gallery_refuses_an_initial_state_it_did_not_draw(snapshot):
 
 def test_explorer_is_live_unless_the_book_is_being_built(snapshot, monkeypatch):
     monkeypatch.delenv(STATIC_ENV, raising=False)
-    live = selection_explorer(*snapshot, layers=[3, 5], top_t=7, max_t=16, layer=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        live = selection_explorer(*snapshot, layers=[3, 5], top_t=7, max_t=16, layer=1)
+    assert not [m for m in caught if "unrecognized arguments" in str(m.message)], "a layout setting was ignored"
     slider, chooser, memory = live.children[0].children
     assert isinstance(slider, w.IntSlider) and isinstance(live.children[1], w.Output)
     assert (slider.value, slider.max, chooser.value, memory.value) == (7, 16, "kl", 1)
