@@ -17,6 +17,25 @@ def markdown_table(df) -> str:
     return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]])
 
 
+def protocol_markdown(name: str) -> str:
+    """The departures table of preset ``name`` as the Markdown that docs/METHOD.md and the book show."""
+    from .presets import protocol_table
+
+    table = protocol_table(get_preset(name))
+    if not len(table):
+        return f"The `{name}` preset follows the paper's protocol in every setting smf_lib records."
+    return markdown_table(table)
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """``text`` with the lines between ``<!-- protocol:NAME -->`` and ``<!-- /protocol:NAME -->`` replaced."""
+    start, end = f"<!-- protocol:{name} -->", f"<!-- /protocol:{name} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} markers in the file: add them where the table belongs")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -35,6 +54,8 @@ def main(argv=None) -> int:
     pr = sub.add_parser("protocol", help="print a preset's departures from the paper's protocol, with reasons")
     pr.add_argument("--preset", required=True, choices=sorted(PRESETS))
     pr.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    pr.add_argument("--update-doc", metavar="FILE", help="rewrite the preset's table between its markers in FILE "
+                    "(e.g. docs/METHOD.md) instead of printing it")
     c = sub.add_parser("calibrate", help="pick an SMF update rule's learning rate on held-out training questions")
     c.add_argument("--model", default="smollm2-135m-instruct")
     c.add_argument("--update", default="sgd", choices=["sgd", "adam", "paper"])
@@ -55,6 +76,11 @@ def main(argv=None) -> int:
         from .presets import protocol_table
 
         table = protocol_table(get_preset(args.preset))
+        if args.update_doc:
+            path = Path(args.update_doc)
+            path.write_text(replace_block(path.read_text(), args.preset, protocol_markdown(args.preset)))
+            print(f"{path}: the {args.preset} table rewritten")
+            return 0
         if not len(table):
             print(f"preset {args.preset!r} follows the paper's protocol in every setting smf_lib records")
         else:

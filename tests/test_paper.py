@@ -198,3 +198,14 @@ def test_paper_preset_end_to_end_on_a_tiny_qwen2(tmp_path, monkeypatch):
     assert r0["train_config"]["update"] == "paper" and r0["train_config"]["schedule"] == "paper"
     assert r0["train_log"][0]["lr"] == 0  # transformers' warm-up starts at 0
     assert r0["train_log"] != r1["train_log"]
+
+
+@pytest.mark.parametrize("name", ["paper", "colab", "cpu"])
+def test_method_doc_shows_the_current_departures_tables(name):
+    from pathlib import Path
+
+    from smf_lib.cli import protocol_markdown, replace_block
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text()
+    assert replace_block(doc, name, protocol_markdown(name)) == doc, (
+        f"run `python -m smf_lib protocol --preset {name} --update-doc docs/METHOD.md`")
