@@ -300,7 +300,7 @@ def main():
     ap.add_argument("--device", help="run a target on another device (default: cuda for gpu, else cpu)")
     ap.add_argument("--quick", action="store_true",
                     help="dry run: batch 1 x 32 tokens, 1 timed step, 2 slot sizes (checks the code path, e.g. the "
-                         "gpu target's model on a CPU before a GPU session); its numbers mean nothing")
+                         "gpu target's model on a CPU before a GPU run); its numbers mean nothing")
     args = ap.parse_args()
     if args.device:
         os.environ["BENCH_DEVICE"] = args.device

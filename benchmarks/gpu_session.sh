@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one prepared command for a session that is lent a GPU (the workplace's device tool), e.g.
-#   run(command="bash benchmarks/gpu_session.sh", timeout_s=560)
+# One prepared command for a GPU machine without network access:
+#   bash benchmarks/gpu_session.sh
 # It runs the GPU target of the benchmark (Qwen2.5-0.5B-shaped random model, bf16) on the image's python3
 # (torch, transformers, peft, pandas are there; smf_lib comes from this checkout) and writes to $OUT:
 # results/gpu_steps.csv, gpu_slots.csv (both written after every row), gpu_meta.json, env.txt, log.txt.

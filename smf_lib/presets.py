@@ -171,7 +171,7 @@ PRESETS = {
             "first perplexity window", "data source")}),
     "cpu": Preset(
         name="cpu", model=DEFAULT_MODEL,
-        methods=("base", "retrofit", "smf-kl", "smf-tfidf", "smf-kl-paper", "lora", "full"),
+        methods=("base", "retrofit", "smf-kl", "lora", "full", "smf-tfidf", "smf-kl-paper"),  # run in this order
         seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
         sweep={"smf-kl": (1e-4, 2e-3), "lora": (5e-5, 1e-3), "full": (1e-5, 2e-4)},
         memory=dict(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256),

@@ -83,7 +83,7 @@ S.print_trainable_parameters(model);
 # zero, so every read is $y = 0$ and the memory adds exactly nothing. The gradient still reaches the values,
 # though: $\partial L / \partial V = \alpha\, w\, (W_2^\top g \odot \text{silu}(W_1 x))$ is non-zero because
 # $W_1$, $W_2$ and $\alpha$ are not zero. Had $\alpha$ or $W_2$ been zeroed instead, training only the
-# values would get zero gradient forever. The paper's `init="seed"` (random values, $\alpha = 0.01$)
+# values would get zero gradient forever. The paper's `init="paper"` (random values, $\alpha = 0.01$)
 # perturbs the model slightly at insertion.
 
 # %%

@@ -22,8 +22,8 @@
 # lowest memory layer. Training at least one parameter at that layer sets a **floor** on the step cost:
 # that is a frozen model with one trainable no-op there. The benchmark runs every method on the same batch,
 # in one run, with `python benchmarks/bench_steps.py --target cpu` (the offline default on this machine's
-# CPU). On a lent GPU it also runs `--target gpu` (a Qwen2.5-0.5B-shaped model with random weights; speed
-# does not depend on the weights).
+# CPU). On a GPU, `--target gpu` runs a Qwen2.5-0.5B-shaped model with random weights (speed does not
+# depend on the weights); it has not been measured on a GPU yet.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -96,7 +96,7 @@ scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allo
 
 # %% [markdown]
 # ## Which targets hold
-# The issue's targets, checked on the tables above (`smf_lib.perf.benchmark_targets`). The forward-overhead
+# The project's speed and memory targets, checked on the tables above (`smf_lib.perf.benchmark_targets`). The forward-overhead
 # goal (within 10% of the base forward) is stated for a GPU; on this CPU it is only reported.
 
 # %%
@@ -166,5 +166,5 @@ else:
 # ```
 #
 # `tests/test_distributed.py` runs two gloo processes on a CPU. It checks identical selections and value
-# tables after a few steps, and a runner grid written once. The GPU (NCCL) path has not been run: no GPU
-# was available to this project's sessions.
+# tables after a few steps, and a runner grid written once. The GPU (NCCL) path has not been run on a GPU
+# yet.
