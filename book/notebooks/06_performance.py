@@ -96,8 +96,9 @@ scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allo
 
 # %% [markdown]
 # ## Which targets hold
-# The project's speed and memory targets, checked on the tables above (`smf_lib.perf.benchmark_targets`). The forward-overhead
-# goal (within 10% of the base forward) is stated for a GPU; on this CPU it is only reported.
+# The project's speed and memory targets, checked on the tables above (`smf_lib.perf.benchmark_targets`).
+# The forward-overhead goal (within 10% of the base forward) is stated for a GPU; on this CPU it is only
+# reported.
 
 # %%
 benchmark_targets(steps, scaling, gpu=False)
