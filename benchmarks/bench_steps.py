@@ -248,13 +248,24 @@ def lookup_and_probes(target_name: str) -> dict:
         t0 = time.perf_counter()
         res = P.perplexity(model, tok, D.wikitext_text(40), progress=False)
         probes.append({"probe": "wikitext perplexity", "tokens_per_s": res["tokens"] / (time.perf_counter() - t0)})
-        rows_m = D.load_medmcqa("validation", 40)
-        t0 = time.perf_counter()
-        P.medmcqa_accuracy(model, tok, rows_m, progress=False)
-        n_tok = sum(len(tok(D.medmcqa_prompt(r)).input_ids) + sum(len(tok(o).input_ids) for o in D.medmcqa_options(r))
-                    for r in rows_m)
-        probes.append({"probe": "medmcqa (prompt once + 4 options)",
-                       "tokens_per_s": n_tok / (time.perf_counter() - t0)})
+        # MedMCQA scoring against the base forward on the same machine, in the same process: the base forward
+        # runs 8 x 128-token windows of WikiText with full logits, as a training forward would.
+        ids = tok(D.wikitext_text(200), add_special_tokens=False).input_ids
+        batch = torch.tensor(ids[: 8 * 128]).view(8, 128)
+        with torch.no_grad():
+            model(batch)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                model(batch)
+        base_tps = 3 * batch.numel() / (time.perf_counter() - t0)
+        probes.append({"probe": "base forward (8 x 128, full logits)", "tokens_per_s": base_tps})
+        rows_m = D.load_medmcqa("validation", 96)
+        for bs in (1, 16):
+            t0 = time.perf_counter()
+            res = P.medmcqa_accuracy(model, tok, rows_m, progress=False, batch_size=bs)
+            tps = res["tokens"] / (time.perf_counter() - t0)
+            probes.append({"probe": f"medmcqa, {bs} question(s) per forward (prompt once + 4 options)",
+                           "tokens_per_s": tps, "vs_base_forward": tps / base_tps})
         rows_t = D.load_triviaqa(32)
         t0 = time.perf_counter()
         P.triviaqa_accuracy(model, tok, rows_t, progress=False)

@@ -47,7 +47,8 @@ def tune_cpu_allocator(keep_below: int = 2**30) -> bool:
 
 
 
-def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gpu: bool = False) -> pd.DataFrame:
+def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gpu: bool = False,
+                      probes: list[dict] | None = None) -> pd.DataFrame:
     """The project's speed and memory targets, checked on a benchmark's tables (``benchmarks/bench_steps.py``).
 
     Args:
@@ -56,6 +57,7 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
             unused_tensor_mb; one verdict per run and allocator; rows with an unused tensor are a control and
             are left out here).
         gpu: whether the tables come from a GPU (the forward-overhead goal is stated for GPU only).
+        probes: the ``probes`` rows of ``{target}_meta.json`` (MedMCQA scoring speed against the base forward).
 
     Returns:
         A table with one row per target, giving what was measured, the goal, and whether it holds (yes / no /
@@ -96,6 +98,11 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
         "<= 1.10 (goal on GPU)", None if r is None or not gpu else r <= 1.10)
     if not gpu and r is not None:
         rows[-1]["holds"] = "reported (goal is for GPU)"
+    batched = [p for p in probes or [] if p.get("vs_base_forward") is not None]
+    if probes is not None:
+        best = max((p["vs_base_forward"] for p in batched), default=None)
+        add("MedMCQA scoring tokens/s / base forward tokens/s", None if best is None else round(best, 3), ">= 0.8",
+            None if best is None else best >= 0.8)
     return pd.DataFrame(rows)
 
 

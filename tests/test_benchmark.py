@@ -44,3 +44,18 @@ def test_benchmark_targets_say_which_hold():
     two = benchmark_targets(steps, pd.concat([slots.assign(run="first"), slots.assign(run="second")]))
     flat = two[two["target"].str.startswith("slot scaling")]
     assert len(flat) == 4 and flat["target"].str.contains("second, b").any()
+
+
+def test_medmcqa_scoring_target():
+    import pandas as pd
+
+    from smf_lib.perf import benchmark_targets
+
+    steps = pd.DataFrame({"method": ["lora"], "median_step_s": [1.0], "peak_mem_mb": [1.0]})
+    probes = [{"probe": "base forward", "tokens_per_s": 600.0},
+              {"probe": "medmcqa, 16", "tokens_per_s": 540.0, "vs_base_forward": 0.9}]
+    t = benchmark_targets(steps, probes=probes).set_index("target")["holds"]
+    assert t["MedMCQA scoring tokens/s / base forward tokens/s"] == "yes"
+    probes[1]["vs_base_forward"] = 0.5
+    t = benchmark_targets(steps, probes=probes).set_index("target")["holds"]
+    assert t["MedMCQA scoring tokens/s / base forward tokens/s"] == "no"
