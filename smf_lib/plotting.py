@@ -12,6 +12,7 @@ import seaborn as sns
 import torch
 
 from .methods import PALETTE
+from .paired_stats import METRICS
 from .selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 
 LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
@@ -46,8 +47,14 @@ def selection_overlap(counts, stats, ts, layers=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (more learned, or less forgotten)."""
+    return metric not in METRICS or METRICS[metric][2] > 0
+
+
 def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=None):
-    """Learning (delta MedMCQA accuracy) against forgetting (delta of a probe), with 95% paired intervals."""
+    """Learning (delta MedMCQA accuracy) against forgetting (delta of a probe), with 95% paired intervals; each
+    axis says which way is better."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     df = summary[summary["method"] != "base"]
     for _, r in df.iterrows():
@@ -60,15 +67,24 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
     ax.axvline(0, color="0.7", lw=0.8)
     ax.set_xlabel("Δ MedMCQA accuracy vs base (points)")
     ax.set_ylabel(f"Δ {LABELS.get(forgetting, forgetting)} vs base")
+    _better(ax, "right", "up" if _higher_is_better(forgetting) else "down")
     ax.legend(fontsize=8, frameon=False)
     return ax
 
 
-def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "triviaqa_alias_loglik")):
-    """One panel per metric: delta to base per method with its paired-bootstrap 95% interval."""
+def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "triviaqa_alias_loglik"),
+                per_row: int = 2):
+    """One panel per metric (``per_row`` panels to a row): delta to base per method with its paired-bootstrap 95%
+    interval; each panel's title says which way is better. Metrics the summary lacks are left out."""
+    metrics = [m for m in metrics if f"d_{m}" in summary and summary[f"d_{m}"].notna().any()]
+    if not metrics:
+        raise ValueError("none of the metrics has deltas in this summary: pass metrics it holds (d_* columns)")
     df = summary[summary["method"] != "base"].reset_index(drop=True)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), sharey=True)
-    for ax, m in zip(np.atleast_1d(axes), metrics):
+    cols = min(per_row, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.35 * len(df) * rows + 1.3 * rows), sharey=True,
+                             squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
         scale = 100 if m.endswith("_acc") else 1
         y = np.arange(len(df))
         d = df[f"d_{m}"] * scale
@@ -76,7 +92,12 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
         ax.barh(y, d, xerr=err, color=[PALETTE.get(x, "k") for x in df["method"]], capsize=3)
         ax.axvline(0, color="0.3", lw=0.8)
         ax.set_yticks(y, df["method"])
-        ax.set_title(f"Δ {LABELS.get(m, m)}" + (" (points)" if scale == 100 else ""), fontsize=10)
+        better = "right" if _higher_is_better(m) else "left"
+        ax.set_title(f"Δ {LABELS.get(m, m)}" + (" (points)" if scale == 100 else "") + f"\nbetter: {better}",
+                     fontsize=10)
+    axes.flat[0].invert_yaxis()  # shared: every panel lists the methods top to bottom in table order
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
@@ -96,22 +117,47 @@ def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
     return ax
 
 
-def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=None):
-    """One token's reads on the n_keys x n_keys slot grid (slot = a * n_keys + b), one marker per head."""
-    ax = ax or plt.subplots(figsize=(4.2, 4))[1]
-    grid = np.zeros((n_keys, n_keys))
-    heads = indices.shape[0]
-    for h in range(heads):
+def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=None, area: float = 1500.0):
+    """One token's reads on the n_keys x n_keys slot grid (slot = a * n_keys + b), one colour per head; a marker's
+    area is proportional to the read's weight (``area`` square points for weight 1)."""
+    ax = ax or plt.subplots(figsize=(4.6, 4.4))[1]
+    for h in range(indices.shape[0]):
         a, b = indices[h] // n_keys, indices[h] % n_keys
-        ax.scatter(b, a, s=400 * weights[h], alpha=0.7, label=f"head {h}")
-        grid[a.numpy(), b.numpy()] += weights[h].numpy()
+        ax.scatter(b, a, s=area * weights[h].numpy(), alpha=0.6, linewidth=0, label=f"head {h}")
     ax.set_xlim(-1, n_keys)
     ax.set_ylim(n_keys, -1)
     ax.set_xlabel("second-half sub-key b")
     ax.set_ylabel("first-half sub-key a")
-    ax.set_title("slots one token reads (size = weight)", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.set_title(f"slots one token reads (area = weight, {float(weights.min()):.3f} to {float(weights.max()):.3f})",
+                 fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="upper right", markerscale=0.6)
     return ax
+
+
+def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_row: int = 2):
+    """Which value rows a training run moved: per memory layer, the size of each row's change (the norm of
+    after - before) on the n_keys x n_keys slot grid, unmoved rows blank; ``per_row`` panels to a row."""
+    from matplotlib.colors import LogNorm
+
+    labels = labels if labels is not None else list(range(len(changes)))
+    moved = [c[c > 0] for c in changes]
+    if not any(len(m) for m in moved):
+        raise ValueError("no value row moved: nothing to draw")
+    lo = min(float(m.min()) for m in moved if len(m))
+    hi = max(float(m.max()) for m in moved if len(m))
+    cols = min(per_row, len(changes))
+    rows = -(-len(changes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 0.8, 4 * rows), squeeze=False, layout="constrained")
+    for ax, c, label in zip(axes.flat, changes, labels):
+        grid = np.ma.masked_equal(c.reshape(n_keys, n_keys).double().numpy(), 0)
+        image = ax.imshow(grid, cmap="viridis", norm=LogNorm(lo, max(hi, lo * 1.01)), interpolation="nearest")
+        ax.set_title(f"layer {label}: {int((c > 0).sum())} of {c.numel():,} rows moved", fontsize=10)
+        ax.set_xlabel("sub-key b")
+        ax.set_ylabel("sub-key a")
+    for ax in axes.flat[len(changes):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes.flat[:len(changes)]), label="size of the row's change", shrink=0.8)
+    return fig
 
 
 def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", ax=None, label=None):
@@ -138,16 +184,20 @@ def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", 
 
 def plot_overlap(overlap: pd.DataFrame):
     """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     sns.lineplot(overlap, x="top_t", y="jaccard", hue="layer", marker="o", ax=axes[0], palette="viridis")
-    axes[0].set_xscale("log")
     axes[0].set_title("KL vs TF-IDF: overlap of selected rows", fontsize=10)
+    axes[0].set_ylabel("Jaccard overlap")
+    axes[0].legend(title="memory layer", fontsize=8, title_fontsize=8, frameon=False)
     long = overlap.melt(id_vars=["layer", "top_t"], value_vars=["kl_hub_share", "tfidf_hub_share"],
                         var_name="selector", value_name="hub share")
     long["selector"] = long["selector"].str.replace("_hub_share", "")
     sns.lineplot(long, x="top_t", y="hub share", hue="selector", style="layer", marker="o", ax=axes[1])
-    axes[1].set_xscale("log")
     axes[1].set_title("share of selected rows that are hub rows", fontsize=10)
+    axes[1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("top-t")
     fig.tight_layout()
     return fig
 
