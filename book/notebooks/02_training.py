@@ -18,19 +18,29 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/02_training.ipynb)
 #
-# The pipeline (METHOD.md section 3) has four stages:
+# **In this chapter you will**
 #
-# 1. **Retrofit** ("healing"): insert the memory, freeze the base, and train every memory parameter densely
-#    on general text (OASST1 assistant replies).
-# 2. **Background statistics**: run general documents one at a time and count, per slot, how many documents
-#    read it (`df`) and how often it was read in total (`A`). They stay valid only while the keys and query
-#    weights are frozen, so a fingerprint of those weights is stored with them.
-# 3. **Sparse phase**: on MedMCQA, train only the value rows that the current step's batch reads far more
-#    than general text does (top-t per layer per step).
-# 4. **Baselines** on the same text: LoRA (r 16 on all 7 projections, merged after training) and full
-#    finetuning.
+# - follow the four stages of the pipeline and what each one trains;
+# - compute {term}`background statistics` on Wikipedia leads;
+# - run a short sparse memory finetuning (SMF) on SmolLM2 with real MedMCQA training questions, and see which
+#   value rows moved in each memory layer while every other parameter stayed bit-identical;
+# - read the training curves of the cached study: retrofit, SMF, LoRA and full finetuning.
 #
-# One training loop (`smf_lib.train`) serves all of them.
+# The pipeline (section 3 of the {doc}`method <../method>`) has four stages:
+#
+# 1. **{term}`Retrofit`** ("healing"): insert the memory, freeze the base, and train every memory parameter densely
+#    on general text ([OASST1](https://arxiv.org/abs/2304.07327) assistant replies).
+# 2. **Background statistics**: run $B$ general documents one at a time through the model and count, per slot
+#    $i$, how many documents read it ($df_i$) and how often it was read in total ($A_i$). They stay valid only
+#    while the keys and query weights are frozen, so a fingerprint of those weights is stored with them.
+# 3. **Sparse phase**: on MedMCQA, train only the value rows that the current step's batch reads far more than
+#    general text does: the {term}`top-t` rows per memory layer and step, ranked by a {term}`selector` (KL by
+#    default; chapter 4 compares them).
+# 4. **Baselines** on the same text: LoRA (rank 16 on all seven projections of every decoder layer, merged into
+#    the weights after training) and full finetuning.
+#
+# One training loop, {py:func}`~smf_lib.training.train`, serves all of them; a
+# {py:class}`~smf_lib.training.TrainConfig` says which.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -47,83 +57,147 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
+import textwrap
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 import smf_lib as S
 from smf_lib import setup_notebook
-from smf_lib.presets import get_preset
+from smf_lib.data import load_background, load_medmcqa, medmcqa_training_text
+from smf_lib.methods import ORDER
+from smf_lib.plotting import plot_loss_curves, plot_row_changes
 from smf_lib.results import load_results
-from smf_lib.plotting import plot_loss_curves
+from smf_lib.selection import read_counts_of_texts
 
 SEED = 0
 device = setup_notebook(SEED)
 
 # %% [markdown]
-# ## A sparse step, live, on a tiny model
-# Before looking at the real runs, here are three SMF steps on a tiny random Llama. The default update,
-# row-sparse Adam, is **strict**: it touches only the selected rows. Every other value row, and every frozen
-# parameter, stays bit-identical. Adam's step has the same size whatever the scale of the model's gradients,
-# so one rate transfers across models; plain SGD on the rows (`update="sgd"`) is strict too, but its rate must
-# be calibrated per model (`python -m smf_lib calibrate`).
+# ## A sparse run, live, on SmolLM2
+# The model gets the memory of chapter 1 (layers 7, 15 and 22, 4,096 slots each). Background statistics come
+# from 32 Wikipedia lead paragraphs, each cut to 128 tokens; the task texts are the first 64 MedMCQA training
+# questions, each the paper's prompt followed by the gold option:
 
 # %%
-tok = S.models.load_tokenizer()
-tiny = S.tiny_model("llama", vocab=len(tok), seed=SEED)
-S.add_memory(tiny, S.MemoryConfig(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16))
-texts = ["Medical exam question: which organ pumps blood? Answer: the heart.",
-         "Insulin is secreted by the beta cells of the pancreas.",
-         "The kidney filters blood and produces urine.", "Red blood cells carry oxygen."]
-stats = S.compute_background_stats(tiny, tok, ["A general sentence about the weather.",
-                                               "Another one about history and art."], progress=False)
-before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-cfg = S.TrainConfig(method="smf", selector="kl", top_t=4, lr=1e-2, micro_batch=2, grad_accum=2,
-                    max_steps=3, warmup_steps=1)
-res = S.train(tiny, tok, texts, cfg, background=stats, progress=False)
-after = dict(tiny.named_parameters())
-changed = {n: int((before[n] != after[n]).reshape(len(before[n]), -1).any(1).sum())
-           for n in before if not torch.equal(before[n], after[n])}
-print("tensors that changed, with the number of rows:", changed)
-pd.DataFrame(res.log)[["step", "loss", "lr", "rows"]]
+model, tok = S.load_model(device=device)
+memory = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256)
+S.add_memory(model, memory)
+stats = S.compute_background_stats(model, tok, load_background(32), max_length=128, progress=False)
+texts = [medmcqa_training_text(r) for r in load_medmcqa("train", n=64)]
+print(f"background: {stats.n_docs} documents; task: {len(texts)} texts, for example:\n")
+print("\n".join(textwrap.fill(line, 100) for line in texts[0].splitlines()))
 
 # %% [markdown]
-# At most `top_t` rows change per layer per step. The paper's own update (`update="paper"`: a gradient mask
-# plus AdamW over the whole table) behaves differently: Adam's moments keep moving a row for several steps
-# after it was last selected, and any weight decay moves every row. `smf_lib` reproduces that update for
-# fidelity (the `smf-kl-paper` method) and tests the leak.
+# Sixteen optimizer steps of four texts each, one pass over the 64 texts, with KL selection of the top 16 rows
+# per layer and step and the default update, row-sparse Adam at the paper's rate of $5 \times 10^{-4}$. This
+# short run skips the retrofit, so the keys and query projections are as initialised; the cached study below
+# retrofits first. Sixteen small steps barely move the loss; what matters here is *which* parameters moved, so
+# every parameter is copied before the run and compared bit for bit after it.
+
+# %%
+values_before = [m.values.weight.detach().clone() for m in S.memory_layers(model)]
+others_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("values.weight")}
+config = S.TrainConfig(method="smf", selector="kl", top_t=16, micro_batch=4, grad_accum=1, max_steps=16,
+                       max_length=256, warmup_steps=2)
+result = S.train(model, tok, texts, config, background=stats, progress=False)
+log = pd.DataFrame(result.log)
+print(f"{len(log)} steps in {result.seconds:.0f} s; rows updated per step, the three layers together: "
+      f"{', '.join(str(n) for n in sorted(set(log['rows'])))}")
+print(f"mean training loss: {log['loss'].iloc[:4].mean():.2f} over the first four steps, "
+      f"{log['loss'].iloc[-4:].mean():.2f} over the last four")
+
+# %% [markdown]
+# The default update is **strict** ({term}`strict update`): it touches only the selected rows, so every value row
+# that was never selected, and every frozen parameter, is bit-identical after the run. For each memory layer:
+# how many rows the 64 texts read at all, how many the run moved (at most 16 steps x 16 rows), and how many of
+# the moved rows are {term}`hub rows <hub row>` (read by more than half of the background documents):
+
+# %%
+reads = read_counts_of_texts(model, tok, texts, max_length=256)
+moves = [(m.values.weight.detach() - v).norm(dim=1) for m, v in zip(S.memory_layers(model), values_before)]
+print("every other parameter bit-identical:",
+      all(torch.equal(p, others_before[n]) for n, p in model.named_parameters() if n in others_before))
+print(f"value rows moved: {sum(int((d > 0).sum()) for d in moves)} of {len(moves) * memory.n_slots:,}")
+pd.DataFrame([{"memory layer": layer, "rows read": int((c > 0).sum()), "rows moved": int((d > 0).sum()),
+               "moved rows that are hub rows": int(((d > 0) & (stats.df[j] > stats.n_docs / 2)).sum()),
+               "rows in the table": memory.n_slots}
+              for j, (layer, c, d) in enumerate(zip(memory.layers, reads, moves))])
+
+# %% [markdown]
+# The figure places each moved row on the slot grid of chapter 1, coloured by how far it moved; the blank slots
+# did not move at all. Rows selected in several steps moved furthest.
+
+# %%
+plot_row_changes(moves, memory.n_keys, memory.layers)
+plt.show()
+
+# %% [markdown]
+# The run changed only rows it selected, a small share of the 12,288 value rows, and nothing else. Without a
+# retrofit the keys are untrained and the texts read nearly every row, so the selectors have little to go on;
+# chapter 4 shows the selection on a retrofitted memory. The paper's own update
+# (`update="paper"`, the {term}`paper update`) behaves differently: it masks the gradient and steps the whole table
+# with AdamW, so Adam's moments keep moving a row for several steps after it was last selected, and any weight
+# decay moves every row. `smf_lib` reproduces that update for fidelity (the `smf-kl-paper` method of the grid) and
+# tests the leak. Adam's step has about the same size whatever the scale of the model's gradients, so one rate
+# transfers across models; plain SGD on the rows (`update="sgd"`) is strict too, but its rate must be calibrated
+# per model (`python -m smf_lib calibrate`).
 #
-# ## The real runs
-# The runs below come from `python -m smf_lib run --preset cpu` (about an hour on 2 CPU cores, resumable).
-# Their departures from the paper are stored with the results:
+# ## The cached study
+# The runs below come from `python -m smf_lib run --preset cpu`, which writes `results/cpu/` (resumable; on 2 CPU
+# cores it takes hours). Every method trains on the same MedMCQA texts in the same order. Each run records its
+# own settings; the {doc}`method page <../method>` lists every setting in which the `cpu` preset departs from the
+# paper, and why.
 
 # %%
 folder, summary, runs = load_results("cpu")
-print(get_preset("cpu").notes)
+runs = sorted((r for r in runs if r["method"] in ORDER), key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
+trained = [r for r in runs if r.get("train_config")]
+pd.DataFrame([{"method": r["method"], "seed": r["seed"], "training texts": r["data"].get("n_train"),
+               "steps": len(r.get("train_log") or []), "learning rate": f"{r['train_config']['lr']:g}",
+               "top-t": r["train_config"]["top_t"] if r["train_config"]["method"] == "smf" else "",
+               "row update": r["train_config"].get("optimizer", r["train_config"].get("update"))
+               if r["train_config"]["method"] == "smf" else "",
+               "train minutes": round(r.get("train_seconds", 0) / 60)} for r in trained])
 
 # %% [markdown]
 # ### Retrofit
-# The memory is trained on 800 OASST1 replies while the base stays frozen. The loss it reaches is what
-# later stages start from.
+# The memory trains on OASST1 replies while the base stays frozen. The loss it reaches is where the sparse phase
+# starts.
 
 # %%
-retro = next(r for r in runs if r["method"] == "retrofit")["retrofit"]
-ax = plot_loss_curves([{"method": "retrofit", "train_log": retro["log"]}])
-ax.set_ylabel("training loss (OASST1)")
-plt.show()
-print(f"retrofit: {len(retro['log'])} steps on {retro['n_texts']} texts in {retro['seconds'] / 60:.1f} min")
+retro = next((r["retrofit"] for r in runs if r["method"] == "retrofit" and "retrofit" in r), None)
+if retro is not None:
+    ax = plot_loss_curves([{"method": "retrofit", "train_log": retro["log"]}])
+    ax.set_ylabel("training loss (OASST1)")
+    ax.set_title(f"retrofit: {len(retro['log'])} steps on {retro['n_texts']} texts", fontsize=10)
+    plt.show()
 
 # %% [markdown]
 # ### SMF, LoRA and full finetuning on MedMCQA
-# The same 1,200 MedMCQA training texts, in the same order, for every method.
 
 # %%
 plot_loss_curves(runs)
 plt.show()
-pd.DataFrame([{"method": r["method"], "steps": len(r.get("train_log") or []),
-               "train minutes": round(r.get("train_seconds", 0) / 60, 1)} for r in runs])
 
 # %% [markdown]
-# Full finetuning moves every weight and drives the training loss down fastest. SMF changes at most
-# top-t = 128 of 4,096 rows in each of three layers per step, so its training loss moves less. Chapter 3
-# asks what each method forgot in exchange.
+# Full finetuning moves every weight and drives the training loss down fastest. SMF changes at most top-t rows
+# in each of three memory layers per step, so its training loss moves less. Chapter 3 asks what each method
+# forgot in exchange.
+#
+# ## Summary
+# - Retrofit trains the whole memory on general text; background statistics then record how general text reads
+#   each slot ($df_i$, $A_i$ over $B$ documents).
+# - A sparse step trains only the top-t value rows per memory layer that the batch reads far more than general
+#   text does. The strict update leaves every other row and every frozen parameter bit-identical.
+# - One loop, {py:func}`~smf_lib.training.train`, runs retrofit, SMF, LoRA and full finetuning.
+#
+# ## Exercises
+# 1. Rerun the live training with `selector="tfidf"`, then with `selector="random"`. How do the rows moved per
+#    layer, and the number of them that are hub rows, compare with KL's?
+# 2. In chapter 4's top-t explorer, choose memory layer 15 and the smallest top-t, and switch between KL and
+#    TF-IDF. Which selector picks rows that general text reads often (to the right of the figure), and how does
+#    that match your answer to exercise 1?
+# 3. Train with `update="paper"` and pass `probe=` and `probe_steps=` to {py:func}`~smf_lib.training.train` to
+#    copy the value tables after every step. Find a row that moved in a step in which it was not selected.
