@@ -18,19 +18,33 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/03_forgetting.ipynb)
 #
-# Every model is evaluated with the same three protocols (METHOD.md section 6):
+# **In this chapter you will**
 #
-# - **MedMCQA** (what we teach): each option continuation `" {L}. {text}"` is scored by its mean per-token
-#   log-likelihood after the prompt; the argmax is the answer. The letter score (log-likelihood of " A"..." D")
-#   is kept too.
-# - **WikiText perplexity** (general language): a sliding window of 1,024 tokens with stride 512, scoring only
-#   each window's new tokens.
-# - **TriviaQA** (world knowledge): greedy 32 tokens, correct if a normalised alias is contained. Because a 135M
-#   model answers only a few percent of the questions, we also report a **retention score**: the mean
-#   log-likelihood of the first gold alias. It moves before accuracy does.
+# - learn what each probe measures, and why every probe keeps a result per item;
+# - read each method's change against the base model with a paired 95% interval, in one compact table;
+# - place every method on a plane of learning against forgetting;
+# - test the MedMCQA changes question by question with McNemar's exact test;
+# - state what the intervals support, and what they do not.
 #
-# Each probe keeps per-item results. Every delta to base is therefore **paired**: the same items are
-# resampled for both models (bootstrap, 2,000 resamples), and MedMCQA also gets an exact McNemar test.
+# Every model is evaluated with the same protocols (section 6 of the {doc}`method <../method>`):
+#
+# - **MedMCQA** (what we teach; [Pal et al. 2022](https://arxiv.org/abs/2203.14371)): the option with the highest
+#   mean per-token log-likelihood after the prompt is the answer (chapter 1). The gold option's log-likelihood
+#   is kept too; it moves before accuracy does.
+# - **WikiText perplexity** (general language; [Merity et al. 2016](https://arxiv.org/abs/1609.07843)): sliding
+#   windows of 1,024 tokens with a stride of 512, each token scored once.
+# - **TriviaQA** (world knowledge; [Joshi et al. 2017](https://arxiv.org/abs/1705.03551)): at most 32 greedy
+#   tokens, correct when a normalised answer alias is contained in the output. A 135M model answers only a few
+#   percent of the questions, so a **retention score** is reported too: the mean log-likelihood of the first
+#   gold alias after the question.
+# - Where the study has them: **{term}`drift`** on held-out WikiText and chat replies, **{term}`chat retention`**
+#   and **{term}`acquisition`**. An instruct model trained on plain text can get better at plain text while its
+#   chat behaviour drifts; these probes see that.
+#
+# Each probe keeps per-item results, so every change against the base model is **paired**
+# ({term}`paired interval`): for a metric $m$ the change is $\Delta = m(\text{tuned}) - m(\text{base})$ on the same
+# items, and its 95% interval comes from resampling the items 2,000 times, with replacement, for both models at
+# once and taking the 2.5th and 97.5th percentiles of the resampled $\Delta$. Item difficulty cancels out.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -47,79 +61,133 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
+import textwrap
+
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from smf_lib import setup_notebook
-from smf_lib.results import load_results
-from smf_lib.plotting import plot_deltas, plot_tradeoff
+from smf_lib.methods import ORDER
 from smf_lib.paired_stats import mcnemar
-from smf_lib.results import verdicts
+from smf_lib.plotting import plot_deltas, plot_frontier, plot_paths, plot_tradeoff
+from smf_lib.results import delta_table, load_results, verdicts
 
 SEED = 0
 device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu")
+summary = summary[summary["method"].isin(ORDER)].reset_index(drop=True)  # the grid's methods (smf_lib.methods)
+runs = sorted((r for r in runs if r["method"] in ORDER), key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
 base = next(r for r in runs if r["method"] == "base")
-print(f"results from {folder.name}: MedMCQA n={base['data']['medmcqa_n']}, TriviaQA n={base['data']['triviaqa_n']}, "
-      f"WikiText {base['metrics']['wikitext_tokens']} tokens")
+print("evaluation items:", ", ".join(f"{k} {v}" for k, v in base["data"].items() if k.endswith(("_n", "_lines"))))
 
 # %% [markdown]
-# ## The table
-# `summary.csv` has one row per method and seed. `d_*` columns are deltas to base, and `_lo`/`_hi` give the
-# paired-bootstrap 95% interval. The MedMCQA majority-answer baseline (always answering the most common
-# letter) is shown next to the accuracy.
+# ## What each method scores
+# The probes' values per run. Accuracies are in percent; the MedMCQA majority baseline (always answering the
+# most common gold letter of these items) sits next to the accuracy, because a small model can beat chance by
+# preferring one letter.
 
 # %%
-show = ["method", "selector", "medmcqa_acc", "medmcqa_majority_acc", "d_medmcqa_acc", "d_medmcqa_acc_lo",
-        "d_medmcqa_acc_hi", "wikitext_ppl", "d_wikitext_ppl", "d_wikitext_ppl_lo", "d_wikitext_ppl_hi",
-        "triviaqa_acc", "d_triviaqa_alias_loglik", "d_triviaqa_alias_loglik_lo", "d_triviaqa_alias_loglik_hi"]
-summary[show].round(4)
+absolute = {"medmcqa_acc": "MedMCQA (%)", "medmcqa_majority_acc": "majority letter (%)",
+            "acquisition_acc": "trained questions (%)", "wikitext_ppl": "WikiText perplexity",
+            "chat_loglik": "chat log-lik", "triviaqa_acc": "TriviaQA (%)", "triviaqa_alias_loglik": "TriviaQA log-lik"}
+table = summary[["method", "seed"] + [m for m in absolute if m in summary]].rename(columns=absolute)
+for m, name in absolute.items():
+    if name in table:
+        table[name] = (table[name] * 100).round(1) if m.endswith("_acc") else table[name].round(2)
+table
+
+# %% [markdown]
+# ## Changes against the base model
+# One cell per run and metric: the change $\Delta$ and its paired 95% interval $[\text{lo}, \text{hi}]$, rounded
+# to what the interval's width supports ({py:func}`~smf_lib.results.delta_table`). Accuracies are in points.
 
 # %%
-plot_deltas(summary, ("medmcqa_acc", "medmcqa_gold_loglik", "wikitext_ppl", "triviaqa_alias_loglik"))
+metrics = ("medmcqa_acc", "medmcqa_gold_loglik", "acquisition_acc", "wikitext_ppl", "wikitext_drift_kl",
+           "chat_drift_kl", "chat_loglik", "triviaqa_acc", "triviaqa_alias_loglik")
+delta_table(summary, metrics)
+
+# %%
+plot_deltas(summary, [m for m in metrics if m != "triviaqa_acc"])
 plt.show()
 
 # %% [markdown]
 # ## Learning against forgetting
-# A method is better when its point sits further to the right (more learned) and closer to zero on the
-# forgetting axis.
+# Each method's MedMCQA change (x) against its change on a forgetting probe (y), with both intervals. The
+# labels under the axes say which way is better: further right learned more; on the forgetting axis, the
+# better direction depends on the probe (perplexity and drift should go down, log-likelihoods up).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-plot_tradeoff(summary, "wikitext_ppl", ax=axes[0])
-plot_tradeoff(summary, "triviaqa_alias_loglik", ax=axes[1])
-axes[1].get_legend().remove()
+forgetting = [m for m in ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik") if f"d_{m}" in summary][:2]
+fig, axes = plt.subplots(1, len(forgetting), figsize=(5 * len(forgetting), 4.2), squeeze=False)
+for k, (ax, m) in enumerate(zip(axes.flat, forgetting)):
+    plot_tradeoff(summary, m, ax=ax)
+    if k:
+        ax.get_legend().remove()
 fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# When the study records cheap probes along training (`trajectories.csv`), the next cell draws each method's
+# path from its start to its end, and the end point of every learning rate tried: at matched learning, the
+# lower curve forgot less ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`).
+
+# %%
+if (folder / "trajectories.csv").exists():
+    trajectories = pd.read_csv(folder / "trajectories.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    plot_paths(trajectories, ax=axes[0])
+    plot_frontier(trajectories, ax=axes[1])
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Paired tests on MedMCQA
-# How many questions each method newly got right, and newly got wrong, relative to base, with the exact
-# McNemar p-value.
+# McNemar's test looks only at the questions on which the two models disagree: $b$ questions the tuned model
+# newly gets right and $c$ it newly gets wrong. If training changed nothing, each such question would go either
+# way with probability 1/2, so the exact two-sided p-value comes from a binomial distribution with $b + c$ trials
+# ({py:func}`~smf_lib.paired_stats.mcnemar`).
 
 # %%
-for r in runs:
-    if r["method"] != "base":
-        t = mcnemar(base["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])
-        print(f"{r['method']:>17}: +{t['gained']:3d} / -{t['lost']:3d}  p = {t['p']:.3f}")
+pd.DataFrame([{"method": r["method"], "seed": r["seed"],
+               **mcnemar(base["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])}
+              for r in runs if r["method"] != "base"]).rename(
+    columns={"gained": "newly right (b)", "lost": "newly wrong (c)", "p": "p"}).round({"p": 2})
 
 # %% [markdown]
 # ## What the intervals support
-# For each method and probe, this table states whether the paired 95% interval lies entirely on the
-# better side, entirely on the worse side, or crosses zero. It is computed from the table above; none of it
+# For each run and metric, whether the paired 95% interval lies entirely on the better side, entirely on the
+# worse side, or crosses zero ({py:func}`~smf_lib.results.verdicts`). It is computed from the results; none of it
 # is typed in by hand.
 
 # %%
-verdicts(summary)
+verdict = verdicts(summary)
+worse = [f"{r['method']} on {m.replace('_', ' ')}" for _, r in verdict.iterrows() for m in verdict.columns[2:]
+         if r[m] == "worse"]
+print(textwrap.fill("Worse than base beyond the interval: " + (", ".join(worse) or "none."), 100))
+verdict
 
 # %% [markdown]
-# **Reading these numbers.** This is one seed of a 135M model that sits near chance on MedMCQA, with a
-# few hundred evaluation items. A MedMCQA delta whose interval crosses zero is not a gain. Perplexity and the
-# TriviaQA retention score are far more sensitive, so forgetting shows up there first. The paper's
-# claim (SMF learns a little while staying within about a point on the probes, and LoRA and full finetuning
-# learn more and drift more) can only be checked in its direction here. Chapter 5 explains how to run the
-# paper's setting.
+# **Reading these numbers.** A 135M model near chance on MedMCQA, few seeds, and a few hundred to a thousand
+# evaluation items: a MedMCQA change whose interval crosses zero is not a gain. The log-likelihood scores are far
+# more sensitive than accuracies, so changes show there first. The paper's claim (SMF learns a little while
+# staying within about a point on the probes, and LoRA and full finetuning learn more and drift more) can only be
+# checked in its direction here. If training on MedMCQA *lowers* WikiText perplexity, the likely reason is that
+# an instruct model trained on plain text becomes a better plain-text predictor in general; the drift and chat
+# probes measure the change in the model's distributions whatever its direction. Chapter 5 explains how to run
+# the paper's setting.
 #
-# In the committed run, no method moves the forgetting probes in the harmful direction beyond its interval:
-# the perplexity and retention deltas are either inside their intervals or improvements. A likely reason is
-# that this is an *instruct* model. Plain-text training on MedMCQA makes it a better plain-text predictor
-# in general, and at this scale (75 steps on 1,200 questions) that outweighs any forgetting. The table
-# above is what to read, and it is regenerated whenever `results/cpu` is.
+# ## Summary
+# - Every probe keeps per-item results, so every change against base is paired, with a bootstrap 95% interval.
+# - {py:func}`~smf_lib.results.delta_table` gives one compact cell per run and metric; the verdicts table says
+#   which intervals exclude zero, and on which side.
+# - MedMCQA accuracy moves little at this scale; the log-likelihood scores, perplexity and drift are the
+#   sensitive probes.
+#
+# ## Exercises
+# 1. Recompute one interval with {py:func}`~smf_lib.paired_stats.paired_bootstrap`: `smf-kl` against base on
+#    `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How much do the bounds move?
+# 2. Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.paired_stats.mcnemar` on their
+#    `medmcqa_correct` items. Is either better on MedMCQA at this sample size?
+# 3. The `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's top-t explorer, compare the
+#    rows the two select at the study's top-t of 128 on each memory layer: do they differ enough for the two runs
+#    to differ on the probes above?
