@@ -18,16 +18,32 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/04_kl_vs_tfidf.ipynb)
 #
-# For one memory layer and one batch, let $c_i$ be the number of reads of slot $i$ and $C = \sum_i c_i$. Only
-# read slots may be chosen. The two selectors score them against the background statistics:
+# **In this chapter you will**
 #
-# - **TF-IDF**: $\;(c_i / C)\,\ln\frac{B+1}{df_i+1}$, which down-weights rows that many background documents read;
-# - **KL**: $\;p_i \ln\frac{p_i + 10^{-8}}{q_i + 10^{-8}}$ with $p_i = c_i/C$ and
-#   $q_i = (A_i+1)/\sum_j (A_j+1)$. The scores sum to $\mathrm{KL}(p\,\|\,q)$, so a row scores high when the
-#   batch reads it far more than general text does, weighted by how much the batch reads it.
+# - score the value rows that a task batch reads with four selectors (KL, TF-IDF, TF and random), against the
+#   background statistics;
+# - see which rows KL and TF-IDF pick, and how their picks differ on hub rows;
+# - measure how the two selections overlap as top-t grows;
+# - explore the selection yourself with a top-t slider.
 #
-# TF-IDF only sees *whether* a document read a row. KL sees *how much*. The two therefore differ most on
-# **hub rows**, the rows that almost every document touches.
+# For one memory layer and one batch, let $c_i$ be the number of times the batch's tokens read slot $i$ (its
+# {term}`read count`) and $C = \sum_i c_i$ the batch's reads in all; $p_i = c_i / C$ is the share of the batch's
+# reads that go to slot $i$. Only read slots ($c_i > 0$) may be chosen. The {term}`background statistics` of
+# chapter 2 add, for the same layer: $B$, the number of background documents; $df_i$, how many of them read slot
+# $i$ at least once; and $A_i$, how often they read it in total. The selectors score every read slot:
+#
+# - **TF-IDF**: $\;p_i \ln\frac{B+1}{df_i+1}$. The logarithm is small for a row that many background documents
+#   read, so such rows are down-weighted; the $+1$ terms keep it finite for a row that no document read.
+# - **KL**: $\;p_i \ln\frac{p_i + 10^{-8}}{q_i + 10^{-8}}$, where $q_i = (A_i+1)/\sum_j (A_j+1)$ is the
+#   background's share of reads that go to slot $i$ (smoothed by one read per slot). The scores sum to
+#   $\mathrm{KL}(p\,\|\,q)$, so a row scores high when the batch reads it far more than general text does,
+#   weighted by how much the batch reads it.
+# - **TF**, an ablation: $p_i$ alone, the batch's share of reads, with no background at all.
+# - **random**, an ablation: a uniformly random subset of the read rows.
+#
+# Each selector keeps the {term}`top-t` read rows by score (all read rows when fewer than $t$ were read). TF-IDF
+# only sees *whether* a background document read a row; KL sees *how much*. The two therefore differ most on
+# **{term}`hub rows <hub row>`**, the rows that almost every document touches.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -47,16 +63,16 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.experiments import load_results
 from smf_lib.plotting import load_snapshot, plot_overlap, plot_selection, scores_table, selection_overlap
+from smf_lib.results import delta_table, load_results
 from smf_lib.widgets import selection_explorer
 
 SEED = 0
 device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
-print(f"read counts of {snap['batch_texts']} MedMCQA training texts at memory layers {snap['layers']}; "
-      f"background: {stats.n_docs} documents; N = {snap['n_slots']} slots per layer")
+print(f"read counts of {snap['batch_texts']} MedMCQA training texts at memory layers {snap['layers']}\n"
+      f"background: {stats.n_docs} documents; N = {snap['n_slots']:,} slots per layer")
 for j, layer in enumerate(snap["layers"]):
     print(f"layer {layer}: {int((counts[j] > 0).sum())} rows read by the batch, "
           f"{int((stats.df[j] > stats.n_docs / 2).sum())} hub rows (read by > half the documents)")
@@ -98,8 +114,27 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 
 # %% [markdown]
 # ## Did the selector matter for forgetting?
-# The `smf-kl` and `smf-tfidf` runs differ only in the selector.
+# The `smf-kl` and `smf-tfidf` runs of the cached study differ only in the selector. Their changes against the
+# base model, with paired 95% intervals (chapter 3 explains the table):
 
 # %%
-cols = ["method", "d_medmcqa_acc", "d_medmcqa_gold_loglik", "d_wikitext_ppl", "d_triviaqa_alias_loglik"]
-summary[summary["method"].isin(["smf-kl", "smf-tfidf"])][cols].round(4)
+delta_table(summary[summary["method"].isin(["smf-kl", "smf-tfidf"])],
+            ("medmcqa_acc", "medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik"))
+
+# %% [markdown]
+# ## Summary
+# - A selector scores each read row from the batch's share of reads $p_i$ and, for KL and TF-IDF, from the
+#   background statistics: TF-IDF from document frequencies $df_i$, KL from total reads $A_i$.
+# - TF-IDF down-weights any row that many documents read; KL asks whether the batch reads a row more than
+#   general text does, so the two disagree most on hub rows and at small top-t.
+# - As top-t approaches the number of rows read, every selector picks nearly the same set.
+#
+# ## Exercises
+# 1. In the explorer, choose memory layer 7 and KL, and move top-t from 16 to 1,024. From which t on do the
+#    selected rows include rows below the diagonal (read more by general text than by the task)? Repeat with
+#    TF-IDF.
+# 2. Still in the explorer, at t = 128, switch between `tf` and `random`. Where do their picks lie compared
+#    with KL's, and what does that say about what the background statistics add?
+# 3. With {py:func}`~smf_lib.selection.select_for_layers`, select 128 rows per layer with `"kl"` and with
+#    `"tfidf"`, and count how many of each selection are hub rows (`stats.df[j] > stats.n_docs / 2`). Compare
+#    your counts with the right panel of the overlap figure.

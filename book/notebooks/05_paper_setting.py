@@ -24,10 +24,15 @@
 # bfloat16. It needs GPU-hours. The `colab` preset is the same model sized for one free Colab GPU (a T4) in
 # about 45 minutes: base, SMF-KL, LoRA and full finetuning.
 #
-# **In this chapter you will** see every place where a preset departs from the paper's code, and why; estimate
-# what a run costs; and run the `colab` preset yourself when a GPU is attached. Neither GPU preset has been run
-# for this book yet: it is built on 2 CPU cores without the Hugging Face Hub, so the tables below come from the
-# presets' settings, and the results shown are the offline study's.
+# **In this chapter you will**
+#
+# - see every setting in which a preset departs from the paper's code, and why;
+# - count the parameters of the paper's memory layers;
+# - estimate what a run of the `colab` preset costs;
+# - run that preset yourself when a GPU is attached.
+#
+# Neither GPU preset has been run for this book yet: it is built on 2 CPU cores without the Hugging Face Hub, so
+# the tables below come from the presets' settings, and the results shown are the offline study's.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -44,22 +49,27 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
+import textwrap
+
+import pandas as pd
 import torch
+from IPython.display import display
 
 from smf_lib import setup_notebook
 from smf_lib.memory import MemoryConfig, ProductKeyMemory
 from smf_lib.perf import estimate_runtime
 from smf_lib.presets import get_preset, protocol_table
-from smf_lib.results import load_results
+from smf_lib.results import delta_table, load_results
 
 # The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU, about 45 minutes on a T4),
 # "paper" (the authors' full protocol, GPU-hours) or "smoke" (a tiny random model: checks the pipeline).
 MODEL = "colab"
 SEED = 0
 device = setup_notebook(SEED)
+pd.set_option("display.max_colwidth", None)  # tables show every reason in full
 preset = get_preset(MODEL)
 RUN = torch.cuda.is_available()  # the run cell below trains only with a GPU
-print(f"preset {MODEL!r}: {preset.notes}")
+print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 100))
 
 # %% [markdown]
 # ## Where each preset departs from the paper's code
@@ -99,7 +109,8 @@ print(f"{per_layer / 1e6:.1f}M parameters per memory layer, {3 * per_layer / 1e6
 
 # %%
 est = estimate_runtime(get_preset("colab"), flops_per_s=8e12)
-est[est["stage"].str.startswith(("train", "retrofit", "total"))]
+est[est["stage"].str.startswith(("train", "retrofit", "total"))].round({"tokens": 0, "tflops": 0, "minutes": 1}).astype(
+    {"tokens": int, "tflops": int})
 
 # %% [markdown]
 # ## Run it
@@ -114,20 +125,20 @@ if RUN:
 
     Runner(preset, f"results/{MODEL}", progress=True).run()
     folder, new, _ = load_results(MODEL)
-    print(new[["method", "seed", "medmcqa_acc", "d_medmcqa_acc", "d_chat_drift_kl", "d_wikitext_ppl"]])
+    display(delta_table(new))
 else:
-    print(f"no GPU here: showing cached results. To run {MODEL!r}, open this notebook in Colab with a GPU, or "
-          f"run `python -m smf_lib run --preset {MODEL}` on a machine with one.")
+    print(textwrap.fill(f"No GPU here, so nothing was trained. To run {MODEL!r}, open this notebook in Colab "
+                        f"with a GPU, or run `python -m smf_lib run --preset {MODEL}` on a machine with one.", 100))
 
 # %% [markdown]
 # Until a GPU run is committed under `results/colab/`, the comparison point is the offline study on
-# SmolLM2-135M-Instruct (chapters 2 to 4), whose summary is:
+# SmolLM2-135M-Instruct (chapters 2 to 4). Its changes against the base model, with paired 95% intervals
+# (accuracies in points):
 
 # %%
 folder, summary, runs = load_results("cpu")
-cols = [c for c in ("method", "seed", "medmcqa_acc", "d_medmcqa_acc", "d_chat_drift_kl", "d_wikitext_ppl")
-        if c in summary]
-summary[cols].round(4)
+delta_table(summary[summary["method"].isin(["smf-kl", "lora", "full"])],
+            ("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "wikitext_ppl"))
 
 # %% [markdown]
 # ## Summary
