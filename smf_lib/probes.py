@@ -137,8 +137,9 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
         batch_size: questions per forward (sorted by prompt length to keep padding small).
 
     Returns:
-        ``{"acc", "letter_acc", "majority_acc", "always_a_acc", "gold_loglik", "items": [...], "seconds",
-        "tokens"}``; each item has ``pred``, ``letter_pred``, ``gold``, ``correct``, ``gold_loglik``.
+        A dict with ``acc``, ``letter_acc``, ``majority_acc``, ``always_a_acc``, ``gold_loglik``, ``n``,
+        ``seconds``, ``tokens`` and ``items``, one dict per question with ``pred``, ``letter_pred``, ``gold``,
+        ``correct``, ``letter_correct`` and ``gold_loglik``.
     """
     if not rows:
         raise ValueError("no MedMCQA rows to score: pass at least one question")
