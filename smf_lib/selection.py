@@ -201,7 +201,9 @@ def read_counts_of_texts(model, tokenizer, texts: list[str], max_length: int = 1
     model.eval()
     set_recording(model, True)
     device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    side = getattr(tokenizer, "padding_side", None)
+    if side is not None:
+        tokenizer.padding_side = "right"
     counts = None
     try:
         for b in range(0, len(texts), batch_size):
@@ -212,7 +214,8 @@ def read_counts_of_texts(model, tokenizer, texts: list[str], max_length: int = 1
             c = batch_counts(model, None if count_padding else mask)
             counts = c if counts is None else [a + x for a, x in zip(counts, c)]
     finally:
-        tokenizer.padding_side = side
+        if side is not None:
+            tokenizer.padding_side = side
         set_recording(model, False)
         model.train(was_training)
     return counts

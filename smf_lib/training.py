@@ -381,11 +381,14 @@ def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
 
 def _collate(tokenizer, texts, max_length, device):
     """Right-padded batch (whatever the tokenizer's padding side) with labels on real tokens only."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    side = getattr(tokenizer, "padding_side", None)  # tokenizers without the attribute pad on the right
+    if side is not None:
+        tokenizer.padding_side = "right"
     try:
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     finally:
-        tokenizer.padding_side = side
+        if side is not None:
+            tokenizer.padding_side = side
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
             "labels": labels.to(device)}
