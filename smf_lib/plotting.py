@@ -82,7 +82,7 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
     df = summary[summary["method"] != "base"].reset_index(drop=True)
     cols = min(per_row, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.35 * len(df) * rows + 1.3 * rows), sharey=True,
+    fig, axes = plt.subplots(rows, cols, figsize=(4.1 * cols, 0.35 * len(df) * rows + 1.3 * rows), sharey=True,
                              squeeze=False)
     for ax, m in zip(axes.flat, metrics):
         scale = 100 if m.endswith("_acc") else 1
@@ -147,7 +147,8 @@ def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_
     hi = max(float(m.max()) for m in moved if len(m))
     cols = min(per_row, len(changes))
     rows = -(-len(changes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 0.8, 4 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols + 0.8, 3.5 * rows), squeeze=False,
+                             layout="constrained")
     for ax, c, label in zip(axes.flat, changes, labels):
         grid = np.ma.masked_equal(c.reshape(n_keys, n_keys).double().numpy(), 0)
         image = ax.imshow(grid, cmap="viridis", norm=LogNorm(lo, max(hi, lo * 1.01)), interpolation="nearest")
@@ -184,7 +185,7 @@ def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", 
 
 def plot_overlap(overlap: pd.DataFrame):
     """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
     sns.lineplot(overlap, x="top_t", y="jaccard", hue="layer", marker="o", ax=axes[0], palette="viridis")
     axes[0].set_title("KL vs TF-IDF: overlap of selected rows", fontsize=10)
     axes[0].set_ylabel("Jaccard overlap")
@@ -204,7 +205,7 @@ def plot_overlap(overlap: pd.DataFrame):
 
 def plot_benchmark(df: pd.DataFrame):
     """Step time and peak memory per method from a benchmark results table."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
     sns.barplot(df, y="method", x="median_step_s", ax=axes[0], color="#1b9e77")
     axes[0].set_xlabel("median step time (s)")
     sns.barplot(df, y="method", x="peak_mem_mb", ax=axes[1], color="#7570b3")
@@ -244,9 +245,10 @@ def plot_slot_scaling(slots: pd.DataFrame, ax=None):
 
 def _better(ax, x_better: str, y_better: str):
     """Mark which way is better on each axis."""
-    ax.annotate(f"better: {x_better}", xy=(1, -0.16), xycoords="axes fraction", ha="right", fontsize=8, color="0.35")
-    ax.annotate(f"better: {y_better}", xy=(-0.02, 1.02), xycoords="axes fraction", ha="left", fontsize=8,
-                color="0.35")
+    ax.annotate(f"y: {y_better} is better", xy=(0, 1.02), xycoords="axes fraction", ha="left", fontsize=9,
+                color="0.2")
+    ax.annotate(f"x: {x_better} is better", xy=(1, 1.02), xycoords="axes fraction", ha="right", fontsize=9,
+                color="0.2")
 
 
 def plot_paths(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str = "chat_drift_kl", ax=None):
@@ -267,7 +269,7 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str
                     arrowprops=dict(arrowstyle="->", color=PALETTE.get(method, "k")))
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
     ax.set_ylabel(LABELS.get(forget, forget))
-    _better(ax, "right (more learned)", "down (less forgotten)")
+    _better(ax, "right", "down")
     ax.legend(fontsize=8, frameon=False)
     return ax
 
