@@ -83,8 +83,10 @@ device = setup_notebook(SEED)
 
 # %%
 folder, summary, runs = load_results("cpu")
-summary = summary[summary["method"].isin(ORDER)]  # the grid's methods (smf_lib.methods)
-delta_table(summary, ("medmcqa_acc", "acquisition_acc", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik"))
+summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
+headline = ("medmcqa_acc", "wikitext_ppl", "chat_drift_kl",
+            "triviaqa_alias_loglik")
+delta_table(summary, headline).set_index(["method", "seed"])
 
 # %% [markdown]
 # The model is small and near chance on MedMCQA, so changes in accuracy are small, and chapter 3 reads them

@@ -57,13 +57,13 @@ import torch
 
 import smf_lib as S
 from smf_lib import setup_notebook
-from smf_lib.data import load_medmcqa, medmcqa_options, medmcqa_prompt, wikitext_text
+from smf_lib.data import (load_medmcqa, medmcqa_options, medmcqa_prompt,
+                          wikitext_text)
 from smf_lib.plotting import plot_reads
 from smf_lib.probes import continuation_logprobs, medmcqa_accuracy, perplexity
 
 SEED = 0
 device = setup_notebook(SEED)
-pd.set_option("display.max_colwidth", None)
 
 # %% [markdown]
 # ## The model, and two of its probes
@@ -72,25 +72,33 @@ pd.set_option("display.max_colwidth", None)
 # questions in the same way, the paper's. The prompt lists the question and its four options, and each
 # continuation `" A. {option}"` (and B, C, D) is scored by its mean per-token log-likelihood after the prompt,
 #
-# $$\bar\ell(o) = \frac{1}{|o|} \sum_{j=1}^{|o|} \log p(o_j \mid \text{prompt}, o_1, \dots, o_{j-1}),$$
+# $$\bar\ell(o) = \frac{1}{|o|} \sum_{j=1}^{|o|} \log p(o_j \mid \text{prompt}, o_{<j}),$$
 #
-# where $o_1, \dots, o_{|o|}$ are the continuation's tokens and $p$ is the model's next-token probability. The
+# where $o_1, \dots, o_{|o|}$ are the continuation's tokens, $o_{<j}$ those before $o_j$, and $p$ is the model's
+# next-token probability. The
 # option with the highest $\bar\ell$ is the model's answer. Here are three validation questions with short
 # options, scored with {py:func}`~smf_lib.probes.continuation_logprobs`:
 
 # %%
 model, tok = S.load_model(device=device)
-rows = [r for r in load_medmcqa("validation", n=60) if max(len(r[f"op{c}"]) for c in "abcd") <= 40][:3]
-prompts = [tok(medmcqa_prompt(r), add_special_tokens=False).input_ids for r in rows]
-options = [[tok(o, add_special_tokens=False).input_ids for o in medmcqa_options(r)] for r in rows]
-logps = continuation_logprobs(model, [p for p, opts in zip(prompts, options) for _ in opts],
-                              [o for opts in options for o in opts])
-scores = torch.tensor([float(lp.mean()) for lp in logps]).reshape(len(rows), 4)
-pd.DataFrame([{"question": textwrap.shorten(r["question"], 60), "option": o.strip(),
-               "mean log-likelihood": round(float(scores[i, k]), 2),
-               "model's answer": "✓" if k == int(scores[i].argmax()) else "",
-               "gold": "✓" if k == r["cop"] else ""}
-              for i, r in enumerate(rows) for k, o in enumerate(medmcqa_options(r))]).set_index(["question", "option"])
+short = [r for r in load_medmcqa("validation", n=60)
+         if max(len(r[f"op{c}"]) for c in "abcd") <= 40]
+rows = short[:3]
+prompts = [tok(medmcqa_prompt(r), add_special_tokens=False).input_ids
+           for r in rows]
+options = [[tok(o, add_special_tokens=False).input_ids
+            for o in medmcqa_options(r)] for r in rows]
+contexts = [p for p, opts in zip(prompts, options) for _ in opts]
+logps = continuation_logprobs(model, contexts, sum(options, []))
+scores = torch.tensor([float(lp.mean()) for lp in logps]).reshape(-1, 4)
+table = [{"question": textwrap.shorten(r["question"], 50),
+          "option": o.strip(),
+          "mean log-likelihood": round(float(scores[i, k]), 2),
+          "model's answer": "✓" if k == int(scores[i].argmax()) else "",
+          "gold": "✓" if k == r["cop"] else ""}
+         for i, r in enumerate(rows)
+         for k, o in enumerate(medmcqa_options(r))]
+pd.DataFrame(table).set_index(["question", "option"])
 
 # %% [markdown]
 # {py:func}`~smf_lib.probes.medmcqa_accuracy` does the same for many questions at once (each prompt runs once
@@ -99,14 +107,19 @@ pd.DataFrame([{"question": textwrap.shorten(r["question"], 60), "option": o.stri
 
 # %%
 probe = medmcqa_accuracy(model, tok, rows, progress=False)
-print("same answers as above:", [it["pred"] for it in probe["items"]] == scores.argmax(1).tolist())
-pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]].round(2)
+same = [it["pred"] for it in probe["items"]] == scores.argmax(1).tolist()
+print("same answers as above:", same)
+letters = dict(enumerate("ABCD"))
+items = pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]]
+items.replace({"pred": letters, "gold": letters}).round(2)
 
 # %% [markdown]
 # The second probe, {py:func}`~smf_lib.probes.perplexity`, measures how well the model predicts general text
 # ([WikiText](https://arxiv.org/abs/1609.07843)). Over the $T$ scored tokens $x_j$,
 #
-# $$\text{PPL} = \exp\Big(-\frac{1}{T} \sum_{j} \log p(x_j \mid \text{the tokens before } x_j)\Big).$$
+# $$\text{PPL} = \exp\Big(-\frac{1}{T} \sum_{j} \log p(x_j \mid x_{<j})\Big),$$
+#
+# where $x_{<j}$ are the tokens before $x_j$.
 #
 # A long text does not fit in one forward pass, so it is cut into windows of at most `max_length` tokens that
 # start every `stride` tokens. Each window scores only the tokens that no earlier window scored, so every token
@@ -116,9 +129,10 @@ pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]].round(2
 
 # %%
 text = wikitext_text(12)
-ppl = perplexity(model, tok, text, max_length=256, stride=128, progress=False)
-print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens; tokens scored per window: "
-      f"{[w['tokens'] for w in ppl['windows']]}")
+ppl = perplexity(model, tok, text, max_length=256, stride=128,
+                 progress=False)
+print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens")
+print("tokens scored per window:", [w["tokens"] for w in ppl["windows"]])
 
 # %% [markdown]
 # ## Product keys
@@ -147,8 +161,10 @@ print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens; tokens scored p
 # 22 of SmolLM2's 30, with $n = 64$ sub-keys ($N = 4{,}096$ slots per layer), $H = 4$ heads and $k = 16$:
 
 # %%
-config = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256)
-print(config, f"N = {config.n_slots:,} slots per layer", sep="\n")
+config = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16,
+                        k_dim=256)
+print(f"N = {config.n_slots:,} slots per layer; init {config.init!r}, "
+      f"mode {config.mode!r}, alpha {config.alpha}")
 
 # %% [markdown]
 # ## Added without changing the model
@@ -156,15 +172,17 @@ print(config, f"N = {config.n_slots:,} slots per layer", sep="\n")
 # after are compared bit for bit, and the perplexity probe is run again:
 
 # %%
-ids = tok("The heart pumps blood through the body.", return_tensors="pt").input_ids.to(device)
+sentence = "The heart pumps blood through the body."
+ids = tok(sentence, return_tensors="pt").input_ids.to(device)
 with torch.no_grad():
     before = model(ids).logits
 S.add_memory(model, config)
 with torch.no_grad():
     after = model(ids).logits
 print("logits bit-identical after add_memory:", torch.equal(before, after))
-print("perplexity unchanged:", perplexity(model, tok, text, max_length=256, stride=128, progress=False)["ppl"]
-      == ppl["ppl"])
+again = perplexity(model, tok, text, max_length=256, stride=128,
+                   progress=False)
+print("perplexity unchanged:", again["ppl"] == ppl["ppl"])
 model.requires_grad_(False)
 for m in S.memory_layers(model):
     m.values.weight.requires_grad_(True)
@@ -184,8 +202,10 @@ S.print_trainable_parameters(model);
 out = model(ids, labels=ids)
 out.loss.backward()
 for m in S.memory_layers(model):
-    print(f"layer {m.layer_idx}: |dL/dV| = {m.values.weight.grad.norm():.1e}, "
-          f"rows with gradient = {int((m.values.weight.grad.abs().sum(1) > 0).sum())} of {config.n_slots:,}")
+    grad = m.values.weight.grad
+    n_rows = int((grad.abs().sum(1) > 0).sum())
+    print(f"layer {m.layer_idx}: |dL/dV| = {grad.norm():.1e}, "
+          f"rows with gradient = {n_rows} of {config.n_slots:,}")
     m.values.weight.grad = None
 
 # %% [markdown]
@@ -198,15 +218,19 @@ for m in S.memory_layers(model):
 # median of 5 calls on this machine's CPU):
 
 # %%
-x = torch.randn(4, 64, model.config.hidden_size, device=device)
+d = model.config.hidden_size
+x = torch.randn(4, 64, d, device=device)
 timings = []
 for n_keys in (64, 256):
-    layer = S.ProductKeyMemory(model.config.hidden_size, S.MemoryConfig(layers=(15,), n_keys=n_keys), 15).to(device)
+    sizes = S.MemoryConfig(layers=(15,), n_keys=n_keys)
+    layer = S.ProductKeyMemory(d, sizes, layer_idx=15).to(device)
     with torch.no_grad():
         fast, _ = layer.lookup(x)
         slow, _ = layer.lookup_brute_force(x)
-        row = {"slots N": f"{n_keys**2:,}", "same slots": torch.equal(fast.sort(-1).values, slow.sort(-1).values)}
-        for name, lookup in (("product keys (ms)", layer.lookup), ("all N slots (ms)", layer.lookup_brute_force)):
+        same = torch.equal(fast.sort(-1).values, slow.sort(-1).values)
+        row = {"slots N": f"{n_keys**2:,}", "same slots": same}
+        for name, lookup in (("product keys (ms)", layer.lookup),
+                             ("all N slots (ms)", layer.lookup_brute_force)):
             times = []
             for _ in range(5):
                 t0 = time.perf_counter()
@@ -230,7 +254,8 @@ with torch.no_grad():
 mem = S.memory_layers(model)[1]
 token = 1  # " heart"
 print("token:", repr(tok.decode(ids[0, token])))
-plot_reads(mem.last_indices[0, token].cpu(), mem.last_weights[0, token].float().cpu(), config.n_keys)
+plot_reads(mem.last_indices[0, token].cpu(),
+           mem.last_weights[0, token].float().cpu(), config.n_keys)
 plt.show()
 S.set_recording(model, False)
 

@@ -82,12 +82,16 @@ device = setup_notebook(SEED)
 
 # %%
 model, tok = S.load_model(device=device)
-memory = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256)
+memory = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16,
+                        k_dim=256)
 S.add_memory(model, memory)
-stats = S.compute_background_stats(model, tok, load_background(32), max_length=128, progress=False)
+background = load_background(32)
+stats = S.compute_background_stats(model, tok, background, max_length=128,
+                                   progress=False)
 texts = [medmcqa_training_text(r) for r in load_medmcqa("train", n=64)]
-print(f"background: {stats.n_docs} documents; task: {len(texts)} texts, for example:\n")
-print("\n".join(textwrap.fill(line, 100) for line in texts[0].splitlines()))
+print(f"background: {stats.n_docs} documents; task: {len(texts)} texts")
+print("the first task text:\n")
+print("\n".join(textwrap.fill(line, 80) for line in texts[0].splitlines()))
 
 # %% [markdown]
 # Sixteen optimizer steps of four texts each, one pass over the 64 texts, with KL selection of the top 16 rows
@@ -97,33 +101,44 @@ print("\n".join(textwrap.fill(line, 100) for line in texts[0].splitlines()))
 # every parameter is copied before the run and compared bit for bit after it.
 
 # %%
-values_before = [m.values.weight.detach().clone() for m in S.memory_layers(model)]
-others_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("values.weight")}
-config = S.TrainConfig(method="smf", selector="kl", top_t=16, micro_batch=4, grad_accum=1, max_steps=16,
-                       max_length=256, warmup_steps=2)
+values_before = [m.values.weight.detach().clone()
+                 for m in S.memory_layers(model)]
+others_before = {n: p.detach().clone() for n, p in model.named_parameters()
+                 if not n.endswith("values.weight")}
+config = S.TrainConfig(method="smf", selector="kl", top_t=16, micro_batch=4,
+                       grad_accum=1, max_steps=16, max_length=256,
+                       warmup_steps=2)
 result = S.train(model, tok, texts, config, background=stats, progress=False)
 log = pd.DataFrame(result.log)
-print(f"{len(log)} steps in {result.seconds:.0f} s; rows updated per step, the three layers together: "
-      f"{', '.join(str(n) for n in sorted(set(log['rows'])))}")
-print(f"mean training loss: {log['loss'].iloc[:4].mean():.2f} over the first four steps, "
-      f"{log['loss'].iloc[-4:].mean():.2f} over the last four")
+per_step = ", ".join(str(n) for n in sorted(set(log["rows"])))
+print(f"{len(log)} steps in {result.seconds:.0f} s")
+print(f"rows updated per step, the three layers together: {per_step}")
+print(f"mean loss: {log['loss'].iloc[:4].mean():.2f} over the first four "
+      f"steps, {log['loss'].iloc[-4:].mean():.2f} over the last four")
 
 # %% [markdown]
 # The default update is **strict** ({term}`strict update`): it touches only the selected rows, so every value row
 # that was never selected, and every frozen parameter, is bit-identical after the run. For each memory layer:
-# how many rows the 64 texts read at all, how many the run moved (at most 16 steps x 16 rows), and how many of
-# the moved rows are {term}`hub rows <hub row>` (read by more than half of the background documents):
+# how many of its 4,096 rows the 64 texts read at all, how many the run moved (at most 16 steps x 16 rows),
+# and how many of the moved rows are {term}`hub rows <hub row>` (read by more than half of the background
+# documents):
 
 # %%
 reads = read_counts_of_texts(model, tok, texts, max_length=256)
-moves = [(m.values.weight.detach() - v).norm(dim=1) for m, v in zip(S.memory_layers(model), values_before)]
-print("every other parameter bit-identical:",
-      all(torch.equal(p, others_before[n]) for n, p in model.named_parameters() if n in others_before))
-print(f"value rows moved: {sum(int((d > 0).sum()) for d in moves)} of {len(moves) * memory.n_slots:,}")
-pd.DataFrame([{"memory layer": layer, "rows read": int((c > 0).sum()), "rows moved": int((d > 0).sum()),
-               "moved rows that are hub rows": int(((d > 0) & (stats.df[j] > stats.n_docs / 2)).sum()),
-               "rows in the table": memory.n_slots}
-              for j, (layer, c, d) in enumerate(zip(memory.layers, reads, moves))])
+moves = [(m.values.weight.detach() - v).norm(dim=1)
+         for m, v in zip(S.memory_layers(model), values_before)]
+frozen = all(torch.equal(p, others_before[n])
+             for n, p in model.named_parameters() if n in others_before)
+moved = sum(int((d > 0).sum()) for d in moves)
+print("every other parameter bit-identical:", frozen)
+print(f"value rows moved: {moved} of {len(moves) * memory.n_slots:,}")
+hub = [stats.df[j] > stats.n_docs / 2 for j in range(len(moves))]
+rows = pd.DataFrame({"memory layer": memory.layers,
+                     "rows read": [int((c > 0).sum()) for c in reads],
+                     "rows moved": [int((d > 0).sum()) for d in moves],
+                     "moved hub rows": [int(((d > 0) & h).sum())
+                                        for d, h in zip(moves, hub)]})
+rows.set_index("memory layer")
 
 # %% [markdown]
 # The figure places each moved row on the slot grid of chapter 1, coloured by how far it moved; the blank slots
@@ -152,14 +167,23 @@ plt.show()
 
 # %%
 folder, summary, runs = load_results("cpu")
-runs = sorted((r for r in runs if r["method"] in ORDER), key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
-trained = [r for r in runs if r.get("train_config")]
-pd.DataFrame([{"method": r["method"], "seed": r["seed"], "training texts": r["data"].get("n_train"),
-               "steps": len(r.get("train_log") or []), "learning rate": f"{r['train_config']['lr']:g}",
-               "top-t": r["train_config"]["top_t"] if r["train_config"]["method"] == "smf" else "",
-               "row update": r["train_config"].get("optimizer", r["train_config"].get("update"))
-               if r["train_config"]["method"] == "smf" else "",
-               "train minutes": round(r.get("train_seconds", 0) / 60)} for r in trained])
+runs = [r for r in runs if r["method"] in ORDER]  # the grid's methods
+runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
+settings = []
+for r in runs:
+    cfg = r.get("train_config")
+    if not cfg:
+        continue
+    smf = cfg["method"] == "smf"
+    settings.append({"method": r["method"], "seed": r["seed"],
+                     "texts": r["data"].get("n_train"),
+                     "steps": len(r.get("train_log") or []),
+                     "rate": f"{cfg['lr']:g}",
+                     "top-t": cfg["top_t"] if smf else "",
+                     "row update": (cfg.get("optimizer", cfg.get("update"))
+                                    if smf else ""),
+                     "minutes": round(r.get("train_seconds", 0) / 60)})
+pd.DataFrame(settings).set_index(["method", "seed"])
 
 # %% [markdown]
 # ### Retrofit
@@ -167,11 +191,13 @@ pd.DataFrame([{"method": r["method"], "seed": r["seed"], "training texts": r["da
 # starts.
 
 # %%
-retro = next((r["retrofit"] for r in runs if r["method"] == "retrofit" and "retrofit" in r), None)
+retro = next((r["retrofit"] for r in runs
+              if r["method"] == "retrofit" and "retrofit" in r), None)
 if retro is not None:
     ax = plot_loss_curves([{"method": "retrofit", "train_log": retro["log"]}])
     ax.set_ylabel("training loss (OASST1)")
-    ax.set_title(f"retrofit: {len(retro['log'])} steps on {retro['n_texts']} texts", fontsize=10)
+    ax.set_title(f"retrofit: {len(retro['log'])} steps on "
+                 f"{retro['n_texts']} texts", fontsize=10)
     plt.show()
 
 # %% [markdown]

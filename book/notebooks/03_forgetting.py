@@ -61,10 +61,9 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.colab.setup(REPO)
 
 # %%
-import textwrap
-
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
 from smf_lib import setup_notebook
 from smf_lib.methods import ORDER
@@ -74,40 +73,52 @@ from smf_lib.results import delta_table, load_results, verdicts
 
 SEED = 0
 device = setup_notebook(SEED)
+pd.set_option("display.max_colwidth", None)  # lists of metrics in full
 folder, summary, runs = load_results("cpu")
-summary = summary[summary["method"].isin(ORDER)].reset_index(drop=True)  # the grid's methods (smf_lib.methods)
-runs = sorted((r for r in runs if r["method"] in ORDER), key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
+summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
+runs = [r for r in runs if r["method"] in ORDER]
+runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
 base = next(r for r in runs if r["method"] == "base")
-print("evaluation items:", ", ".join(f"{k} {v}" for k, v in base["data"].items() if k.endswith(("_n", "_lines"))))
+sizes = {k: v for k, v in base["data"].items() if k.endswith(("_n", "_lines"))}
+print("evaluation items:", ", ".join(f"{k} {v}" for k, v in sizes.items()))
 
 # %% [markdown]
 # ## What each method scores
-# The probes' values per run. Accuracies are in percent; the MedMCQA majority baseline (always answering the
+# The probes' values per run. Accuracies are in percent. The MedMCQA majority baseline (always answering the
 # most common gold letter of these items) sits next to the accuracy, because a small model can beat chance by
-# preferring one letter.
+# preferring one letter; "trained" is the accuracy on trained questions, when the study measures it.
 
 # %%
-absolute = {"medmcqa_acc": "MedMCQA (%)", "medmcqa_majority_acc": "majority letter (%)",
-            "acquisition_acc": "trained questions (%)", "wikitext_ppl": "WikiText perplexity",
-            "chat_loglik": "chat log-lik", "triviaqa_acc": "TriviaQA (%)", "triviaqa_alias_loglik": "TriviaQA log-lik"}
-table = summary[["method", "seed"] + [m for m in absolute if m in summary]].rename(columns=absolute)
-for m, name in absolute.items():
-    if name in table:
-        table[name] = (table[name] * 100).round(1) if m.endswith("_acc") else table[name].round(2)
-table
+names = {"medmcqa_acc": "MedMCQA (%)", "medmcqa_majority_acc": "majority (%)",
+         "acquisition_acc": "trained (%)", "wikitext_ppl": "WikiText ppl",
+         "chat_loglik": "chat log-lik", "triviaqa_acc": "TriviaQA (%)",
+         "triviaqa_alias_loglik": "TriviaQA log-lik"}
+present = [m for m in names if m in summary]
+accuracies = [m for m in present if m.endswith("_acc")]
+table = summary.set_index(["method", "seed"])[present]
+table[accuracies] = 100 * table[accuracies]
+table.round(2).round({m: 1 for m in accuracies}).rename(columns=names)
 
 # %% [markdown]
 # ## Changes against the base model
 # One cell per run and metric: the change $\Delta$ and its paired 95% interval $[\text{lo}, \text{hi}]$, rounded
-# to what the interval's width supports ({py:func}`~smf_lib.results.delta_table`). Accuracies are in points.
+# to what the interval's width supports ({py:func}`~smf_lib.results.delta_table`), in three groups: what was
+# learned, general text, and chat and world knowledge. Accuracies are in points; a group the study has no
+# metric for is left out.
 
 # %%
-metrics = ("medmcqa_acc", "medmcqa_gold_loglik", "acquisition_acc", "wikitext_ppl", "wikitext_drift_kl",
-           "chat_drift_kl", "chat_loglik", "triviaqa_acc", "triviaqa_alias_loglik")
-delta_table(summary, metrics)
+groups = {"learning": ("medmcqa_acc", "medmcqa_gold_loglik",
+                       "acquisition_acc"),
+          "general text": ("wikitext_ppl", "wikitext_drift_kl"),
+          "chat and world knowledge": ("chat_drift_kl", "chat_loglik",
+                                       "triviaqa_alias_loglik")}
+for name, metrics in groups.items():
+    table = delta_table(summary, metrics).set_index(["method", "seed"])
+    if len(table.columns):
+        display(Markdown(f"**{name}**"), table)
 
 # %%
-plot_deltas(summary, [m for m in metrics if m != "triviaqa_acc"])
+plot_deltas(summary, [m for metrics in groups.values() for m in metrics])
 plt.show()
 
 # %% [markdown]
@@ -117,8 +128,10 @@ plt.show()
 # better direction depends on the probe (perplexity and drift should go down, log-likelihoods up).
 
 # %%
-forgetting = [m for m in ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik") if f"d_{m}" in summary][:2]
-fig, axes = plt.subplots(1, len(forgetting), figsize=(5 * len(forgetting), 4.2), squeeze=False)
+candidates = ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik")
+forgetting = [m for m in candidates if f"d_{m}" in summary][:2]
+fig, axes = plt.subplots(1, len(forgetting), squeeze=False,
+                         figsize=(4.3 * len(forgetting), 3.8))
 for k, (ax, m) in enumerate(zip(axes.flat, forgetting)):
     plot_tradeoff(summary, m, ax=ax)
     if k:
@@ -134,7 +147,7 @@ plt.show()
 # %%
 if (folder / "trajectories.csv").exists():
     trajectories = pd.read_csv(folder / "trajectories.csv")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
     plot_paths(trajectories, ax=axes[0])
     plot_frontier(trajectories, ax=axes[1])
     fig.tight_layout()
@@ -148,23 +161,28 @@ if (folder / "trajectories.csv").exists():
 # ({py:func}`~smf_lib.paired_stats.mcnemar`).
 
 # %%
-pd.DataFrame([{"method": r["method"], "seed": r["seed"],
-               **mcnemar(base["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])}
-              for r in runs if r["method"] != "base"]).rename(
-    columns={"gained": "newly right (b)", "lost": "newly wrong (c)", "p": "p"}).round({"p": 2})
+correct = base["items"]["medmcqa_correct"]
+tests = [{"method": r["method"], "seed": r["seed"],
+          **mcnemar(correct, r["items"]["medmcqa_correct"])}
+         for r in runs if r["method"] != "base"]
+labels = {"gained": "newly right (b)", "lost": "newly wrong (c)"}
+pd.DataFrame(tests).set_index(["method", "seed"]).rename(columns=labels).round(2)
 
 # %% [markdown]
 # ## What the intervals support
-# For each run and metric, whether the paired 95% interval lies entirely on the better side, entirely on the
-# worse side, or crosses zero ({py:func}`~smf_lib.results.verdicts`). It is computed from the results; none of it
-# is typed in by hand.
+# For each run, the metrics whose paired 95% interval lies entirely on the better side, those whose interval
+# crosses zero, and those whose interval lies entirely on the worse side ({py:func}`~smf_lib.results.verdicts`).
+# It is computed from the results; none of it is typed in by hand.
 
 # %%
-verdict = verdicts(summary)
-worse = [f"{r['method']} on {m.replace('_', ' ')}" for _, r in verdict.iterrows() for m in verdict.columns[2:]
-         if r[m] == "worse"]
-print(textwrap.fill("Worse than base beyond the interval: " + (", ".join(worse) or "none."), 100))
-verdict
+long = verdicts(summary).melt(["method", "seed"], var_name="metric").dropna()
+long["metric"] = long["metric"].str.replace("_", " ")
+grouped = long.groupby(["method", "seed", "value"], sort=False)["metric"]
+table = grouped.agg(", ".join).unstack("value", fill_value="")
+table = table.reindex(columns=["better", "no clear change", "worse"],
+                      fill_value="")
+table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
+    columns=None)
 
 # %% [markdown]
 # **Reading these numbers.** A 135M model near chance on MedMCQA, few seeds, and a few hundred to a thousand

@@ -63,7 +63,8 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.plotting import load_snapshot, plot_overlap, plot_selection, scores_table, selection_overlap
+from smf_lib.plotting import (load_snapshot, plot_overlap, plot_selection,
+                              scores_table, selection_overlap)
 from smf_lib.results import delta_table, load_results
 from smf_lib.widgets import selection_explorer
 
@@ -71,11 +72,13 @@ SEED = 0
 device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
-print(f"read counts of {snap['batch_texts']} MedMCQA training texts at memory layers {snap['layers']}\n"
-      f"background: {stats.n_docs} documents; N = {snap['n_slots']:,} slots per layer")
+print(f"read counts of {snap['batch_texts']} MedMCQA training texts; "
+      f"background: {stats.n_docs} documents")
+print(f"N = {snap['n_slots']:,} slots at each memory layer {snap['layers']}")
 for j, layer in enumerate(snap["layers"]):
+    hub = int((stats.df[j] > stats.n_docs / 2).sum())
     print(f"layer {layer}: {int((counts[j] > 0).sum())} rows read by the batch, "
-          f"{int((stats.df[j] > stats.n_docs / 2).sum())} hub rows (read by > half the documents)")
+          f"{hub} hub rows")
 
 # %% [markdown]
 # ## The rows each selector picks
@@ -83,9 +86,10 @@ for j, layer in enumerate(snap["layers"]):
 # background's reads. Rows above the diagonal are read more by the task than by general text.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-plot_selection(counts, stats, 1, 128, "kl", ax=axes[0], label=snap["layers"][1])
-plot_selection(counts, stats, 1, 128, "tfidf", ax=axes[1], label=snap["layers"][1])
+layer, label = 1, snap["layers"][1]  # memory layer 15
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+plot_selection(counts, stats, layer, 128, "kl", ax=axes[0], label=label)
+plot_selection(counts, stats, layer, 128, "tfidf", ax=axes[1], label=label)
 fig.tight_layout()
 
 # %%
@@ -97,7 +101,8 @@ scores_table(counts, stats, layer=1, top_t=10)
 # tend to the same set.
 
 # %%
-overlap = selection_overlap(counts, stats, [8, 16, 32, 64, 128, 256, 512, 1024], layers=snap["layers"])
+ts = [8, 16, 32, 64, 128, 256, 512, 1024]
+overlap = selection_overlap(counts, stats, ts, layers=snap["layers"])
 plot_overlap(overlap)
 plt.show()
 
@@ -118,8 +123,9 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 # base model, with paired 95% intervals (chapter 3 explains the table):
 
 # %%
-delta_table(summary[summary["method"].isin(["smf-kl", "smf-tfidf"])],
-            ("medmcqa_acc", "medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik"))
+selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
+delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
+                        "triviaqa_alias_loglik")).set_index(["method", "seed"])
 
 # %% [markdown]
 # ## Summary

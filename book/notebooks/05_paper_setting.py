@@ -61,15 +61,16 @@ from smf_lib.perf import estimate_runtime
 from smf_lib.presets import get_preset, protocol_table
 from smf_lib.results import delta_table, load_results
 
-# The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU, about 45 minutes on a T4),
-# "paper" (the authors' full protocol, GPU-hours) or "smoke" (a tiny random model: checks the pipeline).
+# The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU,
+# about 45 minutes on a T4), "paper" (the authors' full protocol, GPU-hours)
+# or "smoke" (a tiny random model: checks the pipeline).
 MODEL = "colab"
 SEED = 0
 device = setup_notebook(SEED)
-pd.set_option("display.max_colwidth", None)  # tables show every reason in full
+pd.set_option("display.max_colwidth", None)  # every reason in full
 preset = get_preset(MODEL)
 RUN = torch.cuda.is_available()  # the run cell below trains only with a GPU
-print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 100))
+print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 80))
 
 # %% [markdown]
 # ## Where each preset departs from the paper's code
@@ -97,9 +98,11 @@ protocol_table(preset)
 
 # %%
 cfg = MemoryConfig(**get_preset("paper").memory)
-per_layer = sum(p.numel() for p in ProductKeyMemory(896, cfg, layer_idx=6).parameters())
-print(f"{per_layer / 1e6:.1f}M parameters per memory layer, {3 * per_layer / 1e6:.1f}M for three "
-      f"(value table {cfg.n_slots:,} x 896 = {cfg.n_slots * 896 / 1e6:.1f}M)")
+layer = ProductKeyMemory(896, cfg, layer_idx=6)
+per_layer = sum(p.numel() for p in layer.parameters())
+print(f"{per_layer / 1e6:.1f}M parameters per memory layer, "
+      f"{3 * per_layer / 1e6:.1f}M for three")
+print(f"value table: {cfg.n_slots:,} x 896 = {cfg.n_slots * 896 / 1e6:.1f}M")
 
 # %% [markdown]
 # ## What a run costs
@@ -109,7 +112,8 @@ print(f"{per_layer / 1e6:.1f}M parameters per memory layer, {3 * per_layer / 1e6
 
 # %%
 est = estimate_runtime(get_preset("colab"), flops_per_s=8e12)
-est[est["stage"].str.startswith(("train", "retrofit", "total"))].round({"tokens": 0, "tflops": 0, "minutes": 1}).astype(
+stages = est[est["stage"].str.startswith(("train", "retrofit", "total"))]
+stages.round({"tokens": 0, "tflops": 0, "minutes": 1}).astype(
     {"tokens": int, "tflops": int})
 
 # %% [markdown]
@@ -127,8 +131,10 @@ if RUN:
     folder, new, _ = load_results(MODEL)
     display(delta_table(new))
 else:
-    print(textwrap.fill(f"No GPU here, so nothing was trained. To run {MODEL!r}, open this notebook in Colab "
-                        f"with a GPU, or run `python -m smf_lib run --preset {MODEL}` on a machine with one.", 100))
+    print(textwrap.fill(
+        f"No GPU here, so nothing was trained. To run {MODEL!r}, open this "
+        f"notebook in Colab with a GPU, or run `python -m smf_lib run --preset "
+        f"{MODEL}` on a machine with one.", 80))
 
 # %% [markdown]
 # Until a GPU run is committed under `results/colab/`, the comparison point is the offline study on
@@ -137,8 +143,9 @@ else:
 
 # %%
 folder, summary, runs = load_results("cpu")
-delta_table(summary[summary["method"].isin(["smf-kl", "lora", "full"])],
-            ("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "wikitext_ppl"))
+study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
+delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
+                    "wikitext_ppl")).set_index(["method", "seed"])
 
 # %% [markdown]
 # ## Summary

@@ -66,7 +66,7 @@ pd.set_option("display.max_colwidth", None)  # target names in full
 bench = results_dir("cpu").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
-print(textwrap.fill(f"Set-up: {meta['setup']}", 100))
+print(textwrap.fill(f"Set-up: {meta['setup']}", 80))
 
 # %% [markdown]
 # ## Step time and peak memory per method
@@ -74,10 +74,12 @@ print(textwrap.fill(f"Set-up: {meta['setup']}", 100))
 # %%
 plot_benchmark(steps)
 plt.show()
-columns = {"median_step_s": "step (s)", "tokens_per_s": "tokens/s", "peak_mem_mb": "peak memory (MB)",
+columns = {"median_step_s": "step (s)", "tokens_per_s": "tokens/s",
+           "peak_mem_mb": "peak memory (MB)",
            "optimizer_state_mb": "optimizer state (MB)"}
-steps.set_index("method")[list(columns)].rename(columns=columns).round(
-    {"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0, "optimizer state (MB)": 1}).astype(
+table = steps.set_index("method")[list(columns)].rename(columns=columns)
+table.round({"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0,
+             "optimizer state (MB)": 1}).astype(
     {"tokens/s": int, "peak memory (MB)": int})
 
 # %% [markdown]
@@ -95,13 +97,15 @@ steps.set_index("method")[list(columns)].rename(columns=columns).round(
 # (explained at the end of the chapter); two runs of the whole command are shown.
 
 # %%
-runs_ = {"this run": "cpu_slots.csv", "earlier run": "cpu_slots_earlier.csv"}
-scaling = pd.concat([pd.read_csv(bench / f).assign(run=name) for name, f in runs_.items() if (bench / f).exists()],
+files = {"this run": "cpu_slots.csv", "earlier run": "cpu_slots_earlier.csv"}
+scaling = pd.concat([pd.read_csv(bench / f).assign(run=name)
+                     for name, f in files.items() if (bench / f).exists()],
                     ignore_index=True)
 plot_slot_scaling(scaling)
 plt.show()
-# median step time (s); rows with an unused tensor are the controls (page faults and peaks are in the csv files)
-scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allocator"],
+# median step time (s); the rows with an unused tensor are the controls
+scaling.pivot_table(index=["n_slots", "unused_tensor_mb"],
+                    columns=["run", "allocator"],
                     values="median_step_s").round(2)
 
 # %% [markdown]
@@ -114,7 +118,8 @@ scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allo
 # reported.
 
 # %%
-targets = benchmark_targets(steps, scaling, gpu=False, probes=meta.get("probes"))
+targets = benchmark_targets(steps, scaling, gpu=False,
+                            probes=meta.get("probes"))
 targets[targets["holds"] != "not measured"]
 
 # %% [markdown]
@@ -128,10 +133,14 @@ targets[targets["holds"] != "not measured"]
 # %%
 if (bench / "cpu-paper_steps.csv").exists():
     forward = pd.read_csv(bench / "cpu-paper_steps.csv").set_index("method")
-    display(forward[["median_step_s", "tokens_per_s", "peak_mem_mb"]].rename(columns=columns).round(
-        {"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0}).astype({"tokens/s": int, "peak memory (MB)": int}))
-    overhead = forward.loc["memory-forward", "median_step_s"] / forward.loc["base-forward", "median_step_s"] - 1
-    print(f"memory-layer forward overhead at the paper's shapes (CPU): {overhead:+.0%}")
+    table = forward[["median_step_s", "tokens_per_s", "peak_mem_mb"]]
+    display(table.rename(columns=columns).round(
+        {"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0}).astype(
+        {"tokens/s": int, "peak memory (MB)": int}))
+    step = forward["median_step_s"]
+    overhead = step["memory-forward"] / step["base-forward"] - 1
+    print(f"memory-layer forward overhead at the paper's shapes (CPU): "
+          f"{overhead:+.0%}")
 
 # %% [markdown]
 # ## Product keys against brute force, and probe throughput
@@ -139,8 +148,9 @@ if (bench / "cpu-paper_steps.csv").exists():
 # the method); then the tokens per second of each probe.
 
 # %%
-lookup = pd.DataFrame(meta["lookup"]).rename(columns={"n_slots": "slots N", "product_keys_ms": "product keys (ms)",
-                                                     "brute_force_ms": "all N slots (ms)"})
+lookup = pd.DataFrame(meta["lookup"]).rename(columns={
+    "n_slots": "slots N", "product_keys_ms": "product keys (ms)",
+    "brute_force_ms": "all N slots (ms)"})
 lookup.round().astype({"product keys (ms)": int, "all N slots (ms)": int})
 
 # %%
@@ -154,7 +164,8 @@ probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int})
 # factors.
 
 # %%
-pd.DataFrame(meta["adapters"]).rename(columns={"mb": "size (MB)"}).round({"size (MB)": 1})
+adapters = pd.DataFrame(meta["adapters"]).rename(columns={"mb": "size (MB)"})
+adapters.round({"size (MB)": 1})
 
 # %% [markdown]
 # ## On a GPU
@@ -166,8 +177,10 @@ pd.DataFrame(meta["adapters"]).rename(columns={"mb": "size (MB)"}).round({"size 
 # %%
 if (bench / "gpu_steps.csv").exists():
     gpu_steps = pd.read_csv(bench / "gpu_steps.csv")
-    gpu_slots = pd.read_csv(bench / "gpu_slots.csv") if (bench / "gpu_slots.csv").exists() else None
-    display(gpu_steps.round(3), benchmark_targets(gpu_steps, gpu_slots, gpu=True))
+    gpu_slots = (pd.read_csv(bench / "gpu_slots.csv")
+                 if (bench / "gpu_slots.csv").exists() else None)
+    display(gpu_steps.round(3),
+            benchmark_targets(gpu_steps, gpu_slots, gpu=True))
 
 # %% [markdown]
 # ## More than one GPU
