@@ -179,6 +179,7 @@ EXPLORER = """(() => {
   const label = [...document.querySelectorAll('.widget-slider .widget-label')].find(l => l.textContent === 'top-t');
   return label && label.closest('.widget-vbox');
 })()"""
+RENDERED = f"(() => {{ const box = {EXPLORER}; return !!box && box.querySelector('img') !== null; }})()"
 STATE = rf"""(() => {{
   const box = {EXPLORER};
   if (!box) return null;
@@ -225,9 +226,11 @@ def explorer_shot(page: Page, png: Path) -> tuple[dict, Image.Image]:
 def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
     """Move each control of chapter 4's explorer and require the figure to change; then the 400 px view."""
     failures = []
+    if not (html / "notebooks" / f"{WIDGET_PAGE}.html").exists():
+        return [f"{WIDGET_PAGE}.html: missing"]
     page = Page(browser, 1280, 1600)
     page.open(html / "notebooks" / f"{WIDGET_PAGE}.html")
-    if not page.wait_for(f"{EXPLORER} !== null && {EXPLORER}.querySelector('img') !== null", 30):
+    if not page.wait_for(RENDERED, 30):
         return [f"{WIDGET_PAGE}: the explorer (top-t slider) did not render"]
     state, before = explorer_shot(page, shots / f"{WIDGET_PAGE}-explorer.png")
     print(f"{WIDGET_PAGE}: explorer opens at top-t {state['readout']}, {' / '.join(state['selects'])}")
@@ -247,7 +250,8 @@ def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
         state, before = moved, after
     narrow = Page(browser, 400, 900)
     narrow.open(html / "notebooks" / f"{WIDGET_PAGE}.html")
-    narrow.wait_for(f"{EXPLORER} !== null && {EXPLORER}.querySelector('img') !== null", 30)
+    if not narrow.wait_for(RENDERED, 30):
+        return failures + [f"{WIDGET_PAGE} at 400 px: the explorer did not render"]
     narrow.js(f"{EXPLORER}.scrollIntoView({{block: 'start'}}); window.scrollBy(0, -80)")  # below the header
     narrow.b.pump(0.5)
     narrow.screenshot(shots / f"{WIDGET_PAGE}-400px.png")
@@ -284,6 +288,8 @@ def main() -> int:
     ap.add_argument("--shots", default="book/_build/screenshots")
     args = ap.parse_args()
     html, shots = Path(args.html), Path(args.shots)
+    if not (html / "index.html").exists():
+        sys.exit(f"no built book at {html}: run jupyter-book build book/ first")
     shots.mkdir(parents=True, exist_ok=True)
     # every page: the chapters, set-up, API, and Sphinx's own (index, search, general and module index)
     pages = sorted(html.glob("notebooks/*.html"))
