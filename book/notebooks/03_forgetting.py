@@ -124,7 +124,7 @@ plt.show()
 # %% [markdown]
 # ## Learning against forgetting
 # Each method's MedMCQA change (x) against its change on a forgetting probe (y), with both intervals. The
-# labels under the axes say which way is better: further right learned more; on the forgetting axis, the
+# labels above each plot say which way is better: further right learned more; on the forgetting axis, the
 # better direction depends on the probe (perplexity and drift should go down, log-likelihoods up).
 
 # %%
