@@ -172,7 +172,7 @@ def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_siz
 
 
 def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "full", base_model=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, exact_model=None, exact_n: int = 8) -> dict:
     """Score ``model`` on the suite.
 
     Args:
@@ -180,6 +180,8 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
             ``p.cheap``: MedMCQA dev, acquisition, drift and chat retention; for trajectories and sweeps).
         base_model: the base model, needed only while the drift reference is not cached yet (pass ``model``
             itself when scoring the base).
+        exact_model: the base model; when given, the exact KL is also computed on the first ``exact_n`` drift
+            items of each kind, to measure what the top-k cache leaves out (``*_drift_kl_topk_vs_exact``).
 
     Returns:
         ``{"metrics": {...}, "items": {...}, "timings": {...}}``; every item list is in a fixed order, so two
@@ -218,6 +220,11 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
             metrics["chat_loglik"] = d["loglik"]
             items["chat_loglik"] = [round(i["loglik"], 6) for i in d["items"]]
         timings[f"{name}_drift_s"] = time.perf_counter() - t0
+        if exact_model is not None and exact_n:
+            e = drift(model, spans[:exact_n], ref[:exact_n], batch_size=1, exact_reference=exact_model,
+                      progress=False)
+            approx, exact = sum(i["kl"] for i in e["items"]), sum(i["kl_exact"] for i in e["items"])
+            metrics[f"{name}_drift_kl_topk_vs_exact"] = approx / exact if exact > 0 else 1.0
     if kind == "full":
         text = suite.wikitext[split][0] if suite.wikitext[split] else None
         if text:

@@ -399,8 +399,11 @@ class Runner:
             model = model.to(getattr(torch, self.p.eval_dtype))
         if spec.evaluation == "full":
             self.log(f"{spec.name}: evaluating")
+            exact = self.load(0)[0] if gm.train is not None or gm.memory is not None else None
             with self.autocast():
-                result = evaluate(model, tok, self.p, self.suite, self.reference, "full", progress=self.progress)
+                result = evaluate(model, tok, self.p, self.suite, self.reference, "full", progress=self.progress,
+                                  exact_model=exact)
+            del exact
             if gm.train is None:  # the cheap scores of an untrained model: the reference point of trajectories
                 cheap = self._probe(tok, start)(model, 0)
                 result["cheap"] = cheap["items"]
