@@ -266,38 +266,40 @@ class Runner:
         marker = folder / "complete.json"
         ident = self.retrofit_identity(seed, mode)
         done = marker.exists() and self._check(marker, read_json(marker), ident, "retrofit stage")
-        if self.main and not done:
+        if not done:  # every process trains (DDP); process 0 alone writes
             started = folder / "identity.json"
-            if started.exists() and not self._check(started, read_json(started), ident, "retrofit stage"):
-                shutil.rmtree(folder)
-            write_json(started, ident)
+            if self.main:
+                if started.exists() and not self._check(started, read_json(started), ident, "retrofit stage"):
+                    shutil.rmtree(folder)
+                write_json(started, ident)
             model, tok = self.load(seed)
             torch.manual_seed(seed)
             add_memory(model, self.memory_config(mode))
             heldout = [reply for _, reply in self.suite.chat["dev"] or self.suite.chat["report"]]
             maxlen = p.retrofit.get("max_length", 256)
-            before = memory_report(model, tok, heldout, maxlen) if heldout else None
+            before = memory_report(model, tok, heldout, maxlen) if heldout and self.main else None
             texts = corpus(p, p.retrofit_corpus, p.retrofit_n)
             cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"),
                               **{**p.retrofit, "autocast": self.precision["autocast"]})
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
             res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress)
-            save_memory(res.model, folder / "adapter")
-            after = memory_report(res.model, tok, heldout, maxlen) if heldout else None
-            write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
-                                                   "processes": self.world,
-                                                   "heldout_oasst1": {"before": before, "after": after}})
-            t0 = time.perf_counter()
-            bg = corpus(p, p.background_corpus, p.background_n)
-            self.log(f"background statistics on {len(bg)} documents")
-            with self.autocast():
-                stats = compute_background_stats(res.model, tok, bg, max_length=p.train.get("max_length", 1024),
-                                                 progress=self.progress)
-            stats.save(folder / "background.safetensors")
-            write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(bg),
-                                                          "corpus": p.background_corpus})
-            write_json(marker, ident)
-            shutil.rmtree(folder / "ckpt", ignore_errors=True)
+            if self.main:
+                save_memory(res.model, folder / "adapter")
+                after = memory_report(res.model, tok, heldout, maxlen) if heldout else None
+                write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
+                                                       "processes": self.world,
+                                                       "heldout_oasst1": {"before": before, "after": after}})
+                t0 = time.perf_counter()
+                bg = corpus(p, p.background_corpus, p.background_n)
+                self.log(f"background statistics on {len(bg)} documents")
+                with self.autocast():
+                    stats = compute_background_stats(res.model, tok, bg, max_length=p.train.get("max_length", 1024),
+                                                     progress=self.progress)
+                stats.save(folder / "background.safetensors")
+                write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(bg),
+                                                              "corpus": p.background_corpus})
+                write_json(marker, ident)
+                shutil.rmtree(folder / "ckpt", ignore_errors=True)
         self.wait_for(marker)
         model, tok = self.load(seed)
         load_memory(model, folder / "adapter")
