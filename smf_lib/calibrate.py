@@ -15,7 +15,7 @@ import torch
 from . import data as D
 from .memory import MemoryConfig, add_memory, load_memory
 from .selection import compute_background_stats
-from .training import TrainConfig, _collate, train
+from .training import TrainConfig, collate_batch, train
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def heldout_loss(model, tok, texts: list[str], max_length: int = 256, batch_size
     """Mean token loss of ``texts`` (batches of ``batch_size``)."""
     device = next(model.parameters()).device
     chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
-    return sum(float(model(**_collate(tok, c, max_length, device)).loss) for c in chunks) / len(chunks)
+    return sum(float(model(**collate_batch(tok, c, max_length, device)).loss) for c in chunks) / len(chunks)
 
 
 def calibrate(model, tok, rates, update: str = "sgd", steps: int = 8, heldout: int = 48, adapter=None,

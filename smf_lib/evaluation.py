@@ -96,7 +96,7 @@ def build_suite(p, task_rows: list[dict]) -> Suite:
         acquisition=task_rows[: p.acquisition_n])
 
 
-def _spans(tok, suite: Suite, split: str, cheap: dict | None):
+def drift_spans(tok, suite: Suite, split: str, cheap: dict | None):
     """The drift probe's scored spans: WikiText windows and chat replies of a split (the cheap subset's sizes
     when ``cheap`` is given)."""
     wiki = [w for text in suite.wikitext[split] for w in text_windows(tok, text)]
@@ -142,7 +142,7 @@ def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_siz
     the MLP's it is added to (mean over real tokens of ||alpha * memory(x)|| / ||mlp(x)||, averaged over layers).
     """
     from .memory import MemoryMLP
-    from .training import _collate
+    from .training import collate_batch
 
     norms, hooks = [], []
 
@@ -157,7 +157,7 @@ def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_siz
     device, total, count, ratios = next(model.parameters()).device, 0.0, 0, []
     try:
         for i in range(0, len(texts), batch_size):
-            batch = _collate(tok, texts[i:i + batch_size], max_length, device)
+            batch = collate_batch(tok, texts[i:i + batch_size], max_length, device)
             norms.clear()
             out = model(**batch)
             n = int((batch["labels"][:, 1:] != -100).sum())
@@ -206,7 +206,7 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
         items.update(acquisition_correct=[i["correct"] for i in acq["items"]],
                      acquisition_gold_loglik=[round(i["gold_loglik"], 6) for i in acq["items"]])
         timings["acquisition_s"] = acq["seconds"]
-    wiki, chat = _spans(tok, suite, split, cheap)
+    wiki, chat = drift_spans(tok, suite, split, cheap)
     for name, spans in (("wikitext", wiki), ("chat", chat)):
         if not spans:
             continue

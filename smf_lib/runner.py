@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .evaluation import Reference, build_suite, corpus, data_root, evaluate, memory_report
+from .evaluation import Reference, build_suite, corpus, data_root, drift_spans, evaluate, memory_report
 from .files import FolderLock, read_json, write_json
 from .memory import MemoryConfig, add_memory, load_memory, memory_layers, save_memory
 from .methods import GRID_METHODS, get_method
@@ -248,11 +248,9 @@ class Runner:
         shutil.rmtree(self.art / "reference", ignore_errors=True)
         self.log("caching the base model's drift reference")
         model, tok = self.load(0)
-        from .evaluation import _spans
-
         for split in {self.p.evaluate_on, "dev"}:
             for cheap in (None, self.p.cheap):
-                wiki, chat = _spans(tok, self.suite, split, cheap)
+                wiki, chat = drift_spans(tok, self.suite, split, cheap)
                 for name, spans in (("wikitext", wiki), ("chat", chat)):
                     if spans:
                         with self.autocast():

@@ -379,7 +379,7 @@ def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
             return steps[: max(1, round(c.epochs * per_epoch))]
 
 
-def _collate(tokenizer, texts, max_length, device):
+def collate_batch(tokenizer, texts, max_length, device):
     """Right-padded batch (whatever the tokenizer's padding side) with labels on real tokens only."""
     side = getattr(tokenizer, "padding_side", None)  # tokenizers without the attribute pad on the right
     if side is not None:
@@ -553,7 +553,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             group, total_loss = plan[step], 0.0
             counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
             parts = [[] for _ in mems]
-            batches = [_collate(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device) for mb in group]
+            batches = [collate_batch(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device)
+                       for mb in group]
             scored = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # tokens each loss averages over
             step_tokens = float(_all_reduce_sum(torch.tensor(float(sum(scored))), world)) / world
             for batch, n_scored in zip(batches, scored):
