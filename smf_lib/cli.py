@@ -1,4 +1,4 @@
-"""The command line: ``python -m smf_lib run | summarize | calibrate``."""
+"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
+    st = sub.add_parser("status", help="list a preset's planned runs and which of them are finished in OUT")
+    st.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    st.add_argument("--out", help="results folder (default results/PRESET)")
     s = sub.add_parser("summarize", help="rewrite OUT/summary.csv and OUT/trajectories.csv from OUT/runs/*.json")
     s.add_argument("--out", required=True)
     pr = sub.add_parser("protocol", help="print a preset's departures from the paper's protocol, with reasons")
@@ -71,6 +74,17 @@ def main(argv=None) -> int:
         from .results import write_summary
 
         print(write_summary(Path(args.out)))
+        return 0
+    if args.cmd == "status":
+        from .runner import study_status
+
+        out = args.out or f"results/{args.preset}"
+        table = study_status(get_preset(args.preset), out)
+        done = table[table["state"] == "finished"]
+        print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
+        print(f"{len(done)} of {len(table)} runs finished in {out}; their records add up to "
+              f"{done['minutes'].sum():.0f} minutes. `python -m smf_lib run --preset {args.preset}"
+              f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
         return 0
     if args.cmd == "protocol":
         from .presets import protocol_table

@@ -79,6 +79,51 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
     return specs
 
 
+def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
+    """Where a preset's grid stands in ``out``, read from its files alone (nothing is loaded or computed).
+
+    Returns:
+        a pandas DataFrame, one row per planned run.
+
+    One row per planned run: its evaluation (``full`` or ``cheap``), its state (``finished``: ``runs/NAME.json``
+    exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under ``artifacts/``, so a rerun of
+    the same command resumes it from its last checkpoint; ``other settings``: a record whose training settings
+    differ from the preset's, which ``run --fresh`` replaces; ``to do``), and for finished runs the measured
+    minutes from start to written record (training and evaluation, on whatever machine ran it). Only the
+    training settings are compared here; ``run`` checks the whole identity (data, precision, probes) too.
+    """
+    import pandas as pd
+
+    out = Path(out)
+    rows = []
+    for spec in plan(p, methods, seeds):
+        record, state, minutes = out / "runs" / f"{spec.name}.json", "to do", None
+        if record.exists():
+            stored = read_json(record)
+            state, minutes = "finished", stored.get("wall_seconds", 0) / 60
+            if not _same_training(stored.get("identity"), p, spec):
+                state, minutes = "other settings", None
+        elif (out / "failed" / f"{spec.name}.json").exists():
+            state = "failed"
+        elif (out / "artifacts" / spec.name).exists():
+            state = "started"
+        rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
+                     "lr": spec.lr, "evaluation": spec.evaluation, "state": state, "minutes": minutes})
+    return pd.DataFrame(rows)
+
+
+def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
+    """Whether a stored run identity has the preset's training settings for ``spec`` (autocast aside)."""
+    if not identity or identity.get("method") != spec.method or identity.get("model") != p.model:
+        return False
+    if get_method(spec.method).train is None:
+        return True
+    current = _plain(dataclasses.asdict(p.train_config(spec.method, spec.seed, spec.lr)))
+    stored = dict(identity.get("train_config") or {})
+    stored.pop("autocast", None), current.pop("autocast", None)
+    return stored == current
+
+
 def _plain(obj):
     """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
     return json.loads(json.dumps(obj, default=str))

@@ -128,6 +128,8 @@ def test_results_from_other_settings_are_refused(reference_grid, tmp_path, monke
     smoke = get_preset("smoke")
     smoke.train = {**smoke.train, "top_t": 4}
     monkeypatch.setitem(PRESETS, "smoke", smoke)
+    state = R.study_status(smoke, out, ["base", "smf-kl"]).set_index("run")["state"]
+    assert state.to_dict() == {"base": "finished", "smf-kl-s0": "other settings"}
     with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*train_config.*--fresh"):
         main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl"])
     before = (out / "runs" / "base.json").read_bytes()
@@ -135,6 +137,28 @@ def test_results_from_other_settings_are_refused(reference_grid, tmp_path, monke
     assert (out / "runs" / "base.json").read_bytes() == before  # unchanged settings: kept
     run = json.loads((out / "runs" / "smf-kl-s0.json").read_text())
     assert run["train_config"]["top_t"] == 4
+
+
+def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    planned = [s.name for s in R.plan(get_preset("smoke"))]
+    (out / "runs" / "lora-s0.json").unlink()  # one run killed while training: its artifacts folder remains
+    (out / "artifacts" / "lora-s0").mkdir(exist_ok=True)
+    (out / "runs" / "full-s0.json").unlink()
+    shutil.rmtree(out / "artifacts" / "full-s0", ignore_errors=True)
+    (out / "failed").mkdir(exist_ok=True)
+    (out / "failed" / "full-s0.json").write_text("{}")
+    table = R.study_status(get_preset("smoke"), out)
+    assert table["run"].tolist() == planned
+    state = table.set_index("run")["state"]
+    assert state["lora-s0"] == "started" and state["full-s0"] == "failed" and state["base"] == "finished"
+    assert (state == "finished").sum() == len(planned) - 2
+    assert table.set_index("run")["minutes"]["base"] > 0
+    assert main(["status", "--preset", "smoke", "--out", str(out)]) == 0
+    assert f"{len(planned) - 2} of {len(planned)} runs finished" in capsys.readouterr().out
 
 
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
