@@ -82,15 +82,12 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
 def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
     """Where a preset's grid stands in ``out``, read from its files alone (nothing is loaded or computed).
 
-    Returns:
-        a pandas DataFrame, one row per planned run.
-
-    One row per planned run: its evaluation (``full`` or ``cheap``), its state (``finished``: ``runs/NAME.json``
-    exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under ``artifacts/``, so a rerun of
-    the same command resumes it from its last checkpoint; ``other settings``: a record whose training settings
-    differ from the preset's, which ``run --fresh`` replaces; ``to do``), and for finished runs the measured
-    minutes from start to written record (training and evaluation, on whatever machine ran it). Only the
-    training settings are compared here; ``run`` checks the whole identity (data, precision, probes) too.
+    Returns a pandas DataFrame with one row per planned run: its evaluation (``full`` or ``cheap``), its state
+    (``finished``: ``runs/NAME.json`` exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under
+    ``artifacts/``, so a rerun of the same command resumes it from its last checkpoint; ``other settings``: a record
+    whose training settings differ from the preset's, which ``run --fresh`` replaces; ``to do``), and for finished
+    runs the measured minutes from start to written record (training and evaluation, on whatever machine ran it).
+    Only the training settings are compared here; ``run`` checks the whole identity (data, precision, probes) too.
     """
     import pandas as pd
 
