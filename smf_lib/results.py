@@ -208,10 +208,12 @@ def _digits(lo: float, hi: float) -> int:
 def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "chat_loglik",
                                                "wikitext_ppl", "triviaqa_acc")) -> pd.DataFrame:
     """A compact view of ``summary``: per run and metric one cell ``"Δ [lo, hi]"`` (accuracies in points), rounded
-    to what the interval supports; metrics a run lacks are left out."""
+    to what the interval supports; metrics a run lacks are left out. ``lr`` is the run's learning rate."""
     rows = []
     for _, r in summary[summary["method"] != "base"].iterrows():
-        row = {"method": r["method"], "seed": r["seed"]}
+        lr = r.get("lr", "")
+        row = {"method": r["method"], "seed": r["seed"], "lr": f"{lr:g}" if isinstance(lr, (int, float)) and
+               not pd.isna(lr) else ""}
         for m in metrics:
             if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
                 continue

@@ -218,3 +218,20 @@ def test_claims_paths_and_frontier_from_the_smoke_grid(reference_grid):
     traj = pd.read_csv(reference_grid / "trajectories.csv")
     assert len(plot_paths(traj).get_lines()) >= 3 and len(plot_frontier(traj).get_lines()) >= 3
     assert results.claims_table([r for r in runs if r["method"] == "base"])["measured"].eq("not run yet").all()
+
+
+def test_delta_table_rounds_to_what_the_interval_supports():
+    summary = pd.DataFrame([
+        {"method": "base", "seed": "", "lr": ""},
+        {"method": "full", "seed": 0, "lr": 5e-5, "d_medmcqa_acc": 0.0312, "d_medmcqa_acc_lo": -0.0215,
+         "d_medmcqa_acc_hi": 0.0871, "d_wikitext_ppl": -0.5614, "d_wikitext_ppl_lo": -0.7321,
+         "d_wikitext_ppl_hi": -0.4102},
+        {"method": "lora", "seed": 1, "lr": 2e-4, "d_medmcqa_acc": 0.01, "d_medmcqa_acc_lo": -0.05,
+         "d_medmcqa_acc_hi": 0.07},
+    ])
+    table = results.delta_table(summary, ("medmcqa_acc", "wikitext_ppl", "chat_loglik")).set_index("method")
+    assert "base" not in table.index and "chat loglik" not in table
+    assert table.loc["full", "medmcqa acc"] == "+3 [-2, +9]"  # points; an interval 11 points wide: no decimals
+    assert table.loc["full", "wikitext ppl"] == "-0.56 [-0.73, -0.41]"
+    assert table.loc["full", "lr"] == "5e-05" and table.loc["lora", "seed"] == 1
+    assert pd.isna(table.loc["lora", "wikitext ppl"])
