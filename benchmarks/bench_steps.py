@@ -214,8 +214,8 @@ def run_sub(args: list[str], tune: bool = True, ballast_slots: int = 0) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def lookup_and_probes(target_name: str) -> dict:
-    """Product-key lookup vs brute force at growing N; probe throughput (tokens/s)."""
+def lookup_and_probes(target_name: str, lookup: bool = True) -> dict:
+    """Product-key lookup vs brute force at growing N (``lookup``); probe throughput (tokens/s)."""
     from smf_lib.memory import ProductKeyMemory
 
     target = target_of(target_name, bool(os.environ.get("BENCH_QUICK")))
@@ -223,7 +223,7 @@ def lookup_and_probes(target_name: str) -> dict:
     d = {"cpu": 576, "gpu": 896, "cpu-paper": 896, "tiny": 64}[target_name]
     x = torch.randn(target["batch"], target["seq"], d, device=device)
     rows = []
-    for n_keys in target["slots"]:
+    for n_keys in target["slots"] if lookup else ():
         mem = ProductKeyMemory(d, S.MemoryConfig(layers=(0,), n_keys=n_keys, knn=min(16, n_keys)), 0).to(device)
         r = {"n_slots": n_keys**2}
         for name, fn in (("product_keys_ms", mem.lookup), ("brute_force_ms", mem.lookup_brute_force)):
@@ -252,18 +252,24 @@ def lookup_and_probes(target_name: str) -> dict:
         # runs 8 x 128-token windows of WikiText with full logits, as a training forward would.
         ids = tok(D.wikitext_text(200), add_special_tokens=False).input_ids
         batch = torch.tensor(ids[: 8 * 128]).view(8, 128)
-        with torch.no_grad():
+        @torch.no_grad()
+        def base_forward_tps(reps=5):
             model(batch)
             t0 = time.perf_counter()
-            for _ in range(3):
+            for _ in range(reps):
                 model(batch)
-        base_tps = 3 * batch.numel() / (time.perf_counter() - t0)
-        probes.append({"probe": "base forward (8 x 128, full logits)", "tokens_per_s": base_tps})
+            return reps * batch.numel() / (time.perf_counter() - t0)
+
         rows_m = D.load_medmcqa("validation", 96)
-        for bs in (1, 16):
+        speeds = {}
+        for bs in (1, 16):  # the base forward timed just before each, so load changes hit both alike
+            base_tps = base_forward_tps()
             t0 = time.perf_counter()
             res = P.medmcqa_accuracy(model, tok, rows_m, progress=False, batch_size=bs)
-            tps = res["tokens"] / (time.perf_counter() - t0)
+            speeds[bs] = (res["tokens"] / (time.perf_counter() - t0), base_tps)
+        probes.append({"probe": "base forward (8 x 128, full logits)",
+                       "tokens_per_s": sum(b for _, b in speeds.values()) / len(speeds)})
+        for bs, (tps, base_tps) in speeds.items():
             probes.append({"probe": f"medmcqa, {bs} question(s) per forward (prompt once + 4 options)",
                            "tokens_per_s": tps, "vs_base_forward": tps / base_tps})
         rows_t = D.load_triviaqa(32)
@@ -305,8 +311,10 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--parts", nargs="+", choices=("steps", "slots", "meta"), default=["steps", "slots", "meta"],
-                    help="which tables to (re)write; the others are left as they are")
+    ap.add_argument("--parts", nargs="+", choices=("steps", "slots", "meta", "probes"),
+                    default=["steps", "slots", "meta"],
+                    help="which tables to (re)write; the others are left as they are (probes: only the probe "
+                         "speeds of {target}_meta.json)")
     ap.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's default malloc settings")
     ap.add_argument("--device", help="run a target on another device (default: cuda for gpu, else cpu)")
     ap.add_argument("--quick", action="store_true",
@@ -355,6 +363,13 @@ def main():
                           "page_faults_per_step": round(r["page_faults_per_step"]), "peak_mem_mb": r["peak_mem_mb"]})
             print(slots[-1], flush=True)
             write(pd.DataFrame(slots), f"{args.target}_slots.csv")
+    if "probes" in args.parts and "meta" not in args.parts:
+        path = out / f"{args.target}_meta.json"
+        meta = json.loads(path.read_text()) if path.exists() else {}
+        meta.update(probes=lookup_and_probes(args.target, lookup=False)["probes"],
+                    probes_date=time.strftime("%Y-%m-%d"), probes_threads=torch.get_num_threads())
+        path.write_text(json.dumps(meta, indent=1))
+        print(json.dumps(meta["probes"], indent=1))
     if "meta" not in args.parts:
         return
     meta = {"setup": (f"{args.target}{' (quick dry run)' if args.quick else ''} on {device}: {t['model']}, "

@@ -81,10 +81,10 @@ def _letter_ids(tokenizer) -> list[int]:
 @torch.no_grad()
 def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int],
                          cache_arg: str):
-    """Mean log-likelihood of every option and the letter log-probs of several questions in two forwards.
+    """Mean log-likelihood of every option and the letter log-probs of several questions.
 
-    The prompts are left-padded (positions from the mask) and run once; their KV cache is repeated for each
-    question's options, which are right-padded after it.
+    The prompts are left-padded (positions from the mask) and run once; then each question's options run in one
+    row after its own prompt's cache, separated by the attention mask (no copies of the cache).
     """
     dev, B, K = _device(model), len(prompts), len(options[0])
     P = max(map(len, prompts))
@@ -98,24 +98,47 @@ def _option_scores_batch(model, prompts: list[list[int]], options: list[list[lis
                   logits_to_keep=1)
     last = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # (B, vocab)
     cache = first["cache"] if "cache" in first else first.past_key_values
-    cache.batch_repeat_interleave(K)
-    flat = [o for opts in options for o in opts]
-    oids, omask = _pad_right(flat)
-    mask = torch.cat([pmask.repeat_interleave(K, 0), omask], dim=1)
-    lens = torch.tensor([len(q) for q in prompts]).repeat_interleave(K)
-    opos = lens.unsqueeze(1) + torch.arange(oids.shape[1]).unsqueeze(0)
-    logits = model(input_ids=oids.to(dev), attention_mask=mask.to(dev), position_ids=opos.to(dev),
-                   **{cache_arg: cache}).logits
+    # One row per question: its options one after another, each at the positions right after the prompt and
+    # attending only to the prompt and to its own earlier tokens (a block-diagonal causal mask over the options).
+    S = max(sum(map(len, opts)) for opts in options)
+    oids = torch.zeros(B, S, dtype=torch.long)
+    opos = torch.zeros(B, S, dtype=torch.long)
+    allow = torch.zeros(B, S, P + S, dtype=torch.bool)
+    allow[:, :, :P] = pmask.bool().unsqueeze(1)  # padding rows attend to the prompt too: finite, never read
+    spans = []  # (question, row offset, option tokens)
+    for b, opts in enumerate(options):
+        off = 0
+        for o in opts:
+            n = len(o)
+            oids[b, off:off + n] = torch.as_tensor(o)
+            opos[b, off:off + n] = len(prompts[b]) + torch.arange(n)
+            allow[b, off:off + n, P + off:P + off + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            spans.append((b, off, o))
+            off += n
+    inner = model.get_decoder()  # the decoder stack: only the scored positions go through the output head
+    mask = allow.unsqueeze(1)
+    if model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 or a large negative
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.dtype
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    hidden = inner(input_ids=oids.to(dev), attention_mask=mask.to(dev), position_ids=opos.to(dev),
+                   **{_cache_argument(inner): cache}).last_hidden_state
+    # option token j >= 1 is predicted at its option's position j - 1 (its first token at the prompt's last one)
+    pairs = [(b, off + j) for b, off, o in spans for j in range(len(o) - 1)]
+    later = [torch.zeros(0)] * len(spans)
+    if pairs:
+        r_idx, c_idx = torch.tensor(pairs, device=dev).T
+        targets = torch.tensor([t for _, _, o in spans for t in o[1:]], device=dev)
+        logits = model.get_output_embeddings()(hidden[r_idx, c_idx]).float()
+        lp = F.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1).cpu()
+        later = list(torch.split(lp, [len(o) - 1 for _, _, o in spans]))
+    flat = [o for _, _, o in spans]
     out = []
     for b in range(B):
         means = []
         for k in range(K):
-            r, o = b * K + k, flat[b * K + k]
-            lp = [last[b, o[0]]]
-            if len(o) > 1:
-                rows = F.log_softmax(logits[r, : len(o) - 1].float(), dim=-1)
-                lp += list(rows.gather(1, torch.tensor(o[1:], device=dev).unsqueeze(1)).squeeze(1))
-            means.append(float(torch.stack(lp).mean()))
+            r = b * K + k
+            lp = torch.cat([last[b, flat[r][0]].reshape(1).cpu(), later[r]])
+            means.append(float(lp.mean()))
         out.append((means, [float(last[b, t]) for t in letter_ids]))
     return out
 

@@ -497,10 +497,12 @@ class Runner:
                     stale.unlink()
             t0 = time.perf_counter()
             self.prepare_references()
+            snapshot = any(GRID_METHODS[s.method].memory == "additive" for s in specs)
             for spec in specs:
                 self.run_one(spec)
-            if any(GRID_METHODS[s.method].memory == "additive" for s in specs):
-                self.selection_snapshot(specs[0].seed)
+                if snapshot and GRID_METHODS[spec.method].memory == "additive":
+                    self.selection_snapshot(specs[0].seed)  # as soon as the retrofit exists, not at the grid's end
+                    snapshot = False
             path = self.out / "summary.csv"
             if self.main:
                 write_summary(self.out)

@@ -127,13 +127,22 @@ def test_triviaqa_generation_stops_at_eos(model):
     assert res["items"][0]["output"] == "" and res["items"][0]["correct"] == 0
 
 
-def test_batched_medmcqa_equals_one_question_at_a_time(model):
-    rows = [dict(ROW, question="Which colour " + "is it " * k + "?", cop=k % 4) for k in range(5)]
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_batched_medmcqa_equals_one_question_at_a_time(model, attention):
+    """Several questions per forward (left-padded prompts, each question's options packed in one row behind a
+    block-diagonal mask) score as each option does alone after its prompt, with either attention kernel."""
+    model.set_attn_implementation(attention)
+    rows = [dict(ROW, question="Which colour " + "is it " * k + "?", cop=k % 4, opa="red" * (k + 1))
+            for k in range(5)]
     one = P.medmcqa_accuracy(model, LetterTokenizer(), rows, progress=False, batch_size=1)
     many = P.medmcqa_accuracy(model, LetterTokenizer(), rows, progress=False, batch_size=3)
     assert [i["pred"] for i in one["items"]] == [i["pred"] for i in many["items"]]
-    for a, b in zip(one["items"], many["items"]):
+    tok = LetterTokenizer()
+    for row, a, b in zip(rows, one["items"], many["items"]):
+        ctx, gold = tok.encode(medmcqa_prompt(row)), tok.encode(medmcqa_options(row)[row["cop"]])
+        alone = float(P.continuation_logprobs(model, [ctx], [gold], batch_size=1)[0].mean())
         assert a["gold_loglik"] == pytest.approx(b["gold_loglik"], abs=1e-4)
+        assert b["gold_loglik"] == pytest.approx(alone, abs=1e-4)
 
 
 def test_empty_evaluation_sets_are_refused(model):
