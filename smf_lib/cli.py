@@ -76,15 +76,15 @@ def main(argv=None) -> int:
         print(write_summary(Path(args.out)))
         return 0
     if args.cmd == "status":
-        from .runner import study_status
+        from .runner import status_line, study_status
 
         out = args.out or f"results/{args.preset}"
         table = study_status(get_preset(args.preset), out)
-        done = table[table["state"] == "finished"]
         print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
-        print(f"{len(done)} of {len(table)} runs finished in {out}; their records add up to "
-              f"{done['minutes'].sum():.0f} minutes. `python -m smf_lib run --preset {args.preset}"
-              f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
+        print(status_line(table))
+        if (table["state"] != "finished").any():
+            print(f"`python -m smf_lib run --preset {args.preset}"
+                  f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
         return 0
     if args.cmd == "protocol":
         from .presets import protocol_table

@@ -109,6 +109,20 @@ def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
     return pd.DataFrame(rows)
 
 
+def status_line(table, width: int = 100) -> str:
+    """A :func:`study_status` table in words, wrapped at ``width``: how many runs are finished, what their
+    records add up to, and which runs are still to come."""
+    import textwrap
+
+    done = table["state"] == "finished"
+    text = (f"{int(done.sum())} of {len(table)} runs finished; their records add up to "
+            f"{table.loc[done, 'minutes'].sum():.0f} minutes.")
+    if not done.all():
+        text += " Not finished yet: " + ", ".join(f"{r} ({s})" for r, s in zip(table.loc[~done, "run"],
+                                                                               table.loc[~done, "state"])) + "."
+    return textwrap.fill(text, width)
+
+
 def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
     """Whether a stored run identity has the preset's training settings for ``spec`` (autocast aside)."""
     if not identity or identity.get("method") != spec.method or identity.get("model") != p.model:

@@ -158,7 +158,9 @@ def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
     assert (state == "finished").sum() == len(planned) - 2
     assert table.set_index("run")["minutes"]["base"] > 0
     assert main(["status", "--preset", "smoke", "--out", str(out)]) == 0
-    assert f"{len(planned) - 2} of {len(planned)} runs finished" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len(planned) - 2} of {len(planned)} runs finished" in printed
+    assert "lora-s0 (started), full-s0 (failed)" in " ".join(printed.split()) and "resumes the rest" in printed
 
 
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
