@@ -237,3 +237,17 @@ def test_delta_table_rounds_to_what_the_interval_supports():
     assert table.loc["full", "wikitext ppl"] == "-0.56 [-0.73, -0.41]"
     assert table.loc["full", "lr"] == "5e-05" and table.loc["lora", "seed"] == 1
     assert pd.isna(table.loc["lora", "wikitext ppl"])
+
+
+def test_verdicts_read_the_direction_of_each_metric():
+    summary = pd.DataFrame([
+        {"method": "base", "seed": "", "lr": ""},
+        {"method": "full", "seed": 0, "lr": 1e-3,
+         "d_wikitext_ppl": 0.8, "d_wikitext_ppl_lo": 0.3, "d_wikitext_ppl_hi": 1.2,      # up: worse
+         "d_chat_loglik": 0.05, "d_chat_loglik_lo": 0.01, "d_chat_loglik_hi": 0.09,      # up: better
+         "d_medmcqa_acc": 0.01, "d_medmcqa_acc_lo": -0.02, "d_medmcqa_acc_hi": 0.04},   # crosses zero
+    ])
+    row = results.verdicts(summary).iloc[0]
+    assert (row["lr"], row["wikitext_ppl"], row["chat_loglik"], row["medmcqa_acc"]) == (
+        "0.001", "worse", "better", "no clear change")
+    assert "triviaqa_acc" not in row or pd.isna(row["triviaqa_acc"])
