@@ -36,7 +36,7 @@ LINTED := book/notebooks book/_ext scripts benchmarks
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 
-# The cached results the book shows (about an hour on 2 CPU cores; resumable).
+# The cached results the book shows (hours on 2 CPU cores; resumable: `python -m smf_lib status --preset cpu`).
 cpu-results: setup
 	$(PY) -m smf_lib run --preset cpu --out results/cpu
 
