@@ -133,7 +133,7 @@ def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
             down = "worse" if sign > 0 else "better"
             row[m] = up if lo > 0 else down if hi < 0 else "no clear change"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])
 
 
 def write_summary(out: str | Path) -> Path:
@@ -225,4 +225,4 @@ def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc"
             k = _digits(lo, hi)
             row[m.replace("_", " ")] = f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])

@@ -237,6 +237,9 @@ def test_delta_table_rounds_to_what_the_interval_supports():
     assert table.loc["full", "wikitext ppl"] == "-0.56 [-0.73, -0.41]"
     assert table.loc["full", "lr"] == "5e-05" and table.loc["lora", "seed"] == 1
     assert pd.isna(table.loc["lora", "wikitext ppl"])
+    only_base = summary[summary["method"] == "base"]  # a grid that has finished only its base run so far
+    for empty in (results.delta_table(only_base), results.verdicts(only_base)):
+        assert len(empty) == 0 and {"method", "seed", "lr"} <= set(empty.columns)
 
 
 def test_verdicts_read_the_direction_of_each_metric():
