@@ -95,7 +95,7 @@ def trajectory_table(runs: list[dict]) -> pd.DataFrame:
             if base is not None:
                 row.update(paired_row({"items": base["cheap"]}, {"items": point["items"]}))
             rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr", "step", "steps"])
     if len(df):
         df = df.assign(_o=df["method"].map(order_key)).sort_values(["_o", "lr", "seed", "step"]).drop(columns="_o")
     return df.reset_index(drop=True)

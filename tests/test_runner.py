@@ -240,6 +240,7 @@ def test_delta_table_rounds_to_what_the_interval_supports():
     only_base = summary[summary["method"] == "base"]  # a grid that has finished only its base run so far
     for empty in (results.delta_table(only_base), results.verdicts(only_base)):
         assert len(empty) == 0 and {"method", "seed", "lr"} <= set(empty.columns)
+    assert list(results.trajectory_table([]).columns) == ["method", "seed", "lr", "step", "steps"]
 
 
 def test_verdicts_read_the_direction_of_each_metric():
