@@ -68,7 +68,9 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 # %%
 from smf_lib import setup_notebook
 from smf_lib.methods import ORDER
+from smf_lib.presets import get_preset
 from smf_lib.results import delta_table, load_results
+from smf_lib.runner import status_line, study_status
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -83,10 +85,11 @@ device = setup_notebook(SEED)
 
 # %%
 folder, summary, runs = load_results("cpu")
+print(status_line(study_status(get_preset("cpu"), folder)))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 headline = ("medmcqa_acc", "wikitext_ppl", "chat_drift_kl",
             "triviaqa_alias_loglik")
-delta_table(summary, headline).set_index(["method", "seed"])
+delta_table(summary, headline).set_index(["method", "lr", "seed"])
 
 # %% [markdown]
 # The model is small and near chance on MedMCQA, so changes in accuracy are small, and chapter 3 reads them

@@ -125,9 +125,20 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 # %%
 selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
 delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
-                        "triviaqa_alias_loglik")).set_index(["method", "seed"])
+                        "triviaqa_alias_loglik")).set_index(["method", "lr", "seed"])
 
 # %% [markdown]
+# :::{admonition} What this chapter shows, and what it does not
+# :class: note
+# **It shows** which value rows KL and TF-IDF select on real MedMCQA batches of the study's retrofitted memory,
+# how far the two selections overlap as top-t grows, and how each treats the hub rows, together with what the two
+# selectors' study runs changed on the probes, with intervals.
+#
+# **It does not show** that one selector forgets less than the other in general. The runs differ in the selector
+# alone, on one small model, one task, one top-t and two seeds; where the two runs' intervals overlap, this study
+# cannot tell them apart. The read counts come from a few batches, not from every step of training.
+# :::
+#
 # ## Summary
 # - A selector scores each read row from the batch's share of reads $p_i$ and, for KL and TF-IDF, from the
 #   background statistics: TF-IDF from document frequencies $df_i$, KL from total reads $A_i$.

@@ -145,7 +145,7 @@ else:
 folder, summary, runs = load_results("cpu")
 study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
 delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
-                    "wikitext_ppl")).set_index(["method", "seed"])
+                    "wikitext_ppl")).set_index(["method", "lr", "seed"])
 
 # %% [markdown]
 # ## Summary
