@@ -244,14 +244,13 @@ def plot_slot_scaling(slots: pd.DataFrame, ax=None):
 
 
 def _better(ax, x_better: str, y_better: str):
-    """Mark which way is better on each axis."""
-    ax.annotate(f"y: {y_better} is better", xy=(0, 1.02), xycoords="axes fraction", ha="left", fontsize=9,
-                color="0.2")
-    ax.annotate(f"x: {x_better} is better", xy=(1, 1.02), xycoords="axes fraction", ha="right", fontsize=9,
-                color="0.2")
+    """Mark which way is better on each axis, in the axis labels (set them first); an annotation above the axes
+    would collide with the axis's scale factor (e.g. 1e-5)."""
+    ax.set_xlabel(f"{ax.get_xlabel()}\n({x_better} is better)")
+    ax.set_ylabel(f"{ax.get_ylabel()}\n({y_better} is better)")
 
 
-def plot_paths(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str = "chat_drift_kl", ax=None):
+def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None):
     """Learning (x) against forgetting (y) along training, one path per method (mean over seeds; the preset's
     rate only), from ``trajectories.csv``: at matched learning, the lower path forgets less."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
@@ -274,7 +273,7 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str
     return ax
 
 
-def plot_frontier(traj: pd.DataFrame, learn: str = "d_acquisition_acc", forget: str = "chat_drift_kl", ax=None):
+def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None):
     """The end of every run at every learning rate (mean over seeds): learning gain against forgetting, one line
     per method through its rates, each point labelled with its rate."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]

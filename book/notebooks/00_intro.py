@@ -85,7 +85,7 @@ device = setup_notebook(SEED)
 
 # %%
 folder, summary, runs = load_results("cpu")
-print(status_line(study_status(get_preset("cpu"), folder)))
+print(status_line(study_status(get_preset("cpu"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 headline = ("medmcqa_acc", "wikitext_ppl", "chat_drift_kl",
             "triviaqa_alias_loglik")

@@ -77,7 +77,7 @@ SEED = 0
 device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # lists of metrics in full
 folder, summary, runs = load_results("cpu")
-print(status_line(study_status(get_preset("cpu"), folder)))
+print(status_line(study_status(get_preset("cpu"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 runs = [r for r in runs if r["method"] in ORDER]
 runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
@@ -105,7 +105,8 @@ print("reported items: " + ", ".join(
 # (up is worse) and TriviaQA (down is worse).
 
 # %%
-_, pilot, _ = load_results("cpu-pilot")
+pilot_folder, pilot, _ = load_results("cpu-pilot")
+print(status_line(study_status(get_preset("cpu-pilot"), pilot_folder), width=76))
 retention = ("chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik",
              "triviaqa_acc")
 delta_table(pilot, ("medmcqa_gold_loglik", "medmcqa_acc", *retention,
@@ -229,9 +230,11 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# When the study records cheap probes along training (`trajectories.csv`), the next cell draws each method's
-# path from its start to its end, and the end point of every learning rate tried: at matched learning, the
-# lower curve forgot less ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`).
+# Every trained run also scored the cheap dev subset along training (`trajectories.csv`: 150 MedMCQA dev
+# questions, 40 dev chat replies, at 4 points from step 0 to the end). The next cell draws each method's path from
+# its start to its end, with the gain in the gold option's log-likelihood on x and the drift on chat replies on y,
+# and the end point of every learning rate tried: at matched learning, the lower curve moved the model less
+# ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`).
 
 # %%
 trajectories = pd.read_csv(folder / "trajectories.csv")
@@ -277,9 +280,12 @@ table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
 
 # %% [markdown]
 # ## The paper's claims, checked on this study
-# The paper's abstract makes five claims (section 7 of the {doc}`method <../method>`). Each row tests one on this
+# The paper's abstract claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and
+# TriviaQA accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift
+# clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method on this
 # study's first seed: what was measured, with its paired 95% interval, and whether the interval agrees with the
-# claim, contradicts it, or cannot tell ({py:func}`~smf_lib.results.claims_table`). The model, the data sizes and
+# claim, contradicts it, or cannot tell ({py:func}`~smf_lib.results.claims_table`); a run that has not finished
+# yet reads "not run yet". The model, the data sizes and
 # the run lengths are far from the paper's, so a disagreement here is about this setting, not a refutation.
 
 # %%

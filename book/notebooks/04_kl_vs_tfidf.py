@@ -124,6 +124,9 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 
 # %%
 selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
+missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])
+if missing:
+    print(f"not finished yet in this study: {', '.join(sorted(missing))}")
 delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
                         "triviaqa_alias_loglik")).set_index(["method", "lr", "seed"])
 
