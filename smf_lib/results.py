@@ -114,6 +114,11 @@ def seed_spread(summary: pd.DataFrame, metrics=("d_medmcqa_acc", "d_chat_drift_k
     return pd.DataFrame(rows)
 
 
+def _seed(seed):
+    """A seed as the tables show it: an integer (a CSV round trip makes it a float), ``""`` for none."""
+    return int(seed) if isinstance(seed, (int, float)) and not pd.isna(seed) else ""
+
+
 def _rate(lr) -> str:
     """A learning rate as the tables show it (``""`` for none)."""
     return f"{lr:g}" if isinstance(lr, (int, float)) and not pd.isna(lr) else ""
@@ -124,7 +129,7 @@ def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
     ``no clear change`` (better means more learning, or less forgetting); ``lr`` is the run's learning rate."""
     rows = []
     for _, r in summary[summary["method"] != "base"].iterrows():
-        row = {"method": r["method"], "seed": r["seed"], "lr": _rate(r.get("lr", ""))}
+        row = {"method": r["method"], "seed": _seed(r["seed"]), "lr": _rate(r.get("lr", ""))}
         for m, (_, _, sign, _) in METRICS.items():
             lo, hi = r.get(f"d_{m}_lo"), r.get(f"d_{m}_hi")
             if lo is None or hi is None or (isinstance(lo, float) and np.isnan(lo)):
@@ -216,7 +221,7 @@ def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc"
     to what the interval supports; metrics a run lacks are left out. ``lr`` is the run's learning rate."""
     rows = []
     for _, r in summary[summary["method"] != "base"].iterrows():
-        row = {"method": r["method"], "seed": r["seed"], "lr": _rate(r.get("lr", ""))}
+        row = {"method": r["method"], "seed": _seed(r["seed"]), "lr": _rate(r.get("lr", ""))}
         for m in metrics:
             if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
                 continue

@@ -236,6 +236,8 @@ def test_delta_table_rounds_to_what_the_interval_supports():
     assert table.loc["full", "medmcqa acc"] == "+3 [-2, +9]"  # points; an interval 11 points wide: no decimals
     assert table.loc["full", "wikitext ppl"] == "-0.56 [-0.73, -0.41]"
     assert table.loc["full", "lr"] == "5e-05" and table.loc["lora", "seed"] == 1
+    assert str(results.delta_table(summary.astype({"seed": object}).replace({"seed": {1: 1.0}}))
+               .set_index("method").loc["lora", "seed"]) == "1"  # a seed read back from CSV as 1.0
     assert pd.isna(table.loc["lora", "wikitext ppl"])
     only_base = summary[summary["method"] == "base"]  # a grid that has finished only its base run so far
     for empty in (results.delta_table(only_base), results.verdicts(only_base)):
