@@ -168,7 +168,8 @@ def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
     what was measured (delta and paired 95% interval, first seed) and whether the study agrees, disagrees or
     cannot tell at that interval.
 
-    Claims: SMF gains about 2.5 points on MedMCQA; SMF keeps WikiText perplexity and TriviaQA accuracy within
+    Claims: SMF gains about 2.5 points on MedMCQA (agrees: the interval is above 0 and reaches 1.25; disagrees: it
+    lies entirely below 1.25, half the claimed gain); SMF keeps WikiText perplexity and TriviaQA accuracy within
     about 1 point of base; LoRA and full finetuning gain more on MedMCQA than SMF; LoRA and full finetuning
     drift clearly on both probes.
     """
@@ -189,8 +190,9 @@ def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
         rows.append({"claim": claim, "measured": f"{measured}: {text}",
                      "verdict": _verdict(c["lo"] * scale, c["hi"] * scale, agree_if, disagree_if)})
 
+    # "about +2.5": a gain whose interval lies entirely below half of that is too small to be the claimed one
     add(f"{smf} gains about +2.5 points on MedMCQA", f"{smf} - base, accuracy", ci(base, s, "medmcqa_acc"),
-        lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, " pt")
+        lambda lo, hi: lo > 0 and hi >= 1.25, lambda lo, hi: hi < 1.25, 100, " pt")
     add(f"{smf} keeps WikiText perplexity within about 1 of base", f"{smf} - base, perplexity",
         ci(base, s, "wikitext_ppl"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1)
     add(f"{smf} keeps TriviaQA accuracy within about 1 point of base", f"{smf} - base, accuracy",

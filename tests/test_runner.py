@@ -257,3 +257,14 @@ def test_verdicts_read_the_direction_of_each_metric():
     assert (row["lr"], row["wikitext_ppl"], row["chat_loglik"], row["medmcqa_acc"]) == (
         "0.001", "worse", "better", "no clear change")
     assert "triviaqa_acc" not in row or pd.isna(row["triviaqa_acc"])
+
+
+def test_the_gain_claim_is_judged_on_its_size():
+    def verdict(gained):  # a tuned run that gets `gained` more of 100 questions right than base
+        base = {"method": "base", "seed": 0, "items": {"medmcqa_correct": [0] * 100}}
+        run = {"method": "smf-kl", "seed": 0, "items": {"medmcqa_correct": [1] * gained + [0] * (100 - gained)}}
+        return results.claims_table([base, run]).iloc[0]["verdict"]
+
+    assert verdict(0) == "disagrees"  # no change at all: the interval [0, 0] lies below half of +2.5 points
+    assert verdict(2) == "cannot tell"  # +2 points with an interval from about 0 to about +5
+    assert verdict(10) == "agrees"  # +10 points, the interval well above 0

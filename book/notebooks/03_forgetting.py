@@ -285,7 +285,8 @@ table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
 # clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method on this
 # study's first seed: what was measured, with its paired 95% interval, and whether the interval agrees with the
 # claim, contradicts it, or cannot tell ({py:func}`~smf_lib.results.claims_table`); a run that has not finished
-# yet reads "not run yet". The model, the data sizes and
+# yet reads "not run yet". For the size of SMF's gain, an interval entirely below half of the claimed 2.5 points
+# counts as a disagreement. The model, the data sizes and
 # the run lengths are far from the paper's, so a disagreement here is about this setting, not a refutation.
 
 # %%
