@@ -79,8 +79,7 @@ def _letter_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int],
-                         cache_arg: str):
+def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int]):
     """Mean log-likelihood of every option and the letter log-probs of several questions.
 
     The prompts are left-padded (positions from the mask) and run once; then each question's options run in one
@@ -143,10 +142,9 @@ def _option_scores_batch(model, prompts: list[list[int]], options: list[list[lis
     return out
 
 
-def _option_scores(model, prompt: list[int], options: list[list[int]], letter_ids: list[int],
-                   cache_arg: str | None = None):
+def _option_scores(model, prompt: list[int], options: list[list[int]], letter_ids: list[int]):
     """One question's option means and letter log-probs (see :func:`_option_scores_batch`)."""
-    return _option_scores_batch(model, [prompt], [options], letter_ids, cache_arg or _cache_argument(model))[0]
+    return _option_scores_batch(model, [prompt], [options], letter_ids)[0]
 
 
 def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, batch_size: int = 8) -> dict:
@@ -167,7 +165,7 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
     if not rows:
         raise ValueError("no MedMCQA rows to score: pass at least one question")
     t0 = time.perf_counter()
-    letter_ids, cache_arg = _letter_ids(tokenizer), _cache_argument(model)
+    letter_ids = _letter_ids(tokenizer)
     prompts = [_encode(tokenizer, medmcqa_prompt(r)) for r in rows]
     options = [[_encode(tokenizer, o) for o in medmcqa_options(r)] for r in rows]
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
@@ -175,7 +173,7 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
     for s in tqdm(range(0, len(rows), batch_size), desc="medmcqa", disable=not progress):
         idx = order[s:s + batch_size]
         for i, sc in zip(idx, _option_scores_batch(model, [prompts[i] for i in idx], [options[i] for i in idx],
-                                                   letter_ids, cache_arg)):
+                                                   letter_ids)):
             scores[i] = sc
     items = []
     for row, (means, letters) in zip(rows, scores):
