@@ -271,6 +271,25 @@ def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
     return failures
 
 
+def check_narrow_figures(browser: Browser, html: Path) -> list[str]:
+    """At 400 px, figure rows (:class:`smf_lib.plotting.Panels`) wrap to one panel per row: every panel is shown at
+    280 px or more (or its full size, if smaller) and inside the screen."""
+    failures, page = [], Page(browser, 400, 900)
+    for path in sorted(html.glob("notebooks/*.html")):
+        page.open(path)
+        sizes = page.js("""[...document.querySelectorAll('.smf-panels img')].map(i => ({
+          shown: i.getBoundingClientRect().width, full: Number(i.getAttribute('width')),
+          right: i.getBoundingClientRect().right, viewport: document.documentElement.clientWidth}))""")
+        if not sizes:
+            continue
+        small = [s for s in sizes if s["shown"] < min(280, s["full"]) - 1 or s["right"] > s["viewport"] + 1]
+        print(f"{path.name} at 400 px: {len(sizes)} figure panel(s), narrowest shown at "
+              f"{min(s['shown'] for s in sizes):.0f} px")
+        failures += [f"{path.name} at 400 px: a figure panel is shown at {s['shown']:.0f} px (right edge "
+                     f"{s['right']:.0f} of {s['viewport']} px)" for s in small]
+    return failures
+
+
 def check_colab_links(html: Path) -> list[str]:
     """Every Colab link of a chapter (badge, launch button) opens that chapter's paired notebook."""
     failures = []
@@ -314,6 +333,7 @@ def main() -> int:
                 print(f"{path.name}: {len(problems)} console error(s) or failed load(s)")
                 failures += [f"{path.name}: {p}" for p in problems]
             failures += check_explorer(browser, html, shots)
+            failures += check_narrow_figures(browser, html)
         finally:
             browser.close()
     for f in failures:

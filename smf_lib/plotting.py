@@ -22,6 +22,48 @@ LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexit
           "wikitext_drift_kl": "drift on WikiText (KL)", "chat_loglik": "held-out chat log-lik"}
 
 
+class Panels:
+    """Figures shown in a row that wraps: side by side on a wide page, one per row on a narrow one, so each panel
+    keeps a readable size (a two-panel matplotlib figure shrinks both panels on a phone-width page).
+
+    Displays as HTML in Jupyter, Colab and the book. The figures are rendered to PNG (``dpi``, shown at 100 px per
+    inch, so they stay sharp on high-density screens) and closed; ``min_width`` is the narrowest a panel may get
+    before the row wraps."""
+
+    def __init__(self, figures, min_width: int = 300, dpi: int = 150):
+        import base64
+        import io
+
+        figures = [f.figure if hasattr(f, "figure") and not hasattr(f, "savefig") else f for f in figures]
+        if not figures:
+            raise ValueError("Panels needs at least one matplotlib figure (or axes)")
+        self.images = []
+        for fig in figures:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            plt.close(fig)
+            data = buf.getvalue()
+            width, height = (int.from_bytes(data[k:k + 4], "big") for k in (16, 20))  # the PNG header's size
+            titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+            self.images.append({"png": base64.b64encode(data).decode(), "width": round(width * 100 / dpi),
+                                "height": round(height * 100 / dpi), "alt": "; ".join(titles) or "figure"})
+        self.min_width = min_width
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = "".join(
+            f'<div style="flex:1 1 {self.min_width}px;max-width:{im["width"]}px">'
+            f'<img src="data:image/png;base64,{im["png"]}" alt="{html.escape(im["alt"])}" '
+            f'style="width:100%;height:auto" width="{im["width"]}" height="{im["height"]}"></div>'
+            for im in self.images)
+        row = "display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start"
+        return f'<div class="smf-panels" style="{row}">{cells}</div>'
+
+    def __repr__(self) -> str:
+        return f"Panels({len(self.images)} figures)"
+
+
 def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats, dict]:
     """Read ``selection_counts.json``: per-layer task read counts, background statistics and metadata."""
     snap = json.loads(Path(path).read_text())
@@ -73,18 +115,24 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
 
 
 def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "triviaqa_alias_loglik"),
-                per_row: int = 2):
+                per_row: int = 2, split: bool = False):
     """One panel per metric (``per_row`` panels to a row): delta to base per method with its paired-bootstrap 95%
-    interval; each panel's title says which way is better. Metrics the summary lacks are left out."""
+    interval; each panel's title says which way is better. Metrics the summary lacks are left out. With
+    ``split``, a list of one-panel figures instead (show them with :class:`Panels`)."""
     metrics = [m for m in metrics if f"d_{m}" in summary and summary[f"d_{m}"].notna().any()]
     if not metrics:
         raise ValueError("none of the metrics has deltas in this summary: pass metrics it holds (d_* columns)")
     df = summary[summary["method"] != "base"].reset_index(drop=True)
-    cols = min(per_row, len(metrics))
-    rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.1 * cols, 0.35 * len(df) * rows + 1.3 * rows), sharey=True,
-                             squeeze=False)
-    for ax, m in zip(axes.flat, metrics):
+    height = 0.35 * len(df) + 1.3
+    if split:
+        grids = [plt.subplots(figsize=(4.1, height), squeeze=False) for _ in metrics]
+        figs, panels = [g[0] for g in grids], [g[1][0, 0] for g in grids]
+    else:
+        cols = min(per_row, len(metrics))
+        rows = -(-len(metrics) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.1 * cols, height * rows), sharey=True, squeeze=False)
+        figs, panels = [fig], list(axes.flat)
+    for ax, m in zip(panels, metrics):
         scale = 100 if m.endswith("_acc") else 1
         y = np.arange(len(df))
         d = df[f"d_{m}"] * scale
@@ -95,11 +143,17 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
         better = "right" if _higher_is_better(m) else "left"
         ax.set_title(f"Δ {LABELS.get(m, m)}" + (" (points)" if scale == 100 else "") + f"\nbetter: {better}",
                      fontsize=10)
-    axes.flat[0].invert_yaxis()  # shared: every panel lists the methods top to bottom in table order
-    for ax in axes.flat[len(metrics):]:
+        if split:
+            ax.invert_yaxis()
+    if split:
+        for fig in figs:
+            fig.tight_layout()
+        return figs
+    panels[0].invert_yaxis()  # shared: every panel lists the methods top to bottom in table order
+    for ax in panels[len(metrics):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    return fig
+    figs[0].tight_layout()
+    return figs[0]
 
 
 def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
@@ -134,9 +188,10 @@ def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=Non
     return ax
 
 
-def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_row: int = 2):
+def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_row: int = 2, split: bool = False):
     """Which value rows a training run moved: per memory layer, the size of each row's change (the norm of
-    after - before) on the n_keys x n_keys slot grid, unmoved rows blank; ``per_row`` panels to a row."""
+    after - before) on the n_keys x n_keys slot grid, unmoved rows blank; ``per_row`` panels to a row. With
+    ``split``, a list of one-panel figures on one shared colour scale (show them with :class:`Panels`)."""
     from matplotlib.colors import LogNorm
 
     labels = labels if labels is not None else list(range(len(changes)))
@@ -145,20 +200,30 @@ def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_
         raise ValueError("no value row moved: nothing to draw")
     lo = min(float(m.min()) for m in moved if len(m))
     hi = max(float(m.max()) for m in moved if len(m))
-    cols = min(per_row, len(changes))
-    rows = -(-len(changes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols + 0.8, 3.5 * rows), squeeze=False,
-                             layout="constrained")
-    for ax, c, label in zip(axes.flat, changes, labels):
+    norm = LogNorm(lo, max(hi, lo * 1.01))
+    if split:
+        grids = [plt.subplots(figsize=(4.5, 3.5), squeeze=False, layout="constrained") for _ in changes]
+        figs, panels = [g[0] for g in grids], [g[1][0, 0] for g in grids]
+    else:
+        cols = min(per_row, len(changes))
+        rows = -(-len(changes) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols + 0.8, 3.5 * rows), squeeze=False,
+                                 layout="constrained")
+        figs, panels = [fig], list(axes.flat)
+    for k, (ax, c, label) in enumerate(zip(panels, changes, labels)):
         grid = np.ma.masked_equal(c.reshape(n_keys, n_keys).double().numpy(), 0)
-        image = ax.imshow(grid, cmap="viridis", norm=LogNorm(lo, max(hi, lo * 1.01)), interpolation="nearest")
+        image = ax.imshow(grid, cmap="viridis", norm=norm, interpolation="nearest")
         ax.set_title(f"layer {label}: {int((c > 0).sum())} of {c.numel():,} rows moved", fontsize=10)
         ax.set_xlabel("sub-key b")
         ax.set_ylabel("sub-key a")
-    for ax in axes.flat[len(changes):]:
+        if split:
+            figs[k].colorbar(image, ax=ax, label="size of the row's change", shrink=0.8)
+    if split:
+        return figs
+    for ax in panels[len(changes):]:
         ax.set_visible(False)
-    fig.colorbar(image, ax=list(axes.flat[:len(changes)]), label="size of the row's change", shrink=0.8)
-    return fig
+    figs[0].colorbar(image, ax=panels[:len(changes)], label="size of the row's change", shrink=0.8)
+    return figs[0]
 
 
 def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", ax=None, label=None):
@@ -183,9 +248,15 @@ def plot_selection(counts, stats, layer: int, top_t: int, selector: str = "kl", 
     return ax
 
 
-def plot_overlap(overlap: pd.DataFrame):
-    """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+def plot_overlap(overlap: pd.DataFrame, split: bool = False):
+    """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t. With ``split``,
+    the two panels as two figures (show them with :class:`Panels`)."""
+    if split:
+        figs = [plt.subplots(figsize=(4.4, 3.4))[0], plt.subplots(figsize=(5.2, 3.4))[0]]
+        axes = [f.axes[0] for f in figs]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+        figs = [fig]
     sns.lineplot(overlap, x="top_t", y="jaccard", hue="layer", marker="o", ax=axes[0], palette="viridis")
     axes[0].set_title("KL vs TF-IDF: overlap of selected rows", fontsize=10)
     axes[0].set_ylabel("Jaccard overlap")
@@ -199,20 +270,28 @@ def plot_overlap(overlap: pd.DataFrame):
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("top-t")
-    fig.tight_layout()
-    return fig
+    for fig in figs:
+        fig.tight_layout()
+    return figs if split else figs[0]
 
 
-def plot_benchmark(df: pd.DataFrame):
-    """Step time and peak memory per method from a benchmark results table."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
+def plot_benchmark(df: pd.DataFrame, split: bool = False):
+    """Step time and peak memory per method from a benchmark results table. With ``split``, the two panels as two
+    figures (show them with :class:`Panels`)."""
+    if split:
+        figs = [plt.subplots(figsize=(4.4, 3.2))[0] for _ in range(2)]
+        axes = [f.axes[0] for f in figs]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
+        figs = [fig]
     sns.barplot(df, y="method", x="median_step_s", ax=axes[0], color="#1b9e77")
     axes[0].set_xlabel("median step time (s)")
     sns.barplot(df, y="method", x="peak_mem_mb", ax=axes[1], color="#7570b3")
     axes[1].set_xlabel("peak memory (MB)")
-    axes[1].set_ylabel("")
-    fig.tight_layout()
-    return fig
+    axes[1].set_ylabel("" if not split else "method")
+    for fig in figs:
+        fig.tight_layout()
+    return figs if split else figs[0]
 
 
 def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:

@@ -68,7 +68,7 @@ import smf_lib as S
 from smf_lib import setup_notebook
 from smf_lib.data import load_background, load_medmcqa, medmcqa_training_text
 from smf_lib.methods import ORDER
-from smf_lib.plotting import plot_loss_curves, plot_row_changes
+from smf_lib.plotting import Panels, plot_loss_curves, plot_row_changes
 from smf_lib.results import load_results
 from smf_lib.selection import read_counts_of_texts
 
@@ -146,8 +146,7 @@ rows.set_index("memory layer")
 # did not move at all. Rows selected in several steps moved furthest.
 
 # %%
-plot_row_changes(moves, memory.n_keys, memory.layers)
-plt.show()
+Panels(plot_row_changes(moves, memory.n_keys, memory.layers, split=True))
 
 # %% [markdown]
 # The run changed only rows it selected, a small share of the 12,288 value rows, and nothing else. Without a

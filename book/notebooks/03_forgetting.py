@@ -68,7 +68,7 @@ from IPython.display import Markdown, display
 from smf_lib import setup_notebook
 from smf_lib.methods import ORDER
 from smf_lib.paired_stats import mcnemar
-from smf_lib.plotting import plot_deltas, plot_frontier, plot_paths, plot_tradeoff
+from smf_lib.plotting import Panels, plot_deltas, plot_frontier, plot_paths, plot_tradeoff
 from smf_lib.presets import get_preset
 from smf_lib.results import claims_table, delta_table, load_results, seed_spread, verdicts
 from smf_lib.runner import status_line, study_status
@@ -175,8 +175,7 @@ for name, metrics in groups.items():
         display(Markdown(f"**{name}**"), table)
 
 # %%
-plot_deltas(summary, [m for metrics in groups.values() for m in metrics])
-plt.show()
+Panels(plot_deltas(summary, [m for metrics in groups.values() for m in metrics], split=True))
 
 # %% [markdown]
 # ## Seeds against items
@@ -220,14 +219,14 @@ else:
 # %%
 candidates = ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik")
 forgetting = [m for m in candidates if f"d_{m}" in summary][:2]
-fig, axes = plt.subplots(1, len(forgetting), squeeze=False,
-                         figsize=(4.3 * len(forgetting), 3.8))
-for k, (ax, m) in enumerate(zip(axes.flat, forgetting)):
-    plot_tradeoff(summary, m, ax=ax)
+panels = []
+for k, m in enumerate(forgetting):
+    ax = plot_tradeoff(summary, m, ax=plt.subplots(figsize=(4.6, 3.9))[1])
     if k:
         ax.get_legend().remove()
-fig.tight_layout()
-plt.show()
+    ax.figure.tight_layout()
+    panels.append(ax)
+Panels(panels)
 
 # %% [markdown]
 # Every trained run also scored the cheap dev subset along training (`trajectories.csv`: 150 MedMCQA dev
@@ -239,11 +238,11 @@ plt.show()
 # %%
 trajectories = pd.read_csv(folder / "trajectories.csv")
 if len(trajectories):
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
-    plot_paths(trajectories, ax=axes[0])
-    plot_frontier(trajectories, ax=axes[1])
-    fig.tight_layout()
-    plt.show()
+    panels = [plot_paths(trajectories, ax=plt.subplots(figsize=(4.6, 3.9))[1]),
+              plot_frontier(trajectories, ax=plt.subplots(figsize=(4.6, 3.9))[1])]
+    for ax in panels:
+        ax.figure.tight_layout()
+    display(Panels(panels))
 else:
     print("no trained run of this study has finished yet")
 

@@ -63,7 +63,7 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.plotting import (load_snapshot, plot_overlap, plot_selection,
+from smf_lib.plotting import (Panels, load_snapshot, plot_overlap, plot_selection,
                               scores_table, selection_overlap)
 from smf_lib.results import delta_table, load_results
 from smf_lib.widgets import selection_explorer
@@ -87,10 +87,12 @@ for j, layer in enumerate(snap["layers"]):
 
 # %%
 layer, label = 1, snap["layers"][1]  # memory layer 15
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
-plot_selection(counts, stats, layer, 128, "kl", ax=axes[0], label=label)
-plot_selection(counts, stats, layer, 128, "tfidf", ax=axes[1], label=label)
-fig.tight_layout()
+panels = [plot_selection(counts, stats, layer, 128, selector, label=label,
+                         ax=plt.subplots(figsize=(4.6, 3.8))[1])
+          for selector in ("kl", "tfidf")]
+for ax in panels:
+    ax.figure.tight_layout()
+Panels(panels)
 
 # %%
 scores_table(counts, stats, layer=1, top_t=10)
@@ -103,12 +105,11 @@ scores_table(counts, stats, layer=1, top_t=10)
 # %%
 ts = [8, 16, 32, 64, 128, 256, 512, 1024]
 overlap = selection_overlap(counts, stats, ts, layers=snap["layers"])
-plot_overlap(overlap)
-plt.show()
+Panels(plot_overlap(overlap, split=True))
 
 # %% [markdown]
 # ## Try it: a top-t slider
-# The explorer opens on the left panel of the first figure: memory layer 15, KL, t = 128. Move the slider, or
+# The explorer opens on the first selection figure above (KL): memory layer 15, t = 128. Move the slider, or
 # pick another selector or memory layer. In Jupyter or Colab (the badge at the top), it recomputes the
 # selection from the stored read counts for any t from 1 to 1,024. This web page has no kernel, so here it
 # switches between figures drawn when the book was built, for t = 16, 32, ..., 1,024.
@@ -157,4 +158,4 @@ delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
 #    with KL's, and what does that say about what the background statistics add?
 # 3. With {py:func}`~smf_lib.selection.select_for_layers`, select 128 rows per layer with `"kl"` and with
 #    `"tfidf"`, and count how many of each selection are hub rows (`stats.df[j] > stats.n_docs / 2`). Compare
-#    your counts with the right panel of the overlap figure.
+#    your counts with the hub-share figure (the second overlap figure).

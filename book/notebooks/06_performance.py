@@ -57,7 +57,7 @@ from IPython.display import display
 
 from smf_lib import setup_notebook
 from smf_lib.perf import benchmark_targets
-from smf_lib.plotting import plot_benchmark, plot_slot_scaling
+from smf_lib.plotting import Panels, plot_benchmark, plot_slot_scaling
 from smf_lib.results import results_dir
 
 SEED = 0
@@ -72,8 +72,7 @@ print(textwrap.fill(f"Set-up: {meta['setup']}", 80))
 # ## Step time and peak memory per method
 
 # %%
-plot_benchmark(steps)
-plt.show()
+display(Panels(plot_benchmark(steps, split=True)))
 columns = {"median_step_s": "step (s)", "tokens_per_s": "tokens/s",
            "peak_mem_mb": "peak memory (MB)",
            "optimizer_state_mb": "optimizer state (MB)"}
