@@ -278,6 +278,25 @@ table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
     columns=None)
 
 # %% [markdown]
+# The pilot chose full finetuning's rate because, on dev items, a retention probe got worse at it. Whether the same
+# happens on the reported items is a result of the study, not a given; the next cell compares the two, per seed.
+
+# %%
+rate = get_preset("cpu").lr["full"]
+study_verdicts = verdicts(summary)
+lrs = pd.to_numeric(study_verdicts["lr"], errors="coerce")
+at_rate = study_verdicts[(study_verdicts["method"] == "full") & (lrs == rate)]
+on_dev = worse.get(next((lr for lr in worse if float(lr) == rate), None), [])
+print(f"pilot, dev items, full finetuning at {rate:g}: worse on "
+      f"{', '.join(on_dev) or 'no retention probe'}")
+for _, row in at_rate.iterrows():
+    hit = [m.replace("_", " ") for m in retention if row.get(m) == "worse"]
+    print(f"study, reported items, seed {row['seed']}: worse on "
+          f"{', '.join(hit) or 'no retention probe'}")
+if at_rate.empty:
+    print("full finetuning at this rate has not finished yet in the study")
+
+# %% [markdown]
 # ## The paper's claims, checked on this study
 # The paper's abstract claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and
 # TriviaQA accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift
