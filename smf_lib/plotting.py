@@ -13,6 +13,7 @@ import torch
 
 from .methods import PALETTE
 from .paired_stats import METRICS
+from .results import _rate, _seed
 from .selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 
 LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
@@ -110,8 +111,20 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
     ax.set_xlabel("Δ MedMCQA accuracy vs base (points)")
     ax.set_ylabel(f"Δ {LABELS.get(forgetting, forgetting)} vs base")
     _better(ax, "right", "up" if _higher_is_better(forgetting) else "down")
-    ax.legend(fontsize=8, frameon=False)
+    handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one entry per method, whatever its seeds
+    ax.legend(handles.values(), handles.keys(), fontsize=8, frameon=False)
     return ax
+
+
+def _row_names(df: pd.DataFrame) -> list[str]:
+    """A label per summary row: the method, plus the seed where the method has several rows, plus the rate where
+    that still leaves two rows alike."""
+    seeds = [f"{m} s{_seed(s)}" for m, s in zip(df["method"], df.get("seed", pd.Series([""] * len(df))))]
+    rates = [f"{n} lr {_rate(r)}" for n, r in zip(seeds, df.get("lr", pd.Series([""] * len(df))))]
+    method_twice = df["method"].duplicated(keep=False).tolist()
+    seed_twice = pd.Series(seeds).duplicated(keep=False).tolist()
+    return [r if st else s if mt else m
+            for m, s, r, mt, st in zip(df["method"], seeds, rates, method_twice, seed_twice)]
 
 
 def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "triviaqa_alias_loglik"),
@@ -123,6 +136,7 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
     if not metrics:
         raise ValueError("none of the metrics has deltas in this summary: pass metrics it holds (d_* columns)")
     df = summary[summary["method"] != "base"].reset_index(drop=True)
+    names = _row_names(df)
     height = 0.35 * len(df) + 1.3
     if split:
         grids = [plt.subplots(figsize=(4.1, height), squeeze=False) for _ in metrics]
@@ -139,7 +153,7 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
         err = np.vstack([d - df[f"d_{m}_lo"] * scale, df[f"d_{m}_hi"] * scale - d])
         ax.barh(y, d, xerr=err, color=[PALETTE.get(x, "k") for x in df["method"]], capsize=3)
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_yticks(y, df["method"])
+        ax.set_yticks(y, names)
         better = "right" if _higher_is_better(m) else "left"
         ax.set_title(f"Δ {LABELS.get(m, m)}" + (" (points)" if scale == 100 else "") + f"\nbetter: {better}",
                      fontsize=10)

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smf_lib.plotting import Panels, plot_deltas, plot_overlap, plot_row_changes  # noqa: E402
+from smf_lib.plotting import Panels, plot_deltas, plot_overlap, plot_row_changes, plot_tradeoff  # noqa: E402
 
 
 def _summary():
@@ -62,3 +62,18 @@ def test_panels_render_each_figure_once_in_a_wrapping_row():
     assert repr(Panels([ax])) == "Panels(1 figures)"  # axes are taken for their figure
     with pytest.raises(ValueError, match="at least one"):
         Panels([])
+
+
+def test_delta_rows_name_the_seed_and_rate_where_a_method_repeats():
+    summary = pd.concat([_summary(), pd.DataFrame([
+        {"method": "lora", "seed": 1, "lr": 2e-4, "d_medmcqa_acc": 0.0, "d_medmcqa_acc_lo": -0.01,
+         "d_medmcqa_acc_hi": 0.01},
+        {"method": "lora", "seed": 1, "lr": 1e-3, "d_medmcqa_acc": 0.0, "d_medmcqa_acc_lo": -0.01,
+         "d_medmcqa_acc_hi": 0.01}])], ignore_index=True)
+    summary.loc[summary["method"] == "lora", "seed"] = summary.loc[summary["method"] == "lora", "seed"].fillna(0)
+    fig = plot_deltas(summary, ["medmcqa_acc"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["smf-kl", "lora s0", "full", "lora s1 lr 0.0002", "lora s1 lr 0.001"]
+    legend = [t.get_text() for t in plot_tradeoff(summary, "wikitext_ppl").get_legend().get_texts()]
+    assert legend == ["smf-kl", "lora", "full"]  # one entry per method
+    plt.close("all")

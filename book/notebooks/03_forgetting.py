@@ -122,8 +122,8 @@ worse = {lr: [m.replace("_", " ") for m in retention
               if pilot_verdicts.loc[("full", lr)].get(m) == "worse"]
          for lr in pilot_verdicts.loc["full"].index}
 for lr, metrics in worse.items():
-    print(f"full finetuning at lr {lr}: worse on "
-          f"{', '.join(metrics) if metrics else 'no retention probe'}")
+    print(f"full finetuning at lr {lr}: "
+          + (f"worse on {', '.join(metrics)}" if metrics else "no retention probe worse"))
 
 # %% [markdown]
 # At the paper's rate, $5 \times 10^{-5}$, 75 steps of full finetuning learned the task's answer format (the gold
@@ -287,12 +287,12 @@ study_verdicts = verdicts(summary)
 lrs = pd.to_numeric(study_verdicts["lr"], errors="coerce")
 at_rate = study_verdicts[(study_verdicts["method"] == "full") & (lrs == rate)]
 on_dev = worse.get(next((lr for lr in worse if float(lr) == rate), None), [])
-print(f"pilot, dev items, full finetuning at {rate:g}: worse on "
-      f"{', '.join(on_dev) or 'no retention probe'}")
+print(f"pilot, dev items, full finetuning at {rate:g}: "
+      + (f"worse on {', '.join(on_dev)}" if on_dev else "no retention probe worse"))
 for _, row in at_rate.iterrows():
     hit = [m.replace("_", " ") for m in retention if row.get(m) == "worse"]
-    print(f"study, reported items, seed {row['seed']}: worse on "
-          f"{', '.join(hit) or 'no retention probe'}")
+    print(f"study, reported items, seed {row['seed']}: "
+          + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
 if at_rate.empty:
     print("full finetuning at this rate has not finished yet in the study")
 
