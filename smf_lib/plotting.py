@@ -116,6 +116,12 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
     return ax
 
 
+def _single_panels(sizes, **kwargs) -> tuple[list, list]:
+    """One one-panel figure per size in ``sizes``: (figures, their axes), for the ``split`` form of a plot."""
+    figs = [plt.figure(figsize=size, **kwargs) for size in sizes]
+    return figs, [f.add_subplot() for f in figs]
+
+
 def _row_names(df: pd.DataFrame) -> list[str]:
     """A label per summary row: the method, plus the seed where the method has several rows, plus the rate where
     that still leaves two rows alike."""
@@ -139,8 +145,7 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
     names = _row_names(df)
     height = 0.35 * len(df) + 1.3
     if split:
-        grids = [plt.subplots(figsize=(4.1, height), squeeze=False) for _ in metrics]
-        figs, panels = [g[0] for g in grids], [g[1][0, 0] for g in grids]
+        figs, panels = _single_panels([(4.1, height)] * len(metrics))
     else:
         cols = min(per_row, len(metrics))
         rows = -(-len(metrics) // cols)
@@ -216,8 +221,7 @@ def plot_row_changes(changes: list[torch.Tensor], n_keys: int, labels=None, per_
     hi = max(float(m.max()) for m in moved if len(m))
     norm = LogNorm(lo, max(hi, lo * 1.01))
     if split:
-        grids = [plt.subplots(figsize=(4.5, 3.5), squeeze=False, layout="constrained") for _ in changes]
-        figs, panels = [g[0] for g in grids], [g[1][0, 0] for g in grids]
+        figs, panels = _single_panels([(4.5, 3.5)] * len(changes), layout="constrained")
     else:
         cols = min(per_row, len(changes))
         rows = -(-len(changes) // cols)
@@ -266,8 +270,7 @@ def plot_overlap(overlap: pd.DataFrame, split: bool = False):
     """Jaccard overlap of the KL and TF-IDF selections, and their hub-row shares, against top-t. With ``split``,
     the two panels as two figures (show them with :class:`Panels`)."""
     if split:
-        figs = [plt.subplots(figsize=(4.4, 3.4))[0], plt.subplots(figsize=(5.2, 3.4))[0]]
-        axes = [f.axes[0] for f in figs]
+        figs, axes = _single_panels([(4.4, 3.4), (5.2, 3.4)])
     else:
         fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
         figs = [fig]
@@ -293,8 +296,7 @@ def plot_benchmark(df: pd.DataFrame, split: bool = False):
     """Step time and peak memory per method from a benchmark results table. With ``split``, the two panels as two
     figures (show them with :class:`Panels`)."""
     if split:
-        figs = [plt.subplots(figsize=(4.4, 3.2))[0] for _ in range(2)]
-        axes = [f.axes[0] for f in figs]
+        figs, axes = _single_panels([(4.4, 3.2)] * 2)
     else:
         fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
         figs = [fig]
