@@ -149,9 +149,11 @@ def write_summary(out: str | Path) -> Path:
     return atomic_write(out / "summary.csv", summary_table(runs).to_csv(index=False, float_format="%.6g"))
 
 
-def _first(runs, method):
-    """The run of ``method`` with the lowest seed (fully evaluated, the preset's rate), or None."""
-    cands = [r for r in runs if r["method"] == method and r.get("evaluation", "full") == "full"]
+def _first(runs, method, seed=None):
+    """The fully evaluated run of ``method`` (the preset's rate) with ``seed``, or with the lowest seed when
+    ``seed`` is None; None if there is none."""
+    cands = [r for r in runs if r["method"] == method and r.get("evaluation", "full") == "full"
+             and (seed is None or r["seed"] == seed)]
     return min(cands, key=lambda r: r["seed"]) if cands else None
 
 
@@ -163,10 +165,13 @@ def _verdict(lo, hi, agree_if, disagree_if) -> str:
     return "cannot tell"
 
 
-def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
+def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None) -> pd.DataFrame:
     """The paper's headline claims (its abstract; METHOD.md section 7) against this study, one row per claim:
-    what was measured (delta and paired 95% interval, first seed) and whether the study agrees, disagrees or
-    cannot tell at that interval.
+    what was compared (``compared``: which runs, which metric, its unit), what was measured (``measured``: the
+    change and its paired 95% interval) and whether the study agrees, disagrees or cannot tell at that interval.
+
+    ``seed``: the training seed whose runs are compared (every method's run with that seed); None takes each
+    method's lowest seed. A method without a run of that seed reads "not run yet".
 
     Claims: SMF gains about 2.5 points on MedMCQA (agrees: the interval is above 0 and reaches 1.25; disagrees: it
     lies entirely below 1.25, half the claimed gain); SMF keeps WikiText perplexity and TriviaQA accuracy within
@@ -175,37 +180,38 @@ def claims_table(runs: list[dict], smf: str = "smf-kl") -> pd.DataFrame:
     """
     base = next((r for r in runs if r["method"] == "base" and r.get("evaluation", "full") == "full"), None)
     rows = []
-    s = _first(runs, smf)
+    s = _first(runs, smf, seed)
 
     def ci(a, b, metric):
         if a is None or b is None or any(k not in a["items"] or k not in b["items"] for k in METRICS[metric][0]):
             return None
         return paired_bootstrap(a["items"], b["items"], metric)
 
-    def add(claim, measured, c, agree_if, disagree_if, scale=1.0, unit=""):
+    def add(claim, compared, c, agree_if, disagree_if, scale=1.0, unit=""):
+        compared += f" ({unit})" if unit else ""
         if c is None:
-            rows.append({"claim": claim, "measured": "not run yet", "verdict": "cannot tell"})
+            rows.append({"claim": claim, "compared": compared, "measured": "not run yet", "verdict": "cannot tell"})
             return
-        text = f"{c['delta'] * scale:+.2f}{unit} [{c['lo'] * scale:+.2f}, {c['hi'] * scale:+.2f}]"
-        rows.append({"claim": claim, "measured": f"{measured}: {text}",
+        text = f"{c['delta'] * scale:+.2f} [{c['lo'] * scale:+.2f}, {c['hi'] * scale:+.2f}]"
+        rows.append({"claim": claim, "compared": compared, "measured": text,
                      "verdict": _verdict(c["lo"] * scale, c["hi"] * scale, agree_if, disagree_if)})
 
     # "about +2.5": a gain whose interval lies entirely below half of that is too small to be the claimed one
     add(f"{smf} gains about +2.5 points on MedMCQA", f"{smf} - base, accuracy", ci(base, s, "medmcqa_acc"),
-        lambda lo, hi: lo > 0 and hi >= 1.25, lambda lo, hi: hi < 1.25, 100, " pt")
+        lambda lo, hi: lo > 0 and hi >= 1.25, lambda lo, hi: hi < 1.25, 100, "points")
     add(f"{smf} keeps WikiText perplexity within about 1 of base", f"{smf} - base, perplexity",
         ci(base, s, "wikitext_ppl"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1)
     add(f"{smf} keeps TriviaQA accuracy within about 1 point of base", f"{smf} - base, accuracy",
         ci(base, s, "triviaqa_acc"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1, 100,
-        " pt")
+        "points")
     for other in ("lora", "full"):
-        o = _first(runs, other)
+        o = _first(runs, other, seed)
         add(f"{other} gains more on MedMCQA than {smf}", f"{other} - {smf}, accuracy", ci(s, o, "medmcqa_acc"),
-            lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, " pt")
+            lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, "points")
         add(f"{other} raises WikiText perplexity clearly", f"{other} - base, perplexity",
             ci(base, o, "wikitext_ppl"), lambda lo, hi: lo > 0, lambda lo, hi: hi < 0)
         add(f"{other} lowers TriviaQA accuracy clearly", f"{other} - base, accuracy", ci(base, o, "triviaqa_acc"),
-            lambda lo, hi: hi < 0, lambda lo, hi: lo > 0, 100, " pt")
+            lambda lo, hi: hi < 0, lambda lo, hi: lo > 0, 100, "points")
     return pd.DataFrame(rows)
 
 

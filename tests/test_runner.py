@@ -268,3 +268,19 @@ def test_the_gain_claim_is_judged_on_its_size():
     assert verdict(0) == "disagrees"  # no change at all: the interval [0, 0] lies below half of +2.5 points
     assert verdict(2) == "cannot tell"  # +2 points with an interval from about 0 to about +5
     assert verdict(10) == "agrees"  # +10 points, the interval well above 0
+
+
+def test_claims_compare_the_runs_of_one_seed():
+    base = {"method": "base", "seed": 0, "items": {"medmcqa_correct": [0] * 100}}
+    runs = [base] + [{"method": m, "seed": s, "items": {"medmcqa_correct": [1] * k + [0] * (100 - k)}}
+                     for m, s, k in (("smf-kl", 1, 10), ("smf-kl", 0, 0), ("lora", 1, 30))]
+    first, second = results.claims_table(runs), results.claims_table(runs, seed=1)
+    assert first.iloc[0]["verdict"] == "disagrees" and second.iloc[0]["verdict"] == "agrees"
+    lora = "lora gains more on MedMCQA than smf-kl"
+    measured = {seed: results.claims_table(runs, seed=seed).set_index("claim").loc[lora, "measured"]
+                for seed in (None, 0, 1)}
+    assert measured[None].startswith("+30.00 [")  # each method's lowest seed
+    assert measured[0] == "not run yet"  # lora has no seed 0
+    assert measured[1].startswith("+20.00 [")
+    assert second.set_index("claim").loc[lora, "compared"] == "lora - smf-kl, accuracy (points)"
+    assert results.claims_table(runs, seed=2)["measured"].eq("not run yet").all()

@@ -300,15 +300,19 @@ if at_rate.empty:
 # ## The paper's claims, checked on this study
 # The paper's abstract claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and
 # TriviaQA accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift
-# clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method on this
-# study's first seed: what was measured, with its paired 95% interval, and whether the interval agrees with the
-# claim, contradicts it, or cannot tell ({py:func}`~smf_lib.results.claims_table`); a run that has not finished
-# yet reads "not run yet". For the size of SMF's gain, an interval entirely below half of the claimed 2.5 points
-# counts as a disagreement. The model, the data sizes and
-# the run lengths are far from the paper's, so a disagreement here is about this setting, not a refutation.
+# clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method, once
+# per training seed (the runs of that seed compared with each other and with base): what was measured, with its
+# paired 95% interval, and whether the interval agrees with the claim, contradicts it, or cannot tell
+# ({py:func}`~smf_lib.results.claims_table`); a run that has not finished yet reads "not run yet". For the size
+# of SMF's gain, an interval entirely below half of the claimed 2.5 points counts as a disagreement. The model,
+# the data sizes and the run lengths are far from the paper's, so a disagreement here is about this setting, not
+# a refutation.
 
 # %%
-claims_table(runs).set_index("claim")
+seeds = sorted({r["seed"] for r in runs if r["method"] != "base"})
+per_seed = {s: claims_table(runs, seed=s).set_index(["claim", "compared"])
+            for s in seeds}
+pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
 
 # %% [markdown]
 # **Reading these numbers.** A 135M model near chance on MedMCQA, few seeds, and a few hundred to a thousand
