@@ -345,9 +345,27 @@ def _better(ax, x_better: str, y_better: str):
     ax.set_ylabel(f"{ax.get_ylabel()}\n({y_better} is better)")
 
 
-def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None):
+def _forget_scale(ax, values, forget: str, yscale: str):
+    """``yscale="auto"``: a drift KL spanning more than two decades gets a symmetric-log axis (linear below the
+    smallest positive value, so a path's start at 0 stays on it); anything else stays linear."""
+    v = pd.Series(values, dtype=float).dropna()
+    pos = v[v > 0]
+    if yscale == "auto":
+        wide = forget.endswith("drift_kl") and len(pos) and (v >= 0).all() and pos.max() > 100 * pos.min()
+        yscale = "symlog" if wide else "linear"
+    if yscale == "symlog":
+        ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(pos.min())) if len(pos) else 1e-6)
+    elif yscale != "linear":
+        ax.set_yscale(yscale)
+
+
+def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None,
+               yscale: str = "auto"):
     """Learning (x) against forgetting (y) along training, one path per method (mean over seeds; the preset's
-    rate only), from ``trajectories.csv``: at matched learning, the lower path forgets less."""
+    rate only), from ``trajectories.csv``: at matched learning, the lower path forgets less.
+
+    ``yscale``: ``"auto"`` (symmetric-log for a drift that spans more than two decades, else linear),
+    ``"linear"``, ``"symlog"`` or ``"log"``."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     if traj.empty:
         ax.text(0.5, 0.5, "no trajectories yet", ha="center", transform=ax.transAxes)
@@ -355,6 +373,7 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget:
     rate = traj.groupby("method")["lr"].transform(lambda s: s.mode().iloc[0])  # the preset's rate per method
     main = traj[traj["lr"] == rate] if "lr" in traj else traj
     scale = 100 if learn.endswith("_acc") else 1
+    _forget_scale(ax, main.groupby(["method", "step"])[forget].mean(), forget, yscale)
     for method, g in main.groupby("method", sort=False):
         m = g.groupby("step")[[learn, forget]].mean().reset_index()
         ax.plot(m[learn] * scale, m[forget], marker="o", ms=4, color=PALETTE.get(method, "k"), label=method)
@@ -368,21 +387,31 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget:
     return ax
 
 
-def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None):
+def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None,
+                  yscale: str = "auto"):
     """The end of every run at every learning rate (mean over seeds): learning gain against forgetting, one line
-    per method through its rates, each point labelled with its rate."""
+    per method through its rates. A swept method's points are labelled with their rates, in its colour; a method
+    trained at one rate names it in the legend. ``yscale`` as in :func:`plot_paths`."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     if traj.empty:
         ax.text(0.5, 0.5, "no runs yet", ha="center", transform=ax.transAxes)
         return ax
     ends = traj[traj["step"] == traj["steps"]]
     scale = 100 if learn.endswith("_acc") else 1
-    for method, g in ends.groupby("method", sort=False):
-        m = g.groupby("lr")[[learn, forget]].mean().reset_index().sort_values("lr")
-        ax.plot(m[learn] * scale, m[forget], marker="o", color=PALETTE.get(method, "k"), label=method)
-        for _, r in m.iterrows():
-            ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+    points = ends.groupby(["method", "lr"], sort=False)[[learn, forget]].mean().reset_index()
+    _forget_scale(ax, points[forget], forget, yscale)
+    swept = 0
+    for method, m in points.groupby("method", sort=False):
+        m = m.sort_values("lr")
+        color = PALETTE.get(method, "k")
+        label = method if len(m) > 1 else f"{method} ({m['lr'].iloc[0]:g})"
+        ax.plot(m[learn] * scale, m[forget], marker="o", color=color, label=label)
+        if len(m) > 1:  # alternate the side of the labels between swept methods, so that neighbours do not collide
+            offset = (4, 3) if swept % 2 == 0 else (-4, -9)
+            for _, r in m.iterrows():
+                ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=7, xytext=offset, color=color,
+                            textcoords="offset points", ha="left" if offset[0] > 0 else "right")
+            swept += 1
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
     ax.set_ylabel(LABELS.get(forget, forget))
     _better(ax, "right", "down")

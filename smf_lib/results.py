@@ -101,6 +101,41 @@ def trajectory_table(runs: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
+                   forget: str = "d_chat_drift_kl", cells: bool = False) -> pd.DataFrame:
+    """The end point of every method and learning rate in ``trajectories.csv`` (mean over seeds): the learning
+    gain and the forgetting, each with its paired 95% interval (with several seeds, the union of the seeds'
+    intervals: from the lowest bound to the highest), and which other methods' points
+    *dominate* it: learned at least as much and forgot no more (point estimates; smaller is better for
+    ``forget``, larger for ``learn``).
+
+    ``cells=True``: a compact view for reading, one ``"Δ [lo, hi]"`` cell per metric, rounded to what the
+    interval supports, and the rate as text.
+    """
+    cols = ["method", "lr", "seeds", learn, f"{learn}_lo", f"{learn}_hi", forget, f"{forget}_lo", f"{forget}_hi",
+            "dominated by"]
+    if traj.empty:
+        return pd.DataFrame(columns=cols)
+    ends = traj[traj["step"] == traj["steps"]].sort_values("seed")
+    rows = []
+    for (method, lr), g in ends.groupby(["method", "lr"], sort=False):
+        rows.append({"method": method, "lr": lr, "seeds": len(g), learn: g[learn].mean(), forget: g[forget].mean(),
+                     **{f"{m}_lo": g[f"{m}_lo"].min() for m in (learn, forget)},
+                     **{f"{m}_hi": g[f"{m}_hi"].max() for m in (learn, forget)}})
+    df = pd.DataFrame(rows)
+    df["dominated by"] = [
+        ", ".join(f"{o['method']} {o['lr']:g}" for _, o in df.iterrows()
+                  if o["method"] != r["method"] and o[learn] >= r[learn] and o[forget] <= r[forget])
+        for _, r in df.iterrows()]
+    df = df.assign(_o=df["method"].map(order_key)).sort_values(["_o", "lr"]).drop(columns="_o")[cols]
+    if cells:
+        df = pd.DataFrame({"method": df["method"], "lr": df["lr"].map(_rate), "seeds": df["seeds"],
+                           **{m[2:].replace("_", " "): [_cell(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+                                                        for _, r in df.iterrows()] for m in (learn, forget)},
+                           "dominated by": df["dominated by"]})
+    return df.reset_index(drop=True)
+
+
 def seed_spread(summary: pd.DataFrame, metrics=("d_medmcqa_acc", "d_chat_drift_kl", "d_wikitext_drift_kl")):
     """Per method and rate: the mean over seeds, the spread across seeds (min, max) and the seed count."""
     df = summary[summary["method"] != "base"]
@@ -223,6 +258,12 @@ def _digits(lo: float, hi: float) -> int:
     return 0 if not width or not math.isfinite(width) else max(0, 1 - int(math.floor(math.log10(width))))
 
 
+def _cell(d: float, lo: float, hi: float) -> str:
+    """``"Δ [lo, hi]"`` rounded to what the interval's width supports."""
+    k = _digits(lo, hi)
+    return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
+
+
 def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "chat_loglik",
                                                "wikitext_ppl", "triviaqa_acc")) -> pd.DataFrame:
     """A compact view of ``summary``: per run and metric one cell ``"Δ [lo, hi]"`` (accuracies in points), rounded
@@ -234,8 +275,6 @@ def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc"
             if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
                 continue
             s = 100 if m.endswith("_acc") else 1
-            d, lo, hi = r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s
-            k = _digits(lo, hi)
-            row[m.replace("_", " ")] = f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
+            row[m.replace("_", " ")] = _cell(r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smf_lib.plotting import Panels, plot_deltas, plot_overlap, plot_row_changes, plot_tradeoff  # noqa: E402
+from smf_lib.plotting import (Panels, plot_deltas, plot_frontier, plot_overlap, plot_paths,  # noqa: E402
+                              plot_row_changes, plot_tradeoff)
 
 
 def _summary():
@@ -76,4 +77,28 @@ def test_delta_rows_name_the_seed_and_rate_where_a_method_repeats():
     assert labels == ["smf-kl", "lora s0", "full", "lora s1 lr 0.0002", "lora s1 lr 0.001"]
     legend = [t.get_text() for t in plot_tradeoff(summary, "wikitext_ppl").get_legend().get_texts()]
     assert legend == ["smf-kl", "lora", "full"]  # one entry per method
+    plt.close("all")
+
+
+def _trajectories(drifts):
+    rows = []
+    for (method, lr, seed), (gain, drift) in drifts.items():
+        for step in (0, 75):
+            rows.append({"method": method, "lr": lr, "seed": seed, "step": step, "steps": 75,
+                         "d_medmcqa_gold_loglik": gain * step / 75, "chat_drift_kl": drift * step / 75})
+    return pd.DataFrame(rows)
+
+
+def test_frontier_and_paths_take_a_log_axis_when_the_drift_spans_decades():
+    wide = _trajectories({("smf-kl", 5e-4, 0): (0.01, 5e-5), ("smf-kl", 5e-2, 0): (0.5, 8e-3),
+                          ("smf-tfidf", 5e-4, 0): (0.01, 4e-5), ("lora", 2e-4, 0): (0.7, 0.07),
+                          ("lora", 1e-3, 0): (0.72, 0.14)})
+    ax = plot_frontier(wide)
+    assert ax.get_yscale() == "symlog" and plot_paths(wide).get_yscale() == "symlog"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["smf-kl", "smf-tfidf (0.0005)", "lora"]  # a method trained at one rate names it
+    assert sorted(t.get_text() for t in ax.texts) == ["0.0002", "0.0005", "0.001", "0.05"]  # swept rates only
+    narrow = _trajectories({("lora", 2e-4, 0): (0.7, 0.07), ("full", 2e-4, 0): (0.74, 0.14)})
+    assert plot_frontier(narrow).get_yscale() == "linear"
+    assert plot_frontier(wide, yscale="linear").get_yscale() == "linear"
     plt.close("all")

@@ -284,3 +284,28 @@ def test_claims_compare_the_runs_of_one_seed():
     assert measured[1].startswith("+20.00 [")
     assert second.set_index("claim").loc[lora, "compared"] == "lora - smf-kl, accuracy (points)"
     assert results.claims_table(runs, seed=2)["measured"].eq("not run yet").all()
+
+
+def test_frontier_table_names_the_points_that_dominate():
+    def end(method, lr, seed, gain, drift):
+        return {"method": method, "lr": lr, "seed": seed, "step": 75, "steps": 75,
+                "d_medmcqa_gold_loglik": gain, "d_medmcqa_gold_loglik_lo": gain - 0.05,
+                "d_medmcqa_gold_loglik_hi": gain + 0.05, "d_chat_drift_kl": drift,
+                "d_chat_drift_kl_lo": drift * 0.9, "d_chat_drift_kl_hi": drift * 1.1}
+    traj = pd.DataFrame([end("smf-kl", 5e-2, 0, 0.5, 0.008), end("lora", 5e-5, 0, 0.65, 0.0078),
+                         end("lora", 2e-4, 0, 0.70, 0.07), end("lora", 2e-4, 1, 0.72, 0.06),
+                         end("full", 2e-4, 0, 0.74, 0.14),
+                         {**end("full", 2e-4, 0, 0.0, 0.0), "step": 0}])  # a start point: not an end
+    table = results.frontier_table(traj).set_index(["method", "lr"])
+    assert table.loc[("smf-kl", 5e-2), "dominated by"] == "lora 5e-05"  # learned less and drifted more
+    assert table.loc[("lora", 2e-4), "seeds"] == 2
+    assert table.loc[("lora", 2e-4), "d_medmcqa_gold_loglik"] == pytest.approx(0.71)
+    assert table.loc[("lora", 2e-4), "d_chat_drift_kl_lo"] == pytest.approx(0.054)  # the union of the seeds'
+    assert table.loc[("lora", 2e-4), "d_chat_drift_kl_hi"] == pytest.approx(0.077)  # intervals
+    assert table.loc[("full", 2e-4), "dominated by"] == ""  # the most learning: nothing dominates it
+    assert table.loc[("lora", 5e-5), "dominated by"] == ""
+    assert list(table.index.get_level_values("method")) == ["smf-kl", "lora", "lora", "full"]
+    assert results.frontier_table(pd.DataFrame()).empty
+    compact = results.frontier_table(traj, cells=True).set_index(["method", "lr"])
+    assert compact.loc[("smf-kl", "0.05"), "medmcqa gold loglik"] == "+0.50 [+0.45, +0.55]"
+    assert compact.loc[("smf-kl", "0.05"), "chat drift kl"] == "+0.0080 [+0.0072, +0.0088]"

@@ -70,7 +70,8 @@ from smf_lib.methods import ORDER
 from smf_lib.paired_stats import mcnemar
 from smf_lib.plotting import Panels, plot_deltas, plot_frontier, plot_paths, plot_tradeoff
 from smf_lib.presets import get_preset
-from smf_lib.results import claims_table, delta_table, load_results, seed_spread, verdicts
+from smf_lib.results import (claims_table, delta_table, frontier_table, load_results, seed_spread,
+                             verdicts)
 from smf_lib.runner import status_line, study_status
 
 SEED = 0
@@ -233,7 +234,8 @@ Panels(panels)
 # questions, 40 dev chat replies, at 4 points from step 0 to the end). The next cell draws each method's path from
 # its start to its end, with the gain in the gold option's log-likelihood on x and the drift on chat replies on y,
 # and the end point of every learning rate tried: at matched learning, the lower curve moved the model less
-# ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`).
+# ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`). The drifts span several
+# orders of magnitude, so the y axes are logarithmic (linear near zero, where every path starts).
 
 # %%
 trajectories = pd.read_csv(folder / "trajectories.csv")
@@ -245,6 +247,15 @@ if len(trajectories):
     display(Panels(panels))
 else:
     print("no trained run of this study has finished yet")
+
+# %% [markdown]
+# The same end points as numbers ({py:func}`~smf_lib.results.frontier_table`): the mean over seeds with its paired
+# 95% interval (for two seeds, from the lower of their bounds to the higher), and, for each point, the other
+# methods' points that *dominate* it, having learned at least as much while drifting no more. These are point estimates on the cheap dev subset, so a domination between
+# points whose intervals overlap is a tendency, not a result.
+
+# %%
+frontier_table(trajectories, cells=True).set_index(["method", "lr"])
 
 # %% [markdown]
 # ## Paired tests on MedMCQA
