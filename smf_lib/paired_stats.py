@@ -55,6 +55,9 @@ def paired_bootstrap(base: dict, other: dict, metric: str, n_boot: int = 2000, s
 def mcnemar(base_correct, other_correct) -> dict:
     """Exact two-sided McNemar test on paired 0/1 outcomes."""
     a, b = np.asarray(base_correct), np.asarray(other_correct)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar: {len(a)} and {len(b)} outcomes; the two runs were scored on different items, and "
+                         "a paired test needs the same items (compare fully evaluated runs, not a cheap sweep run)")
     n01, n10 = int(((a == 0) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())
     n = n01 + n10
     k = min(n01, n10)

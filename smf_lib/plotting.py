@@ -176,13 +176,17 @@ def plot_deltas(summary: pd.DataFrame, metrics=("medmcqa_acc", "wikitext_ppl", "
 
 
 def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
-    """Training loss per optimizer step for every trained run (rolling mean over ``smooth`` steps)."""
+    """Training loss per optimizer step for every trained run (rolling mean over ``smooth`` steps); the legend
+    names each method once."""
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    named = set()
     for r in runs:
         if not r.get("train_log"):
             continue
         s = pd.Series([x["loss"] for x in r["train_log"]]).rolling(smooth, min_periods=1).mean()
-        ax.plot(np.arange(1, len(s) + 1), s, label=r["method"], color=PALETTE.get(r["method"]))
+        label = "_nolegend_" if r["method"] in named else r["method"]
+        named.add(r["method"])
+        ax.plot(np.arange(1, len(s) + 1), s, label=label, color=PALETTE.get(r["method"]))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (MedMCQA)")
     if ax.get_lines():

@@ -204,6 +204,8 @@ def test_paired_bootstrap_and_mcnemar():
     assert mcnemar(base["medmcqa_correct"], other["medmcqa_correct"]) == {"gained": 3, "lost": 0, "p": 0.25}
     with pytest.raises(ValueError, match="different items"):
         paired_bootstrap(base, {"medmcqa_correct": [1, 0]}, "medmcqa_acc")
+    with pytest.raises(ValueError, match="different items"):
+        mcnemar(base["medmcqa_correct"], [1, 0])
 
 
 @pytest.mark.slow

@@ -240,7 +240,7 @@ else:
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%
-plot_loss_curves(runs)
+plot_loss_curves([r for r in runs if r.get("evaluation", "full") == "full"])  # each method at its preset rate
 plt.show()
 
 # %% [markdown]

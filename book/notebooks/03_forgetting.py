@@ -80,7 +80,8 @@ pd.set_option("display.max_colwidth", None)  # lists of metrics in full
 folder, summary, runs = load_results("cpu")
 print(status_line(study_status(get_preset("cpu"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
-runs = [r for r in runs if r["method"] in ORDER]
+# the grid's fully evaluated runs (the swept rates are scored on the dev subset only: see the frontier below)
+runs = [r for r in runs if r["method"] in ORDER and r.get("evaluation", "full") == "full"]
 runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
 base = next(r for r in runs if r["method"] == "base")
 probe_items = {"MedMCQA questions": "medmcqa_correct",
