@@ -413,7 +413,7 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
         if len(m) > 1:  # alternate the side of the labels between swept methods, so that neighbours do not collide
             offset = (4, 3) if swept % 2 == 0 else (-4, -9)
             for _, r in m.iterrows():
-                ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=7, xytext=offset, color=color,
+                ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=8, xytext=offset, color=color,
                             textcoords="offset points", ha="left" if offset[0] > 0 else "right")
             swept += 1
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))

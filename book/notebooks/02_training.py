@@ -176,6 +176,7 @@ for r in runs:
         continue
     smf = cfg["method"] == "smf"
     settings.append({"method": r["method"], "seed": r["seed"],
+                     "sweep": "yes" if r.get("evaluation") == "cheap" else "",
                      "texts": r["data"].get("n_train"),
                      "steps": len(r.get("train_log") or []),
                      "rate": f"{cfg['lr']:g}",
@@ -187,8 +188,8 @@ pd.DataFrame(settings).set_index(["method", "seed"])
 
 # %% [markdown]
 # ### Retrofit
-# The memory trains on OASST1 replies while the base stays frozen. The loss it reaches is where the sparse phase
-# starts.
+# The memory trains on OASST1 replies while the base stays frozen (its loss is on chat replies, not on MedMCQA);
+# the sparse phase starts from the model with this memory.
 
 # %%
 retro = next((r["retrofit"] for r in runs

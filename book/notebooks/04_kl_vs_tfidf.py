@@ -43,7 +43,7 @@
 #
 # Each selector keeps the {term}`top-t` read rows by score (all read rows when fewer than $t$ were read). TF-IDF
 # only sees *whether* a background document read a row; KL sees *how much*. The two therefore differ most on
-# **{term}`hub rows <hub row>`**, the rows that almost every document touches.
+# **{term}`hub rows <hub row>`**, the rows that more than half of the background documents read.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
