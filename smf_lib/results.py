@@ -105,9 +105,8 @@ def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
                    forget: str = "d_chat_drift_kl", cells: bool = False) -> pd.DataFrame:
     """The end point of every method and learning rate in ``trajectories.csv`` (mean over seeds): the learning
     gain and the forgetting, each with its paired 95% interval (with several seeds, the union of the seeds'
-    intervals: from the lowest bound to the highest), and which other methods' points
-    *dominate* it: learned at least as much and forgot no more (point estimates; smaller is better for
-    ``forget``, larger for ``learn``).
+    intervals: from the lowest bound to the highest), and which other methods' points *dominate* it: learned at
+    least as much and forgot no more (point estimates; smaller is better for ``forget``, larger for ``learn``).
 
     ``cells=True``: a compact view for reading, one ``"Δ [lo, hi]"`` cell per metric, rounded to what the
     interval supports, and the rate as text.
@@ -116,7 +115,7 @@ def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
             "dominated by"]
     if traj.empty:
         return pd.DataFrame(columns=cols)
-    ends = traj[traj["step"] == traj["steps"]].sort_values("seed")
+    ends = traj[traj["step"] == traj["steps"]]
     rows = []
     for (method, lr), g in ends.groupby(["method", "lr"], sort=False):
         rows.append({"method": method, "lr": lr, "seeds": len(g), learn: g[learn].mean(), forget: g[forget].mean(),

@@ -215,9 +215,9 @@ else:
 
 # %% [markdown]
 # ## Learning against forgetting
-# Each method's MedMCQA change (x) against its change on a forgetting probe (y), with both intervals. The
-# axis labels say which way is better: further right learned more; on the forgetting axis, the
-# better direction depends on the probe (perplexity and drift should go down, log-likelihoods up).
+# Each method's MedMCQA change (x) against its change on a forgetting probe (y), with both intervals. The axis
+# labels say which way is better: further right learned more; on the forgetting axis, the better direction depends
+# on the probe (perplexity and drift should go down, log-likelihoods up).
 
 # %%
 candidates = ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik")
@@ -319,10 +319,9 @@ if at_rate.empty:
 # clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method, once
 # per training seed (the runs of that seed compared with each other and with base): what was measured, with its
 # paired 95% interval, and whether the interval agrees with the claim, contradicts it, or cannot tell
-# ({py:func}`~smf_lib.results.claims_table`). For the size
-# of SMF's gain, an interval entirely below half of the claimed 2.5 points counts as a disagreement. The model,
-# the data sizes and the run lengths are far from the paper's, so a disagreement here is about this setting, not
-# a refutation.
+# ({py:func}`~smf_lib.results.claims_table`). For the size of SMF's gain, an interval entirely below half of the
+# claimed 2.5 points counts as a disagreement. The model, the data sizes and the run lengths are far from the
+# paper's, so a disagreement here is about this setting, not a refutation.
 
 # %%
 seeds = sorted({r["seed"] for r in runs if r["method"] != "base"})
