@@ -272,8 +272,8 @@ def check_explorer(browser: Browser, html: Path, shots: Path) -> list[str]:
 
 
 def check_narrow_figures(browser: Browser, html: Path) -> list[str]:
-    """At 400 px, figure rows (:class:`smf_lib.plotting.Panels`) wrap to one panel per row: every panel is shown at
-    280 px or more (or its full size, if smaller) and inside the screen."""
+    """At 400 px, figure rows (:class:`smf_lib.views.plotting.Panels`) wrap to one panel per row: every panel is
+    shown at 280 px or more (or its full size, if smaller) and inside the screen."""
     failures, page = [], Page(browser, 400, 900)
     for path in sorted(html.glob("notebooks/*.html")):
         page.open(path)

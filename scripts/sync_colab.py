@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from smf_lib.colab import colab_url, paired_ipynb
+from smf_lib.views.colab import colab_url, paired_ipynb
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "book" / "notebooks").glob("*.py"))
@@ -31,9 +31,9 @@ REPO = "{repo}"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{{REPO}}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 '''
 CELL_RE = re.compile(r'^# %% tags=\["remove-cell"\]\n.*?(?=^# %%)', re.S | re.M)
 BADGE_RE = re.compile(r"^# \[!\[Open In Colab\]\(.*$", re.M)

@@ -1,18 +1,31 @@
 """smf_lib: Sparse Memory Finetuning for Hugging Face causal LMs, with LoRA and full-finetuning baselines."""
 
-from .memory import (MemoryConfig, ProductKeyMemory, add_memory, load_memory, memory_layers, memory_state_dict,
-                     print_trainable_parameters, save_memory, set_recording)
-from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, setup_notebook, tiny_model
-from .perf import tune_cpu_allocator
+from .allocator import tune_cpu_allocator
+from .health import MIN_SHARE, MemoryHealthWarning, check_health, memory_health
+from .adapter import load_memory, save_memory
+from .memory import (MemoryConfig, ProductKeyMemory, add_memory, memory_layers, memory_state_dict,
+                     print_trainable_parameters, set_recording)
+from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, tiny_model
 from .selection import (SELECTORS, BackgroundStats, compute_background_stats, read_counts, score_rows,
                         select_for_layers, select_rows)
 from .training import (METHODS, UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, TrainConfig, TrainingDiverged,
                        TrainResult, train)
 
-__version__ = "0.1.0"
+# 0.2.0: LoRA layers drawn from TrainConfig.seed; MedMCQA records keep all four option scores
+__version__ = "0.2.0"
 __all__ = ["MemoryConfig", "ProductKeyMemory", "add_memory", "load_memory", "memory_layers", "memory_state_dict",
            "print_trainable_parameters", "save_memory", "set_recording", "DEFAULT_MODEL", "PAPER_MODEL",
-           "load_model", "setup_notebook", "tiny_model",
+           "load_model", "setup_notebook", "tiny_model", "MIN_SHARE", "MemoryHealthWarning", "check_health",
+           "memory_health",
            "tune_cpu_allocator", "BackgroundStats", "compute_background_stats",
            "read_counts", "score_rows", "select_for_layers", "select_rows", "SELECTORS", "METHODS", "UPDATES",
            "RowSGD", "RowSparseAdam", "MaskedAdamW", "TrainConfig", "TrainingDiverged", "TrainResult", "train"]
+
+
+def __getattr__(name):
+    # the notebook set-up lives with the book's views; imported on first use so `import smf_lib` stays light
+    if name == "setup_notebook":
+        from .views.notebook import setup_notebook
+
+        return setup_notebook
+    raise AttributeError(f"module 'smf_lib' has no attribute {name!r}")

@@ -37,6 +37,18 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name}; free some space "
+                          "and rerun (nothing already written was lost)") from err
+        raise
+    except RuntimeError as err:  # torch.save reports a full disk as a RuntimeError from its C++ writer
+        tmp.unlink(missing_ok=True)
+        if "enforce fail" in str(err) or "No space" in str(err) or "file write failed" in str(err):
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name} ({err}); free "
+                          "some space and rerun (nothing already written was lost)") from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -65,11 +77,28 @@ def read_json(path: str | Path):
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); delete it so it is "
                          "written again, or restore it") from err
+    def refuse(name):
+        raise ValueError(f"{path}: holds {name}, which is not JSON (a non-finite number); the file was edited or "
+                         "damaged: delete it so it is written again, or restore it")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); the file is damaged: delete it so "
                          "it is written again, or restore it") from err
+
+
+def read_record(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object with the ``required`` keys (a run record, a marker); anything else raises naming the file."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}; the file was edited or "
+                         "damaged: delete it so it is written again, or restore it")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ValueError(f"{path}: missing {missing}; the file was edited, damaged or written by another version: "
+                         "delete it so it is written again")
+    return obj
 
 
 class FolderLock:

@@ -1,6 +1,6 @@
 """Product-key memory layer (Lample et al. 2019, arXiv 1907.05242) with the Memory+ SiLU gate
 (Berges et al. 2024, arXiv 2412.09764), plugged into the MLP of Hugging Face Qwen2 / Llama decoders,
-and a peft-style adapter format that saves only the memory.
+with the memory's parameters and recording switch; :mod:`smf_lib.adapter` saves and loads it, peft-style.
 
 Usage::
 
@@ -12,23 +12,16 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .files import atomic_write
 
 MODES = ("additive", "replacement")
-INITS = ("zero", "paper")
+INITS = ("zero", "zero-w2", "paper")
 FORMAT = "smf_lib.memory/1"
 CONFIG_NAME = "memory_config.json"
 WEIGHTS_NAME = "memory.safetensors"
@@ -45,8 +38,10 @@ class MemoryConfig:
         knn: slots read per head and token (top-k of the product keys).
         k_dim: query/key width per head; must be even (split into two halves).
         mode: ``"additive"`` (mlp(x) + alpha * memory(x)) or ``"replacement"`` (memory(x) only).
-        init: ``"zero"`` (project default: V = 0, no biases, alpha = 1, logits unchanged at insertion)
-            or ``"paper"`` (the paper's: random V, biases on, alpha = 0.01).
+        init: ``"zero"`` (project default: V = 0, no biases, alpha = 1, logits unchanged at insertion),
+            ``"zero-w2"`` (W2 = 0 and random V, no biases, alpha = 1: also unchanged at insertion, but, as LoRA
+            zeroes B and keeps A random, every token's gradient reaches the dense W2 from the first step and the
+            value rows from the second) or ``"paper"`` (the paper's: random V, biases on, alpha = 0.01).
         alpha: scale of the memory output in additive mode; ``None`` takes the init's default.
         dtype: the memory parameters' dtype (``"float32"``, ``"bfloat16"``, ...); ``None``: the model's. The
             paper keeps them in float32 under a bfloat16 model; inputs are cast in and outputs back.
@@ -89,8 +84,9 @@ class MemoryConfig:
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.alpha is None:
-            self.alpha = 1.0 if self.init == "zero" else 0.01
-        if not math.isfinite(float(self.alpha)):
+            self.alpha = 0.01 if self.init == "paper" else 1.0
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not math.isfinite(float(self.alpha)):
             raise ValueError(f"alpha must be a finite number (the memory output's scale), got {self.alpha}")
         self.alpha = float(self.alpha)
         if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
@@ -131,6 +127,11 @@ class ProductKeyMemory(nn.Module):
             # V = 0 makes the read y = 0, so the output is exactly 0 while dL/dV is not:
             # dL/dV = alpha * w * (W2^T g * silu(W1 x)). Zeroing alpha or W2 instead would kill dL/dV.
             nn.init.zeros_(self.values.weight)
+        elif c.init == "zero-w2":
+            # W2 = 0: the output is exactly 0 and dL/dV is 0 at the first step, but dL/dW2 = g (y * silu(W1 x))^T
+            # is not, so W2 learns on every token at once and the values follow from the second step.
+            nn.init.normal_(self.values.weight, std=d**-0.5)
+            nn.init.zeros_(self.w2.weight)
         else:
             nn.init.normal_(self.values.weight, std=d**-0.5)
 
@@ -292,163 +293,6 @@ def set_recording(model: nn.Module, on: bool) -> None:
             m.last_indices = m.last_weights = None
 
 
-def base_fingerprint(model: nn.Module) -> dict:
-    """Shape facts and a hash of the base weights outside the memory, to refuse a wrong base model."""
-    cfg = model.config
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if ".memory." in name or name.endswith("mlp.alpha") or "lora_" in name:
-            continue
-        h.update(name.replace(".mlp.mlp.", ".mlp.").encode())
-        h.update(p.detach().reshape(-1)[::997].float().cpu().numpy().tobytes())
-    return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
-            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size,
-            "weights_sha256": h.hexdigest()[:16]}
-
-
-def save_memory(model: nn.Module, path: str | Path, reference: str | Path | None = None) -> Path:
-    """Save only the memory, peft-style: ``memory_config.json`` + ``memory.safetensors``, each written atomically
-    (the weights first, the config last: a folder with a config is complete).
-
-    Args:
-        model: a model with memory layers.
-        path: output folder (created).
-        reference: an earlier saved memory (e.g. the retrofit). When given, only the value rows that differ
-            from it are stored (plus any other memory tensor that differs), with the reference's path relative
-            to ``path`` and its hash, so a copied results folder still loads. ``path`` itself is refused.
-
-    Returns:
-        The folder written.
-    """
-    path = Path(path)
-    state = memory_state_dict(model)
-    meta = {"memory_config": dataclasses.asdict(model.smf_memory_config), "base": base_fingerprint(model),
-            "format": FORMAT}
-    tensors = state
-    if reference is not None:
-        reference = Path(reference)
-        if reference.resolve() == path.resolve():
-            raise ValueError(f"reference {reference} is the folder being written: a delta adapter cannot point at "
-                             "itself; save the full memory (reference=None) or write to another folder")
-        if not (reference / WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"no {WEIGHTS_NAME} in reference {reference}: pass a folder written by "
-                                    "save_memory")
-        ref_state = load_file(str(reference / WEIGHTS_NAME))
-        tensors = {}
-        for k, v in state.items():
-            r = ref_state.get(k)
-            if r is None or r.shape != v.shape:
-                raise ValueError(f"reference {reference} has no matching {k}: save without reference")
-            if k.endswith("values.weight"):
-                rows = (v != r.to(v.dtype)).any(dim=1).nonzero().flatten()
-                tensors[k + ".rows"], tensors[k + ".data"] = rows, v[rows].contiguous()
-            elif not torch.equal(v, r.to(v.dtype)):
-                tensors[k] = v
-        rel = os.path.relpath(reference.resolve(), path.resolve())
-        meta["reference"] = {"path": Path(rel).as_posix(), "sha256": _file_sha(reference / WEIGHTS_NAME)}
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp)))
-    atomic_write(path / CONFIG_NAME, json.dumps(meta, indent=2))
-    return path
-
-
-def _read_adapter(path: Path) -> tuple[dict, dict]:
-    """The adapter's metadata and tensors, checked for the damage a hand edit or a crash could leave."""
-    if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: pass a folder written by smf_lib.save_memory")
-    try:
-        meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / CONFIG_NAME} is damaged ({err}): save the memory again") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG_NAME}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"is not {FORMAT!r}; this smf_lib reads only its own adapter format")
-    for key in ("memory_config", "base"):
-        if not isinstance(meta.get(key), dict):
-            raise ValueError(f"{path / CONFIG_NAME} has no {key!r} entry: the file is incomplete; save it again")
-    try:
-        saved = load_file(str(path / WEIGHTS_NAME))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}: the adapter is incomplete; save it again") from None
-    except Exception as err:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path / WEIGHTS_NAME} is damaged ({err}): save the memory again") from err
-    return meta, saved
-
-
-def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
-    """Add the saved memory to a fresh base model and load its weights (safetensors only, no pickle).
-
-    Args:
-        model: the base model the memory was trained on, without memory.
-        path: a folder written by :func:`save_memory`.
-
-    Returns:
-        The model with memory, weights restored.
-    """
-    path = Path(path)
-    meta, saved = _read_adapter(path)
-    want, have = meta["base"], base_fingerprint(model)
-    diff = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
-    if diff:
-        raise ValueError(f"memory at {path} was saved from a different base model (saved vs given: {diff}); "
-                         "load the same base model (name, revision and dtype) it was trained on")
-    try:
-        config = MemoryConfig(**meta["memory_config"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path / CONFIG_NAME}: invalid memory_config ({err}); save the memory again") from err
-    if "reference" in meta:
-        ref = (path / meta["reference"]["path"]).resolve()
-        if ref == path.resolve():
-            raise ValueError(f"memory at {path} names itself as its reference: it cannot be loaded; save it again "
-                             "without reference")
-        if not (ref / WEIGHTS_NAME).exists() or _file_sha(ref / WEIGHTS_NAME) != meta["reference"].get("sha256"):
-            raise ValueError(f"memory at {path} stores only changed rows on top of {ref}, which is missing or "
-                             "has changed; restore that reference adapter or save the memory without reference")
-        _, state = _read_adapter(ref)
-        for k in list(saved):
-            if k.endswith(".rows"):
-                base_k = k[: -len(".rows")]
-                rows, data = saved[k], saved.get(base_k + ".data")
-                if base_k not in state or data is None:
-                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} has no matching table or data; save it again")
-                n = state[base_k].shape[0]
-                ok = rows.dtype == torch.long and rows.dim() == 1 and len(torch.unique(rows)) == len(rows)
-                ok = ok and (not len(rows) or (rows.min() >= 0 and rows.max() < n))
-                if not ok or tuple(data.shape) != (len(rows), state[base_k].shape[1]):
-                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} holds bad row indices or data (rows must be "
-                                     f"distinct in 0..{n - 1}, one data row each); the file was edited or damaged")
-                state[base_k] = state[base_k].clone()
-                state[base_k][rows] = data.to(state[base_k].dtype)
-            elif not k.endswith(".data"):
-                state[k] = saved[k]
-    else:
-        state = saved
-    add_memory(model, config)
-    own = _memory_parameters(model)
-    missing = sorted(set(own) - set(state))
-    if missing:
-        _remove_memory(model)
-        raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: its layers do not match its config "
-                         f"(layers {list(config.layers)}); the file is incomplete or was edited")
-    bad = [k for k, p in own.items() if tuple(state[k].shape) != tuple(p.shape)]
-    if bad:
-        _remove_memory(model)
-        raise ValueError(f"memory at {path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, its config asks for "
-                         f"{tuple(own[bad[0]].shape)}; the file was edited or damaged")
-    with torch.no_grad():
-        for k, p in own.items():
-            p.copy_(state[k].to(p.dtype))
-    return model
-
-
-def _remove_memory(model: nn.Module) -> None:
-    """Undo :func:`add_memory` (used when loading fails half-way, so the caller's model is left as it was)."""
-    for layer in decoder_layers(model):
-        if isinstance(layer.mlp, MemoryMLP):
-            layer.mlp = layer.mlp.mlp
-    if hasattr(model, "smf_memory_config"):
-        del model.smf_memory_config
-
-
 def print_trainable_parameters(model: nn.Module) -> str:
     """Print and return 'trainable params: X || all params: Y || trainable%: Z', as peft does."""
     total = sum(p.numel() for p in model.parameters())
@@ -456,7 +300,3 @@ def print_trainable_parameters(model: nn.Module) -> str:
     msg = f"trainable params: {train:,} || all params: {total:,} || trainable%: {100 * train / max(total, 1):.4f}"
     print(msg)
     return msg
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batches import padding_side
 from .data import LETTERS, medmcqa_options, medmcqa_prompt, triviaqa_prompt
 
 
@@ -158,9 +159,13 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
         batch_size: questions per forward (sorted by prompt length to keep padding small).
 
     Returns:
-        A dict with ``acc``, ``letter_acc``, ``majority_acc``, ``always_a_acc``, ``gold_loglik``, ``n``,
-        ``seconds``, ``tokens`` and ``items``, one dict per question with ``pred``, ``letter_pred``, ``gold``,
-        ``correct``, ``letter_correct`` and ``gold_loglik``.
+        A dict with ``acc``, ``letter_acc``, ``majority_acc``, ``always_a_acc``, ``gold_loglik``, ``gold_margin``,
+        ``gold_prob``, ``n``, ``seconds``, ``tokens`` and ``items``, one dict per question with ``pred``,
+        ``letter_pred``, ``gold``, ``correct``, ``letter_correct``, ``gold_loglik``, ``option_loglik`` (all four
+        scores), ``gold_margin`` (the gold option's score minus the best distractor's: above 0 when correct) and
+        ``gold_prob`` (the gold option's probability renormalised over the four, a softmax of the scores). The
+        margin and the renormalised probability measure learning without the answer format's and the letters'
+        prior, which the gold option's log-likelihood alone carries.
     """
     if not rows:
         raise ValueError("no MedMCQA rows to score: pass at least one question")
@@ -180,8 +185,13 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
         gold = int(row["cop"])
         pred = max(range(4), key=lambda i: (means[i], -i))
         lpred = max(range(4), key=lambda i: (letters[i], -i))
+        best_other = max(means[i] for i in range(4) if i != gold)
+        top = max(means)
+        z = sum(math.exp(m - top) for m in means)
         items.append({"pred": pred, "letter_pred": lpred, "gold": gold, "correct": int(pred == gold),
-                      "letter_correct": int(lpred == gold), "gold_loglik": means[gold]})
+                      "letter_correct": int(lpred == gold), "gold_loglik": means[gold],
+                      "option_loglik": [float(m) for m in means], "gold_margin": means[gold] - best_other,
+                      "gold_prob": math.exp(means[gold] - top) / z})
     n = len(items)
     golds = [it["gold"] for it in items]
     majority = max(range(4), key=golds.count)
@@ -189,7 +199,9 @@ def medmcqa_accuracy(model, tokenizer, rows: list[dict], progress: bool = True, 
     return {"acc": sum(it["correct"] for it in items) / n,
             "letter_acc": sum(it["letter_correct"] for it in items) / n,
             "majority_acc": golds.count(majority) / n, "always_a_acc": golds.count(0) / n,
-            "gold_loglik": sum(it["gold_loglik"] for it in items) / n, "n": n, "items": items,
+            "gold_loglik": sum(it["gold_loglik"] for it in items) / n,
+            "gold_margin": sum(it["gold_margin"] for it in items) / n,
+            "gold_prob": sum(it["gold_prob"] for it in items) / n, "n": n, "items": items,
             "seconds": time.perf_counter() - t0, "tokens": tokens}
 
 
@@ -277,10 +289,8 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
     t0 = time.perf_counter()
     dev = _device(model)
     eos = tokenizer.eos_token_id
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     outputs = []
-    try:
+    with padding_side(tokenizer, "left"):
         for s in tqdm(range(0, len(rows), batch_size), desc="triviaqa", disable=not progress):
             prompts = [triviaqa_prompt(r) for r in rows[s:s + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
@@ -290,8 +300,6 @@ def triviaqa_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
             new = [row.tolist() for row in gen[:, enc.input_ids.shape[1]:]]
             new = [row[: row.index(eos)] if eos in row else row for row in new]  # cut at the first EOS
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
     ctx = [_encode(tokenizer, triviaqa_prompt(r)) for r in rows]
     cont = [_encode(tokenizer, " " + r["aliases"][0]) for r in rows]
     ll = [float(lp.mean()) for lp in continuation_logprobs(model, ctx, cont)]

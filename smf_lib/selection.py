@@ -8,7 +8,6 @@ takes the top-t with deterministic ties and never an unread slot.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .batches import padding_side
 from .files import atomic_write
+from .fingerprints import tensors_fingerprint
 from .memory import memory_layers, set_recording
-
 
 
 def read_counts(indices: torch.Tensor, n_slots: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,11 +51,8 @@ def batch_counts(model, attention_mask: torch.Tensor | None) -> list[torch.Tenso
 
 def memory_fingerprint(model) -> str:
     """Hash of the query weights and keys of every memory layer: what background statistics depend on."""
-    h = hashlib.sha256()
-    for m in memory_layers(model):
-        for t in (m.query.weight, m.keys) + ((m.query.bias,) if m.query.bias is not None else ()):
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensors_fingerprint(t for m in memory_layers(model) for t in
+                               (m.query.weight, m.keys) + ((m.query.bias,) if m.query.bias is not None else ()))
 
 
 @dataclass
@@ -122,6 +119,9 @@ def compute_background_stats(model, tokenizer, texts: list[str], max_length: int
     Returns:
         The statistics, fingerprinted with the model's keys and query weights.
     """
+    if not texts:
+        raise ValueError("no background documents: background statistics from 0 documents would make every row look "
+                         "task-specific; pass general texts (e.g. smf_lib.data.load_background())")
     mems = memory_layers(model)
     n = mems[0].config.n_slots
     df = torch.zeros(len(mems), n, dtype=torch.long)
@@ -201,21 +201,17 @@ def read_counts_of_texts(model, tokenizer, texts: list[str], max_length: int = 1
     model.eval()
     set_recording(model, True)
     device = next(model.parameters()).device
-    side = getattr(tokenizer, "padding_side", None)
-    if side is not None:
-        tokenizer.padding_side = "right"
     counts = None
     try:
         for b in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[b:b + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+            with padding_side(tokenizer, "right"):
+                enc = tokenizer(texts[b:b + batch_size], padding=True, truncation=True, max_length=max_length,
+                                return_tensors="pt")
             mask = enc.attention_mask.to(device)
             model(input_ids=enc.input_ids.to(device), attention_mask=mask)
             c = batch_counts(model, None if count_padding else mask)
             counts = c if counts is None else [a + x for a, x in zip(counts, c)]
     finally:
-        if side is not None:
-            tokenizer.padding_side = side
         set_recording(model, False)
         model.train(was_training)
     return counts

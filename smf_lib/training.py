@@ -22,10 +22,10 @@ when the loss stops being finite.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .batches import collate_batch
 from .files import atomic_write
+from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
 from .selection import SELECTORS, BackgroundStats, batch_counts, select_for_layers
 
@@ -303,6 +305,14 @@ class TrainConfig:
         integer("warmup_steps", 0, "linear warm-up steps")
         integer("top_t", 1, "rows per layer per step")
         integer("lora_r", 1, "LoRA rank")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be a finite number > 0 (LoRA's scale is alpha / r), got "
+                             f"{self.lora_alpha!r}")
+        if isinstance(self.lora_targets, (str, bytes)) or not all(isinstance(t, str) and t
+                                                                  for t in self.lora_targets):
+            raise ValueError(f"lora_targets must be a tuple of module names such as ('q_proj', 'v_proj'), got "
+                             f"{self.lora_targets!r}")
         integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
         integer("seed", 0, "random seed")
         if self.max_steps is not None:
@@ -379,21 +389,6 @@ def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
             return steps[: max(1, round(c.epochs * per_epoch))]
 
 
-def collate_batch(tokenizer, texts, max_length, device):
-    """Right-padded batch (whatever the tokenizer's padding side) with labels on real tokens only."""
-    side = getattr(tokenizer, "padding_side", None)  # tokenizers without the attribute pad on the right
-    if side is not None:
-        tokenizer.padding_side = "right"
-    try:
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    finally:
-        if side is not None:
-            tokenizer.padding_side = side
-    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
-            "labels": labels.to(device)}
-
-
 def _take_row_grads(mems) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(rows, grads) of each value table, coalesced; clears ``.grad``."""
     out = []
@@ -466,14 +461,6 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
     return g.indices()[0], g.values()
 
 
-def texts_fingerprint(texts: list[str]) -> str:
-    """A short hash of the training texts, kept in checkpoints so a resume on other data is refused."""
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()[:16]
-
-
 def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,
           checkpoint_dir: str | Path | None = None, progress: bool = True,
           probe: Callable[[torch.nn.Module, int], dict] | None = None, probe_steps: Iterable[int] = ()) -> TrainResult:
@@ -506,8 +493,13 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             raise ValueError(f"selector {c.selector!r} needs background statistics: pass background= from "
                              "compute_background_stats(model, tokenizer, texts)")
         background.check(model)
+    torch.manual_seed(c.seed)  # every random draw of the method comes from its seed: LoRA's layers first
     model = prepare_model(model, c)
     mems = memory_layers(model) if METHODS[c.method].sparse else []
+    if mems and c.top_t > mems[0].config.n_slots:
+        warnings.warn(f"top_t={c.top_t} is more rows than a memory layer has ({mems[0].config.n_slots} slots): every "
+                      "read row is selected, so SMF updates whatever the batch reads (the paper takes about 3% of the "
+                      "slots)", stacklevel=2)
     device = next(model.parameters()).device
     dense = [p for n, p in model.named_parameters() if p.requires_grad and not (mems and n.endswith("values.weight"))]
     dense_opt = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None
@@ -645,11 +637,27 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         set_recording(model, False)
         for m in mems:
             m.sparse_grad = False
+    _check_finished(model, tokenizer, texts, plan, c, device, rank, world)
     model.eval()
     model.requires_grad_(False)
     model = METHODS[c.method].finish(model)
     states = [r.state_dict() for r in rules] + ([dense_opt.state_dict()] if dense_opt else [])
     return TrainResult(model, log, seconds, _tensor_bytes(states), trajectory)
+
+
+def _check_finished(model, tokenizer, texts, plan, c, device, rank, world) -> None:
+    """The last step's divergence is divergence too: every trained parameter is finite, and so is the loss of the
+    last step's first micro-batch under the trained weights (one forward)."""
+    bad = next((n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    loss = None
+    if bad is None:
+        batch = collate_batch(tokenizer, [texts[i] for i in plan[-1][0][rank::world]], c.max_length, device)
+        with torch.no_grad():
+            loss = model(**batch).loss.float()
+    if bad is not None or not torch.isfinite(loss):
+        what = f"parameter {bad} is not finite" if bad else f"the loss is {loss.item()}"
+        raise TrainingDiverged(f"{what} after step {len(plan)} of {len(plan)} ({c.method}, lr {c.lr:g}); lower the "
+                               "learning rate. No metrics are written for this run")
 
 
 def _run_probe(probe, model, step: int) -> dict:

@@ -24,7 +24,7 @@ def test_benchmark_script_runs_on_tiny_target(tmp_path):
 
 
 def test_benchmark_targets_say_which_hold():
-    from smf_lib.perf import benchmark_targets
+    from smf_lib.study.cost import benchmark_targets
 
     steps = pd.DataFrame({"method": ["base-forward", "memory-forward", "smf-floor", "smf-kl", "lora"],
                           "median_step_s": [1.0, 1.2, 3.0, 3.3, 5.0], "peak_mem_mb": [1, 1, 1, 2000, 3000]})
@@ -49,7 +49,7 @@ def test_benchmark_targets_say_which_hold():
 def test_medmcqa_scoring_target():
     import pandas as pd
 
-    from smf_lib.perf import benchmark_targets
+    from smf_lib.study.cost import benchmark_targets
 
     steps = pd.DataFrame({"method": ["lora"], "median_step_s": [1.0], "peak_mem_mb": [1.0]})
     probes = [{"probe": "base forward", "tokens_per_s": 600.0},

@@ -49,7 +49,7 @@ def test_install_cell_is_the_same_everywhere_and_names_the_configured_repository
     assert re.search(r'^REPO = "(.*)"$', cell, re.M)[1] == CONFIG["repository"]["url"]
     assert '"google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ' in cell
     assert 'os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")' in cell
-    assert "smf_lib.colab.setup(REPO)" in cell
+    assert "smf_lib.views.colab.setup(REPO)" in cell
 
 
 def test_badges_and_install_cells_are_written_from_config():

@@ -1,11 +1,11 @@
-"""smf_lib.colab: the Colab marker, the addresses the badges and launch buttons use, and the set-up."""
+"""smf_lib.views.colab: the Colab marker, the addresses the badges and launch buttons use, and the set-up."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from smf_lib import colab
+from smf_lib.views import colab
 
 ROOT = Path(__file__).resolve().parents[1]
 

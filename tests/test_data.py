@@ -5,7 +5,7 @@ import os
 import pytest
 
 from smf_lib import data as D
-from smf_lib.evaluation import data_root
+from smf_lib.study.evaluation import data_root
 
 FIXTURES = data_root(type("P", (), {"data": "fixtures"}))
 

@@ -55,7 +55,7 @@ def _runner_worker(rank, world, port, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from smf_lib.cli import main
+    from smf_lib.study.cli import main
 
     main(["run", "--preset", "smoke", "--out", out, "--no-progress", "--methods", "base", "smf-kl", "lora"])
     torch.distributed.destroy_process_group()

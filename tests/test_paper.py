@@ -9,8 +9,8 @@ import torch
 import smf_lib as S
 from smf_lib import data as D
 from smf_lib import probes as P
-from smf_lib.cli import main
-from smf_lib.presets import PAPER_PROTOCOL, PRESETS, get_preset, protocol_settings, protocol_table
+from smf_lib.study.cli import main
+from smf_lib.study.presets import PAPER_PROTOCOL, PRESETS, get_preset, protocol_settings, protocol_table
 from smf_lib.selection import select_rows
 from smf_lib.training import lr_factor
 
@@ -170,7 +170,7 @@ def test_colab_preset_end_to_end_on_a_tiny_qwen2_as_on_a_t4(tmp_path, monkeypatc
     training and evaluation, loss scaling."""
     import json
 
-    import smf_lib.runner as R
+    import smf_lib.study.runner as R
 
     monkeypatch.setattr(R, "auto_precision", lambda p, device: {"model": "float32", "memory": None,
                                                                 "autocast": "float16"})
@@ -204,7 +204,7 @@ def test_paper_preset_end_to_end_on_a_tiny_qwen2(tmp_path, monkeypatch):
 def test_method_doc_shows_the_current_departures_tables(name):
     from pathlib import Path
 
-    from smf_lib.cli import protocol_markdown, replace_block
+    from smf_lib.study.cli import protocol_markdown, replace_block
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text()
     assert replace_block(doc, name, protocol_markdown(name)) == doc, (

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from smf_lib.plotting import (Panels, plot_deltas, plot_frontier, plot_overlap, plot_paths,  # noqa: E402
+from smf_lib.views.plotting import (Panels, plot_deltas, plot_frontier, plot_overlap, plot_paths,  # noqa: E402
                               plot_row_changes, plot_tradeoff)
 
 

@@ -1,4 +1,4 @@
-"""smf_lib.widgets: the live explorer and the pre-drawn gallery the static book shows, with their controls
+"""smf_lib.views.widgets: the live explorer and the pre-drawn gallery the static book shows, with their controls
 linked in the browser."""
 
 import warnings
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smf_lib.selection import BackgroundStats
-from smf_lib.widgets import STATIC_ENV, selection_explorer, selection_gallery
+from smf_lib.views.widgets import STATIC_ENV, selection_explorer, selection_gallery
 
 
 @pytest.fixture(scope="module")

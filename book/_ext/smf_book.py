@@ -1,10 +1,10 @@
 """Sphinx hooks of this book (loaded through ``sphinx.local_extensions`` in ``_config.yml``).
 
 - The header's Colab launch button opens the ``.ipynb`` that jupytext pairs with a chapter (``notebooks/``),
-  not the ``.py`` source the book is built from. The address is made by :func:`smf_lib.colab.colab_url` from
+  not the ``.py`` source the book is built from. The address is made by :func:`smf_lib.views.colab.colab_url` from
   ``repository.url``, ``repository.branch`` and ``launch_buttons.colab_url``, as the chapters' badges are.
 - The chapters run with ``SMF_STATIC_WIDGETS`` set (the kernels inherit the build's environment), so that
-  :func:`smf_lib.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
+  :func:`smf_lib.views.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
 - A page loads each script once (sphinx-thebe's and sphinx-togglebutton's inline settings arrive twice, and
   declaring ``THEBE_JS_URL`` twice is an error) and nothing from the network: the Colab badge's image comes
   from ``_static/colab-badge.svg``. ``scripts/check_book.py`` fails on any console error or missing file.
@@ -13,10 +13,10 @@
 import os
 from pathlib import Path
 
-from smf_lib.colab import colab_url, paired_ipynb
+from smf_lib.views.colab import colab_url, paired_ipynb
 
 ROOT = Path(__file__).resolve().parents[2]
-STATIC_WIDGETS = "SMF_STATIC_WIDGETS"  # smf_lib.widgets.STATIC_ENV
+STATIC_WIDGETS = "SMF_STATIC_WIDGETS"  # smf_lib.views.widgets.STATIC_ENV
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 

@@ -61,16 +61,16 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 from smf_lib import setup_notebook
-from smf_lib.methods import ORDER
-from smf_lib.presets import get_preset
-from smf_lib.results import delta_table, load_results
-from smf_lib.runner import status_line, study_status
+from smf_lib.study.arms import ORDER
+from smf_lib.study.presets import get_preset
+from smf_lib.study.results import delta_table, load_results
+from smf_lib.study.runner import status_line, study_status
 
 SEED = 0
 device = setup_notebook(SEED)

@@ -43,9 +43,9 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import textwrap
@@ -59,7 +59,7 @@ import smf_lib as S
 from smf_lib import setup_notebook
 from smf_lib.data import (load_medmcqa, medmcqa_options, medmcqa_prompt,
                           wikitext_text)
-from smf_lib.plotting import plot_reads
+from smf_lib.views.plotting import plot_reads
 from smf_lib.probes import continuation_logprobs, medmcqa_accuracy, perplexity
 
 SEED = 0

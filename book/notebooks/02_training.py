@@ -52,9 +52,9 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import textwrap
@@ -67,9 +67,9 @@ from IPython.display import display
 import smf_lib as S
 from smf_lib import setup_notebook
 from smf_lib.data import load_background, load_medmcqa, medmcqa_training_text
-from smf_lib.methods import ORDER
-from smf_lib.plotting import Panels, plot_loss_curves, plot_row_changes
-from smf_lib.results import load_results
+from smf_lib.study.arms import ORDER
+from smf_lib.views.plotting import Panels, plot_loss_curves, plot_row_changes
+from smf_lib.study.results import load_results
 from smf_lib.selection import read_counts_of_texts
 
 SEED = 0

@@ -56,9 +56,9 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import matplotlib.pyplot as plt
@@ -66,13 +66,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from smf_lib import setup_notebook
-from smf_lib.methods import ORDER
-from smf_lib.paired_stats import mcnemar
-from smf_lib.plotting import Panels, plot_deltas, plot_frontier, plot_paths, plot_tradeoff
-from smf_lib.presets import get_preset
-from smf_lib.results import (claims_table, delta_table, frontier_table, load_results, seed_spread,
+from smf_lib.study.arms import ORDER
+from smf_lib.study.paired_stats import mcnemar
+from smf_lib.views.plotting import Panels, plot_deltas, plot_frontier, plot_paths, plot_tradeoff
+from smf_lib.study.presets import get_preset
+from smf_lib.study.results import (claims_table, delta_table, frontier_table, load_results, seed_spread,
                              verdicts)
-from smf_lib.runner import status_line, study_status
+from smf_lib.study.runner import status_line, study_status
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -162,7 +162,7 @@ table.round(2).round({m: 1 for m in accuracies}).rename(columns=names)
 # %% [markdown]
 # ## Changes against the base model
 # One cell per run and metric: the change $\Delta$ and its paired 95% interval $[\text{lo}, \text{hi}]$, rounded
-# to what the interval's width supports ({py:func}`~smf_lib.results.delta_table`), in three groups: what was
+# to what the interval's width supports ({py:func}`~smf_lib.study.results.delta_table`), in three groups: what was
 # learned, general text, and chat and world knowledge. Accuracies are in points; a group the study has no
 # metric for is left out.
 
@@ -236,8 +236,8 @@ Panels(panels)
 # questions, 40 dev chat replies, at 4 points from step 0 to the end). The next cell draws each method's path from
 # its start to its end, with the gain in the gold option's log-likelihood on x and the drift on chat replies on y,
 # and the end point of every learning rate tried: at matched learning, the lower curve moved the model less
-# ({py:func}`~smf_lib.plotting.plot_paths`, {py:func}`~smf_lib.plotting.plot_frontier`). The drifts span several
-# orders of magnitude, so the y axes are logarithmic (linear near zero, where every path starts).
+# ({py:func}`~smf_lib.views.plotting.plot_paths`, {py:func}`~smf_lib.views.plotting.plot_frontier`). The drifts span
+# several orders of magnitude, so the y axes are logarithmic (linear near zero, where every path starts).
 
 # %%
 trajectories = pd.read_csv(folder / "trajectories.csv")
@@ -251,7 +251,7 @@ else:
     print("no trained run of this study has finished yet")
 
 # %% [markdown]
-# The same end points as numbers ({py:func}`~smf_lib.results.frontier_table`): the mean over seeds with its paired
+# The same end points as numbers ({py:func}`~smf_lib.study.results.frontier_table`): the mean over seeds with its paired
 # 95% interval (for two seeds, from the lower of their bounds to the higher), and, for each point, the other
 # methods' points that *dominate* it, having learned at least as much while drifting no more. These are point
 # estimates on the cheap dev subset, so a domination between points whose intervals overlap is a tendency, not a
@@ -265,7 +265,7 @@ frontier_table(trajectories, cells=True).set_index(["method", "lr"])
 # McNemar's test looks only at the questions on which the two models disagree: $b$ questions the tuned model
 # newly gets right and $c$ it newly gets wrong. If training changed nothing, each such question would go either
 # way with probability 1/2, so the exact two-sided p-value comes from a binomial distribution with $b + c$ trials
-# ({py:func}`~smf_lib.paired_stats.mcnemar`).
+# ({py:func}`~smf_lib.study.paired_stats.mcnemar`).
 
 # %%
 correct = base["items"]["medmcqa_correct"]
@@ -278,7 +278,7 @@ pd.DataFrame(tests).set_index(["method", "seed"]).rename(columns=labels).round(2
 # %% [markdown]
 # ## What the intervals support
 # For each run, the metrics whose paired 95% interval lies entirely on the better side, those whose interval
-# crosses zero, and those whose interval lies entirely on the worse side ({py:func}`~smf_lib.results.verdicts`).
+# crosses zero, and those whose interval lies entirely on the worse side ({py:func}`~smf_lib.study.results.verdicts`).
 # It is computed from the results; none of it is typed in by hand. The drift KLs are left out: they rise with any
 # change at all, so they say how far a model moved, not whether it got worse.
 
@@ -319,7 +319,7 @@ if at_rate.empty:
 # clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method, once
 # per training seed (the runs of that seed compared with each other and with base): what was measured, with its
 # paired 95% interval, and whether the interval agrees with the claim, contradicts it, or cannot tell
-# ({py:func}`~smf_lib.results.claims_table`). For the size of SMF's gain, an interval entirely below half of the
+# ({py:func}`~smf_lib.study.results.claims_table`). For the size of SMF's gain, an interval entirely below half of the
 # claimed 2.5 points counts as a disagreement. The model, the data sizes and the run lengths are far from the
 # paper's, so a disagreement here is about this setting, not a refutation.
 
@@ -353,7 +353,7 @@ pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
 #
 # ## Summary
 # - Every probe keeps per-item results, so every change against base is paired, with a bootstrap 95% interval.
-# - {py:func}`~smf_lib.results.delta_table` gives one compact cell per run and metric; the verdicts table says
+# - {py:func}`~smf_lib.study.results.delta_table` gives one compact cell per run and metric; the verdicts table says
 #   which intervals exclude zero, and on which side.
 # - MedMCQA accuracy moves little at this scale; the log-likelihood scores, perplexity and drift are the
 #   sensitive probes.
@@ -363,9 +363,9 @@ pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
 #   is therefore not shown by this study; it would need longer SMF runs or higher SMF rates.
 #
 # ## Exercises
-# 1. Recompute one interval with {py:func}`~smf_lib.paired_stats.paired_bootstrap`: `smf-kl` against base on
+# 1. Recompute one interval with {py:func}`~smf_lib.study.paired_stats.paired_bootstrap`: `smf-kl` against base on
 #    `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How much do the bounds move?
-# 2. Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.paired_stats.mcnemar` on their
+# 2. Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.study.paired_stats.mcnemar` on their
 #    `medmcqa_correct` items. Is either better on MedMCQA at this sample size?
 # 3. The `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's top-t explorer, compare the
 #    rows the two select at the study's top-t of 128 on each memory layer: do they differ enough for the two runs

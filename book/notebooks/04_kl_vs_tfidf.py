@@ -55,18 +55,18 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.plotting import (Panels, load_snapshot, plot_overlap, plot_selection,
+from smf_lib.views.plotting import (Panels, load_snapshot, plot_overlap, plot_selection,
                               scores_table, selection_overlap)
-from smf_lib.results import delta_table, load_results
-from smf_lib.widgets import selection_explorer
+from smf_lib.study.results import delta_table, load_results
+from smf_lib.views.widgets import selection_explorer
 
 SEED = 0
 device = setup_notebook(SEED)

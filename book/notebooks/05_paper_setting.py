@@ -44,9 +44,9 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import textwrap
@@ -57,9 +57,9 @@ from IPython.display import display
 
 from smf_lib import setup_notebook
 from smf_lib.memory import MemoryConfig, ProductKeyMemory
-from smf_lib.perf import estimate_runtime
-from smf_lib.presets import get_preset, protocol_table
-from smf_lib.results import delta_table, load_results
+from smf_lib.study.cost import estimate_runtime
+from smf_lib.study.presets import get_preset, protocol_table
+from smf_lib.study.results import delta_table, load_results
 
 # The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU,
 # about 45 minutes on a T4), "paper" (the authors' full protocol, GPU-hours)
@@ -125,7 +125,7 @@ stages.round({"tokens": 0, "tflops": 0, "minutes": 1}).astype(
 
 # %%
 if RUN:
-    from smf_lib.runner import Runner
+    from smf_lib.study.runner import Runner
 
     Runner(preset, f"results/{MODEL}", progress=True).run()
     folder, new, _ = load_results(MODEL)

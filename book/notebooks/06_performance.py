@@ -43,9 +43,9 @@ REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
-    import smf_lib.colab
+    import smf_lib.views.colab
 
-    smf_lib.colab.setup(REPO)
+    smf_lib.views.colab.setup(REPO)
 
 # %%
 import json
@@ -56,9 +56,9 @@ import pandas as pd
 from IPython.display import display
 
 from smf_lib import setup_notebook
-from smf_lib.perf import benchmark_targets
-from smf_lib.plotting import Panels, plot_benchmark, plot_slot_scaling
-from smf_lib.results import results_dir
+from smf_lib.study.cost import benchmark_targets
+from smf_lib.views.plotting import Panels, plot_benchmark, plot_slot_scaling
+from smf_lib.study.results import results_dir
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -92,7 +92,7 @@ table.round({"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0,
 # The step time of a strict SMF step as the slots per memory layer grow from 4,096 to 1,048,576 (one memory
 # layer, the same batch, the same top-t). A dense optimizer would sweep the whole table at every step; the
 # row-sparse path touches only the rows read and the rows selected, so the line should stay flat. Each size runs
-# twice, once with glibc's default allocator settings and once with {py:func}`~smf_lib.perf.tune_cpu_allocator`
+# twice, once with glibc's default allocator settings and once with {py:func}`~smf_lib.allocator.tune_cpu_allocator`
 # (explained at the end of the chapter); two runs of the whole command are shown.
 
 # %%
@@ -112,7 +112,8 @@ scaling.pivot_table(index=["n_slots", "unused_tensor_mb"],
 # as slow as the largest table, the time goes with the size of the process, not with SMF's lookup or update.
 #
 # ## Which targets hold
-# The project's speed and memory targets, checked on the tables above ({py:func}`~smf_lib.perf.benchmark_targets`).
+# The project's speed and memory targets, checked on the tables above
+# ({py:func}`~smf_lib.study.cost.benchmark_targets`).
 # The forward-overhead goal (within 10% of the base forward) is stated for a GPU; on this CPU it is only
 # reported.
 
@@ -159,7 +160,7 @@ probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int})
 # %% [markdown]
 # ## Adapter size
 # A saved SMF adapter stores only the rows that changed since the retrofit
-# ({py:func}`~smf_lib.memory.save_memory` with a `reference`); a LoRA adapter of rank 16 stores its low-rank
+# ({py:func}`~smf_lib.adapter.save_memory` with a `reference`); a LoRA adapter of rank 16 stores its low-rank
 # factors.
 
 # %%
@@ -200,7 +201,7 @@ if (bench / "gpu_steps.csv").exists():
 # ## The CPU allocator
 # With its default settings, glibc's `malloc` hands every freed block above its mmap threshold (at most 32 MiB)
 # back to the operating system, so each training step page-faults its large activations in again; the logits
-# of an 8 x 128 batch alone are about 200 MB. {py:func}`~smf_lib.perf.tune_cpu_allocator` makes glibc keep and
+# of an 8 x 128 batch alone are about 200 MB. {py:func}`~smf_lib.allocator.tune_cpu_allocator` makes glibc keep and
 # reuse freed blocks, at the price of a higher peak resident memory. The experiment runner and the benchmark
 # call it; call it yourself at the top of a CPU training script. It changes nothing on a GPU. With glibc's
 # defaults, the cost of a page fault on this virtual machine changed between the two runs above, and so did

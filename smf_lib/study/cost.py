@@ -1,50 +1,12 @@
-"""Performance helpers: the CPU allocator setting the runner and the benchmark use, and the speed and memory
-targets checked on the benchmark's tables (``benchmarks/bench_steps.py``)."""
+"""The cost model: a preset's compute estimated from FLOPs, and the speed and memory targets checked on the
+benchmark's tables (``benchmarks/bench_steps.py``)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-
 import pandas as pd
 
-
-def tune_cpu_allocator(keep_below: int = 2**30) -> bool:
-    """Let this process reuse freed CPU memory instead of handing large blocks back to the OS (glibc only).
-
-    glibc serves every allocation above its mmap threshold (at most 32 MiB unless set) with a fresh ``mmap``
-    and unmaps it on free, so each training step page-faults its large activations (SmolLM2's 8 x 128-token
-    logits alone are 200 MB) in again from zero: about 200,000 page faults per step here. In a virtual machine
-    that cost grew with the memory the process holds, so a 1M-slot value table (2.4 GB) made the *base model's*
-    forward and backward about 30% slower although the table itself is read sparsely; an unused 2.4 GB tensor
-    did the same. This sets ``M_MMAP_THRESHOLD`` to ``keep_below`` bytes and ``M_TRIM_THRESHOLD`` to 2 GiB
-    through ``mallopt``, so freed blocks are reused and the faults disappear (benchmarks/results, chapter 6).
-    The price: the process keeps up to its peak working set (peak RSS about 15% higher in the benchmark).
-    Same idea as ``LD_PRELOAD`` of jemalloc/tcmalloc in PyTorch's CPU tuning guide, without a new dependency.
-
-    Process-wide and irreversible; smf_lib never calls it on import. The runner CLI and the benchmark call it
-    (``python -m smf_lib run --no-tune-allocator`` opts out). GPU memory is not affected.
-
-    Returns:
-        ``True`` when set, ``False`` where the C library is not glibc (macOS, musl, Windows), which is left
-        unchanged.
-    """
-    if not 0 <= int(keep_below) < 2**31:
-        raise ValueError(f"keep_below must be a byte count in 0..2**31-1 (mallopt takes an int), got {keep_below}")
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, int(keep_below))
-                and mallopt(m_trim_threshold, 2**31 - 1))
-
+from .arms import GRID_METHODS
+from .plan import plan
 
 
 def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gpu: bool = False,
@@ -124,9 +86,6 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
     Returns:
         A pandas DataFrame, one row per stage (tokens, TFLOPs, minutes), with a total row.
     """
-    from .methods import GRID_METHODS
-    from .runner import plan
-
     n = n_params or MODEL_PARAMS.get(p.model, 494e6)
     epochs = p.train.get("epochs", 1)
     rows = []

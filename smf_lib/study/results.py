@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write, read_json
-from .methods import order_key
+from ..files import atomic_write, read_json
+from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
 
 

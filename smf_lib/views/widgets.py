@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
+from ..selection import SELECTORS
 from .plotting import plot_selection
-from .selection import SELECTORS
 
 STATIC_ENV = "SMF_STATIC_WIDGETS"  # set while the book is built: selection_explorer then returns the gallery
 GALLERY_T = (16, 32, 64, 128, 256, 512, 1024)

@@ -12,10 +12,12 @@ import copy
 
 import torch
 
-from . import data as D
-from .memory import MemoryConfig, add_memory, load_memory
-from .selection import compute_background_stats
-from .training import TrainConfig, collate_batch, train
+from .. import data as D
+from ..adapter import load_memory
+from ..memory import MemoryConfig, add_memory
+from ..selection import compute_background_stats
+from ..batches import collate_batch
+from ..training import TrainConfig, train
 
 
 @torch.no_grad()
@@ -57,7 +59,7 @@ def calibrate(model, tok, rates, update: str = "sgd", steps: int = 8, heldout: i
                          f"{len(rows)}; lower --steps or --heldout")
     texts = [D.medmcqa_training_text(r) for r in rows[:n_train]]
     held = [D.medmcqa_training_text(r) for r in rows[-heldout:]]
-    from .selection import SELECTORS
+    from ..selection import SELECTORS
 
     stats = None
     if SELECTORS[selector].needs_background:

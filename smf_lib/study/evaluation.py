@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import data as D
-from .files import atomic_write
-from .probes import chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows, triviaqa_accuracy
-from .training import texts_fingerprint
+from .. import data as D
+from ..files import atomic_write
+from ..probes import chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows, triviaqa_accuracy
+from ..fingerprints import items_fingerprint, texts_fingerprint
 
 
 def data_root(p):
     """The preset's data folder argument for :mod:`smf_lib.data` (the packaged fixtures resolved)."""
     if p.data == "fixtures":
-        return Path(__file__).parent / "fixtures"
+        return Path(__file__).parent.parent / "fixtures"
     return p.data
 
 
@@ -66,8 +66,8 @@ class Suite:
         out = {}
         for name in ("medmcqa", "triviaqa", "wikitext", "chat"):
             for split, items in getattr(self, name).items():
-                out[f"{name}_{split}"] = D.fingerprint(items)
-        out["acquisition"] = D.fingerprint(self.acquisition)
+                out[f"{name}_{split}"] = items_fingerprint(items)
+        out["acquisition"] = items_fingerprint(self.acquisition)
         return out
 
 
@@ -141,8 +141,8 @@ def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_siz
     """What the memory does on ``texts``: the mean token loss, and the size of the memory's contribution next to
     the MLP's it is added to (mean over real tokens of ||alpha * memory(x)|| / ||mlp(x)||, averaged over layers).
     """
-    from .memory import MemoryMLP
-    from .training import collate_batch
+    from ..memory import MemoryMLP
+    from ..batches import collate_batch
 
     norms, hooks = [], []
 
@@ -171,6 +171,15 @@ def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_siz
             "texts": len(texts)}
 
 
+def option_items(name: str, items: list[dict]) -> dict:
+    """A MedMCQA scorer's per-item arrays as a run record keeps them: all four option scores, and the gold option's
+    log-likelihood, margin over the best distractor and renormalised probability."""
+    return {f"{name}_gold_loglik": [round(i["gold_loglik"], 6) for i in items],
+            f"{name}_gold_margin": [round(i["gold_margin"], 6) for i in items],
+            f"{name}_gold_prob": [round(i["gold_prob"], 6) for i in items],
+            f"{name}_option_loglik": [[round(x, 5) for x in i["option_loglik"]] for i in items]}
+
+
 def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "full", base_model=None,
              progress: bool = True, exact_model=None, exact_n: int = 8) -> dict:
     """Score ``model`` on the suite.
@@ -195,16 +204,18 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
     med = medmcqa_accuracy(model, tok, med_rows, progress, batch_size=p.eval_batch)
     metrics.update(medmcqa_acc=med["acc"], medmcqa_letter_acc=med["letter_acc"],
                    medmcqa_majority_acc=med["majority_acc"], medmcqa_always_a_acc=med["always_a_acc"],
-                   medmcqa_gold_loglik=med["gold_loglik"], medmcqa_n=med["n"])
+                   medmcqa_gold_loglik=med["gold_loglik"], medmcqa_gold_margin=med["gold_margin"],
+                   medmcqa_gold_prob=med["gold_prob"], medmcqa_n=med["n"])
     items.update(medmcqa_correct=[i["correct"] for i in med["items"]], medmcqa_pred=[i["pred"] for i in med["items"]],
-                 medmcqa_gold_loglik=[round(i["gold_loglik"], 6) for i in med["items"]])
+                 **option_items("medmcqa", med["items"]))
     timings["medmcqa_s"], timings["medmcqa_tokens"] = med["seconds"], med["tokens"]
     if suite.acquisition:
         acq_rows = suite.acquisition[: cheap["acquisition"]] if cheap else suite.acquisition
         acq = medmcqa_accuracy(model, tok, acq_rows, progress, batch_size=p.eval_batch)
-        metrics.update(acquisition_acc=acq["acc"], acquisition_gold_loglik=acq["gold_loglik"])
+        metrics.update(acquisition_acc=acq["acc"], acquisition_gold_loglik=acq["gold_loglik"],
+                       acquisition_gold_margin=acq["gold_margin"], acquisition_gold_prob=acq["gold_prob"])
         items.update(acquisition_correct=[i["correct"] for i in acq["items"]],
-                     acquisition_gold_loglik=[round(i["gold_loglik"], 6) for i in acq["items"]])
+                     **option_items("acquisition", acq["items"]))
         timings["acquisition_s"] = acq["seconds"]
     wiki, chat = drift_spans(tok, suite, split, cheap)
     for name, spans in (("wikitext", wiki), ("chat", chat)):

@@ -1,12 +1,13 @@
-"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate``."""
+"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate | retrofit-pilot | data``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from .methods import GRID_METHODS
+from .arms import GRID_METHODS
 from .presets import PRESETS, get_preset
 
 
@@ -69,7 +70,53 @@ def main(argv=None) -> int:
     c.add_argument("--layers", nargs="+", type=int, default=[7, 15, 22], help="memory layers of a fresh memory")
     c.add_argument("--n-keys", type=int, default=64)
     c.add_argument("--out", help="write the result as JSON here")
+    rp = sub.add_parser("retrofit-pilot", help="compare retrofit recipes (init x rate) by the memory's share of the "
+                        "MLP's output and the held-out loss, along the retrofit (resumable)")
+    rp.add_argument("--out", default="results/retrofit-pilot")
+    rp.add_argument("--recipes", nargs="+", metavar="INIT:LR", help="default: the pilot's recipes, e.g. zero:2e-3")
+    rp.add_argument("--steps", type=int, help="optimizer steps per recipe (default 100)")
+    rp.add_argument("--save-adapters", action="store_true", help="keep the memory at every probe step")
+    rp.add_argument("--learning", nargs="+", metavar="RECIPE@STEP", help="instead: SMF's learning on top of these "
+                    "saved checkpoints, e.g. zero-lr0.002@60 (dev MedMCQA items)")
+    rp.add_argument("--smf-lr", type=float, default=1e-2, help="with --learning: SMF's rate (row-sparse Adam)")
+    rp.add_argument("--no-progress", action="store_true")
+    dp = sub.add_parser("data", help="fetch the data sets from the Hugging Face Hub into a folder, for SMF_DATA_DIR")
+    dp.add_argument("--to", required=True, metavar="DIR")
     args = ap.parse_args(argv)
+    if args.cmd == "data":
+        from ..data import fetch_data
+
+        folder = fetch_data(args.to)
+        print(f"done: export SMF_DATA_DIR={folder.resolve()}")
+        return 0
+    if args.cmd == "retrofit-pilot":
+        from .pilot import (RECIPES, LearningSettings, PilotSettings, learning_table, pilot_table, run_recipe,
+                            smf_learning)
+
+        if args.learning:
+            for spec in args.learning:
+                recipe, _, step = spec.partition("@")
+                if not step.isdigit():
+                    ap.error(f"--learning takes RECIPE@STEP such as zero-lr0.002@60, got {spec!r}")
+                smf_learning(recipe, int(step), args.out, ls=LearningSettings(lr=args.smf_lr),
+                             progress=not args.no_progress)
+            print(learning_table(args.out).round(4).to_string(index=False))
+            return 0
+
+        recipes = RECIPES
+        if args.recipes:
+            try:
+                recipes = [(r.split(":")[0], float(r.split(":")[1])) for r in args.recipes]
+            except (IndexError, ValueError):
+                ap.error(f"--recipes takes INIT:LR pairs such as zero:2e-3, got {args.recipes}")
+        s = PilotSettings()
+        if args.steps:
+            s = dataclasses.replace(s, steps=args.steps, probe_steps=tuple(p for p in s.probe_steps if p < args.steps)
+                                    + (args.steps,))
+        for init, lr in recipes:
+            run_recipe(init, lr, args.out, s, save_adapters=args.save_adapters, progress=not args.no_progress)
+        print(pilot_table(args.out).round(4).to_string(index=False))
+        return 0
     if args.cmd == "summarize":
         from .results import write_summary
 
@@ -101,9 +148,9 @@ def main(argv=None) -> int:
             print(table.to_csv(index=False) if args.format == "csv" else markdown_table(table))
         return 0
     if args.cmd == "calibrate":
+        from ..files import write_json
+        from ..models import load_model
         from .calibrate import calibrate
-        from .files import write_json
-        from .models import load_model
 
         rates = args.rates or ([1e3, 1e4, 1e5, 1e6] if args.update == "sgd" else [1e-4, 3e-4, 1e-3, 3e-3])
         model, tok = load_model(args.model)
@@ -115,12 +162,12 @@ def main(argv=None) -> int:
         if args.out:
             write_json(args.out, {"model": args.model, **res})
         return 0
+    from ..training import TrainingDiverged
     from .runner import Runner
-    from .training import TrainingDiverged
 
     preset = get_preset(args.preset)
     if not args.no_tune_allocator:
-        from .perf import tune_cpu_allocator
+        from ..allocator import tune_cpu_allocator
 
         tune_cpu_allocator()
     try:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+
 def _mean(a):
     return a[0].mean(axis=-1)
 
@@ -16,7 +17,11 @@ def _mean(a):
 METRICS = {
     "medmcqa_acc": (("medmcqa_correct",), _mean, 1, "learning"),
     "medmcqa_gold_loglik": (("medmcqa_gold_loglik",), _mean, 1, "learning"),
+    "medmcqa_gold_margin": (("medmcqa_gold_margin",), _mean, 1, "learning"),
+    "medmcqa_gold_prob": (("medmcqa_gold_prob",), _mean, 1, "learning"),
     "acquisition_acc": (("acquisition_correct",), _mean, 1, "learning"),
+    "acquisition_gold_margin": (("acquisition_gold_margin",), _mean, 1, "learning"),
+    "acquisition_gold_prob": (("acquisition_gold_prob",), _mean, 1, "learning"),
     "acquisition_gold_loglik": (("acquisition_gold_loglik",), _mean, 1, "learning"),
     "wikitext_ppl": (("wikitext_window_nll", "wikitext_window_tokens"),
                      lambda a: np.exp(a[0].sum(axis=-1) / a[1].sum(axis=-1)), -1, "retention"),

@@ -11,10 +11,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .methods import PALETTE
-from .paired_stats import METRICS
-from .results import _rate, _seed
-from .selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
+from ..selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
+from ..study.arms import PALETTE
+from ..study.paired_stats import METRICS
+from ..study.results import _rate, _seed
 
 LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
           "triviaqa_acc": "TriviaQA accuracy", "medmcqa_gold_loglik": "MedMCQA gold-option log-lik",

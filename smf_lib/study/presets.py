@@ -9,9 +9,9 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from .methods import GRID_METHODS
-from .models import DEFAULT_MODEL, PAPER_MODEL
-from .training import TrainConfig, rate_keys
+from ..models import DEFAULT_MODEL, PAPER_MODEL
+from ..training import TrainConfig, rate_keys
+from .arms import GRID_METHODS
 
 FIXTURES = "fixtures"
 

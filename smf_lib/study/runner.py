@@ -17,131 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import data as D
+from .. import data as D
+from ..fingerprints import items_fingerprint, object_hash
+from ..files import FolderLock, read_json, write_json
+from ..adapter import load_memory, save_memory
+from ..memory import MemoryConfig, add_memory, memory_layers
+from ..models import load_model, load_tokenizer, tiny_model
+from ..selection import BackgroundStats, compute_background_stats, read_counts_of_texts
+from ..training import TrainConfig, TrainingDiverged, distributed, micro_batches, train
+from .arms import GRID_METHODS, get_method
 from .evaluation import Reference, build_suite, corpus, data_root, drift_spans, evaluate, memory_report
-from .files import FolderLock, read_json, write_json
-from .memory import MemoryConfig, add_memory, load_memory, memory_layers, save_memory
-from .methods import GRID_METHODS, get_method
-from .models import load_model, load_tokenizer, tiny_model
+from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
-from .selection import BackgroundStats, compute_background_stats, read_counts_of_texts
-from .training import TrainConfig, TrainingDiverged, distributed, micro_batches, train
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a grid: a method, a seed, and a swept rate (``None``: the preset's rate)."""
-
-    method: str
-    seed: int
-    lr: float | None = None
-    sweep_evaluation: str = "cheap"
-
-    @property
-    def name(self) -> str:
-        if self.method == "base":
-            return "base"
-        return f"{self.method}{'' if self.lr is None else f'-lr{self.lr:g}'}-s{self.seed}"
-
-    @property
-    def evaluation(self) -> str:
-        """``full`` (every probe) or ``cheap`` (a swept rate scored only on the dev subset along its trajectory)."""
-        return self.sweep_evaluation if self.lr is not None else "full"
-
-
-def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
-    """The runs of a preset: every method at the first seed, ``multi_seed`` methods at every seed, and the swept
-    rates of ``sweep`` at the first seed; base first."""
-    methods = list(methods or p.methods)
-    seeds = list(seeds if seeds is not None else p.seeds)
-    specs = []
-    for i, seed in enumerate(seeds):
-        for m in methods:
-            get_method(m)
-            if m == "base" and i > 0 or (i > 0 and m not in p.multi_seed):
-                continue
-            specs.append(RunSpec(m, seed))
-    for m, rates in p.sweep.items():
-        if m in methods:
-            specs += [RunSpec(m, seeds[0], float(r), p.sweep_evaluation) for r in rates]
-    return specs
-
-
-def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
-    """Where a preset's grid stands in ``out``, read from its files alone (nothing is loaded or computed).
-
-    Returns a pandas DataFrame with one row per planned run: its evaluation (``full`` or ``cheap``), its state
-    (``finished``: ``runs/NAME.json`` exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under
-    ``artifacts/``, so a rerun of the same command resumes it from its last checkpoint; ``other settings``: a record
-    whose training settings differ from the preset's, which ``run --fresh`` replaces; ``to do``), and for finished
-    runs the measured minutes from start to written record (training and evaluation, on whatever machine ran it).
-    Only the training settings are compared here; ``run`` checks the whole identity (data, precision, probes) too.
-    """
-    import pandas as pd
-
-    out = Path(out)
-    rows = []
-    for spec in plan(p, methods, seeds):
-        record, state, minutes = out / "runs" / f"{spec.name}.json", "to do", None
-        if record.exists():
-            stored = read_json(record)
-            state, minutes = "finished", stored.get("wall_seconds", 0) / 60
-            if not _same_training(stored.get("identity"), p, spec):
-                state, minutes = "other settings", None
-        elif (out / "failed" / f"{spec.name}.json").exists():
-            state = "failed"
-        elif (out / "artifacts" / spec.name).exists():
-            state = "started"
-        rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
-                     "lr": spec.lr, "evaluation": spec.evaluation, "state": state, "minutes": minutes})
-    return pd.DataFrame(rows)
-
-
-def status_line(table, width: int = 100) -> str:
-    """A :func:`study_status` table in words, wrapped at ``width``: how many runs are finished, what their
-    records add up to, and which runs are still to come."""
-    import textwrap
-
-    done = table["state"] == "finished"
-    text = (f"{int(done.sum())} of {len(table)} runs finished; their records add up to "
-            f"{table.loc[done, 'minutes'].sum():.0f} minutes.")
-    if not done.all():
-        text += " Not finished yet: " + ", ".join(f"{r} ({s})" for r, s in zip(table.loc[~done, "run"],
-                                                                               table.loc[~done, "state"])) + "."
-    return textwrap.fill(text, width)
-
-
-def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
-    """Whether a stored run identity has the preset's training settings for ``spec`` (autocast aside)."""
-    if not identity or identity.get("method") != spec.method or identity.get("model") != p.model:
-        return False
-    if get_method(spec.method).train is None:
-        return True
-    current = _plain(dataclasses.asdict(p.train_config(spec.method, spec.seed, spec.lr)))
-    stored = dict(identity.get("train_config") or {})
-    stored.pop("autocast", None), current.pop("autocast", None)
-    return stored == current
-
-
-def _plain(obj):
-    """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _device() -> torch.device:
@@ -217,7 +113,7 @@ class Runner:
 
     # -- identities -------------------------------------------------------------------------------------------
     def data_identity(self) -> dict:
-        return {"medmcqa_train": D.fingerprint(self.task_texts), "n_train": len(self.task_texts),
+        return {"medmcqa_train": items_fingerprint(self.task_texts), "n_train": len(self.task_texts),
                 "train_sample": self.p.train_sample, "wikitext_raw": self.p.wikitext_raw,
                 "ppl_first_window": self.p.ppl_first_window,
                 "probes": self.suite.fingerprints(), "source": "fixtures" if self.p.data == "fixtures"
@@ -471,7 +367,7 @@ class Runner:
         rec = {"method": spec.method, "seed": spec.seed, "preset": self.p.name, "model": self.p.model,
                "notes": self.p.notes, "memory": self.p.memory, "versions": _versions(), "processes": self.world,
                "evaluation": spec.evaluation, "split": self.p.evaluate_on if spec.evaluation == "full" else "dev",
-               "identity": ident, "identity_hash": _hash(ident), "data": ident["data"],
+               "identity": ident, "identity_hash": object_hash(ident), "data": ident["data"],
                **result, **extra, "wall_seconds": time.perf_counter() - t0,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(path, rec)

@@ -1,0 +1,130 @@
+"""The package's three wings and its one import rule: the core imports neither the study nor the views, the study
+does not import the views; no cycles, at most 6 floors of imports; `import smf_lib` stays light."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "smf_lib"
+RANK = {"core": 0, "study": 1, "views": 2}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def wing(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ("study", "views") else "core"
+
+
+def runtime_nodes(tree):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            stack += node.orelse
+            continue
+        stack += list(ast.iter_child_nodes(node))
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the smf_lib modules it imports anywhere (module level or inside functions)."""
+    graph = {}
+    for path in PKG.rglob("*.py"):
+        mod = module_name(path)
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not target.startswith("smf_lib"):
+                    continue
+                names = [f"{target}.{a.name}" for a in node.names]
+                known = {module_name(p) for p in PKG.rglob("*.py")}
+                deps |= {n for n in names if n in known} or {target}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("smf_lib")}
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def test_the_core_never_imports_the_study_or_the_views_and_the_study_never_the_views():
+    graph = package_imports()
+    bad = [(m, d) for m, deps in graph.items() for d in deps
+           if m not in ("smf_lib", "smf_lib.__main__") and d != "smf_lib" and RANK[wing(d)] > RANK[wing(m)]]
+    assert not bad, f"imports that run up a wing: {bad}"
+
+
+def test_no_cycles_and_at_most_six_floors():
+    graph = {m: {d for d in deps if d in package_imports_keys()} for m, deps in package_imports().items()
+             if m not in ("smf_lib", "smf_lib.__main__")}
+    floors: dict[str, int] = {}
+
+    def floor(m, stack=()):
+        if m in stack:
+            raise AssertionError(f"import cycle: {' -> '.join((*stack, m))}")
+        if m not in floors:
+            floors[m] = 1 + max((floor(d, (*stack, m)) for d in graph.get(m, ()) if d in graph), default=0)
+        return floors[m]
+
+    for m in graph:
+        floor(m)
+    assert max(floors.values()) <= 6, sorted(floors.items(), key=lambda kv: -kv[1])[:5]
+
+
+def package_imports_keys():
+    return {module_name(p) for p in PKG.rglob("*.py")}
+
+
+def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The checker itself: a core module that imports the study is reported."""
+    fake = tmp_path / "smf_lib"
+    (fake / "study").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "study" / "__init__.py").write_text("")
+    (fake / "study" / "runner.py").write_text("X = 1\n")
+    (fake / "memory.py").write_text("from .study.runner import X\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
+    with pytest.raises(AssertionError, match="run up a wing"):
+        test_the_core_never_imports_the_study_or_the_views_and_the_study_never_the_views()
+
+
+def test_import_smf_lib_is_light_and_the_public_api_works():
+    code = ("import sys, smf_lib; heavy = [m for m in ('pandas', 'matplotlib', 'seaborn', 'ipywidgets') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "assert all(hasattr(smf_lib, n) for n in smf_lib.__all__), 'missing public name'; "
+            "assert callable(smf_lib.setup_notebook)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_contributing_recipe_for_a_selector_works():
+    """CONTRIBUTING.md's selector recipe, as written there, adds a working selector."""
+    import re
+
+    import torch
+
+    from smf_lib import selection
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    code = re.search(r"\*\*A selector\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    ns = {"SELECTORS": dict(selection.SELECTORS), "Selector": selection.Selector}
+    exec(code, ns)
+    counts = torch.tensor([0, 4, 1, 0, 9])
+    p = counts.double() / counts.sum()
+    scores = ns["SELECTORS"]["sqrt"].score(p, counts, None, None, None, None)
+    assert not ns["SELECTORS"]["sqrt"].needs_background
+    assert scores.argsort(descending=True)[:2].tolist() == [4, 1]
