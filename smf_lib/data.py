@@ -233,16 +233,31 @@ def load_oasst1_replies(which: str = "validation", n: int | None = None, root: s
     return texts[:n] if n is not None else texts
 
 
-def load_oasst1_pairs(n: int | None = None, root: str | Path | None = None) -> list[tuple[str, str]]:
-    """(prompt, reply) pairs of the OASST1 English validation replies of :func:`load_oasst1_replies`, in the same
-    order (each reply with the prompter message it answers), for scoring replies in a chat template."""
+def load_oasst1_pairs(n: int | None = None, root: str | Path | None = None,
+                      pool: str = "paper") -> list[tuple[str, str]]:
+    """(prompt, reply) pairs of OASST1 English validation replies, each with the prompter message it answers, for
+    scoring replies in a chat template.
+
+    Args:
+        pool: ``"paper"`` (the replies of :func:`load_oasst1_replies`, rank 0/1, in the same order: 808 offline) or
+            ``"all"`` (every English assistant reply of >= 50 characters that answers a prompter message, any rank:
+            1,174 offline), for a chat probe with the power to resolve small changes.
+    """
+    if pool not in ("paper", "all"):
+        raise ValueError(f"unknown OASST1 pool {pool!r}; allowed: paper, all")
     local = data_dir(root)
     if local is not None:
         msgs = read_jsonl(_local_file(local, "oasst1/validation_messages.jsonl"), ("message_id", "text"))
-        replies = read_jsonl(_local_file(local, "oasst1/validation_assistant.jsonl"), ("text", "parent_id"))
+        replies = (read_jsonl(_local_file(local, "oasst1/validation_assistant.jsonl"), ("text", "parent_id"))
+                   if pool == "paper" else None)
     else:
         msgs = [dict(r) for r in _hub("oasst1", "validation")]
-        replies = [r for r in msgs if r["role"] == "assistant" and r["lang"] == "en" and r["rank"] in (0, 1)]
+        replies = [r for r in msgs if r["role"] == "assistant" and r["lang"] == "en" and r["rank"] in (0, 1)] \
+            if pool == "paper" else None
+    if replies is None:
+        role = {m["message_id"]: m.get("role") for m in msgs}
+        replies = [m for m in msgs if m.get("role") == "assistant" and m.get("lang", "en") == "en"
+                   and role.get(m.get("parent_id")) == "prompter"]
     text = {m["message_id"]: m["text"] for m in msgs}
     pairs = [(text[r["parent_id"]], r["text"]) for r in replies if len(r["text"]) >= 50 and r["parent_id"] in text]
     return pairs[:n] if n is not None else pairs

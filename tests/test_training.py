@@ -261,3 +261,22 @@ def test_probe_trajectory_has_step_zero_and_the_end(mem_model, tok, stats):
     res = S.train(mem_model, tok, TEXTS, _cfg(max_steps=4), background=stats, progress=False,
                   probe=lambda m, step: seen.append(m.training) or {"x": step}, probe_steps=[2, 4])
     assert [p["step"] for p in res.trajectory] == [0, 2, 4] and not any(seen)
+
+
+def test_row_sparse_adam_grows_its_moments_geometrically_and_keeps_its_state_format():
+    table = torch.zeros(4096, 8)
+    rule = S.RowSparseAdam(table)
+    buffers = set()
+    for step in range(200):  # 10 new rows per step: 2,000 rows touched
+        rows = torch.arange(step * 10, step * 10 + 10)
+        rule.step(rows, torch.ones(10, 8), 1e-3)
+        buffers.add(rule._m.data_ptr())
+    assert rule.used == 2000 and len(buffers) <= 7, len(buffers)  # doublings, not one copy per step
+    state = rule.state_dict()
+    assert state["m"].shape == (2000, 8) and state["steps"].shape == (2000,)
+    again = S.RowSparseAdam(torch.zeros(4096, 8))
+    again.load_state_dict(state)
+    rows = torch.arange(1995, 2005)
+    rule.step(rows, torch.ones(10, 8), 1e-3)
+    again.step(rows, torch.ones(10, 8), 1e-3)
+    assert torch.equal(rule.m, again.m) and torch.equal(rule.steps, again.steps)

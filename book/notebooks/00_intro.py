@@ -76,16 +76,28 @@ SEED = 0
 device = setup_notebook(SEED)
 
 # %% [markdown]
-# ## The headline result on the offline default model
-# The cached study, `python -m smf_lib run --preset cpu`, runs SmolLM2-135M-Instruct on 2 CPU cores on the
+# ## What we found
+# The plain answer first, computed from the result files. It includes what goes against SMF: the first study ran
+# on a memory too quiet to test it.
+
+# %%
+from smf_lib.study.findings import findings_v1
+from smf_lib.study.results import results_dir
+from smf_lib.views.notebook import found_box
+
+folder, summary, runs = load_results("cpu-v1")
+found_box(findings_v1(summary, runs, results_dir("retrofit-pilot")))
+
+# %% [markdown]
+# ## The first study's numbers
+# The cached study, `python -m smf_lib run --preset cpu-v1`, runs SmolLM2-135M-Instruct on 2 CPU cores on the
 # offline copies of the data: the first 1,200 of the 2,650 MedMCQA training questions available offline, and
-# evaluation subsets of every probe. Its files are committed in `results/cpu/`; the chapters load them and do
+# evaluation subsets of every probe. Its files are committed in `results/cpu-v1/`; the chapters load them and do
 # not retrain. Each cell is one method's change against the base model, with a paired-bootstrap 95% interval
 # over the same probe items; accuracies are in points.
 
 # %%
-folder, summary, runs = load_results("cpu")
-print(status_line(study_status(get_preset("cpu"), folder), width=76))
+print(status_line(study_status(get_preset("cpu-v1"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 headline = ("medmcqa_acc", "wikitext_ppl", "chat_drift_kl",
             "triviaqa_alias_loglik")
@@ -93,8 +105,10 @@ delta_table(summary, headline).set_index(["method", "lr", "seed"])
 
 # %% [markdown]
 # The model is small and near chance on MedMCQA, so changes in accuracy are small, and chapter 3 reads them
-# together with their intervals, beside the majority-answer baseline. The direction to check is the paper's: does
-# SMF move the forgetting probes less than LoRA and full finetuning do, for what it learns?
+# together with their intervals, beside the majority-answer baseline. The question the paper asks, whether SMF
+# moves the forgetting probes less than LoRA and full finetuning do *for what it learns*, needs a memory that
+# learns: this study's did not, so it cannot answer it. Chapter 2 shows the retrofit pilot that found a memory
+# that does, and the `cpu` preset reruns the study on it.
 #
 # ## Summary
 # - SMF trains only the memory rows that a task reads far more than general text does; everything else stays

@@ -267,6 +267,37 @@ S.set_recording(model, False)
 # are close and the softmax weights are nearly uniform (about $1/16$ each). The {term}`retrofit` of chapter 2
 # trains the keys and queries on general text. A task that keeps reading the same slots far more than general
 # text does is what SMF exploits (chapter 4).
+
+# %% [markdown]
+# ## Why sparse reads should interfere less
+# The book follows one question from chapter to chapter, MedMCQA validation item 3: *Axonal transport is:
+# A. Antegrade, B. Retrograde, C. Antegrade and retrograde, D. None* (the answer is C). Below are the slots the
+# whole question reads at layer 15, next to the slots a sentence of general text reads. Each text reads a few
+# hundred of the 4,096 slots, and the two sets barely overlap. An update confined to the question's own rows
+# leaves most of what general text reads untouched: that is the bet of sparse memory finetuning. (This memory is
+# not trained yet; chapter 2's retrofit trains its keys, and chapter 4 measures which rows the selectors pick.)
+
+# %%
+from smf_lib.selection import read_counts_of_texts
+from smf_lib.views.diagrams import plot_read_overlap
+from smf_lib.views.notebook import RUNNING_EXAMPLE
+
+example = load_medmcqa("validation", n=RUNNING_EXAMPLE + 1)[RUNNING_EXAMPLE]
+general = ("The Nile is a major north-flowing river in northeastern Africa and "
+           "flows into the Mediterranean Sea.")
+reads = read_counts_of_texts(model, tok, [medmcqa_prompt(example)])[1]
+reads_general = read_counts_of_texts(model, tok, [general])[1]
+shared = int(((reads > 0) & (reads_general > 0)).sum())
+print(f"the question reads {int((reads > 0).sum())} slots, the sentence "
+      f"{int((reads_general > 0).sum())}; {shared} are read by both")
+plot_read_overlap(reads, reads_general, config.n_keys,
+                  labels=("the question", "the general sentence"))
+plt.show()
+
+# %% [markdown]
+# Do the two texts read different rows? In this layer, mostly yes: the overlap printed above, the rows where an
+# update for the question would also change what the sentence reads, is a small part of either set. Whether a
+# whole training set's rows stay apart from general text is what the selectors of chapter 4 decide.
 #
 # ## Summary
 # - A MedMCQA answer is the option with the highest mean per-token log-likelihood after the prompt; perplexity

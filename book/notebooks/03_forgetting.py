@@ -77,8 +77,8 @@ from smf_lib.study.runner import status_line, study_status
 SEED = 0
 device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # lists of metrics in full
-folder, summary, runs = load_results("cpu")
-print(status_line(study_status(get_preset("cpu"), folder), width=76))
+folder, summary, runs = load_results("cpu-v1")
+print(status_line(study_status(get_preset("cpu-v1"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 # the grid's fully evaluated runs (the swept rates are scored on the dev subset only: see the frontier below)
 runs = [r for r in runs if r["method"] in ORDER and r.get("evaluation", "full") == "full"]
@@ -298,7 +298,7 @@ table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
 # happens on the reported items is a result of the study, not a given; the next cell compares the two, per seed.
 
 # %%
-rate = get_preset("cpu").lr["full"]
+rate = get_preset("cpu-v1").lr["full"]
 study_verdicts = verdicts(summary)
 lrs = pd.to_numeric(study_verdicts["lr"], errors="coerce")
 at_rate = study_verdicts[(study_verdicts["method"] == "full") & (lrs == rate)]

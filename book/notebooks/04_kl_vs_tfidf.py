@@ -70,7 +70,7 @@ from smf_lib.views.widgets import selection_explorer
 
 SEED = 0
 device = setup_notebook(SEED)
-folder, summary, runs = load_results("cpu")
+folder, summary, runs = load_results("cpu-v1")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
 print(f"read counts of {snap['batch_texts']} MedMCQA training texts; "
       f"background: {stats.n_docs} documents")

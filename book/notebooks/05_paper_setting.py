@@ -142,7 +142,7 @@ else:
 # (accuracies in points):
 
 # %%
-folder, summary, runs = load_results("cpu")
+folder, summary, runs = load_results("cpu-v1")
 study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
 delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
                     "wikitext_ppl")).set_index(["method", "lr", "seed"])

@@ -63,7 +63,7 @@ from smf_lib.study.results import results_dir
 SEED = 0
 device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # target names in full
-bench = results_dir("cpu").parents[1] / "benchmarks" / "results"
+bench = results_dir("cpu-v1").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
 print(textwrap.fill(f"Set-up: {meta['setup']}", 80))

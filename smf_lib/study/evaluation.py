@@ -77,7 +77,7 @@ def build_suite(p, task_rows: list[dict]) -> Suite:
     val = D.load_medmcqa("validation", p.medmcqa_n + p.medmcqa_dev_n, root=root)
     tqa = D.load_triviaqa(p.triviaqa_n + p.triviaqa_dev_n, root)
     lines = D.load_wikitext_lines(p.wikitext_lines + p.wikitext_dev_lines, root, raw=p.wikitext_raw)
-    pairs = D.load_oasst1_pairs(root=root)
+    pairs = D.load_oasst1_pairs(root=root, pool=p.chat_pool)
     held = pairs[len(pairs) - heldout_chat_count(p):] if heldout_chat_count(p) else []
     for name, got, want in (("MedMCQA validation", len(val), p.medmcqa_n + p.medmcqa_dev_n),
                             ("TriviaQA", len(tqa), p.triviaqa_n + p.triviaqa_dev_n),
@@ -134,41 +134,6 @@ class Reference:
             atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
         self.cache[key] = ref
         return ref
-
-
-@torch.no_grad()
-def memory_report(model, tok, texts: list[str], max_length: int = 256, batch_size: int = 8) -> dict:
-    """What the memory does on ``texts``: the mean token loss, and the size of the memory's contribution next to
-    the MLP's it is added to (mean over real tokens of ||alpha * memory(x)|| / ||mlp(x)||, averaged over layers).
-    """
-    from ..memory import MemoryMLP
-    from ..batches import collate_batch
-
-    norms, hooks = [], []
-
-    def hook(mod, args, out):
-        x = args[0]
-        mem, mlp = mod.alpha * mod.memory(x).float(), mod.mlp(x).float()
-        norms.append(mem.norm(dim=-1) / mlp.norm(dim=-1).clamp_min(1e-12))
-
-    for mod in model.modules():
-        if isinstance(mod, MemoryMLP):
-            hooks.append(mod.register_forward_hook(hook))
-    device, total, count, ratios = next(model.parameters()).device, 0.0, 0, []
-    try:
-        for i in range(0, len(texts), batch_size):
-            batch = collate_batch(tok, texts[i:i + batch_size], max_length, device)
-            norms.clear()
-            out = model(**batch)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total, count = total + float(out.loss) * n, count + n
-            mask = batch["attention_mask"].bool()
-            ratios += [float(r[mask].mean()) for r in norms]
-    finally:
-        for h in hooks:
-            h.remove()
-    return {"loss": total / max(count, 1), "memory_to_mlp_norm": sum(ratios) / len(ratios) if ratios else 0.0,
-            "texts": len(texts)}
 
 
 def option_items(name: str, items: list[dict]) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import read_json
+from ..health import MIN_SHARE
 from .arms import get_method
 
 if TYPE_CHECKING:  # presets sit above the plan; only their type is named here
@@ -38,7 +39,8 @@ class RunSpec:
 
 def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
     """The runs of a preset: every method at the first seed, ``multi_seed`` methods at every seed, and the swept
-    rates of ``sweep`` at the first seed; base first."""
+    rates of ``sweep`` at the first seed; base first. With ``sweep_first`` the swept rates run right after the
+    stages that train nothing (base, retrofit), so their dev results can choose the grid's rates."""
     methods = list(methods or p.methods)
     seeds = list(seeds if seeds is not None else p.seeds)
     specs = []
@@ -48,10 +50,12 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
             if m == "base" and i > 0 or (i > 0 and m not in p.multi_seed):
                 continue
             specs.append(RunSpec(m, seed))
-    for m, rates in p.sweep.items():
-        if m in methods:
-            specs += [RunSpec(m, seeds[0], float(r), p.sweep_evaluation) for r in rates]
-    return specs
+    swept = [RunSpec(m, seeds[0], float(r), p.sweep_evaluation)
+             for m, rates in p.sweep.items() if m in methods for r in rates]
+    if p.sweep_first:  # the stages first (base, retrofit), then the swept rates, then the grid's runs
+        stages = [s for s in specs if get_method(s.method).train is None]
+        return stages + swept + [s for s in specs if s not in stages]
+    return specs + swept
 
 
 def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
@@ -113,3 +117,28 @@ def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
 def _plain(obj):
     """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def health_lines(out: str | Path) -> list[str]:
+    """The memory's health after each finished retrofit in ``out``, one line each: its share of the MLP's output
+    (mean, and per layer) and the held-out chat loss change with its paired 95% interval."""
+    lines = []
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        record = read_json(path)
+        health = ((record.get("retrofit") or {}).get("heldout_oasst1") or {}) if isinstance(record, dict) else {}
+        after = health.get("after")
+        if not after or record.get("method") != "retrofit":
+            continue
+        layers = after.get("share_by_layer")
+        per = f" (layers: {', '.join(f'{k} {v:.1%}' for k, v in layers.items())})" if layers else ""
+        line = f"{path.stem}: memory share of the MLP output {after['memory_to_mlp_norm']:.1%}{per}"
+        ch = health.get("loss_change")
+        if ch:
+            line += f"; held-out loss {ch['delta']:+.3f} [{ch['lo']:+.3f}, {ch['hi']:+.3f}] nats"
+        elif health.get("before"):
+            line += f"; held-out loss {health['before']['loss']:.4f} -> {after['loss']:.4f}"
+        lowest = min(layers.values()) if layers else after["memory_to_mlp_norm"]
+        if lowest < health.get("min_share_required", MIN_SHARE):
+            line += f"; below the {MIN_SHARE:.0%} a living memory carries: SMF on it will learn little"
+        lines.append(line)
+    return lines

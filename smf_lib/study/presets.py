@@ -32,6 +32,7 @@ class Preset:
         sweep: extra peak learning rates per method.
         sweep_evaluation: how swept runs are scored: ``"cheap"`` (the dev subset along their trajectory only) or
             ``"full"`` (every probe, like the grid's runs).
+        sweep_first: run the swept rates before the grid's training runs (their dev results choose its rates).
         train_n: MedMCQA training questions (file order).
         medmcqa_n: reported MedMCQA validation items (the first ones); ``medmcqa_dev_n`` more after them form the
             dev split used to choose settings.
@@ -39,6 +40,8 @@ class Preset:
         wikitext_lines, wikitext_dev_lines: WikiText test lines (reported, then dev).
         chat_n, chat_dev_n: held-out OASST1 validation replies scored in the chat template (the last ones of
             the file: reported, and dev before them); never used for retrofit or background statistics.
+        chat_pool: ``"paper"`` (the rank 0/1 replies, 808 offline) or ``"all"`` (every English validation reply to a
+            prompt, 1,174 offline; the retrofit and background corpora must then be train text or Wikipedia).
         acquisition_n: trained questions re-asked after training (the first ones of the training set).
         topk: base log-probabilities cached per position for the drift probe.
         cheap: sizes of the cheap dev subset scored along each run's trajectory (``medmcqa``, ``acquisition``,
@@ -72,6 +75,7 @@ class Preset:
     multi_seed: tuple[str, ...] = ()
     sweep: dict = field(default_factory=dict)
     sweep_evaluation: str = "cheap"
+    sweep_first: bool = False
     train_n: int | None = None
     medmcqa_n: int = 1000
     medmcqa_dev_n: int = 0
@@ -81,6 +85,7 @@ class Preset:
     wikitext_dev_lines: int = 0
     chat_n: int = 0
     chat_dev_n: int = 0
+    chat_pool: str = "paper"
     acquisition_n: int = 0
     topk: int = 32
     cheap: dict = field(default_factory=dict)
@@ -123,6 +128,16 @@ class Preset:
                            ("dtype", ("float32", "bfloat16", "float16", "auto"))):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
+        corpora = ("oasst1-validation", "oasst1-train", "oasst1-both")
+        for k, allowed in (("retrofit_corpus", corpora), ("background_corpus", (*corpora, "wikipedia")),
+                           ("chat_pool", ("paper", "all"))):
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
+        if self.chat_pool == "all" and "validation" in self.retrofit_corpus + self.background_corpus \
+                or self.chat_pool == "all" and self.retrofit_corpus == "oasst1-both":
+            raise ValueError(f"preset {self.name!r}: chat_pool='all' scores every OASST1 validation reply, so the "
+                             "retrofit and background corpora must not read validation text: use oasst1-train or "
+                             "wikipedia")
         if self.sweep_evaluation not in ("cheap", "full"):
             raise ValueError(f"preset {self.name!r}: sweep_evaluation must be 'cheap' or 'full'")
         if self.evaluate_on not in ("report", "dev"):
@@ -169,8 +184,10 @@ PRESETS = {
             "warm-up schedule", "top-t", "deterministic ties", "SMF rate (paper's update)", "LoRA rate",
             "full finetuning rate", "MedMCQA items", "TriviaQA items", "WikiText lines", "WikiText text",
             "first perplexity window", "data source")}),
-    "cpu": Preset(
-        name="cpu", model=DEFAULT_MODEL,
+    # The first cpu study (results/cpu-v1), kept as it ran: its retrofit left a memory carrying 0.3% of the MLP's
+    # output, so its SMF runs could barely learn (python -m smf_lib status --preset cpu-v1 --out results/cpu-v1).
+    "cpu-v1": Preset(
+        name="cpu-v1", model=DEFAULT_MODEL,
         methods=("base", "retrofit", "smf-kl", "lora", "full", "smf-tfidf", "smf-kl-paper"),  # run in this order
         seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
         # SMF-KL's sweep goes up to 100x the paper's rate: at 5e-4, 75 steps barely moved the gold option's
@@ -286,12 +303,40 @@ PRESETS["colab"] = Preset(
 # The pilot that chose the cpu regime: full finetuning at three rates, scored on dev items only (disjoint from
 # every reported item), to see whether this regime makes full finetuning forget.
 PRESETS["cpu-pilot"] = dataclasses.replace(
-    PRESETS["cpu"], name="cpu-pilot", methods=("base", "full"), multi_seed=(), seeds=(0,),
-    lr={**PRESETS["cpu"].lr, "full": 5e-5}, sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="full",
+    PRESETS["cpu-v1"], name="cpu-pilot", methods=("base", "full"), multi_seed=(), seeds=(0,),
+    lr={**PRESETS["cpu-v1"].lr, "full": 5e-5}, sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="full",
     evaluate_on="dev",
-    departures={k: v for k, v in PRESETS["cpu"].departures.items() if k != "full finetuning rate"},
-    notes=PRESETS["cpu"].notes.split(". Full finetuning at 2e-4")[0]
+    departures={k: v for k, v in PRESETS["cpu-v1"].departures.items() if k != "full finetuning rate"},
+    notes=PRESETS["cpu-v1"].notes.split(". Full finetuning at 2e-4")[0]
     + ". Pilot: dev items only; full finetuning at 5e-5, 2e-4 and 1e-3")
+
+
+# The cpu study on a living memory. The retrofit recipe comes from the retrofit pilot
+# (python -m smf_lib retrofit-pilot, results/retrofit-pilot): zero values, rate 2e-3, 100 steps of 16 OASST1 train
+# replies of 128 tokens left every memory layer carrying more than 10% of its MLP's output. Chat retention is scored
+# on every English OASST1 validation reply to a prompt (1,000 reported, 174 dev), so the retrofit and the
+# background statistics read no validation text. SMF's rates are swept first on dev items (cheap subset along the
+# trajectory), next to LoRA's and full finetuning's, to find where their learning matches.
+PRESETS["cpu"] = dataclasses.replace(
+    PRESETS["cpu-v1"], name="cpu", methods=("base", "retrofit", "smf-kl", "smf-tfidf", "lora", "full"),
+    seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
+    sweep={"smf-kl": (3e-3, 1e-2, 3e-2), "smf-tfidf": (3e-3, 1e-2, 3e-2), "lora": (5e-5,), "full": (5e-5,)},
+    sweep_first=True, chat_pool="all", chat_n=1000, chat_dev_n=174,
+    retrofit_corpus="oasst1-train", retrofit_n=1600,
+    retrofit=dict(micro_batch=8, grad_accum=2, max_length=128, warmup_steps=10, epochs=1, checkpoint_every=20),
+    lr={**PRESETS["cpu-v1"].lr, "retrofit": 2e-3, "smf-adam": 1e-2},
+    departures={**PRESETS["cpu-v1"].departures,
+                "retrofit corpus": "OASST1 train replies (roles inferred offline); validation is the chat probe",
+                "retrofit texts": "the retrofit pilot's recipe: 1,600 replies of 128 tokens (100 steps of 16)",
+                "retrofit rate": "the retrofit pilot: at 5e-4 the memory stayed below 1% of the MLP's output",
+                "max length": "time on 2 CPU cores; retrofit replies 128 tokens (the pilot's)"},
+    notes=("offline default SmolLM2-135M-Instruct on 2 CPU cores, on a living memory: the retrofit pilot's recipe "
+           "(zero values, 2e-3, 100 steps of 16 OASST1 train replies of 128 tokens). Task: the first 1,200 MedMCQA "
+           "train questions, 1 epoch (75 steps). Reported items: MedMCQA 1,000, TriviaQA 200, WikiText 120 lines, "
+           "1,000 held-out OASST1 chat replies (every English validation reply to a prompt; 174 more are dev). "
+           "SMF's rates are swept first on dev items next to LoRA's and full finetuning's; the grid's SMF rate "
+           "(1e-2 here) is to be set to the swept rate whose dev learning matches the baselines' before the grid's "
+           "SMF runs start"))
 
 
 def get_preset(name: str) -> Preset:

@@ -28,6 +28,7 @@ import torch
 
 from .. import data as D
 from ..fingerprints import items_fingerprint, object_hash
+from ..health import MIN_SHARE, check_health, loss_change, memory_health
 from ..files import FolderLock, read_json, write_json
 from ..adapter import load_memory, save_memory
 from ..memory import MemoryConfig, add_memory, memory_layers
@@ -35,7 +36,7 @@ from ..models import load_model, load_tokenizer, tiny_model
 from ..selection import BackgroundStats, compute_background_stats, read_counts_of_texts
 from ..training import TrainConfig, TrainingDiverged, distributed, micro_batches, train
 from .arms import GRID_METHODS, get_method
-from .evaluation import Reference, build_suite, corpus, data_root, drift_spans, evaluate, memory_report
+from .evaluation import Reference, build_suite, corpus, data_root, drift_spans, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
 
@@ -70,6 +71,22 @@ def auto_precision(p: Preset, device: torch.device) -> dict:
     if device.type == "cuda":
         return {"model": "float32", "memory": None, "autocast": "float16"}
     return {"model": "float32", "memory": None, "autocast": None}
+
+
+def retrofit_health(before: dict | None, after: dict | None, along: list[dict]) -> dict:
+    """A retrofit's health record: the memory's share of the MLP's output (mean, minimum and per layer) and the
+    held-out loss before and after, the loss change with its paired 95% interval, and the share along the way.
+    ``memory_to_mlp_norm`` repeats the mean share under the name earlier records used."""
+    def short(h):
+        return None if h is None else {"loss": h["loss"], "memory_to_mlp_norm": h["share"], "share": h["share"],
+                                       "min_share": h["min_share"], "share_by_layer": h["share_by_layer"],
+                                       "texts": h["texts"]}
+
+    out = {"before": short(before), "after": short(after), "along": along, "min_share_required": MIN_SHARE}
+    if before is not None and after is not None:
+        out["loss_change"] = loss_change(before, after)
+        out["healthy"] = bool(after["min_share"] >= MIN_SHARE)
+    return out
 
 
 class Mismatch(ValueError):
@@ -227,18 +244,32 @@ class Runner:
             add_memory(model, self.memory_config(mode))
             heldout = [reply for _, reply in self.suite.chat["dev"] or self.suite.chat["report"]]
             maxlen = p.retrofit.get("max_length", 256)
-            before = memory_report(model, tok, heldout, maxlen) if heldout and self.main else None
+            before = memory_health(model, tok, heldout, maxlen) if heldout and self.main else None
             texts = corpus(p, p.retrofit_corpus, p.retrofit_n)
             cfg = TrainConfig(method="retrofit", seed=seed, lr=p.lr.get("retrofit"),
                               **{**p.retrofit, "autocast": self.precision["autocast"]})
             self.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
-            res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress)
+            along = heldout[:32]
+
+            def probe(m, step):  # the memory's share along the retrofit, on a few held-out replies
+                h = memory_health(m, tok, along, maxlen)
+                return {k: h[k] for k in ("loss", "share", "min_share", "share_by_layer")}
+
+            steps = len(micro_batches(len(texts), cfg))
+            k = max(2, p.trajectory_points)
+            res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=self.progress,
+                        probe=probe if along and self.main else None,
+                        probe_steps=sorted({max(1, round(i * steps / (k - 1))) for i in range(1, k)}))
             if self.main:
                 save_memory(res.model, folder / "adapter")
-                after = memory_report(res.model, tok, heldout, maxlen) if heldout else None
+                after = memory_health(res.model, tok, heldout, maxlen) if heldout else None
+                health = retrofit_health(before, after, res.trajectory)
+                if after is not None and not check_health(after, where=f"the retrofit ({mode}, seed {seed})"):
+                    self.log(f"WARNING: the retrofit ({mode}, seed {seed}) left a memory below "
+                             f"{MIN_SHARE:.0%} of the MLP's output at some layer ({health['after']['share_by_layer']})"
+                             "; SMF on it will learn little. `python -m smf_lib retrofit-pilot` compares recipes")
                 write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
-                                                       "processes": self.world,
-                                                       "heldout_oasst1": {"before": before, "after": after}})
+                                                       "processes": self.world, "heldout_oasst1": health})
                 t0 = time.perf_counter()
                 bg = corpus(p, p.background_corpus, p.background_n)
                 self.log(f"background statistics on {len(bg)} documents")

@@ -32,3 +32,21 @@ def setup_notebook(seed: int = 0, quiet: bool = True) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__}, device {device}, seed {seed}")
     return device
+
+
+#: The book's running example: MedMCQA validation item 3 ("Axonal transport is: A. Antegrade, B. Retrograde,
+#: C. Antegrade and retrograde, D. None"; gold C), one of the reported items. Chapter 1 shows the rows it reads,
+#: chapter 2 the rows SMF trains for it, chapter 3 its four option probabilities before and after each method and
+#: chapter 4 whether the two selectors pick its rows.
+RUNNING_EXAMPLE = 3
+
+
+def found_box(sentences: list[str], title: str = "What we found"):
+    """A highlighted box of plain-answer sentences at the top of a page (an HTML admonition the book's theme
+    styles); the sentences come from the result files."""
+    import html
+
+    from IPython.display import HTML
+
+    body = "".join(f"<p>{html.escape(s)}</p>" for s in sentences)
+    return HTML(f'<div class="admonition tip"><p class="admonition-title">{html.escape(title)}</p>{body}</div>')

@@ -421,3 +421,46 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
     _better(ax, "right", "down")
     ax.legend(fontsize=8, frameon=False)
     return ax
+
+
+INIT_COLOURS = {"zero": "#1b9e77", "zero-w2": "#7570b3", "paper": "#d95f02"}
+
+
+def plot_retrofit_pilot(table: pd.DataFrame, min_share: float = 0.10, split: bool = False):
+    """The retrofit pilot (:func:`smf_lib.study.pilot.pilot_table`): the memory's smallest per-layer share of the
+    MLP's output, and the held-out loss change with its 95% interval, along each recipe's retrofit.
+
+    Returns:
+        The figure, or with ``split`` a list of two one-panel figures.
+    """
+    figs = [plt.subplots(figsize=(6.4, 4.4)) for _ in range(2)] if split else None
+    if not split:
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    for recipe in table["recipe"].unique():
+        t = table[table["recipe"] == recipe].sort_values("step")
+        init, lr = t["init"].iloc[0], t["lr"].iloc[0]
+        style = dict(color=INIT_COLOURS.get(init, "#333333"), linestyle="-" if lr <= 2e-3 else "--", marker="o",
+                     label=f"{init}, rate {lr:g}")
+        ax0 = figs[0][1] if split else axes[0]
+        ax1 = figs[1][1] if split else axes[1]
+        ax0.plot(t["step"], 100 * t["min_share"], **style)
+        ax1.plot(t["step"], t["loss_change"], **style)
+        ax1.fill_between(t["step"], t["loss_lo"], t["loss_hi"], color=style["color"], alpha=0.15)
+    ax0 = figs[0][1] if split else axes[0]
+    ax1 = figs[1][1] if split else axes[1]
+    ax0.axhline(100 * min_share, color="#999999", linewidth=1, linestyle=":")
+    ax0.set(xlabel="retrofit step", ylabel="smallest layer's share of the MLP output (%) ↑",
+            title="Does the memory carry signal?")
+    ax1.axhline(0, color="#999999", linewidth=1, linestyle=":")
+    ax1.set(xlabel="retrofit step", ylabel="held-out reply loss change (nats) ↓", title="Does it help general text?")
+    for ax in (ax0, ax1):
+        ax.xaxis.label.set_size(11)
+        ax.yaxis.label.set_size(11)
+        ax.tick_params(labelsize=10)
+        ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2, frameon=False)
+    if split:
+        for f, _ in figs:
+            f.tight_layout()
+        return [f for f, _ in figs]
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,92 @@
+"""The plain answers the book opens with, computed from the result files (no number is typed by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..files import read_json
+
+
+def _ci(row, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+    d, lo, hi = (row[f"d_{metric}{s}"] * scale for s in ("", "_lo", "_hi"))
+    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def pilot_choice(pilot_folder: str | Path, min_share: float = 0.10) -> dict | None:
+    """The retrofit pilot's cheapest recipe whose memory carries ``min_share`` of the MLP's output at every layer
+    with a held-out loss gain whose interval excludes 0: its name, the step it got there, and its final health."""
+    best = None
+    for path in sorted(Path(pilot_folder).glob("*.json")):
+        rec = read_json(path)
+        for p in rec["trajectory"]:
+            if p["min_share"] >= min_share and p["loss_change"]["hi"] < 0:
+                cand = {"recipe": rec["recipe"], "init": rec["init"], "lr": rec["lr"], "step": p["step"],
+                        "seconds": p["train_seconds"], "min_share": p["min_share"], "share": p["share"],
+                        "loss_change": p["loss_change"], "final": rec["trajectory"][-1],
+                        "steps": rec["trajectory"][-1]["step"]}
+                if best is None or cand["seconds"] < best["seconds"]:
+                    best = cand
+                break
+    return best
+
+
+def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = None) -> list[str]:
+    """What the first cpu study (``results/cpu-v1``) found, in 3-5 sentences, including what goes against SMF.
+
+    Args:
+        summary: its summary table (:func:`~smf_lib.study.results.load_results`).
+        runs: its run records.
+        pilot_folder: the retrofit pilot's folder (``results/retrofit-pilot``), if it exists.
+    """
+    out = []
+    retro = next(r for r in runs if r["method"] == "retrofit")
+    share = retro["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
+    base = next(r for r in runs if r["method"] == "base")
+    full = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
+    smf = full[(full["method"] == "smf-kl") & (full["seed"].astype(str) == "0")].iloc[0]
+    smf_run = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == 0 and r.get("evaluation", "full")
+                   == "full" and r.get("train_config", {}).get("lr") == smf["lr"])
+    changed = int(np.sum(np.asarray(smf_run["items"]["medmcqa_pred"]) != np.asarray(base["items"]["medmcqa_pred"])))
+    n = len(base["items"]["medmcqa_pred"])
+    out.append(f"The first study's memory was nearly silent: after its retrofit it added {share:.1%} of the MLP's "
+               f"output, so SMF-KL changed {changed} of {n:,} MedMCQA answers (accuracy "
+               f"{_ci(smf, 'medmcqa_acc', 100)} points) and cannot test the paper's claim.")
+    lora = full[full["method"] == "lora"]
+    fft = full[full["method"] == "full"]
+    preds = np.asarray(base["items"]["medmcqa_pred"])
+    a_share, a_gold = float(np.mean(preds == 0)), float(base["metrics"]["medmcqa_always_a_acc"])
+    worst = min(pd_rows(lora) + pd_rows(fft), key=lambda r: r["d_medmcqa_acc"])
+    worst_run = next(r for r in runs if r["method"] == worst["method"] and str(r.get("seed")) == str(worst["seed"])
+                     and r.get("evaluation", "full") == "full" and r.get("train_config", {}).get("lr") == worst["lr"])
+    worst_a = float(np.mean(np.asarray(worst_run["items"]["medmcqa_pred"]) == 0))
+    out.append(f"LoRA and full finetuning learned the answer format (gold-option log-likelihood "
+               f"{_ci(lora.iloc[0], 'medmcqa_gold_loglik', 1, 2)} nats for LoRA) but gained no accuracy: their "
+               f"changes run down to {_ci(worst, 'medmcqa_acc', 100)} points. The base model answers A on "
+               f"{a_share:.0%} of the reported items, where A is right on {a_gold:.0%}; after training "
+               f"({worst['method']}, seed {worst['seed']}) A is its answer on {worst_a:.0%}, so part of the drop is "
+               "the letter prior lost, not knowledge lost.")
+    retention = [m for m in ("wikitext_ppl", "chat_loglik", "triviaqa_acc") if f"d_{m}_lo" in full]
+    worse = sum(1 for _, r in full.iterrows() for m in retention
+                if (r[f"d_{m}_hi"] < 0 if m != "wikitext_ppl" else r[f"d_{m}_lo"] > 0))
+    chat_half = float(np.nanmedian((full["d_chat_loglik_hi"] - full["d_chat_loglik_lo"]) / 2))
+    out.append(f"On the reported items no method got clearly worse on a retention probe ({worse} of "
+               f"{len(full) * len(retention)} verdicts), but the chat probe's interval half-width is about "
+               f"{chat_half:.3f} nats on {len(base['items']['chat_loglik'])} replies: too wide to see small "
+               "forgetting.")
+    if pilot_folder is not None and Path(pilot_folder).exists():
+        choice = pilot_choice(pilot_folder)
+        if choice:
+            lc = choice["loss_change"]
+            out.append(f"A retrofit pilot found a living memory: with {choice['init']} values at rate "
+                       f"{choice['lr']:g}, every memory layer carried at least {choice['min_share']:.0%} of its MLP's "
+                       f"output after {choice['step']} steps ({choice['seconds'] / 60:.0f} CPU minutes), and the "
+                       f"held-out chat loss fell by {-lc['delta']:.3f} [{-lc['hi']:.3f}, {-lc['lo']:.3f}] nats; the "
+                       "study is being rerun on it (the cpu preset).")
+    return out
+
+
+def pd_rows(df) -> list:
+    """The rows of a DataFrame, as Series."""
+    return [r for _, r in df.iterrows()]
