@@ -33,7 +33,7 @@ def test_presets_are_valid_data():
 
 
 def test_plan_runs_seeds_and_sweeps():
-    p = get_preset("cpu")
+    p = get_preset("cpu-v1")
     names = [s.name for s in R.plan(p)]
     assert names[0] == "base" and names.count("base") == 1
     for m in p.multi_seed:
@@ -41,6 +41,17 @@ def test_plan_runs_seeds_and_sweeps():
     assert "smf-kl-paper-s0" in names and "smf-kl-paper-s1" not in names
     sweeps = [s for s in R.plan(p) if s.lr is not None]
     assert {s.method for s in sweeps} == {"smf-kl", "lora", "full"} and all(s.evaluation == "cheap" for s in sweeps)
+    assert R.plan(p)[-1].lr is not None  # swept rates after the grid
+
+
+def test_sweep_first_runs_the_swept_rates_right_after_the_stages():
+    p = get_preset("cpu")
+    specs = R.plan(p)
+    names = [s.name for s in specs]
+    assert names[:2] == ["base", "retrofit-s0"]
+    first_grid = next(i for i, s in enumerate(specs) if s.lr is None and s.method not in ("base", "retrofit"))
+    assert all(s.lr is not None for s in specs[2:first_grid]) and all(s.lr is None for s in specs[first_grid:])
+    assert {s.method for s in specs[2:first_grid]} == set(p.sweep)
 
 
 @pytest.fixture(scope="module")
