@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .files import atomic_write
-from .fingerprints import file_sha256, tensors_fingerprint
+from .fingerprints import file_sha256, object_hash, tensors_fingerprint
 from .memory import (CONFIG_NAME, FORMAT, WEIGHTS_NAME, MemoryConfig, MemoryMLP, _memory_parameters, add_memory,
                      decoder_layers, memory_state_dict)
 
@@ -72,6 +72,11 @@ def save_memory(model: nn.Module, path: str | Path, reference: str | Path | None
         rel = os.path.relpath(reference.resolve(), path.resolve())
         meta["reference"] = {"path": Path(rel).as_posix(), "sha256": file_sha256(reference / WEIGHTS_NAME)}
     atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp)))
+    # the config (written last) names the weights' checksum and each layer's alpha, so a damaged or edited file is
+    # refused on load rather than silently loaded
+    meta["weights_sha256"] = file_sha256(path / WEIGHTS_NAME)
+    meta["alphas"] = {k: float(v) for k, v in state.items() if k.endswith(".alpha")}
+    meta["config_sha256"] = object_hash(meta["memory_config"])
     atomic_write(path / CONFIG_NAME, json.dumps(meta, indent=2))
     return path
 
@@ -90,6 +95,14 @@ def _read_adapter(path: Path) -> tuple[dict, dict]:
     for key in ("memory_config", "base"):
         if not isinstance(meta.get(key), dict):
             raise ValueError(f"{path / CONFIG_NAME} has no {key!r} entry: the file is incomplete; save it again")
+    if "config_sha256" in meta and object_hash(meta["memory_config"]) != meta["config_sha256"]:
+        raise ValueError(f"{path / CONFIG_NAME}: its memory_config was edited after saving (alpha, sizes or layers no "
+                         f"longer match what {WEIGHTS_NAME} was trained with); restore it or save the memory again")
+    want = meta.get("weights_sha256")
+    if want is not None and (path / WEIGHTS_NAME).exists() and file_sha256(path / WEIGHTS_NAME) != want:
+        raise ValueError(f"{path / WEIGHTS_NAME}: its bytes do not match the checksum in {CONFIG_NAME} ({want}); the "
+                         "file was damaged or edited: restore it, save the memory again, or rerun its stage "
+                         "(python -m smf_lib run --fresh)")
     try:
         saved = load_file(str(path / WEIGHTS_NAME))
     except FileNotFoundError:
@@ -159,6 +172,13 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
         _remove_memory(model)
         raise ValueError(f"memory at {path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, its config asks for "
                          f"{tuple(own[bad[0]].shape)}; the file was edited or damaged")
+    recorded = meta.get("alphas") or {}
+    edited = [k for k, v in recorded.items() if k in state and float(state[k]) != v]
+    if edited:
+        _remove_memory(model)
+        raise ValueError(f"memory at {path}: {CONFIG_NAME} records {edited[0]} = {recorded[edited[0]]}, "
+                         f"{WEIGHTS_NAME} holds {float(state[edited[0]])}; one of them was edited: save the memory "
+                         "again")
     with torch.no_grad():
         for k, p in own.items():
             p.copy_(state[k].to(p.dtype))

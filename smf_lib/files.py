@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -53,6 +54,42 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The first 16 hex digits of a file's sha256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def checksum_path(path: str | Path) -> Path:
+    """Where :func:`write_checked` keeps a file's checksum: ``.NAME.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
+def write_checked(path: str | Path, data) -> Path:
+    """:func:`atomic_write`, then the file's checksum beside it (written last: a file without one is unfinished
+    or older than checksums)."""
+    atomic_write(path, data)
+    atomic_write(checksum_path(path), file_sha256(path))
+    return Path(path)
+
+
+def verify_checked(path: str | Path, remedy: str) -> None:
+    """Refuse a file whose bytes no longer match the checksum written with it, naming the file and ``remedy``.
+    Files written before checksums existed (no checksum beside them) pass."""
+    path = Path(path)
+    side = checksum_path(path)
+    if not side.exists():
+        return
+    want, have = side.read_text().strip(), file_sha256(path)
+    if want != have:
+        raise ValueError(f"{path}: its bytes do not match the checksum written with it ({side.name}: {want}, now "
+                         f"{have}); the file was damaged or edited: {remedy}")
 
 
 def dumps(obj) -> str:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .batches import padding_side
-from .files import atomic_write
+from .files import verify_checked, write_checked
 from .fingerprints import tensors_fingerprint
 from .memory import memory_layers, set_recording
 
@@ -75,12 +75,15 @@ class BackgroundStats:
         """Write one safetensors file atomically; n_docs and the fingerprint go in its header."""
         meta = {"n_docs": str(self.n_docs), "fingerprint": self.fingerprint}
         tensors = {"df": self.df.contiguous(), "totals": self.totals.contiguous()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        write_checked(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> BackgroundStats:
         """Load; with ``model``, refuse statistics computed under other keys / query weights."""
         path = Path(path)
+        if path.exists():
+            verify_checked(path, "delete it so it is computed again (python -m smf_lib run --fresh recomputes the "
+                                 "stage)")
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import collate_batch
-from .files import atomic_write
+from .files import verify_checked, write_checked
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
 from .selection import SELECTORS, BackgroundStats, batch_counts, select_for_layers
@@ -724,11 +724,12 @@ def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, 
              "rules": [r.state_dict() for r in rules]}
     if dense_opt:
         state["dense_opt"] = dense_opt.state_dict()
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    write_checked(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(path: Path, identity: dict) -> dict:
     """A checkpoint made with the same config and texts; anything else is refused with the remedy."""
+    verify_checked(path, "delete it to train from the start")
     try:
         state = torch.load(path, weights_only=True)
         saved = {k: state[k] for k in ("config", "texts", "n_texts")}

@@ -158,3 +158,89 @@ def test_a_full_disk_says_so_and_names_the_folder(tmp_path):
     with pytest.raises(OSError, match="no space left on"):
         atomic_write(p, torch_full)
     assert not p.exists()
+
+
+def _flip(path, at=-40):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_adapter_is_refused_and_so_is_an_edited_alpha(mem_model, tmp_path):
+    folder = S.save_memory(mem_model, tmp_path / "adapter")
+    S.load_memory(S.tiny_model("llama"), folder)  # intact: loads
+    cfg = json.loads((folder / "memory_config.json").read_text())
+    cfg["memory_config"]["alpha"] = 5.0
+    (folder / "memory_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="memory_config was edited"):
+        S.load_memory(S.tiny_model("llama"), folder)
+    folder = S.save_memory(mem_model, tmp_path / "adapter2")
+    _flip(folder / "memory.safetensors")
+    with pytest.raises(ValueError, match="do not match the checksum") as err:
+        S.load_memory(S.tiny_model("llama"), folder)
+    assert "memory.safetensors" in str(err.value)
+
+
+def test_flipped_background_statistics_are_refused(mem_model, tok, tmp_path):
+    stats = S.compute_background_stats(mem_model, tok, TEXTS, progress=False)
+    path = tmp_path / "background.safetensors"
+    stats.save(path)
+    S.BackgroundStats.load(path, mem_model)
+    _flip(path)
+    with pytest.raises(ValueError, match="do not match the checksum") as err:
+        S.BackgroundStats.load(path, mem_model)
+    assert str(path) in str(err.value)
+
+
+def test_a_flipped_checkpoint_is_refused(tok, tmp_path):
+    cfg = S.TrainConfig(method="full", lr=1e-3, max_steps=2, micro_batch=2, grad_accum=1, warmup_steps=0,
+                        checkpoint_every=1)
+    S.train(S.tiny_model("llama"), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+    _flip(tmp_path / "checkpoint.pt", at=-200)
+    with pytest.raises(ValueError, match="checkpoint.pt: its bytes do not match"):
+        S.train(S.tiny_model("llama"), tok, TEXTS, cfg, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_a_flipped_reference_cache_is_refused(tok, tmp_path):
+    from smf_lib.probes import text_windows
+    from smf_lib.study.evaluation import Reference
+
+    model = S.tiny_model("llama")
+    spans = text_windows(tok, " ".join(TEXTS))[:1]
+    Reference(tmp_path, topk=4).get("wiki", model, spans)
+    path = next(tmp_path.glob("reference-*.safetensors"))
+    _flip(path)
+    with pytest.raises(ValueError, match="do not match the checksum"):
+        Reference(tmp_path, topk=4).get("wiki", model, spans)
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(train_n=0), "train_n"), (dict(train_n=-5), "train_n"), (dict(retrofit_n=-1), "retrofit_n"),
+    (dict(background_n=0), "background_n"), (dict(cheap=dict(medmcqa=0)), "cheap size"),
+    (dict(retrofit_corpus="oasst2"), "retrofit_corpus"), (dict(lr={"lora": -1.0}), "learning rate"),
+    (dict(train=dict(max_length=0)), "max_length"), (dict(memory=dict(layers="12")), "layers"),
+    (dict(chat_pool="everything"), "chat_pool"),
+    (dict(chat_pool="all", retrofit_corpus="oasst1-both"), "validation"),
+])
+def test_presets_refuse_bad_fields(fields, match):
+    from smf_lib.study.presets import Preset
+
+    with pytest.raises(ValueError, match=match):
+        Preset(name="x", model="tiny", **fields)
+
+
+def test_the_command_line_sets_rates_fields_and_the_data_folder():
+    from smf_lib.study.cli import customise
+    from smf_lib.study.presets import get_preset
+
+    memory = '{"layers": [1], "n_keys": 8, "heads": 2, "knn": 4, "k_dim": 16}'
+    p = customise(get_preset("smoke"), ["lora=5e-5"], ["train_n=12", f"memory={memory}"], "/data")
+    assert p.lr["lora"] == 5e-5 and p.train_n == 12 and p.memory["layers"] == [1] and p.data == "/data"
+    assert p.train_config("lora", 0).lr == 5e-5
+    for bad in (["lora=-1"], ["lora"], ["nope=1e-3"]):
+        with pytest.raises(ValueError):
+            customise(get_preset("smoke"), bad)
+    with pytest.raises(ValueError, match="--set"):
+        customise(get_preset("smoke"), fields=["no_such_field=1"])
+    with pytest.raises(ValueError, match="train_n"):
+        customise(get_preset("smoke"), fields=["train_n=-5"])

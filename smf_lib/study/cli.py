@@ -37,6 +37,36 @@ def replace_block(text: str, name: str, block: str) -> str:
     return head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1]
 
 
+def customise(preset, rates=(), fields=(), data=None):
+    """A preset with command-line changes: ``KEY=RATE`` learning rates, ``FIELD=VALUE`` fields (values parsed as
+    JSON where they can be) and a data folder; the preset's own checks run on the result."""
+    import json
+
+    changes = {}
+    for item in fields:
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(preset)} or key in ("name", "lr"):
+            raise ValueError(f"--set takes FIELD=VALUE with a preset field (not name or lr), got {item!r}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+        if isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    lr = dict(preset.lr)
+    for item in rates:
+        key, sep, value = item.partition("=")
+        try:
+            lr[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--lr takes KEY=RATE such as smf-adam=1e-2, got {item!r}") from None
+        if not sep or not lr[key] > 0:
+            raise ValueError(f"--lr takes KEY=RATE with a rate > 0, got {item!r}")
+    if data is not None:
+        changes["data"] = data
+    return dataclasses.replace(preset, lr=lr, **changes)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -47,6 +77,13 @@ def main(argv=None) -> int:
     r.add_argument("--out", help="results folder (default results/PRESET)")
     r.add_argument("--fresh", action="store_true",
                    help="recompute results made with other settings or data (default: refuse them)")
+    r.add_argument("--lr", nargs="+", metavar="KEY=RATE", default=[],
+                   help="peak learning rates by rate key, e.g. smf-adam=1e-2 lora=5e-5 (keys: smf-adam, smf-sgd, "
+                   "smf-paper, lora, full, retrofit); recorded in each run's identity")
+    r.add_argument("--set", nargs="+", metavar="FIELD=VALUE", default=[], dest="fields",
+                   help="preset fields, e.g. train_n=600 medmcqa_n=200 (JSON values: numbers, lists, strings)")
+    r.add_argument("--data", metavar="DIR", help="data folder for this preset (default: the preset's, else "
+                   "$SMF_DATA_DIR, else the Hub)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
@@ -167,7 +204,10 @@ def main(argv=None) -> int:
     from ..training import TrainingDiverged
     from .runner import Runner
 
-    preset = get_preset(args.preset)
+    try:
+        preset = customise(get_preset(args.preset), args.lr, args.fields, args.data)
+    except ValueError as err:
+        ap.error(str(err))
     if not args.no_tune_allocator:
         from ..allocator import tune_cpu_allocator
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import data as D
-from ..files import atomic_write
+from ..files import verify_checked, write_checked
 from ..probes import chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows, triviaqa_accuracy
 from ..fingerprints import items_fingerprint, texts_fingerprint
 
@@ -118,7 +118,12 @@ class Reference:
             return self.cache[key]
         path = self.folder / f"reference-{key}.safetensors"
         if path.exists():
-            t = load_file(str(path))
+            verify_checked(path, "delete it so the base model's reference is computed again")
+            try:
+                t = load_file(str(path))
+            except Exception as err:  # safetensors raises its own error types for damaged files
+                raise ValueError(f"{path} is damaged ({err}); delete it so the base model's reference is computed "
+                                 "again") from err
             ref = [{"idx": t[f"{i}.idx"], "logp": t[f"{i}.logp"], "nll": float(t[f"{i}.nll"]),
                     "tokens": int(t[f"{i}.idx"].shape[0])} for i in range(len(items))]
         else:
@@ -131,7 +136,7 @@ class Reference:
             for i, r in enumerate(ref):
                 tensors[f"{i}.idx"], tensors[f"{i}.logp"] = r["idx"].contiguous(), r["logp"].contiguous()
                 tensors[f"{i}.nll"] = torch.tensor(r["nll"], dtype=torch.float64)
-            atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+            write_checked(path, lambda tmp: save_file(tensors, str(tmp)))
         self.cache[key] = ref
         return ref
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from ..memory import MemoryConfig
 from ..models import DEFAULT_MODEL, PAPER_MODEL
 from ..training import TrainConfig, rate_keys
 from .arms import GRID_METHODS
@@ -122,6 +124,25 @@ class Preset:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 0, got {v!r}")
+        for k in ("train_n", "retrofit_n"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 1 (or None for all), got {v!r}")
+        if isinstance(self.background_n, bool) or not isinstance(self.background_n, int) or self.background_n < 1:
+            raise ValueError(f"preset {self.name!r}: background_n must be an integer >= 1, got {self.background_n!r}")
+        for k, v in self.cheap.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"preset {self.name!r}: cheap size {k!r} must be an integer >= 1, got {v!r}")
+        for k, v in self.lr.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"preset {self.name!r}: learning rate {k!r} must be a finite number > 0, got {v!r}")
+        try:
+            TrainConfig(method="smf", lr=1.0, **self.train)
+            TrainConfig(method="retrofit", lr=1.0, **self.retrofit)
+            if self.memory:
+                MemoryConfig(**self.memory)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"preset {self.name!r}: {err}") from err
         if self.trajectory_points < 2:
             raise ValueError(f"preset {self.name!r}: trajectory_points must be >= 2 (step 0 and the last step)")
         for k, allowed in (("train_sample", ("first", "shuffle")), ("ppl_first_window", ("exact", "paper")),

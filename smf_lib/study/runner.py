@@ -110,8 +110,12 @@ class Runner:
         self.art = self.out / "artifacts"
         root = data_root(preset)
         self.all_task_rows = D.load_medmcqa("train", single_choice=True, root=root)
-        if not self.all_task_rows:
-            raise ValueError("no MedMCQA training questions: check the data folder (SMF_DATA_DIR)")
+        if not self.all_task_rows or (preset.train_n is not None and len(self.all_task_rows) < preset.train_n):
+            where = D.data_dir(root)
+            where = "the Hugging Face Hub" if where is None else where / "medmcqa" / "train.jsonl"
+            raise ValueError(f"preset {preset.name!r} trains on {preset.train_n} MedMCQA questions but {where} has "
+                             f"{len(self.all_task_rows)}: lower train_n (python -m smf_lib run --set train_n=N) or "
+                             "point SMF_DATA_DIR (--data) at the complete data")
         self.task_rows = self.task_rows_for(preset.seeds[0])
         self.task_texts = [D.medmcqa_training_text(r) for r in self.task_rows]
         self.suite = build_suite(preset, self.task_rows)
