@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export SMF_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: setup test test-fast book book-check lint cpu-results bench clean
+.PHONY: setup test test-fast book book-check lint cpu-results bench mutate clean
 
 setup: $(VENV)/.done
 
@@ -39,6 +39,10 @@ lint: setup
 # The cached results the book shows (hours on 2 CPU cores; resumable: `python -m smf_lib status --preset cpu`).
 cpu-results: setup
 	$(PY) -m smf_lib run --preset cpu --out results/cpu
+
+# Do the tests guard the key invariants? Single mutations, one at a time; the kill rate must be >= 95%.
+mutate: setup
+	$(PY) scripts/mutate.py
 
 bench: setup
 	$(PY) benchmarks/bench_steps.py --target cpu --out benchmarks/results

@@ -221,7 +221,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tok, tmp_path, method, 
             S.add_memory(model, S.MemoryConfig(**MEM))
         return model
 
-    cfg = S.TrainConfig(method=method, selector="tf", lr=1e-2, micro_batch=2, grad_accum=2, max_steps=4,
+    # the random selector draws from the selection stream, so the resume must restore it
+    cfg = S.TrainConfig(method=method, selector="random", lr=1e-2, micro_batch=2, grad_accum=2, max_steps=4,
                         warmup_steps=1, top_t=4, checkpoint_every=1, lora_dropout=0.3)
     whole = S.train(fresh(), tok, TEXTS, cfg, progress=False)
     real, calls = T._save_checkpoint, {"n": 0}
