@@ -94,3 +94,27 @@ def test_medmcqa_items_keep_all_four_scores_and_a_prior_free_margin():
         assert it["gold_prob"] == pytest.approx(math.exp(scores[it["gold"]]) / z)
     # the same question with each option as gold: the renormalised probabilities sum to 1
     assert sum(it["gold_prob"] for it in res["items"]) == pytest.approx(1.0)
+
+
+def test_the_retrofit_pilot_records_health_along_the_way_and_resumes(tmp_path):
+    """A two-recipe pilot on a tiny model and the packaged fixtures: one record per recipe, a trajectory from step 0
+    with per-layer shares and paired loss intervals, and a rerun that reads the records back."""
+    from pathlib import Path
+
+    import smf_lib.study.pilot as PL
+
+    data = Path(PL.__file__).parents[1] / "fixtures"
+    s = PL.PilotSettings(model="tiny", memory=dict(MEM, layers=(1, 2)), steps=3, probe_steps=(1, 3),
+                         texts_per_step=2, micro_batch=2, max_length=32, warmup_steps=1, heldout_n=4, data=str(data))
+    recs = [PL.run_recipe(init, 1e-2, tmp_path, s, save_adapters=True, progress=False) for init in ("zero", "zero-w2")]
+    for rec in recs:
+        assert [p["step"] for p in rec["trajectory"]] == [0, 1, 3]
+        assert rec["trajectory"][0]["share"] == 0  # both inits leave the model unchanged at insertion
+        last = rec["trajectory"][-1]
+        assert set(last["share_by_layer"]) == {"1", "2"} and last["loss_change"]["lo"] <= last["loss_change"]["hi"]
+        assert (tmp_path / "artifacts" / rec["recipe"] / "step3" / "memory.safetensors").exists()
+    assert PL.run_recipe("zero", 1e-2, tmp_path, s, progress=False) == recs[0]  # read back, not retrained
+    table = PL.pilot_table(tmp_path)
+    assert len(table) == 6 and {"share_L1", "share_L2", "loss_lo"} <= set(table.columns)
+    with pytest.raises(ValueError, match="other settings"):
+        PL.run_recipe("zero", 1e-2, tmp_path, PL.PilotSettings(**{**s.__dict__, "steps": 4}), progress=False)

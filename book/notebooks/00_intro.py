@@ -117,7 +117,48 @@ delta_table(summary, headline).set_index(["method", "lr", "seed"])
 #   the same items.
 #
 # ## Exercises
-# 1. Before reading on: which method would you expect to change WikiText perplexity least, and why? Check your
-#    guess against the table above, then against chapter 3.
-# 2. Run `python -m smf_lib run --preset smoke --out /tmp/smoke` (a tiny random model, under a minute) and open
-#    `/tmp/smoke/summary.csv`. Which of its columns make up one cell of the table above?
+# 1. (reading only) Before reading on, write down which method you expect to change WikiText perplexity least, and
+#    why. Check your guess against the table above, then against chapter 3.
+#
+#    :::{dropdown} Hint
+#    Read the `wikitext ppl` column: each cell is a change against the base model with its 95% interval. Then ask
+#    how much each method learned (chapter 3's `medmcqa gold loglik` column), and note that SMF starts from the
+#    retrofitted model, whose own change is the `retrofit` row.
+#    :::
+#
+#    :::{dropdown} Solution
+#    The SMF runs, and the retrofit alone, change perplexity least by far; LoRA and full finetuning change it most.
+#    Three things temper the guess that SMF forgets least. Every method *lowers* perplexity: trained on MedMCQA's
+#    plain text, the instruct model predicts plain text better, so this change is not forgetting. Much of SMF's
+#    small change is already in the `retrofit` row, since SMF starts from that model. And SMF barely learned
+#    (chapter 3), because this study's memory carried almost nothing, so its small change in perplexity goes with
+#    a small change everywhere. Only chapter 3's frontier compares methods at matched learning, and there the
+#    sweeps overlap too little in learning to rank SMF against LoRA.
+#    :::
+#
+# 2. (CPU, about 1 minute) Run `python -m smf_lib run --preset smoke --out /tmp/smoke` (a tiny random model) and
+#    open `/tmp/smoke/summary.csv`. Which of its columns make up one cell of the table above?
+#
+#    :::{dropdown} Hint
+#    The table above is {py:func}`~smf_lib.study.results.delta_table` applied to such a summary. Look at the
+#    columns whose names start with `d_`.
+#    :::
+#
+#    :::{dropdown} Solution
+#    For a metric `m`, a cell is built from three columns: `d_m`, the change against the `base` row, and `d_m_lo`
+#    and `d_m_hi`, the bounds of its paired 95% interval. Accuracies are multiplied by 100 (points), and all three
+#    numbers are rounded to two significant digits of the interval's width. The `method`, `seed` and `lr` columns
+#    say which row the cell is in.
+#
+#    ```python
+#    import pandas as pd
+#    from smf_lib.study.results import delta_table
+#
+#    smoke = pd.read_csv("/tmp/smoke/summary.csv")
+#    print(smoke[["method", "seed", "lr", "d_wikitext_ppl", "d_wikitext_ppl_lo", "d_wikitext_ppl_hi"]])
+#    delta_table(smoke, ("wikitext_ppl",))
+#    ```
+#
+#    The smoke numbers themselves mean nothing: a tiny random model on synthetic fixtures checks the pipeline, not
+#    the method.
+#    :::

@@ -308,10 +308,91 @@ plt.show()
 #   the values receive a gradient, and only on the rows that were read.
 #
 # ## Exercises
-# 1. Score the first 50 validation questions with {py:func}`~smf_lib.probes.medmcqa_accuracy` and compare
-#    `acc` with `majority_acc` (always answering the most common gold letter). What does the comparison say
-#    about a 135M model on this task?
-# 2. Rebuild the model with `MemoryConfig(..., init="paper")` and repeat the insertion check. Are the logits
-#    still bit-identical? By how much does the perplexity move?
-# 3. Time the product-key search against the full search with `n_keys=512` ($N = 262{,}144$). How does each
-#    time grow with $n$, and does that match $O(n + k^2)$ against $O(n^2)$?
+# 1. (CPU, about 1 minute) Score the first 50 validation questions with
+#    {py:func}`~smf_lib.probes.medmcqa_accuracy` and compare `acc` with `majority_acc` (always answering the most
+#    common gold letter). What does the comparison say about a 135M model on this task?
+#
+#    :::{dropdown} Hint
+#    `load_medmcqa("validation", n=50)` gives the questions, and the returned dict holds both numbers. With 50
+#    questions, how many points is one question, and how wide is a 95% interval around an accuracy near one third?
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    res = medmcqa_accuracy(model, tok, load_medmcqa("validation", n=50), progress=False)
+#    print(f"acc {res['acc']:.2f}, majority {res['majority_acc']:.2f}, always A {res['always_a_acc']:.2f}")
+#    ```
+#
+#    The base model and the model with its zero-initialised memory give the same answers (exercise 2 changes
+#    `model`, so run this first). Expect `acc` close to `majority_acc`. One question is 2 points, and a 95% interval
+#    for an accuracy near one third spans about ±13 points at 50 questions, so at this size the model cannot be told
+#    from always giving the commonest letter. Chapter 3's table of scores shows the same on 1,000 questions: the
+#    base model sits near the majority baseline. A 135M model is close to chance on MedMCQA, so its accuracy moves
+#    little, and the book leans on the gold option's log-likelihood, which moves first.
+#    :::
+#
+# 2. (CPU, about 1 minute) Before running, write down what the two lines "logits bit-identical after add_memory"
+#    and "perplexity unchanged" will print for a model rebuilt with `MemoryConfig(..., init="paper")`. Then rebuild
+#    it and repeat the insertion check. Are the logits still bit-identical? By how much does the perplexity move?
+#
+#    :::{dropdown} Hint
+#    What does a read return when the value rows are random, and what scales the memory's output in the paper's
+#    init? Load a fresh model first: {py:func}`~smf_lib.memory.add_memory` refuses a model that already has memory
+#    layers.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    model, tok = S.load_model(device=device)
+#    paper = S.MemoryConfig(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256, init="paper")
+#    with torch.no_grad():
+#        before = model(ids).logits
+#    S.add_memory(model, paper)
+#    with torch.no_grad():
+#        after = model(ids).logits
+#    print("logits bit-identical after add_memory:", torch.equal(before, after),
+#          "| largest change:", float((after - before).abs().max()))
+#    moved = perplexity(model, tok, text, max_length=256, stride=128, progress=False)
+#    print(f"perplexity unchanged: {moved['ppl'] == ppl['ppl']} ({ppl['ppl']:.3f} -> {moved['ppl']:.3f})")
+#    ```
+#
+#    Both lines now say False. Random value rows make every read non-zero, and the paper's init also turns on the
+#    biases, so the memory adds a term to each of the three MLPs; $\alpha = 0.01$ keeps that term small. The
+#    logits change a little, and so does the perplexity, most likely upwards, since a random perturbation seldom
+#    helps a trained model. Undoing it is the "healing" of the paper's retrofit (chapter 2); the project's
+#    `init="zero"` (and `"zero-w2"`) start from the unchanged model instead.
+#    :::
+#
+# 3. (CPU, about 2 minutes) Time the product-key search against the full search with `n_keys=512`
+#    ($N = 262{,}144$). How does each time grow with $n$, and does that match $O(n + k^2)$ against $O(n^2)$?
+#
+#    :::{dropdown} Hint
+#    Add 512 to the sizes in the timing cell, `for n_keys in (64, 256, 512)`. The full search scores every slot for
+#    every head and token: about 1 GB of scores at this size.
+#    :::
+#
+#    :::{dropdown} Solution
+#    The full search's time grows about fourfold from $n = 256$ to $n = 512$, since it scores $N = n^2$ slots. The
+#    product-key time grows far less: per head it scores $n$ sub-keys for each half and sums $k^2 = 256$
+#    candidates, and at these sizes the query projection, which does not depend on $n$ at all, takes a good share
+#    of it. That is $O(n + k^2)$ against $O(n^2)$, up to constants: at $n = 64$ the gap is small, because $n^2$ is
+#    not yet much larger than the fixed work. `same slots` stays `True`. Chapter 6's lookup table shows the same
+#    growth up to a million slots.
+#    :::
+#
+# 4. (reading only) Before reading the output of the one backward pass after "Why nothing changes", write down an
+#    upper bound on each layer's "rows with gradient" for the sentence "The heart pumps blood through the body.".
+#    Check it against the three printed lines.
+#
+#    :::{dropdown} Hint
+#    Each token reads $H \times k$ slots per layer, and `ids.shape[1]` counts the sentence's tokens. Which token's
+#    reads cannot reach the loss?
+#    :::
+#
+#    :::{dropdown} Solution
+#    Each token reads $4 \times 16 = 64$ slots per layer, so the bound is 64 times the number of tokens. The
+#    printed counts, a few hundred per layer, fall below it for two reasons: tokens and heads often read the same
+#    slots, and the last token's reads get no gradient unless another token read them too, since its output only
+#    predicts a next token that the loss does not score. The counts differ from layer to layer, because each layer
+#    has its own keys and query projection.
+#    :::

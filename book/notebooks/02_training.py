@@ -316,10 +316,104 @@ plt.show()
 # - One loop, {py:func}`~smf_lib.training.train`, runs retrofit, SMF, LoRA and full finetuning.
 #
 # ## Exercises
-# 1. Rerun the live training with `selector="tfidf"`, then with `selector="random"`. How do the rows moved per
-#    layer, and the number of them that are hub rows, compare with KL's?
-# 2. In chapter 4's top-t explorer, choose memory layer 15 and the smallest top-t, and switch between KL and
-#    TF-IDF. Which selector picks rows that general text reads often (to the right of the figure), and how does
-#    that match your answer to exercise 1?
-# 3. Train with `update="paper"` and pass `probe=` and `probe_steps=` to {py:func}`~smf_lib.training.train` to
-#    copy the value tables after every step. Find a row that moved in a step in which it was not selected.
+# 1. (CPU, about 5 minutes) Rerun the live training with `selector="tfidf"`, then with `selector="random"`. How do
+#    the rows moved per layer, and the number of them that are hub rows, compare with KL's?
+#
+#    :::{dropdown} Hint
+#    Change only `selector=` in the live run's {py:class}`~smf_lib.training.TrainConfig` and run the chapter again
+#    from the top: the seed set there gives the same memory, background statistics and texts each time. Random
+#    draws among the rows the batch read and ignores the background.
+#    :::
+#
+#    :::{dropdown} Solution
+#    `rows read` is the same for all three: reads depend on the keys and query projections, which SMF does not
+#    train. `rows moved` is at most $16 \times 16 = 256$ per layer for each. Random comes closest to that bound: it
+#    draws new rows at every step, seldom the same row twice, and its hub rows follow their share among the rows
+#    read. KL and TF-IDF return to the rows that the task keeps reading more than general text does, so they move
+#    fewer distinct rows, several of them in more than one step. TF-IDF moves the fewest hub rows: its weight
+#    $\ln\frac{B+1}{df_i+1}$ is below $\ln 2$ for any row that more than half of the background documents read,
+#    however much the batch reads it, while KL still takes a hub row that the batch reads many times more than
+#    general text does. Without a retrofit, general text reads most rows, which blurs these differences; chapter 4
+#    shows them on the study's retrofitted memory.
+#    :::
+#
+# 2. (reading only) In chapter 4's top-t explorer, choose memory layer 15 and the smallest top-t, and switch
+#    between KL and TF-IDF. Which selector picks rows that general text reads often (to the right of the figure),
+#    and how does that match your answer to exercise 1?
+#
+#    :::{dropdown} Hint
+#    The x axis is the background's share of reads, $q_i$; hub rows lie toward the right.
+#    :::
+#
+#    :::{dropdown} Solution
+#    KL. Its picks lie further right, many of them hub rows, yet all above the diagonal: general text reads them
+#    often, and the task reads them even more. TF-IDF's picks sit to the left, on rows that few background
+#    documents read. Chapter 4's hub-share figure says the same for every memory layer: at small top-t, a larger
+#    share of KL's selection are hub rows than of TF-IDF's. This matches exercise 1 if TF-IDF moved fewer hub rows
+#    than KL there; the live run's memory was never retrofitted, so the gap there can be smaller.
+#    :::
+#
+# 3. (CPU, about 5 minutes) Train with `update="paper"` and pass `probe=` and `probe_steps=` to
+#    {py:func}`~smf_lib.training.train` to copy the value tables after every step. Find a row that moved in a step
+#    in which it was not selected.
+#
+#    :::{dropdown} Hint
+#    The rows a step selected can be recomputed: {py:func}`~smf_lib.training.micro_batches` gives the texts of
+#    every step, {py:func}`~smf_lib.selection.read_counts_of_texts` their reads, and
+#    {py:func}`~smf_lib.selection.select_for_layers` the top-t rows of those reads. Start from a fresh model with
+#    new background statistics, and let the probe return a dict.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    from smf_lib.training import micro_batches
+#
+#    model, tok = S.load_model(device=device)
+#    S.add_memory(model, memory)
+#    stats = S.compute_background_stats(model, tok, background, max_length=128, progress=False)
+#    config = S.TrainConfig(method="smf", selector="kl", top_t=16, micro_batch=4, grad_accum=1, max_steps=16,
+#                           max_length=256, warmup_steps=2, update="paper")
+#
+#    def copy_values(m, step):
+#        return {"values": [mem.values.weight.detach().cpu().clone() for mem in S.memory_layers(m)]}
+#
+#    result = S.train(model, tok, texts, config, background=stats, progress=False,
+#                     probe=copy_values, probe_steps=range(1, 17))
+#    tables = [point["values"] for point in result.trajectory]  # after step 0, 1, ..., 16
+#    plan = micro_batches(len(texts), config)
+#    for s in range(2, len(tables)):
+#        step_texts = [texts[i] for mb in plan[s - 1] for i in mb]
+#        reads = read_counts_of_texts(model, tok, step_texts, max_length=256)
+#        chosen = S.select_for_layers(reads, "kl", config.top_t, stats)
+#        for j, layer in enumerate(memory.layers):
+#            moved = (tables[s][j] != tables[s - 1][j]).any(dim=1)
+#            moved[chosen[j]] = False
+#            rows = moved.nonzero().flatten()
+#            if len(rows):
+#                print(f"step {s}, layer {layer}: {len(rows)} rows moved but were not selected, "
+#                      f"e.g. row {int(rows[0])}")
+#    ```
+#
+#    From step 2 on, every step moves rows outside its own selection. The paper's update steps the whole table
+#    with AdamW: a row selected once keeps non-zero moments and moves at every later step, by a slowly shrinking
+#    amount (the momentum leak). Rows never selected stay bit-identical, because their moments are zero and the
+#    weight decay is 0 by default. With the default `update="adam"` the same loop prints nothing: only the rows a
+#    step selects move.
+#    :::
+#
+# 4. (reading only) Before reading the output of the live run, write down the number that the line "rows updated
+#    per step, the three layers together" will show, and an upper bound on `rows moved` per layer in the table
+#    after it. Check both against the chapter's output.
+#
+#    :::{dropdown} Hint
+#    The run selects `top_t=16` rows per memory layer in each of 16 steps. How many rows does one batch of four
+#    texts read?
+#    :::
+#
+#    :::{dropdown} Solution
+#    Every step selects the top 16 rows in each of the three memory layers, and a batch of four texts reads far
+#    more than 16 rows per layer, so the line shows a single number, $3 \times 16 = 48$. A row counts once in
+#    `rows moved` however often it was selected, so each layer moved at most $16 \times 16 = 256$ rows, and fewer
+#    when steps select the same row again, as KL does (the rows that moved furthest in the figure). `rows read` is
+#    far larger: on a memory that was never retrofitted, the 64 texts read nearly every row.
+#    :::

@@ -363,10 +363,82 @@ pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
 #   is therefore not shown by this study; it would need longer SMF runs or higher SMF rates.
 #
 # ## Exercises
-# 1. Recompute one interval with {py:func}`~smf_lib.study.paired_stats.paired_bootstrap`: `smf-kl` against base on
-#    `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How much do the bounds move?
-# 2. Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.study.paired_stats.mcnemar` on their
-#    `medmcqa_correct` items. Is either better on MedMCQA at this sample size?
-# 3. The `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's top-t explorer, compare the
-#    rows the two select at the study's top-t of 128 on each memory layer: do they differ enough for the two runs
-#    to differ on the probes above?
+# 1. (CPU, about 1 minute) Recompute one interval with {py:func}`~smf_lib.study.paired_stats.paired_bootstrap`:
+#    `smf-kl` against base on `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How much do the bounds move?
+#
+#    :::{dropdown} Hint
+#    Take the run from this chapter's `runs` and the base items from `base`. The function returns fractions; the
+#    tables show points.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    from smf_lib.study.paired_stats import paired_bootstrap
+#
+#    smf = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == 0)
+#    for s in (0, 1, 2):
+#        ci = paired_bootstrap(base["items"], smf["items"], "medmcqa_acc", n_boot=10_000, seed=s)
+#        print(s, {k: round(100 * ci[k], 2) for k in ("delta", "lo", "hi")}, f"p_le_0 {ci['p_le_0']:.3f}")
+#    ```
+#
+#    The change does not move at all: it is computed once, on all items. The bounds move little or not at all: an
+#    accuracy over 1,000 questions changes in steps of one question (0.1 points), and 2,000 resamples already put
+#    the 2.5th and 97.5th percentiles on the same step or the next one. Only `p_le_0`, the share of resampled
+#    changes at or below zero, moves a little. Rounded as the tables round them, the cells do not change: the
+#    interval's width comes from the items, not from the number of resamples.
+#    :::
+#
+# 2. (CPU, about 1 minute) Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.study.paired_stats.mcnemar`
+#    on their `medmcqa_correct` items. Is either better on MedMCQA at this sample size?
+#
+#    :::{dropdown} Hint
+#    `mcnemar(a, b)` counts the questions that `b` newly gets right against `a` (`gained`) and newly gets wrong
+#    (`lost`). Pair the two methods' runs of the same seed.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    for s in (0, 1):
+#        smf = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == s)
+#        lora = next(r for r in runs if r["method"] == "lora" and r["seed"] == s)
+#        print(f"seed {s}:", mcnemar(smf["items"]["medmcqa_correct"], lora["items"]["medmcqa_correct"]))
+#    ```
+#
+#    Neither. At both seeds the two models disagree on many questions but split them nearly evenly, LoRA losing a
+#    few more than it gains, and `p` stays above 0.05. That matches the changes table, where LoRA's accuracy
+#    interval crosses zero. MedMCQA accuracy cannot rank the two at this size; the gold option's log-likelihood,
+#    which LoRA moved far more than SMF, is the sensitive score.
+#    :::
+#
+# 3. (reading only) The `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's top-t explorer,
+#    compare the rows the two select at the study's top-t of 128 on each memory layer: do they differ enough for
+#    the two runs to differ on the probes above?
+#
+#    :::{dropdown} Hint
+#    Chapter 4's first overlap figure gives the Jaccard overlap of the two selections at t = 128 directly. Then
+#    compare the `smf-kl` and `smf-tfidf` rows of this chapter's tables, the log-likelihood and drift columns too.
+#    :::
+#
+#    :::{dropdown} Solution
+#    The selections differ a lot: at t = 128 their Jaccard overlap is well below 1 at every layer, and KL takes far
+#    more hub rows. The runs differ far less. Both barely moved the model: the retrofit left the memory carrying a
+#    tiny share of the MLP's output, so whichever rows were written, little came out of them. The difference shows
+#    only in the scores with narrow intervals, the gold option's log-likelihood and the drift KLs, where the KL run
+#    moved a little more at both seeds; on accuracy the two cannot be told apart. Different rows are needed for the
+#    selector to matter, but they are not enough: the memory must also carry signal.
+#    :::
+#
+# 4. (reading only) Before reading the "Seeds against items" table, predict for LoRA and full finetuning: will
+#    their two training seeds differ by more or by less than one seed's item interval? Check against the table.
+#
+#    :::{dropdown} Hint
+#    A second seed changes only the order of the same training texts (and LoRA's initialisation and dropout). The
+#    item interval says how much the result could change with another draw of as many evaluation items.
+#    :::
+#
+#    :::{dropdown} Solution
+#    By less. For LoRA and full finetuning, the range from the lower seed to the higher one is, in every cell,
+#    smaller than the item half-width (±) printed beside it, on all three metrics. Here the evaluation items are the
+#    larger source of noise, so more items, not more seeds, would sharpen these results. For the SMF runs the two
+#    are closer in size, because SMF barely changed the model and its item intervals are very narrow.
+#    :::

@@ -151,11 +151,62 @@ delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
 # - As top-t approaches the number of rows read, every selector picks nearly the same set.
 #
 # ## Exercises
-# 1. In the explorer, choose memory layer 7 and KL, and move top-t from 16 to 1,024. From which t on do the
-#    selected rows include rows below the diagonal (read more by general text than by the task)? Repeat with
-#    TF-IDF.
-# 2. Still in the explorer, at t = 128, switch between `tf` and `random`. Where do their picks lie compared
-#    with KL's, and what does that say about what the background statistics add?
-# 3. With {py:func}`~smf_lib.selection.select_for_layers`, select 128 rows per layer with `"kl"` and with
-#    `"tfidf"`, and count how many of each selection are hub rows (`stats.df[j] > stats.n_docs / 2`). Compare
-#    your counts with the hub-share figure (the second overlap figure).
+# 1. (reading only) In the explorer, choose memory layer 7 and KL, and move top-t from 16 to 1,024. From which t
+#    on do the selected rows include rows below the diagonal (read more by general text than by the task)? Repeat
+#    with TF-IDF.
+#
+#    :::{dropdown} Hint
+#    Below the diagonal $p_i < q_i$. What sign does the KL score take there, and what does the TF-IDF score look at
+#    instead?
+#    :::
+#
+#    :::{dropdown} Solution
+#    KL: at no t in the slider's range. Its score is negative below the diagonal, so it takes such a row only after
+#    every read row above the diagonal, and at layer 7 there are more of those than the slider's largest t.
+#    TF-IDF: only near the top of the range. Its score is positive for any read row that some background document
+#    did not read, and it sees only whether a document read a row, not how often: a row that few documents read,
+#    but read many times, can lie below the diagonal and still score well. Once the rows that few documents read
+#    are taken, TF-IDF's picks spread below the diagonal.
+#    :::
+#
+# 2. (reading only) Still in the explorer, at t = 128, switch between `tf` and `random`. Where do their picks lie
+#    compared with KL's, and what does that say about what the background statistics add?
+#
+#    :::{dropdown} Hint
+#    TF scores a row by the batch's share of reads $p_i$ alone; random scores it by nothing.
+#    :::
+#
+#    :::{dropdown} Solution
+#    TF's picks sit at the top of the cloud, the rows the batch reads most. Many of them are hub rows to the right,
+#    and a good part lie on or below the diagonal, because the rows a batch reads most are often the rows that all
+#    text reads most. Random's picks are scattered over the whole cloud, below the diagonal about as often as
+#    above. KL's all lie above it. The background statistics turn "read most" into "read more than general text
+#    does": without them a selector chases the rows that everything reads (TF) or nothing in particular (random).
+#    :::
+#
+# 3. (CPU, about 1 minute) Before counting, predict from the two formulas at the top of the chapter which selection
+#    holds more hub rows. Then, with {py:func}`~smf_lib.selection.select_for_layers`, select 128 rows per layer
+#    with `"kl"` and with `"tfidf"`, and count how many of each selection are hub rows
+#    (`stats.df[j] > stats.n_docs / 2`). Compare your counts with the hub-share figure (the second overlap figure).
+#
+#    :::{dropdown} Hint
+#    For a hub row $df_i > B/2$: how large can TF-IDF's logarithm be then? KL's logarithm compares $p_i$ with $q_i$
+#    instead.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    from smf_lib.selection import select_for_layers
+#
+#    for name in ("kl", "tfidf"):
+#        chosen = select_for_layers(counts, name, 128, stats)
+#        hubs = [int((stats.df[j] > stats.n_docs / 2)[rows].sum()) for j, rows in enumerate(chosen)]
+#        print(name, dict(zip(snap["layers"], hubs)))
+#    ```
+#
+#    KL's selection holds more hub rows than TF-IDF's at every layer. For a hub row, TF-IDF's logarithm
+#    $\ln\frac{B+1}{df_i+1}$ is below $\ln 2$ however much the batch reads it, while KL's logarithm stays large for
+#    a hub row that the batch reads many times more than the background does. Divided by 128, the counts are
+#    exactly the hub shares the figure plots at t = 128: {py:func}`~smf_lib.views.plotting.selection_overlap`,
+#    which computes them, makes the same selections.
+#    :::

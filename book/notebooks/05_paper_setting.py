@@ -155,8 +155,93 @@ delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
 #   minutes of one T4 by estimate; it has not been run for this book.
 #
 # ## Exercises
-# 1. Set `MODEL = "paper"` and read its departures table. Why is it empty, and which settings would you change
-#    first to fit a single GPU-hour?
-# 2. Recompute the estimate with `flops_per_s=20e12` (an A100 at a modest utilisation). Which stage dominates?
-# 3. With a GPU, run the `colab` preset and compare its SMF-KL row with the offline study's: does the larger
+# 1. (CPU, about 1 minute) Set `MODEL = "paper"` and read its departures table. Why is it empty, and which settings
+#    would you change first to fit a single GPU-hour?
+#
+#    :::{dropdown} Hint
+#    {py:func}`~smf_lib.study.presets.protocol_table` lists only the settings whose value differs from the paper's.
+#    For the second part, run {py:func}`~smf_lib.study.cost.estimate_runtime` on the `paper` preset and sort its
+#    stages by minutes. With a GPU attached, skip the "Run it" cell: with `MODEL = "paper"` it starts GPU-hours of
+#    training.
+#    :::
+#
+#    :::{dropdown} Solution
+#    It is empty because the `paper` preset sets every recorded setting to the paper's value, and the table lists
+#    only differences (a test requires a reason for each departure of any preset).
+#
+#    ```python
+#    est = estimate_runtime(get_preset("paper"), flops_per_s=8e12)
+#    est.sort_values("minutes", ascending=False).head(8)
+#    ```
+#
+#    The training stages dominate: each run trains on 60,000 questions for 3 epochs, the grid has 12 methods, and 4
+#    of them run with 3 seeds; full finetuning costs most per run. Cut first what multiplies everything, the runs
+#    (`--methods` and `--seeds` of `python -m smf_lib run`), then the training questions and epochs
+#    (`--set train_n=N`; the epochs sit in the preset's `train` field), then the retrofit (50,000 replies for 2
+#    epochs, `--set retrofit_n=N`), and the evaluation sizes last. The `colab` preset is one such choice, and each
+#    of its changes appears in its departures table with a reason.
+#    :::
+#
+# 2. (CPU, about 1 minute) Recompute the estimate with `flops_per_s=20e12` (an A100 at a modest utilisation).
+#    Which stage dominates?
+#
+#    :::{dropdown} Hint
+#    Print the whole table: the chapter's cell shows only the training, retrofit and total rows. Each stage's
+#    minutes are its FLOPs divided by the same rate.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    estimate_runtime(get_preset("colab"), flops_per_s=20e12)
+#    ```
+#
+#    The same stage as at 8 TFLOP/s: every stage is divided by the same rate, so all of them shrink by a factor of
+#    2.5 and keep their order. The largest single stage is full finetuning's training, at 6 N per trained token
+#    against 4 N for SMF and LoRA on the same tokens, and the three training stages together outweigh the retrofit
+#    and the evaluations. The estimate counts FLOPs only; loading the model and the Hub downloads do not get faster
+#    with the GPU.
+#    :::
+#
+# 3. (GPU) With a GPU, run the `colab` preset and compare its SMF-KL row with the offline study's: does the larger
 #    model learn more of MedMCQA for the same drift?
+#
+#    :::{dropdown} Hint
+#    `python -m smf_lib run --preset colab` takes about 45 minutes on a T4 by the chapter's estimate, and resumes
+#    after a disconnect. Before comparing, check the retrofit:
+#    `python -m smf_lib status --preset colab --out results/colab` prints the memory's share of the MLP's output
+#    per layer.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    folder, new, _ = load_results("colab")
+#    metrics = ("medmcqa_acc", "medmcqa_gold_loglik", "chat_drift_kl", "wikitext_ppl")
+#    display(delta_table(new, metrics), delta_table(study, metrics))
+#    ```
+#
+#    No GPU run is committed for this book yet, so the answer is yours to measure. Take learning as the change in
+#    the gold option's log-likelihood (accuracy moves later) and drift as the chat drift KL. Compare SMF-KL's
+#    learning with its drift inside each study, and with LoRA's and full finetuning's in the same study, rather
+#    than single numbers across studies: the model, the chat replies and the training size all differ. The offline
+#    study's SMF barely learned because its memory carried almost nothing. The `colab` preset retrofits at 2e-3,
+#    the rate at which the retrofit pilot brought every layer of SmolLM2's memory above 10%; if the status output
+#    warns that a layer stays below 10% on Qwen, expect SMF to learn little again, whatever the model's size.
+#    :::
+#
+# 4. (reading only) Before reading the two lines printed under "Size of the memory", estimate the parameters of one
+#    memory layer at the paper's size (hidden size $d = 896$, $n = 128$ sub-keys so $N = 16{,}384$ slots, $H = 4$
+#    heads, $k_{\text{dim}} = 256$) and say which part dominates. Check against the printed lines.
+#
+#    :::{dropdown} Hint
+#    A layer holds the query projection $W_q$ ($d \times H k_{\text{dim}}$), two sub-key tables per head
+#    ($H \times 2 \times n \times k_{\text{dim}}/2$ numbers in all), the value table ($N \times d$) and the gates
+#    $W_1, W_2$ ($d \times d$ each); the paper's init adds biases.
+#    :::
+#
+#    :::{dropdown} Solution
+#    The value table, $N \times d = 16{,}384 \times 896$, is by far the largest part. The query projection
+#    ($896 \times 1{,}024$), the keys ($4 \times 2 \times 128 \times 128$) and the two gates ($2 \times 896^2$), with
+#    their biases, add well under a fifth on top. The printed total is the sum of these products, and three layers
+#    are three times it. Only the value table grows with $N$, and a sparse step touches only the rows it reads and
+#    selects, which is why SMF can afford large tables (chapter 6).
+#    :::

@@ -215,8 +215,84 @@ if (bench / "gpu_steps.csv").exists():
 # - An SMF adapter stores only the rows that changed.
 #
 # ## Exercises
-# 1. Run `python benchmarks/bench_steps.py --target cpu --methods smf-floor smf-kl lora --parts steps --out
-#    /tmp/bench` on your machine. Do the ratios in the targets table hold there?
-# 2. Add `--no-tune-allocator` to the same command and compare the step times and page faults per step.
-# 3. From the adapter sizes above, estimate the size of an SMF adapter for the paper's memory (3 layers of
-#    16,384 rows, each 896 float32 numbers) if every row changed, and if 2,000 rows per layer changed.
+# 1. (CPU, about 3 minutes) Run `python benchmarks/bench_steps.py --target cpu --methods smf-floor smf-kl lora
+#    --parts steps --out /tmp/bench` on your machine. Do the ratios in the targets table hold there?
+#
+#    :::{dropdown} Hint
+#    {py:func}`~smf_lib.study.cost.benchmark_targets` checks your table as this chapter checks its own. Set
+#    `BENCH_THREADS=2` before the command to match this chapter's set-up, or leave it out to use every core.
+#    :::
+#
+#    :::{dropdown} Solution
+#    ```python
+#    mine = pd.read_csv("/tmp/bench/cpu_steps.csv")
+#    benchmark_targets(mine)
+#    ```
+#
+#    With these three methods, three targets are measured: the `smf-kl` step against the LoRA step (goal: at most
+#    1), against the SMF floor (at most 1.15), and its peak memory against LoRA's (below 1); the others read "not
+#    measured". Expect the two comparisons with LoRA to hold on most CPUs: SMF's backward pass stops at the lowest
+#    memory layer, while LoRA's runs through every decoder layer and its adapters. The floor ratio is the tight
+#    one: it holds while selecting and updating the rows stays small next to the backward pass, which depends on
+#    how a machine runs many small operations next to large matrix products. In the benchmark, `smf-kl` is the
+#    strict SGD update and `smf-kl-adam` the default row-sparse Adam.
+#    :::
+#
+# 2. (CPU, about 5 minutes) Add `--no-tune-allocator` to the same command and compare the step times and page
+#    faults per step.
+#
+#    :::{dropdown} Hint
+#    Look where the flag takes effect: each method is timed in a subprocess that `run_sub` in
+#    `benchmarks/bench_steps.py` starts. Which allocator setting do the subprocesses of the steps part get?
+#    :::
+#
+#    :::{dropdown} Solution
+#    The two tables come out alike, within noise: the flag keeps glibc's defaults in the benchmark's own process,
+#    but the steps part starts every method's subprocess with the allocator tuned. The slots part compares the two
+#    settings (`--parts slots` runs every table size once with glibc's defaults and once tuned; its table is the
+#    one behind the scaling figure above), and one method can be timed under each setting with the option that the
+#    script passes to its subprocesses:
+#
+#    ```bash
+#    python benchmarks/bench_steps.py --one cpu smf-kl                      # tuned
+#    python benchmarks/bench_steps.py --no-tune-allocator --one cpu smf-kl  # glibc's defaults
+#    ```
+#
+#    Each prints one row. With glibc's defaults, expect several times more page faults per step, a step at least
+#    as slow, and a lower peak memory, since freed blocks go back to the operating system. How much slower depends
+#    on what a page fault costs on the machine; the two runs of the scaling figure show that cost changing on one
+#    virtual machine.
+#    :::
+#
+# 3. (reading only) From the adapter sizes above, estimate the size of an SMF adapter for the paper's memory
+#    (3 layers of 16,384 rows, each 896 float32 numbers) if every row changed, and if 2,000 rows per layer changed.
+#
+#    :::{dropdown} Hint
+#    A changed-rows adapter stores, for each changed row, its numbers in float32 and its index as an int64. Divide
+#    the changed-rows adapter's size by its 3 × 1,280 rows to check, then use 896 numbers per row.
+#    :::
+#
+#    :::{dropdown} Solution
+#    A changed-rows adapter ({py:func}`~smf_lib.adapter.save_memory` with a `reference`) takes $4d + 8$ bytes per
+#    changed row: 2,312 bytes at $d = 576$, which is what the table's changed-rows adapter gives per row, and 3,592
+#    bytes at $d = 896$. Every row changed: $3 \times 16{,}384 \times 3{,}592$ bytes, about 168 MB in the table's
+#    unit ($2^{20}$ bytes). 2,000 rows per layer: $3 \times 2{,}000 \times 3{,}592$ bytes, about 21 MB. The
+#    adapter grows with the rows that changed, not with the table.
+#    :::
+#
+# 4. (reading only) Before reading the step table, rank `smf-kl`, `smf-kl-adam`, `smf-kl-paper`, `lora` and `full`
+#    by optimizer state, and estimate that of `smf-kl-paper` from the size of the value tables (3 layers of 4,096
+#    rows, 576 float32 numbers each). Check against the `optimizer state (MB)` column.
+#
+#    :::{dropdown} Hint
+#    Adam keeps two float32 numbers, its moments, for every parameter it steps; plain SGD keeps none.
+#    :::
+#
+#    :::{dropdown} Solution
+#    From most to least: `full`, with two numbers per model weight (about 1 GB for 135M weights); `smf-kl-paper`,
+#    whose dense AdamW keeps two numbers per value of the three tables, $2 \times 3 \times 4{,}096 \times 576 \times
+#    4$ bytes, about 54 MB in the table's unit; `lora`, with two numbers per parameter of its rank-16 factors;
+#    `smf-kl-adam`, with moments only for the rows it has touched, a few MB; and `smf-kl`, plain SGD, none. The
+#    paper's update keeps more state than LoRA here, and its state grows with the table's size $N$, while row-sparse
+#    Adam's grows only with the rows it touches.
+#    :::

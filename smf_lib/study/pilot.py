@@ -10,6 +10,7 @@ unfinished one resumes from its checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -58,6 +59,20 @@ class PilotSettings:
 RECIPES = (("zero", 2e-3), ("zero-w2", 2e-3), ("paper", 2e-3), ("zero", 5e-3))
 
 
+def load(name: str, seed: int = 0):
+    """The model and tokenizer (``"tiny"``: a random tiny Llama with the default tokenizer, for tests)."""
+    if name == "tiny":
+        from ..models import load_tokenizer, tiny_model
+
+        return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), load_tokenizer()
+    return load_model(name)
+
+
+def _plain(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
+    return json.loads(json.dumps(obj))
+
+
 def recipe_name(init: str, lr: float) -> str:
     return f"{init}-lr{lr:g}"
 
@@ -84,15 +99,14 @@ def run_recipe(init: str, lr: float, out: str | Path, s: PilotSettings | None = 
     out = Path(out)
     name = recipe_name(init, lr)
     path = out / f"{name}.json"
-    identity = {"init": init, "lr": lr, "seed": seed, "settings": dataclasses.asdict(s)}
-    identity["settings"]["memory"]["layers"] = list(s.memory["layers"])
+    identity = _plain({"init": init, "lr": lr, "seed": seed, "settings": dataclasses.asdict(s)})
     if path.exists():
         rec = read_json(path)
         if rec.get("identity") == identity:
             return rec
         raise ValueError(f"{path} was made with other settings; delete it to rerun the recipe, or keep the settings")
     texts, heldout = pilot_texts(s)
-    model, tok = load_model(s.model)
+    model, tok = load(s.model, seed)
     torch.manual_seed(seed)
     add_memory(model, MemoryConfig(**{**s.memory, "init": init}))
     art = out / "artifacts" / name
@@ -197,7 +211,7 @@ def smf_learning(recipe: str, step: int, out: str | Path, s: PilotSettings | Non
     s, ls = s or PilotSettings(), ls or LearningSettings()
     out = Path(out)
     path = out / "learning" / f"{recipe}-step{step}-lr{ls.lr:g}.json"
-    identity = {"recipe": recipe, "step": step, "settings": dataclasses.asdict(ls), "model": s.model}
+    identity = _plain({"recipe": recipe, "step": step, "settings": dataclasses.asdict(ls), "model": s.model})
     if path.exists():
         rec = read_json(path)
         if rec.get("identity") == identity:
@@ -208,7 +222,7 @@ def smf_learning(recipe: str, step: int, out: str | Path, s: PilotSettings | Non
         raise FileNotFoundError(f"no retrofit checkpoint {adapter}: run `python -m smf_lib retrofit-pilot --recipes "
                                 f"{recipe.replace('-lr', ':')} --save-adapters` first")
     t0 = time.perf_counter()
-    model, tok = load_model(s.model)
+    model, tok = load(s.model)
     load_memory(model, adapter)
     health = read_json(out / f"{recipe}.json")["trajectory"]
     share = next(p for p in health if p["step"] == step)
