@@ -5,13 +5,17 @@
   ``repository.url``, ``repository.branch`` and ``launch_buttons.colab_url``, as the chapters' badges are.
 - The chapters run with ``SMF_STATIC_WIDGETS`` set (the kernels inherit the build's environment), so that
   :func:`smf_lib.views.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
+- A chapter whose Colab badge or install cell names another repository than ``repository.url`` fails the build.
 - A page loads each script once (sphinx-thebe's and sphinx-togglebutton's inline settings arrive twice, and
   declaring ``THEBE_JS_URL`` twice is an error) and nothing from the network: the Colab badge's image comes
   from ``_static/colab-badge.svg``. ``scripts/check_book.py`` fails on any console error or missing file.
 """
 
 import os
+import re
 from pathlib import Path
+
+from sphinx.errors import ExtensionError
 
 from smf_lib.views.colab import colab_url, paired_ipynb
 
@@ -52,8 +56,25 @@ def local_badge(app, pagename, templatename, context, doctree):
         context["body"] = context["body"].replace(f'src="{COLAB_BADGE}"', f'src="{local}"')
 
 
+def one_repository_address(app, docname, source):
+    """Fail the build when a chapter's Colab badge or install cell points at another repository than
+    ``repository.url`` in ``_config.yml`` (the one place the address is defined)."""
+    url = app.config.html_theme_options.get("repository_url", "").rstrip("/")
+    if not url or not str(app.env.doc2path(docname)).endswith(".py"):
+        return
+    repo = url.split("github.com/", 1)[-1]
+    text = source[0]
+    named = re.findall(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/", text)
+    named += re.findall(r"^REPO = \"https://github\.com/([\w.-]+/[\w.-]+?)/?\"", text, flags=re.M)
+    wrong = sorted({m for m in named if m != repo})
+    if wrong:
+        raise ExtensionError(f"{docname}: points at {wrong}, but _config.yml's repository.url is {url}: change the "
+                             "chapter (its badge and its REPO) or repository.url, so that both name one address")
+
+
 def setup(app):
     os.environ[STATIC_WIDGETS] = "1"
+    app.connect("source-read", one_repository_address)
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", colab_launch_button, priority=502)
     # after every extension that adds scripts to the page

@@ -55,7 +55,25 @@ def _versions() -> dict:
     import smf_lib
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "smf_lib": smf_lib.__version__}
+            "peft": peft.__version__, "smf_lib": smf_lib.__version__, **git_state(Path(smf_lib.__file__).parent)}
+
+
+def git_state(folder: Path) -> dict:
+    """The git commit the code ran from and whether its tracked files had uncommitted changes (``{}`` outside a
+    git checkout, e.g. an installed wheel)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"git_commit": head.stdout.strip(), "git_clean": dirty.returncode == 0 and not dirty.stdout.strip()}
+    except (OSError, subprocess.SubprocessError):
+        return {}
 
 
 def auto_precision(p: Preset, device: torch.device) -> dict:
