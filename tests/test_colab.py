@@ -71,3 +71,11 @@ def test_setup_clones_the_repository_when_no_checkout_is_found(tmp_path, monkeyp
     assert calls[-1] == ["git", "clone", "-q", "--depth", "1", "https://github.com/org/repo",
                          str((tmp_path / "smf_lib").resolve())]
     assert os.environ["SMF_DATA_DIR"] == "/data"  # a data folder already set is kept
+
+
+def test_the_paper_setting_chapter_asks_colab_for_a_gpu():
+    import json
+    from pathlib import Path
+
+    meta = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "05_paper_setting.ipynb").read_text())
+    assert meta["metadata"]["accelerator"] == "GPU" and meta["metadata"]["colab"]["gpuType"]

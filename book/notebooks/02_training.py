@@ -281,7 +281,7 @@ last[["recipe", "step", "share", "min_share", "loss_change", "loss_lo", "loss_hi
 # %%
 choice = pilot_choice(pilot_dir)
 print(f"{choice['recipe']}: every layer at {choice['min_share']:.0%} or more after step {choice['step']} "
-      f"({choice['seconds'] / 60:.0f} CPU minutes of retrofit); held-out loss "
+      f"(16 replies of 128 tokens per step); held-out loss "
       f"{choice['loss_change']['delta']:+.3f} [{choice['loss_change']['lo']:+.3f}, "
       f"{choice['loss_change']['hi']:+.3f}] nats")
 

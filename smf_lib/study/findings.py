@@ -15,8 +15,9 @@ def _ci(row, metric: str, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def pilot_choice(pilot_folder: str | Path, min_share: float = 0.10) -> dict | None:
-    """The retrofit pilot's cheapest recipe whose memory carries ``min_share`` of the MLP's output at every layer
-    with a held-out loss gain whose interval excludes 0: its name, the step it got there, and its final health."""
+    """The retrofit pilot's cheapest recipe (fewest steps, then fewest seconds) whose memory carries ``min_share`` of
+    the MLP's output at every layer with a held-out loss gain whose interval excludes 0: its name, the step it got
+    there, and its final health."""
     best = None
     for path in sorted(Path(pilot_folder).glob("*.json")):
         rec = read_json(path)
@@ -26,7 +27,7 @@ def pilot_choice(pilot_folder: str | Path, min_share: float = 0.10) -> dict | No
                         "seconds": p["train_seconds"], "min_share": p["min_share"], "share": p["share"],
                         "loss_change": p["loss_change"], "final": rec["trajectory"][-1],
                         "steps": rec["trajectory"][-1]["step"]}
-                if best is None or cand["seconds"] < best["seconds"]:
+                if best is None or (cand["step"], cand["seconds"]) < (best["step"], best["seconds"]):
                     best = cand
                 break
     return best
@@ -81,7 +82,7 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
             lc = choice["loss_change"]
             out.append(f"A retrofit pilot found a living memory: with {choice['init']} values at rate "
                        f"{choice['lr']:g}, every memory layer carried at least {choice['min_share']:.0%} of its MLP's "
-                       f"output after {choice['step']} steps ({choice['seconds'] / 60:.0f} CPU minutes), and the "
+                       f"output after {choice['step']} steps of 16 replies, and the "
                        f"held-out chat loss fell by {-lc['delta']:.3f} [{-lc['hi']:.3f}, {-lc['lo']:.3f}] nats; the "
                        "study is being rerun on it (the cpu preset).")
     return out
