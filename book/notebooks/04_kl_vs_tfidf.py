@@ -2,7 +2,7 @@
 # jupyter:
 #   jupytext:
 #     formats: notebooks///ipynb,book/notebooks///py:percent
-#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     notebook_metadata_filter: kernelspec,jupytext,accelerator,colab,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
