@@ -5,15 +5,12 @@ Two registries make the choices, so nothing else branches on names:
 - ``METHODS``: what trains. ``retrofit``: all memory parameters densely (AdamW), the base frozen (METHOD.md
   section 3.1). ``smf``: only the value rows selected per step (sections 4-5). ``lora`` (peft, merged after
   training) and ``full``: dense AdamW.
-- ``UPDATES``: how SMF moves the selected value rows. Every rule has ``step(rows, grads, lr)`` and
-  ``state_dict()`` / ``load_state_dict()``:
-  ``adam`` (default): row-sparse Adam; moments exist only for rows it has touched, with per-row step counts for
-  bias correction. Its step size does not depend on the scale of the model's gradients, so one rate transfers
-  across models. ``sgd``: plain SGD on the selected rows; its rate must be calibrated per model
-  (``python -m smf_lib calibrate``). Both are strict: every other row and every frozen parameter is
-  bit-identical after a step, and the cost is O(rows read), no N x d sweep. ``paper``: the paper's gradient
-  mask + dense AdamW over the whole table; its moments keep moving a row for a while after it was last
-  selected (the "momentum leak"), and any weight decay moves every row; kept for fidelity.
+- ``UPDATES`` (:mod:`smf_lib.updates`): how SMF moves the selected value rows: row-sparse Adam (default), strict
+  SGD (its rate calibrated per model: ``python -m smf_lib calibrate``) or the paper's masked AdamW.
+
+:func:`train` reads top to bottom as its phases: set up, resume, then per step accumulate (forward and backward
+over the micro-batches), reduce (select the rows, average over processes), unscale and clip, apply, log, probe and
+checkpoint. :class:`LossScaler` is float16's dynamic loss scale; :mod:`smf_lib.ddp` the multi-process helpers.
 
 Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, probe trajectories, resumable
 checkpoints (parameters, optimizer state, selection and dropout random state), and a stop with a clear error
@@ -23,7 +20,6 @@ when the loss stops being finite.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -35,9 +31,11 @@ from tqdm.auto import tqdm
 
 from .batches import collate_batch
 from .files import verify_checked, write_checked
+from .ddp import all_reduce_mean, all_reduce_sum, distributed
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
 from .selection import SELECTORS, BackgroundStats, batch_counts, select_for_layers
+from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -48,132 +46,6 @@ class TrainingDiverged(FloatingPointError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Row-update rules for the value tables (one interface: step, state_dict, load_state_dict)
-
-class RowSGD:
-    """Plain SGD on the selected rows (no momentum, no decay): ``V[rows] -= lr * grads``."""
-
-    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0):
-        self.table = table
-
-    @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
-        self.table.index_add_(0, rows, grads.to(self.table.dtype), alpha=-lr)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class RowSparseAdam:
-    """Adam over the rows of one table that have been touched: moments exist only for those rows, each row
-    keeps its own step count for bias correction; untouched rows cost nothing and never move.
-
-    The moments live in a table of slots that grows geometrically (doubling), so a step costs O(t) for its t
-    rows, not O(rows touched so far)."""
-
-    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0, betas=(0.9, 0.999), eps=1e-8):
-        self.table, self.betas, self.eps, self.wd = table, betas, eps, weight_decay
-        self.slot_of = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
-        self.used = 0
-        self._m = table.new_zeros(0, table.shape[1], dtype=torch.float32)
-        self._v = table.new_zeros(0, table.shape[1], dtype=torch.float32)
-        self._steps = torch.zeros(0, dtype=torch.long, device=table.device)
-
-    def _grow(self, need: int) -> None:
-        cap = self._m.shape[0]
-        if need <= cap:
-            return
-        new_cap = min(self.table.shape[0], max(need, 2 * cap, 64))
-        for name in ("_m", "_v", "_steps"):
-            old = getattr(self, name)
-            grown = old.new_zeros(new_cap, *old.shape[1:])
-            grown[:cap] = old
-            setattr(self, name, grown)
-
-    @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
-        new = rows[self.slot_of[rows] < 0]
-        if new.numel():
-            self._grow(self.used + len(new))
-            self.slot_of[new] = torch.arange(self.used, self.used + len(new), device=rows.device)
-            self.used += len(new)
-        s = self.slot_of[rows]
-        b1, b2 = self.betas
-        grads = grads.float()
-        self._steps[s] += 1
-        m = self._m[s].mul_(b1).add_(grads, alpha=1 - b1)
-        v = self._v[s].mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        self._m[s], self._v[s] = m, v
-        k = self._steps[s].unsqueeze(1).to(m.dtype)
-        update = (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + self.eps)
-        if self.wd:
-            update = update + self.wd * self.table[rows].float()
-        self.table.index_add_(0, rows, update.to(self.table.dtype), alpha=-lr)
-
-    @property
-    def m(self) -> torch.Tensor:
-        """First moments of the touched rows, in the order they were first touched."""
-        return self._m[: self.used]
-
-    @property
-    def v(self) -> torch.Tensor:
-        """Second moments of the touched rows."""
-        return self._v[: self.used]
-
-    @property
-    def steps(self) -> torch.Tensor:
-        """Each touched row's own step count."""
-        return self._steps[: self.used]
-
-    def state_dict(self) -> dict:
-        return {"slot_of": self.slot_of, "m": self.m, "v": self.v, "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.slot_of = state["slot_of"].clone()
-        self._m, self._v, self._steps = state["m"].clone(), state["v"].clone(), state["steps"].clone()
-        self.used = self._m.shape[0]
-
-
-class MaskedAdamW:
-    """The paper's update: the value gradient is zero outside the selected rows, and a dense AdamW steps the
-    whole table (so its moments move rows selected earlier, and weight decay moves every row)."""
-
-    def __init__(self, table: torch.Tensor, weight_decay: float = 0.0):
-        self.table = table
-        self.opt = torch.optim.AdamW([table], lr=1.0, weight_decay=weight_decay)
-
-    @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
-        self.table.grad = torch.zeros_like(self.table).index_put_((rows,), grads.to(self.table.dtype))
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.step()
-        self.table.grad = None
-
-    def state_dict(self) -> dict:
-        return self.opt.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state)
-
-
-@dataclass(frozen=True)
-class UpdateRule:
-    """A value-row update rule and its default peak learning rate (``None``: must be given per model)."""
-
-    make: Callable
-    default_lr: float | None
-
-
-# The update registry: a new rule is one class with the interface above and one line here.
-UPDATES: dict[str, UpdateRule] = {
-    "adam": UpdateRule(RowSparseAdam, 5e-4),
-    "sgd": UpdateRule(RowSGD, None),
-    "paper": UpdateRule(MaskedAdamW, 5e-4),
-}
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Methods: what trains
@@ -447,44 +319,6 @@ def _restrict(rows: torch.Tensor, grads: torch.Tensor, selected: torch.Tensor):
     return selected, out
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size). Under ``accelerate launch`` (or torchrun) joins the process group through
-    accelerate's ``PartialState`` (gloo on CPU, NCCL on GPU); otherwise (0, 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        from accelerate import PartialState
-
-        PartialState()
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _all_reduce(t: torch.Tensor, world: int, mean: bool) -> torch.Tensor:
-    """Sum (or mean) of ``t`` over processes, returned on ``t``'s device. NCCL reduces only CUDA tensors, so
-    CPU tensors (read counts, the loss) travel through this process's GPU there."""
-    if world == 1:
-        return t
-    import torch.distributed as dist
-
-    on = t.device
-    if dist.get_backend() == "nccl" and t.device.type != "cuda":
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(t)
-    if mean:
-        t = t / world
-    return t.to(on)
-
-
-def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
-    return _all_reduce(t, world, mean=True)
-
-
-def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
-    return _all_reduce(t, world, mean=False)
-
-
 def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
     rows = torch.cat([p[0] for p in parts])
     vals = torch.cat([p[1] for p in parts])
@@ -517,6 +351,119 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         TrainingDiverged: the loss became NaN or infinite (the message names the step).
     """
     c = config
+    run = _setup(model, tokenizer, texts, c, background, checkpoint_dir)
+    if run.ckpt is not None and run.ckpt.exists():
+        _resume(run)
+    if probe is not None and run.start == 0:
+        run.trajectory.append(_run_probe(probe, run.model, 0))
+    probe_at = {s for s in probe_steps if 0 < s <= len(run.plan)}
+    run.model.train()
+    set_recording(run.model, bool(run.mems))
+    bar = tqdm(total=len(run.plan), initial=run.start, desc=c.method, disable=not progress or run.rank > 0)
+    try:
+        for step in range(run.start, len(run.plan)):
+            t0 = time.perf_counter()
+            lr = c.lr * lr_factor(step, c.warmup_steps, len(run.plan), c.schedule)
+            row_grads, counts, loss = _accumulate(run, step)
+            row_grads, loss = _reduce(run, row_grads, counts, loss)
+            row_grads, norm, skipped = _unscale_and_clip(run, row_grads, step)
+            if not skipped:
+                _apply(run, row_grads, lr)
+            run.seconds += time.perf_counter() - t0
+            run.log.append({"step": step + 1, "loss": loss, "lr": lr, "grad_norm": None if skipped else norm,
+                            "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": run.seconds,
+                            **({"skipped": True} if skipped else {})})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if probe is not None and step + 1 in probe_at:
+                set_recording(run.model, False)
+                run.trajectory.append(_run_probe(probe, run.model, step + 1))
+                set_recording(run.model, bool(run.mems))
+            _checkpoint(run, step + 1)
+    finally:
+        bar.close()
+        set_recording(run.model, False)
+        for m in run.mems:
+            m.sparse_grad = False
+    _check_finished(run.model, tokenizer, texts, run.plan, c, run.device, run.rank, run.world)
+    model = run.model
+    model.eval()
+    model.requires_grad_(False)
+    model = METHODS[c.method].finish(model)
+    states = [r.state_dict() for r in run.rules] + ([run.dense_opt.state_dict()] if run.dense_opt else [])
+    return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory)
+
+
+class LossScaler:
+    """Dynamic loss scaling for float16 autocast (GPUs without fast bfloat16, e.g. a T4): the loss is multiplied
+    by the scale before backward and the gradients divided after; a step whose gradients overflow is skipped and
+    the scale halved, and after 2,000 good steps in a row the scale doubles. Disabled, it does nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.scale, self.good = (2.0**16 if enabled else 1.0), 0
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale if self.scale != 1.0 else loss
+
+    def unscale(self, row_grads, dense) -> list:
+        """Gradients back to their true size (row gradients returned, dense ``.grad`` in place)."""
+        if self.scale == 1.0:
+            return row_grads
+        for p in dense:
+            if p.grad is not None:
+                p.grad.div_(self.scale)
+        return [(r, g / self.scale) for r, g in row_grads]
+
+    def update(self, finite: bool) -> bool:
+        """Record one step's gradient norm being finite or not; returns whether the step is skipped."""
+        if not self.enabled:
+            return False
+        if not finite:
+            self.scale, self.good = self.scale / 2, 0
+            return True
+        self.good += 1
+        if self.good % 2000 == 0:
+            self.scale *= 2
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good": self.good}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good = state["scale"], state["good"]
+
+
+@dataclass
+class _Run:
+    """Everything one call of :func:`train` carries from phase to phase."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    texts: list
+    c: TrainConfig
+    background: BackgroundStats | None
+    mems: list
+    dense: list
+    dense_opt: torch.optim.Optimizer | None
+    rules: list
+    rank: int
+    world: int
+    plan: list
+    rand: torch.Generator
+    device: torch.device
+    amp: torch.dtype | None
+    scaler: LossScaler
+    ckpt: Path | None
+    identity: dict
+    start: int = 0
+    seconds: float = 0.0
+    log: list = field(default_factory=list)
+    trajectory: list = field(default_factory=list)
+
+
+def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) -> _Run:
+    """Check the inputs, set what trains, and build the optimizers, the data order and the random streams."""
     if not texts:
         raise ValueError("no training texts given")
     if METHODS[c.method].sparse and SELECTORS[c.selector].needs_background:
@@ -530,150 +477,139 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     if mems and c.top_t > mems[0].config.n_slots:
         warnings.warn(f"top_t={c.top_t} is more rows than a memory layer has ({mems[0].config.n_slots} slots): every "
                       "read row is selected, so SMF updates whatever the batch reads (the paper takes about 3% of the "
-                      "slots)", stacklevel=2)
-    device = next(model.parameters()).device
+                      "slots)", stacklevel=3)
     dense = [p for n, p in model.named_parameters() if p.requires_grad and not (mems and n.endswith("values.weight"))]
-    dense_opt = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None
-    rules = [UPDATES[c.update].make(m.values.weight, weight_decay=c.weight_decay) for m in mems]
     rank, world = distributed()
     if world > 1 and c.micro_batch < world:
         raise ValueError(f"micro_batch={c.micro_batch} is smaller than the {world} processes: each process takes "
                          "an equal share of every micro-batch; raise micro_batch to at least the world size")
-    plan = micro_batches(len(texts), c)
-    probe_at = {s for s in probe_steps if 0 < s <= len(plan)}
-    rand = torch.Generator().manual_seed(c.seed)
+    run = _Run(model=model, tokenizer=tokenizer, texts=texts, c=c, background=background, mems=mems, dense=dense,
+               dense_opt=torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None,
+               rules=[UPDATES[c.update].make(m.values.weight, weight_decay=c.weight_decay) for m in mems],
+               rank=rank, world=world, plan=micro_batches(len(texts), c), rand=torch.Generator().manual_seed(c.seed),
+               device=next(model.parameters()).device, amp=getattr(torch, c.autocast) if c.autocast else None,
+               scaler=LossScaler(c.autocast == "float16"),
+               ckpt=Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None,
+               identity={"config": asdict(c), "texts": texts_fingerprint(texts), "n_texts": len(texts)})
     torch.manual_seed(c.seed)  # dropout (LoRA)
-    log, trajectory, start, seconds = [], [], 0, 0.0
-    amp = getattr(torch, c.autocast) if c.autocast else None
-    scaler = {"scale": 2.0**16 if c.autocast == "float16" else 1.0, "good": 0}
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    identity = {"config": asdict(c), "texts": texts_fingerprint(texts), "n_texts": len(texts)}
-    if ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt, identity)
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for k, v in state["params"].items():
-                params[k].copy_(v)
-        if dense_opt:
-            dense_opt.load_state_dict(state["dense_opt"])
-        for rule, st in zip(rules, state["rules"]):
-            rule.load_state_dict(st)
-        rand.set_state(state["rand"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start, log, seconds, trajectory = state["step"], state["log"], state["seconds"], state["trajectory"]
-        scaler = state["scaler"]
-    if probe is not None and start == 0:
-        trajectory.append(_run_probe(probe, model, 0))
-    model.train()
-    set_recording(model, bool(mems))
-    bar = tqdm(total=len(plan), initial=start, desc=c.method, disable=not progress or rank > 0)
-    try:
-        for step in range(start, len(plan)):
-            t0 = time.perf_counter()
-            lr = c.lr * lr_factor(step, c.warmup_steps, len(plan), c.schedule)
-            group, total_loss = plan[step], 0.0
-            counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
-            parts = [[] for _ in mems]
-            batches = [collate_batch(tokenizer, [texts[i] for i in mb[rank::world]], c.max_length, device)
-                       for mb in group]
-            scored = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # tokens each loss averages over
-            step_tokens = float(_all_reduce_sum(torch.tensor(float(sum(scored))), world)) / world
-            for batch, n_scored in zip(batches, scored):
-                weight = n_scored / max(step_tokens, 1) if c.loss_average == "step-tokens" else 1 / len(group)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = model(**batch).loss.float() * weight
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the training loss is {loss.item()} at step {step + 1} of "
-                                           f"{len(plan)} ({c.method}, lr {c.lr:g}); lower the learning rate or "
-                                           "check the data. No metrics are written for this run")
-                (loss * scaler["scale"] if scaler["scale"] != 1.0 else loss).backward()
-                total_loss += loss.item()
-                if not mems:
-                    continue
-                mb_counts = batch_counts(model, None if c.count_padding else batch["attention_mask"])
-                grads = _take_row_grads(mems)
-                if c.select_per_microbatch:
-                    # every process sums the same counts, so every process selects the same rows
-                    mb_counts = [_all_reduce_sum(x, world) for x in mb_counts]
-                    chosen = select_for_layers(mb_counts, c.selector, c.top_t, background, rand, c.deterministic_ties)
-                    grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
-                for j in range(len(mems)):
-                    counts[j] += mb_counts[j]
-                    parts[j].append(grads[j])
-            row_grads = [_merge(p, m.values.weight) for p, m in zip(parts, mems)]
-            if mems and not c.select_per_microbatch:
-                counts = [_all_reduce_sum(x, world) for x in counts]
-                chosen = select_for_layers(counts, c.selector, c.top_t, background, rand, c.deterministic_ties)
-                row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
-            if world > 1:  # average gradients over processes (the selected rows are the same everywhere)
-                row_grads = [(r, _all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]
-                for p in dense:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    p.grad = _all_reduce_mean(p.grad, world)
-                total_loss = float(_all_reduce_mean(torch.tensor(total_loss), world))
-            if scaler["scale"] != 1.0:  # float16 loss scaling: gradients back to their true size
-                row_grads = [(r, g / scaler["scale"]) for r, g in row_grads]
-                for p in dense:
-                    if p.grad is not None:
-                        p.grad.div_(scaler["scale"])
-            sq = sum(float(g.float().square().sum()) for _, g in row_grads)
-            sq += sum(float(p.grad.float().square().sum()) for p in dense if p.grad is not None)
-            norm = math.sqrt(sq)
-            skipped = not math.isfinite(norm) and c.autocast == "float16"
-            if skipped:  # float16 overflow: skip the step, halve the scale
-                scaler["scale"], scaler["good"] = scaler["scale"] / 2, 0
-                if dense_opt is not None:
-                    dense_opt.zero_grad(set_to_none=True)
-                row_grads = [(r[:0], g[:0]) for r, g in row_grads]
-            elif c.autocast == "float16":
-                scaler["good"] += 1
-                if scaler["good"] % 2000 == 0:
-                    scaler["scale"] *= 2
-            if not math.isfinite(norm) and c.autocast != "float16":
-                raise TrainingDiverged(f"the gradient norm is {norm} at step {step + 1} of {len(plan)} ({c.method}, "
-                                       f"lr {c.lr:g}); lower the learning rate. No metrics are written for this run")
-            scale = min(1.0, c.clip / (norm + 1e-6)) if c.clip else 1.0
-            if scale < 1.0:
-                row_grads = [(r, g * scale) for r, g in row_grads]
-                for p in dense:
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
-            for rule, (rows, g) in zip(rules, row_grads):
-                if not skipped:
-                    rule.step(rows, g, lr)
-            if dense_opt is not None and not skipped:
-                for grp in dense_opt.param_groups:
-                    grp["lr"] = lr
-                dense_opt.step()
-                dense_opt.zero_grad(set_to_none=True)
-            seconds += time.perf_counter() - t0
-            log.append({"step": step + 1, "loss": total_loss, "lr": lr, "grad_norm": None if skipped else norm,
-                        "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": seconds,
-                        **({"skipped": True} if skipped else {})})
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.3f}")
-            if probe is not None and step + 1 in probe_at:
-                set_recording(model, False)
-                trajectory.append(_run_probe(probe, model, step + 1))
-                set_recording(model, bool(mems))
-            last = step + 1 == len(plan)
-            if ckpt is not None and rank == 0 and c.checkpoint_every and ((step + 1) % c.checkpoint_every == 0 or last):
-                _save_checkpoint(ckpt, identity, model, dense_opt, rules, rand, step + 1, log, seconds, trajectory,
-                                 scaler)
-    finally:
-        bar.close()
-        set_recording(model, False)
-        for m in mems:
-            m.sparse_grad = False
-    _check_finished(model, tokenizer, texts, plan, c, device, rank, world)
-    model.eval()
-    model.requires_grad_(False)
-    model = METHODS[c.method].finish(model)
-    states = [r.state_dict() for r in rules] + ([dense_opt.state_dict()] if dense_opt else [])
-    return TrainResult(model, log, seconds, _tensor_bytes(states), trajectory)
+    return run
+
+
+def _resume(run: _Run) -> None:
+    """Restore parameters, optimizer states, random streams and logs from the run's checkpoint."""
+    state = _load_checkpoint(run.ckpt, run.identity)
+    with torch.no_grad():
+        params = dict(run.model.named_parameters())
+        for k, v in state["params"].items():
+            params[k].copy_(v)
+    if run.dense_opt:
+        run.dense_opt.load_state_dict(state["dense_opt"])
+    for rule, st in zip(run.rules, state["rules"]):
+        rule.load_state_dict(st)
+    run.rand.set_state(state["rand"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.start, run.log, run.seconds, run.trajectory = state["step"], state["log"], state["seconds"], state["trajectory"]
+    run.scaler.load_state_dict(state["scaler"])
+
+
+def _accumulate(run: _Run, step: int):
+    """Forward and backward over the step's micro-batches: the value rows' gradients per memory layer (restricted
+    to each micro-batch's selection when the paper's per-micro-batch selection is on), the read counts, and the
+    step's loss."""
+    c, mems, group = run.c, run.mems, run.plan[step]
+    counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
+    parts, total_loss = [[] for _ in mems], 0.0
+    batches = [collate_batch(run.tokenizer, [run.texts[i] for i in mb[run.rank::run.world]], c.max_length, run.device)
+               for mb in group]
+    scored = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # tokens each loss averages over
+    step_tokens = float(all_reduce_sum(torch.tensor(float(sum(scored))), run.world)) / run.world
+    for batch, n_scored in zip(batches, scored):
+        weight = n_scored / max(step_tokens, 1) if c.loss_average == "step-tokens" else 1 / len(group)
+        with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
+            loss = run.model(**batch).loss.float() * weight
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the training loss is {loss.item()} at step {step + 1} of {len(run.plan)} "
+                                   f"({c.method}, lr {c.lr:g}); lower the learning rate or check the data. No "
+                                   "metrics are written for this run")
+        run.scaler.scaled(loss).backward()
+        total_loss += loss.item()
+        if not mems:
+            continue
+        mb_counts = batch_counts(run.model, None if c.count_padding else batch["attention_mask"])
+        grads = _take_row_grads(mems)
+        if c.select_per_microbatch:
+            # every process sums the same counts, so every process selects the same rows
+            mb_counts = [all_reduce_sum(x, run.world) for x in mb_counts]
+            chosen = select_for_layers(mb_counts, c.selector, c.top_t, run.background, run.rand, c.deterministic_ties)
+            grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
+        for j in range(len(mems)):
+            counts[j] += mb_counts[j]
+            parts[j].append(grads[j])
+    return [_merge(p, m.values.weight) for p, m in zip(parts, mems)], counts, total_loss
+
+
+def _reduce(run: _Run, row_grads, counts, total_loss: float):
+    """Select the step's rows from its summed read counts, and average gradients and the loss over processes."""
+    c, world = run.c, run.world
+    if run.mems and not c.select_per_microbatch:
+        counts = [all_reduce_sum(x, world) for x in counts]
+        chosen = select_for_layers(counts, c.selector, c.top_t, run.background, run.rand, c.deterministic_ties)
+        row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
+    if world > 1:  # the selected rows are the same everywhere
+        row_grads = [(r, all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]
+        for p in run.dense:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad = all_reduce_mean(p.grad, world)
+        total_loss = float(all_reduce_mean(torch.tensor(total_loss), world))
+    return row_grads, total_loss
+
+
+def _unscale_and_clip(run: _Run, row_grads, step: int):
+    """Undo the loss scale, skip a float16 overflow (or stop on a non-finite norm) and clip the global norm."""
+    c = run.c
+    row_grads = run.scaler.unscale(row_grads, run.dense)
+    sq = sum(float(g.float().square().sum()) for _, g in row_grads)
+    sq += sum(float(p.grad.float().square().sum()) for p in run.dense if p.grad is not None)
+    norm = math.sqrt(sq)
+    skipped = run.scaler.update(math.isfinite(norm))
+    if skipped:
+        if run.dense_opt is not None:
+            run.dense_opt.zero_grad(set_to_none=True)
+        return [(r[:0], g[:0]) for r, g in row_grads], norm, True
+    if not math.isfinite(norm):
+        raise TrainingDiverged(f"the gradient norm is {norm} at step {step + 1} of {len(run.plan)} ({c.method}, "
+                               f"lr {c.lr:g}); lower the learning rate. No metrics are written for this run")
+    scale = min(1.0, c.clip / (norm + 1e-6)) if c.clip else 1.0
+    if scale < 1.0:
+        row_grads = [(r, g * scale) for r, g in row_grads]
+        for p in run.dense:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return row_grads, norm, False
+
+
+def _apply(run: _Run, row_grads, lr: float) -> None:
+    """Move the selected value rows through their update rule and the dense parameters through AdamW."""
+    for rule, (rows, g) in zip(run.rules, row_grads):
+        rule.step(rows, g, lr)
+    if run.dense_opt is not None:
+        for grp in run.dense_opt.param_groups:
+            grp["lr"] = lr
+        run.dense_opt.step()
+        run.dense_opt.zero_grad(set_to_none=True)
+
+
+def _checkpoint(run: _Run, done: int) -> None:
+    """Every ``checkpoint_every`` steps and after the last one (process 0 only)."""
+    c = run.c
+    if run.ckpt is None or run.rank != 0 or not c.checkpoint_every:
+        return
+    if done % c.checkpoint_every == 0 or done == len(run.plan):
+        _save_checkpoint(run.ckpt, run.identity, run.model, run.dense_opt, run.rules, run.rand, done, run.log,
+                         run.seconds, run.trajectory, run.scaler.state_dict())
 
 
 def _check_finished(model, tokenizer, texts, plan, c, device, rank, world) -> None:

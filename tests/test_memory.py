@@ -202,9 +202,23 @@ def test_edited_or_damaged_adapters_fail_clearly(mem_model, tmp_path, damage, ms
     meta = json.loads((tmp_path / "delta" / "memory_config.json").read_text())
     damage(tmp_path / "delta", meta)
     fresh = S.tiny_model("llama")
-    with pytest.raises(ValueError, match=msg):
+    # the checksums in the config catch any edit first, naming the file ...
+    with pytest.raises(ValueError, match=f"{msg}|was edited after saving|do not match the checksum"):
         S.load_memory(fresh, tmp_path / "delta")
     assert not S.memory_layers(fresh)  # the model is left as it was
+    # ... and without them (an adapter written before checksums), the deeper checks still say what is wrong
+    config = tmp_path / "delta" / "memory_config.json"
+    try:
+        edited = json.loads(config.read_text())
+    except json.JSONDecodeError:
+        edited = None
+    if isinstance(edited, dict):
+        for key in ("weights_sha256", "config_sha256", "alphas"):
+            edited.pop(key, None)
+        config.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=msg):
+        S.load_memory(fresh, tmp_path / "delta")
+    assert not S.memory_layers(fresh)
 
 
 def test_wrong_base_refused(mem_model, tmp_path):
