@@ -18,6 +18,8 @@ import inspect
 import math
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -427,3 +429,87 @@ def drift(model, items, reference: list[dict], batch_size: int = 4, exact_refere
     n = len(out)
     return {"kl": sum(i["kl"] for i in out) / n, "loglik": sum(i["loglik"] for i in out) / n, "items": out,
             "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The probe registry: what each probe measures, from which per-item arrays, which way is better, and its cost
+
+def _mean(arrays):
+    return arrays[0].mean(axis=-1)
+
+
+def _ppl(arrays):
+    import numpy as np
+
+    return np.exp(arrays[0].sum(axis=-1) / arrays[1].sum(axis=-1))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a probe reports, computed from per-item arrays so two runs pair item by item.
+
+    Args:
+        items: the per-item arrays (keys of a run record's ``items``) it is computed from.
+        compute: ``arrays -> value`` (vectorised over a leading axis of bootstrap resamples).
+        better: +1 when higher is better, -1 when lower is.
+        kind: ``"learning"`` (the task) or ``"retention"`` (what the model knew).
+        label: its name in figures and tables.
+        scale: the factor tables show it with (100: a fraction shown in points).
+        unit: its unit as tables show it.
+    """
+
+    items: tuple[str, ...]
+    compute: Callable
+    better: int
+    kind: str
+    label: str
+    scale: float = 1.0
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: its scorer, its metrics, and its cost per item (tokens scored per item, in units of one
+    training text's tokens) for the runtime estimate."""
+
+    scorer: Callable
+    metrics: dict
+    cost: float
+
+
+def _accuracy(prefix: str, what: str, kind: str) -> dict:
+    return {
+        f"{prefix}_acc": Metric((f"{prefix}_correct",), _mean, 1, kind, f"{what}: accuracy", 100, "points"),
+        f"{prefix}_gold_loglik": Metric((f"{prefix}_gold_loglik",), _mean, 1, kind, f"{what}: gold-option log-lik",
+                                        unit="nats"),
+        f"{prefix}_gold_margin": Metric((f"{prefix}_gold_margin",), _mean, 1, kind,
+                                        f"{what}: gold margin over the best distractor", unit="nats"),
+        f"{prefix}_gold_prob": Metric((f"{prefix}_gold_prob",), _mean, 1, kind,
+                                      f"{what}: gold probability among the four", 100, "points"),
+    }
+
+
+#: The probes by name. A new probe is a scorer and one entry here; the paired statistics, the figures' labels and
+#: the runtime estimate read it.
+PROBES: dict[str, Probe] = {
+    "medmcqa": Probe(medmcqa_accuracy, _accuracy("medmcqa", "MedMCQA", "learning"), cost=1.2),
+    "acquisition": Probe(medmcqa_accuracy, _accuracy("acquisition", "trained questions", "learning"), cost=1.0),
+    "wikitext": Probe(perplexity, {
+        "wikitext_ppl": Metric(("wikitext_window_nll", "wikitext_window_tokens"), _ppl, -1, "retention",
+                               "WikiText perplexity"),
+        "wikitext_drift_kl": Metric(("wikitext_drift_kl",), _mean, -1, "retention", "drift on WikiText (KL)",
+                                    unit="nats")}, cost=0.6),
+    "chat": Probe(drift, {
+        "chat_drift_kl": Metric(("chat_drift_kl",), _mean, -1, "retention", "drift on chat (KL)", unit="nats"),
+        "chat_loglik": Metric(("chat_loglik",), _mean, 1, "retention", "held-out chat log-lik", unit="nats")},
+        cost=1.7),
+    "triviaqa": Probe(triviaqa_accuracy, {
+        "triviaqa_acc": Metric(("triviaqa_correct",), _mean, 1, "retention", "TriviaQA accuracy", 100, "points"),
+        "triviaqa_alias_loglik": Metric(("triviaqa_alias_loglik",), _mean, 1, "retention", "TriviaQA alias log-lik",
+                                        unit="nats")}, cost=0.3),
+}
+
+
+def metrics() -> dict[str, Metric]:
+    """Every registered probe's metrics, by name."""
+    return {name: m for probe in PROBES.values() for name, m in probe.metrics.items()}

@@ -98,3 +98,28 @@ def test_real_data_folder():
     assert len(D.load_wikitext_lines(None)) > 1000
     bg = D.load_background(None)
     assert not any(s.startswith("Du Fu ") or s.startswith("Nero ") for s in bg)
+
+
+def test_fetch_data_writes_the_layout_the_loaders_read(tmp_path, monkeypatch):
+    """`python -m smf_lib data --to DIR` on a stand-in Hub: every file of the layout, read back by the loaders."""
+    import smf_lib.fetch as F
+    from smf_lib import data as D
+
+    msgs = [{"message_id": "p1", "parent_id": None, "role": "prompter", "lang": "en", "rank": None,
+             "text": "How do plants make food from light?"},
+            {"message_id": "a1", "parent_id": "p1", "role": "assistant", "lang": "en", "rank": 0,
+             "text": "Plants use photosynthesis: chlorophyll captures light to turn water and CO2 into sugar."}]
+    med = [{"question": "q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 2, "choice_type": "single"}]
+    hub = {("medmcqa", "train"): med, ("medmcqa", "validation"): med,
+           ("wikitext", "test"): [{"text": " = Title = \n"}, {"text": " Some text .\n"}],
+           ("triviaqa", "validation"): [{"question": "Capital of France?", "answer": {"aliases": ["Paris"]}}],
+           ("oasst1", "validation"): msgs, ("oasst1", "train"): msgs}
+    monkeypatch.setattr(F, "_hub", lambda name, split: hub[(name, split)])
+    F.fetch_data(tmp_path, progress=False)
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == set(F.LAYOUT)
+    assert D.load_medmcqa("validation", root=tmp_path)[0]["cop"] == 2
+    assert D.load_triviaqa(root=tmp_path)[0]["aliases"] == ["Paris"]
+    assert D.load_oasst1_pairs(root=tmp_path) == [(msgs[0]["text"], msgs[1]["text"])]
+    assert D.load_oasst1_replies("train", root=tmp_path) == [msgs[1]["text"]]
+    assert D.load_background(root=tmp_path) == [msgs[1]["text"]]
+    assert "Some text" in D.wikitext_text(root=tmp_path)

@@ -177,3 +177,33 @@ def test_drift_is_zero_for_the_same_model_and_exact_with_the_whole_vocabulary(mo
                     progress=False)
     for it in small["items"]:
         assert 0 < it["kl"] <= it["kl_exact"] + 1e-6  # coarsening only lowers the KL
+
+
+def test_a_new_probe_is_one_scorer_and_one_registry_entry(monkeypatch):
+    """A toy probe added to PROBES is compared by the paired statistics, labelled in figures and costed."""
+    import numpy as np
+
+    from smf_lib.study.cost import estimate_runtime
+    from smf_lib.study.paired_stats import METRICS, paired_bootstrap
+    from smf_lib.study.presets import get_preset
+    from smf_lib.views.plotting import LABELS
+
+    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=0.0, metrics={
+        "toy_hits": P.Metric(("toy_hit",), lambda a: a[0].mean(axis=-1), 1, "retention", "toy hit rate", 100)})
+    monkeypatch.setitem(P.PROBES, "toy", toy)
+    assert "toy_hits" in METRICS and LABELS["toy_hits"] == "toy hit rate"
+    ci = paired_bootstrap({"toy_hit": [0, 0, 1, 0]}, {"toy_hit": [1, 1, 1, 0]}, "toy_hits", n_boot=200)
+    assert ci["delta"] == 0.5 and ci["lo"] <= 0.5 <= ci["hi"]
+    assert np.isfinite(estimate_runtime(get_preset("smoke"), 1e12)["minutes"].iloc[-1])
+
+
+def test_every_metric_names_the_arrays_the_evaluation_writes(tmp_path):
+    """The registry's item keys and the keys evaluate() writes are the same strings (a smoke grid's base run)."""
+    import json
+
+    from smf_lib.study.cli import main
+
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--methods", "base", "--no-progress"]) == 0
+    items = json.loads((tmp_path / "runs" / "base.json").read_text())["items"]
+    missing = {name: m.items for name, m in P.metrics().items() if not set(m.items) <= set(items)}
+    assert not missing, missing

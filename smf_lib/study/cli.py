@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     dp.add_argument("--to", required=True, metavar="DIR")
     args = ap.parse_args(argv)
     if args.cmd == "data":
-        from ..data import fetch_data
+        from ..fetch import fetch_data
 
         folder = fetch_data(args.to)
         print(f"done: export SMF_DATA_DIR={folder.resolve()}")

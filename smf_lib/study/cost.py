@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..probes import PROBES
 from .arms import GRID_METHODS
 from .plan import plan
 
@@ -95,8 +96,9 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
         rows.append(("retrofit", retro, 4 * n * retro))
         bg = p.background_n * tokens_per_text
         rows.append(("background statistics", bg, 2 * n * bg))
-    full_eval = (p.medmcqa_n * 1.2 + p.acquisition_n + p.chat_n * 1.7 + p.wikitext_lines * 0.6
-                 + p.triviaqa_n * 0.3) * tokens_per_text
+    sizes = {"medmcqa": p.medmcqa_n, "acquisition": p.acquisition_n, "chat": p.chat_n,
+             "wikitext": p.wikitext_lines, "triviaqa": p.triviaqa_n}  # a new probe's size goes here
+    full_eval = sum(PROBES[name].cost * n for name, n in sizes.items() if name in PROBES) * tokens_per_text
     cheap = sum(p.cheap.get(k, 0) for k in ("medmcqa", "acquisition", "chat")) * tokens_per_text
     for s in plan(p):
         gm = GRID_METHODS[s.method]

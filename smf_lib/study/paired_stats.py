@@ -4,33 +4,34 @@ McNemar's test. Two runs are compared on the same items, so item difficulty canc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-
-def _mean(a):
-    return a[0].mean(axis=-1)
+from ..probes import metrics as probe_metrics
 
 
-# metric -> (item arrays it is computed from, how the metric is computed from them, +1 if higher is better
-# else -1, what it measures)
-METRICS = {
-    "medmcqa_acc": (("medmcqa_correct",), _mean, 1, "learning"),
-    "medmcqa_gold_loglik": (("medmcqa_gold_loglik",), _mean, 1, "learning"),
-    "medmcqa_gold_margin": (("medmcqa_gold_margin",), _mean, 1, "learning"),
-    "medmcqa_gold_prob": (("medmcqa_gold_prob",), _mean, 1, "learning"),
-    "acquisition_acc": (("acquisition_correct",), _mean, 1, "learning"),
-    "acquisition_gold_margin": (("acquisition_gold_margin",), _mean, 1, "learning"),
-    "acquisition_gold_prob": (("acquisition_gold_prob",), _mean, 1, "learning"),
-    "acquisition_gold_loglik": (("acquisition_gold_loglik",), _mean, 1, "learning"),
-    "wikitext_ppl": (("wikitext_window_nll", "wikitext_window_tokens"),
-                     lambda a: np.exp(a[0].sum(axis=-1) / a[1].sum(axis=-1)), -1, "retention"),
-    "wikitext_drift_kl": (("wikitext_drift_kl",), _mean, -1, "retention"),
-    "chat_drift_kl": (("chat_drift_kl",), _mean, -1, "retention"),
-    "chat_loglik": (("chat_loglik",), _mean, 1, "retention"),
-    "triviaqa_acc": (("triviaqa_correct",), _mean, 1, "retention"),
-    "triviaqa_alias_loglik": (("triviaqa_alias_loglik",), _mean, 1, "retention"),
-}
+def metric_table() -> dict:
+    """metric -> (item arrays it is computed from, how it is computed from them, +1 if higher is better else -1,
+    what it measures), read from the probe registry (:data:`smf_lib.probes.PROBES`) each time, so a probe added
+    there is compared too."""
+    return {name: (m.items, m.compute, m.better, m.kind) for name, m in probe_metrics().items()}
+
+
+class _MetricView(Mapping):
+    """:func:`metric_table` as a read-only mapping that follows the registry (a probe added later is included)."""
+
+    def __getitem__(self, key):
+        return metric_table()[key]
+
+    def __iter__(self):
+        return iter(metric_table())
+
+    def __len__(self):
+        return len(metric_table())
+
+
+METRICS = _MetricView()
 
 
 def paired_bootstrap(base: dict, other: dict, metric: str, n_boot: int = 2000, seed: int = 0) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..probes import metrics as probe_metrics
 from ..files import atomic_write, read_json
 from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
@@ -273,7 +274,7 @@ def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc"
         for m in metrics:
             if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
                 continue
-            s = 100 if m.endswith("_acc") else 1
+            s = probe_metrics()[m].scale if m in probe_metrics() else 1
             row[m.replace("_", " ")] = _cell(r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,16 +12,26 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from ..probes import metrics as probe_metrics
 from ..selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 from ..study.arms import PALETTE
 from ..study.paired_stats import METRICS
 from ..study.results import _rate, _seed
 
-LABELS = {"medmcqa_acc": "MedMCQA accuracy", "wikitext_ppl": "WikiText perplexity",
-          "triviaqa_acc": "TriviaQA accuracy", "medmcqa_gold_loglik": "MedMCQA gold-option log-lik",
-          "triviaqa_alias_loglik": "TriviaQA alias log-lik", "acquisition_acc": "accuracy on trained questions",
-          "acquisition_gold_loglik": "trained questions: gold log-lik", "chat_drift_kl": "drift on chat (KL)",
-          "wikitext_drift_kl": "drift on WikiText (KL)", "chat_loglik": "held-out chat log-lik"}
+class _Labels(Mapping):
+    """Each metric's label, from the probe registry (:data:`smf_lib.probes.PROBES`), read on every access."""
+
+    def __getitem__(self, key):
+        return probe_metrics()[key].label
+
+    def __iter__(self):
+        return iter(probe_metrics())
+
+    def __len__(self):
+        return len(probe_metrics())
+
+
+LABELS = _Labels()
 
 
 class Panels:
