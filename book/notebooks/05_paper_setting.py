@@ -25,8 +25,8 @@
 # The `paper` preset is the authors' protocol as data: Qwen2.5-0.5B-Instruct in bfloat16 with float32 memories
 # at layers 6, 12 and 18 (16,384 slots each), the paper's initialisation, a retrofit on OASST1 train, 2,000
 # background documents, MedMCQA (a 60k sample per seed, 3 epochs, top-t 512) and the paper's evaluation in
-# bfloat16. It needs GPU-hours. The `colab` preset is the same model sized for one free Colab GPU (a T4) in
-# about 45 minutes: base, SMF-KL, LoRA and full finetuning.
+# bfloat16. It needs GPU-hours. The `colab` preset is the same model sized for one free Colab GPU (a T4): base,
+# SMF-KL, LoRA and full finetuning, in the minutes that this chapter's runtime estimate gives below.
 #
 # **In this chapter you will**
 #
@@ -66,7 +66,7 @@ from smf_lib.study.presets import get_preset, protocol_table
 from smf_lib.study.results import delta_table, load_results
 
 # The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU,
-# about 45 minutes on a T4), "paper" (the authors' full protocol, GPU-hours)
+# sized for a T4: see the estimate below), "paper" (the authors' full protocol, GPU-hours)
 # or "smoke" (a tiny random model: checks the pipeline).
 MODEL = "colab"
 SEED = 0
@@ -155,8 +155,8 @@ delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
 # ## Summary
 # - The `paper` preset reproduces the authors' protocol setting by setting; every departure of the other presets
 #   is listed with its reason by `python -m smf_lib protocol`.
-# - The `colab` preset fits base, SMF-KL, LoRA and full finetuning on Qwen2.5-0.5B-Instruct into about 45
-#   minutes of one T4 by estimate; it has not been run for this book.
+# - The `colab` preset fits base, SMF-KL, LoRA and full finetuning on Qwen2.5-0.5B-Instruct onto one T4, in the
+#   minutes of the estimate above; it has not been run for this book, so that number is an estimate only.
 #
 # ## Exercises
 # 1. (CPU, about 1 minute) Set `MODEL = "paper"` and read its departures table. Why is it empty, and which settings
@@ -210,7 +210,7 @@ delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
 #    model learn more of MedMCQA for the same drift?
 #
 #    :::{dropdown} Hint
-#    `python -m smf_lib run --preset colab` takes about 45 minutes on a T4 by the chapter's estimate, and resumes
+#    `python -m smf_lib run --preset colab` takes the estimate's minutes on a T4 (not measured), and resumes
 #    after a disconnect. Before comparing, check the retrofit:
 #    `python -m smf_lib status --preset colab --out results/colab` prints the memory's share of the MLP's output
 #    per layer.

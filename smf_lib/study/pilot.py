@@ -92,8 +92,8 @@ def run_recipe(init: str, lr: float, out: str | Path, s: PilotSettings | None = 
     """Retrofit one recipe and record its memory's health along the way (resumable; skipped when done).
 
     Returns:
-        The recipe's record: settings, seconds, and a ``trajectory`` of health points (step, share per layer, loss,
-        loss change from step 0 with its paired interval).
+        dict: the recipe's record: settings, seconds, and a ``trajectory`` of health points (step, share per layer,
+        loss, loss change from step 0 with its paired interval).
     """
     s = s or PilotSettings()
     out = Path(out)

@@ -1,6 +1,6 @@
 """Experiment presets, as data: the model, the memory, data sizes, training settings and the grid of runs.
 
-``python -m smf_lib run --preset NAME`` runs one (see :mod:`smf_lib.runner`).
+``python -m smf_lib run --preset NAME`` runs one (see :mod:`smf_lib.study.runner`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Preset:
             default tokenizer).
         data: local data folder (``None``: ``$SMF_DATA_DIR`` or the Hub; ``"fixtures"``: the packaged fixtures).
         memory: :class:`~smf_lib.memory.MemoryConfig` fields.
-        methods: the grid's method names (keys of :data:`smf_lib.methods.GRID_METHODS`).
+        methods: the grid's method names (keys of :data:`smf_lib.study.arms.GRID_METHODS`).
         seeds: training seeds of the methods in ``multi_seed``; every other method runs with the first seed.
         multi_seed: methods run with every seed.
         sweep: extra peak learning rates per method.
@@ -285,10 +285,11 @@ PRESETS = {
 }
 
 
-# One free Colab GPU (T4, 16 GB, no fast bfloat16) in about 45 minutes: base, SMF-KL, LoRA and full finetuning on
-# Qwen2.5-0.5B-Instruct. "auto" precision: bfloat16 model + float32 memory where the GPU supports bfloat16, else
-# float32 master weights with float16 autocast and loss scaling (smf_lib.perf.estimate_runtime gives the
-# budget; chapter 5 shows it).
+# One free Colab GPU (T4, 16 GB, no fast bfloat16), sized by the runtime estimate of chapter 5: base, SMF-KL,
+# LoRA and full finetuning on Qwen2.5-0.5B-Instruct. "auto" precision: bfloat16 model + float32 memory where the
+# GPU supports bfloat16, else float32 master weights with float16 autocast and loss scaling
+# (smf_lib.study.cost.estimate_runtime gives the budget; chapter 5 shows it).
+T4 = "sized for one T4 (chapter 5 estimates its minutes)"
 PRESETS["colab"] = Preset(
     name="colab", model=PAPER_MODEL, data="hub", methods=("base", "smf-kl", "lora", "full"), seeds=(0,),
     memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256),
@@ -308,11 +309,11 @@ PRESETS["colab"] = Preset(
                        "autocast (a T4 has no fast bfloat16)",
         "evaluation dtype": "as trained (see model dtype)",
         "full finetuning precision": "as the model dtype",
-        "retrofit texts": "one T4 in about 45 minutes", "retrofit epochs": "one T4 in about 45 minutes",
-        "background statistics": "one T4 in about 45 minutes",
-        "MedMCQA training questions": "one T4 in about 45 minutes",
+        "retrofit texts": T4, "retrofit epochs": T4,
+        "background statistics": T4,
+        "MedMCQA training questions": T4,
         "MedMCQA training sample": "one fixed sample (one seed)",
-        "task epochs": "one T4 in about 45 minutes", "batch (micro x accumulation)": "8 x 2: fewer steps on a GPU",
+        "task epochs": T4, "batch (micro x accumulation)": "8 x 2: fewer steps on a GPU",
         "max length": "512: MedMCQA texts are shorter; memory on a T4", "warm-up steps": "250 steps in all",
         "warm-up schedule": "project default: the first step is not wasted at rate 0",
         "deterministic ties": "project default: reproducible selections",
@@ -321,7 +322,8 @@ PRESETS["colab"] = Preset(
         "first perplexity window": "project default: the first window scores one token fewer, counted so",
         "memory init": "project default: zero values, the model is unchanged at insertion",
     },
-    notes="Qwen2.5-0.5B-Instruct on one Colab T4 in about 45 minutes: base, SMF-KL, LoRA, full finetuning")
+    notes="Qwen2.5-0.5B-Instruct sized for one Colab T4 (chapter 5 estimates its minutes; not run here): base, "
+          "SMF-KL, LoRA, full finetuning")
 
 # The pilot that chose the cpu regime: full finetuning at three rates, scored on dev items only (disjoint from
 # every reported item), to see whether this regime makes full finetuning forget.

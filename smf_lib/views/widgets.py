@@ -48,10 +48,10 @@ def _draw(counts, stats, layer: int, top_t: int, selector: str, label):
 
 def selection_explorer(counts, stats, layers: list[int] | None = None, top_t: int = 128, max_t: int = 1024,
                        layer: int = 0, selector: str = "kl", static: bool | None = None):
-    """A top-t slider, a selector dropdown and a memory-layer dropdown over ``smf_lib.plotting.plot_selection``.
+    """A top-t slider, a selector dropdown and a memory-layer dropdown over ``smf_lib.views.plotting.plot_selection``.
 
     Args:
-        counts: per-layer read counts of a task batch (from ``smf_lib.plotting.load_snapshot``).
+        counts: per-layer read counts of a task batch (from ``smf_lib.views.plotting.load_snapshot``).
         stats: background statistics of the same layers.
         layers: labels of the layers (decoder indices) for the dropdown.
         top_t: initial top-t.
@@ -101,7 +101,7 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
     the book's static HTML as in Jupyter. Needs ipywidgets 8 (``Stack``).
 
     Args:
-        counts: per-layer read counts of a task batch (from ``smf_lib.plotting.load_snapshot``).
+        counts: per-layer read counts of a task batch (from ``smf_lib.views.plotting.load_snapshot``).
         stats: background statistics of the same layers.
         layers: labels of the layers (decoder indices) for the dropdown.
         ts: the top-t values the slider steps through.
