@@ -118,3 +118,13 @@ def test_the_retrofit_pilot_records_health_along_the_way_and_resumes(tmp_path):
     assert len(table) == 6 and {"share_L1", "share_L2", "loss_lo"} <= set(table.columns)
     with pytest.raises(ValueError, match="other settings"):
         PL.run_recipe("zero", 1e-2, tmp_path, PL.PilotSettings(**{**s.__dict__, "steps": 4}), progress=False)
+    ls = PL.LearningSettings(steps=2, texts_per_step=2, micro_batch=2, max_length=64, dev_offset=0, dev_n=4,
+                             background_n=4, top_t=4)
+    rec = PL.smf_learning("zero-lr0.01", 3, tmp_path, s, ls, progress=False)
+    assert rec["retrofit_step"] == 3 and rec["dev_items"] == 4 and len(rec["loss_log"]) == 2
+    d = rec["deltas"]["medmcqa_gold_margin"]
+    assert d["lo"] <= d["delta"] <= d["hi"]
+    table = PL.learning_table(tmp_path)
+    assert list(table["retrofit_step"]) == [3] and {"d_gold_margin", "d_acc_lo", "share"} <= set(table.columns)
+    with pytest.raises(FileNotFoundError, match="save-adapters"):
+        PL.smf_learning("zero-lr0.01", 2, tmp_path, s, ls, progress=False)

@@ -91,3 +91,41 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
 def pd_rows(df) -> list:
     """The rows of a DataFrame, as Series."""
     return [r for _, r in df.iterrows()]
+
+
+def pilot_answer(pilot_folder: str | Path, min_share: float = 0.10) -> list[str]:
+    """The retrofit pilot in plain sentences: does the init matter, does the rate, and which recipe is chosen."""
+    from .pilot import pilot_table
+
+    t = pilot_table(pilot_folder)
+    if not len(t):
+        return ["The retrofit pilot has no finished recipe yet."]
+    last = t.sort_values("step").groupby("recipe").tail(1).set_index("recipe")
+    out = []
+    for lr, g in last.groupby("lr"):
+        if g["init"].nunique() > 1:
+            shares = ", ".join(f"{r.init} {r.min_share:.0%}" for r in g.itertuples())
+            spread = g["min_share"].max() - g["min_share"].min()
+            out.append(f"At rate {lr:g}, the inits end with their smallest layer's share at {shares} after "
+                       f"{int(g['step'].max())} steps: {'within' if spread < 0.05 else 'apart by'} "
+                       f"{spread * 100:.0f} points.")
+    first = {}
+    for recipe, g in t.groupby("recipe"):
+        ok = g[(g["min_share"] >= min_share) & (g["loss_hi"] < 0)].sort_values("step")
+        first[recipe] = int(ok["step"].iloc[0]) if len(ok) else None
+    reached = {r: s for r, s in first.items() if s is not None}
+    never = sorted(r for r, s in first.items() if s is None)
+    if reached:
+        out.append("Steps until every layer carries " f"{min_share:.0%} with a held-out gain: "
+                   + ", ".join(f"{r} {s}" for r, s in sorted(reached.items(), key=lambda kv: kv[1]))
+                   + (f"; never within the run: {', '.join(never)}" if never else "") + ".")
+    choice = pilot_choice(pilot_folder, min_share)
+    if choice:
+        from .presets import get_preset
+
+        p = get_preset("cpu")
+        steps = p.retrofit_n // (p.retrofit["micro_batch"] * p.retrofit["grad_accum"])
+        out.append(f"The cheapest is {choice['recipe']} ({choice['step']} steps); the cpu preset retrofits with "
+                   f"{p.memory.get('init', 'zero')} values at {p.lr['retrofit']:g} for {steps} steps of "
+                   f"{p.retrofit['micro_batch'] * p.retrofit['grad_accum']} replies, a recipe measured to its end.")
+    return out

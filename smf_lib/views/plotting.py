@@ -475,3 +475,31 @@ def plot_retrofit_pilot(table: pd.DataFrame, min_share: float = 0.10, split: boo
         return [f for f, _ in figs]
     fig.tight_layout()
     return fig
+
+
+def plot_learning_by_share(table: pd.DataFrame, metric: str = "d_gold_margin"):
+    """How much retrofit SMF needs (:func:`smf_lib.study.pilot.learning_table`): SMF-KL's learning in a fixed
+    number of steps on dev MedMCQA items, with its 95% interval, against the memory's share of the MLP's output at
+    each retrofit checkpoint (labelled with its retrofit step).
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for lr, g in table.groupby("lr"):
+        g = g.sort_values("share")
+        colour = PALETTE.get("smf-kl", "#1b9e77")
+        ax.errorbar(100 * g["share"], g[metric], yerr=[g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]],
+                    fmt="o-", color=colour, capsize=3, label=f"SMF-KL at {lr:g}")
+        for r in g.itertuples():
+            ax.annotate(f"step {r.retrofit_step}", (100 * r.share, getattr(r, metric)), textcoords="offset points",
+                        xytext=(6, 6), fontsize=9.5)
+    ax.axhline(0, color="#999999", linewidth=1, linestyle=":")
+    what = {"d_gold_margin": "gold margin over the best distractor (nats)", "d_gold_prob": "gold probability",
+            "d_acc": "accuracy"}.get(metric, metric)
+    ax.set_xlabel("memory's mean share of the MLP output after the retrofit (%)", fontsize=11)
+    ax.set_ylabel(f"change in {what} ↑", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
+    fig.tight_layout()
+    return fig
