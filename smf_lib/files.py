@@ -72,8 +72,10 @@ def checksum_path(path: str | Path) -> Path:
 
 
 def write_checked(path: str | Path, data) -> Path:
-    """:func:`atomic_write`, then the file's checksum beside it (written last: a file without one is unfinished
-    or older than checksums)."""
+    """:func:`atomic_write`, then the file's checksum beside it. The old checksum goes first, so a crash between
+    the two writes leaves a file without a checksum (accepted, like files older than checksums), never a file
+    with a stale one."""
+    checksum_path(path).unlink(missing_ok=True)
     atomic_write(path, data)
     atomic_write(checksum_path(path), file_sha256(path))
     return Path(path)
