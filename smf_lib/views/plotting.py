@@ -495,10 +495,11 @@ def plot_learning_by_share(table: pd.DataFrame, metric: str = "d_gold_margin"):
             ax.annotate(f"step {r.retrofit_step}", (100 * r.share, getattr(r, metric)), textcoords="offset points",
                         xytext=(6, 6), fontsize=9.5)
     ax.axhline(0, color="#999999", linewidth=1, linestyle=":")
-    what = {"d_gold_margin": "gold margin over the best distractor (nats)", "d_gold_prob": "gold probability",
-            "d_acc": "accuracy"}.get(metric, metric)
+    what = {"d_gold_margin": "gold margin (nats)", "d_gold_prob": "gold probability", "d_acc": "accuracy"}.get(
+        metric, metric)
     ax.set_xlabel("memory's mean share of the MLP output after the retrofit (%)", fontsize=11)
     ax.set_ylabel(f"change in {what} ↑", fontsize=11)
+    ax.set_title("SMF-KL's learning on dev items, by retrofit checkpoint", fontsize=11)
     ax.tick_params(labelsize=10)
     ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
     fig.tight_layout()
