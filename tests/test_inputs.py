@@ -244,3 +244,15 @@ def test_the_command_line_sets_rates_fields_and_the_data_folder():
         customise(get_preset("smoke"), fields=["no_such_field=1"])
     with pytest.raises(ValueError, match="train_n"):
         customise(get_preset("smoke"), fields=["train_n=-5"])
+
+
+@pytest.mark.parametrize("text, match", [("[]", "expected a JSON object"), ('{"method": "base"}', "missing"),
+                                         ('{"method": "base", "metrics": {"a": NaN}, "items": {}}', "non-finite")])
+def test_a_damaged_run_record_is_an_error_naming_its_file(tmp_path, text, match):
+    from smf_lib.study.results import load_runs
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "base.json").write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        load_runs(tmp_path)
+    assert "base.json" in str(err.value)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..probes import metrics as probe_metrics
-from ..files import atomic_write, read_json
+from ..files import atomic_write, read_json, read_record
 from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
 
@@ -30,8 +30,9 @@ def results_dir(name: str = "cpu", start: str | Path | None = None) -> Path:
 
 
 def load_runs(out: str | Path) -> list[dict]:
-    """All finished run records under ``out/runs`` (a damaged file raises an error naming it)."""
-    return [read_json(f) for f in sorted(Path(out).glob("runs/*.json"))]
+    """All finished run records under ``out/runs``. A damaged record (not JSON, a NaN or infinity, not an object,
+    or missing ``method``, ``metrics`` or ``items``) raises an error naming its file."""
+    return [read_record(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
 
 
 def load_results(name: str = "cpu", start: str | Path | None = None):
