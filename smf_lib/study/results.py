@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..probes import metrics as probe_metrics
-from ..files import atomic_write, read_json, read_record
+from ..files import atomic_write, read_record
 from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
 
