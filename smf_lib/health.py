@@ -117,6 +117,6 @@ def check_health(health: dict, min_share: float = MIN_SHARE, where: str = "the r
     warnings.warn(
         f"{where} carries less than {min_share:.0%} of the MLP's output ({layers}). Sparse updates of its rows "
         "can then barely change the model, so SMF will learn little whatever its rate. Retrofit longer or at a "
-        "higher rate (the cpu preset: 2e-3 for about 150 steps), or start from init='zero-w2'; "
+        "higher rate (the retrofit pilot: 5e-3 for 30-50 steps of 16 replies on SmolLM2); "
         "`python -m smf_lib retrofit-pilot` compares recipes", MemoryHealthWarning, stacklevel=2)
     return False

@@ -82,8 +82,8 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
             lc = choice["loss_change"]
             out.append(f"A retrofit pilot found a living memory: with {choice['init']} values at rate "
                        f"{choice['lr']:g}, every memory layer carried at least {choice['min_share']:.0%} of its MLP's "
-                       f"output after {choice['step']} steps of 16 replies, and the "
-                       f"held-out chat loss fell by {-lc['delta']:.3f} [{-lc['hi']:.3f}, {-lc['lo']:.3f}] nats; the "
+                       f"output after {choice['step']} steps of 16 replies, and the loss on held-out "
+                       f"replies fell by {-lc['delta']:.3f} [{-lc['hi']:.3f}, {-lc['lo']:.3f}] nats; the "
                        "study is being rerun on it (the cpu preset).")
     return out
 
@@ -127,5 +127,6 @@ def pilot_answer(pilot_folder: str | Path, min_share: float = 0.10) -> list[str]
         steps = p.retrofit_n // (p.retrofit["micro_batch"] * p.retrofit["grad_accum"])
         out.append(f"The cheapest is {choice['recipe']} ({choice['step']} steps); the cpu preset retrofits with "
                    f"{p.memory.get('init', 'zero')} values at {p.lr['retrofit']:g} for {steps} steps of "
-                   f"{p.retrofit['micro_batch'] * p.retrofit['grad_accum']} replies, a recipe measured to its end.")
+                   f"{p.retrofit['micro_batch'] * p.retrofit['grad_accum']} replies (its own retrofit record "
+                   "measures the share that shorter schedule reaches).")
     return out

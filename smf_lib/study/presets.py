@@ -337,8 +337,10 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
 
 
 # The cpu study on a living memory. The retrofit recipe comes from the retrofit pilot
-# (python -m smf_lib retrofit-pilot, results/retrofit-pilot): zero values, rate 2e-3, 100 steps of 16 OASST1 train
-# replies of 128 tokens left every memory layer carrying more than 10% of its MLP's output. Chat retention is scored
+# (python -m smf_lib retrofit-pilot, results/retrofit-pilot): with zero values at rate 5e-3, every memory layer
+# carried more than 10% of its MLP's output after 30 of 100 steps of 16 OASST1 train replies of 128 tokens (at
+# 2e-3 after 60; the paper's init not within 100). The preset retrofits for 50 steps at 5e-3; its own retrofit
+# record measures the share that schedule reaches, and the runner warns below 10%. Chat retention is scored
 # on every English OASST1 validation reply to a prompt (1,000 reported, 174 dev), so the retrofit and the
 # background statistics read no validation text. SMF's rates are swept first on dev items (cheap subset along the
 # trajectory), next to LoRA's and full finetuning's, to find where their learning matches.
@@ -347,15 +349,15 @@ PRESETS["cpu"] = dataclasses.replace(
     seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
     sweep={"smf-kl": (3e-3, 1e-2, 3e-2), "smf-tfidf": (3e-3, 1e-2, 3e-2), "lora": (5e-5,), "full": (5e-5,)},
     sweep_first=True, chat_pool="all", chat_n=1000, chat_dev_n=174,
-    retrofit_corpus="oasst1-train", retrofit_n=1600,
+    retrofit_corpus="oasst1-train", retrofit_n=800,
     retrofit=dict(micro_batch=8, grad_accum=2, max_length=128, warmup_steps=10, epochs=1, checkpoint_every=20),
-    lr={**PRESETS["cpu-v1"].lr, "retrofit": 2e-3, "smf-adam": 1e-2},
+    lr={**PRESETS["cpu-v1"].lr, "retrofit": 5e-3, "smf-adam": 1e-2},
     departures={**{k: v for k, v in PRESETS["cpu-v1"].departures.items() if k != "retrofit corpus"},
-                "retrofit texts": "the retrofit pilot's recipe: 1,600 replies of 128 tokens (100 steps of 16)",
-                "retrofit rate": "the retrofit pilot: at 5e-4 the memory stayed below 1% of the MLP's output",
+                "retrofit texts": "the retrofit pilot: 800 replies of 128 tokens (50 steps of 16)",
+                "retrofit rate": "the retrofit pilot: the fastest rate tried to a living memory (5e-4 stays below 1%)",
                 "max length": "time on 2 CPU cores; retrofit replies 128 tokens (the pilot's)"},
     notes=("offline default SmolLM2-135M-Instruct on 2 CPU cores, on a living memory: the retrofit pilot's recipe "
-           "(zero values, 2e-3, 100 steps of 16 OASST1 train replies of 128 tokens). Task: the first 1,200 MedMCQA "
+           "(zero values, 5e-3, 50 steps of 16 OASST1 train replies of 128 tokens). Task: the first 1,200 MedMCQA "
            "train questions, 1 epoch (75 steps). Reported items: MedMCQA 1,000, TriviaQA 200, WikiText 120 lines, "
            "1,000 held-out OASST1 chat replies (every English validation reply to a prompt; 174 more are dev). "
            "SMF's rates are swept first on dev items next to LoRA's and full finetuning's; the grid's SMF rate "
