@@ -315,6 +315,15 @@ else:
     print("not run yet: python -m smf_lib retrofit-pilot --learning zero-lr0.002@100 zero-lr0.002@60 ...")
 
 # %% [markdown]
+# Does SMF learn more on a memory that carries more? The answer, from the records:
+
+# %%
+from smf_lib.study.findings import learning_answer
+
+for sentence in learning_answer(pilot_dir):
+    print(textwrap.fill(sentence, 76))
+
+# %% [markdown]
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%

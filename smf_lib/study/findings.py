@@ -130,3 +130,20 @@ def pilot_answer(pilot_folder: str | Path, min_share: float = 0.10) -> list[str]
                    f"{p.retrofit['micro_batch'] * p.retrofit['grad_accum']} replies (its own retrofit record "
                    "measures the share that shorter schedule reaches).")
     return out
+
+
+def learning_answer(pilot_folder: str | Path) -> list[str]:
+    """SMF's learning by retrofit checkpoint in plain sentences (:func:`smf_lib.study.pilot.learning_table`)."""
+    from .pilot import learning_table
+
+    t = learning_table(pilot_folder)
+    if not len(t):
+        return ["SMF's learning by retrofit checkpoint has not been measured yet."]
+    t = t.sort_values("share")
+    parts = [f"at {r.share:.1%} (retrofit step {r.retrofit_step}) {r.d_gold_margin:+.3f} "
+             f"[{r.d_gold_margin_lo:+.3f}, {r.d_gold_margin_hi:+.3f}] nats, {r.changed} answers changed"
+             for r in t.itertuples()]
+    low, high = t.iloc[0], t.iloc[-1]
+    resolved = "apart" if low.d_gold_margin_hi < high.d_gold_margin_lo else "overlapping"
+    return [f"The same short SMF-KL run moved the gold margin on dev items by: {'; '.join(parts)}.",
+            f"From the quietest checkpoint measured to the most active one the intervals are {resolved}."]
