@@ -141,7 +141,8 @@ def learning_answer(pilot_folder: str | Path) -> list[str]:
         return ["SMF's learning by retrofit checkpoint has not been measured yet."]
     t = t.sort_values("share")
     parts = [f"at {r.share:.1%} (retrofit step {r.retrofit_step}) {r.d_gold_margin:+.3f} "
-             f"[{r.d_gold_margin_lo:+.3f}, {r.d_gold_margin_hi:+.3f}] nats, {r.changed} answers changed"
+             f"[{r.d_gold_margin_lo:+.3f}, {r.d_gold_margin_hi:+.3f}] nats, {r.changed} "
+             f"answer{'' if r.changed == 1 else 's'} changed"
              for r in t.itertuples()]
     low, high = t.iloc[0], t.iloc[-1]
     resolved = "apart" if low.d_gold_margin_hi < high.d_gold_margin_lo else "overlapping"
