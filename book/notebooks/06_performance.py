@@ -204,8 +204,8 @@ if (bench / "gpu_steps.csv").exists():
 # of an 8 x 128 batch alone are about 200 MB. {py:func}`~smf_lib.allocator.tune_cpu_allocator` makes glibc keep and
 # reuse freed blocks, at the price of a higher peak resident memory. The experiment runner and the benchmark
 # call it; call it yourself at the top of a CPU training script. It changes nothing on a GPU. With glibc's
-# defaults, the cost of a page fault on this virtual machine changed between the two runs above, and so did
-# the slope of their lines; with the allocator tuned, both runs are flat.
+# defaults, the cost of a page fault on the benchmark's 2-core virtual machine changed between the two runs
+# above, and so did the slope of their lines; with the allocator tuned, both runs are flat.
 #
 # ## Summary
 # - A sparse step costs about as much as the cheapest step that trains anything at the lowest memory layer,
