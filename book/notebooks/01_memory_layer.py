@@ -136,7 +136,17 @@ print("tokens scored per window:", [w["tokens"] for w in ppl["windows"]])
 
 # %% [markdown]
 # ## Product keys
-# Now the memory itself. For an input $x \in \mathbb{R}^d$ (the input of a decoder layer's MLP; $d$ is the
+# Now the memory itself, first as a picture: one token's path through the memory of one decoder layer, with the
+# sizes this book uses. The formulas below walk through it from left to right.
+
+# %%
+from smf_lib.views.diagrams import plot_architecture
+
+plot_architecture(d=model.config.hidden_size, n_keys=64, heads=4, knn=16, k_dim=256)
+plt.show()
+
+# %% [markdown]
+# For an input $x \in \mathbb{R}^d$ (the input of a decoder layer's MLP; $d$ is the
 # model's hidden size, 576 here), each of $H$ heads forms a query $q = W_q x$ of $k_{\text{dim}}$ numbers, with
 # $W_q$ a learned projection, and splits it into two halves $q_1, q_2$. Two tables of $n$ sub-keys each, $K_1$
 # and $K_2$, score the halves. Slot $(a, b)$ of the $N = n^2$ slots scores
