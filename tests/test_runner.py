@@ -158,6 +158,17 @@ def test_results_from_other_settings_are_refused(reference_grid, tmp_path, monke
     assert run["train_config"]["top_t"] == 4
 
 
+@pytest.mark.slow
+def test_a_change_in_the_training_data_is_refused(reference_grid, tmp_path):
+    """Same settings, other training questions (the first 20 instead of 24): the finished SMF run is refused."""
+    import shutil
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*data"):
+        main([*SMOKE, "--out", str(out), "--methods", "smf-kl", "--set", "train_n=20"])
+
+
 def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
     import shutil
 
