@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .files import atomic_write
-from .fingerprints import file_sha256, object_hash, tensors_fingerprint
+from .files import atomic_write, file_sha256
+from .fingerprints import object_hash, tensors_fingerprint
 from .memory import (CONFIG_NAME, FORMAT, WEIGHTS_NAME, MemoryConfig, MemoryMLP, _memory_parameters, add_memory,
                      decoder_layers, memory_state_dict)
 

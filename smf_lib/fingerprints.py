@@ -1,11 +1,10 @@
-"""Short sha256 fingerprints of what a result depends on: texts, items, settings, tensors and files."""
+"""Short sha256 fingerprints of what a result depends on: texts, items, settings and tensors (files: files.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
 LENGTH = 16  # hex digits kept
 
@@ -39,13 +38,4 @@ def tensors_fingerprint(tensors: Iterable, stride: int = 1) -> str:
             h.update(t[0].encode())
             t = t[1]
         h.update(t.detach().reshape(-1)[::stride].float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:LENGTH]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()[:LENGTH]

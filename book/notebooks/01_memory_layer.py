@@ -225,7 +225,7 @@ for m in S.memory_layers(model):
 # ## Exact, and cheaper than scoring every slot
 # The product-key search returns the same slots as scoring all $N$ slots, and the gap in cost grows with $N$.
 # Two memory layers on their own, one at the book's size and one 16 times larger, on 256 random inputs (the
-# median of 5 calls on this machine's CPU):
+# median of 5 calls on the CPU that builds the book):
 
 # %%
 d = model.config.hidden_size

@@ -95,7 +95,8 @@ print("reported items: " + ", ".join(
 
 # %% [markdown]
 # ## Choosing the regime on dev items: the pilot
-# A study of forgetting needs a regime in which forgetting can be seen. Whether this machine can reach one, and at
+# A study of forgetting needs a regime in which forgetting can be seen. Whether 75 steps on 2 CPU cores reach
+# one, and at
 # which learning rate, was settled before the study by a pilot, `python -m smf_lib run --preset cpu-pilot`
 # (files in `results/cpu-pilot/`): full finetuning on the study's 1,200 training texts at three planned learning
 # rates (the run at $10^{-3}$ has not been finished; the choice below rests on the other two), every probe scored

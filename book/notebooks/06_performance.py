@@ -26,11 +26,11 @@
 #
 # - compare the step time and peak memory of every method on the same batch;
 # - check that a sparse step's cost follows the rows it touches, not the size $N$ of the value table;
-# - read which of the project's speed and memory targets hold on this machine;
+# - read which of the project's speed and memory targets hold on the benchmark's CPU;
 # - compare the size of an SMF adapter with a LoRA adapter, and see how training runs on several GPUs.
 #
 # The numbers come from one run of `python benchmarks/bench_steps.py --target cpu`: the offline default model on
-# this machine's CPU, every method on the same batch, committed in `benchmarks/results/`. The chapter reads them
+# a 2-core CPU, every method on the same batch, committed in `benchmarks/results/`. The chapter reads them
 # and measures nothing itself.
 
 # %% tags=["remove-cell"]

@@ -10,7 +10,6 @@ unfinished one resumes from its checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..adapter import save_memory
 from ..memory import MemoryConfig, add_memory
 from ..models import DEFAULT_MODEL, load_model
 from ..training import TrainConfig, train
+from .plan import _plain
 
 
 @dataclasses.dataclass
@@ -66,11 +66,6 @@ def load(name: str, seed: int = 0):
 
         return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), load_tokenizer()
     return load_model(name)
-
-
-def _plain(obj):
-    """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
-    return json.loads(json.dumps(obj))
 
 
 def recipe_name(init: str, lr: float) -> str:
