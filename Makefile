@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export SMF_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: setup test test-fast book book-check lint cpu-results bench mutate clean
+.PHONY: setup test test-fast book book-check notebooks lint cpu-results bench mutate clean
 
 setup: $(VENV)/.done
 
@@ -26,6 +26,10 @@ test-fast: setup
 book: setup
 	$(VENV)/bin/jupyter-book build book/
 
+# The paired notebooks/*.ipynb (GitHub, Colab) with the built book's outputs, so a reader sees results first.
+notebooks: book
+	$(PY) scripts/sync_colab.py --outputs
+
 # CI: build strictly (warnings are errors), then open every chapter in headless Chromium.
 book-check: setup
 	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
@@ -39,6 +43,7 @@ lint: setup
 # The cached results the book shows (hours on 2 CPU cores; resumable: `python -m smf_lib status --preset cpu`).
 cpu-results: setup
 	$(PY) -m smf_lib run --preset cpu --out results/cpu
+	$(PY) -m smf_lib snapshot --preset cpu --out results/cpu
 
 # Do the tests guard the key invariants? Single mutations, one at a time; the kill rate must be >= 95%.
 mutate: setup

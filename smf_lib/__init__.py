@@ -8,18 +8,20 @@ from .memory import (MemoryConfig, ProductKeyMemory, add_memory, memory_layers, 
 from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, tiny_model
 from .selection import (SELECTORS, BackgroundStats, compute_background_stats, read_counts, score_rows,
                         select_for_layers, select_rows)
-from .training import (METHODS, UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, TrainConfig, TrainingDiverged,
-                       TrainResult, train)
+from .training import (METHODS, UPDATES, LoraSettings, MaskedAdamW, RowSGD, RowSparseAdam, TrainConfig,
+                       TrainingDiverged, TrainResult, train)
 
 # 0.2.0: LoRA layers drawn from TrainConfig.seed; MedMCQA records keep all four option scores
-__version__ = "0.2.0"
+# 0.3.0: LoRA's settings in TrainConfig.lora (LoraSettings); records and identities keep the flat lora_* keys
+__version__ = "0.3.0"
 __all__ = ["MemoryConfig", "ProductKeyMemory", "add_memory", "load_memory", "memory_layers", "memory_state_dict",
            "print_trainable_parameters", "save_memory", "set_recording", "DEFAULT_MODEL", "PAPER_MODEL",
            "load_model", "setup_notebook", "tiny_model", "MIN_SHARE", "MemoryHealthWarning", "check_health",
            "memory_health",
            "tune_cpu_allocator", "BackgroundStats", "compute_background_stats",
            "read_counts", "score_rows", "select_for_layers", "select_rows", "SELECTORS", "METHODS", "UPDATES",
-           "RowSGD", "RowSparseAdam", "MaskedAdamW", "TrainConfig", "TrainingDiverged", "TrainResult", "train"]
+           "RowSGD", "RowSparseAdam", "MaskedAdamW", "LoraSettings", "TrainConfig", "TrainingDiverged", "TrainResult",
+           "train"]
 
 
 def __getattr__(name):

@@ -1,5 +1,6 @@
 import sys
 
 from .study.cli import main
+from .views.snapshot import SNAPSHOT_COMMAND
 
-sys.exit(main())
+sys.exit(main(commands=[SNAPSHOT_COMMAND]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 
 LETTERS = "ABCD"
@@ -54,7 +55,16 @@ def read_text(path: Path) -> str:
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = (), limit: int | None = None, check=None) -> list[dict]:
-    """Rows of a .jsonl or .jsonl.gz file; a malformed row raises naming the file, line and remedy."""
+    """Rows of a .jsonl or .jsonl.gz file; a malformed row or a damaged compressed file raises naming the file,
+    line and remedy."""
+    try:
+        return _read_jsonl(path, required, limit, check)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path}: the compressed file is damaged or cut short ({err}); fetch it again "
+                         f"(`python -m smf_lib data --to {path.parent.parent}`)") from err
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...], limit: int | None, check) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rb") as f:
@@ -96,6 +106,24 @@ def _hub(name: str, split: str):
                            "SMF_DATA_DIR to a local copy (`python -m smf_lib data --to DIR` writes one)") from err
 
 
+def take(rows: list, n: int | None, source: str) -> list:
+    """The first ``n`` rows of ``source`` (all with ``n=None``). An empty source, or one with fewer rows than
+    asked, raises naming it and both counts, so a cut-short file is never used silently."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n must be a whole number >= 0 or None, got {n!r}")
+    if not rows:
+        raise ValueError(f"{source} holds no usable rows: fetch the data again (`python -m smf_lib data --to DIR`, "
+                         "then SMF_DATA_DIR=DIR)")
+    if n is not None and len(rows) < n:
+        raise ValueError(f"{source} has {len(rows)} usable rows but {n} were asked: ask for fewer, or fetch the "
+                         "complete data (`python -m smf_lib data --to DIR`, then SMF_DATA_DIR=DIR)")
+    return rows[:n] if n is not None else list(rows)
+
+
+def _source(local: Path | None, rel: str, hub: str) -> str:
+    return str(local / rel) if local is not None else f"the Hub's {hub}"
+
+
 def sample_rows(rows: list, n: int | None, how: str = "first", seed: int = 0) -> list:
     """``n`` rows: the first ones in file order (``"first"``), or, as the paper's code takes its training set,
     ``shuffle(seed).select(range(n))`` (``"shuffle"``: numpy's ``default_rng(seed).permutation``, as
@@ -133,7 +161,7 @@ def load_medmcqa(split: str = "validation", n: int | None = None, single_choice:
                 raise ValueError(f"MedMCQA {split} (Hub) row {i}: {_check_cop(r)}")
     if single_choice:
         rows = [r for r in rows if r.get("choice_type") in (None, "single")]
-    return rows[:n] if n is not None else rows
+    return take(rows, n, _source(local, f"medmcqa/{split}.jsonl", f"MedMCQA {split}"))
 
 
 def _check_cop(row: dict) -> str | None:
@@ -163,7 +191,7 @@ def medmcqa_training_text(row: dict) -> str:
     return text
 
 
-def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None, raw: bool = True) -> list[str]:
+def load_wikitext_lines(n: int | None = None, root: str | Path | None = None, raw: bool = True) -> list[str]:
     """The first n non-empty lines of the WikiText-103 (= WikiText-2) test text, stripped.
 
     Args:
@@ -179,15 +207,15 @@ def load_wikitext_lines(n: int | None = 1000, root: str | Path | None = None, ra
     else:
         lines = _hub("wikitext" if raw else "wikitext-nonraw", "test")["text"]
     lines = [s.strip() for s in lines if s.strip()]
-    return lines[:n] if n is not None else lines
+    return take(lines, n, _source(local, "wikitext/wiki.test.raw", "WikiText-103 test"))
 
 
-def wikitext_text(n: int | None = 1000, root: str | Path | None = None, raw: bool = True) -> str:
+def wikitext_text(n: int | None = None, root: str | Path | None = None, raw: bool = True) -> str:
     """The perplexity probe's text: the lines joined with blank lines."""
     return "\n\n".join(load_wikitext_lines(n, root, raw))
 
 
-def load_triviaqa(n: int | None = 1000, root: str | Path | None = None) -> list[dict]:
+def load_triviaqa(n: int | None = None, root: str | Path | None = None) -> list[dict]:
     """TriviaQA validation questions as ``{"question", "aliases"}`` in file order.
 
     Locally the unfiltered validation set (a superset of rc.nocontext validation); online rc.nocontext.
@@ -204,7 +232,7 @@ def load_triviaqa(n: int | None = 1000, root: str | Path | None = None) -> list[
         if not aliases:
             raise ValueError(f"TriviaQA validation row {i}: no answer aliases; each row needs answer.aliases")
         out.append({"question": r["question"], "aliases": list(aliases)})
-    return out
+    return take(out, n, _source(local, "triviaqa/validation.jsonl", "TriviaQA validation"))
 
 
 def triviaqa_prompt(row: dict) -> str:
@@ -230,7 +258,8 @@ def load_oasst1_replies(which: str = "validation", n: int | None = None, root: s
         texts = [r["text"] for r in _hub("oasst1", which)
                  if r["role"] == "assistant" and r["lang"] == "en" and r["rank"] in (0, 1)]
     texts = [t for t in texts if len(t) >= 50]
-    return texts[:n] if n is not None else texts
+    rel = {"validation": "oasst1/validation_assistant.jsonl", "train": "oasst1/train_assistant_inferred.jsonl.gz"}
+    return take(texts, n, _source(local, rel[which], f"OASST1 {which}"))
 
 
 def load_oasst1_pairs(n: int | None = None, root: str | Path | None = None,
@@ -260,10 +289,10 @@ def load_oasst1_pairs(n: int | None = None, root: str | Path | None = None,
                    and role.get(m.get("parent_id")) == "prompter"]
     text = {m["message_id"]: m["text"] for m in msgs}
     pairs = [(text[r["parent_id"]], r["text"]) for r in replies if len(r["text"]) >= 50 and r["parent_id"] in text]
-    return pairs[:n] if n is not None else pairs
+    return take(pairs, n, _source(local, "oasst1/validation_messages.jsonl", "OASST1 validation"))
 
 
-def load_background(n: int | None = 2000, root: str | Path | None = None,
+def load_background(n: int | None = None, root: str | Path | None = None,
                     drop_wikitext_overlap: bool = True) -> list[str]:
     """General text for background statistics: Wikipedia lead paragraphs (locally), one per line.
 
@@ -278,4 +307,4 @@ def load_background(n: int | None = 2000, root: str | Path | None = None,
     if drop_wikitext_overlap:
         overlap = ("Du Fu", "Olmec colossal heads", "Nero", "Manila")
         lines = [s for s in lines if not any(s.startswith(t + " ") or s.startswith(t + ",") for t in overlap)]
-    return lines[:n] if n is not None else lines
+    return take(lines, n, _source(local, "background/wikipedia_vital_leads.txt", "background"))

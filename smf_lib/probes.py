@@ -52,21 +52,28 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, positions: list[torch.Tensor]):
+    """Per sequence ``i`` of a right-padded batch, the float32 logits at ``positions[i]`` (yielded in order). The
+    decoder runs once on the batch; only the scored positions go through the output head, so memory stays small
+    with large vocabularies."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    head = model.get_output_embeddings()
+    for i, pos in enumerate(positions):
+        yield head(hidden[i, pos]).float()
+
+
 @torch.no_grad()
 def continuation_logprobs(model, contexts: list[list[int]], continuations: list[list[int]],
                           batch_size: int = 8) -> list[torch.Tensor]:
-    """Per-token log-probabilities of each continuation after its context (right-padded batches).
-
-    Only the scored positions go through the output head, so memory stays small with large vocabularies.
-    """
+    """Per-token log-probabilities of each continuation after its context (right-padded batches, scored with
+    :func:`logits_at`)."""
     dev, out = _device(model), []
     for s in range(0, len(contexts), batch_size):
         ctx, cont = contexts[s:s + batch_size], continuations[s:s + batch_size]
         ids, mask = _pad_right([a + b for a, b in zip(ctx, cont)])
-        hidden = model.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        for i, (a, b) in enumerate(zip(ctx, cont)):
-            pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=dev)
-            logp = F.log_softmax(model.lm_head(hidden[i, pos]).float(), dim=-1)
+        positions = [torch.arange(len(a) - 1, len(a) + len(b) - 1, device=dev) for a, b in zip(ctx, cont)]
+        for b, logits in zip(cont, logits_at(model, ids.to(dev), mask.to(dev), positions)):
+            logp = F.log_softmax(logits, dim=-1)
             out.append(logp.gather(1, torch.tensor(b, device=dev).unsqueeze(1)).squeeze(1).cpu())
     return out
 
@@ -232,10 +239,8 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
     for s in tqdm(range(0, len(spans), batch_size), desc="wikitext", disable=not progress):
         chunk = spans[s:s + batch_size]
         batch, mask = _pad_right([ids[b:e] for b, e, _ in chunk])
-        hidden = model.model(input_ids=batch.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        for i, (b, e, first) in enumerate(chunk):
-            pos = torch.arange(first - b - 1, e - b - 1, device=dev)
-            logits = model.lm_head(hidden[i, pos]).float()
+        positions = [torch.arange(first - b - 1, e - b - 1, device=dev) for b, e, first in chunk]
+        for (b, e, first), logits in zip(chunk, logits_at(model, batch.to(dev), mask.to(dev), positions)):
             nll = F.cross_entropy(logits, ids[first:e].to(dev), reduction="sum")
             if first_window == "paper" and b == 0:  # mean over e - 1 scored tokens, weighted by e
                 nll, scored = nll / (e - first) * e, e
@@ -357,10 +362,9 @@ def _span_logprobs(model, items, batch_size: int):
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         batch, mask = _pad_right([ids for ids, _, _ in chunk])
-        hidden = model.model(input_ids=batch.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        for i, (ids, first, end) in enumerate(chunk):
-            pos = torch.arange(first - 1, end - 1, device=dev)
-            yield F.log_softmax(model.lm_head(hidden[i, pos]).float(), dim=-1), torch.tensor(ids[first:end], device=dev)
+        positions = [torch.arange(first - 1, end - 1, device=dev) for _, first, end in chunk]
+        for (ids, first, end), logits in zip(chunk, logits_at(model, batch.to(dev), mask.to(dev), positions)):
+            yield F.log_softmax(logits, dim=-1), torch.tensor(ids[first:end], device=dev)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -72,8 +72,8 @@ def _prepare_smf(model, c):
 def _prepare_lora(model, c):
     from peft import LoraConfig, get_peft_model
 
-    lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                      target_modules=list(c.lora_targets), task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
+                      target_modules=list(c.lora.targets), task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
 
 
@@ -123,6 +123,38 @@ def rate_keys() -> list[str]:
     return [k for k in METHODS if not METHODS[k].sparse] + [f"smf-{u}" for u in UPDATES]
 
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA's own settings (``TrainConfig.lora``), as peft's ``LoraConfig`` names them; the paper's values are the
+    defaults.
+
+    Args:
+        r: rank (>= 1).
+        alpha: scale numerator: the update is scaled by ``alpha / r`` (> 0).
+        dropout: dropout on LoRA's input, in [0, 1).
+        targets: names of the projections LoRA wraps (a tuple, e.g. ``("q_proj", "v_proj")``).
+    """
+
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"lora.r must be an integer >= 1 (LoRA rank), got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) \
+                or self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be a finite number > 0 (LoRA's scale is alpha / r), got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not math.isfinite(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, (str, bytes)) or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(f"lora.targets must be a tuple of module names such as ('q_proj', 'v_proj'), got "
+                             f"{self.targets!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+
 @dataclass
 class TrainConfig:
     """How to train (METHOD.md sections 3-5; the paper's values are the defaults where it gives one).
@@ -147,7 +179,8 @@ class TrainConfig:
         select_per_microbatch: select per micro-batch, updating the union (the paper's code does; default
             selects once per optimizer step from counts summed over its micro-batches).
         train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
-        lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings (paper: 16, 32, 0.05, 7 projections).
+        lora: LoRA's settings (:class:`LoraSettings`, or a dict of its fields; paper: r 16, alpha 32, dropout 0.05,
+            7 projections).
         checkpoint_every: optimizer steps between checkpoints (0: none).
         loss_average: ``"step-tokens"`` (every real token of an optimizer step weighs the same across its
             micro-batches, as in the paper's code) or ``"micro-batch"`` (each micro-batch's mean loss weighs the
@@ -178,10 +211,7 @@ class TrainConfig:
     count_padding: bool = False
     select_per_microbatch: bool = False
     train_alpha: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora: LoraSettings = field(default_factory=LoraSettings)
     checkpoint_every: int = 0
     loss_average: str = "step-tokens"
     schedule: str = "project"
@@ -207,26 +237,23 @@ class TrainConfig:
         integer("max_length", 2, "tokens per text")
         integer("warmup_steps", 0, "linear warm-up steps")
         integer("top_t", 1, "rows per layer per step")
-        integer("lora_r", 1, "LoRA rank")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
-                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be a finite number > 0 (LoRA's scale is alpha / r), got "
-                             f"{self.lora_alpha!r}")
-        if isinstance(self.lora_targets, (str, bytes)) or not all(isinstance(t, str) and t
-                                                                  for t in self.lora_targets):
-            raise ValueError(f"lora_targets must be a tuple of module names such as ('q_proj', 'v_proj'), got "
-                             f"{self.lora_targets!r}")
+        if isinstance(self.lora, dict):
+            unknown = set(self.lora) - {f.name for f in fields(LoraSettings)}
+            if unknown:
+                raise ValueError(f"unknown LoRA setting(s) {sorted(unknown)}; allowed: "
+                                 f"{', '.join(f.name for f in fields(LoraSettings))}")
+            self.lora = LoraSettings(**self.lora)
+        if not isinstance(self.lora, LoraSettings):
+            raise ValueError(f"lora must be a LoraSettings or a dict of its fields, got {self.lora!r}")
         integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
         integer("seed", 0, "random seed")
         if self.max_steps is not None:
             integer("max_steps", 1, "optimizer steps; None to use epochs")
-        for name, low_ok in (("epochs", False), ("clip", True), ("weight_decay", True), ("lora_dropout", True)):
+        for name, low_ok in (("epochs", False), ("clip", True), ("weight_decay", True)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
                     or (v == 0 and not low_ok):
                 raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {v!r}")
-        if self.lora_dropout >= 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr is None:
             self.lr = default_lr(self.lr_key)
             if self.lr is None:
@@ -236,7 +263,14 @@ class TrainConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
                 or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        self.lora_targets = tuple(self.lora_targets)
+
+    def record(self) -> dict:
+        """The config as one flat dict of plain values (LoRA's settings as ``lora_r``, ``lora_alpha``,
+        ``lora_dropout``, ``lora_targets``): what run records, checkpoints and identities store."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lora"}
+        for f in fields(LoraSettings):
+            out[f"lora_{f.name}"] = getattr(self.lora, f.name)
+        return out
 
     @property
     def lr_key(self) -> str:
@@ -490,7 +524,7 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) 
                device=next(model.parameters()).device, amp=getattr(torch, c.autocast) if c.autocast else None,
                scaler=LossScaler(c.autocast == "float16"),
                ckpt=Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None,
-               identity={"config": asdict(c), "texts": texts_fingerprint(texts), "n_texts": len(texts)})
+               identity={"config": c.record(), "texts": texts_fingerprint(texts), "n_texts": len(texts)})
     torch.manual_seed(c.seed)  # dropout (LoRA)
     return run
 

@@ -1,6 +1,7 @@
 """Nothing silent: every method's random draws come from its seed, inputs are checked where they enter, and errors
 name their file."""
 
+import dataclasses
 import errno
 import json
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 import smf_lib as S
+import smf_lib.data as D
 from smf_lib.files import atomic_write, read_json, read_record
+from smf_lib.study.presets import get_preset
 
 from conftest import MEM, TEXTS
 
@@ -51,16 +54,19 @@ def _tok():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(lora_alpha=-5), "lora_alpha"),
-    (dict(lora_alpha=float("nan")), "lora_alpha"),
-    (dict(lora_alpha=True), "lora_alpha"),
-    (dict(lora_targets="q_proj"), "lora_targets"),
-    (dict(lora_targets=("q_proj", "")), "lora_targets"),
+    (dict(lora=dict(alpha=-5)), "lora.alpha"),
+    (dict(lora=dict(alpha=float("nan"))), "lora.alpha"),
+    (dict(lora=dict(alpha=True)), "lora.alpha"),
+    (dict(lora=dict(targets="q_proj")), "lora.targets"),
+    (dict(lora=dict(targets=("q_proj", ""))), "lora.targets"),
+    (dict(lora=dict(r=0)), "lora.r"),
+    (dict(lora=dict(rank=8)), "rank"),
+    (dict(lora="r=8"), "LoraSettings"),
     (dict(lr=-1.0), "lr"),
     (dict(micro_batch=0), "micro_batch"),
     (dict(max_length=1), "max_length"),
     (dict(top_t=0), "top_t"),
-    (dict(lora_dropout=1.0), "lora_dropout"),
+    (dict(lora=dict(dropout=1.0)), "lora.dropout"),
     (dict(selector="nope"), "selector"),
 ])
 def test_train_config_refuses_bad_fields(kw, match):
@@ -256,3 +262,62 @@ def test_a_damaged_run_record_is_an_error_naming_its_file(tmp_path, text, match)
     with pytest.raises(ValueError, match=match) as err:
         load_runs(tmp_path)
     assert "base.json" in str(err.value)
+
+
+def _write(root, rel, text, gz=False):
+    import gzip
+
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path
+
+
+MCQ = json.dumps({"question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}) + "\n"
+
+
+@pytest.mark.parametrize("load, rel, one_row", [
+    (lambda root, n: D.load_medmcqa("train", n, root=root), "medmcqa/train.jsonl", MCQ),
+    (lambda root, n: D.load_triviaqa(n, root), "triviaqa/validation.jsonl",
+     '{"question": "Q?", "answer": {"aliases": ["A"]}}\n'),
+    (lambda root, n: D.load_wikitext_lines(n, root), "wikitext/wiki.test.raw", " = Title = \n"),
+    (lambda root, n: D.load_background(n, root), "background/wikipedia_vital_leads.txt", "A lead paragraph.\n"),
+    (lambda root, n: D.load_oasst1_replies("validation", n, root), "oasst1/validation_assistant.jsonl",
+     json.dumps({"text": "x" * 60, "parent_id": "p"}) + "\n"),
+])
+def test_loaders_refuse_empty_files_and_short_ones_naming_the_file_and_the_counts(tmp_path, load, rel, one_row):
+    path = _write(tmp_path, rel, "")
+    with pytest.raises(ValueError, match=f"{path}.*no usable rows.*smf_lib data"):
+        load(tmp_path, None)
+    _write(tmp_path, rel, one_row)
+    assert len(load(tmp_path, 1)) == 1
+    with pytest.raises(ValueError, match=f"{path} has 1 usable rows but 5 were asked"):
+        load(tmp_path, 5)
+    with pytest.raises(ValueError, match="n must be a whole number"):
+        load(tmp_path, -5)
+
+
+def test_a_cut_short_gzip_names_its_file(tmp_path):
+    import gzip
+
+    rows = "".join(json.dumps({"text": f"reply {i} " * 20}) + "\n" for i in range(200))
+    path = _write(tmp_path, "oasst1/train_assistant_inferred.jsonl.gz", "")
+    path.write_bytes(gzip.compress(rows.encode())[:-40])
+    with pytest.raises(ValueError, match=f"{path}: the compressed file is damaged or cut short"):
+        D.load_oasst1_replies("train", root=tmp_path)
+
+
+def test_a_runner_reports_a_short_corpus_before_any_run(tmp_path, monkeypatch):
+    """The retrofit corpus is read when the runner starts, so a damaged file stops it before the base run."""
+    import shutil
+
+    from smf_lib.study.runner import Runner
+
+    from smf_lib.study.evaluation import data_root
+
+    shutil.copytree(data_root(get_preset("smoke")), tmp_path / "data")
+    smoke = dataclasses.replace(get_preset("smoke"), data=str(tmp_path / "data"), retrofit_corpus="oasst1-train")
+    (tmp_path / "data" / "oasst1" / "train_assistant_inferred.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    with pytest.raises(ValueError, match="train_assistant_inferred.jsonl.gz: the compressed file is damaged"):
+        Runner(smoke, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "runs").exists()

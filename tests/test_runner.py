@@ -10,7 +10,7 @@ from smf_lib import files, memory, selection, training
 from smf_lib.study import evaluation, results
 from smf_lib.study.cli import main
 from smf_lib.files import FolderLock
-from smf_lib.study.arms import GRID_METHODS, ORDER, PALETTE
+from smf_lib.study.arms import ARMS, ORDER, PALETTE
 from smf_lib.study.paired_stats import mcnemar, paired_bootstrap
 from smf_lib.study.presets import PRESETS, Preset, get_preset
 
@@ -21,7 +21,7 @@ def test_presets_are_valid_data():
     for name in PRESETS:
         p = get_preset(name)
         for spec in R.plan(p):
-            if GRID_METHODS[spec.method].train is not None:
+            if ARMS[spec.method].train is not None:
                 p.train_config(spec.method, spec.seed, spec.lr)  # every run's config validates
     with pytest.raises(ValueError, match="allowed: .*smoke"):
         get_preset("huge")
@@ -29,7 +29,7 @@ def test_presets_are_valid_data():
         Preset(name="x", model="tiny", methods=("dora",))
     with pytest.raises(ValueError, match="medmcqa_n must be an integer >= 1"):
         Preset(name="x", model="tiny", medmcqa_n=0)
-    assert list(PALETTE) == list(ORDER) == list(GRID_METHODS)
+    assert list(PALETTE) == list(ORDER) == list(ARMS)
 
 
 def test_plan_runs_seeds_and_sweeps():
@@ -341,3 +341,61 @@ def test_frontier_table_names_the_points_that_dominate():
     compact = results.frontier_table(traj, cells=True).set_index(["method", "lr"])
     assert compact.loc[("smf-kl", "0.05"), "medmcqa gold loglik"] == "+0.50 [+0.45, +0.55]"
     assert compact.loc[("smf-kl", "0.05"), "chat drift kl"] == "+0.0080 [+0.0072, +0.0088]"
+
+
+@pytest.mark.slow
+def test_the_snapshot_command_writes_what_chapter_4_reads(reference_grid, tmp_path):
+    """``python -m smf_lib snapshot`` reuses the grid's retrofit stage and writes the read counts of the first task
+    batches; a second call keeps the file; the book's loader reads it back."""
+    import shutil
+
+    from smf_lib.views.plotting import load_snapshot
+    from smf_lib.views.snapshot import SNAPSHOT_COMMAND
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    snap = ["snapshot", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    assert main(snap, commands=[SNAPSHOT_COMMAND]) == 0
+    path = out / "selection_counts.json"
+    first = path.read_bytes()
+    counts, stats, meta = load_snapshot(path)
+    smoke = get_preset("smoke")
+    cfg = smoke.train_config("smf-kl", 0)
+    assert meta["batch_texts"] == min(4 * cfg.micro_batch * cfg.grad_accum, smoke.train_n)
+    assert len(counts) == len(meta["layers"]) and stats.df.shape[1] == meta["n_slots"]
+    assert all(int(c.sum()) > 0 for c in counts)
+    assert main(snap, commands=[SNAPSHOT_COMMAND]) == 0
+    assert path.read_bytes() == first
+
+
+@pytest.mark.parametrize("name", ["cpu-v1", "cpu"])
+def test_committed_records_keep_their_training_identity(name):
+    """Every committed run record of a study still matches its preset's training config as the code builds it
+    today (the flat ``TrainConfig.record()``, LoRA's settings included), so no finished run is refused or redone."""
+    from pathlib import Path
+
+    from smf_lib.files import read_json
+
+    out = Path(__file__).resolve().parents[1] / "results" / name / "runs"
+    specs = [s for s in R.plan(get_preset(name)) if (out / f"{s.name}.json").exists()]
+    assert specs or name == "cpu", f"no committed records in {out}"
+    for spec in specs:
+        identity = read_json(out / f"{spec.name}.json")["identity"]
+        assert R._same_training(identity, get_preset(name), spec), spec.name
+    trained = [s for s in specs if ARMS[s.method].train is not None]
+    if name == "cpu-v1":
+        assert any(s.method == "lora" for s in trained)  # LoRA's settings are among those compared
+
+
+def test_table_helpers_round_as_they_say():
+    from smf_lib.study.tables import interval_cell, markdown_table, rate_label, seed_label, significant
+
+    assert interval_cell(0.01234, 0.004, 0.021) == "+0.012 [+0.004, +0.021]"  # width 0.017: 3 decimals
+    assert interval_cell(1.5, -2.0, 5.0) == "+1.5 [-2.0, +5.0]"  # width 7: 1 decimal
+    assert interval_cell(15.0, -20.0, 50.0) == "+15 [-20, +50]"
+    assert interval_cell(0.5, 0.25, 0.75, digits=1) == "+0.5 [+0.2, +0.8]"
+    assert significant(0.0000369) == "3.69e-05" and significant(21.6317) == "21.6" and significant(0) == "0"
+    assert significant(float("nan")) == "" and significant(1234.5) == "1,234"
+    assert seed_label(1.0) == 1 and seed_label(float("nan")) == "" and rate_label(5e-5) == "5e-05"
+    table = markdown_table(pd.DataFrame({"a": [1, 2], "b": ["x|y", "z"]}, index=[7, 8]))
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | x\\|y |", "| 2 | z |"]

@@ -133,7 +133,8 @@ def test_smf_without_stats_or_memory_fails_clearly(tok):
                                     (dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
                                     (dict(max_steps=0), "max_steps"), (dict(max_steps=-3), "max_steps"),
                                     (dict(max_length=0), "max_length"), (dict(micro_batch=2.5), "micro_batch"),
-                                    (dict(lora_dropout=1.0), "lora_dropout"), (dict(weight_decay=-0.1), "weight_decay"),
+                                    (dict(lora=dict(dropout=1.0)), "lora.dropout"),
+                                    (dict(weight_decay=-0.1), "weight_decay"),
                                     (dict(update="sgd"), "calibrate")])
 def test_invalid_train_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -223,7 +224,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tok, tmp_path, method, 
 
     # the random selector draws from the selection stream, so the resume must restore it
     cfg = S.TrainConfig(method=method, selector="random", lr=1e-2, micro_batch=2, grad_accum=2, max_steps=4,
-                        warmup_steps=1, top_t=4, checkpoint_every=1, lora_dropout=0.3)
+                        warmup_steps=1, top_t=4, checkpoint_every=1, lora=S.LoraSettings(dropout=0.3))
     whole = S.train(fresh(), tok, TEXTS, cfg, progress=False)
     real, calls = T._save_checkpoint, {"n": 0}
 

@@ -1,4 +1,5 @@
-"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate | retrofit-pilot | data``."""
+"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate | retrofit-pilot | data``
+(and ``snapshot``, added by ``python -m smf_lib`` from the views)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .arms import GRID_METHODS
+from .arms import ARMS
 from .presets import PRESETS, get_preset
-
-
-def markdown_table(df) -> str:
-    """A DataFrame as a Markdown table (no extra dependency)."""
-    rows = [list(df.columns)] + [[str(v).replace("|", "\\|") for v in r] for r in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]])
+from .tables import markdown_table
 
 
 def protocol_markdown(name: str) -> str:
@@ -67,12 +62,19 @@ def customise(preset, rates=(), fields=(), data=None):
     return dataclasses.replace(preset, lr=lr, **changes)
 
 
-def main(argv=None) -> int:
+def main(argv=None, commands=()) -> int:
+    """Run the command line on ``argv``. ``commands`` adds commands from outside the study, each a tuple
+    ``(name, help, add_arguments(parser), run(args) -> exit code)`` (``python -m smf_lib`` adds the views'
+    ``snapshot``)."""
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    added = {}
+    for name, help_text, add_arguments, run in commands:
+        add_arguments(sub.add_parser(name, help=help_text))
+        added[name] = run
     r = sub.add_parser("run", help="run a preset's grid (resumable)")
     r.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    r.add_argument("--methods", nargs="+", choices=list(GRID_METHODS), help="default: the preset's grid")
+    r.add_argument("--methods", nargs="+", choices=list(ARMS), help="default: the preset's grid")
     r.add_argument("--seeds", nargs="+", type=int, help="default: the preset's seeds")
     r.add_argument("--out", help="results folder (default results/PRESET)")
     r.add_argument("--fresh", action="store_true",
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     dp = sub.add_parser("data", help="fetch the data sets from the Hugging Face Hub into a folder, for SMF_DATA_DIR")
     dp.add_argument("--to", required=True, metavar="DIR")
     args = ap.parse_args(argv)
+    if args.cmd in added:
+        return added[args.cmd](args)
     if args.cmd == "data":
         from ..fetch import fetch_data
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..probes import PROBES
-from .arms import GRID_METHODS
+from .arms import ARMS
 from .plan import plan
 
 
@@ -92,7 +92,7 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
     rows = []
     trained = (p.train_n or 0) * tokens_per_text * epochs
     retro = (p.retrofit_n or 0) * tokens_per_text * p.retrofit.get("epochs", 1)
-    if any(GRID_METHODS[s.method].memory for s in plan(p)):
+    if any(ARMS[s.method].memory for s in plan(p)):
         rows.append(("retrofit", retro, 4 * n * retro))
         bg = p.background_n * tokens_per_text
         rows.append(("background statistics", bg, 2 * n * bg))
@@ -101,7 +101,7 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
     full_eval = sum(PROBES[name].cost * n for name, n in sizes.items() if name in PROBES) * tokens_per_text
     cheap = sum(p.cheap.get(k, 0) for k in ("medmcqa", "acquisition", "chat")) * tokens_per_text
     for s in plan(p):
-        gm = GRID_METHODS[s.method]
+        gm = ARMS[s.method]
         if gm.train is not None:
             per = 6 if gm.train == "full" else 4
             rows.append((f"train {s.name}", trained, per * n * trained))

@@ -48,7 +48,7 @@ def corpus(p, which: str, n: int | None) -> list[str]:
         if s == "validation" and heldout_chat_count(p):
             part = part[: len(part) - heldout_chat_count(p)]
         texts += part
-    return texts[:n] if n is not None else texts
+    return D.take(texts, n, f"the {which} corpus (held-out chat replies excluded)")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Suite:
         return out
 
 
-def build_suite(p, task_rows: list[dict]) -> Suite:
+def build_suite(p, task_questions: list[dict]) -> Suite:
     """Load the preset's probe items (reported first, dev after them)."""
     root = data_root(p)
     val = D.load_medmcqa("validation", p.medmcqa_n + p.medmcqa_dev_n, root=root)
@@ -83,7 +83,7 @@ def build_suite(p, task_rows: list[dict]) -> Suite:
                             ("TriviaQA", len(tqa), p.triviaqa_n + p.triviaqa_dev_n),
                             ("WikiText", len(lines), p.wikitext_lines + p.wikitext_dev_lines),
                             ("OASST1 chat", len(held), heldout_chat_count(p)),
-                            ("MedMCQA train (acquisition)", len(task_rows), p.acquisition_n)):
+                            ("MedMCQA train (acquisition)", len(task_questions), p.acquisition_n)):
         if got < want:
             raise ValueError(f"preset {p.name!r} asks for {want} {name} items but the data has {got}; lower the "
                              "preset's sizes or point SMF_DATA_DIR at the complete data")
@@ -93,7 +93,7 @@ def build_suite(p, task_rows: list[dict]) -> Suite:
         wikitext={"report": ["\n\n".join(lines[: p.wikitext_lines])],
                   "dev": ["\n\n".join(lines[p.wikitext_lines:])] if p.wikitext_dev_lines else []},
         chat={"report": held[p.chat_dev_n:], "dev": held[: p.chat_dev_n]},
-        acquisition=task_rows[: p.acquisition_n])
+        acquisition=task_questions[: p.acquisition_n])
 
 
 def drift_spans(tok, suite: Suite, split: str, cheap: dict | None):

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
+from .tables import interval_cell
 
 
 def _ci(row, metric: str, scale: float = 1.0, digits: int = 1) -> str:
-    d, lo, hi = (row[f"d_{metric}{s}"] * scale for s in ("", "_lo", "_hi"))
-    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return interval_cell(*(row[f"d_{metric}{s}"] * scale for s in ("", "_lo", "_hi")), digits=digits)
 
 
 def pilot_choice(pilot_folder: str | Path, min_share: float = 0.10) -> dict | None:

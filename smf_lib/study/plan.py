@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..files import read_json
 from ..health import MIN_SHARE
-from .arms import get_method
+from .arms import get_arm
 
 if TYPE_CHECKING:  # presets sit above the plan; only their type is named here
     from .presets import Preset
@@ -46,14 +45,14 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
     specs = []
     for i, seed in enumerate(seeds):
         for m in methods:
-            get_method(m)
+            get_arm(m)
             if m == "base" and i > 0 or (i > 0 and m not in p.multi_seed):
                 continue
             specs.append(RunSpec(m, seed))
     swept = [RunSpec(m, seeds[0], float(r), p.sweep_evaluation)
              for m, rates in p.sweep.items() if m in methods for r in rates]
     if p.sweep_first:  # the stages first (base, retrofit), then the swept rates, then the grid's runs
-        stages = [s for s in specs if get_method(s.method).train is None]
+        stages = [s for s in specs if get_arm(s.method).train is None]
         return stages + swept + [s for s in specs if s not in stages]
     return specs + swept
 
@@ -106,9 +105,9 @@ def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
     """Whether a stored run identity has the preset's training settings for ``spec`` (autocast aside)."""
     if not identity or identity.get("method") != spec.method or identity.get("model") != p.model:
         return False
-    if get_method(spec.method).train is None:
+    if get_arm(spec.method).train is None:
         return True
-    current = _plain(dataclasses.asdict(p.train_config(spec.method, spec.seed, spec.lr)))
+    current = _plain(p.train_config(spec.method, spec.seed, spec.lr).record())
     stored = dict(identity.get("train_config") or {})
     stored.pop("autocast", None), current.pop("autocast", None)
     return stored == current

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..memory import MemoryConfig
 from ..models import DEFAULT_MODEL, PAPER_MODEL
 from ..training import TrainConfig, rate_keys
-from .arms import GRID_METHODS
+from .arms import ARMS
 
 FIXTURES = "fixtures"
 
@@ -28,7 +28,7 @@ class Preset:
             default tokenizer).
         data: local data folder (``None``: ``$SMF_DATA_DIR`` or the Hub; ``"fixtures"``: the packaged fixtures).
         memory: :class:`~smf_lib.memory.MemoryConfig` fields.
-        methods: the grid's method names (keys of :data:`smf_lib.study.arms.GRID_METHODS`).
+        methods: the grid's method names (keys of :data:`smf_lib.study.arms.ARMS`).
         seeds: training seeds of the methods in ``multi_seed``; every other method runs with the first seed.
         multi_seed: methods run with every seed.
         sweep: extra peak learning rates per method.
@@ -111,9 +111,9 @@ class Preset:
     notes: str = ""
 
     def __post_init__(self):
-        bad = [m for m in (*self.methods, *self.multi_seed, *self.sweep) if m not in GRID_METHODS]
+        bad = [m for m in (*self.methods, *self.multi_seed, *self.sweep) if m not in ARMS]
         if bad:
-            raise ValueError(f"preset {self.name!r}: unknown method {bad[0]!r}; allowed: {', '.join(GRID_METHODS)}")
+            raise ValueError(f"preset {self.name!r}: unknown method {bad[0]!r}; allowed: {', '.join(ARMS)}")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"preset {self.name!r}: seeds must be non-negative integers, got {self.seeds}")
         for k in ("medmcqa_n", "triviaqa_n", "wikitext_lines", "eval_batch", "topk", "trajectory_points"):
@@ -171,9 +171,13 @@ class Preset:
             if not rates or any(not isinstance(r, (int, float)) or not r > 0 for r in rates):
                 raise ValueError(f"preset {self.name!r}: sweep rates of {m!r} must be positive numbers, got {rates}")
 
+    def retrofit_config(self, seed: int) -> TrainConfig:
+        """The TrainConfig of the retrofit stage at a seed."""
+        return TrainConfig(method="retrofit", seed=seed, lr=self.lr.get("retrofit"), **self.retrofit)
+
     def train_config(self, method: str, seed: int, lr: float | None = None) -> TrainConfig:
         """The TrainConfig of a grid method at a seed (and an optional swept rate)."""
-        gm = GRID_METHODS[method]
+        gm = ARMS[method]
         if gm.train is None:
             raise ValueError(f"method {method!r} does not train")
         cfg = TrainConfig(method=gm.train, seed=seed, **{**self.train, **gm.overrides})
@@ -191,7 +195,7 @@ PRESETS = {
         train_n=24, medmcqa_n=6, medmcqa_dev_n=4, triviaqa_n=4, triviaqa_dev_n=2, wikitext_lines=8,
         wikitext_dev_lines=4, chat_n=3, chat_dev_n=2, acquisition_n=4, topk=8,
         cheap=dict(medmcqa=3, acquisition=3, chat=2, wikitext_windows=1), trajectory_points=3,
-        retrofit_n=20, background_n=8, background_corpus="wikipedia", eval_batch=4,
+        retrofit_n=12, background_n=8, background_corpus="wikipedia", eval_batch=4,
         train=dict(micro_batch=4, grad_accum=2, max_length=128, warmup_steps=1, epochs=1, top_t=8,
                    checkpoint_every=1),
         retrofit=dict(micro_batch=4, grad_accum=1, max_length=64, warmup_steps=1, epochs=1, checkpoint_every=1),
@@ -455,7 +459,7 @@ def protocol_settings(p: Preset) -> dict:
         "selection per micro-batch": smf.select_per_microbatch,
         "deterministic ties": smf.deterministic_ties,
         "SMF rate (paper's update)": smf.lr,
-        "LoRA r / alpha / dropout": f"{lora.lora_r} / {lora.lora_alpha} / {lora.lora_dropout:g}",
+        "LoRA r / alpha / dropout": f"{lora.lora.r} / {lora.lora.alpha} / {lora.lora.dropout:g}",
         "LoRA rate": lora.lr,
         "full finetuning rate": p.train_config("full", 0).lr,
         "MedMCQA items": p.medmcqa_n,

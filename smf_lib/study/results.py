@@ -17,6 +17,7 @@ from ..probes import metrics as probe_metrics
 from ..files import atomic_write, read_record
 from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
+from .tables import interval_cell, rate_label, seed_label
 
 
 def results_dir(name: str = "cpu", start: str | Path | None = None) -> Path:
@@ -130,8 +131,8 @@ def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
         for _, r in df.iterrows()]
     df = df.assign(_o=df["method"].map(order_key)).sort_values(["_o", "lr"]).drop(columns="_o")[cols]
     if cells:
-        df = pd.DataFrame({"method": df["method"], "lr": df["lr"].map(_rate), "seeds": df["seeds"],
-                           **{m[2:].replace("_", " "): [_cell(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        df = pd.DataFrame({"method": df["method"], "lr": df["lr"].map(rate_label), "seeds": df["seeds"],
+                           **{m[2:].replace("_", " "): [interval_cell(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
                                                         for _, r in df.iterrows()] for m in (learn, forget)},
                            "dominated by": df["dominated by"]})
     return df.reset_index(drop=True)
@@ -150,22 +151,12 @@ def seed_spread(summary: pd.DataFrame, metrics=("d_medmcqa_acc", "d_chat_drift_k
     return pd.DataFrame(rows)
 
 
-def _seed(seed):
-    """A seed as the tables show it: an integer (a CSV round trip makes it a float), ``""`` for none."""
-    return int(seed) if isinstance(seed, (int, float)) and not pd.isna(seed) else ""
-
-
-def _rate(lr) -> str:
-    """A learning rate as the tables show it (``""`` for none)."""
-    return f"{lr:g}" if isinstance(lr, (int, float)) and not pd.isna(lr) else ""
-
-
 def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
     """Per run, what the paired 95% intervals support for each metric: ``better``, ``worse`` or
     ``no clear change`` (better means more learning, or less forgetting); ``lr`` is the run's learning rate."""
     rows = []
     for _, r in summary[summary["method"] != "base"].iterrows():
-        row = {"method": r["method"], "seed": _seed(r["seed"]), "lr": _rate(r.get("lr", ""))}
+        row = {"method": r["method"], "seed": seed_label(r["seed"]), "lr": rate_label(r.get("lr", ""))}
         for m, (_, _, sign, _) in METRICS.items():
             lo, hi = r.get(f"d_{m}_lo"), r.get(f"d_{m}_hi")
             if lo is None or hi is None or (isinstance(lo, float) and np.isnan(lo)):
@@ -251,31 +242,17 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None)
     return pd.DataFrame(rows)
 
 
-def _digits(lo: float, hi: float) -> int:
-    """Decimals that an interval of this width supports (two significant digits of its width)."""
-    import math
-
-    width = abs(hi - lo)
-    return 0 if not width or not math.isfinite(width) else max(0, 1 - int(math.floor(math.log10(width))))
-
-
-def _cell(d: float, lo: float, hi: float) -> str:
-    """``"Δ [lo, hi]"`` rounded to what the interval's width supports."""
-    k = _digits(lo, hi)
-    return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
-
-
 def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "chat_loglik",
                                                "wikitext_ppl", "triviaqa_acc")) -> pd.DataFrame:
     """A compact view of ``summary``: per run and metric one cell ``"Δ [lo, hi]"`` (accuracies in points), rounded
     to what the interval supports; metrics a run lacks are left out. ``lr`` is the run's learning rate."""
     rows = []
     for _, r in summary[summary["method"] != "base"].iterrows():
-        row = {"method": r["method"], "seed": _seed(r["seed"]), "lr": _rate(r.get("lr", ""))}
+        row = {"method": r["method"], "seed": seed_label(r["seed"]), "lr": rate_label(r.get("lr", ""))}
         for m in metrics:
             if f"d_{m}" not in r or pd.isna(r.get(f"d_{m}")):
                 continue
             s = probe_metrics()[m].scale if m in probe_metrics() else 1
-            row[m.replace("_", " ")] = _cell(r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s)
+            row[m.replace("_", " ")] = interval_cell(r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])

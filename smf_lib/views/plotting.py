@@ -16,7 +16,8 @@ from ..probes import metrics as probe_metrics
 from ..selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
 from ..study.arms import PALETTE
 from ..study.paired_stats import METRICS
-from ..study.results import _rate, _seed
+from ..study.tables import rate_label, seed_label
+from .figures import figure_html
 
 class _Labels(Mapping):
     """Each metric's label, from the probe registry (:data:`smf_lib.probes.PROBES`), read on every access."""
@@ -35,45 +36,31 @@ LABELS = _Labels()
 
 
 class Panels:
-    """Figures shown in a row that wraps: side by side on a wide page, one per row on a narrow one, so each panel
-    keeps a readable size (a two-panel matplotlib figure shrinks both panels on a phone-width page).
+    """Figures shown one below the other, each at the book's size (:func:`smf_lib.views.figures.figure_html`: at
+    least 600 px wide where the page allows, never wider than the page), so their text stays readable on a wide
+    page and on a phone. Displays as HTML in Jupyter, Colab and the book; the figures are closed."""
 
-    Displays as HTML in Jupyter, Colab and the book. The figures are rendered to PNG (``dpi``, shown at 100 px per
-    inch, so they stay sharp on high-density screens) and closed; ``min_width`` is the narrowest a panel may get
-    before the row wraps."""
-
-    def __init__(self, figures, min_width: int = 300, dpi: int = 150):
-        import base64
-        import io
-
+    def __init__(self, figures, dpi: int = 150):
         figures = [f.figure if hasattr(f, "figure") and not hasattr(f, "savefig") else f for f in figures]
         if not figures:
             raise ValueError("Panels needs at least one matplotlib figure (or axes)")
         self.images = []
         for fig in figures:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            self.images.append(figure_html(fig, dpi))
             plt.close(fig)
-            data = buf.getvalue()
-            width, height = (int.from_bytes(data[k:k + 4], "big") for k in (16, 20))  # the PNG header's size
-            titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-            self.images.append({"png": base64.b64encode(data).decode(), "width": round(width * 100 / dpi),
-                                "height": round(height * 100 / dpi), "alt": "; ".join(titles) or "figure"})
-        self.min_width = min_width
 
     def _repr_html_(self) -> str:
-        import html
-
-        cells = "".join(
-            f'<div style="flex:1 1 {self.min_width}px;max-width:{im["width"]}px">'
-            f'<img src="data:image/png;base64,{im["png"]}" alt="{html.escape(im["alt"])}" '
-            f'style="width:100%;height:auto" width="{im["width"]}" height="{im["height"]}"></div>'
-            for im in self.images)
-        row = "display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start"
-        return f'<div class="smf-panels" style="{row}">{cells}</div>'
+        cells = "".join(f"<div>{im}</div>" for im in self.images)
+        return f'<div class="smf-panels" style="display:flex;flex-direction:column;gap:8px">{cells}</div>'
 
     def __repr__(self) -> str:
         return f"Panels({len(self.images)} figures)"
+
+
+def outside_legend(ax, *args, **kwargs):
+    """A legend to the right of the axes, outside the data (the book's figures keep every data point visible)."""
+    kwargs = {"frameon": False, "loc": "upper left", "bbox_to_anchor": (1.02, 1), "borderaxespad": 0, **kwargs}
+    return ax.legend(*args, **kwargs)
 
 
 def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats, dict]:
@@ -123,7 +110,7 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
     ax.set_ylabel(f"Δ {LABELS.get(forgetting, forgetting)} vs base")
     _better(ax, "right", "up" if _higher_is_better(forgetting) else "down")
     handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one entry per method, whatever its seeds
-    ax.legend(handles.values(), handles.keys(), fontsize=8, frameon=False)
+    outside_legend(ax, handles.values(), handles.keys())
     return ax
 
 
@@ -136,8 +123,8 @@ def _single_panels(sizes, **kwargs) -> tuple[list, list]:
 def _row_names(df: pd.DataFrame) -> list[str]:
     """A label per summary row: the method, plus the seed where the method has several rows, plus the rate where
     that still leaves two rows alike."""
-    seeds = [f"{m} s{_seed(s)}" for m, s in zip(df["method"], df.get("seed", pd.Series([""] * len(df))))]
-    rates = [f"{n} lr {_rate(r)}" for n, r in zip(seeds, df.get("lr", pd.Series([""] * len(df))))]
+    seeds = [f"{m} s{seed_label(s)}" for m, s in zip(df["method"], df.get("seed", pd.Series([""] * len(df))))]
+    rates = [f"{n} lr {rate_label(r)}" for n, r in zip(seeds, df.get("lr", pd.Series([""] * len(df))))]
     method_twice = df["method"].duplicated(keep=False).tolist()
     seed_twice = pd.Series(seeds).duplicated(keep=False).tolist()
     return [r if st else s if mt else m
@@ -201,7 +188,7 @@ def plot_loss_curves(runs: list[dict], ax=None, smooth: int = 5):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (MedMCQA)")
     if ax.get_lines():
-        ax.legend(fontsize=8, frameon=False)
+        outside_legend(ax)
     return ax
 
 
@@ -218,7 +205,7 @@ def plot_reads(indices: torch.Tensor, weights: torch.Tensor, n_keys: int, ax=Non
     ax.set_ylabel("first-half sub-key a")
     ax.set_title(f"slots one token reads (area = weight, {float(weights.min()):.3f} to {float(weights.max()):.3f})",
                  fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="upper right", markerscale=0.6)
+    outside_legend(ax, markerscale=0.6)
     return ax
 
 
@@ -292,13 +279,13 @@ def plot_overlap(overlap: pd.DataFrame, split: bool = False):
     sns.lineplot(overlap, x="top_t", y="jaccard", hue="layer", marker="o", ax=axes[0], palette="viridis")
     axes[0].set_title("KL vs TF-IDF: overlap of selected rows", fontsize=10)
     axes[0].set_ylabel("Jaccard overlap")
-    axes[0].legend(title="memory layer", fontsize=8, title_fontsize=8, frameon=False)
+    outside_legend(axes[0], title="memory layer")
     long = overlap.melt(id_vars=["layer", "top_t"], value_vars=["kl_hub_share", "tfidf_hub_share"],
                         var_name="selector", value_name="hub share")
     long["selector"] = long["selector"].str.replace("_hub_share", "")
     sns.lineplot(long, x="top_t", y="hub share", hue="selector", style="layer", marker="o", ax=axes[1])
     axes[1].set_title("share of selected rows that are hub rows", fontsize=10)
-    axes[1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    outside_legend(axes[1])
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("top-t")
@@ -398,7 +385,7 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget:
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
     ax.set_ylabel(LABELS.get(forget, forget))
     _better(ax, "right", "down")
-    ax.legend(fontsize=8, frameon=False)
+    outside_legend(ax)
     return ax
 
 
@@ -424,13 +411,13 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
         if len(m) > 1:  # alternate the side of the labels between swept methods, so that neighbours do not collide
             offset = (4, 3) if swept % 2 == 0 else (-4, -9)
             for _, r in m.iterrows():
-                ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=8, xytext=offset, color=color,
+                ax.annotate(f"{r['lr']:g}", (r[learn] * scale, r[forget]), fontsize=9.5, xytext=offset, color=color,
                             textcoords="offset points", ha="left" if offset[0] > 0 else "right")
             swept += 1
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
     ax.set_ylabel(LABELS.get(forget, forget))
     _better(ax, "right", "down")
-    ax.legend(fontsize=8, frameon=False)
+    outside_legend(ax)
     return ax
 
 

@@ -1,0 +1,178 @@
+"""The runner's stages: the drift reference, the retrofit (with its health record and background statistics), the
+trajectory probe and a finished run's flags. Each takes the :class:`~smf_lib.study.runner.Runner` it serves."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..adapter import load_memory, save_memory
+from ..files import read_json, write_json
+from ..health import MIN_SHARE, check_health, loss_change, memory_health
+from ..memory import add_memory
+from ..selection import BackgroundStats, compute_background_stats
+from ..training import micro_batches, train
+from .arms import ARMS
+from .evaluation import corpus, drift_spans, evaluate
+from .plan import _plain
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+
+def evenly_spaced_steps(n_steps: int, points: int) -> list[int]:
+    """``points - 1`` optimizer steps spread evenly over ``n_steps`` (the last one included), for probes."""
+    k = max(1, points - 1)
+    return sorted({max(1, round(i * n_steps / k)) for i in range(1, k + 1)})
+
+
+def check_corpora(preset) -> None:
+    """Read the retrofit and background corpora of a preset whose grid has a memory, so that a missing, damaged
+    or short file is reported before any run starts, not after the base model's evaluation."""
+    if any(ARMS[m].memory is not None for m in preset.methods if m in ARMS):
+        corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
+        corpus(preset, preset.background_corpus, preset.background_n)
+
+
+def reference_stage(runner: Runner) -> None:
+    """Cache the base model's top-k log-probabilities on every drift span (once per ``OUT``)."""
+    if not runner.main:
+        return
+    preset = runner.preset
+    folder = runner.artifacts / "reference"
+    marker = folder / "complete.json"
+    ident = _plain({"model": preset.model, "precision": runner.precision, "topk": preset.topk,
+                    "probes": runner.suite.fingerprints(), "cheap": preset.cheap, "split": preset.evaluate_on})
+    if marker.exists() and runner.check(marker, read_json(marker), ident, "drift reference"):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    runner.log("caching the base model's drift reference")
+    model, tok = runner.load(0)
+    for split in {preset.evaluate_on, "dev"}:
+        for cheap in (None, preset.cheap):
+            wiki, chat = drift_spans(tok, runner.suite, split, cheap)
+            for name, spans in (("wikitext", wiki), ("chat", chat)):
+                if spans:
+                    with runner.autocast():
+                        runner.reference.get(f"{name}-{split}", model, spans)
+    write_json(marker, ident)
+
+
+def retrofit_health(before: dict | None, after: dict | None, along: list[dict]) -> dict:
+    """A retrofit's health record: the memory's share of the MLP's output (mean, minimum and per layer) and the
+    held-out loss before and after, the loss change with its paired 95% interval, and the share along the way.
+    ``memory_to_mlp_norm`` repeats the mean share under the name earlier records used."""
+    def short(h):
+        return None if h is None else {"loss": h["loss"], "memory_to_mlp_norm": h["share"], "share": h["share"],
+                                       "min_share": h["min_share"], "share_by_layer": h["share_by_layer"],
+                                       "texts": h["texts"]}
+
+    out = {"before": short(before), "after": short(after), "along": along, "min_share_required": MIN_SHARE}
+    if before is not None and after is not None:
+        out["loss_change"] = loss_change(before, after)
+        out["healthy"] = bool(after["min_share"] >= MIN_SHARE)
+    return out
+
+
+def retrofit_stage(runner: Runner, seed: int, mode: str) -> tuple[torch.nn.Module, object, BackgroundStats, Path]:
+    """The retrofit adapter (trained once per seed and memory mode), its health record and its background
+    statistics; returns the retrofitted model, its tokenizer, the statistics and the stage's folder."""
+    folder = runner.artifacts / f"retrofit-{mode}-s{seed}"
+    marker = folder / "complete.json"
+    ident = runner.retrofit_identity(seed, mode)
+    done = marker.exists() and runner.check(marker, read_json(marker), ident, "retrofit stage")
+    if not done:  # every process trains (DDP); process 0 alone writes
+        started = folder / "identity.json"
+        if runner.main:
+            if started.exists() and not runner.check(started, read_json(started), ident, "retrofit stage"):
+                shutil.rmtree(folder)
+            write_json(started, ident)
+        _retrofit(runner, seed, mode, folder)
+        if runner.main:
+            write_json(marker, ident)
+            shutil.rmtree(folder / "ckpt", ignore_errors=True)
+    runner.wait_for(marker)
+    model, tok = runner.load(seed)
+    load_memory(model, folder / "adapter")
+    return model, tok, BackgroundStats.load(folder / "background.safetensors", model), folder
+
+
+def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
+    preset = runner.preset
+    model, tok = runner.load(seed)
+    torch.manual_seed(seed)
+    add_memory(model, runner.memory_config(mode))
+    heldout = [reply for _, reply in runner.suite.chat["dev"] or runner.suite.chat["report"]]
+    max_length = runner.retrofit_config(seed).max_length
+    before = memory_health(model, tok, heldout, max_length) if heldout and runner.main else None
+    texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
+    cfg = runner.retrofit_config(seed)
+    runner.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
+    along = heldout[:32]
+
+    def probe(m, step):  # the memory's share along the retrofit, on a few held-out replies
+        h = memory_health(m, tok, along, max_length)
+        return {k: h[k] for k in ("loss", "share", "min_share", "share_by_layer")}
+
+    steps = len(micro_batches(len(texts), cfg))
+    res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=runner.progress,
+                probe=probe if along and runner.main else None,
+                probe_steps=evenly_spaced_steps(steps, max(2, preset.trajectory_points)))
+    if not runner.main:
+        return
+    save_memory(res.model, folder / "adapter")
+    after = memory_health(res.model, tok, heldout, max_length) if heldout else None
+    health = retrofit_health(before, after, res.trajectory)
+    if after is not None and not check_health(after, where=f"the retrofit ({mode}, seed {seed})"):
+        runner.log(f"WARNING: the retrofit ({mode}, seed {seed}) left a memory below {MIN_SHARE:.0%} of the MLP's "
+                   f"output at some layer ({health['after']['share_by_layer']}); SMF on it will learn little. "
+                   "`python -m smf_lib retrofit-pilot` compares recipes")
+    write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
+                                           "processes": runner.world, "heldout_oasst1": health})
+    t0 = time.perf_counter()
+    background = corpus(preset, preset.background_corpus, preset.background_n)
+    runner.log(f"background statistics on {len(background)} documents")
+    with runner.autocast():
+        stats = compute_background_stats(res.model, tok, background, max_length=runner.task_max_length,
+                                         progress=runner.progress)
+    stats.save(folder / "background.safetensors")
+    write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(background),
+                                                  "corpus": preset.background_corpus})
+
+
+def trajectory_probe(runner: Runner, tok, start: str):
+    """The trajectory probe: the cheap dev subset; step 0 of a start model is computed once and reused."""
+    cache = runner.artifacts / f"step0-{start}.json"
+
+    def probe(model, step):
+        if step == 0 and cache.exists():
+            return read_json(cache)
+        with runner.autocast():
+            res = evaluate(model, tok, runner.preset, runner.suite, runner.reference, "cheap", progress=False)
+        out = {"metrics": res["metrics"], "items": res["items"]}
+        if step == 0 and runner.main:
+            write_json(cache, out)
+        return out
+
+    return probe
+
+
+def run_flags(res, tok, result: dict) -> list[str]:
+    """Warnings kept with a finished run: ``diverged`` (its loss ended near uniform and above where it began) and
+    ``constant-answers`` (one MedMCQA letter for every item)."""
+    flags = []
+    losses = [e["loss"] for e in (res.log if res is not None else [])]
+    if losses:
+        tail = losses[-max(1, len(losses) // 10):]
+        end = sum(tail) / len(tail)
+        if end >= 0.9 * math.log(len(tok)) and end > losses[0]:
+            flags.append("diverged")
+    preds = result["items"].get("medmcqa_pred", [])
+    if len(preds) > 4 and len(set(preds)) == 1:
+        flags.append("constant-answers")
+    return flags

@@ -1,0 +1,49 @@
+"""How the study's tables print their values: seeds, rates, intervals rounded to what their width supports,
+numbers to a few significant digits, and DataFrames as Markdown."""
+
+from __future__ import annotations
+
+import math
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def seed_label(seed):
+    """A seed as the tables show it: an integer (a CSV round trip makes it a float), ``""`` for none."""
+    return int(seed) if isinstance(seed, (int, float)) and not _missing(seed) else ""
+
+
+def rate_label(lr) -> str:
+    """A learning rate as the tables show it (``5e-05``, ``0.0002``; ``""`` for none)."""
+    return f"{lr:g}" if isinstance(lr, (int, float)) and not _missing(lr) else ""
+
+
+def interval_digits(lo: float, hi: float) -> int:
+    """Decimals that an interval of this width supports (two significant digits of its width)."""
+    width = abs(hi - lo)
+    return 0 if not width or not math.isfinite(width) else max(0, 1 - int(math.floor(math.log10(width))))
+
+
+def interval_cell(d: float, lo: float, hi: float, digits: int | None = None) -> str:
+    """``"+Δ [+lo, +hi]"``, rounded to ``digits`` decimals or (default) to what the interval's width supports."""
+    k = interval_digits(lo, hi) if digits is None else digits
+    return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
+
+
+def significant(x, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits: plain notation between 0.001 and 10^6, scientific outside it
+    (``2.1e-05``); ``""`` for a missing value."""
+    if _missing(x):
+        return ""
+    if x == 0 or (1e-3 <= abs(x) < 1e6):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+    return f"{x:.{digits - 1}e}"
+
+
+def markdown_table(df) -> str:
+    """A DataFrame as a Markdown table (no extra dependency); its index is not shown."""
+    rows = [list(df.columns)] + [[str(v).replace("|", "\\|") for v in r] for r in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]])
