@@ -6,6 +6,10 @@
   another selector and another memory layer each change the figure shown. At a 400 px wide viewport its
   controls fit the screen and the slider's track keeps its width.
 - Each chapter's Colab links (badge and launch button) open its paired ``notebooks/*.ipynb``.
+- At 1280 px every figure is shown at least 600 px wide, its smallest text measures at least 9 pt as rendered and
+  no legend covers data (from the measurements each PNG carries, see ``smf_lib.views.figures``); no table cell
+  wraps beyond two lines, no table shows NaN or a leaked 0, 1, 2, ... index, and no output line is clipped.
+- At 400 px figures are shown one per row, inside the screen.
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``), standard library only.
 
@@ -289,6 +293,103 @@ def check_narrow_figures(browser: Browser, html: Path) -> list[str]:
                      f"{s['right']:.0f} of {s['viewport']} px)" for s in small]
     return failures
 
+FIGURES_JS = """(async () => {
+  const out = [];
+  for (const img of document.querySelectorAll('article img, .bd-article img')) {
+    if (img.closest('a') || /badge|logo|\\.svg/.test(img.getAttribute('src') || '')) continue;  // links, badges
+    const r = img.getBoundingClientRect();
+    if (!r.width) continue;  // a hidden state of the explorer
+    const item = {src: img.getAttribute('src') || '', shown: r.width, natural: img.naturalWidth, bytes: null};
+    if (item.src.startsWith('blob:')) {
+      const buf = new Uint8Array(await (await fetch(item.src)).arrayBuffer());
+      let bin = ''; for (const b of buf) bin += String.fromCharCode(b);
+      item.bytes = btoa(bin);
+    }
+    out.push(item);
+  }
+  return out;
+})()"""
+
+
+def png_bytes(page_path: Path, item: dict) -> bytes:
+    """The PNG behind an ``<img>``: a data URI, a file next to the page, or (widgets) the bytes the page sent."""
+    if item["bytes"]:
+        return base64.b64decode(item["bytes"])
+    src = item["src"]
+    if src.startswith("data:"):
+        return base64.b64decode(src.split(",", 1)[1])
+    return (page_path.parent / src.split("?")[0]).read_bytes()
+
+
+def check_figures(browser: Browser, html: Path) -> list[str]:
+    """At 1280 px, every figure of a chapter is shown at least MIN_SHOWN_PX wide, its smallest text measures at least
+    MIN_RENDERED_PT as rendered, and no legend covers data (measured from the PNG's own record of its text sizes and
+    legends, written by smf_lib.views.figures)."""
+    from smf_lib.views.figures import MIN_RENDERED_PT, MIN_SHOWN_PX, png_text, rendered_pt
+
+    failures, page = [], Page(browser, 1280, 1600)
+    for path in sorted(html.glob("notebooks/*.html")):
+        page.open(path)
+        items = page.js(FIGURES_JS)
+        sizes = []
+        for k, item in enumerate(items, 1):
+            try:
+                meta = png_text(png_bytes(path, item))
+            except (OSError, ValueError) as err:
+                failures.append(f"{path.name}: figure {k} ({item['src'][:60]}): unreadable ({err})")
+                continue
+            where = f"{path.name}: figure {k}"
+            if "smf:dpi" not in meta:
+                failures.append(f"{where}: carries no measurements (draw it through smf_lib.views.figures)")
+                continue
+            pt = rendered_pt(meta, item["shown"], item["natural"])
+            sizes.append((item["shown"], pt))
+            if item["shown"] < MIN_SHOWN_PX - 1:
+                failures.append(f"{where}: shown {item['shown']:.0f} px wide, below {MIN_SHOWN_PX} px")
+            if pt is not None and pt < MIN_RENDERED_PT - 0.05:
+                failures.append(f"{where}: smallest text {pt:.1f} pt as rendered, below {MIN_RENDERED_PT:g} pt")
+            if int(meta.get("smf:legend_overlaps", "0")):
+                failures.append(f"{where}: a legend covers {meta['smf:legend_overlaps']} data point(s)")
+        if sizes:
+            print(f"{path.name} at 1280 px: {len(sizes)} figure(s), narrowest {min(w for w, _ in sizes):.0f} px, "
+                  f"smallest text {min(p for _, p in sizes if p is not None):.1f} pt")
+    return failures
+
+TABLES_JS = """(() => {
+  const out = {cells: [], nan: [], index: [], clipped: []};
+  document.querySelectorAll('article table').forEach((table, t) => {
+    table.querySelectorAll('td, th').forEach(cell => {
+      const style = getComputedStyle(cell);
+      const line = parseFloat(style.lineHeight) || 1.4 * parseFloat(style.fontSize);
+      const pad = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+      const lines = Math.round((cell.getBoundingClientRect().height - pad) / line);
+      if (lines > 2 && cell.innerText.trim()) out.cells.push([t + 1, cell.innerText.trim().slice(0, 60), lines]);
+      if (/^(nan|NaN|<NA>|None)$/.test(cell.innerText.trim())) out.nan.push([t + 1, cell.innerText.trim()]);
+    });
+    const heads = [...table.querySelectorAll('tbody tr > th:first-child')].map(th => th.innerText.trim());
+    if (heads.length > 1 && heads.every((h, i) => h === String(i))) out.index.push(t + 1);
+  });
+  document.querySelectorAll('article .cell_output pre, article .output pre').forEach(pre => {
+    if (pre.scrollWidth > pre.clientWidth + 2)
+      out.clipped.push(pre.innerText.split('\\n').find(l => l.length > 0).slice(0, 60));
+  });
+  return out;
+})()"""
+
+
+def check_tables(browser: Browser, html: Path) -> list[str]:
+    """At 1280 px: no table cell wraps beyond two lines, no table shows NaN or a 0, 1, 2, ... index, and no output
+    line is clipped (wider than its box)."""
+    failures, page = [], Page(browser, 1280, 1600)
+    for path in sorted(html.glob("notebooks/*.html")) + [html / "index.html"]:
+        page.open(path)
+        found = page.js(TABLES_JS)
+        failures += [f"{path.name}: table {t}: the cell {text!r} wraps to {n} lines" for t, text, n in found["cells"]]
+        failures += [f"{path.name}: table {t} shows {text!r}" for t, text in found["nan"]]
+        failures += [f"{path.name}: table {t} shows its 0, 1, 2, ... index" for t in found["index"]]
+        failures += [f"{path.name}: an output line is clipped: {line!r}" for line in found["clipped"]]
+    return failures
+
 
 def check_colab_links(html: Path) -> list[str]:
     """Every Colab link of a chapter (badge, launch button) opens that chapter's paired notebook."""
@@ -334,6 +435,8 @@ def main() -> int:
                 failures += [f"{path.name}: {p}" for p in problems]
             failures += check_explorer(browser, html, shots)
             failures += check_narrow_figures(browser, html)
+            failures += check_figures(browser, html)
+            failures += check_tables(browser, html)
         finally:
             browser.close()
     for f in failures:

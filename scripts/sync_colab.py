@@ -2,6 +2,11 @@
 
     python scripts/sync_colab.py           # rewrite book/notebooks/*.py, then jupytext --sync their .ipynb
     python scripts/sync_colab.py --check   # exit 1 if a chapter differs from what would be written
+    python scripts/sync_colab.py --outputs # copy the built book's executed outputs into notebooks/*.ipynb
+
+``--outputs`` reads ``book/_build/jupyter_execute/notebooks/*.ipynb`` (written by ``jupyter-book build book/``), so
+that a reader who opens a notebook on GitHub or in Colab sees its results before running anything. Widget views
+keep their text fallback only (Colab cannot restore a saved widget's state), so the files stay small.
 
 The install cell is the chapter's code cell tagged ``remove-cell``; the badge is the markdown line that starts
 with ``[![Open In Colab]``. Both open the ``.ipynb`` that jupytext pairs with the chapter (``notebooks/``).
@@ -61,10 +66,58 @@ def render(source: Path, cfg: dict) -> str:
     return CELL_RE.sub(lambda _: install_cell(cfg["repo"]), text)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def copy_outputs(executed: Path, paired: Path) -> int:
+    """Copy the outputs of ``executed`` into ``paired`` cell by cell (matched by source); returns how many code
+    cells got outputs. Widget views keep only their text fallback; the notebook's widget state is dropped."""
+    import nbformat
+
+    done = nbformat.read(executed, as_version=4)
+    nb = nbformat.read(paired, as_version=4)
+    by_source = {}
+    for cell in done.cells:
+        if cell.cell_type == "code":
+            by_source.setdefault(cell.source, []).append(cell)
+    filled = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        match = by_source.get(cell.source, [])
+        if not match:
+            raise SystemExit(f"{paired}: a code cell has no executed twin in {executed}; rebuild the book first")
+        ran = match.pop(0)
+        outputs = []
+        for out in ran.get("outputs", []):
+            if out.get("output_type") == "error":
+                raise SystemExit(f"{executed}: an executed cell raised an error; fix the chapter first")
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:
+                out = nbformat.from_dict({**out, "data": {k: v for k, v in data.items() if k == "text/plain"}})
+            outputs.append(out)
+        cell.outputs, cell.execution_count = outputs, ran.get("execution_count")
+        filled += bool(outputs)
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, paired)
+    return filled
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="report chapters that differ; write nothing")
+    ap.add_argument("--outputs", action="store_true",
+                    help="copy the built book's executed outputs into notebooks/*.ipynb")
     args = ap.parse_args()
+    if args.outputs:
+        built = ROOT / "book" / "_build" / "jupyter_execute" / "notebooks"
+        for source in SOURCES:
+            executed, paired = built / f"{source.stem}.ipynb", ROOT / paired_ipynb(source, ROOT)
+            if not executed.exists():
+                raise SystemExit(f"no {executed}: run `jupyter-book build book/` first")
+            n = copy_outputs(executed, paired)
+            print(f"{paired.relative_to(ROOT)}: outputs of {n} code cells ({paired.stat().st_size / 1e6:.2f} MB)")
+        return 0
     cfg = config()
     stale = [s for s in SOURCES if render(s, cfg) != s.read_text()]
     for s in stale:

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from smf_lib.views.figures import (figure_png, legend_overlaps, png_text, rendered_pt,  # noqa: E402
+                                   smallest_text_pt)
 from smf_lib.views.plotting import (Panels, plot_deltas, plot_frontier, plot_overlap, plot_paths,  # noqa: E402
                               plot_row_changes, plot_tradeoff)
 
@@ -46,23 +48,40 @@ def test_split_row_changes_share_one_colour_scale():
     plt.close("all")
 
 
-def test_panels_render_each_figure_once_in_a_wrapping_row():
+def test_panels_render_each_figure_once_one_per_row_at_a_readable_size():
     overlap = pd.DataFrame({"layer": [7, 7, 15, 15], "top_t": [8, 16, 8, 16], "jaccard": [0.2, 0.4, 0.3, 0.5],
                             "kl_hub_share": [0.0, 0.1, 0.0, 0.2], "tfidf_hub_share": [0.0, 0.0, 0.1, 0.1]})
     figs = plot_overlap(overlap, split=True)
     before = len(plt.get_fignums())
-    html = Panels(figs, min_width=280)._repr_html_()
+    html = Panels(figs)._repr_html_()
     assert len(plt.get_fignums()) == before - 2  # closed: a notebook does not draw them a second time
-    assert "flex-wrap:wrap" in html and html.count("<img") == 2 and html.count("flex:1 1 280px") == 2
-    widths = [int(w) for w in re.findall(r'max-width:(\d+)px', html)]
-    assert all(300 <= w <= 600 for w in widths)  # about 4.4 in at 100 px per inch, not the 150 dpi pixels
+    assert "flex-direction:column" in html and html.count("<img") == 2
+    widths = [int(w) for w in re.findall(r'style="width:(\d+)px;max-width:100%', html)]
+    assert len(widths) == 2 and all(w >= 600 for w in widths)  # never below the book's 600 px
     png = base64.b64decode(re.search(r"base64,([^\"]+)", html).group(1))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = png_text(png)
+    assert meta["smf:dpi"] == "150" and float(meta["smf:min_font_pt"]) > 0 and meta["smf:legend_overlaps"] == "0"
     assert 'alt="KL vs TF-IDF: overlap of selected rows"' in html
     _, ax = plt.subplots()
     assert repr(Panels([ax])) == "Panels(1 figures)"  # axes are taken for their figure
     with pytest.raises(ValueError, match="at least one"):
         Panels([])
+
+
+def test_figure_checks_find_small_text_and_a_legend_over_the_data():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1, 2, 3], [0, 1, 2, 3], label="a line through the middle")
+    ax.legend(loc="center")
+    ax.set_xlabel("x", fontsize=6)
+    assert legend_overlaps(fig) > 0 and smallest_text_pt(fig) == 6
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # outside the axes
+    assert legend_overlaps(fig) == 0
+    meta = png_text(figure_png(fig, dpi=100))
+    assert meta["smf:min_font_pt"] == "6" and meta["smf:legend_overlaps"] == "0"
+    # 6 pt drawn at 100 dpi, shown at its pixel width: 6 * 100 / 96 points as rendered
+    assert rendered_pt(meta, 400, 400) == pytest.approx(6.25)
+    assert rendered_pt(meta, 200, 400) == pytest.approx(3.125)
+    plt.close(fig)
 
 
 def test_delta_rows_name_the_seed_and_rate_where_a_method_repeats():
@@ -102,3 +121,46 @@ def test_frontier_and_paths_take_a_log_axis_when_the_drift_spans_decades():
     assert plot_frontier(narrow).get_yscale() == "linear"
     assert plot_frontier(wide, yscale="linear").get_yscale() == "linear"
     plt.close("all")
+
+
+def test_the_book_figures_are_readable_at_the_book_width():
+    """Every kind of figure the chapters show, drawn at the book's type sizes, keeps its smallest text at 9 pt or
+    more as rendered in the book's column and no legend over its data (what ``scripts/check_book.py`` measures)."""
+    import numpy as np
+
+    from smf_lib.views.diagrams import plot_architecture, plot_pipeline, plot_read_overlap
+    from smf_lib.views.figures import book_style, figure_problems
+
+    book_style()
+    rng = np.random.default_rng(0)
+    runs = {("smf-kl", 5e-4, 0): (0.01, 5e-5), ("smf-kl", 5e-2, 0): (0.5, 8e-3), ("lora", 2e-4, 0): (0.6, 2e-3),
+            ("full", 5e-5, 0): (0.7, 1e-2)}
+    overlap = pd.DataFrame({"layer": [7, 7, 15, 15], "top_t": [8, 16, 8, 16], "jaccard": [0.2, 0.4, 0.3, 0.5],
+                            "kl_hub_share": [0.0, 0.1, 0.0, 0.2], "tfidf_hub_share": [0.0, 0.0, 0.1, 0.1]})
+    figures = {"architecture": plot_architecture(), "pipeline": plot_pipeline(),
+               "read overlap": plot_read_overlap(rng.integers(0, 2, 64 * 64), rng.integers(0, 2, 64 * 64), 64),
+               "tradeoff": plot_tradeoff(_summary(), "wikitext_ppl").figure,
+               "frontier": plot_frontier(_trajectories(runs)).figure, "paths": plot_paths(_trajectories(runs)).figure}
+    figures.update({f"overlap {i}": f for i, f in enumerate(plot_overlap(overlap, split=True))})
+    figures.update({f"deltas {i}": f for i, f in enumerate(plot_deltas(_summary(), ["medmcqa_acc", "chat_loglik"],
+                                                                       split=True))})
+    problems = {name: figure_problems(fig) for name, fig in figures.items()}
+    plt.close("all")
+    assert not {k: v for k, v in problems.items() if v}
+
+
+def test_book_tables_round_hide_the_index_and_have_a_narrow_view():
+    from smf_lib.views.tables import book_table, cell_text
+
+    df = pd.DataFrame({"method": ["lora", "full"], "seed": [0, 1], "drift": [3.69e-5, float("nan")],
+                       "ppl": [21.63171, 22.0], "count": [12, 123456]}).set_index(["method", "seed"])
+    table = book_table(df)
+    assert table.cells() == [["lora", "0", "3.69e-05", "21.6", "12"], ["full", "1", "—", "22", "123,456"]]
+    html = table._repr_html_()
+    assert "nan" not in html.lower() and html.count('class="smf-card"') == 2
+    assert "<th>method</th>" in html and "<th>seed</th>" in html  # a named index becomes columns
+    plain = book_table(pd.DataFrame({"a": [1.23456]}))  # an unnamed 0, 1, 2 index is dropped
+    assert plain.df.columns.tolist() == ["a"] and "<td>0</td>" not in plain._repr_html_()
+    assert "@media (max-width:640px)" in html
+    assert cell_text(True) == "True" and cell_text(None) == "—"
+    assert cell_text("+0.1 [+0.0, +0.2]") == "+0.1 [+0.0, +0.2]"

@@ -5,6 +5,7 @@
   ``repository.url``, ``repository.branch`` and ``launch_buttons.colab_url``, as the chapters' badges are.
 - The chapters run with ``SMF_STATIC_WIDGETS`` set (the kernels inherit the build's environment), so that
   :func:`smf_lib.views.widgets.selection_explorer` draws its states in advance: the page has no kernel to redraw.
+- The header's download menu offers a chapter's paired ``.ipynb`` (copied to ``_sources/``) next to its ``.py``.
 - A chapter whose Colab badge or install cell names another repository than ``repository.url`` fails the build.
 - A page loads each script once (sphinx-thebe's and sphinx-togglebutton's inline settings arrive twice, and
   declaring ``THEBE_JS_URL`` twice is an error) and nothing from the network: the Colab badge's image comes
@@ -36,6 +37,27 @@ def colab_launch_button(app, pagename, templatename, context, doctree):
         for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
             if button.get("text") == "Colab":
                 button["url"] = url
+
+
+def ipynb_download(app, pagename, templatename, context, doctree):
+    """Offer a chapter's paired ``.ipynb`` (with its outputs) in the header's download menu, next to the ``.py``."""
+    source = Path(app.env.doc2path(pagename))
+    if source.suffix == ".py" and paired_ipynb(source, ROOT).exists():
+        context["ipynb_source"] = f"{Path(pagename).parent}/{paired_ipynb(source, ROOT).name}"
+
+
+def copy_ipynb(app, exception):
+    """Copy the chapters' paired notebooks to ``_sources/`` of the built book, where the download menu points."""
+    if exception is not None or app.builder.format != "html":
+        return
+    import shutil
+
+    for docname in app.env.found_docs:
+        source = Path(app.env.doc2path(docname))
+        if source.suffix == ".py" and paired_ipynb(source, ROOT).exists():
+            target = Path(app.outdir) / "_sources" / Path(docname).parent / paired_ipynb(source, ROOT).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(paired_ipynb(source, ROOT), target)
 
 
 def each_script_once(app, pagename, templatename, context, doctree):
@@ -75,6 +97,9 @@ def one_repository_address(app, docname, source):
 def setup(app):
     os.environ[STATIC_WIDGETS] = "1"
     app.connect("source-read", one_repository_address)
+    # before sphinx-book-theme builds the header's download menu (priority 501)
+    app.connect("html-page-context", ipynb_download, priority=400)
+    app.connect("build-finished", copy_ipynb)
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", colab_launch_button, priority=502)
     # after every extension that adds scripts to the page

@@ -70,6 +70,7 @@ from smf_lib import setup_notebook
 from smf_lib.study.arms import ORDER
 from smf_lib.study.presets import get_preset
 from smf_lib.study.results import delta_table, load_results
+from smf_lib.views.tables import book_table
 from smf_lib.study.runner import status_line, study_status
 
 SEED = 0
@@ -101,7 +102,7 @@ print(status_line(study_status(get_preset("cpu-v1"), folder), width=76))
 summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
 headline = ("medmcqa_acc", "wikitext_ppl", "chat_drift_kl",
             "triviaqa_alias_loglik")
-delta_table(summary, headline).set_index(["method", "lr", "seed"])
+book_table(delta_table(summary, headline), key=["method", "lr", "seed"])
 
 # %% [markdown]
 # The model is small and near chance on MedMCQA, so changes in accuracy are small, and chapter 3 reads them

@@ -262,18 +262,21 @@ else:
 from smf_lib.study.findings import pilot_choice
 from smf_lib.study.pilot import pilot_table
 from smf_lib.study.results import results_dir
+from smf_lib.study.tables import interval_cell
 from smf_lib.views.plotting import plot_retrofit_pilot
+from smf_lib.views.tables import book_table
 
 pilot_dir = results_dir("retrofit-pilot")
 pilot = pilot_table(pilot_dir)
 display(Panels(plot_retrofit_pilot(pilot, split=True)))
 last = pilot.sort_values("step").groupby("recipe").tail(1)
 last = last.assign(minutes=last["train_seconds"] / 60)
-last[["recipe", "step", "share", "min_share", "loss_change", "loss_lo", "loss_hi", "minutes"]].rename(columns={
-    "share": "mean share", "min_share": "smallest layer's share", "loss_change": "loss change (nats)",
-    "loss_lo": "95% lo", "loss_hi": "95% hi"}).style.format({
-        "mean share": "{:.1%}", "smallest layer's share": "{:.1%}", "loss change (nats)": "{:+.3f}",
-        "95% lo": "{:+.3f}", "95% hi": "{:+.3f}", "minutes": "{:.0f}"}).hide(axis="index")
+book_table(pd.DataFrame({
+    "recipe": last["recipe"], "step": last["step"], "mean share": last["share"].map("{:.1%}".format),
+    "smallest layer's share": last["min_share"].map("{:.1%}".format),
+    "held-out loss change, nats [95%]": [interval_cell(r.loss_change, r.loss_lo, r.loss_hi, digits=3)
+                                         for r in last.itertuples()],
+    "minutes": last["minutes"].round().astype(int)}), key=["recipe", "step"])
 
 # %% [markdown]
 # Does the initialisation matter, does the rate, and which recipe is cheapest to bring every layer above 10% with a
@@ -306,11 +309,13 @@ learning = learning_table(pilot_dir)
 if len(learning):
     plot_learning_by_share(learning)
     plt.show()
-    cols = ["retrofit_step", "share", "min_share", "d_gold_margin", "d_gold_margin_lo", "d_gold_margin_hi",
-            "d_acc", "changed"]
-    display(learning[cols].style.format({
-        "share": "{:.1%}", "min_share": "{:.1%}", "d_gold_margin": "{:+.3f}", "d_gold_margin_lo": "{:+.3f}",
-        "d_gold_margin_hi": "{:+.3f}", "d_acc": "{:+.1%}"}).hide(axis="index"))
+    display(book_table(pd.DataFrame({
+        "retrofit step": learning["retrofit_step"], "mean share": learning["share"].map("{:.1%}".format),
+        "smallest layer's share": learning["min_share"].map("{:.1%}".format),
+        "gold-margin change, nats [95%]": [interval_cell(r.d_gold_margin, r.d_gold_margin_lo, r.d_gold_margin_hi,
+                                                         digits=3) for r in learning.itertuples()],
+        "accuracy change": learning["d_acc"].map("{:+.1%}".format), "answers changed": learning["changed"]}),
+        key=["retrofit step"]))
 else:
     print("not run yet: python -m smf_lib retrofit-pilot --learning zero-lr0.002@100 zero-lr0.002@60 ...")
 

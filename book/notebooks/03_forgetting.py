@@ -73,6 +73,7 @@ from smf_lib.study.presets import get_preset
 from smf_lib.study.results import (claims_table, delta_table, frontier_table, load_results, seed_spread,
                              verdicts)
 from smf_lib.study.runner import status_line, study_status
+from smf_lib.views.tables import book_table
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -113,9 +114,8 @@ pilot_folder, pilot, _ = load_results("cpu-pilot")
 print(status_line(study_status(get_preset("cpu-pilot"), pilot_folder), width=76))
 retention = ("chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik",
              "triviaqa_acc")
-delta_table(pilot, ("medmcqa_gold_loglik", "medmcqa_acc", *retention,
-                    "chat_drift_kl")).drop(columns="seed").set_index(
-    ["method", "lr"])
+book_table(delta_table(pilot, ("medmcqa_gold_loglik", "medmcqa_acc", *retention, "chat_drift_kl"))
+           .drop(columns="seed"), key=["method", "lr"])
 
 # %% [markdown]
 # Per pilot run, the retention probes whose paired 95% interval lies entirely on the worse side:
@@ -174,9 +174,9 @@ groups = {"learning": ("medmcqa_acc", "medmcqa_gold_loglik",
           "chat and world knowledge": ("chat_drift_kl", "chat_loglik",
                                        "triviaqa_alias_loglik")}
 for name, metrics in groups.items():
-    table = delta_table(summary, metrics).set_index(["method", "lr", "seed"])
-    if len(table.columns):
-        display(Markdown(f"**{name}**"), table)
+    table = delta_table(summary, metrics)
+    if len(table.columns) > 3:
+        display(Markdown(f"**{name}**"), book_table(table, key=["method", "lr", "seed"]))
 
 # %%
 Panels(plot_deltas(summary, [m for metrics in groups.values() for m in metrics], split=True))
@@ -205,7 +205,7 @@ if len(spread):
                 f"{r[f'{m}_mean'] * s:+.2g} (seeds {r[f'{m}_min'] * s:+.2g} to "
                 f"{r[f'{m}_max'] * s:+.2g}; items ±{half:.2g})")
         cells.append(row)
-    display(pd.DataFrame(cells).set_index("method"))
+    display(book_table(pd.DataFrame(cells), key=["method"]))
 else:
     print("no method of this study has finished a second seed yet")
 
@@ -259,7 +259,7 @@ else:
 # result.
 
 # %%
-frontier_table(trajectories, cells=True).set_index(["method", "lr"])
+book_table(frontier_table(trajectories, cells=True), key=["method", "lr"])
 
 # %% [markdown]
 # ## Paired tests on MedMCQA
@@ -326,9 +326,10 @@ if at_rate.empty:
 
 # %%
 seeds = sorted({r["seed"] for r in runs if r["method"] != "base"})
-per_seed = {s: claims_table(runs, seed=s).set_index(["claim", "compared"])
-            for s in seeds}
-pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
+per_seed = {s: claims_table(runs, seed=s).set_index(["claim", "compared"]) for s in seeds}
+claims = pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
+claims.columns = [f"{a}: {b}" for a, b in claims.columns]
+book_table(claims, key=["claim", "compared"])
 
 # %% [markdown]
 # **Reading these numbers.** A 135M model near chance on MedMCQA, few seeds, and a few hundred to a thousand

@@ -44,6 +44,12 @@
 # Each selector keeps the {term}`top-t` read rows by score (all read rows when fewer than $t$ were read). TF-IDF
 # only sees *whether* a background document read a row; KL sees *how much*. The two therefore differ most on
 # **{term}`hub rows <hub row>`**, the rows that more than half of the background documents read.
+#
+#
+# The read counts below come from `selection_counts.json` in the study's results folder: the reads of the first four
+# training batches and the background statistics of the study's retrofitted memory.
+# `python -m smf_lib snapshot --preset cpu-v1 --out results/cpu-v1` writes it (from the study's retrofit stage, or
+# retrofitting again where that stage is gone).
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -66,6 +72,7 @@ from smf_lib import setup_notebook
 from smf_lib.views.plotting import (Panels, load_snapshot, plot_overlap, plot_selection,
                               scores_table, selection_overlap)
 from smf_lib.study.results import delta_table, load_results
+from smf_lib.views.tables import book_table
 from smf_lib.views.widgets import selection_explorer
 
 SEED = 0
@@ -95,7 +102,7 @@ for ax in panels:
 Panels(panels)
 
 # %%
-scores_table(counts, stats, layer=1, top_t=10)
+book_table(scores_table(counts, stats, layer=1, top_t=10), key=["kl slot"])
 
 # %% [markdown]
 # ## Overlap and hub rows across top-t
@@ -128,8 +135,8 @@ selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
 missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])
 if missing:
     print(f"not finished yet in this study: {', '.join(sorted(missing))}")
-delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl",
-                        "triviaqa_alias_loglik")).set_index(["method", "lr", "seed"])
+book_table(delta_table(selectors, ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik")),
+           key=["method", "lr", "seed"])
 
 # %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not

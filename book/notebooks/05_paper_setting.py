@@ -64,6 +64,7 @@ from smf_lib.memory import MemoryConfig, ProductKeyMemory
 from smf_lib.study.cost import estimate_runtime
 from smf_lib.study.presets import get_preset, protocol_table
 from smf_lib.study.results import delta_table, load_results
+from smf_lib.views.tables import book_table
 
 # The one switch of this chapter: "colab" (Qwen2.5-0.5B-Instruct on one GPU,
 # sized for a T4: see the estimate below), "paper" (the authors' full protocol, GPU-hours)
@@ -86,7 +87,7 @@ print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 80))
 for name in ("paper", MODEL):
     table = protocol_table(get_preset(name))
     print(f"{name}: {len(table)} departures")
-protocol_table(preset)
+book_table(protocol_table(preset), key=["setting"])
 
 # %% [markdown]
 # Three kinds of departure appear. **Scale** (fewer questions, epochs and items) buys time. **Project defaults**
@@ -117,8 +118,8 @@ print(f"value table: {cfg.n_slots:,} x 896 = {cfg.n_slots * 896 / 1e6:.1f}M")
 # %%
 est = estimate_runtime(get_preset("colab"), flops_per_s=8e12)
 stages = est[est["stage"].str.startswith(("train", "retrofit", "total"))]
-stages.round({"tokens": 0, "tflops": 0, "minutes": 1}).astype(
-    {"tokens": int, "tflops": int})
+book_table(stages.round({"tokens": 0, "tflops": 0, "minutes": 1}).astype({"tokens": int, "tflops": int}),
+           key=["stage"])
 
 # %% [markdown]
 # ## Run it
@@ -133,7 +134,7 @@ if RUN:
 
     Runner(preset, f"results/{MODEL}", progress=True).run()
     folder, new, _ = load_results(MODEL)
-    display(delta_table(new))
+    display(book_table(delta_table(new), key=["method", "lr", "seed"]))
 else:
     print(textwrap.fill(
         f"No GPU here, so nothing was trained. To run {MODEL!r}, open this "
@@ -148,8 +149,8 @@ else:
 # %%
 folder, summary, runs = load_results("cpu-v1")
 study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
-delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl",
-                    "wikitext_ppl")).set_index(["method", "lr", "seed"])
+book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "wikitext_ppl")),
+           key=["method", "lr", "seed"])
 
 # %% [markdown]
 # ## Summary

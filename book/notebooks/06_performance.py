@@ -59,6 +59,7 @@ from smf_lib import setup_notebook
 from smf_lib.study.cost import benchmark_targets
 from smf_lib.views.plotting import Panels, plot_benchmark, plot_slot_scaling
 from smf_lib.study.results import results_dir
+from smf_lib.views.tables import book_table
 
 SEED = 0
 device = setup_notebook(SEED)
@@ -77,9 +78,8 @@ columns = {"median_step_s": "step (s)", "tokens_per_s": "tokens/s",
            "peak_mem_mb": "peak memory (MB)",
            "optimizer_state_mb": "optimizer state (MB)"}
 table = steps.set_index("method")[list(columns)].rename(columns=columns)
-table.round({"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0,
-             "optimizer state (MB)": 1}).astype(
-    {"tokens/s": int, "peak memory (MB)": int})
+book_table(table.round({"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0, "optimizer state (MB)": 1})
+           .astype({"tokens/s": int, "peak memory (MB)": int}), key=["method"])
 
 # %% [markdown]
 # `base-forward` and `memory-forward` are forward passes only, without and with the memory layers. `smf-kl` and
@@ -103,9 +103,10 @@ scaling = pd.concat([pd.read_csv(bench / f).assign(run=name)
 plot_slot_scaling(scaling)
 plt.show()
 # median step time (s); the rows with an unused tensor are the controls
-scaling.pivot_table(index=["n_slots", "unused_tensor_mb"],
-                    columns=["run", "allocator"],
-                    values="median_step_s").round(2)
+scaling_table = scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allocator"],
+                                    values="median_step_s").round(2)
+scaling_table.columns = [f"{run}, {allocator}" for run, allocator in scaling_table.columns]
+book_table(scaling_table, key=["n_slots", "unused_tensor_mb"])
 
 # %% [markdown]
 # A control row runs the smallest table beside an *unused* tensor as large as the largest table. If that row is
@@ -134,9 +135,8 @@ targets[targets["holds"] != "not measured"]
 if (bench / "cpu-paper_steps.csv").exists():
     forward = pd.read_csv(bench / "cpu-paper_steps.csv").set_index("method")
     table = forward[["median_step_s", "tokens_per_s", "peak_mem_mb"]]
-    display(table.rename(columns=columns).round(
-        {"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0}).astype(
-        {"tokens/s": int, "peak memory (MB)": int}))
+    display(book_table(table.rename(columns=columns).round({"step (s)": 2, "tokens/s": 0, "peak memory (MB)": 0})
+                       .astype({"tokens/s": int, "peak memory (MB)": int}), key=["method"]))
     step = forward["median_step_s"]
     overhead = step["memory-forward"] / step["base-forward"] - 1
     print(f"memory-layer forward overhead at the paper's shapes (CPU): "

@@ -28,50 +28,54 @@ def _arrow(ax, a, b, text=None, color=INK, size=9, offset=(0.0, 0.12)):
 
 def plot_architecture(d: int = 576, n_keys: int = 64, heads: int = 4, knn: int = 16, k_dim: int = 256,
                       layer: int = 15):
-    """The product-key memory of one decoder layer, left to right: token -> query -> two sub-key tables ->
+    """The product-key memory of one decoder layer, top to bottom: token -> query -> two sub-key tables ->
     k x k candidates -> top-k value rows -> weighted sum -> SiLU gate -> added to the MLP, labelled with sizes.
+    Drawn 7 inches wide (one unit = one inch), so its text stays readable on the book's page.
 
     Returns:
         The matplotlib figure.
     """
-    fig, ax = plt.subplots(figsize=(12, 5.2))
-    ax.set_xlim(0, 12)
-    ax.set_ylim(0, 5.2)
+    fig, ax = plt.subplots(figsize=(7, 9.4))
+    ax.set_xlim(0, 7)
+    ax.set_ylim(0, 9.4)
     ax.axis("off")
     n = n_keys**2
-    _box(ax, 0.85, 2.6, 1.4, 1.0, f"token's MLP\ninput x\n(d = {d})", size=10)
-    _box(ax, 2.75, 2.6, 1.5, 1.0, f"query\nq = W_q x\n{heads} heads x {k_dim}", size=10)
-    _arrow(ax, (1.55, 2.6), (2.0, 2.6))
-    _box(ax, 4.75, 3.7, 1.7, 0.9, f"sub-keys K1\n{n_keys} rows\nscore q1: top {knn}", face="#e8f4f0", size=10)
-    _box(ax, 4.75, 1.5, 1.7, 0.9, f"sub-keys K2\n{n_keys} rows\nscore q2: top {knn}", face="#e8f4f0", size=10)
-    _arrow(ax, (3.5, 2.8), (3.9, 3.55), "half q1", size=9, offset=(-0.3, 0.05))
-    _arrow(ax, (3.5, 2.4), (3.9, 1.65), "half q2", size=9, offset=(-0.3, -0.35))
-    _box(ax, 6.75, 2.6, 1.6, 1.2, f"{knn} x {knn} = {knn * knn}\ncandidate sums\ns1[a] + s2[b]\n-> top {knn}",
-         size=10)
-    _arrow(ax, (5.6, 3.5), (5.95, 2.95))
-    _arrow(ax, (5.6, 1.7), (5.95, 2.25))
-    # the value table: a tall strip with a few highlighted rows
-    ax.add_patch(plt.Rectangle((8.05, 0.55), 0.55, 4.1, facecolor="white", edgecolor=INK, linewidth=1.2))
+    _box(ax, 3.5, 8.85, 3.0, 0.7, f"the token's MLP input x  (d = {d})", size=10.5)
+    _box(ax, 3.5, 7.75, 3.4, 0.8, f"query q = W_q x\n{heads} heads, each {k_dim} numbers", size=10.5)
+    _arrow(ax, (3.5, 8.48), (3.5, 8.17))
+    _box(ax, 1.75, 6.35, 2.9, 1.0, f"sub-keys K1: {n_keys} rows\nscore with q1 (half of q)\nkeep the top {knn}",
+         face="#e8f4f0", size=10)
+    _box(ax, 5.25, 6.35, 2.9, 1.0, f"sub-keys K2: {n_keys} rows\nscore with q2 (other half)\nkeep the top {knn}",
+         face="#e8f4f0", size=10)
+    _arrow(ax, (2.9, 7.33), (2.2, 6.88))
+    _arrow(ax, (4.1, 7.33), (4.8, 6.88))
+    _box(ax, 3.5, 4.85, 4.4, 0.95, f"{knn} x {knn} = {knn * knn} candidate slots (a, b),\nscore s1[a] + s2[b]; "
+         f"keep the top {knn}", size=10.5)
+    _arrow(ax, (1.9, 5.83), (2.6, 5.35))
+    _arrow(ax, (5.1, 5.83), (4.4, 5.35))
+    # the value table: a long strip of N rows with the few this token reads highlighted
+    ax.add_patch(plt.Rectangle((0.5, 3.4), 6.0, 0.5, facecolor="white", edgecolor=INK, linewidth=1.2))
     rng = np.random.default_rng(3)
-    for r in rng.choice(60, size=6, replace=False):
-        ax.add_patch(plt.Rectangle((8.05, 0.6 + r * 4.0 / 60), 0.55, 4.0 / 60, facecolor=MEMORY, edgecolor="none"))
-    ax.text(8.33, 4.85, f"values V\n{n:,} rows x {d}", ha="center", va="bottom", fontsize=10, color=MEMORY,
-            weight="bold")
-    _arrow(ax, (7.55, 2.6), (8.0, 2.6), "slots", size=9)
-    _box(ax, 9.55, 3.5, 1.3, 1.0, f"weighted sum\ny = sum w V[slot]\n({heads} x {knn} reads)", size=9)
-    _arrow(ax, (8.65, 2.9), (8.9, 3.3))
-    _box(ax, 9.55, 1.65, 1.3, 1.0, "gate\nW2 (y * silu(W1 x))", face="#efeefa", size=9)
-    _arrow(ax, (9.55, 2.98), (9.55, 2.17))
-    _box(ax, 11.3, 2.6, 1.1, 1.3, "MLP(x)\n+ alpha * out", face="#fdeee3", size=10, weight="bold")
-    _arrow(ax, (10.22, 1.8), (10.74, 2.35))
-    ax.text(6.0, 0.12, f"Only the {heads * knn} rows each token reads take part, of {n:,}: SMF trains a few of them "
-            f"(layer {layer} of the book's model).", ha="center", fontsize=10, color=INK)
+    for r in rng.choice(80, size=6, replace=False):
+        ax.add_patch(plt.Rectangle((0.55 + r * 5.9 / 80, 3.43), 5.9 / 80, 0.44, facecolor=MEMORY, edgecolor="none"))
+    ax.text(3.5, 3.28, f"value table V: {n:,} rows of {d} numbers;\nthe token reads only the marked rows",
+            ha="center", va="top", fontsize=10, color=MEMORY, weight="bold")
+    _arrow(ax, (3.5, 4.36), (3.5, 3.95), "slot numbers", size=10, offset=(0.75, -0.12))
+    _box(ax, 1.75, 1.85, 2.9, 0.9, f"weighted sum of the\n{heads} x {knn} rows read: y", size=10.5)
+    _box(ax, 5.25, 1.85, 2.9, 0.9, "gate: W2 (y * silu(W1 x))", face="#efeefa", size=10.5)
+    _arrow(ax, (1.0, 3.38), (1.0, 2.32))
+    _arrow(ax, (3.22, 1.85), (3.78, 1.85))
+    _box(ax, 5.15, 0.7, 3.4, 0.6, "out = MLP(x) + alpha * gate", face="#fdeee3", size=10.5, weight="bold")
+    _arrow(ax, (5.25, 1.39), (5.25, 1.02))
+    ax.text(0.15, 0.7, f"{heads * knn} of {n:,} rows take\npart per token (layer {layer});\nSMF trains a few of them",
+            ha="left", va="center", fontsize=10, color=INK)
     fig.tight_layout()
     return fig
 
 
 def plot_pipeline(sizes: dict | None = None):
-    """The pipeline in five steps: insert -> retrofit -> background statistics -> select and train -> evaluate.
+    """The pipeline in five steps, top to bottom: insert -> retrofit -> background statistics -> select and
+    train -> evaluate, each with a note. Drawn 7 inches wide, so its text stays readable on the book's page.
 
     Args:
         sizes: optional one-line notes under each step, keyed by step name (e.g. the preset's sizes).
@@ -79,23 +83,32 @@ def plot_pipeline(sizes: dict | None = None):
     Returns:
         The matplotlib figure.
     """
-    steps = [("insert", "add memory layers;\nthe model is unchanged", SOFT),
-             ("retrofit", "train the whole memory\non general chat text;\nthe base stays frozen", "#e8f4f0"),
-             ("background\nstatistics", "count which rows\ngeneral text reads", "#e8f4f0"),
-             ("select and train", "each step: the rows the\ntask reads far more than\ngeneral text; only those move",
+    steps = [("insert", "add memory layers; the model is unchanged", SOFT),
+             ("retrofit", "train the whole memory on general chat text;\nthe base model stays frozen", "#e8f4f0"),
+             ("background statistics", "count which rows general text reads", "#e8f4f0"),
+             ("select and train", "each step: the rows the task reads far more\nthan general text; only those move",
               "#d4ede5"),
-             ("evaluate", "learning (MedMCQA)\nand forgetting (WikiText,\nTriviaQA, chat)", "#fdeee3")]
-    fig, ax = plt.subplots(figsize=(12, 2.3))
-    ax.set_xlim(0, 12)
-    ax.set_ylim(0.45, 2.5)
+             ("evaluate", "learning (MedMCQA) and forgetting\n(WikiText, TriviaQA, held-out chat)", "#fdeee3")]
+    rows = []
+    for name, what, face in steps:
+        note = what + ("\n" + sizes[name] if sizes and name in sizes else "")
+        rows.append((name, note, face, 0.35 + 0.2 * note.count("\n")))
+    height = sum(h * 2 + 0.35 for *_, h in rows)
+    fig, ax = plt.subplots(figsize=(7, height))
+    ax.set_xlim(0, 7)
+    ax.set_ylim(0, height)
     ax.axis("off")
-    xs = np.linspace(1.2, 10.8, len(steps))
-    for i, (x, (name, what, face)) in enumerate(zip(xs, steps)):
-        _box(ax, x, 2.05, 1.9, 0.75, name, face=face, size=11, weight="bold")
-        note = what + ("\n" + sizes[name.replace("\n", " ")] if sizes and name.replace("\n", " ") in sizes else "")
-        ax.text(x, 1.45, note, ha="center", va="top", fontsize=9.5, color=INK)
-        if i:
-            _arrow(ax, (xs[i - 1] + 0.97, 2.05), (x - 0.97, 2.05))
+    y = height - 0.1
+    prev = None
+    for name, note, face, h in rows:
+        y -= h + 0.1
+        _box(ax, 1.15, y, 2.1, max(0.55, 2 * h - 0.15), name.replace("background ", "background\n"), face=face,
+             size=10.5, weight="bold")
+        ax.text(2.45, y, note, ha="left", va="center", fontsize=10, color=INK)
+        if prev is not None:
+            _arrow(ax, (1.15, prev), (1.15, y + max(0.55, 2 * h - 0.15) / 2 + 0.02))
+        prev = y - max(0.55, 2 * h - 0.15) / 2 - 0.02
+        y -= h + 0.25
     fig.tight_layout()
     return fig
 

@@ -8,10 +8,16 @@ import torch
 def setup_notebook(seed: int = 0, quiet: bool = True) -> str:
     """Seed torch and pick the device for a book chapter; prints both and returns the device.
 
-    With ``quiet``, loading a model draws no progress bars and logs only errors (transformers, the Hugging Face
-    Hub), so a chapter's output shows results only; smf_lib's own bars still follow each call's ``progress``.
+    Figures get the book's type sizes and are shown through :func:`smf_lib.views.figures.figure_html` (readable
+    at any page width, with the measurements the book's checks read). With ``quiet``, loading a model draws no
+    progress bars and logs only errors (transformers, the Hugging Face Hub), so a chapter's output shows results
+    only; smf_lib's own bars still follow each call's ``progress``.
     """
+    from .figures import book_style, show_figures_as_html
+
     torch.manual_seed(seed)
+    book_style()
+    show_figures_as_html()
     if quiet:
         from transformers.utils import logging as hf_logging
 

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from ..selection import SELECTORS
+from .figures import MIN_SHOWN_PX, SHOWN_PX_PER_INCH, add_png_text, measurements
 from .plotting import plot_selection
 
 STATIC_ENV = "SMF_STATIC_WIDGETS"  # set while the book is built: selection_explorer then returns the gallery
@@ -129,12 +130,15 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
         fig = _draw(counts, stats, j, t, name, labels[j])
         fig.set_dpi(dpi)
         fig.canvas.draw()
+        meta = measurements(fig, dpi)
         pixels = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
+        width_in = fig.get_figwidth()
         plt.close(fig)
         png = io.BytesIO()
         pixels.quantize(colors=64).save(png, format="png")
-        return w.Image(value=png.getvalue(), format="png",
-                       layout=w.Layout(width="100%", max_width=f"{round(5.5 * dpi)}px", height="auto"))
+        shown = max(MIN_SHOWN_PX, round(width_in * SHOWN_PX_PER_INCH))
+        return w.Image(value=add_png_text(png.getvalue(), meta), format="png",
+                       layout=w.Layout(width="100%", max_width=f"{shown}px", height="auto"))
 
     slider_kw, dropdown_kw, row = _controls(w)
     slider = w.SelectionSlider(options=ts, value=top_t, description="top-t", continuous_update=True, **slider_kw)

@@ -1,0 +1,86 @@
+"""Tables as the book shows them: numbers to a few significant digits, no index, no NaN, and a slim view on a
+narrow screen (each row as a small card of its own), so no column is cut off on a phone."""
+
+from __future__ import annotations
+
+import html
+import numbers
+
+import pandas as pd
+
+from ..study.tables import significant
+
+#: Below this page width (CSS pixels) a table shows as one card per row.
+NARROW_PX = 640
+
+_STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
+          f"@media (max-width:{NARROW_PX}px){{.smf-table .smf-wide{{display:none}}"
+          ".smf-table .smf-narrow{display:block}}"
+          ".smf-table table{border-collapse:collapse;font-size:0.9em;margin:0.4em 0}"
+          ".smf-table th,.smf-table td{padding:0.2em 0.6em;text-align:right;vertical-align:top}"
+          ".smf-table th{text-align:left}.smf-table .smf-card{margin:0 0 0.6em 0}"
+          ".smf-table .smf-card th{font-weight:600;padding-right:1em}</style>")
+
+
+def cell_text(value, digits: int = 3) -> str:
+    """One cell: numbers to ``digits`` significant digits (scientific notation below 0.001), text as it is, a
+    missing value as an em dash."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}" if abs(int(value)) >= 10000 else str(int(value))
+    if isinstance(value, numbers.Real):
+        return significant(float(value), digits)
+    return str(value)
+
+
+class BookTable:
+    """A DataFrame shown as the book shows tables (see the module); displays as HTML in Jupyter, Colab and the
+    book. ``key`` names the columns that identify a row (shown as each card's title on a narrow screen)."""
+
+    def __init__(self, df: pd.DataFrame, digits: int = 3, key: list[str] | None = None, caption: str | None = None):
+        self.df = df.reset_index() if _named_index(df) else df.reset_index(drop=True)
+        self.digits = digits
+        self.key = [k for k in (key or list(self.df.columns[:1])) if k in self.df.columns]
+        self.caption = caption
+
+    def cells(self) -> list[list[str]]:
+        return [[cell_text(v, self.digits) for v in row] for row in self.df.itertuples(index=False)]
+
+    def _wide(self, rows) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.df.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
+        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return f'<table class="smf-wide">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def _narrow(self, rows) -> str:
+        cols = list(self.df.columns)
+        cards = []
+        for r in rows:
+            title = ", ".join(f"{k} {r[cols.index(k)]}" if k in ("seed", "lr") else r[cols.index(k)]
+                              for k in self.key if r[cols.index(k)] not in ("", "—"))
+            body = "".join(f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(v)}</td></tr>"
+                           for c, v in zip(cols, r) if c not in self.key)
+            cards.append(f'<table class="smf-card"><caption>{html.escape(title)}</caption>'
+                         f'<tbody>{body}</tbody></table>')
+        return f'<div class="smf-narrow">{"".join(cards)}</div>'
+
+    def _repr_html_(self) -> str:
+        rows = self.cells()
+        return f'<div class="smf-table">{_STYLE}{self._wide(rows)}{self._narrow(rows)}</div>'
+
+    def __repr__(self) -> str:
+        return self.df.to_string(index=False)
+
+
+def _named_index(df: pd.DataFrame) -> bool:
+    return any(name is not None for name in df.index.names)
+
+
+def book_table(df: pd.DataFrame, digits: int = 3, key: list[str] | None = None,
+               caption: str | None = None) -> BookTable:
+    """``df`` as the book shows tables: :class:`BookTable`. A named index (``set_index([...])``) becomes columns;
+    an unnamed one (0, 1, 2, ...) is dropped."""
+    return BookTable(df, digits, key, caption)
