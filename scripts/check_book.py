@@ -359,10 +359,10 @@ TABLES_JS = """(() => {
   const out = {cells: [], nan: [], index: [], clipped: []};
   document.querySelectorAll('article table').forEach((table, t) => {
     table.querySelectorAll('td, th').forEach(cell => {
-      const style = getComputedStyle(cell);
-      const line = parseFloat(style.lineHeight) || 1.4 * parseFloat(style.fontSize);
-      const pad = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
-      const lines = Math.round((cell.getBoundingClientRect().height - pad) / line);
+      if (!cell.getClientRects().length) return;  // a hidden view (the narrow cards at 1280 px)
+      const range = document.createRange();
+      range.selectNodeContents(cell);
+      const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top))).size;
       if (lines > 2 && cell.innerText.trim()) out.cells.push([t + 1, cell.innerText.trim().slice(0, 60), lines]);
       if (/^(nan|NaN|<NA>|None)$/.test(cell.innerText.trim())) out.nan.push([t + 1, cell.innerText.trim()]);
     });
@@ -371,7 +371,7 @@ TABLES_JS = """(() => {
   });
   document.querySelectorAll('article .cell_output pre, article .output pre').forEach(pre => {
     if (pre.scrollWidth > pre.clientWidth + 2)
-      out.clipped.push(pre.innerText.split('\\n').find(l => l.length > 0).slice(0, 60));
+      out.clipped.push(pre.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 90));
   });
   return out;
 })()"""

@@ -62,7 +62,12 @@ def test_badges_and_install_cells_are_written_from_config():
 def test_chapter_conventions(path):
     nb = jupytext.read(path)
     ipynb = jupytext.read(ROOT / "notebooks" / (path.stem + ".ipynb"))
-    assert all(not c.get("outputs") for c in ipynb.cells), "commit the .ipynb without outputs"
+    outputs = [o for c in ipynb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    fix = "`jupyter-book build book/`, then `python scripts/sync_colab.py --outputs`, and commit the .ipynb"
+    assert outputs, f"the .ipynb carries no outputs: {fix}"
+    assert not [o for o in outputs if o.get("output_type") == "error"], f"an output is an error: {fix}"
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})], fix
+    assert (ROOT / "notebooks" / (path.stem + ".ipynb")).stat().st_size < 2_000_000, "keep each .ipynb under 2 MB"
     repo, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
     badge = f"{CONFIG['launch_buttons']['colab_url']}/github/{repo.split('github.com/')[1]}/blob/{branch}/notebooks"
     assert path.read_text().count(f"]({badge}/{path.stem}.ipynb)") == 1, "one Open-in-Colab badge, to the .ipynb"

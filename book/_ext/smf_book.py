@@ -42,8 +42,8 @@ def colab_launch_button(app, pagename, templatename, context, doctree):
 def ipynb_download(app, pagename, templatename, context, doctree):
     """Offer a chapter's paired ``.ipynb`` (with its outputs) in the header's download menu, next to the ``.py``."""
     source = Path(app.env.doc2path(pagename))
-    if source.suffix == ".py" and paired_ipynb(source, ROOT).exists():
-        context["ipynb_source"] = f"{Path(pagename).parent}/{paired_ipynb(source, ROOT).name}"
+    if source.suffix == ".py" and (ROOT / paired_ipynb(source, ROOT)).exists():
+        context["ipynb_source"] = f"{Path(pagename).parent}/{Path(paired_ipynb(source, ROOT)).name}"
 
 
 def copy_ipynb(app, exception):
@@ -54,10 +54,13 @@ def copy_ipynb(app, exception):
 
     for docname in app.env.found_docs:
         source = Path(app.env.doc2path(docname))
-        if source.suffix == ".py" and paired_ipynb(source, ROOT).exists():
-            target = Path(app.outdir) / "_sources" / Path(docname).parent / paired_ipynb(source, ROOT).name
+        if source.suffix != ".py":
+            continue
+        paired = ROOT / paired_ipynb(source, ROOT)
+        if paired.exists():
+            target = Path(app.outdir) / "_sources" / Path(docname).parent / paired.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(paired_ipynb(source, ROOT), target)
+            shutil.copyfile(paired, target)
 
 
 def each_script_once(app, pagename, templatename, context, doctree):

@@ -60,6 +60,7 @@ from smf_lib import setup_notebook
 from smf_lib.data import (load_medmcqa, medmcqa_options, medmcqa_prompt,
                           wikitext_text)
 from smf_lib.views.plotting import plot_reads
+from smf_lib.views.tables import book_table
 from smf_lib.probes import continuation_logprobs, medmcqa_accuracy, perplexity
 
 SEED = 0
@@ -98,7 +99,7 @@ table = [{"question": textwrap.shorten(r["question"], 50),
           "gold": "✓" if k == r["cop"] else ""}
          for i, r in enumerate(rows)
          for k, o in enumerate(medmcqa_options(r))]
-pd.DataFrame(table).set_index(["question", "option"])
+book_table(pd.DataFrame(table), key=["question", "option"])
 
 # %% [markdown]
 # {py:func}`~smf_lib.probes.medmcqa_accuracy` does the same for many questions at once (each prompt runs once
@@ -111,7 +112,7 @@ same = [it["pred"] for it in probe["items"]] == scores.argmax(1).tolist()
 print("same answers as above:", same)
 letters = dict(enumerate("ABCD"))
 items = pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]]
-items.replace({"pred": letters, "gold": letters}).round(2)
+book_table(items.replace({"pred": letters, "gold": letters}).round(2).rename_axis("question"))
 
 # %% [markdown]
 # The second probe, {py:func}`~smf_lib.probes.perplexity`, measures how well the model predicts general text
@@ -132,7 +133,7 @@ text = wikitext_text(12)
 ppl = perplexity(model, tok, text, max_length=256, stride=128,
                  progress=False)
 print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens")
-print("tokens scored per window:", [w["tokens"] for w in ppl["windows"]])
+print(textwrap.fill(f"tokens scored per window: {[w['tokens'] for w in ppl['windows']]}", 76))
 
 # %% [markdown]
 # ## Product keys
@@ -248,7 +249,7 @@ for n_keys in (64, 256):
                 times.append(time.perf_counter() - t0)
             row[name] = round(1e3 * sorted(times)[2])
     timings.append(row)
-pd.DataFrame(timings)
+book_table(pd.DataFrame(timings))
 
 # %% [markdown]
 # ## What one token reads

@@ -69,6 +69,7 @@ from smf_lib import setup_notebook
 from smf_lib.data import load_background, load_medmcqa, medmcqa_training_text
 from smf_lib.study.arms import ORDER
 from smf_lib.views.plotting import Panels, plot_loss_curves, plot_row_changes
+from smf_lib.views.tables import book_table
 from smf_lib.study.results import load_results
 from smf_lib.selection import read_counts_of_texts
 
@@ -101,7 +102,7 @@ stats = S.compute_background_stats(model, tok, background, max_length=128,
 texts = [medmcqa_training_text(r) for r in load_medmcqa("train", n=64)]
 print(f"background: {stats.n_docs} documents; task: {len(texts)} texts")
 print("the first task text:\n")
-print("\n".join(textwrap.fill(line, 80) for line in texts[0].splitlines()))
+print("\n".join(textwrap.fill(line, 68) for line in texts[0].splitlines()))
 
 # %% [markdown]
 # Sixteen optimizer steps of four texts each, one pass over the 64 texts, with KL selection of the top 16 rows
@@ -148,7 +149,7 @@ rows = pd.DataFrame({"memory layer": memory.layers,
                      "rows moved": [int((d > 0).sum()) for d in moves],
                      "moved hub rows": [int(((d > 0) & h).sum())
                                         for d, h in zip(moves, hub)]})
-rows.set_index("memory layer")
+book_table(rows, key=["memory layer"])
 
 # %% [markdown]
 # The figure places each moved row on the slot grid of chapter 1, coloured by how far it moved; the blank slots
@@ -193,7 +194,7 @@ for r in runs:
                      "row update": (cfg.get("optimizer", cfg.get("update"))
                                     if smf else ""),
                      "minutes": round(r.get("train_seconds", 0) / 60)})
-pd.DataFrame(settings).set_index(["method", "seed"])
+book_table(pd.DataFrame(settings), key=["method", "seed"])
 
 # %% [markdown]
 # ### Retrofit
@@ -225,11 +226,11 @@ if heldout.get("before") and heldout.get("after"):
     report = report.rename(columns={"loss": "held-out loss",
                                     "memory_to_mlp_norm": "memory / MLP norm",
                                     "texts": "replies"})
-    display(report.round(4))
+    shown = [c for c in ("held-out loss", "memory / MLP norm", "replies") if c in report]
+    display(book_table(report.rename_axis("stage")[shown]))
     change = heldout["after"]["loss"] - heldout["before"]["loss"]
-    print(f"the retrofit changed the held-out loss by {change:+.4f} nats per "
-          f"token; the memory's output is now "
-          f"{heldout['after']['memory_to_mlp_norm']:.1%} of the MLP's")
+    print(textwrap.fill(f"the retrofit changed the held-out loss by {change:+.4f} nats per token; the memory's "
+                        f"output is now {heldout['after']['memory_to_mlp_norm']:.1%} of the MLP's", 76))
 else:
     print("this study's retrofit stage recorded no held-out measurement")
 
@@ -264,7 +265,6 @@ from smf_lib.study.pilot import pilot_table
 from smf_lib.study.results import results_dir
 from smf_lib.study.tables import interval_cell
 from smf_lib.views.plotting import plot_retrofit_pilot
-from smf_lib.views.tables import book_table
 
 pilot_dir = results_dir("retrofit-pilot")
 pilot = pilot_table(pilot_dir)
@@ -288,10 +288,10 @@ from smf_lib.study.findings import pilot_answer
 for sentence in pilot_answer(pilot_dir):
     print(textwrap.fill(sentence, 76))
 choice = pilot_choice(pilot_dir)
-print(f"{choice['recipe']}: every layer at {choice['min_share']:.0%} or more after step {choice['step']} "
-      f"(16 replies of 128 tokens per step); held-out loss "
-      f"{choice['loss_change']['delta']:+.3f} [{choice['loss_change']['lo']:+.3f}, "
-      f"{choice['loss_change']['hi']:+.3f}] nats")
+print(textwrap.fill(f"{choice['recipe']}: every layer at {choice['min_share']:.0%} or more after step "
+                    f"{choice['step']} (16 replies of 128 tokens per step); held-out loss "
+                    f"{choice['loss_change']['delta']:+.3f} [{choice['loss_change']['lo']:+.3f}, "
+                    f"{choice['loss_change']['hi']:+.3f}] nats", 76))
 
 # %% [markdown]
 # ### How much retrofit does SMF need?

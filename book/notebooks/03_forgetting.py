@@ -61,6 +61,8 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.views.colab.setup(REPO)
 
 # %%
+import textwrap
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
@@ -90,9 +92,9 @@ probe_items = {"MedMCQA questions": "medmcqa_correct",
                "TriviaQA questions": "triviaqa_correct",
                "WikiText windows": "wikitext_window_nll",
                "chat replies": "chat_loglik"}
-print("reported items: " + ", ".join(
+print(textwrap.fill("reported items: " + ", ".join(
     f"{len(base['items'][k]):,} {name}" for name, k in probe_items.items()
-    if k in base["items"]))
+    if k in base["items"]), 76))
 
 # %% [markdown]
 # ## Choosing the regime on dev items: the pilot
@@ -158,7 +160,7 @@ present = [m for m in names if m in summary]
 accuracies = [m for m in present if m.endswith("_acc")]
 table = summary.set_index(["method", "seed"])[present]
 table[accuracies] = 100 * table[accuracies]
-table.round(2).round({m: 1 for m in accuracies}).rename(columns=names)
+book_table(table.round(2).round({m: 1 for m in accuracies}).rename(columns=names), key=["method", "seed"])
 
 # %% [markdown]
 # ## Changes against the base model
@@ -274,12 +276,13 @@ tests = [{"method": r["method"], "seed": r["seed"],
           **mcnemar(correct, r["items"]["medmcqa_correct"])}
          for r in runs if r["method"] != "base"]
 labels = {"gained": "newly right (b)", "lost": "newly wrong (c)"}
-pd.DataFrame(tests).set_index(["method", "seed"]).rename(columns=labels).round(2)
+book_table(pd.DataFrame(tests).rename(columns=labels).round(2), key=["method", "seed"])
 
 # %% [markdown]
 # ## What the intervals support
-# For each run, the metrics whose paired 95% interval lies entirely on the better side, those whose interval
-# crosses zero, and those whose interval lies entirely on the worse side ({py:func}`~smf_lib.study.results.verdicts`).
+# For each run, the metrics whose paired 95% interval lies entirely on the better side and those whose interval
+# lies entirely on the worse side ({py:func}`~smf_lib.study.results.verdicts`); on every other metric the interval
+# crosses zero.
 # It is computed from the results; none of it is typed in by hand. The drift KLs are left out: they rise with any
 # change at all, so they say how far a model moved, not whether it got worse.
 
@@ -289,10 +292,9 @@ long = long[~long["metric"].str.endswith("drift_kl")]
 long["metric"] = long["metric"].str.replace("_", " ")
 grouped = long.groupby(["method", "lr", "seed", "value"], sort=False)["metric"]
 table = grouped.agg(", ".join).unstack("value", fill_value="")
-table = table.reindex(columns=["better", "no clear change", "worse"],
-                      fill_value="")
-table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(
-    columns=None)
+table = table.reindex(columns=["better", "worse"], fill_value="")  # every other probe: no clear change
+table = table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(columns=None)
+book_table(table, key=["method", "lr", "seed"])
 
 # %% [markdown]
 # The pilot chose full finetuning's rate because, on dev items, a retention probe got worse at it. Whether the same

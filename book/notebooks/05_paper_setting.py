@@ -75,7 +75,7 @@ device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # every reason in full
 preset = get_preset(MODEL)
 RUN = torch.cuda.is_available()  # the run cell below trains only with a GPU
-print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 80))
+print(textwrap.fill(f"preset {MODEL!r}: {preset.notes}", 76))
 
 # %% [markdown]
 # ## Where each preset departs from the paper's code
@@ -139,7 +139,7 @@ else:
     print(textwrap.fill(
         f"No GPU here, so nothing was trained. To run {MODEL!r}, open this "
         f"notebook in Colab with a GPU, or run `python -m smf_lib run --preset "
-        f"{MODEL}` on a machine with one.", 80))
+        f"{MODEL}` on a machine with one.", 76))
 
 # %% [markdown]
 # Until a GPU run is committed under `results/colab/`, the comparison point is the offline study on

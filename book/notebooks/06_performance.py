@@ -67,7 +67,7 @@ pd.set_option("display.max_colwidth", None)  # target names in full
 bench = results_dir("cpu-v1").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
-print(textwrap.fill(f"Set-up: {meta['setup']}", 80))
+print(textwrap.fill(f"Set-up: {meta['setup']}", 76))
 
 # %% [markdown]
 # ## Step time and peak memory per method
@@ -121,7 +121,7 @@ book_table(scaling_table, key=["n_slots", "unused_tensor_mb"])
 # %%
 targets = benchmark_targets(steps, scaling, gpu=False,
                             probes=meta.get("probes"))
-targets[targets["holds"] != "not measured"]
+book_table(targets[targets["holds"] != "not measured"])
 
 # %% [markdown]
 # ## The memory layers' forward overhead at the paper's shapes
@@ -151,11 +151,11 @@ if (bench / "cpu-paper_steps.csv").exists():
 lookup = pd.DataFrame(meta["lookup"]).rename(columns={
     "n_slots": "slots N", "product_keys_ms": "product keys (ms)",
     "brute_force_ms": "all N slots (ms)"})
-lookup.round().astype({"product keys (ms)": int, "all N slots (ms)": int})
+book_table(lookup.round().astype({"product keys (ms)": int, "all N slots (ms)": int}))
 
 # %%
 probes = pd.DataFrame(meta["probes"]).rename(columns={"tokens_per_s": "tokens/s"})
-probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int})
+book_table(probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int}))
 
 # %% [markdown]
 # ## Adapter size
@@ -165,7 +165,7 @@ probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int})
 
 # %%
 adapters = pd.DataFrame(meta["adapters"]).rename(columns={"mb": "size (MB)"})
-adapters.round({"size (MB)": 1})
+book_table(adapters.round({"size (MB)": 1}))
 
 # %% [markdown]
 # ## On a GPU

@@ -28,7 +28,7 @@ def shown_width(png_px: int, dpi: int, column_px: int = COLUMN_PX) -> float:
 
 def figure_problems(fig, dpi: int = 150, column_px: int = COLUMN_PX) -> list[str]:
     """What ``scripts/check_book.py`` would refuse in this figure, shown in a column ``column_px`` wide: text
-    below :data:`MIN_RENDERED_PT` as rendered, or a legend over data. Empty when the figure is readable."""
+    below ``MIN_RENDERED_PT`` as rendered, or a legend over data. Empty when the figure is readable."""
     png = figure_png(fig, dpi)
     meta, width = png_text(png), int.from_bytes(png[16:20], "big")
     problems = []
@@ -42,7 +42,7 @@ def figure_problems(fig, dpi: int = 150, column_px: int = COLUMN_PX) -> list[str
 
 
 def book_style() -> None:
-    """The book's type sizes: 11 pt text, 10 pt ticks and legends (readable at :data:`SHOWN_PX_PER_INCH`)."""
+    """The book's type sizes: 11 pt text, 10 pt ticks and legends (readable at ``SHOWN_PX_PER_INCH``)."""
     import matplotlib as mpl
 
     mpl.rcParams.update({"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
@@ -169,8 +169,8 @@ def rendered_pt(meta: dict[str, str], shown_px: float, png_px: float) -> float |
 
 
 def figure_html(fig, dpi: int = 150, alt: str | None = None) -> str:
-    """One figure as an ``<img>`` (PNG with its measurements) shown at :data:`SHOWN_PX_PER_INCH` per inch and at
-    least :data:`MIN_SHOWN_PX` wide, never wider than the page."""
+    """One figure as an ``<img>`` (PNG with its measurements) shown at ``SHOWN_PX_PER_INCH`` per inch and at
+    least ``MIN_SHOWN_PX`` wide, never wider than the page."""
     import base64
     import html
 
@@ -194,8 +194,14 @@ def show_figures_as_html() -> None:
     ip = get_ipython()
     if ip is None:
         return
-    import matplotlib.pyplot  # noqa: F401 (activates the inline backend first, so its formatters are replaced here)
+    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
+
+    plt.get_backend()  # resolve the backend now: loading the inline backend sets its own formatters, replaced below
+    try:
+        import matplotlib_inline.backend_inline  # noqa: F401
+    except ImportError:
+        pass
 
     formatters = ip.display_formatter.formatters
     formatters["text/html"].for_type(Figure, figure_html)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import numbers
+import re
 
 import pandas as pd
 
@@ -16,8 +17,11 @@ NARROW_PX = 640
 _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           f"@media (max-width:{NARROW_PX}px){{.smf-table .smf-wide{{display:none}}"
           ".smf-table .smf-narrow{display:block}}"
+          ".smf-table .smf-wide{overflow-x:auto}"
           ".smf-table table{border-collapse:collapse;font-size:0.9em;margin:0.4em 0}"
           ".smf-table th,.smf-table td{padding:0.2em 0.6em;text-align:right;vertical-align:top}"
+          ".smf-table .smf-wide td,.smf-table .smf-wide th{white-space:nowrap}"
+          ".smf-table .smf-ci{color:#555;font-size:0.92em}"
           ".smf-table th{text-align:left}.smf-table .smf-card{margin:0 0 0.6em 0}"
           ".smf-table .smf-card th{font-weight:600;padding-right:1em}</style>")
 
@@ -36,6 +40,30 @@ def cell_text(value, digits: int = 3) -> str:
     return str(value)
 
 
+_INTERVAL = re.compile(r"^([+-]?[0-9.eE+-]+) \[([+-]?[0-9.eE+-]+), ([+-]?[0-9.eE+-]+)\]$")
+
+
+def _short(x: str, tiny: bool) -> str:
+    if not tiny:
+        return x
+    mantissa, _, exponent = f"{float(x):+.1e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def cell_html(text: str) -> str:
+    """A formatted cell as HTML: an interval ``"d [lo, hi]"`` on two lines (the estimate, then its interval; in
+    scientific notation when every number is below 0.001), anything else escaped as it is."""
+    m = _INTERVAL.match(text)
+    if not m:
+        return html.escape(text)
+    try:
+        tiny = max(abs(float(v)) for v in m.groups()) < 1e-3 and any(float(v) for v in m.groups())
+    except ValueError:
+        return html.escape(text)
+    d, lo, hi = (_short(v, tiny) for v in m.groups())
+    return f'{html.escape(d)}<br><span class="smf-ci">[{html.escape(lo)}, {html.escape(hi)}]</span>'
+
+
 class BookTable:
     """A DataFrame shown as the book shows tables (see the module); displays as HTML in Jupyter, Colab and the
     book. ``key`` names the columns that identify a row (shown as each card's title on a narrow screen)."""
@@ -51,9 +79,10 @@ class BookTable:
 
     def _wide(self, rows) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.df.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
+        body = "".join("<tr>" + "".join(f"<td>{cell_html(v)}</td>" for v in r) + "</tr>" for r in rows)
         cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return f'<table class="smf-wide">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        return (f'<div class="smf-wide"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                "</table></div>")
 
     def _narrow(self, rows) -> str:
         cols = list(self.df.columns)
@@ -61,7 +90,7 @@ class BookTable:
         for r in rows:
             title = ", ".join(f"{k} {r[cols.index(k)]}" if k in ("seed", "lr") else r[cols.index(k)]
                               for k in self.key if r[cols.index(k)] not in ("", "—"))
-            body = "".join(f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(v)}</td></tr>"
+            body = "".join(f"<tr><th>{html.escape(str(c))}</th><td>{cell_html(v)}</td></tr>"
                            for c, v in zip(cols, r) if c not in self.key)
             cards.append(f'<table class="smf-card"><caption>{html.escape(title)}</caption>'
                          f'<tbody>{body}</tbody></table>')

@@ -138,7 +138,7 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
         pixels.quantize(colors=64).save(png, format="png")
         shown = max(MIN_SHOWN_PX, round(width_in * SHOWN_PX_PER_INCH))
         return w.Image(value=add_png_text(png.getvalue(), meta), format="png",
-                       layout=w.Layout(width="100%", max_width=f"{shown}px", height="auto"))
+                       layout=w.Layout(width=f"{shown}px", max_width="100%", height="auto"))
 
     slider_kw, dropdown_kw, row = _controls(w)
     slider = w.SelectionSlider(options=ts, value=top_t, description="top-t", continuous_update=True, **slider_kw)
