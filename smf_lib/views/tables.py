@@ -19,9 +19,9 @@ _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           ".smf-table .smf-narrow{display:block}}"
           ".smf-table .smf-wide{overflow-x:auto}"
           ".smf-table table{border-collapse:collapse;font-size:0.9em;margin:0.4em 0}"
-          ".smf-table th,.smf-table td{padding:0.2em 0.6em;text-align:right;vertical-align:top}"
+          ".smf-table th,.smf-table td{padding:0.2em 0.45em;text-align:right;vertical-align:top}"
           ".smf-table .smf-wide td,.smf-table .smf-wide th{white-space:nowrap}"
-          ".smf-table .smf-ci{color:#555;font-size:0.92em}"
+          ".smf-table .smf-ci{color:#555;font-size:0.92em}.smf-table td.smf-key{text-align:left}"
           ".smf-table th{text-align:left}.smf-table .smf-card{margin:0 0 0.6em 0}"
           ".smf-table .smf-card th{font-weight:600;padding-right:1em}</style>")
 
@@ -79,7 +79,9 @@ class BookTable:
 
     def _wide(self, rows) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.df.columns)
-        body = "".join("<tr>" + "".join(f"<td>{cell_html(v)}</td>" for v in r) + "</tr>" for r in rows)
+        keys = [c in self.key for c in self.df.columns]
+        body = "".join("<tr>" + "".join(f'<td class="smf-key">{cell_html(v)}</td>' if k else f"<td>{cell_html(v)}</td>"
+                                        for k, v in zip(keys, r)) + "</tr>" for r in rows)
         cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
         return (f'<div class="smf-wide"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
                 "</table></div>")
