@@ -415,3 +415,22 @@ def test_check_refuses_a_different_identity_or_redoes_it_with_fresh(tmp_path):
     assert R.Runner.check(SimpleNamespace(fresh=True), tmp_path, stored, {**stored, "lr": 0.002}, "run") is False
     assert R.Runner.check(SimpleNamespace(fresh=True), tmp_path, stored, {"lr": 0.001, "seed": 0, "data": {"n": 3}},
                           "run") is True
+
+
+@pytest.mark.slow
+def test_a_run_finished_in_another_folder_is_reused_not_repeated(reference_grid, tmp_path, capsys):
+    """``--reuse DIR``: every run of the grid is finished in DIR with the same identity, so each is copied (noting
+    its source) and nothing trains; the tables are the same. A run whose identity differs is not taken."""
+    out = tmp_path / "again"
+    assert main([*SMOKE, "--out", str(out), "--reuse", str(reference_grid)]) == 0
+    said = capsys.readouterr().out
+    names = sorted(p.name for p in (reference_grid / "runs").iterdir())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == names
+    assert said.count("reused, not repeated") == len(names) and "texts, lr" not in said  # nothing trained
+    rec = json.loads((out / "runs" / "smf-kl-s0.json").read_text())
+    assert rec["reused_from"].endswith("smf-kl-s0.json")
+    assert _tables(out)[0] == _tables(reference_grid)[0]
+    other = tmp_path / "other"
+    assert main([*SMOKE, "--out", str(other), "--methods", "base", "lora", "--lr", "lora=3e-3",
+                 "--reuse", str(reference_grid)]) == 0
+    assert "lora-s0: the same run" not in capsys.readouterr().out  # another rate: another run, trained anew

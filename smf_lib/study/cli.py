@@ -86,6 +86,8 @@ def main(argv=None, commands=()) -> int:
                    help="preset fields, e.g. train_n=600 medmcqa_n=200 (JSON values: numbers, lists, strings)")
     r.add_argument("--data", metavar="DIR", help="data folder for this preset (default: the preset's, else "
                    "$SMF_DATA_DIR, else the Hub)")
+    r.add_argument("--reuse", nargs="+", metavar="DIR", default=[],
+                   help="other results folders: a run finished there with the same identity is copied, not repeated")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
@@ -218,7 +220,7 @@ def main(argv=None, commands=()) -> int:
         tune_cpu_allocator()
     try:
         Runner(preset, args.out or f"results/{preset.name}", progress=not args.no_progress,
-               fresh=args.fresh).run(args.methods, args.seeds)
+               fresh=args.fresh, reuse=args.reuse).run(args.methods, args.seeds)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

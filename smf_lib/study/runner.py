@@ -37,7 +37,7 @@ from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
-                     run_flags, trajectory_probe)
+                     reuse_record, run_flags, trajectory_probe)
 
 
 def _device() -> torch.device:
@@ -102,13 +102,14 @@ class Runner:
         out: the results folder.
         progress: show progress bars.
         fresh: recompute results made with other settings or data (otherwise they are refused).
+        reuse: other results folders; a run finished there with the same identity is copied, not repeated.
     """
 
-    def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False):
+    def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=()):
         self.rank, self.world = distributed()
         self.main = self.rank == 0
         self.preset, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
-        self.artifacts = self.out / "artifacts"
+        self.artifacts, self.reuse = self.out / "artifacts", [Path(f) for f in reuse]
         root = data_root(preset)
         self.all_task_questions = load_medmcqa("train", single_choice=True, root=root)
         have = len(self.all_task_questions)
@@ -222,7 +223,7 @@ class Runner:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
         or retrofitted model, train, evaluate and write its record last."""
         arm, path, ident = get_arm(spec.method), self.run_path(spec), self.identity(spec)
-        if self._finished(spec, ident):
+        if self._finished(spec, ident) or reuse_record(self, spec, ident):
             return
         folder = self.artifacts / spec.name
         if self.main:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..adapter import load_memory, save_memory
-from ..files import read_json, write_json
+from ..files import read_json, read_record, write_json
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
 from ..memory import add_memory
 from ..selection import BackgroundStats, compute_background_stats
@@ -143,6 +143,21 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     stats.save(folder / "background.safetensors")
     write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(background),
                                                   "corpus": preset.background_corpus})
+
+
+def reuse_record(runner: Runner, spec, ident: dict) -> bool:
+    """Copy a finished record with exactly this identity from one of ``runner.reuse``'s results folders into
+    ``OUT/runs`` (noting where it came from), instead of training and evaluating the same run again. True when
+    one was found."""
+    for folder in runner.reuse:  # every process reads, so all of them skip the run; process 0 alone writes
+        for path in sorted((Path(folder) / "runs").glob("*.json")):
+            rec = read_record(path, ("identity",))
+            if rec["identity"] == ident:
+                if runner.main:
+                    write_json(runner.run_path(spec), {**rec, "reused_from": str(path)})
+                runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
+                return True
+    return False
 
 
 def trajectory_probe(runner: Runner, tok, start: str):
