@@ -434,3 +434,20 @@ def test_a_run_finished_in_another_folder_is_reused_not_repeated(reference_grid,
     assert main([*SMOKE, "--out", str(other), "--methods", "base", "lora", "--lr", "lora=3e-3",
                  "--reuse", str(reference_grid)]) == 0
     assert "lora-s0: the same run" not in capsys.readouterr().out  # another rate: another run, trained anew
+
+
+@pytest.mark.slow
+def test_a_sweep_run_is_derived_from_a_full_run_of_the_same_training(reference_grid, tmp_path, capsys):
+    """A swept (cheap) run whose training equals a fully evaluated run's is the last point of that run's
+    trajectory: reused from it, it matches the same sweep run computed anew, item by item."""
+    sweep = ["--methods", "base", "lora", "--set", 'sweep={"lora": [0.001]}']
+    assert get_preset("smoke").lr["lora"] == 1e-3  # the grid's LoRA rate: the swept run trains exactly as lora-s0
+    derived, computed = tmp_path / "derived", tmp_path / "computed"
+    assert main([*SMOKE, "--out", str(derived), *sweep, "--reuse", str(reference_grid)]) == 0
+    assert "lora-lr0.001-s0: the same run is finished" in capsys.readouterr().out
+    assert main([*SMOKE, "--out", str(computed), *sweep]) == 0
+    a = json.loads((derived / "runs" / "lora-lr0.001-s0.json").read_text())
+    b = json.loads((computed / "runs" / "lora-lr0.001-s0.json").read_text())
+    assert a["reused_from"].endswith("lora-s0.json") and a["evaluation"] == b["evaluation"] == "cheap"
+    assert a["identity"] == b["identity"] and a["metrics"] == b["metrics"] and a["items"] == b["items"]
+    assert a["trajectory"] == b["trajectory"] and a["flags"] == b["flags"]

@@ -153,11 +153,42 @@ def reuse_record(runner: Runner, spec, ident: dict) -> bool:
         for path in sorted((Path(folder) / "runs").glob("*.json")):
             rec = read_record(path, ("identity",))
             if rec["identity"] == ident:
-                if runner.main:
-                    write_json(runner.run_path(spec), {**rec, "reused_from": str(path)})
-                runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
-                return True
+                found = {**rec, "reused_from": str(path)}
+            elif spec.evaluation == "cheap" and _same_training_run(rec, ident):
+                found = _cheap_from_trajectory(rec, ident, str(path))
+            else:
+                continue
+            if runner.main:
+                write_json(runner.run_path(spec), found)
+            runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
+            return True
     return False
+
+
+def _same_training_run(rec: dict, ident: dict) -> bool:
+    """Whether ``rec`` is a fully evaluated run whose training is the one ``ident`` describes: its identity differs
+    only in how it was evaluated, and it kept its trajectory (the cheap dev scores along training)."""
+    other = rec["identity"]
+    drop = ("evaluation", "split")
+    return (other.get("evaluation") == "full" and bool(rec.get("trajectory"))
+            and {k: v for k, v in other.items() if k not in drop} == {k: v for k, v in ident.items() if k not in drop})
+
+
+def _cheap_from_trajectory(rec: dict, ident: dict, source: str) -> dict:
+    """The record a cheap (sweep) run would write, from a full run of the same training: its metrics and items are
+    the trajectory's last point, which the cheap run computes the same way."""
+    from ..fingerprints import object_hash
+
+    last = rec["trajectory"][-1]
+    preds = last["items"].get("medmcqa_pred", [])
+    flags = [f for f in rec.get("flags", []) if f != "constant-answers"]
+    if len(preds) > 4 and len(set(preds)) == 1:
+        flags.append("constant-answers")
+    drop = ("wall_seconds", "finished", "cheap", "cheap_metrics")
+    return {**{k: v for k, v in rec.items() if k not in drop}, "evaluation": "cheap", "split": "dev",
+            "identity": ident, "identity_hash": object_hash(ident), "metrics": last["metrics"],
+            "items": last["items"], "timings": {}, "flags": flags, "reused_from": source,
+            "wall_seconds": rec.get("wall_seconds"), "finished": rec.get("finished")}
 
 
 def trajectory_probe(runner: Runner, tok, start: str):
