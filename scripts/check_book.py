@@ -128,8 +128,12 @@ class Page:
     def wait_for(self, expression: str, timeout: float = 30) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.js(expression):
-                return True
+            try:
+                if self.js(expression):
+                    return True
+            except RuntimeError as err:  # the page is still navigating: its old context went away; ask again
+                if "navigated or closed" not in str(err) and "context was destroyed" not in str(err):
+                    raise
             self.b.pump(0.2)
         return False
 
