@@ -37,7 +37,7 @@ from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
-                     reuse_record, run_flags, trajectory_probe)
+                     reusable_records, reuse_record, run_flags, trajectory_probe)
 
 
 def _device() -> torch.device:
@@ -109,7 +109,7 @@ class Runner:
         self.rank, self.world = distributed()
         self.main = self.rank == 0
         self.preset, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
-        self.artifacts, self.reuse = self.out / "artifacts", [Path(f) for f in reuse]
+        self.artifacts, self.reusable = self.out / "artifacts", reusable_records(reuse)
         root = data_root(preset)
         self.all_task_questions = load_medmcqa("train", single_choice=True, root=root)
         have = len(self.all_task_questions)

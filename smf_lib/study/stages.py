@@ -108,10 +108,10 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     torch.manual_seed(seed)
     add_memory(model, runner.memory_config(mode))
     heldout = [reply for _, reply in runner.suite.chat["dev"] or runner.suite.chat["report"]]
-    max_length = runner.retrofit_config(seed).max_length
+    cfg = runner.retrofit_config(seed)
+    max_length = cfg.max_length
     before = memory_health(model, tok, heldout, max_length) if heldout and runner.main else None
     texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
-    cfg = runner.retrofit_config(seed)
     runner.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
     along = heldout[:32]
 
@@ -146,23 +146,27 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
 
 
 def reuse_record(runner: Runner, spec, ident: dict) -> bool:
-    """Copy a finished record with exactly this identity from one of ``runner.reuse``'s results folders into
+    """Copy a finished record with exactly this identity from one of the runner's reuse folders into
     ``OUT/runs`` (noting where it came from), instead of training and evaluating the same run again. True when
     one was found."""
-    for folder in runner.reuse:  # every process reads, so all of them skip the run; process 0 alone writes
-        for path in sorted((Path(folder) / "runs").glob("*.json")):
-            rec = read_record(path, ("identity",))
-            if rec["identity"] == ident:
-                found = {**rec, "reused_from": str(path)}
-            elif spec.evaluation == "cheap" and _same_training_run(rec, ident):
-                found = _cheap_from_trajectory(rec, ident, str(path))
-            else:
-                continue
-            if runner.main:
-                write_json(runner.run_path(spec), found)
-            runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
-            return True
+    for path, rec in runner.reusable:  # every process looks, so all of them skip the run; process 0 alone writes
+        if rec["identity"] == ident:
+            found = {**rec, "reused_from": str(path)}
+        elif spec.evaluation == "cheap" and _same_training_run(rec, ident):
+            found = _cheap_from_trajectory(rec, ident, str(path))
+        else:
+            continue
+        if runner.main:
+            write_json(runner.run_path(spec), found)
+        runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
+        return True
     return False
+
+
+def reusable_records(folders) -> list[tuple[Path, dict]]:
+    """The finished run records of other results folders (read once per runner), for :func:`reuse_record`."""
+    return [(path, read_record(path, ("identity",))) for folder in folders
+            for path in sorted((Path(folder) / "runs").glob("*.json"))]
 
 
 def _same_training_run(rec: dict, ident: dict) -> bool:
@@ -180,9 +184,8 @@ def _cheap_from_trajectory(rec: dict, ident: dict, source: str) -> dict:
     from ..fingerprints import object_hash
 
     last = rec["trajectory"][-1]
-    preds = last["items"].get("medmcqa_pred", [])
     flags = [f for f in rec.get("flags", []) if f != "constant-answers"]
-    if len(preds) > 4 and len(set(preds)) == 1:
+    if _constant_answers(last["items"]):
         flags.append("constant-answers")
     drop = ("wall_seconds", "finished", "cheap", "cheap_metrics")
     return {**{k: v for k, v in rec.items() if k not in drop}, "evaluation": "cheap", "split": "dev",
@@ -218,7 +221,11 @@ def run_flags(res, tok, result: dict) -> list[str]:
         end = sum(tail) / len(tail)
         if end >= 0.9 * math.log(len(tok)) and end > losses[0]:
             flags.append("diverged")
-    preds = result["items"].get("medmcqa_pred", [])
-    if len(preds) > 4 and len(set(preds)) == 1:
+    if _constant_answers(result["items"]):
         flags.append("constant-answers")
     return flags
+
+
+def _constant_answers(items: dict) -> bool:
+    preds = items.get("medmcqa_pred", [])
+    return len(preds) > 4 and len(set(preds)) == 1

@@ -21,9 +21,14 @@ SHOWN_PX_PER_INCH = 100
 COLUMN_PX = 688
 
 
+def display_width(png_px: float, dpi: int) -> int:
+    """The CSS width the book asks for a PNG ``png_px`` pixels wide drawn at ``dpi`` (the page caps it at 100%)."""
+    return round(max(MIN_SHOWN_PX, png_px * SHOWN_PX_PER_INCH / dpi))
+
+
 def shown_width(png_px: int, dpi: int, column_px: int = COLUMN_PX) -> float:
     """The CSS width at which the book shows a PNG ``png_px`` pixels wide drawn at ``dpi``."""
-    return min(column_px, max(MIN_SHOWN_PX, png_px * SHOWN_PX_PER_INCH / dpi))
+    return min(column_px, display_width(png_px, dpi))
 
 
 def figure_problems(fig, dpi: int = 150, column_px: int = COLUMN_PX) -> list[str]:
@@ -177,7 +182,7 @@ def figure_html(fig, dpi: int = 150, alt: str | None = None) -> str:
     data = figure_png(fig, dpi)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     width, height = (int.from_bytes(data[k:k + 4], "big") for k in (16, 20))
-    shown = round(max(MIN_SHOWN_PX, width * SHOWN_PX_PER_INCH / dpi))
+    shown = display_width(width, dpi)
     return (f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" '
             f'alt="{html.escape(alt or "; ".join(titles) or "figure")}" class="smf-figure" '
             f'style="width:{shown}px;max-width:100%;height:auto" width="{shown}" '

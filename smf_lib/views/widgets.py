@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from ..selection import SELECTORS
-from .figures import MIN_SHOWN_PX, SHOWN_PX_PER_INCH, add_png_text, measurements
+from .figures import add_png_text, display_width, measurements
 from .plotting import plot_selection
 
 STATIC_ENV = "SMF_STATIC_WIDGETS"  # set while the book is built: selection_explorer then returns the gallery
@@ -136,7 +136,7 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
         plt.close(fig)
         png = io.BytesIO()
         pixels.quantize(colors=64).save(png, format="png")
-        shown = max(MIN_SHOWN_PX, round(width_in * SHOWN_PX_PER_INCH))
+        shown = display_width(width_in * dpi, dpi)
         return w.Image(value=add_png_text(png.getvalue(), meta), format="png",
                        layout=w.Layout(width=f"{shown}px", max_width="100%", height="auto"))
 
