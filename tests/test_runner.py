@@ -451,3 +451,21 @@ def test_a_sweep_run_is_derived_from_a_full_run_of_the_same_training(reference_g
     assert a["reused_from"].endswith("lora-s0.json") and a["evaluation"] == b["evaluation"] == "cheap"
     assert a["identity"] == b["identity"] and a["metrics"] == b["metrics"] and a["items"] == b["items"]
     assert a["trajectory"] == b["trajectory"] and a["flags"] == b["flags"]
+
+
+def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, capsys):
+    """A rate key in ``rates_to_choose`` holds back the grid's runs at that rate (and only those), says so in the
+    log and the status, and ``--lr KEY=RATE`` releases them."""
+    out = str(tmp_path / "grid")
+    waiting = [*SMOKE, "--methods", "base", "lora", "smf-kl", "--out", out, "--set", 'rates_to_choose=["smf-adam"]']
+    assert main(waiting) == 0
+    runs = {p.stem for p in (tmp_path / "grid" / "runs").glob("*.json")}
+    assert runs == {"base", "lora-s0"}
+    assert "smf-kl-s0: skipped: the preset's 'smf-adam' rate is still to be chosen" in capsys.readouterr().out
+    p = PRESETS["smoke"]
+    table = R.study_status(Preset(**{**vars(p), "rates_to_choose": ("smf-adam",)}), out, ["base", "lora", "smf-kl"])
+    assert dict(zip(table["run"], table["state"]))["smf-kl-s0"] == "rate to choose"
+    assert main([*waiting, "--lr", "smf-adam=0.01"]) == 0
+    assert (tmp_path / "grid" / "runs" / "smf-kl-s0.json").exists()
+    with pytest.raises(ValueError, match="rates_to_choose"):
+        Preset(**{**vars(p), "rates_to_choose": ("smf-fast",)})

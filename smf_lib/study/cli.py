@@ -48,7 +48,7 @@ def customise(preset, rates=(), fields=(), data=None):
             changes[key] = value
         if isinstance(changes[key], list):
             changes[key] = tuple(changes[key])
-    lr = dict(preset.lr)
+    lr, to_choose = dict(preset.lr), list(changes.get("rates_to_choose", preset.rates_to_choose))
     for item in rates:
         key, sep, value = item.partition("=")
         try:
@@ -57,6 +57,9 @@ def customise(preset, rates=(), fields=(), data=None):
             raise ValueError(f"--lr takes KEY=RATE such as smf-adam=1e-2, got {item!r}") from None
         if not sep or not lr[key] > 0:
             raise ValueError(f"--lr takes KEY=RATE with a rate > 0, got {item!r}")
+        if key in to_choose:
+            to_choose.remove(key)
+    changes["rates_to_choose"] = tuple(to_choose)
     if data is not None:
         changes["data"] = data
     return dataclasses.replace(preset, lr=lr, **changes)

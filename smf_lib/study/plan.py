@@ -62,7 +62,8 @@ def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
 
     Returns a pandas DataFrame with one row per planned run: its evaluation (``full`` or ``cheap``), its state
     (``finished``: ``runs/NAME.json`` exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under
-    ``artifacts/``, so a rerun of the same command resumes it from its last checkpoint; ``other settings``: a record
+    ``artifacts/``, so a rerun of the same command resumes it from its last checkpoint; ``rate to choose``: a grid run
+    whose rate key is in the preset's ``rates_to_choose``; ``other settings``: a record
     whose training settings differ from the preset's, which ``run --fresh`` replaces; ``to do``), and for finished
     runs the measured minutes from start to written record (training and evaluation, on whatever machine ran it).
     Only the training settings are compared here; ``run`` checks the whole identity (data, precision, probes) too.
@@ -82,6 +83,9 @@ def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
             state = "failed"
         elif (out / "artifacts" / spec.name).exists():
             state = "started"
+        elif spec.lr is None and get_arm(spec.method).train is not None and \
+                p.train_config(spec.method, spec.seed).lr_key in p.rates_to_choose:
+            state = "rate to choose"
         rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
                      "lr": spec.lr, "evaluation": spec.evaluation, "state": state, "minutes": minutes})
     return pd.DataFrame(rows)

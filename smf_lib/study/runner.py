@@ -126,6 +126,7 @@ class Runner:
         self.reference = Reference(self.artifacts / "reference", preset.topk, progress and self.main)
         self.precision = auto_precision(preset, _device())
         self.failures: list[str] = []
+        self.waiting: list[str] = []  # grid runs skipped until the preset chooses their rate
 
     def task_questions_for(self, seed: int) -> list[dict]:
         """The training questions of a seed (the same for every seed unless the preset samples per seed)."""
@@ -164,6 +165,13 @@ class Runner:
         if arm.train is not None:
             ident["train_config"] = self.train_config(spec).record()
         return _plain(ident)
+
+    def rate_to_choose(self, spec: RunSpec) -> str | None:
+        """The rate key of a grid run whose rate the preset has not chosen yet (``rates_to_choose``), else None."""
+        if spec.lr is not None or get_arm(spec.method).train is None:
+            return None
+        key = self.preset.train_config(spec.method, spec.seed).lr_key
+        return key if key in self.preset.rates_to_choose else None
 
     def train_config(self, spec: RunSpec) -> TrainConfig:
         cfg = self.preset.train_config(spec.method, spec.seed, spec.lr)
@@ -222,7 +230,14 @@ class Runner:
     def run_one(self, spec: RunSpec) -> None:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
         or retrofitted model, train, evaluate and write its record last."""
-        arm, path, ident = get_arm(spec.method), self.run_path(spec), self.identity(spec)
+        arm, path = get_arm(spec.method), self.run_path(spec)
+        key = self.rate_to_choose(spec)
+        if key is not None:
+            self.log(f"{spec.name}: skipped: the preset's {key!r} rate is still to be chosen from the sweep's dev "
+                     f"results; set it in the preset (and drop it from rates_to_choose) or pass --lr {key}=RATE")
+            self.waiting.append(spec.name)
+            return
+        ident = self.identity(spec)
         if self._finished(spec, ident) or reuse_record(self, spec, ident):
             return
         folder = self.artifacts / spec.name
@@ -338,6 +353,8 @@ class Runner:
             if self.main:
                 write_summary(self.out)
             self.log(f"grid done in {time.perf_counter() - t0:.0f} s; summary at {path}")
+            if self.waiting:
+                self.log(f"{len(self.waiting)} run(s) wait for a rate to be chosen: {', '.join(self.waiting)}")
         finally:
             if lock is not None:
                 lock.release()
