@@ -357,7 +357,7 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
 # points, and the grid's SMF rate is chosen where the two meet.
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["cpu-v1"], name="cpu", methods=("base", "retrofit", "lora", "full", "smf-kl", "smf-tfidf"),
-    seeds=(0, 1), multi_seed=("smf-kl", "smf-tfidf", "lora", "full"),
+    seeds=(0, 1), multi_seed=("retrofit", "smf-kl", "smf-tfidf", "lora", "full"),  # SMF-s1 starts from retrofit-s1
     sweep={"smf-kl": (3e-3, 1e-2, 3e-2)}, rates_to_choose=("smf-adam",),
     sweep_first=True, chat_pool="all", chat_n=1000, chat_dev_n=174,
     retrofit_corpus="oasst1-train", retrofit_n=800,
