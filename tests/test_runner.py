@@ -50,8 +50,8 @@ def test_sweep_first_runs_the_swept_rates_right_after_the_stages():
     names = [s.name for s in specs]
     assert names[:3] == ["base", "retrofit-s0", "retrofit-s1"]
     first_grid = next(i for i, s in enumerate(specs) if s.lr is None and s.method not in ("base", "retrofit"))
-    assert all(s.lr is not None for s in specs[2:first_grid]) and all(s.lr is None for s in specs[first_grid:])
-    assert {s.method for s in specs[2:first_grid]} == set(p.sweep)
+    assert all(s.lr is not None for s in specs[3:first_grid]) and all(s.lr is None for s in specs[first_grid:])
+    assert {s.method for s in specs[3:first_grid]} == set(p.sweep)
 
 
 @pytest.fixture(scope="module")
