@@ -469,3 +469,53 @@ def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, ca
     assert (tmp_path / "grid" / "runs" / "smf-kl-s0.json").exists()
     with pytest.raises(ValueError, match="rates_to_choose"):
         Preset(**{**vars(p), "rates_to_choose": ("smf-fast",)})
+
+
+def test_changes_are_read_from_the_model_each_run_started_from(reference_grid):
+    """SMF runs are compared with the retrofit of their seed (so the retrofit's change is not theirs), LoRA and full
+    finetuning with the base model; along training, every point with the run's own first point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from smf_lib.study.findings import findings_cpu
+    from smf_lib.views.plotting import plot_answer
+
+    runs = results.load_runs(reference_grid)
+    net = results.net_table(runs).set_index("method")
+    assert net.loc["smf-kl", "start"] == "retrofit" and net.loc["lora", "start"] == "base"
+    assert net.loc["retrofit", "start"] == "base" and "base" not in net.index
+    by = {r["method"]: r for r in runs if r.get("evaluation", "full") == "full"}
+    expected = paired_bootstrap(by["retrofit"]["items"], by["smf-kl"]["items"], "chat_loglik")["delta"]
+    assert net.loc["smf-kl", "d_chat_loglik"] == pytest.approx(expected)
+    from_base = paired_bootstrap(by["base"]["items"], by["smf-kl"]["items"], "chat_loglik")["delta"]
+    assert net.loc["smf-kl", "d_chat_loglik"] != pytest.approx(from_base)  # the retrofit's own change is left out
+    traj = results.trajectory_table(runs, against="start")
+    assert (traj.loc[traj["step"] == 0, "d_medmcqa_gold_margin"] == 0).all()
+    points = by["smf-kl"]["trajectory"]
+    end = traj[(traj["method"] == "smf-kl") & (traj["step"] == traj["steps"])].iloc[0]
+    assert end["d_chat_loglik"] == pytest.approx(
+        paired_bootstrap({"items": points[0]["items"]}["items"], points[-1]["items"], "chat_loglik")["delta"])
+    with pytest.raises(ValueError, match="against"):
+        results.trajectory_table(runs, against="retrofit")
+    sentences = findings_cpu(runs, planned=7, first_share=0.003)
+    assert len(sentences) >= 3 and all(any(c.isdigit() for c in s) for s in sentences)
+    ax = plot_answer(traj[traj["step"] == traj["steps"]])
+    assert len(ax.get_legend().get_texts()) == traj["method"].nunique()
+    summary = pd.read_csv(reference_grid / "summary.csv")
+    res = results.resolution_table(summary, runs).set_index("metric")
+    assert res.loc["held-out chat log-lik", "items"] == len(by["base"]["items"]["chat_loglik"])
+    assert (res["half-width"] >= 0).all()
+
+
+def test_matched_learning_picks_the_closest_rate_and_says_whether_intervals_overlap():
+    def end(method, lr, gain, half):
+        return {"method": method, "lr": lr, "seed": 0, "step": 75, "steps": 75, "d_medmcqa_gold_margin": gain,
+                "d_medmcqa_gold_margin_lo": gain - half, "d_medmcqa_gold_margin_hi": gain + half}
+    traj = pd.DataFrame([end("smf-kl", 3e-3, 0.06, 0.02), end("smf-kl", 1e-2, 0.10, 0.03),
+                         end("smf-kl", 3e-2, 0.15, 0.03), end("lora", 5e-5, 0.20, 0.04),
+                         end("full", 5e-5, 0.40, 0.05), {**end("lora", 5e-5, 0.0, 0.0), "step": 0}])
+    m = results.matched_learning(traj).set_index("baseline")
+    assert m.loc["lora", "smf lr"] == 3e-2 and bool(m.loc["lora", "matched"])  # 0.15 +- 0.03 meets 0.20 +- 0.04
+    assert m.loc["full", "smf lr"] == 3e-2 and not m.loc["full", "matched"]  # the closest still falls short
+    assert m.loc["lora", "rates tried"] == 3
+    assert results.matched_learning(traj[traj["method"] == "smf-kl"]).empty

@@ -14,17 +14,18 @@
 # ---
 
 # %% [markdown]
-# # 3. Forgetting probes
+# # 3. Learning against forgetting
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/03_forgetting.ipynb)
 #
 # **In this chapter you will**
 #
-# - learn what each probe measures, and why every probe keeps a result per item;
-# - read each method's change against the base model with a paired 95% interval, in one compact table;
-# - place every method on a plane of learning against forgetting;
-# - test the MedMCQA changes question by question with McNemar's exact test;
-# - state what the intervals support, and what they do not.
+# - see the answer first: what each method learned against what it forgot, in one figure;
+# - learn how SMF's learning rate is chosen on dev items so that it learns as much as LoRA and full finetuning;
+# - see why MedMCQA accuracy misleads at this scale (a letter prior), and what measures learning instead;
+# - read SMF's changes net of the retrofit it starts from, with paired 95% intervals and what each probe can
+#   resolve;
+# - learn from the first study, whose memory was too quiet to test SMF at all.
 #
 # Every model is evaluated with the same protocols (section 6 of the {doc}`method <../method>`):
 #
@@ -64,322 +65,326 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 import textwrap
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
 from smf_lib import setup_notebook
 from smf_lib.study.arms import ORDER
+from smf_lib.study.findings import findings_cpu, findings_v1
 from smf_lib.study.paired_stats import mcnemar
-from smf_lib.views.plotting import Panels, plot_deltas, plot_frontier, plot_paths, plot_tradeoff
 from smf_lib.study.presets import get_preset
-from smf_lib.study.results import (claims_table, delta_table, frontier_table, load_results, seed_spread,
-                             verdicts)
+from smf_lib.study.results import (claims_table, delta_table, load_results, matched_learning, net_table,
+                                   resolution_table, results_dir, seed_spread, trajectory_table, verdicts)
 from smf_lib.study.runner import status_line, study_status
+from smf_lib.study.tables import interval_cell
+from smf_lib.views.notebook import found_box
+from smf_lib.views.plotting import plot_answer, plot_paths
 from smf_lib.views.tables import book_table
 
 SEED = 0
 device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # lists of metrics in full
-folder, summary, runs = load_results("cpu-v1")
-print(status_line(study_status(get_preset("cpu-v1"), folder), width=76))
-summary = summary[summary["method"].isin(ORDER)]  # the grid's methods
-# the grid's fully evaluated runs (the swept rates are scored on the dev subset only: see the frontier below)
-runs = [r for r in runs if r["method"] in ORDER and r.get("evaluation", "full") == "full"]
-runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
-base = next(r for r in runs if r["method"] == "base")
+folder, summary, runs = load_results("cpu")
+preset = get_preset("cpu")
+status = study_status(preset, folder)
+v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
+v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
+v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
+planned = int((status["evaluation"] == "full").sum())
+found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
+
+# %% [markdown]
+# The study is `python -m smf_lib run --preset cpu` (files in `results/cpu/`): SmolLM2-135M-Instruct on 2 CPU
+# cores, a memory retrofitted with the recipe of chapter 2's pilot, the first 1,200 MedMCQA training questions for
+# one epoch (75 steps), and every probe scored on reported items that nothing was chosen on. Where it stands:
+
+# %%
+print(status_line(status, width=76))
+runs = [r for r in runs if r["method"] in ORDER]
+full_runs = [r for r in runs if r.get("evaluation", "full") == "full"]
+base = next(r for r in full_runs if r["method"] == "base")
 probe_items = {"MedMCQA questions": "medmcqa_correct",
                "trained questions (acquisition)": "acquisition_correct",
                "TriviaQA questions": "triviaqa_correct",
                "WikiText windows": "wikitext_window_nll",
-               "chat replies": "chat_loglik"}
+               "held-out chat replies": "chat_loglik"}
 print(textwrap.fill("reported items: " + ", ".join(
     f"{len(base['items'][k]):,} {name}" for name, k in probe_items.items()
     if k in base["items"]), 76))
 
 # %% [markdown]
-# ## Choosing the regime on dev items: the pilot
-# A study of forgetting needs a regime in which forgetting can be seen. Whether 75 steps on 2 CPU cores reach
-# one, and at
-# which learning rate, was settled before the study by a pilot, `python -m smf_lib run --preset cpu-pilot`
-# (files in `results/cpu-pilot/`): full finetuning on the study's 1,200 training texts at three planned learning
-# rates (the run at $10^{-3}$ has not been finished; the choice below rests on the other two), every probe scored
-# on **dev items only** (400 MedMCQA validation questions, 100 TriviaQA questions, 80 WikiText lines and 100 chat
-# replies, none of them among the reported items of the rest of this chapter). Nothing in the study was chosen on
-# its reported items.
+# ## The answer in one figure
+# Each point is one training run: how much it learned (x) against how much it forgot (y), each as a paired change
+# with its 95% interval on both axes. Learning is the gold option's log-likelihood margin over the best distractor
+# on MedMCQA questions (next sections say why not accuracy); forgetting is the change in log-likelihood of held-out
+# chat replies, the text the instruct model was made for (down is forgetting). Every change is measured from the
+# model the run **started from**: the base model for LoRA and full finetuning, the retrofitted model for SMF, so
+# SMF is not credited or blamed for the retrofit's own change.
 #
-# A drift KL is positive as soon as the model changes at all, so it measures *how far* the model moved, not whether
-# it got worse. Forgetting shows on the retention probes: chat log-likelihood (down is worse), WikiText perplexity
-# (up is worse) and TriviaQA (down is worse).
+# The top panel is the dev items (150 held-out MedMCQA questions and 40 chat replies, at the end of each run at
+# every rate tried); the bottom panel is the reported items of the runs at the chosen rates. At equal learning,
+# the higher point forgot less; where two methods' learning intervals do not overlap, they are not at matched
+# learning and this figure cannot rank them.
 
 # %%
-pilot_folder, pilot, _ = load_results("cpu-pilot")
-print(status_line(study_status(get_preset("cpu-pilot"), pilot_folder), width=76))
-retention = ("chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik",
-             "triviaqa_acc")
-book_table(delta_table(pilot, ("medmcqa_gold_loglik", "medmcqa_acc", *retention, "chat_drift_kl"))
-           .drop(columns="seed"), key=["method", "lr"])
-
-# %% [markdown]
-# Per pilot run, the retention probes whose paired 95% interval lies entirely on the worse side:
-
-# %%
-pilot_verdicts = verdicts(pilot).set_index(["method", "lr"])
-worse = {lr: [m.replace("_", " ") for m in retention
-              if pilot_verdicts.loc[("full", lr)].get(m) == "worse"]
-         for lr in pilot_verdicts.loc["full"].index}
-for lr, metrics in worse.items():
-    print(f"full finetuning at lr {lr}: "
-          + (f"worse on {', '.join(metrics)}" if metrics else "no retention probe worse"))
-
-# %% [markdown]
-# At the paper's rate, $5 \times 10^{-5}$, 75 steps of full finetuning learned the task's answer format (the gold
-# option's log-likelihood rose clearly) and moved every retention probe the better way or not at all; the likely
-# reason is that exam questions with explanations are plain text and short answers too. Nothing these probes can see
-# was forgotten. At $2 \times 10^{-4}$ it learned as much, and chat log-likelihood fell, with an interval entirely
-# below zero. The study therefore trains full finetuning at $2 \times 10^{-4}$, the smallest pilot rate at which it
-# forgets measurably, and sweeps $5 \times 10^{-5}$ and $10^{-3}$ around it; the other methods keep the paper's
-# rates and are swept too, so the frontier compares them at matched learning. SMF-KL's sweep goes up to 100 times
-# the paper's rate: at the paper's rate, 75 steps barely moved its dev trajectory (next sections), because Adam
-# moves each value coordinate by about the rate per step, and 75 steps are a tiny fraction of the paper's thousands.
-# The epochs (one) and the data sizes are the same as in the pilot. The forgetting that this regime produces is
-# small, and only the chat probe sees it at $2 \times 10^{-4}$: this is the regime the study can afford, not a
-# strong test.
-
-# %% [markdown]
-# ## What each method scores
-# The probes' values per run. Accuracies are in percent. The MedMCQA majority baseline (always answering the
-# most common gold letter of these items) sits next to the accuracy, because a small model can beat chance by
-# preferring one letter; "trained" is the accuracy on trained questions, when the study measures it.
+traj = trajectory_table(runs, against="start")
+ends = traj[traj["step"] == traj["steps"]] if len(traj) else traj
+ax = plot_answer(ends, title="dev items: every rate tried, end of training")
+ax.figure.tight_layout()
+plt.show()
+net = net_table(full_runs)
+trained = net[net["method"] != "retrofit"]
+if len(trained):
+    ax = plot_answer(trained, title="reported items: the chosen rates, per seed")
+    ax.figure.tight_layout()
+    plt.show()
+else:
+    print("no trained run has been fully evaluated on the reported items yet")
 
 # %%
-names = {"medmcqa_acc": "MedMCQA (%)", "medmcqa_majority_acc": "majority (%)",
-         "acquisition_acc": "trained (%)", "wikitext_ppl": "WikiText ppl",
-         "chat_loglik": "chat log-lik", "triviaqa_acc": "TriviaQA (%)",
-         "triviaqa_alias_loglik": "TriviaQA log-lik"}
-present = [m for m in names if m in summary]
-accuracies = [m for m in present if m.endswith("_acc")]
-table = summary.set_index(["method", "seed"])[present]
-table[accuracies] = 100 * table[accuracies]
-book_table(table.round(2).round({m: 1 for m in accuracies}).rename(columns=names), key=["method", "seed"])
+def answer(ends, trained):
+    """The figure in sentences, from the same numbers."""
+    out = []
+    for source, pts in (("dev", ends), ("reported", trained)):
+        if pts is None or not len(pts):
+            continue
+        g = pts.groupby(["method", "lr"], sort=False)[
+            ["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
+        best = g["d_chat_loglik"].idxmax()
+        most = g["d_medmcqa_gold_margin"].idxmax()
+        out.append(
+            f"On the {source} items, {most[0]} at {most[1]:g} learned most "
+            f"({g.loc[most, 'd_medmcqa_gold_margin']:+.3f} nats of margin), and "
+            f"{best[0]} at {best[1]:g} had the best change in chat "
+            f"log-likelihood ({g.loc[best, 'd_chat_loglik']:+.4f} nats).")
+    return " ".join(out) or "No trained run has finished yet."
+
+
+display(Markdown(answer(ends, trained)))
 
 # %% [markdown]
-# ## Changes against the base model
-# One cell per run and metric: the change $\Delta$ and its paired 95% interval $[\text{lo}, \text{hi}]$, rounded
-# to what the interval's width supports ({py:func}`~smf_lib.study.results.delta_table`), in three groups: what was
-# learned, general text, and chat and world knowledge. Accuracies are in points; a group the study has no
-# metric for is left out.
+# ## Matched learning: how SMF's rate is chosen
+# SMF trains a few hundred value rows with Adam, and at the paper's rate 75 steps move them very little, while
+# LoRA and full finetuning learn the answer format within a few dozen steps. Comparing each method at its own
+# paper rate would compare a method that learned nothing with methods that learned a lot. So SMF-KL's rate is
+# **swept on dev items** first, at three rates, and the grid's SMF rate is the one whose learning on the dev items
+# meets LoRA's and full finetuning's (their intervals overlap). SMF-TF-IDF runs at the same rate; its own dev
+# trajectory shows whether it meets them too. Nothing here looks at the reported items
+# ({py:func}`~smf_lib.study.results.matched_learning`).
 
 # %%
-groups = {"learning": ("medmcqa_acc", "medmcqa_gold_loglik",
-                       "acquisition_acc"),
+match = matched_learning(traj)
+if len(match):
+    cells = pd.DataFrame({
+        "baseline": [f"{b} {lr:g}" for b, lr in zip(match["baseline"], match["baseline lr"])],
+        "its learning": [interval_cell(r["baseline learning"], r["baseline lo"], r["baseline hi"])
+                         for _, r in match.iterrows()],
+        "closest SMF": [f"{m} {lr:g}" for m, lr in zip(match["smf"], match["smf lr"])],
+        "SMF learning": [interval_cell(r["smf learning"], r["smf lo"], r["smf hi"]) for _, r in match.iterrows()],
+        "matched": np.where(match["matched"], "yes", "no")})
+    display(book_table(cells, key=["baseline"]))
+else:
+    print("the baselines' dev trajectories are not in yet: the SMF sweep alone so far")
+    display(book_table(delta_table(ends.assign(seed=ends["seed"]), ("medmcqa_gold_margin", "chat_loglik")),
+                       key=["method", "lr", "seed"]))
+print("the grid's SMF rate: " + (
+    "still to be chosen (the grid's SMF runs wait for it)"
+    if "smf-adam" in preset.rates_to_choose else f"{preset.lr['smf-adam']:g}"))
+
+# %% [markdown]
+# ## Why not accuracy: the letter prior
+# A 135M model is near chance on MedMCQA, and chance is not 25% here: the base model prefers some answer letters,
+# and the reported items' gold letters are not spread evenly. A model that learns the task's *format* spreads its
+# answers over the letters, and its accuracy can fall while it learns. The table shows, per run, the accuracy next
+# to two answers that need no knowledge at all (always "A", and always the most common gold letter) and the share
+# of questions the run answers "A". The gold margin and the gold option's probability among the four options do
+# not reward a letter preference, so this chapter measures learning with them.
+
+# %%
+rows = []
+for r in full_runs:
+    pred = np.asarray(r["items"]["medmcqa_pred"])
+    m = r["metrics"]
+    rows.append({"method": r["method"], "seed": r["seed"] if r["method"] != "base" else "",
+                 "accuracy (%)": 100 * m["medmcqa_acc"], "always A (%)": 100 * m["medmcqa_always_a_acc"],
+                 "majority (%)": 100 * m["medmcqa_majority_acc"], "answers A (%)": 100 * float(np.mean(pred == 0)),
+                 "gold prob. (%)": 100 * m["medmcqa_gold_prob"], "gold margin": m["medmcqa_gold_margin"]})
+book_table(pd.DataFrame(rows).round(3), key=["method", "seed"])
+
+# %% [markdown]
+# ## What each probe can resolve
+# A paired interval's half-width is the smallest change a probe can tell from zero on these items. The study scores
+# chat retention on every English OASST1 validation reply to a prompt, so that a change of a hundredth of a nat is
+# resolved; the first study's 150 replies could not
+# ({py:func}`~smf_lib.study.results.resolution_table`: the median over the study's runs).
+
+# %%
+book_table(resolution_table(summary, full_runs).round({"half-width": 4}), key=["metric"])
+
+# %% [markdown]
+# ## The retrofit's own change, and SMF's net of it
+# SMF does not start from the base model: it starts from the retrofitted one, whose memory was trained on chat
+# replies for 50 steps. That retrofit changes the model by itself, so each run below is compared with the model it
+# started from ({py:func}`~smf_lib.study.results.net_table`); the `retrofit` row is the retrofit against the base
+# model. One cell per run and metric: the change and its paired 95% interval, accuracies in points.
+
+# %%
+groups = {"learning": ("medmcqa_gold_margin", "medmcqa_gold_prob", "medmcqa_acc"),
           "general text": ("wikitext_ppl", "wikitext_drift_kl"),
-          "chat and world knowledge": ("chat_drift_kl", "chat_loglik",
-                                       "triviaqa_alias_loglik")}
+          "chat and world knowledge": ("chat_loglik", "chat_drift_kl", "triviaqa_acc")}
 for name, metrics in groups.items():
-    table = delta_table(summary, metrics)
+    table = delta_table(net, metrics)
     if len(table.columns) > 3:
         display(Markdown(f"**{name}**"), book_table(table, key=["method", "lr", "seed"]))
 
+# %% [markdown]
+# The drift KLs are measured against the base model, so an SMF run's drift includes its retrofit's: compare it
+# with the `retrofit` row. Against the base model, the summary's full table is in `results/cpu/summary.csv`.
+
+# %% [markdown]
+# ## Along training
+# Every trained run also scored the dev subset at four points along training (`trajectories.csv`). The paths below
+# start at each run's own start (x = 0) and end at its last step; a flat path learned without moving chat
+# log-likelihood.
+
 # %%
-Panels(plot_deltas(summary, [m for metrics in groups.values() for m in metrics], split=True))
+if len(traj):
+    ax = plot_paths(traj, learn="d_medmcqa_gold_margin", forget="d_chat_loglik",
+                    ax=plt.subplots(figsize=(7, 4.6))[1])
+    ax.figure.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Seeds against items
-# The intervals above resample the evaluation items of one trained model. A second training seed (another order
-# of the same training texts; for LoRA also another initialisation and dropout) says how much the result depends on
-# the training run itself, which item resampling cannot see. For each method trained with several seeds: the mean
-# change over its seeds, the lowest and highest seed, and the half-width of one seed's item interval beside them.
+# The intervals above resample the evaluation items of one trained model. A second training seed (another order of
+# the same training texts; for LoRA also another initialisation and dropout; for SMF also another retrofit) says how
+# much the result depends on the training run itself, which item resampling cannot see.
 
 # %%
-spread_metrics = ("d_medmcqa_acc", "d_chat_loglik", "d_wikitext_ppl")
-spread = seed_spread(summary, spread_metrics)
-spread = spread[spread["seeds"] > 1]
+spread_metrics = ("d_medmcqa_gold_margin", "d_chat_loglik", "d_wikitext_ppl")
+spread = seed_spread(net.assign(lr=net["lr"].astype(str)), spread_metrics) if len(net) else pd.DataFrame()
+spread = spread[spread["seeds"] > 1] if len(spread) else spread
 if len(spread):
     cells = []
     for _, r in spread.iterrows():
-        first = summary[(summary["method"] == r["method"])
-                        & (summary["lr"] == r["lr"])].iloc[0]
+        first = net[net["method"] == r["method"]].iloc[0]
         row = {"method": r["method"], "seeds": r["seeds"]}
         for m in spread_metrics:
-            s = 100 if m.endswith("_acc") else 1
-            half = (first[f"{m}_hi"] - first[f"{m}_lo"]) / 2 * s
+            half = (first[f"{m}_hi"] - first[f"{m}_lo"]) / 2
             row[m[2:].replace("_", " ")] = (
-                f"{r[f'{m}_mean'] * s:+.2g} (seeds {r[f'{m}_min'] * s:+.2g} to "
-                f"{r[f'{m}_max'] * s:+.2g}; items ±{half:.2g})")
+                f"{r[f'{m}_mean']:+.2g} (seeds {r[f'{m}_min']:+.2g} to "
+                f"{r[f'{m}_max']:+.2g}; items ±{half:.2g})")
         cells.append(row)
     display(book_table(pd.DataFrame(cells), key=["method"]))
 else:
     print("no method of this study has finished a second seed yet")
 
 # %% [markdown]
-# Where the seeds' range is wider than one seed's item interval, the training run itself varies more than the item
-# resampling can show, and a single seed's interval understates the uncertainty; where it is narrower, the items
-# are the larger source of noise and more evaluation items, not more seeds, would sharpen the result.
-
-# %% [markdown]
-# ## Learning against forgetting
-# Each method's MedMCQA change (x) against its change on a forgetting probe (y), with both intervals. The axis
-# labels say which way is better: further right learned more; on the forgetting axis, the better direction depends
-# on the probe (perplexity and drift should go down, log-likelihoods up).
-
-# %%
-candidates = ("chat_drift_kl", "wikitext_ppl", "triviaqa_alias_loglik")
-forgetting = [m for m in candidates if f"d_{m}" in summary][:2]
-panels = []
-for k, m in enumerate(forgetting):
-    ax = plot_tradeoff(summary, m, ax=plt.subplots(figsize=(4.6, 3.9))[1])
-    if k:
-        ax.get_legend().remove()
-    ax.figure.tight_layout()
-    panels.append(ax)
-Panels(panels)
-
-# %% [markdown]
-# Every trained run also scored the cheap dev subset along training (`trajectories.csv`: 150 MedMCQA dev
-# questions, 40 dev chat replies, at 4 points from step 0 to the end). The next cell draws each method's path from
-# its start to its end, with the gain in the gold option's log-likelihood on x and the drift on chat replies on y,
-# and the end point of every learning rate tried: at matched learning, the lower curve moved the model less
-# ({py:func}`~smf_lib.views.plotting.plot_paths`, {py:func}`~smf_lib.views.plotting.plot_frontier`). The drifts span
-# several orders of magnitude, so the y axes are logarithmic (linear near zero, where every path starts).
-
-# %%
-trajectories = pd.read_csv(folder / "trajectories.csv")
-if len(trajectories):
-    panels = [plot_paths(trajectories, ax=plt.subplots(figsize=(4.6, 3.9))[1]),
-              plot_frontier(trajectories, ax=plt.subplots(figsize=(4.6, 3.9))[1])]
-    for ax in panels:
-        ax.figure.tight_layout()
-    display(Panels(panels))
-else:
-    print("no trained run of this study has finished yet")
-
-# %% [markdown]
-# The same end points as numbers ({py:func}`~smf_lib.study.results.frontier_table`): the mean over seeds with its paired
-# 95% interval (for two seeds, from the lower of their bounds to the higher), and, for each point, the other
-# methods' points that *dominate* it, having learned at least as much while drifting no more. These are point
-# estimates on the cheap dev subset, so a domination between points whose intervals overlap is a tendency, not a
-# result.
-
-# %%
-book_table(frontier_table(trajectories, cells=True), key=["method", "lr"])
-
-# %% [markdown]
 # ## Paired tests on MedMCQA
-# McNemar's test looks only at the questions on which the two models disagree: $b$ questions the tuned model
-# newly gets right and $c$ it newly gets wrong. If training changed nothing, each such question would go either
-# way with probability 1/2, so the exact two-sided p-value comes from a binomial distribution with $b + c$ trials
+# McNemar's test looks only at the questions on which two models disagree: $b$ questions the tuned model newly
+# gets right and $c$ it newly gets wrong, each run against the model it started from. If training changed nothing,
+# each such question would go either way with probability 1/2
 # ({py:func}`~smf_lib.study.paired_stats.mcnemar`).
 
 # %%
-correct = base["items"]["medmcqa_correct"]
-tests = [{"method": r["method"], "seed": r["seed"],
-          **mcnemar(correct, r["items"]["medmcqa_correct"])}
-         for r in runs if r["method"] != "base"]
+from smf_lib.study.results import start_run
+
+tests = [{"method": r["method"], "seed": r["seed"], "against": start_run(r, full_runs)["method"],
+          **mcnemar(start_run(r, full_runs)["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])}
+         for r in full_runs if r["method"] != "base" and start_run(r, full_runs) is not None]
 labels = {"gained": "newly right (b)", "lost": "newly wrong (c)"}
-book_table(pd.DataFrame(tests).rename(columns=labels).round(2), key=["method", "seed"])
-
-# %% [markdown]
-# ## What the intervals support
-# For each run, the metrics whose paired 95% interval lies entirely on the better side and those whose interval
-# lies entirely on the worse side ({py:func}`~smf_lib.study.results.verdicts`); on every other metric the interval
-# crosses zero.
-# It is computed from the results; none of it is typed in by hand. The drift KLs are left out: they rise with any
-# change at all, so they say how far a model moved, not whether it got worse.
-
-# %%
-long = verdicts(summary).melt(["method", "lr", "seed"], var_name="metric").dropna()
-long = long[~long["metric"].str.endswith("drift_kl")]
-long["metric"] = long["metric"].str.replace("_", " ")
-grouped = long.groupby(["method", "lr", "seed", "value"], sort=False)["metric"]
-table = grouped.agg(", ".join).unstack("value", fill_value="")
-table = table.reindex(columns=["better", "worse"], fill_value="")  # every other probe: no clear change
-table = table.sort_index(level="method", key=lambda i: i.map(ORDER.index)).rename_axis(columns=None)
-book_table(table, key=["method", "lr", "seed"])
-
-# %% [markdown]
-# The pilot chose full finetuning's rate because, on dev items, a retention probe got worse at it. Whether the same
-# happens on the reported items is a result of the study, not a given; the next cell compares the two, per seed.
-
-# %%
-rate = get_preset("cpu-v1").lr["full"]
-study_verdicts = verdicts(summary)
-lrs = pd.to_numeric(study_verdicts["lr"], errors="coerce")
-at_rate = study_verdicts[(study_verdicts["method"] == "full") & (lrs == rate)]
-on_dev = worse.get(next((lr for lr in worse if float(lr) == rate), None), [])
-print(f"pilot, dev items, full finetuning at {rate:g}: "
-      + (f"worse on {', '.join(on_dev)}" if on_dev else "no retention probe worse"))
-for _, row in at_rate.iterrows():
-    hit = [m.replace("_", " ") for m in retention if row.get(m) == "worse"]
-    print(f"study, reported items, seed {row['seed']}: "
-          + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
-if at_rate.empty:
-    print("full finetuning at this rate has not finished yet in the study")
+book_table(pd.DataFrame(tests).rename(columns=labels).round(3), key=["method", "seed"])
 
 # %% [markdown]
 # ## The paper's claims, checked on this study
-# The paper's abstract claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and
-# TriviaQA accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift
-# clearly (section 7 of the {doc}`method <../method>`). Each row tests one of these claims for one method, once
-# per training seed (the runs of that seed compared with each other and with base): what was measured, with its
-# paired 95% interval, and whether the interval agrees with the claim, contradicts it, or cannot tell
-# ({py:func}`~smf_lib.study.results.claims_table`). For the size of SMF's gain, an interval entirely below half of the
-# claimed 2.5 points counts as a disagreement. The model, the data sizes and the run lengths are far from the
-# paper's, so a disagreement here is about this setting, not a refutation.
+# The paper claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and TriviaQA
+# accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift clearly
+# (section 7 of the {doc}`method <../method>`). Each row tests one claim for one training seed, against the base
+# model as the paper does: what was measured, with its paired 95% interval, and whether the interval agrees with the
+# claim, contradicts it, or cannot tell ({py:func}`~smf_lib.study.results.claims_table`). The model, the data sizes
+# and the run lengths are far from the paper's, so a disagreement here is about this setting, not a refutation.
 
 # %%
-seeds = sorted({r["seed"] for r in runs if r["method"] != "base"})
-per_seed = {s: claims_table(runs, seed=s).set_index(["claim", "compared"]) for s in seeds}
-claims = pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
-claims.columns = [f"{a}: {b}" for a, b in claims.columns]
-book_table(claims, key=["claim", "compared"])
+seeds = sorted({r["seed"] for r in full_runs if r["method"] in ("smf-kl", "lora", "full")})
+if seeds:
+    per_seed = {s: claims_table(full_runs, seed=s).set_index(["claim", "compared"]) for s in seeds}
+    claims = pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
+    claims.columns = [f"{a}: {b}" for a, b in claims.columns]
+    display(book_table(claims, key=["claim", "compared"]))
+else:
+    print("no trained run of the grid has finished yet")
 
 # %% [markdown]
-# **Reading these numbers.** A 135M model near chance on MedMCQA, few seeds, and a few hundred to a thousand
-# evaluation items: a MedMCQA change whose interval crosses zero is not a gain. The log-likelihood scores are far
-# more sensitive than accuracies, so changes show there first. The paper's claim (SMF learns a little while
-# staying within about a point on the probes, and LoRA and full finetuning learn more and drift more) can only be
-# checked in its direction here. If training on MedMCQA *lowers* WikiText perplexity, the likely reason is that
-# an instruct model trained on plain text becomes a better plain-text predictor in general; the drift and chat
-# probes measure the change in the model's distributions whatever its direction. Chapter 5 explains how to run
-# the paper's setting.
-#
+# ## The first study: a memory too quiet to test SMF
+# Before this study, the same grid ran on a memory retrofitted at the paper's rate for 50 steps
+# (`python -m smf_lib run --preset cpu-v1`, files in `results/cpu-v1/`). What it found, computed from its files:
+
+# %%
+found_box(findings_v1(v1_summary, v1_runs, results_dir("retrofit-pilot")), title="The first study")
+
+# %% [markdown]
+# Its full finetuning rate was chosen by a pilot on dev items (`results/cpu-pilot/`): the smallest rate at which a
+# retention probe got worse. A rate chosen *because* a dev interval excluded zero will often show a smaller change
+# on new items: the choice selected a dev draw that happened to be extreme. The next cell compares the pilot's dev
+# verdict with the same training on the reported items.
+
+# %%
+pilot_folder, pilot, _ = load_results("cpu-pilot")
+retention = ("chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik", "triviaqa_acc")
+rate = get_preset("cpu-v1").lr["full"]
+pilot_verdicts = verdicts(pilot)
+on_dev = pilot_verdicts[(pilot_verdicts["method"] == "full")
+                        & (pd.to_numeric(pilot_verdicts["lr"]) == rate)]
+hit = [m.replace("_", " ") for m in retention if len(on_dev) and on_dev.iloc[0].get(m) == "worse"]
+print(f"pilot, dev items, full finetuning at {rate:g}: "
+      + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
+study_verdicts = verdicts(v1_summary)
+at_rate = study_verdicts[(study_verdicts["method"] == "full")
+                         & (pd.to_numeric(study_verdicts["lr"], errors="coerce") == rate)]
+for _, row in at_rate.iterrows():
+    hit = [m.replace("_", " ") for m in retention if row.get(m) == "worse"]
+    print(f"first study, reported items, seed {row['seed']}: "
+          + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
+
+# %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not
 # :class: note
-# **It shows**, for every run of the study, the change on each probe against the base model on the same items, with
-# a paired 95% interval; the spread across training seeds; the paths along training and the frontier across
-# learning rates; and what the intervals support, claim by claim, computed from the result files.
+# **It shows**, for every run of the study, what it learned against what it forgot, each measured from the model it
+# started from, with paired 95% intervals and what each probe can resolve; how SMF's rate was matched to the
+# baselines' learning on dev items; and why accuracy is not the learning measure at this scale.
 #
 # **It does not show** the paper's setting. A 135M model trained on 1,200 questions for one epoch is far from
 # Qwen2.5-0.5B on 60,000, so the verdicts are about this setting. An interval that crosses zero does not show that
-# nothing changed, only that any change is too small for these item counts to resolve. One rate per method is one
-# point on its trade-off; the frontier compares methods at matched learning.
+# nothing changed, only that any change is too small for these items to resolve. Matched learning is matched on one
+# measure (the gold margin on dev items); two methods can learn different things for the same margin.
 # :::
 #
 # ## Summary
-# - Every probe keeps per-item results, so every change against base is paired, with a bootstrap 95% interval.
-# - {py:func}`~smf_lib.study.results.delta_table` gives one compact cell per run and metric; the verdicts table says
-#   which intervals exclude zero, and on which side.
-# - MedMCQA accuracy moves little at this scale; the log-likelihood scores, perplexity and drift are the
-#   sensitive probes.
-# - The frontier is the only comparison at matched learning. The sweeps barely overlap in learning: SMF-KL's
-#   highest rate learned less than the baselines' lowest, and in the frontier table LoRA at its lowest rate learned
-#   more than SMF-KL at its highest for about the same drift. Whether SMF forgets less than LoRA at equal learning
-#   is therefore not shown by this study; it would need longer SMF runs or higher SMF rates.
+# - Compare methods at matched learning: at their own default rates, a method that learns little will also forget
+#   little, and that says nothing about the method.
+# - Measure each run from the model it started from: SMF's retrofit changes the model by itself.
+# - At this scale accuracy carries a letter prior; the gold option's margin over the best distractor measures
+#   learning without it.
+# - Check that a probe can resolve the change you care about (its interval's half-width) before reading its
+#   verdict, and choose everything on dev items: a choice made on an interval's edge does not repeat on new items.
 #
 # ## Exercises
 # 1. (CPU, about 1 minute) Recompute one interval with {py:func}`~smf_lib.study.paired_stats.paired_bootstrap`:
-#    `smf-kl` against base on `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How much do the bounds move?
+#    the first study's `smf-kl` against its base on `medmcqa_acc` with `n_boot=10_000` and two other `seed`s. How
+#    much do the bounds move?
 #
 #    :::{dropdown} Hint
-#    Take the run from this chapter's `runs` and the base items from `base`. The function returns fractions; the
-#    tables show points.
+#    Take both runs from the first study's records, `v1_runs`. The function returns fractions; the tables show
+#    points.
 #    :::
 #
 #    :::{dropdown} Solution
 #    ```python
 #    from smf_lib.study.paired_stats import paired_bootstrap
 #
-#    smf = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == 0)
+#    smf = next(r for r in v1_runs if r["method"] == "smf-kl" and r["seed"] == 0 and r.get("evaluation") == "full")
+#    base = next(r for r in v1_runs if r["method"] == "base")
 #    for s in (0, 1, 2):
 #        ci = paired_bootstrap(base["items"], smf["items"], "medmcqa_acc", n_boot=10_000, seed=s)
 #        print(s, {k: round(100 * ci[k], 2) for k in ("delta", "lo", "hi")}, f"p_le_0 {ci['p_le_0']:.3f}")
@@ -392,8 +397,9 @@ book_table(claims, key=["claim", "compared"])
 #    interval's width comes from the items, not from the number of resamples.
 #    :::
 #
-# 2. (CPU, about 1 minute) Compare `smf-kl` with `lora` directly, with {py:func}`~smf_lib.study.paired_stats.mcnemar`
-#    on their `medmcqa_correct` items. Is either better on MedMCQA at this sample size?
+# 2. (CPU, about 1 minute) In the first study, compare `smf-kl` with `lora` directly, with
+#    {py:func}`~smf_lib.study.paired_stats.mcnemar` on their `medmcqa_correct` items. Is either better on MedMCQA at
+#    this sample size?
 #
 #    :::{dropdown} Hint
 #    `mcnemar(a, b)` counts the questions that `b` newly gets right against `a` (`gained`) and newly gets wrong
@@ -402,25 +408,28 @@ book_table(claims, key=["claim", "compared"])
 #
 #    :::{dropdown} Solution
 #    ```python
+#    full_v1 = [r for r in v1_runs if r.get("evaluation") == "full"]
 #    for s in (0, 1):
-#        smf = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == s)
-#        lora = next(r for r in runs if r["method"] == "lora" and r["seed"] == s)
+#        smf = next(r for r in full_v1 if r["method"] == "smf-kl" and r["seed"] == s)
+#        lora = next(r for r in full_v1 if r["method"] == "lora" and r["seed"] == s)
 #        print(f"seed {s}:", mcnemar(smf["items"]["medmcqa_correct"], lora["items"]["medmcqa_correct"]))
 #    ```
 #
 #    Neither. At both seeds the two models disagree on many questions but split them nearly evenly, LoRA losing a
 #    few more than it gains, and `p` stays above 0.05. That matches the changes table, where LoRA's accuracy
 #    interval crosses zero. MedMCQA accuracy cannot rank the two at this size; the gold option's log-likelihood,
-#    which LoRA moved far more than SMF, is the sensitive score.
+#    which LoRA moved far more than SMF, is the sensitive score. Repeat it on this study's `full_runs` once its grid
+#    has finished: the same question, on a living memory.
 #    :::
 #
-# 3. (reading only) The `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's top-t explorer,
-#    compare the rows the two select at the study's top-t of 128 on each memory layer: do they differ enough for
-#    the two runs to differ on the probes above?
+# 3. (reading only) The first study's `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's
+#    top-t explorer, compare the rows the two select at the study's top-t of 128 on each memory layer: do they
+#    differ enough for the two runs to differ on the probes?
 #
 #    :::{dropdown} Hint
 #    Chapter 4's first overlap figure gives the Jaccard overlap of the two selections at t = 128 directly. Then
-#    compare the `smf-kl` and `smf-tfidf` rows of this chapter's tables, the log-likelihood and drift columns too.
+#    compare the first study's `smf-kl` and `smf-tfidf` rows, `delta_table(v1_summary)`, the log-likelihood and
+#    drift columns too.
 #    :::
 #
 #    :::{dropdown} Solution
@@ -432,8 +441,10 @@ book_table(claims, key=["claim", "compared"])
 #    selector to matter, but they are not enough: the memory must also carry signal.
 #    :::
 #
-# 4. (reading only) Before reading the "Seeds against items" table, predict for LoRA and full finetuning: will
-#    their two training seeds differ by more or by less than one seed's item interval? Check against the table.
+# 4. (CPU, seconds) Predict for the first study's LoRA and full finetuning: will their two training seeds differ by
+#    more or by less than one seed's item interval? Check with
+#    `seed_spread(v1_summary, ("d_medmcqa_acc", "d_chat_loglik", "d_wikitext_ppl"))` beside the intervals of
+#    `delta_table(v1_summary)`.
 #
 #    :::{dropdown} Hint
 #    A second seed changes only the order of the same training texts (and LoRA's initialisation and dropout). The

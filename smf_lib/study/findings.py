@@ -148,3 +148,64 @@ def learning_answer(pilot_folder: str | Path) -> list[str]:
     resolved = "apart" if low.d_gold_margin_hi < high.d_gold_margin_lo else "overlapping"
     return [f"The same short SMF-KL run moved the gold margin on dev items by: {'; '.join(parts)}.",
             f"From the quietest checkpoint measured to the most active one the intervals are {resolved}."]
+
+
+def _cell(row, metric: str, scale: float = 1.0, digits: int = 2) -> str:
+    return interval_cell(*(row[f"{metric}{s}"] * scale for s in ("", "_lo", "_hi")), digits=digits)
+
+
+def findings_cpu(runs: list[dict], planned: int | None = None, first_share: float | None = None) -> list[str]:
+    """What the living-memory study (``results/cpu``) found, in 3-5 sentences computed from its run records,
+    including what goes against SMF; it says which part is still to come while the study runs.
+
+    Args:
+        runs: the study's run records (:func:`~smf_lib.study.results.load_results`).
+        planned: how many runs the preset plans, to say how many are still to come.
+        first_share: the first study's memory share of the MLP's output, for contrast.
+    """
+    from .results import matched_learning, net_table, trajectory_table
+
+    out = []
+    retro = [r for r in runs if r["method"] == "retrofit" and r.get("evaluation", "full") == "full"]
+    if retro:
+        health = retro[0]["retrofit"]["heldout_oasst1"]
+        after = health["after"]
+        lowest = min(after["share_by_layer"].values())
+        was = f"; the first study's: {first_share:.1%}" if first_share is not None else ""
+        out.append(f"The memory is alive: after the retrofit its quietest layer adds {lowest:.0%} of the MLP's output "
+                   f"(the mean over layers {after['share']:.0%}{was}), and the retrofit alone lowered the loss on "
+                   f"held-out chat replies by {-health['loss_change']['delta']:.3f} nats.")
+    net = net_table(runs)
+    r0 = net[net["method"] == "retrofit"]
+    if len(r0):
+        r = r0.iloc[0]
+        out.append(f"The retrofit alone moves the model measurably: on the reported items, chat "
+                   f"log-likelihood {_cell(r, 'd_chat_loglik', 1, 3)} nats, WikiText perplexity "
+                   f"{_cell(r, 'd_wikitext_ppl', 1, 2)}, so SMF's changes are read from the retrofitted model.")
+    traj = trajectory_table(runs, against="start")
+    if len(traj):
+        match = matched_learning(traj)
+        ends = traj[traj["step"] == traj["steps"]]
+        smf = ends[ends["method"] == "smf-kl"].sort_values("lr")
+        if len(smf):
+            parts = ", ".join(f"{_cell(r, 'd_medmcqa_gold_margin', 1, 3)} at {r.lr:g}" for r in
+                              (row for _, row in smf.iterrows()))
+            out.append(f"On dev items, 75 steps of SMF-KL moved the gold option's margin over the best distractor "
+                       f"by {parts} nats.")
+        for _, m in match[match["smf"] == "smf-kl"].iterrows():
+            verdict = (f"meets it at {m['smf lr']:g} ({m['smf learning']:+.3f})" if m["matched"] else
+                       f"comes closest at {m['smf lr']:g} ({m['smf learning']:+.3f}) without meeting it")
+            out.append(f"{m['baseline'].capitalize() if m['baseline'] == 'lora' else 'Full finetuning'} at "
+                       f"{m['baseline lr']:g} moved it by {m['baseline learning']:+.3f} "
+                       f"[{m['baseline lo']:+.3f}, {m['baseline hi']:+.3f}]; SMF-KL {verdict}.".replace("Lora", "LoRA"))
+    trained = net[net["method"].isin(["smf-kl", "smf-tfidf", "lora", "full"])]
+    if trained["method"].str.startswith("smf").any() and trained["method"].isin(["lora", "full"]).any():
+        g = trained.groupby("method")[["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
+        parts = "; ".join(f"{m}: gold margin {g.loc[m, 'd_medmcqa_gold_margin']:+.3f}, chat log-likelihood "
+                          f"{g.loc[m, 'd_chat_loglik']:+.4f}" for m in g.index)
+        out.append(f"On the reported items (mean over seeds, each from the model it started from): {parts}.")
+    elif planned is not None:
+        done = sum(1 for r in runs if r.get("evaluation", "full") == "full")
+        out.append(f"The comparison at matched learning on the reported items is not in yet: {done} of the "
+                   f"study's {planned} fully evaluated runs are finished.")
+    return out

@@ -85,23 +85,95 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def trajectory_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run and probe point: the cheap dev probes along training, with deltas to the base model's
-    cheap scores (paired on the same items)."""
+def trajectory_table(runs: list[dict], against: str = "base") -> pd.DataFrame:
+    """One row per run and probe point: the cheap dev probes along training, with paired deltas (on the same
+    items) to the base model's cheap scores (``against="base"``) or to the run's own first point, the model it
+    started from (``against="start"``: for an SMF run, the retrofitted model, so its deltas are net of the
+    retrofit's)."""
+    if against not in ("base", "start"):
+        raise ValueError(f"against must be 'base' or 'start', got {against!r}")
     base = next((r for r in runs if r["method"] == "base" and r.get("cheap")), None)
     rows = []
     for r in runs:
         cfg = r.get("train_config") or {}
-        for point in r.get("trajectory", []):
+        points = r.get("trajectory", [])
+        ref = {"items": base["cheap"]} if against == "base" and base is not None else None
+        if against == "start" and points:
+            ref = {"items": points[0]["items"]}
+        for point in points:
             row = {"method": r["method"], "seed": r["seed"], "lr": cfg.get("lr", ""), "step": point["step"],
                    "steps": len(r.get("train_log", [])), **point["metrics"]}
-            if base is not None:
-                row.update(paired_row({"items": base["cheap"]}, {"items": point["items"]}))
+            if ref is not None:
+                row.update(paired_row(ref, {"items": point["items"]}))
             rows.append(row)
     df = pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr", "step", "steps"])
     if len(df):
         df = df.assign(_o=df["method"].map(order_key)).sort_values(["_o", "lr", "seed", "step"]).drop(columns="_o")
     return df.reset_index(drop=True)
+
+
+def start_run(run: dict, runs: list[dict]) -> dict | None:
+    """The fully evaluated run of the model ``run`` started from: the retrofit of its seed for a method with a
+    memory (SMF), the base model otherwise; None when that run has no record (yet)."""
+    from .arms import get_arm
+
+    want = "retrofit" if get_arm(run["method"]).memory is not None and run["method"] != "retrofit" else "base"
+    return next((r for r in runs if r["method"] == want and r.get("evaluation", "full") == "full"
+                 and r.get("split") == run.get("split") and (want == "base" or r["seed"] == run["seed"])), None)
+
+
+def net_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per fully evaluated trained run: its change against the model it *started from* (the base model
+    for LoRA and full finetuning, the retrofit of the same seed for SMF), paired on the reported items, with 95%
+    intervals, so SMF's changes are read net of the retrofit's. A run whose start has no record yet is left
+    out. Columns as in :func:`summary_table` (``d_METRIC``, ``d_METRIC_lo``, ``d_METRIC_hi``), plus ``start``."""
+    rows = []
+    for r in runs:
+        if r["method"] in ("base",) or r.get("evaluation", "full") != "full":
+            continue
+        start = start_run(r, runs)
+        if start is None:
+            continue
+        cfg = r.get("train_config") or {}
+        rows.append({"method": r["method"], "seed": r["seed"], "lr": cfg.get("lr", ""), "start": start["method"],
+                     "split": r.get("split", "report"), **paired_row(start, r)})
+    df = pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr", "start", "split"])
+    if len(df):
+        df = df.assign(_o=df["method"].map(order_key)).sort_values(["_o", "seed"]).drop(columns="_o")
+    return df.reset_index(drop=True)
+
+
+def end_points(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_margin") -> pd.DataFrame:
+    """The last point of every run in a trajectory table, one row per method and rate (mean over its seeds; the
+    interval from the lowest bound to the highest): ``method``, ``lr``, ``seeds``, ``LEARN``, ``_lo``, ``_hi``."""
+    ends = traj[traj["step"] == traj["steps"]]
+    rows = [{"method": m, "lr": lr, "seeds": len(g), learn: g[learn].mean(), f"{learn}_lo": g[f"{learn}_lo"].min(),
+             f"{learn}_hi": g[f"{learn}_hi"].max()} for (m, lr), g in ends.groupby(["method", "lr"], sort=False)]
+    return pd.DataFrame(rows, columns=["method", "lr", "seeds", learn, f"{learn}_lo", f"{learn}_hi"])
+
+
+def matched_learning(traj: pd.DataFrame, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full"),
+                     learn: str = "d_medmcqa_gold_margin") -> pd.DataFrame:
+    """Where SMF's learning meets the baselines': for each baseline's end point and each SMF method in ``traj``
+    (a trajectory table, best with ``against="start"``), the SMF rate whose learning is closest to the baseline's,
+    both learnings with their intervals, and whether the two intervals overlap (``matched``). This is how a
+    preset's SMF rate is chosen on dev items (item by item, never on the reported ones)."""
+    ends = end_points(traj, learn)
+    rows = []
+    for _, b in ends[ends["method"].isin(baselines)].iterrows():
+        for method in smf:
+            cand = ends[ends["method"] == method]
+            if cand.empty:
+                continue
+            best = cand.loc[(cand[learn] - b[learn]).abs().idxmin()]
+            rows.append({"baseline": b["method"], "baseline lr": b["lr"], "baseline learning": b[learn],
+                         "baseline lo": b[f"{learn}_lo"], "baseline hi": b[f"{learn}_hi"], "smf": method,
+                         "smf lr": best["lr"], "smf learning": best[learn], "smf lo": best[f"{learn}_lo"],
+                         "smf hi": best[f"{learn}_hi"],
+                         "matched": bool(best[f"{learn}_lo"] <= b[f"{learn}_hi"]
+                                         and b[f"{learn}_lo"] <= best[f"{learn}_hi"]),
+                         "rates tried": len(cand)})
+    return pd.DataFrame(rows, columns=None if rows else ["baseline", "baseline lr", "smf", "smf lr", "matched"])
 
 
 def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
@@ -256,3 +328,24 @@ def delta_table(summary: pd.DataFrame, metrics=("medmcqa_acc", "acquisition_acc"
             row[m.replace("_", " ")] = interval_cell(r[f"d_{m}"] * s, r[f"d_{m}_lo"] * s, r[f"d_{m}_hi"] * s)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])
+
+
+def resolution_table(summary: pd.DataFrame, runs: list[dict], metrics=None) -> pd.DataFrame:
+    """The smallest change each probe resolves in this study: per metric, the items it is computed on and the
+    median half-width of the paired 95% intervals of the runs in ``summary`` (in the tables' units). A change
+    smaller than the half-width cannot be told from zero on these items."""
+    registry = probe_metrics()
+    base = next((r for r in runs if r["method"] == "base" and r.get("evaluation", "full") == "full"), None)
+    rows = []
+    for m in metrics or registry:
+        if f"d_{m}_lo" not in summary or m not in registry:
+            continue
+        trained = summary[summary["method"] != "base"]
+        half = ((trained[f"d_{m}_hi"] - trained[f"d_{m}_lo"]) / 2).dropna()
+        if half.empty:
+            continue
+        spec = registry[m]
+        items = len(base["items"][spec.items[0]]) if base is not None and spec.items[0] in base["items"] else None
+        rows.append({"metric": spec.label, "items": items, "half-width": float(half.median()) * spec.scale,
+                     "unit": spec.unit or ""})
+    return pd.DataFrame(rows, columns=["metric", "items", "half-width", "unit"])

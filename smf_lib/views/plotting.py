@@ -114,6 +114,51 @@ def plot_tradeoff(summary: pd.DataFrame, forgetting: str = "wikitext_ppl", ax=No
     return ax
 
 
+def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forget: str = "d_chat_loglik", ax=None,
+                title: str | None = None, start: str = "its start"):
+    """The one-figure answer: each run's learning (x) against its forgetting (y), both as paired changes with their
+    95% intervals on both axes, one colour per method (seeds drawn as separate points, with circles and squares).
+    A method run at several rates is joined in order of rate, each point labelled with its rate.
+
+    At equal learning (the same x), the point on the better side of the y axis forgot less; where two methods'
+    learning intervals do not overlap, they are not at matched learning and the plot cannot rank them.
+
+    Args:
+        points: one row per run with ``method``, ``lr``, ``seed`` and ``LEARN``/``FORGET`` with ``_lo``/``_hi``
+            columns, e.g. the end points of :func:`~smf_lib.study.results.trajectory_table` (``against="start"``)
+            or the rows of :func:`~smf_lib.study.results.net_table`.
+        start: what the changes are measured against, for the axis labels.
+    """
+    ax = ax or plt.subplots(figsize=(7, 4.6))[1]
+    if points.empty:
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
+        return ax
+    scale = 100 if learn.endswith("_acc") else 1
+    for method, g in points.groupby("method", sort=False):
+        colour = PALETTE.get(method, "k")
+        several = g["lr"].nunique() > 1
+        for k, (_, gs) in enumerate(g.groupby("seed", sort=True)):
+            gs = gs.sort_values("lr")
+            x, y = gs[learn] * scale, gs[forget]
+            xerr = [x - gs[f"{learn}_lo"] * scale, gs[f"{learn}_hi"] * scale - x]
+            yerr = [y - gs[f"{forget}_lo"], gs[f"{forget}_hi"] - y]
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if k == 0 else "s", color=colour, capsize=3, ms=6,
+                        ls="-" if several else "none", lw=1, label=method if k == 0 else None)
+            if several:
+                for xi, yi, lr in zip(x, y, gs["lr"]):
+                    ax.annotate(f"{lr:g}", (xi, yi), xytext=(5, 5), textcoords="offset points", fontsize=9.5,
+                                color=colour)
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.axvline(0, color="0.7", lw=0.8)
+    ax.set_xlabel(f"Δ {LABELS.get(learn[2:], learn)} vs {start}" + (" (points)" if scale == 100 else ""))
+    ax.set_ylabel(f"Δ {LABELS.get(forget[2:], forget)} vs {start}")
+    _better(ax, "right", "up" if _higher_is_better(forget[2:]) else "down")
+    if title:
+        ax.set_title(title)
+    outside_legend(ax)
+    return ax
+
+
 def _single_panels(sizes, **kwargs) -> tuple[list, list]:
     """One one-panel figure per size in ``sizes``: (figures, their axes), for the ``split`` form of a plot."""
     figs = [plt.figure(figsize=size, **kwargs) for size in sizes]
