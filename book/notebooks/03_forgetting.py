@@ -213,6 +213,32 @@ for r in full_runs:
 book_table(pd.DataFrame(rows).round(3), key=["method", "seed"])
 
 # %% [markdown]
+# ## The running example
+# The question chapters 1 and 2 followed, on axonal transport, is reported item 3. Its four option probabilities
+# (a softmax of the four option scores, the quantity behind the gold probability above) under each run that has
+# finished, the gold option marked:
+
+# %%
+from smf_lib.data import load_medmcqa
+from smf_lib.study.results import option_probabilities
+from smf_lib.views.notebook import RUNNING_EXAMPLE
+
+example = load_medmcqa("validation", n=RUNNING_EXAMPLE + 1)[RUNNING_EXAMPLE]
+print(textwrap.fill(example["question"] + " " + "  ".join(
+    f"{k}. {example[f'op{k.lower()}']}" for k in "ABCD"), 76))
+probs = option_probabilities(full_runs, RUNNING_EXAMPLE)
+gold = probs.loc[probs["gold"], "option"].iloc[0]
+wide = probs.pivot(index="run", columns="option", values="probability")
+wide = (100 * wide.reindex(probs["run"].unique())).round(1)
+wide = wide.rename(columns={gold: f"{gold} (gold, %)"}).rename(
+    columns=lambda c: c if "gold" in c else f"{c} (%)").reset_index()
+display(book_table(wide, key=["run"]))
+first, last = wide.iloc[0], wide.iloc[-1]
+display(Markdown(
+    f"The base model gives the gold answer {first[f'{gold} (gold, %)']:.0f}%; "
+    f"{last['run']} gives it {last[f'{gold} (gold, %)']:.0f}%."))
+
+# %% [markdown]
 # ## What each probe can resolve
 # A paired interval's half-width is the smallest change a probe can tell from zero on these items. The study scores
 # chat retention on every English OASST1 validation reply to a prompt, so that a change of a hundredth of a nat is

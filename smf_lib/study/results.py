@@ -349,3 +349,21 @@ def resolution_table(summary: pd.DataFrame, runs: list[dict], metrics=None) -> p
         rows.append({"metric": spec.label, "items": items, "half-width": float(half.median()) * spec.scale,
                      "unit": spec.unit or ""})
     return pd.DataFrame(rows, columns=["metric", "items", "half-width", "unit"])
+
+
+def option_probabilities(runs: list[dict], item: int, probe: str = "medmcqa") -> pd.DataFrame:
+    """One question's four option probabilities (a softmax of the option scores, as ``gold_prob``) under every fully
+    evaluated run that kept them: columns ``run``, ``option`` (A-D), ``probability`` and ``gold`` (bool)."""
+    rows = []
+    for r in runs:
+        scores = r["items"].get(f"{probe}_option_loglik")
+        if r.get("evaluation", "full") != "full" or not scores or item >= len(scores):
+            continue
+        s = np.asarray(scores[item], dtype=float)
+        p = np.exp(s - s.max())
+        p /= p.sum()
+        gold = int(np.argmin(np.abs(s - r["items"][f"{probe}_gold_loglik"][item])))  # the gold option's score
+        label = r["method"] if r["method"] == "base" else f"{r['method']} s{r['seed']}"
+        for k, v in enumerate(p):
+            rows.append({"run": label, "option": "ABCD"[k], "probability": float(v), "gold": gold == k})
+    return pd.DataFrame(rows, columns=["run", "option", "probability", "gold"])
