@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import torch
 import pytest
 
 import smf_lib.study.runner as R
@@ -366,6 +367,21 @@ def test_the_snapshot_command_writes_what_chapter_4_reads(reference_grid, tmp_pa
     assert all(int(c.sum()) > 0 for c in counts)
     assert main(snap, commands=[SNAPSHOT_COMMAND]) == 0
     assert path.read_bytes() == first
+    # the running example's reads: kept with the snapshot, added to one stored without them
+    from smf_lib.views.notebook import RUNNING_EXAMPLE
+    from smf_lib.views.plotting import example_selection
+
+    assert meta["example"]["item"] == RUNNING_EXAMPLE
+    example = [torch.tensor(c) for c in meta["example"]["counts"]]
+    assert len(example) == len(counts) and all(int(c.sum()) > 0 for c in example)
+    without = {k: v for k, v in json.loads(first).items() if k != "example"}
+    path.write_text(json.dumps(without))
+    assert main(snap, commands=[SNAPSHOT_COMMAND]) == 0
+    again = json.loads(path.read_text())
+    assert again["example"] == meta["example"] and {k: again[k] for k in without} == without
+    picks = example_selection(example, counts, stats, 4, layers=meta["layers"])
+    assert (picks["KL picks"] <= picks["rows read"]).all() and (picks["picked by both"] <= picks["KL picks"]).all()
+    assert picks["KL share of its reads"].between(0, 1).all() and (picks["in KL's batch picks"] <= 4).all()
 
 
 @pytest.mark.parametrize("name", ["cpu-v1", "cpu"])

@@ -48,8 +48,8 @@
 #
 # The read counts below come from `selection_counts.json` in the study's results folder: the reads of the first four
 # training batches and the background statistics of the study's retrofitted memory.
-# `python -m smf_lib snapshot --preset cpu-v1 --out results/cpu-v1` writes it (from the study's retrofit stage, or
-# retrofitting again where that stage is gone).
+# `python -m smf_lib snapshot --preset cpu --out results/cpu` writes it (from the study's retrofit stage, or
+# retrofitting again where that stage is gone). The memory is the living one of chapter 3's study.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -79,7 +79,7 @@ from smf_lib.views.widgets import selection_explorer
 
 SEED = 0
 device = setup_notebook(SEED)
-folder, summary, runs = load_results("cpu-v1")
+folder, summary, runs = load_results("cpu")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
 print(f"read counts of {snap['batch_texts']} MedMCQA training texts; "
       f"background: {stats.n_docs} documents")
@@ -135,6 +135,35 @@ for t in (ts[0], 128):
 # so KL's choice is the one more exposed to interference, and the next section asks whether that shows up as
 # forgetting.
 #
+# ## The running example's rows
+# The question on axonal transport that chapters 1 to 3 follow is never trained on. Which of its rows would each
+# selector train? The table answers two ways, at the study's top-t: were the question a batch by itself (its own
+# reads, scored against the background), how many rows each selector picks, what share of the question's reads
+# those rows carry, and how many of them are hub rows; and how many of the question's rows are among the rows each
+# selector picks for the training batches above ({py:func}`~smf_lib.views.plotting.example_selection`).
+
+# %%
+import torch
+
+from smf_lib.study.presets import get_preset
+from smf_lib.views.plotting import example_selection
+
+example = [torch.tensor(c) for c in snap["example"]["counts"]]
+top_t = get_preset("cpu").train["top_t"]
+picks = example_selection(example, counts, stats, top_t, layers=snap["layers"])
+shares = [c for c in picks if "share" in c]
+picks[shares] = (100 * picks[shares]).round(0)
+book_table(picks.rename(columns={c: f"{c} (%)" for c in shares}), key=["layer"])
+
+# %%
+kl_share = picks["KL share of its reads"].mean()
+tf_share = picks["TF-IDF share of its reads"].mean()
+print(textwrap.fill(
+    f"At top-t {top_t}, KL's picks carry {kl_share:.0f}% of the question's reads and "
+    f"TF-IDF's {tf_share:.0f}% (mean over the layers): KL trains the rows this question "
+    f"leans on, hubs included; TF-IDF trains its rarer rows.", 76))
+
+# %% [markdown]
 # ## Try it: a top-t slider
 # The explorer opens on the first selection figure above (KL): memory layer 15, t = 128. Move the slider, or
 # pick another selector or memory layer. In Jupyter or Colab (the badge at the top), it recomputes the
@@ -147,11 +176,19 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 
 # %% [markdown]
 # ## Did the selector matter for forgetting?
-# The `smf-kl` and `smf-tfidf` runs of the cached study differ only in the selector. Their changes against the
-# base model, with paired 95% intervals (chapter 3 explains the table):
+# The `smf-kl` and `smf-tfidf` runs of a study differ only in the selector. Their changes against the base model,
+# with paired 95% intervals (chapter 3 explains the table), from the living-memory study once both selectors'
+# runs are in, and from the first study until then:
 
 # %%
 selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
+if selectors["method"].nunique() < 2:
+    v1_folder, summary, _ = load_results("cpu-v1")
+    selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
+    print("from the first study (results/cpu-v1): the living-memory study's "
+          "selector runs are not all in yet")
+else:
+    print("from the living-memory study (results/cpu)")
 missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])
 if missing:
     print(f"not finished yet in this study: {', '.join(sorted(missing))}")
@@ -205,12 +242,25 @@ for seed in sorted(selectors["seed"].dropna().unique()):
 #    :::
 #
 #    :::{dropdown} Solution
-#    KL: at no t in the slider's range. Its score is negative below the diagonal, so it takes such a row only after
-#    every read row above the diagonal, and at layer 7 there are more of those than the slider's largest t.
-#    TF-IDF: only near the top of the range. Its score is positive for any read row that some background document
-#    did not read, and it sees only whether a document read a row, not how often: a row that few documents read,
-#    but read many times, can lie below the diagonal and still score well. Once the rows that few documents read
-#    are taken, TF-IDF's picks spread below the diagonal.
+#    KL: only once t passes the number of read rows above the diagonal. Its score is negative below the diagonal,
+#    so it takes such a row only after every read row above it. TF-IDF: much earlier. Its score is positive for any
+#    read row that some background document did not read, and it sees only whether a document read a row, not how
+#    often: a row that few documents read, but read many times, can lie below the diagonal and still score well.
+#    Count both from the stored reads:
+#
+#    ```python
+#    j = 0  # memory layer 7
+#    p = counts[j] / counts[j].sum()
+#    q = (stats.totals[j] + 1) / (stats.totals[j] + 1).sum()
+#    print("rows above the diagonal:", int(((counts[j] > 0) & (p > q)).sum()))
+#    for t in (16, 32, 64, 128, 256, 512, 1024):
+#        below = {s: int((p[r] < q[r]).sum()) for s, r in
+#                 (("kl", select_for_layers(counts, "kl", t, stats)[j]),
+#                  ("tfidf", select_for_layers(counts, "tfidf", t, stats)[j]))}
+#        print(t, below)
+#    ```
+#
+#    (`from smf_lib.selection import select_for_layers` first.)
 #    :::
 #
 # 2. (reading only) Still in the explorer, at t = 128, switch between `tf` and `random`. Where do their picks lie

@@ -88,6 +88,34 @@ def selection_overlap(counts, stats, ts, layers=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def example_selection(example, batch, stats, top_t: int, layers=None) -> pd.DataFrame:
+    """Whether the selectors pick one question's rows, per memory layer: the rows it reads; of them, how many KL and
+    TF-IDF would train were it a batch by itself (top-t of its own reads), with the share of its reads those rows
+    carry and how many are hub rows; and how many of its rows are among those each selector picks for the
+    training ``batch`` (the snapshot's task reads).
+
+    Args:
+        example, batch: per-layer read counts (tensors of N slots) of the question and of the training batch.
+        stats: the background statistics (:class:`~smf_lib.selection.BackgroundStats`).
+    """
+    own = {s: select_for_layers(example, s, top_t, stats) for s in ("kl", "tfidf")}
+    task = {s: select_for_layers(batch, s, top_t, stats) for s in ("kl", "tfidf")}
+    rows = []
+    for j, c in enumerate(example):
+        read = c > 0
+        hub = stats.df[j] > stats.n_docs / 2
+        row = {"layer": j if layers is None else layers[j], "rows read": int(read.sum())}
+        for s, name in (("kl", "KL"), ("tfidf", "TF-IDF")):
+            picked = own[s][j]
+            row[f"{name} picks"] = len(picked)
+            row[f"{name} share of its reads"] = float(c[picked].sum() / c.sum())
+            row[f"{name} hub rows"] = int(hub[picked].sum())
+            row[f"in {name}'s batch picks"] = int(read[task[s][j]].sum())
+        row["picked by both"] = len(set(own["kl"][j].tolist()) & set(own["tfidf"][j].tolist()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is better (more learned, or less forgotten)."""
     return metric not in METRICS or METRICS[metric][2] > 0

@@ -9,30 +9,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import medmcqa_training_text
 from ..files import read_json, write_json
 from ..memory import memory_layers
 from ..selection import read_counts_of_texts
+from .notebook import RUNNING_EXAMPLE
 
 
-def selection_snapshot(runner, seed: int = 0, n_batches: int = 4) -> Path:
+def selection_snapshot(runner, seed: int = 0, n_batches: int = 4, example: int | None = RUNNING_EXAMPLE) -> Path:
     """Write (or keep, when its identity matches) ``OUT/selection_counts.json`` for a
     :class:`~smf_lib.study.runner.Runner`: per-layer read counts of the first ``n_batches`` optimizer batches of
-    task texts and the retrofit's background statistics. Returns its path."""
+    task texts, the retrofit's background statistics and, under ``example``, the read counts of the book's running
+    example (reported MedMCQA item ``example`` as a training text). A stored snapshot without the example gets it
+    added. Returns its path."""
     from ..study.stages import retrofit_stage
 
     path = runner.out / "selection_counts.json"
     ident = runner.retrofit_identity(seed, "additive")
-    if path.exists() and runner.check(path, read_json(path).get("identity"), ident, "selection snapshot"):
-        return path
-    model, tok, stats, _ = retrofit_stage(runner, seed, "additive")
     cfg = runner.preset.train_config("smf-kl", seed)
-    size = cfg.micro_batch * cfg.grad_accum
-    texts = runner.task_texts[: size * n_batches]
-    counts = read_counts_of_texts(model, tok, texts, cfg.max_length, batch_size=size)
-    write_json(path, {"identity": ident, "layers": [m.layer_idx for m in memory_layers(model)],
-                      "n_slots": int(stats.df.shape[1]), "n_docs": stats.n_docs, "batch_texts": len(texts),
-                      "batch_counts": [c.tolist() for c in counts], "df": stats.df.tolist(),
-                      "totals": stats.totals.tolist()})
+    stored = None
+    if path.exists() and runner.check(path, read_json(path).get("identity"), ident, "selection snapshot"):
+        stored = read_json(path)
+        if example is None or (stored.get("example") or {}).get("item") == example:
+            return path
+    model, tok, stats, _ = retrofit_stage(runner, seed, "additive")
+    if stored is None:
+        size = cfg.micro_batch * cfg.grad_accum
+        texts = runner.task_texts[: size * n_batches]
+        counts = read_counts_of_texts(model, tok, texts, cfg.max_length, batch_size=size)
+        stored = {"identity": ident, "layers": [m.layer_idx for m in memory_layers(model)],
+                  "n_slots": int(stats.df.shape[1]), "n_docs": stats.n_docs, "batch_texts": len(texts),
+                  "batch_counts": [c.tolist() for c in counts], "df": stats.df.tolist(),
+                  "totals": stats.totals.tolist()}
+    if example is not None:
+        row = runner.suite.medmcqa["report"][example]
+        reads = read_counts_of_texts(model, tok, [medmcqa_training_text(row)], cfg.max_length)
+        stored["example"] = {"item": example, "counts": [c.tolist() for c in reads]}
+    write_json(path, stored)
     return path
 
 
