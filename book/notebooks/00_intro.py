@@ -83,7 +83,7 @@ device = setup_notebook(SEED)
 # computation, MedMCQA for one epoch, and every forgetting probe scored on items nothing was chosen on. It includes
 # what goes against SMF.
 
-# %%
+# %% tags=["hide-input"]
 from smf_lib.study.findings import findings_cpu, findings_v1
 from smf_lib.study.results import net_table, results_dir, trajectory_table
 from smf_lib.views.notebook import found_box

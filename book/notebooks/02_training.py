@@ -187,13 +187,13 @@ Panels(plot_row_changes(moves, memory.n_keys, memory.layers, split=True))
 # per model (`python -m smf_lib calibrate`).
 #
 # ## The cached study
-# The runs below come from `python -m smf_lib run --preset cpu-v1`, which writes `results/cpu-v1/` (resumable; on 2 CPU
-# cores it takes hours). Every method trains on the same MedMCQA texts in the same order. Each run records its
-# own settings; the {doc}`method page <../method>` lists every setting in which the `cpu` preset departs from the
-# paper, and why.
+# The runs below come from `python -m smf_lib run --preset cpu`, which writes `results/cpu/` (resumable; on 2 CPU
+# cores it takes hours): the living-memory study that chapter 3 reads. Every method trains on the same MedMCQA texts
+# in the same order. Each run records its own settings; the {doc}`method page <../method>` lists every setting in
+# which the `cpu` preset departs from the paper, and why.
 
 # %%
-folder, summary, runs = load_results("cpu-v1")
+folder, summary, runs = load_results("cpu")
 runs = [r for r in runs if r["method"] in ORDER]  # the grid's methods
 runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
 settings = []
@@ -258,11 +258,12 @@ else:
 # insertion perturbs the model, and the retrofit first has to undo that perturbation, which is where the word
 # "healing" comes from.
 #
-# How much the retrofit can add is bounded by its length. Adam moves each parameter by about the learning rate per
-# step, so the study's 50 retrofit steps at $5 \times 10^{-4}$ move a value coordinate by at most about 0.025 from
-# zero, and the memory's output stays a small fraction of the MLP's (printed above). The paper retrofits for two
-# epochs over 50,000 replies, thousands of steps; on 2 CPU cores the study cannot afford that, so here the memory
-# enters the sparse phase nearly empty, and the sparse phase writes the task into nearly blank rows.
+# How much the retrofit can add is bounded by its length and rate. Adam moves each parameter by about the learning
+# rate per step, so the first study's 50 retrofit steps at the paper's $5 \times 10^{-4}$ moved a value coordinate by
+# at most about 0.025 from zero, and its memory entered the sparse phase nearly empty. The paper retrofits for two
+# epochs over 50,000 replies, thousands of steps, which 2 CPU cores cannot afford. The study above uses the recipe
+# the pilot below found instead: a higher rate, at which 50 steps are enough for a memory that carries a real share
+# of the MLP's output (printed above).
 
 # %% [markdown]
 # ### A memory that carries signal: the retrofit pilot
@@ -349,7 +350,13 @@ for sentence in learning_answer(pilot_dir):
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%
-plot_loss_curves([r for r in runs if r.get("evaluation", "full") == "full"])  # each method at its preset rate
+grid = [r for r in runs if r.get("evaluation", "full") == "full" and r.get("train_log")]
+if grid:
+    plot_loss_curves(grid)  # each method at its preset rate
+else:  # while the grid runs: the swept rates, one curve per rate
+    print("no grid run has finished yet; the swept rates so far:")
+    plot_loss_curves([{**r, "method": f"{r['method']} {r['train_config']['lr']:g}"}
+                      for r in runs if r.get("train_log")])
 plt.show()
 
 # %% [markdown]

@@ -26,26 +26,6 @@
 # - read SMF's changes net of the retrofit it starts from, with paired 95% intervals and what each probe can
 #   resolve;
 # - learn from the first study, whose memory was too quiet to test SMF at all.
-#
-# Every model is evaluated with the same protocols (section 6 of the {doc}`method <../method>`):
-#
-# - **MedMCQA** (what we teach; [Pal et al. 2022](https://arxiv.org/abs/2203.14371)): the option with the highest
-#   mean per-token log-likelihood after the prompt is the answer (chapter 1). The gold option's log-likelihood
-#   is kept too; it moves before accuracy does.
-# - **WikiText perplexity** (general language; [Merity et al. 2016](https://arxiv.org/abs/1609.07843)): sliding
-#   windows of 1,024 tokens with a stride of 512, each token scored once.
-# - **TriviaQA** (world knowledge; [Joshi et al. 2017](https://arxiv.org/abs/1705.03551)): at most 32 greedy
-#   tokens, correct when a normalised answer alias is contained in the output. A 135M model answers only a few
-#   percent of the questions, so a **retention score** is reported too: the mean log-likelihood of the first
-#   gold alias after the question.
-# - Where the study has them: **{term}`drift`** on held-out WikiText and chat replies, **{term}`chat retention`**
-#   and **{term}`acquisition`**. An instruct model trained on plain text can get better at plain text while its
-#   chat behaviour drifts; these probes see that.
-#
-# Each probe keeps per-item results, so every change against the base model is **paired**
-# ({term}`paired interval`): for a metric $m$ the change is $\Delta = m(\text{tuned}) - m(\text{base})$ on the same
-# items, and its 95% interval comes from resampling the items 2,000 times, with replacement, for both models at
-# once and taking the 2.5th and 97.5th percentiles of the resampled $\Delta$. Item difficulty cancels out.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -61,7 +41,7 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 
     smf_lib.views.colab.setup(REPO)
 
-# %%
+# %% tags=["hide-input"]
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -71,7 +51,7 @@ from IPython.display import Markdown, display
 
 from smf_lib import setup_notebook
 from smf_lib.study.arms import ORDER
-from smf_lib.study.findings import findings_cpu, findings_v1
+from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1
 from smf_lib.study.paired_stats import mcnemar
 from smf_lib.study.presets import get_preset
 from smf_lib.study.results import (claims_table, delta_table, load_results, matched_learning, net_table,
@@ -93,6 +73,28 @@ v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
 planned = int((status["evaluation"] == "full").sum())
 found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
+
+# %% [markdown]
+# ## The probes
+# Every model is evaluated with the same protocols (section 6 of the {doc}`method <../method>`):
+#
+# - **MedMCQA** (what we teach; [Pal et al. 2022](https://arxiv.org/abs/2203.14371)): the option with the highest
+#   mean per-token log-likelihood after the prompt is the answer (chapter 1). The gold option's log-likelihood
+#   is kept too; it moves before accuracy does.
+# - **WikiText perplexity** (general language; [Merity et al. 2016](https://arxiv.org/abs/1609.07843)): sliding
+#   windows of 1,024 tokens with a stride of 512, each token scored once.
+# - **TriviaQA** (world knowledge; [Joshi et al. 2017](https://arxiv.org/abs/1705.03551)): at most 32 greedy
+#   tokens, correct when a normalised answer alias is contained in the output. A 135M model answers only a few
+#   percent of the questions, so a **retention score** is reported too: the mean log-likelihood of the first
+#   gold alias after the question.
+# - Where the study has them: **{term}`drift`** on held-out WikiText and chat replies, **{term}`chat retention`**
+#   and **{term}`acquisition`**. An instruct model trained on plain text can get better at plain text while its
+#   chat behaviour drifts; these probes see that.
+#
+# Each probe keeps per-item results, so every change against the base model is **paired**
+# ({term}`paired interval`): for a metric $m$ the change is $\Delta = m(\text{tuned}) - m(\text{base})$ on the same
+# items, and its 95% interval comes from resampling the items 2,000 times, with replacement, for both models at
+# once and taking the 2.5th and 97.5th percentiles of the resampled $\Delta$. Item difficulty cancels out.
 
 # %% [markdown]
 # The study is `python -m smf_lib run --preset cpu` (files in `results/cpu/`): SmolLM2-135M-Instruct on 2 CPU
@@ -143,25 +145,7 @@ else:
     print("no trained run has been fully evaluated on the reported items yet")
 
 # %%
-def answer(ends, trained):
-    """The figure in sentences, from the same numbers."""
-    out = []
-    for source, pts in (("dev", ends), ("reported", trained)):
-        if pts is None or not len(pts):
-            continue
-        g = pts.groupby(["method", "lr"], sort=False)[
-            ["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
-        best = g["d_chat_loglik"].idxmax()
-        most = g["d_medmcqa_gold_margin"].idxmax()
-        out.append(
-            f"On the {source} items, {most[0]} at {most[1]:g} learned most "
-            f"({g.loc[most, 'd_medmcqa_gold_margin']:+.3f} nats of margin), and "
-            f"{best[0]} at {best[1]:g} had the best change in chat "
-            f"log-likelihood ({g.loc[best, 'd_chat_loglik']:+.4f} nats).")
-    return " ".join(out) or "No trained run has finished yet."
-
-
-display(Markdown(answer(ends, trained)))
+display(Markdown(answer_sentences(dev=ends, reported=trained)))
 
 # %% [markdown]
 # ## Matched learning: how SMF's rate is chosen
@@ -212,6 +196,19 @@ for r in full_runs:
                  "gold prob. (%)": 100 * m["medmcqa_gold_prob"], "gold margin": m["medmcqa_gold_margin"]})
 book_table(pd.DataFrame(rows).round(3), key=["method", "seed"])
 
+# %%
+letters = pd.DataFrame(rows)
+first = letters.iloc[0]
+after = letters[~letters["method"].isin(["base", "retrofit"])]
+text = (f"The base model answers A on {first['answers A (%)']:.0f}% of the reported questions, "
+        f"and A is right on {first['always A (%)']:.0f}% of them.")
+if len(after):
+    low = after.loc[after["answers A (%)"].idxmin()]
+    text += (f" After training, {low['method']} (seed {low['seed']}) answers A on "
+             f"{low['answers A (%)']:.0f}%: accuracy moves with the letter preference, not only with what "
+             "was learned.")
+display(Markdown(text))
+
 # %% [markdown]
 # ## The running example
 # The question chapters 1 and 2 followed, on axonal transport, is reported item 3. Its four option probabilities
@@ -246,7 +243,12 @@ display(Markdown(
 # ({py:func}`~smf_lib.study.results.resolution_table`: the median over the study's runs).
 
 # %%
-book_table(resolution_table(summary, full_runs).round({"half-width": 4}), key=["metric"])
+resolution = resolution_table(summary, full_runs)
+display(book_table(resolution.round({"half-width": 4}), key=["metric"]))
+chat = resolution.set_index("metric").loc["held-out chat log-lik"]
+display(Markdown(f"On {chat['items']:,} replies the chat probe resolves a change of about "
+                 f"{chat['half-width']:.3f} nats; a change smaller than a probe's half-width is "
+                 "read as no change."))
 
 # %% [markdown]
 # ## The retrofit's own change, and SMF's net of it
@@ -320,7 +322,11 @@ tests = [{"method": r["method"], "seed": r["seed"], "against": start_run(r, full
           **mcnemar(start_run(r, full_runs)["items"]["medmcqa_correct"], r["items"]["medmcqa_correct"])}
          for r in full_runs if r["method"] != "base" and start_run(r, full_runs) is not None]
 labels = {"gained": "newly right (b)", "lost": "newly wrong (c)"}
-book_table(pd.DataFrame(tests).rename(columns=labels).round(3), key=["method", "seed"])
+display(book_table(pd.DataFrame(tests).rename(columns=labels).round(3), key=["method", "seed"]))
+apart = [f"{t['method']} (seed {t['seed']})" for t in tests if t["p"] < 0.05]
+display(Markdown("Answer by answer, " + (
+    f"{', '.join(apart)} differ from the model they started from at p < 0.05." if apart else
+    "no run's MedMCQA answers differ from those of the model it started from at p < 0.05.")))
 
 # %% [markdown]
 # ## The paper's claims, checked on this study

@@ -185,8 +185,8 @@ selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
 if selectors["method"].nunique() < 2:
     v1_folder, summary, _ = load_results("cpu-v1")
     selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
-    print("from the first study (results/cpu-v1): the living-memory study's "
-          "selector runs are not all in yet")
+    print("from the first study (results/cpu-v1): the living-memory study's")
+    print("selector runs are not all in yet")
 else:
     print("from the living-memory study (results/cpu)")
 missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])

@@ -209,3 +209,19 @@ def findings_cpu(runs: list[dict], planned: int | None = None, first_share: floa
         out.append(f"The comparison at matched learning on the reported items is not in yet: {done} of the "
                    f"study's {planned} fully evaluated runs are finished.")
     return out
+
+
+def answer_sentences(**points) -> str:
+    """The one-figure answer in sentences: for each named set of end points (``dev=...``, ``reported=...``; rows
+    with ``method``, ``lr``, ``d_medmcqa_gold_margin`` and ``d_chat_loglik``, mean over seeds), which run learned
+    most and which had the best change in chat log-likelihood."""
+    out = []
+    for source, pts in points.items():
+        if pts is None or not len(pts):
+            continue
+        g = pts.groupby(["method", "lr"], sort=False)[["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
+        most, best = g["d_medmcqa_gold_margin"].idxmax(), g["d_chat_loglik"].idxmax()
+        out.append(f"On the {source} items, {most[0]} at {most[1]:g} learned most "
+                   f"({g.loc[most, 'd_medmcqa_gold_margin']:+.3f} nats of margin), and {best[0]} at {best[1]:g} had "
+                   f"the best change in chat log-likelihood ({g.loc[best, 'd_chat_loglik']:+.4f} nats).")
+    return " ".join(out) or "No trained run has finished yet."
