@@ -474,11 +474,17 @@ class Metric:
 @dataclass(frozen=True)
 class Probe:
     """One probe: its scorer, its metrics, and its cost per item (tokens scored per item, in units of one
-    training text's tokens) for the runtime estimate."""
+    training text's tokens) for the runtime estimate.
+
+    ``evaluate``, for a probe the study has no built-in step for: ``evaluate(model, tok, split=..., cheap=...,
+    progress=...) -> {"metrics": {...}, "items": {...}}``, scoring the probe's own items of ``split`` (``"report"``
+    or ``"dev"``; ``cheap``: the dev subset's sizes along a trajectory, or None for every item). The item arrays
+    it returns are the ones its metrics name."""
 
     scorer: Callable
     metrics: dict
     cost: float
+    evaluate: Callable | None = None
 
 
 def _accuracy(prefix: str, what: str, kind: str) -> dict:

@@ -207,3 +207,33 @@ def test_every_metric_names_the_arrays_the_evaluation_writes(tmp_path):
     items = json.loads((tmp_path / "runs" / "base.json").read_text())["items"]
     missing = {name: m.items for name, m in P.metrics().items() if not set(m.items) <= set(items)}
     assert not missing, missing
+
+
+def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path, monkeypatch):
+    """A probe added as one registry entry with an ``evaluate`` function is scored in every run record, next to
+    the built-in probes, with the split and subset the study asks for; one with neither a study step nor an
+    ``evaluate`` function is refused by name."""
+    import json
+
+    import numpy as np
+
+    from smf_lib.study.cli import main
+
+    calls = []
+
+    def toy_evaluate(model, tok, split, cheap, progress):
+        calls.append((split, cheap))
+        hits = [1, 0, 1] if cheap is None else [1]
+        return {"metrics": {"toy_hits": float(np.mean(hits))}, "items": {"toy_hit": hits}}
+
+    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=0.0, evaluate=toy_evaluate, metrics={
+        "toy_hits": P.Metric(("toy_hit",), lambda a: a[0].mean(axis=-1), 1, "retention", "toy hit rate", 100)})
+    monkeypatch.setitem(P.PROBES, "toy", toy)
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--methods", "base", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "runs" / "base.json").read_text())
+    assert record["items"]["toy_hit"] == [1, 0, 1] and record["metrics"]["toy_hits"] == pytest.approx(2 / 3)
+    assert "medmcqa_correct" in record["items"]  # the built-in probes are still scored
+    assert ("report", None) in calls and any(c is not None for _, c in calls)  # every item, and the dev subset
+    monkeypatch.setitem(P.PROBES, "toy", P.Probe(scorer=toy.scorer, cost=0.0, metrics=toy.metrics))
+    with pytest.raises(ValueError, match="probe 'toy' has no evaluate function"):
+        main(["run", "--preset", "smoke", "--out", str(tmp_path / "again"), "--methods", "base", "--no-progress"])

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from .. import data as D
 from ..files import verify_checked, write_checked
-from ..probes import chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows, triviaqa_accuracy
+from ..probes import (PROBES, chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows,
+                      triviaqa_accuracy)
 from ..fingerprints import items_fingerprint, texts_fingerprint
 
 
@@ -96,11 +97,11 @@ def build_suite(p, task_questions: list[dict]) -> Suite:
         acquisition=task_questions[: p.acquisition_n])
 
 
-def drift_spans(tok, suite: Suite, split: str, cheap: dict | None):
+def drift_spans(tok, suite: Suite, split: str, cheap: dict | None, wikitext: bool = True, chat: bool = True):
     """The drift probe's scored spans: WikiText windows and chat replies of a split (the cheap subset's sizes
-    when ``cheap`` is given)."""
-    wiki = [w for text in suite.wikitext[split] for w in text_windows(tok, text)]
-    chat = chat_items(tok, suite.chat[split]) if suite.chat[split] else []
+    when ``cheap`` is given); ``wikitext``/``chat`` False leaves that kind empty."""
+    wiki = [w for text in suite.wikitext[split] for w in text_windows(tok, text)] if wikitext else []
+    chat = chat_items(tok, suite.chat[split]) if chat and suite.chat[split] else []
     if cheap is not None:
         wiki, chat = wiki[: cheap.get("wikitext_windows", 4)], chat[: cheap.get("chat", 32)]
     return wiki, chat
@@ -150,9 +151,120 @@ def option_items(name: str, items: list[dict]) -> dict:
             f"{name}_option_loglik": [[round(x, 5) for x in i["option_loglik"]] for i in items]}
 
 
+@dataclass
+class Scoring:
+    """What one call of :func:`evaluate` scores with, handed to every probe's step: the model, the preset ``p``,
+    the suite, the drift reference, the split, and ``cheap`` (the dev subset's sizes, or None for every item)."""
+
+    model: object
+    tok: object
+    p: object
+    suite: Suite
+    reference: Reference
+    split: str
+    cheap: dict | None
+    progress: bool = True
+    base_model: object = None
+    exact_model: object = None
+    exact_n: int = 8
+
+    @property
+    def full(self) -> bool:
+        """Every item of every probe (not the cheap dev subset along a trajectory)."""
+        return self.cheap is None
+
+
+def _choice_step(name: str, prefix: str, with_letters: bool):
+    """A MedMCQA-style probe's step: accuracy (with the letter baselines), the gold option's scores, per item."""
+    def step(s: Scoring) -> dict | None:
+        rows = s.suite.medmcqa[s.split] if name == "medmcqa" else s.suite.acquisition
+        if not rows:
+            return None
+        if s.cheap:
+            rows = rows[: s.cheap[name]]
+        r = medmcqa_accuracy(s.model, s.tok, rows, s.progress, batch_size=s.p.eval_batch)
+        metrics = {f"{prefix}_acc": r["acc"]}
+        if with_letters:
+            metrics.update({f"{prefix}_letter_acc": r["letter_acc"], f"{prefix}_majority_acc": r["majority_acc"],
+                            f"{prefix}_always_a_acc": r["always_a_acc"]})
+        metrics.update({f"{prefix}_gold_loglik": r["gold_loglik"], f"{prefix}_gold_margin": r["gold_margin"],
+                        f"{prefix}_gold_prob": r["gold_prob"]})
+        items = {f"{prefix}_correct": [i["correct"] for i in r["items"]]}
+        if with_letters:
+            metrics[f"{prefix}_n"] = r["n"]
+            items[f"{prefix}_pred"] = [i["pred"] for i in r["items"]]
+        items.update(option_items(prefix, r["items"]))
+        timings = {f"{prefix}_s": r["seconds"], **({f"{prefix}_tokens": r["tokens"]} if with_letters else {})}
+        return {"metrics": metrics, "items": items, "timings": timings}
+    return step
+
+
+def _drift_step(s: Scoring, name: str, spans: list) -> dict:
+    """The drift of ``name``'s spans from the base model (top-k KL), and for chat the replies' log-likelihood;
+    with ``exact_model``, also the top-k KL against the exact one on the first spans."""
+    if not spans:
+        return {"metrics": {}, "items": {}, "timings": {}}
+    ref = s.reference.get(f"{name}-{s.split}", s.base_model, spans)
+    t0 = time.perf_counter()
+    on_gpu = next(s.model.parameters()).device.type == "cuda"  # CPU: one item per forward, no padding
+    d = drift(s.model, spans, ref, batch_size=max(1, s.p.eval_batch // 4) if on_gpu else 1, progress=s.progress)
+    metrics, items = {f"{name}_drift_kl": d["kl"]}, {f"{name}_drift_kl": [round(i["kl"], 7) for i in d["items"]]}
+    if name == "chat":
+        metrics["chat_loglik"] = d["loglik"]
+        items["chat_loglik"] = [round(i["loglik"], 6) for i in d["items"]]
+    timings = {f"{name}_drift_s": time.perf_counter() - t0}
+    if s.exact_model is not None and s.exact_n:
+        e = drift(s.model, spans[: s.exact_n], ref[: s.exact_n], batch_size=1, exact_reference=s.exact_model,
+                  progress=False)
+        approx, exact = sum(i["kl"] for i in e["items"]), sum(i["kl_exact"] for i in e["items"])
+        metrics[f"{name}_drift_kl_topk_vs_exact"] = approx / exact if exact > 0 else 1.0
+    return {"metrics": metrics, "items": items, "timings": timings}
+
+
+def _wikitext_step(s: Scoring) -> dict:
+    """Drift on WikiText windows and, on every item, sliding-window perplexity."""
+    wiki, _ = drift_spans(s.tok, s.suite, s.split, s.cheap, chat=False)
+    out = _drift_step(s, "wikitext", wiki)
+    text = s.suite.wikitext[s.split][0] if s.full and s.suite.wikitext[s.split] else None
+    if text:
+        ppl = perplexity(s.model, s.tok, text, progress=s.progress, first_window=s.p.ppl_first_window)
+        out["metrics"].update(wikitext_ppl=ppl["ppl"], wikitext_tokens=ppl["tokens"])
+        out["items"].update(wikitext_window_nll=[round(w["nll"], 4) for w in ppl["windows"]],
+                            wikitext_window_tokens=[w["tokens"] for w in ppl["windows"]])
+        out["timings"]["wikitext_s"] = ppl["seconds"]
+    return out
+
+
+def _chat_step(s: Scoring) -> dict:
+    """Drift and log-likelihood on held-out chat replies."""
+    _, chat = drift_spans(s.tok, s.suite, s.split, s.cheap, wikitext=False)
+    return _drift_step(s, "chat", chat)
+
+
+def _triviaqa_step(s: Scoring) -> dict | None:
+    """Greedy TriviaQA answers and the gold alias's log-likelihood (every item only: not along trajectories)."""
+    rows = s.suite.triviaqa[s.split]
+    if not s.full or not rows:
+        return None
+    r = triviaqa_accuracy(s.model, s.tok, rows, batch_size=s.p.eval_batch, progress=s.progress)
+    return {"metrics": {"triviaqa_acc": r["acc"], "triviaqa_em": r["em"], "triviaqa_alias_loglik": r["alias_loglik"]},
+            "items": {"triviaqa_correct": [i["correct"] for i in r["items"]],
+                      "triviaqa_em": [i["em"] for i in r["items"]],
+                      "triviaqa_alias_loglik": [round(i["alias_loglik"], 6) for i in r["items"]],
+                      "triviaqa_outputs": [i["output"] for i in r["items"]]},
+            "timings": {"triviaqa_s": r["seconds"]}}
+
+
+#: How the study scores each built-in probe of :data:`smf_lib.probes.PROBES` on a suite. A probe registered with
+#: its own ``evaluate`` function needs no entry here.
+STEPS = {"medmcqa": _choice_step("medmcqa", "medmcqa", True),
+         "acquisition": _choice_step("acquisition", "acquisition", False),
+         "wikitext": _wikitext_step, "chat": _chat_step, "triviaqa": _triviaqa_step}
+
+
 def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "full", base_model=None,
              progress: bool = True, exact_model=None, exact_n: int = 8) -> dict:
-    """Score ``model`` on the suite.
+    """Score ``model`` on the suite: every probe of :data:`smf_lib.probes.PROBES`, in the registry's order.
 
     Args:
         kind: ``"full"`` (every probe on the preset's ``evaluate_on`` split) or ``"cheap"`` (the dev subset of
@@ -162,64 +274,31 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
         exact_model: the base model; when given, the exact KL is also computed on the first ``exact_n`` drift
             items of each kind, to measure what the top-k cache leaves out (``*_drift_kl_topk_vs_exact``).
 
+    A built-in probe is scored by its step in :data:`STEPS`; a probe registered with an ``evaluate`` function is
+    scored by it, called as ``evaluate(model, tok, split=..., cheap=..., progress=...)`` and returning
+    ``{"metrics": ..., "items": ...}`` (``cheap``: the dev subset's sizes, or None for every item).
+
     Returns:
         ``{"metrics": {...}, "items": {...}, "timings": {...}}``; every item list is in a fixed order, so two
         runs' lists pair item by item.
     """
-    split = "dev" if kind == "cheap" else p.evaluate_on
+    if kind not in ("full", "cheap"):
+        raise ValueError(f"kind must be 'full' or 'cheap', got {kind!r}")
     cheap = p.cheap if kind == "cheap" else None
+    s = Scoring(model, tok, p, suite, reference, "dev" if cheap else p.evaluate_on, cheap, progress, base_model,
+                exact_model, exact_n)
     metrics, items, timings = {}, {}, {}
     torch.manual_seed(0)
-    med_rows = suite.medmcqa[split][: cheap["medmcqa"]] if cheap else suite.medmcqa[split]
-    med = medmcqa_accuracy(model, tok, med_rows, progress, batch_size=p.eval_batch)
-    metrics.update(medmcqa_acc=med["acc"], medmcqa_letter_acc=med["letter_acc"],
-                   medmcqa_majority_acc=med["majority_acc"], medmcqa_always_a_acc=med["always_a_acc"],
-                   medmcqa_gold_loglik=med["gold_loglik"], medmcqa_gold_margin=med["gold_margin"],
-                   medmcqa_gold_prob=med["gold_prob"], medmcqa_n=med["n"])
-    items.update(medmcqa_correct=[i["correct"] for i in med["items"]], medmcqa_pred=[i["pred"] for i in med["items"]],
-                 **option_items("medmcqa", med["items"]))
-    timings["medmcqa_s"], timings["medmcqa_tokens"] = med["seconds"], med["tokens"]
-    if suite.acquisition:
-        acq_rows = suite.acquisition[: cheap["acquisition"]] if cheap else suite.acquisition
-        acq = medmcqa_accuracy(model, tok, acq_rows, progress, batch_size=p.eval_batch)
-        metrics.update(acquisition_acc=acq["acc"], acquisition_gold_loglik=acq["gold_loglik"],
-                       acquisition_gold_margin=acq["gold_margin"], acquisition_gold_prob=acq["gold_prob"])
-        items.update(acquisition_correct=[i["correct"] for i in acq["items"]],
-                     **option_items("acquisition", acq["items"]))
-        timings["acquisition_s"] = acq["seconds"]
-    wiki, chat = drift_spans(tok, suite, split, cheap)
-    for name, spans in (("wikitext", wiki), ("chat", chat)):
-        if not spans:
-            continue
-        ref = reference.get(f"{name}-{split}", base_model, spans)
-        t0 = time.perf_counter()
-        on_gpu = next(model.parameters()).device.type == "cuda"  # CPU: one item per forward, no padding
-        d = drift(model, spans, ref, batch_size=max(1, p.eval_batch // 4) if on_gpu else 1, progress=progress)
-        metrics[f"{name}_drift_kl"] = d["kl"]
-        items[f"{name}_drift_kl"] = [round(i["kl"], 7) for i in d["items"]]
-        if name == "chat":
-            metrics["chat_loglik"] = d["loglik"]
-            items["chat_loglik"] = [round(i["loglik"], 6) for i in d["items"]]
-        timings[f"{name}_drift_s"] = time.perf_counter() - t0
-        if exact_model is not None and exact_n:
-            e = drift(model, spans[:exact_n], ref[:exact_n], batch_size=1, exact_reference=exact_model,
-                      progress=False)
-            approx, exact = sum(i["kl"] for i in e["items"]), sum(i["kl_exact"] for i in e["items"])
-            metrics[f"{name}_drift_kl_topk_vs_exact"] = approx / exact if exact > 0 else 1.0
-    if kind == "full":
-        text = suite.wikitext[split][0] if suite.wikitext[split] else None
-        if text:
-            ppl = perplexity(model, tok, text, progress=progress, first_window=p.ppl_first_window)
-            metrics.update(wikitext_ppl=ppl["ppl"], wikitext_tokens=ppl["tokens"])
-            items.update(wikitext_window_nll=[round(w["nll"], 4) for w in ppl["windows"]],
-                         wikitext_window_tokens=[w["tokens"] for w in ppl["windows"]])
-            timings["wikitext_s"] = ppl["seconds"]
-        if suite.triviaqa[split]:
-            tqa = triviaqa_accuracy(model, tok, suite.triviaqa[split], batch_size=p.eval_batch, progress=progress)
-            metrics.update(triviaqa_acc=tqa["acc"], triviaqa_em=tqa["em"], triviaqa_alias_loglik=tqa["alias_loglik"])
-            items.update(triviaqa_correct=[i["correct"] for i in tqa["items"]],
-                         triviaqa_em=[i["em"] for i in tqa["items"]],
-                         triviaqa_alias_loglik=[round(i["alias_loglik"], 6) for i in tqa["items"]],
-                         triviaqa_outputs=[i["output"] for i in tqa["items"]])
-            timings["triviaqa_s"] = tqa["seconds"]
+    for name, probe in PROBES.items():
+        if name in STEPS:
+            out = STEPS[name](s)
+        elif probe.evaluate is not None:
+            out = probe.evaluate(model, tok, split=s.split, cheap=cheap, progress=progress)
+        else:
+            raise ValueError(f"probe {name!r} has no evaluate function and no study step: register it with "
+                             "Probe(..., evaluate=fn)")
+        if out:
+            metrics.update(out["metrics"])
+            items.update(out["items"])
+            timings.update(out.get("timings", {}))
     return {"metrics": metrics, "items": items, "timings": timings}
