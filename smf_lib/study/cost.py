@@ -88,10 +88,10 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
         A pandas DataFrame, one row per stage (tokens, TFLOPs, minutes), with a total row.
     """
     n = n_params or MODEL_PARAMS.get(p.model, 494e6)
-    epochs = p.train.get("epochs", 1)
+    epochs = p.task_settings().epochs
     rows = []
     trained = (p.train_n or 0) * tokens_per_text * epochs
-    retro = (p.retrofit_n or 0) * tokens_per_text * p.retrofit.get("epochs", 1)
+    retro = (p.retrofit_n or 0) * tokens_per_text * p.retrofit_config(0).epochs
     if any(ARMS[s.method].memory for s in plan(p)):
         rows.append(("retrofit", retro, 4 * n * retro))
         bg = p.background_n * tokens_per_text

@@ -124,10 +124,11 @@ def pilot_answer(pilot_folder: str | Path, min_share: float = 0.10) -> list[str]
         from .presets import get_preset
 
         p = get_preset("cpu")
-        steps = p.retrofit_n // (p.retrofit["micro_batch"] * p.retrofit["grad_accum"])
+        cfg = p.retrofit_config(0)
+        steps = p.retrofit_n // (cfg.micro_batch * cfg.grad_accum)
         out.append(f"The cheapest is {choice['recipe']} ({choice['step']} steps); the cpu preset retrofits with "
                    f"{p.memory.get('init', 'zero')} values at {p.lr['retrofit']:g} for {steps} steps of "
-                   f"{p.retrofit['micro_batch'] * p.retrofit['grad_accum']} replies (its own retrofit record "
+                   f"{cfg.micro_batch * cfg.grad_accum} replies (its own retrofit record "
                    "measures the share that shorter schedule reaches).")
     return out
 

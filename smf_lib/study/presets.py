@@ -177,6 +177,11 @@ class Preset:
             if not rates or any(not isinstance(r, (int, float)) or not r > 0 for r in rates):
                 raise ValueError(f"preset {self.name!r}: sweep rates of {m!r} must be positive numbers, got {rates}")
 
+    def task_settings(self) -> TrainConfig:
+        """The settings every task run shares (``train``) as a :class:`~smf_lib.training.TrainConfig`, so a field
+        the preset leaves unset reads TrainConfig's own default (the method and rate are placeholders)."""
+        return TrainConfig(method="smf", lr=1.0, **self.train)
+
     def retrofit_config(self, seed: int) -> TrainConfig:
         """The TrainConfig of the retrofit stage at a seed."""
         return TrainConfig(method="retrofit", seed=seed, lr=self.lr.get("retrofit"), **self.retrofit)
@@ -453,7 +458,7 @@ def protocol_settings(p: Preset) -> dict:
         "memory init": m.get("init", "zero"),
         "retrofit corpus": p.retrofit_corpus,
         "retrofit texts": p.retrofit_n,
-        "retrofit epochs": p.retrofit.get("epochs"),
+        "retrofit epochs": p.retrofit_config(0).epochs,
         "retrofit rate": p.lr.get("retrofit"),
         "background statistics": f"{p.background_corpus}, {p.background_n}",
         "MedMCQA training questions": p.train_n,

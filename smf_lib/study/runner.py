@@ -82,7 +82,7 @@ def auto_precision(preset: Preset, device: torch.device) -> dict:
     with float16 autocast (and loss scaling) on a GPU without it (e.g. a T4); float32 on a CPU.
     """
     if preset.dtype != "auto":
-        return {"model": preset.dtype, "memory": preset.memory_dtype, "autocast": preset.train.get("autocast")}
+        return {"model": preset.dtype, "memory": preset.memory_dtype, "autocast": preset.task_settings().autocast}
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return {"model": "bfloat16", "memory": preset.memory_dtype or "float32", "autocast": None}
     if device.type == "cuda":
@@ -183,7 +183,7 @@ class Runner:
     @property
     def task_max_length(self) -> int:
         """Tokens per text of the task runs (also the background statistics' and snapshots' length)."""
-        return self.preset.train.get("max_length", TrainConfig.max_length)
+        return self.preset.task_settings().max_length
 
     def autocast(self):
         """The evaluation's autocast context (a no-op unless the precision asks for one)."""
