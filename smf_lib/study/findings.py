@@ -194,11 +194,19 @@ def findings_cpu(runs: list[dict], planned: int | None = None, first_share: floa
             out.append(f"On dev items, 75 steps of SMF-KL moved the gold option's margin over the best distractor "
                        f"by {parts} nats.")
         for _, m in match[match["smf"] == "smf-kl"].iterrows():
+            name = "LoRA" if m["baseline"] == "lora" else "Full finetuning"
             verdict = (f"meets it at {m['smf lr']:g} ({m['smf learning']:+.3f})" if m["matched"] else
                        f"comes closest at {m['smf lr']:g} ({m['smf learning']:+.3f}) without meeting it")
-            out.append(f"{m['baseline'].capitalize() if m['baseline'] == 'lora' else 'Full finetuning'} at "
-                       f"{m['baseline lr']:g} moved it by {m['baseline learning']:+.3f} "
-                       f"[{m['baseline lo']:+.3f}, {m['baseline hi']:+.3f}]; SMF-KL {verdict}.".replace("Lora", "LoRA"))
+            text = (f"{name} at {m['baseline lr']:g} moved it by {m['baseline learning']:+.3f} "
+                    f"[{m['baseline lo']:+.3f}, {m['baseline hi']:+.3f}]; SMF-KL {verdict}.")
+            if m["matched"] and "d_chat_loglik" in ends:
+                pair = [ends[(ends["method"] == k) & (ends["lr"] == lr)]
+                        for k, lr in (("smf-kl", m["smf lr"]), (m["baseline"], m["baseline lr"]))]
+                smf_c, base_c = (interval_cell(p["d_chat_loglik"].mean(), p["d_chat_loglik_lo"].min(),
+                                               p["d_chat_loglik_hi"].max(), digits=3) for p in pair)
+                text += (f" At that matched learning, chat log-likelihood on dev replies moved by {smf_c} under "
+                         f"SMF-KL and {base_c} under {name} (nats; each from its own start).")
+            out.append(text)
     trained = net[net["method"].isin(["smf-kl", "smf-tfidf", "lora", "full"])]
     if trained["method"].str.startswith("smf").any() and trained["method"].isin(["lora", "full"]).any():
         g = trained.groupby("method")[["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
