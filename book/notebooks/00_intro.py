@@ -38,7 +38,8 @@
 #
 # 1. {doc}`the memory layer <01_memory_layer>`: product keys, identity at insertion, the probes, what one token reads;
 # 2. {doc}`training <02_training>`: retrofit, background statistics, a live sparse run, LoRA and full finetuning;
-# 3. {doc}`the forgetting probes <03_forgetting>`, with paired confidence intervals;
+# 3. {doc}`learning against forgetting <03_forgetting>`: the answer in one figure, matched learning, paired
+#    confidence intervals;
 # 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
 # 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
 # 6. {doc}`speed and memory <06_performance>`, side by side.
