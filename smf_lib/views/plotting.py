@@ -146,7 +146,8 @@ def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forg
                 title: str | None = None, start: str = "its start"):
     """The one-figure answer: each run's learning (x) against its forgetting (y), both as paired changes with their
     95% intervals on both axes, one colour per method (seeds drawn as separate points, with circles and squares).
-    A method run at several rates is joined in order of rate, each point labelled with its rate.
+    A method run at several rates is joined in order of rate, each point labelled with its rate; a method run at
+    one rate names it in the legend.
 
     At equal learning (the same x), the point on the better side of the y axis forgot less; where two methods'
     learning intervals do not overlap, they are not at matched learning and the plot cannot rank them.
@@ -170,8 +171,9 @@ def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forg
             x, y = gs[learn] * scale, gs[forget]
             xerr = [x - gs[f"{learn}_lo"] * scale, gs[f"{learn}_hi"] * scale - x]
             yerr = [y - gs[f"{forget}_lo"], gs[f"{forget}_hi"] - y]
+            label = method if several else f"{method} ({gs['lr'].iloc[0]:g})"
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if k == 0 else "s", color=colour, capsize=3, ms=6,
-                        ls="-" if several else "none", lw=1, label=method if k == 0 else None)
+                        ls="-" if several else "none", lw=1, label=label if k == 0 else None)
             if several:
                 for xi, yi, lr in zip(x, y, gs["lr"]):
                     ax.annotate(f"{lr:g}", (xi, yi), xytext=(5, 5), textcoords="offset points", fontsize=9.5,
