@@ -83,8 +83,7 @@ def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
             state = "failed"
         elif (out / "artifacts" / spec.name).exists():
             state = "started"
-        elif spec.lr is None and get_arm(spec.method).train is not None and \
-                p.train_config(spec.method, spec.seed).lr_key in p.rates_to_choose:
+        elif p.rate_to_choose(spec.method, spec.seed, spec.lr):
             state = "rate to choose"
         rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
                      "lr": spec.lr, "evaluation": spec.evaluation, "state": state, "minutes": minutes})

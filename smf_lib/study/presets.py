@@ -186,6 +186,14 @@ class Preset:
         """The TrainConfig of the retrofit stage at a seed."""
         return TrainConfig(method="retrofit", seed=seed, lr=self.lr.get("retrofit"), **self.retrofit)
 
+    def rate_to_choose(self, method: str, seed: int, lr: float | None = None) -> str | None:
+        """The rate key of a grid run (no swept ``lr``) whose rate is still to be chosen (``rates_to_choose``),
+        else None."""
+        if lr is not None or ARMS[method].train is None:
+            return None
+        key = self.train_config(method, seed).lr_key
+        return key if key in self.rates_to_choose else None
+
     def train_config(self, method: str, seed: int, lr: float | None = None) -> TrainConfig:
         """The TrainConfig of a grid method at a seed (and an optional swept rate)."""
         gm = ARMS[method]

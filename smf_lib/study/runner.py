@@ -166,13 +166,6 @@ class Runner:
             ident["train_config"] = self.train_config(spec).record()
         return _plain(ident)
 
-    def rate_to_choose(self, spec: RunSpec) -> str | None:
-        """The rate key of a grid run whose rate the preset has not chosen yet (``rates_to_choose``), else None."""
-        if spec.lr is not None or get_arm(spec.method).train is None:
-            return None
-        key = self.preset.train_config(spec.method, spec.seed).lr_key
-        return key if key in self.preset.rates_to_choose else None
-
     def train_config(self, spec: RunSpec) -> TrainConfig:
         cfg = self.preset.train_config(spec.method, spec.seed, spec.lr)
         return dataclasses.replace(cfg, autocast=self.precision["autocast"])
@@ -231,7 +224,7 @@ class Runner:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
         or retrofitted model, train, evaluate and write its record last."""
         arm, path = get_arm(spec.method), self.run_path(spec)
-        key = self.rate_to_choose(spec)
+        key = self.preset.rate_to_choose(spec.method, spec.seed, spec.lr)
         if key is not None:
             self.log(f"{spec.name}: skipped: the preset's {key!r} rate is still to be chosen from the sweep's dev "
                      f"results; set it in the preset (and drop it from rates_to_choose) or pass --lr {key}=RATE")
