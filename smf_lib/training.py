@@ -281,13 +281,16 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the trained model (LoRA merged), the per-step log, the probe trajectory, the
-    training seconds and the bytes of optimizer state held at the end."""
+    training seconds, the bytes of optimizer state held at the end, and ``resumed`` when it went on from a
+    checkpoint: ``{"step": the step it resumed after, "earlier_seconds": wall seconds the earlier processes spent on
+    it up to that checkpoint, probes included}``, so that a resumed run's cost counts every part."""
 
     model: torch.nn.Module
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     optimizer_bytes: int = 0
     trajectory: list[dict] = field(default_factory=list)
+    resumed: dict | None = None
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "project") -> float:
@@ -425,7 +428,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     model.requires_grad_(False)
     model = METHODS[c.method].finish(model)
     states = [r.state_dict() for r in run.rules] + ([run.dense_opt.state_dict()] if run.dense_opt else [])
-    return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory)
+    resumed = {"step": run.start, "earlier_seconds": run.earlier} if run.earlier else None
+    return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory, resumed)
 
 
 class LossScaler:
@@ -494,6 +498,12 @@ class _Run:
     seconds: float = 0.0
     log: list = field(default_factory=list)
     trajectory: list = field(default_factory=list)
+    began: float = field(default_factory=time.perf_counter)  # when this process took the training up
+    earlier: float = 0.0  # wall seconds of earlier processes, up to the checkpoint resumed from
+
+    def wall(self) -> float:
+        """Wall seconds spent on this training so far, over every process that worked on it."""
+        return self.earlier + time.perf_counter() - self.began
 
 
 def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) -> _Run:
@@ -545,6 +555,7 @@ def _resume(run: _Run) -> None:
     if torch.cuda.is_available() and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     run.start, run.log, run.seconds, run.trajectory = state["step"], state["log"], state["seconds"], state["trajectory"]
+    run.earlier = state.get("wall", state["seconds"])  # checkpoints of earlier versions kept the step time only
     run.scaler.load_state_dict(state["scaler"])
 
 
@@ -643,7 +654,7 @@ def _checkpoint(run: _Run, done: int) -> None:
         return
     if done % c.checkpoint_every == 0 or done == len(run.plan):
         _save_checkpoint(run.ckpt, run.identity, run.model, run.dense_opt, run.rules, run.rand, done, run.log,
-                         run.seconds, run.trajectory, run.scaler.state_dict())
+                         run.seconds, run.trajectory, run.scaler.state_dict(), run.wall())
 
 
 def _check_finished(model, tokenizer, texts, plan, c, device, rank, world) -> None:
@@ -686,8 +697,10 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
-def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory, scaler):
+def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory, scaler,
+                     wall):
     state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory, "scaler": scaler,
+             "wall": wall,
              "rand": rand.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},

@@ -222,7 +222,7 @@ def test_a_flipped_reference_cache_is_refused(tok, tmp_path):
 
 @pytest.mark.parametrize("fields, match", [
     (dict(train_n=0), "train_n"), (dict(train_n=-5), "train_n"), (dict(retrofit_n=-1), "retrofit_n"),
-    (dict(background_n=0), "background_n"), (dict(cheap=dict(medmcqa=0)), "cheap size"),
+    (dict(background_n=0), "background_n"), (dict(dev_subset=dict(medmcqa=0)), "dev_subset size"),
     (dict(retrofit_corpus="oasst2"), "retrofit_corpus"), (dict(lr={"lora": -1.0}), "learning rate"),
     (dict(train=dict(max_length=0)), "max_length"), (dict(memory=dict(layers="12")), "layers"),
     (dict(chat_pool="everything"), "chat_pool"),

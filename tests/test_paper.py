@@ -156,7 +156,8 @@ def _tiny(preset_name, **over):
                                                              "n_keys": 8, "knn": 4, "k_dim": 16, "heads": 2},
                  train_n=16, medmcqa_n=4, medmcqa_dev_n=3, triviaqa_n=2, triviaqa_dev_n=2, wikitext_lines=4,
                  wikitext_dev_lines=2, chat_n=2, chat_dev_n=2, acquisition_n=3, topk=8, retrofit_n=8, background_n=4,
-                 cheap=dict(medmcqa=2, acquisition=2, chat=1, wikitext_windows=1), trajectory_points=3, eval_batch=4)
+                 dev_subset=dict(medmcqa=2, acquisition=2, chat=1, wikitext_windows=1), trajectory_points=3,
+                 eval_batch=4)
     p = dataclasses.replace(get_preset(preset_name), **{**small, **over})
     p.train = {**p.train, "micro_batch": 4, "grad_accum": 2, "max_length": 64, "warmup_steps": 1, "epochs": 1,
                "top_t": 8, "checkpoint_every": 1}

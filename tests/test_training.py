@@ -243,6 +243,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tok, tmp_path, method, 
     assert [e["loss"] for e in resumed.log] == [e["loss"] for e in whole.log]
     a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n in a)
+    # the resumed training counts the killed process's time up to its last checkpoint (step 2)
+    assert whole.resumed is None and resumed.resumed["step"] == 2 and resumed.resumed["earlier_seconds"] > 0
 
 
 def test_checkpoint_from_another_config_or_damaged_is_refused(mem_model, tok, stats, tmp_path):

@@ -1,5 +1,5 @@
 """The probe suite of a preset: which items each probe scores, the cached base side of the drift probe, and one
-call that scores a model on the full suite or on the cheap dev subset used along training trajectories.
+call that scores a model on every item (a report) or on the dev subset used along training trajectories.
 
 Items are split so that nothing is chosen on reported items: every probe has reported items and, after them, a
 disjoint dev split. The held-out chat replies are the last OASST1 validation replies; the retrofit corpus and
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import data as D
+from .. import data
 from ..files import verify_checked, write_checked
 from ..probes import (PROBES, chat_items, drift, medmcqa_accuracy, perplexity, reference_topk, text_windows,
                       triviaqa_accuracy)
 from ..fingerprints import items_fingerprint, texts_fingerprint
+from .records import TRAJECTORY, evaluation_kind
 
 
 def data_root(p):
@@ -38,18 +39,18 @@ def corpus(p, which: str, n: int | None) -> list[str]:
     """Retrofit or background texts (``wikipedia`` or OASST1 replies), never the held-out chat replies."""
     root = data_root(p)
     if which == "wikipedia":
-        return D.load_background(n, root)
+        return data.load_background(n, root)
     parts = {"oasst1-validation": ["validation"], "oasst1-train": ["train"],
              "oasst1-both": ["validation", "train"]}.get(which)
     if parts is None:
         raise ValueError(f"unknown corpus {which!r}; allowed: wikipedia, oasst1-validation, oasst1-train, oasst1-both")
     texts = []
     for s in parts:
-        part = D.load_oasst1_replies(s, root=root)
+        part = data.load_oasst1_replies(s, root=root)
         if s == "validation" and heldout_chat_count(p):
             part = part[: len(part) - heldout_chat_count(p)]
         texts += part
-    return D.take(texts, n, f"the {which} corpus (held-out chat replies excluded)")
+    return data.take(texts, n, f"the {which} corpus (held-out chat replies excluded)")
 
 
 @dataclass
@@ -75,10 +76,10 @@ class Suite:
 def build_suite(p, task_questions: list[dict]) -> Suite:
     """Load the preset's probe items (reported first, dev after them)."""
     root = data_root(p)
-    val = D.load_medmcqa("validation", p.medmcqa_n + p.medmcqa_dev_n, root=root)
-    tqa = D.load_triviaqa(p.triviaqa_n + p.triviaqa_dev_n, root)
-    lines = D.load_wikitext_lines(p.wikitext_lines + p.wikitext_dev_lines, root, raw=p.wikitext_raw)
-    pairs = D.load_oasst1_pairs(root=root, pool=p.chat_pool)
+    val = data.load_medmcqa("validation", p.medmcqa_n + p.medmcqa_dev_n, root=root)
+    tqa = data.load_triviaqa(p.triviaqa_n + p.triviaqa_dev_n, root)
+    lines = data.load_wikitext_lines(p.wikitext_lines + p.wikitext_dev_lines, root, raw=p.wikitext_raw)
+    pairs = data.load_oasst1_pairs(root=root, pool=p.chat_pool)
     held = pairs[len(pairs) - heldout_chat_count(p):] if heldout_chat_count(p) else []
     for name, got, want in (("MedMCQA validation", len(val), p.medmcqa_n + p.medmcqa_dev_n),
                             ("TriviaQA", len(tqa), p.triviaqa_n + p.triviaqa_dev_n),
@@ -97,13 +98,13 @@ def build_suite(p, task_questions: list[dict]) -> Suite:
         acquisition=task_questions[: p.acquisition_n])
 
 
-def drift_spans(tok, suite: Suite, split: str, cheap: dict | None, wikitext: bool = True, chat: bool = True):
-    """The drift probe's scored spans: WikiText windows and chat replies of a split (the cheap subset's sizes
-    when ``cheap`` is given); ``wikitext``/``chat`` False leaves that kind empty."""
+def drift_spans(tok, suite: Suite, split: str, dev_subset: dict | None, wikitext: bool = True, chat: bool = True):
+    """The drift probe's scored spans: WikiText windows and chat replies of a split (the dev subset's sizes
+    when ``dev_subset`` is given); ``wikitext``/``chat`` False leaves that kind empty."""
     wiki = [w for text in suite.wikitext[split] for w in text_windows(tok, text)] if wikitext else []
     chat = chat_items(tok, suite.chat[split]) if chat and suite.chat[split] else []
-    if cheap is not None:
-        wiki, chat = wiki[: cheap.get("wikitext_windows", 4)], chat[: cheap.get("chat", 32)]
+    if dev_subset is not None:
+        wiki, chat = wiki[: dev_subset.get("wikitext_windows", 4)], chat[: dev_subset.get("chat", 32)]
     return wiki, chat
 
 
@@ -154,7 +155,7 @@ def option_items(name: str, items: list[dict]) -> dict:
 @dataclass
 class Scoring:
     """What one call of :func:`evaluate` scores with, handed to every probe's step: the model, the preset ``p``,
-    the suite, the drift reference, the split, and ``cheap`` (the dev subset's sizes, or None for every item)."""
+    the suite, the drift reference, the split, and ``dev_subset`` (the dev subset's sizes, or None for every item)."""
 
     model: object
     tok: object
@@ -162,16 +163,16 @@ class Scoring:
     suite: Suite
     reference: Reference
     split: str
-    cheap: dict | None
+    dev_subset: dict | None
     progress: bool = True
     base_model: object = None
     exact_model: object = None
     exact_n: int = 8
 
     @property
-    def full(self) -> bool:
-        """Every item of every probe (not the cheap dev subset along a trajectory)."""
-        return self.cheap is None
+    def report(self) -> bool:
+        """Every item of every probe (not the dev subset along a trajectory)."""
+        return self.dev_subset is None
 
 
 def _choice_step(name: str, prefix: str, with_letters: bool):
@@ -180,8 +181,8 @@ def _choice_step(name: str, prefix: str, with_letters: bool):
         rows = s.suite.medmcqa[s.split] if name == "medmcqa" else s.suite.acquisition
         if not rows:
             return None
-        if s.cheap:
-            rows = rows[: s.cheap[name]]
+        if s.dev_subset:
+            rows = rows[: s.dev_subset[name]]
         r = medmcqa_accuracy(s.model, s.tok, rows, s.progress, batch_size=s.p.eval_batch)
         metrics = {f"{prefix}_acc": r["acc"]}
         if with_letters:
@@ -223,9 +224,9 @@ def _drift_step(s: Scoring, name: str, spans: list) -> dict:
 
 def _wikitext_step(s: Scoring) -> dict:
     """Drift on WikiText windows and, on every item, sliding-window perplexity."""
-    wiki, _ = drift_spans(s.tok, s.suite, s.split, s.cheap, chat=False)
+    wiki, _ = drift_spans(s.tok, s.suite, s.split, s.dev_subset, chat=False)
     out = _drift_step(s, "wikitext", wiki)
-    text = s.suite.wikitext[s.split][0] if s.full and s.suite.wikitext[s.split] else None
+    text = s.suite.wikitext[s.split][0] if s.report and s.suite.wikitext[s.split] else None
     if text:
         ppl = perplexity(s.model, s.tok, text, progress=s.progress, first_window=s.p.ppl_first_window)
         out["metrics"].update(wikitext_ppl=ppl["ppl"], wikitext_tokens=ppl["tokens"])
@@ -237,14 +238,14 @@ def _wikitext_step(s: Scoring) -> dict:
 
 def _chat_step(s: Scoring) -> dict:
     """Drift and log-likelihood on held-out chat replies."""
-    _, chat = drift_spans(s.tok, s.suite, s.split, s.cheap, wikitext=False)
+    _, chat = drift_spans(s.tok, s.suite, s.split, s.dev_subset, wikitext=False)
     return _drift_step(s, "chat", chat)
 
 
 def _triviaqa_step(s: Scoring) -> dict | None:
     """Greedy TriviaQA answers and the gold alias's log-likelihood (every item only: not along trajectories)."""
     rows = s.suite.triviaqa[s.split]
-    if not s.full or not rows:
+    if not s.report or not rows:
         return None
     r = triviaqa_accuracy(s.model, s.tok, rows, batch_size=s.p.eval_batch, progress=s.progress)
     return {"metrics": {"triviaqa_acc": r["acc"], "triviaqa_em": r["em"], "triviaqa_alias_loglik": r["alias_loglik"]},
@@ -262,30 +263,29 @@ STEPS = {"medmcqa": _choice_step("medmcqa", "medmcqa", True),
          "wikitext": _wikitext_step, "chat": _chat_step, "triviaqa": _triviaqa_step}
 
 
-def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "full", base_model=None,
+def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "report", base_model=None,
              progress: bool = True, exact_model=None, exact_n: int = 8) -> dict:
     """Score ``model`` on the suite: every probe of :data:`smf_lib.probes.PROBES`, in the registry's order.
 
     Args:
-        kind: ``"full"`` (every probe on the preset's ``evaluate_on`` split) or ``"cheap"`` (the dev subset of
-            ``p.cheap``: MedMCQA dev, acquisition, drift and chat retention; for trajectories and sweeps).
+        kind: ``"report"`` (every probe on the preset's ``evaluate_on`` split) or ``"trajectory"`` (the dev subset
+            of ``p.dev_subset``: MedMCQA dev, acquisition, drift and chat retention; for trajectories and sweeps).
+            The names of older versions, ``"full"`` and ``"cheap"``, are read as these.
         base_model: the base model, needed only while the drift reference is not cached yet (pass ``model``
             itself when scoring the base).
         exact_model: the base model; when given, the exact KL is also computed on the first ``exact_n`` drift
             items of each kind, to measure what the top-k cache leaves out (``*_drift_kl_topk_vs_exact``).
 
     A built-in probe is scored by its step in :data:`STEPS`; a probe registered with an ``evaluate`` function is
-    scored by it, called as ``evaluate(model, tok, split=..., cheap=..., progress=...)`` and returning
-    ``{"metrics": ..., "items": ...}`` (``cheap``: the dev subset's sizes, or None for every item).
+    scored by it, called as ``evaluate(model, tok, split=..., dev_subset=..., progress=...)`` and returning
+    ``{"metrics": ..., "items": ...}`` (``dev_subset``: the dev subset's sizes, or None for every item).
 
     Returns:
         ``{"metrics": {...}, "items": {...}, "timings": {...}}``; every item list is in a fixed order, so two
         runs' lists pair item by item.
     """
-    if kind not in ("full", "cheap"):
-        raise ValueError(f"kind must be 'full' or 'cheap', got {kind!r}")
-    cheap = p.cheap if kind == "cheap" else None
-    s = Scoring(model, tok, p, suite, reference, "dev" if cheap else p.evaluate_on, cheap, progress, base_model,
+    subset = p.dev_subset if evaluation_kind(kind) == TRAJECTORY else None
+    s = Scoring(model, tok, p, suite, reference, "dev" if subset else p.evaluate_on, subset, progress, base_model,
                 exact_model, exact_n)
     metrics, items, timings = {}, {}, {}
     torch.manual_seed(0)
@@ -293,7 +293,7 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "ful
         if name in STEPS:
             out = STEPS[name](s)
         elif probe.evaluate is not None:
-            out = probe.evaluate(model, tok, split=s.split, cheap=cheap, progress=progress)
+            out = probe.evaluate(model, tok, split=s.split, dev_subset=subset, progress=progress)
         else:
             raise ValueError(f"probe {name!r} has no evaluate function and no study step: register it with "
                              "Probe(..., evaluate=fn)")

@@ -63,7 +63,8 @@ def mcnemar(base_correct, other_correct) -> dict:
     a, b = np.asarray(base_correct), np.asarray(other_correct)
     if a.shape != b.shape:
         raise ValueError(f"mcnemar: {len(a)} and {len(b)} outcomes; the two runs were scored on different items, and "
-                         "a paired test needs the same items (compare fully evaluated runs, not a cheap sweep run)")
+                         "a paired test needs the same items (compare reported runs, not a swept run scored on its "
+                         "dev subset)")
     n01, n10 = int(((a == 0) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())
     n = n01 + n10
     k = min(n01, n10)

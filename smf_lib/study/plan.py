@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..files import read_json
 from ..health import MIN_SHARE
 from .arms import get_arm
+from .records import REPORT, TRAJECTORY, evaluation_kind, read_run
 
 if TYPE_CHECKING:  # presets sit above the plan; only their type is named here
     from .presets import Preset
@@ -22,7 +23,7 @@ class RunSpec:
     method: str
     seed: int
     lr: float | None = None
-    sweep_evaluation: str = "cheap"
+    sweep_evaluation: str = TRAJECTORY
 
     @property
     def name(self) -> str:
@@ -32,8 +33,9 @@ class RunSpec:
 
     @property
     def evaluation(self) -> str:
-        """``full`` (every probe) or ``cheap`` (a swept rate scored only on the dev subset along its trajectory)."""
-        return self.sweep_evaluation if self.lr is not None else "full"
+        """``report`` (every probe) or ``trajectory`` (a swept rate scored only on the dev subset along its
+        trajectory)."""
+        return evaluation_kind(self.sweep_evaluation) if self.lr is not None else REPORT
 
 
 def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
@@ -60,7 +62,7 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
 def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
     """Where a preset's grid stands in ``out``, read from its files alone (nothing is loaded or computed).
 
-    Returns a pandas DataFrame with one row per planned run: its evaluation (``full`` or ``cheap``), its state
+    Returns a pandas DataFrame with one row per planned run: its evaluation (``report`` or ``trajectory``), its state
     (``finished``: ``runs/NAME.json`` exists; ``failed``: ``failed/NAME.json``; ``started``: it has a folder under
     ``artifacts/``, so a rerun of the same command resumes it from its last checkpoint; ``rate to choose``: a grid run
     whose rate key is in the preset's ``rates_to_choose``; ``other settings``: a record
@@ -75,7 +77,7 @@ def study_status(p: Preset, out: str | Path, methods=None, seeds=None):
     for spec in plan(p, methods, seeds):
         record, state, minutes = out / "runs" / f"{spec.name}.json", "to do", None
         if record.exists():
-            stored = read_json(record)
+            stored = read_run(record)
             state, minutes = "finished", stored.get("wall_seconds", 0) / 60
             if not _same_training(stored.get("identity"), p, spec):
                 state, minutes = "other settings", None

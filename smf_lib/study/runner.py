@@ -36,6 +36,7 @@ from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
+from .records import REPORT, read_run, upgrade_identity
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
                      reusable_records, reuse_record, run_flags, trajectory_probe)
 
@@ -158,7 +159,8 @@ class Runner:
         ident = {"method": spec.method, "seed": spec.seed, "model": preset.model,
                  "precision": {**self.precision, "eval": preset.eval_dtype},
                  "evaluation": spec.evaluation,
-                 "split": preset.evaluate_on, "cheap": preset.cheap, "trajectory_points": preset.trajectory_points,
+                 "split": preset.evaluate_on, "dev_subset": preset.dev_subset,
+                 "trajectory_points": preset.trajectory_points,
                  "topk": preset.topk, "data": self.data_identity()}
         if arm.memory is not None:
             ident["retrofit"] = self.retrofit_identity(spec.seed, arm.memory)
@@ -185,7 +187,7 @@ class Runner:
 
     def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
         """True when ``stored`` matches; on a mismatch refuse, or (``fresh``) return False so it is redone."""
-        current = _plain(current)
+        current, stored = _plain(current), upgrade_identity(stored)
         if stored == current:
             return True
         if self.fresh:
@@ -275,12 +277,16 @@ class Runner:
             self.wait_for(path)
             return
         result = self._evaluate(spec, model, tok, res, start)
+        # a resumed run counts the earlier processes' time up to its checkpoint, not the work they lost after it
+        earlier = res.resumed["earlier_seconds"] if res is not None and res.resumed else 0.0
+        if earlier:
+            extra["resumed"] = res.resumed
         rec = {"method": spec.method, "seed": spec.seed, "preset": self.preset.name, "model": self.preset.model,
                "notes": self.preset.notes, "memory": self.preset.memory, "versions": _versions(),
                "processes": self.world, "evaluation": spec.evaluation,
-               "split": self.preset.evaluate_on if spec.evaluation == "full" else "dev",
+               "split": self.preset.evaluate_on if spec.evaluation == REPORT else "dev",
                "identity": ident, "identity_hash": object_hash(ident), "data": ident["data"],
-               **result, **extra, "wall_seconds": time.perf_counter() - t0,
+               **result, **extra, "wall_seconds": time.perf_counter() - t0 + earlier,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(path, rec)
         shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the result is safe now
@@ -292,13 +298,13 @@ class Runner:
         a record or failure with another identity is refused (:class:`Mismatch`) or, with ``fresh``, dropped."""
         path, failed = self.run_path(spec), self.out / "failed" / f"{spec.name}.json"
         if path.exists():
-            if self.check(path, read_json(path).get("identity"), ident, "finished run"):
+            if self.check(path, read_run(path).get("identity"), ident, "finished run"):
                 self.log(f"{spec.name}: done already, skipped")
                 return True
             if self.main:
                 path.unlink()
         if failed.exists():
-            if read_json(failed).get("identity") == ident and not self.fresh:
+            if upgrade_identity(read_json(failed).get("identity")) == ident and not self.fresh:
                 self.log(f"{spec.name}: failed earlier ({failed}); --fresh retries it")
                 self.failures.append(f"{spec.name}: {read_json(failed)['error']}")
                 return True
@@ -311,17 +317,16 @@ class Runner:
         arm = get_arm(spec.method)
         if self.preset.eval_dtype:
             model = model.to(getattr(torch, self.preset.eval_dtype))
-        if spec.evaluation == "full":
+        if spec.evaluation == REPORT:
             self.log(f"{spec.name}: evaluating")
             exact = self.load(0)[0] if arm.train is not None or arm.memory is not None else None
             with self.autocast():
-                result = evaluate(model, tok, self.preset, self.suite, self.reference, "full",
+                result = evaluate(model, tok, self.preset, self.suite, self.reference, REPORT,
                                   progress=self.progress, exact_model=exact)
             del exact
-            if arm.train is None:  # the cheap scores of an untrained model: the reference point of trajectories
-                cheap = trajectory_probe(self, tok, start)(model, 0)
-                result["cheap"] = cheap["items"]
-                result["cheap_metrics"] = cheap["metrics"]
+            if arm.train is None:  # an untrained model's dev-subset scores: the reference point of trajectories
+                dev = trajectory_probe(self, tok, start)(model, 0)
+                result["dev_items"], result["dev_metrics"] = dev["items"], dev["metrics"]
         else:
             last = res.trajectory[-1]
             result = {"metrics": last["metrics"], "items": last["items"], "timings": {}}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..adapter import load_memory, save_memory
-from ..files import read_json, read_record, write_json
+from ..files import read_json, write_json
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
 from ..memory import add_memory
 from ..selection import BackgroundStats, compute_background_stats
@@ -20,6 +20,7 @@ from ..training import micro_batches, train
 from .arms import ARMS
 from .evaluation import corpus, drift_spans, evaluate
 from .plan import _plain
+from .records import TRAJECTORY, is_report, read_run, training_of
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -47,15 +48,16 @@ def reference_stage(runner: Runner) -> None:
     folder = runner.artifacts / "reference"
     marker = folder / "complete.json"
     ident = _plain({"model": preset.model, "precision": runner.precision, "topk": preset.topk,
-                    "probes": runner.suite.fingerprints(), "cheap": preset.cheap, "split": preset.evaluate_on})
+                    "probes": runner.suite.fingerprints(), "dev_subset": preset.dev_subset,
+                    "split": preset.evaluate_on})
     if marker.exists() and runner.check(marker, read_json(marker), ident, "drift reference"):
         return
     shutil.rmtree(folder, ignore_errors=True)
     runner.log("caching the base model's drift reference")
     model, tok = runner.load(0)
     for split in {preset.evaluate_on, "dev"}:
-        for cheap in (None, preset.cheap):
-            wiki, chat = drift_spans(tok, runner.suite, split, cheap)
+        for subset in (None, preset.dev_subset):
+            wiki, chat = drift_spans(tok, runner.suite, split, subset)
             for name, spans in (("wikitext", wiki), ("chat", chat)):
                 if spans:
                     with runner.autocast():
@@ -152,8 +154,8 @@ def reuse_record(runner: Runner, spec, ident: dict) -> bool:
     for path, rec in runner.reusable:  # every process looks, so all of them skip the run; process 0 alone writes
         if rec["identity"] == ident:
             found = {**rec, "reused_from": str(path)}
-        elif spec.evaluation == "cheap" and _same_training_run(rec, ident):
-            found = _cheap_from_trajectory(rec, ident, str(path))
+        elif spec.evaluation == TRAJECTORY and _same_training_run(rec, ident):
+            found = _from_trajectory(rec, ident, str(path))
         else:
             continue
         if runner.main:
@@ -165,44 +167,41 @@ def reuse_record(runner: Runner, spec, ident: dict) -> bool:
 
 def reusable_records(folders) -> list[tuple[Path, dict]]:
     """The finished run records of other results folders (read once per runner), for :func:`reuse_record`."""
-    return [(path, read_record(path, ("identity",))) for folder in folders
+    return [(path, read_run(path, ("identity",))) for folder in folders
             for path in sorted((Path(folder) / "runs").glob("*.json"))]
 
 
 def _same_training_run(rec: dict, ident: dict) -> bool:
     """Whether ``rec`` is a fully evaluated run whose training is the one ``ident`` describes: its identity differs
-    only in how it was evaluated, and it kept its trajectory (the cheap dev scores along training)."""
-    other = rec["identity"]
-    drop = ("evaluation", "split")
-    return (other.get("evaluation") == "full" and bool(rec.get("trajectory"))
-            and {k: v for k, v in other.items() if k not in drop} == {k: v for k, v in ident.items() if k not in drop})
+    only in how it was evaluated, and it kept its trajectory (the dev-subset scores along training)."""
+    return is_report(rec) and bool(rec.get("trajectory")) and training_of(rec) == training_of({"identity": ident})
 
 
-def _cheap_from_trajectory(rec: dict, ident: dict, source: str) -> dict:
-    """The record a cheap (sweep) run would write, from a full run of the same training: its metrics and items are
-    the trajectory's last point, which the cheap run computes the same way."""
+def _from_trajectory(rec: dict, ident: dict, source: str) -> dict:
+    """The record a trajectory (sweep) run would write, from a reported run of the same training: its metrics and
+    items are the trajectory's last point, which the sweep run computes the same way."""
     from ..fingerprints import object_hash
 
     last = rec["trajectory"][-1]
     flags = [f for f in rec.get("flags", []) if f != "constant-answers"]
     if _constant_answers(last["items"]):
         flags.append("constant-answers")
-    drop = ("wall_seconds", "finished", "cheap", "cheap_metrics")
-    return {**{k: v for k, v in rec.items() if k not in drop}, "evaluation": "cheap", "split": "dev",
+    drop = ("wall_seconds", "finished", "dev_items", "dev_metrics")
+    return {**{k: v for k, v in rec.items() if k not in drop}, "evaluation": TRAJECTORY, "split": "dev",
             "identity": ident, "identity_hash": object_hash(ident), "metrics": last["metrics"],
             "items": last["items"], "timings": {}, "flags": flags, "reused_from": source,
             "wall_seconds": rec.get("wall_seconds"), "finished": rec.get("finished")}
 
 
 def trajectory_probe(runner: Runner, tok, start: str):
-    """The trajectory probe: the cheap dev subset; step 0 of a start model is computed once and reused."""
+    """The trajectory probe: the dev subset; step 0 of a start model is computed once and reused."""
     cache = runner.artifacts / f"step0-{start}.json"
 
     def probe(model, step):
         if step == 0 and cache.exists():
             return read_json(cache)
         with runner.autocast():
-            res = evaluate(model, tok, runner.preset, runner.suite, runner.reference, "cheap", progress=False)
+            res = evaluate(model, tok, runner.preset, runner.suite, runner.reference, TRAJECTORY, progress=False)
         out = {"metrics": res["metrics"], "items": res["items"]}
         if step == 0 and runner.main:
             write_json(cache, out)
