@@ -473,18 +473,21 @@ class Metric:
 
 @dataclass(frozen=True)
 class Probe:
-    """One probe: its scorer, its metrics, and its cost per item (tokens scored per item, in units of one
-    training text's tokens) for the runtime estimate.
+    """One probe: its scorer, its metrics, its cost per item (tokens scored per item, in units of one training
+    text's tokens) and its size (the items a report scores: a number, or the name of the study preset's field that
+    holds it, such as ``"medmcqa_n"``), both for the runtime estimate.
 
-    ``evaluate``, for a probe the study has no built-in step for: ``evaluate(model, tok, split=..., cheap=...,
-    progress=...) -> {"metrics": {...}, "items": {...}}``, scoring the probe's own items of ``split`` (``"report"``
-    or ``"dev"``; ``cheap``: the dev subset's sizes along a trajectory, or None for every item). The item arrays
+    ``evaluate``, for a probe the study has no built-in step for: ``evaluate(model, tok, split=...,
+    dev_subset=..., progress=...) -> {"metrics": {...}, "items": {...}}``, scoring the probe's own items of
+    ``split`` (``"report"`` or ``"dev"``; ``dev_subset``: the dev subset's sizes along a trajectory, or None for
+    every item). The item arrays
     it returns are the ones its metrics name."""
 
     scorer: Callable
     metrics: dict
     cost: float
     evaluate: Callable | None = None
+    size: int | str = 0
 
 
 def _accuracy(prefix: str, what: str, kind: str) -> dict:
@@ -502,21 +505,22 @@ def _accuracy(prefix: str, what: str, kind: str) -> dict:
 #: The probes by name. A new probe is a scorer and one entry here; the paired statistics, the figures' labels and
 #: the runtime estimate read it.
 PROBES: dict[str, Probe] = {
-    "medmcqa": Probe(medmcqa_accuracy, _accuracy("medmcqa", "MedMCQA", "learning"), cost=1.2),
-    "acquisition": Probe(medmcqa_accuracy, _accuracy("acquisition", "trained questions", "learning"), cost=1.0),
+    "medmcqa": Probe(medmcqa_accuracy, _accuracy("medmcqa", "MedMCQA", "learning"), cost=1.2, size="medmcqa_n"),
+    "acquisition": Probe(medmcqa_accuracy, _accuracy("acquisition", "trained questions", "learning"), cost=1.0,
+                         size="acquisition_n"),
     "wikitext": Probe(perplexity, {
         "wikitext_ppl": Metric(("wikitext_window_nll", "wikitext_window_tokens"), _ppl, -1, "retention",
                                "WikiText perplexity"),
         "wikitext_drift_kl": Metric(("wikitext_drift_kl",), _mean, -1, "retention", "drift on WikiText (KL)",
-                                    unit="nats")}, cost=0.6),
+                                    unit="nats")}, cost=0.6, size="wikitext_lines"),
     "chat": Probe(drift, {
         "chat_drift_kl": Metric(("chat_drift_kl",), _mean, -1, "retention", "drift on chat (KL)", unit="nats"),
         "chat_loglik": Metric(("chat_loglik",), _mean, 1, "retention", "held-out chat log-lik", unit="nats")},
-        cost=1.7),
+        cost=1.7, size="chat_n"),
     "triviaqa": Probe(triviaqa_accuracy, {
         "triviaqa_acc": Metric(("triviaqa_correct",), _mean, 1, "retention", "TriviaQA accuracy", 100, "points"),
         "triviaqa_alias_loglik": Metric(("triviaqa_alias_loglik",), _mean, 1, "retention", "TriviaQA alias log-lik",
-                                        unit="nats")}, cost=0.3),
+                                        unit="nats")}, cost=0.3, size="triviaqa_n"),
 }
 
 

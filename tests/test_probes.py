@@ -188,13 +188,16 @@ def test_a_new_probe_is_one_scorer_and_one_registry_entry(monkeypatch):
     from smf_lib.study.presets import get_preset
     from smf_lib.views.plotting import LABELS
 
-    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=0.0, metrics={
+    smoke = get_preset("smoke")
+    before = estimate_runtime(smoke, 1e12)["tflops"].iloc[-1]
+    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=2.0, size=1000, metrics={
         "toy_hits": P.Metric(("toy_hit",), lambda a: a[0].mean(axis=-1), 1, "retention", "toy hit rate", 100)})
     monkeypatch.setitem(P.PROBES, "toy", toy)
     assert "toy_hits" in METRICS and LABELS["toy_hits"] == "toy hit rate"
     ci = paired_bootstrap({"toy_hit": [0, 0, 1, 0]}, {"toy_hit": [1, 1, 1, 0]}, "toy_hits", n_boot=200)
     assert ci["delta"] == 0.5 and ci["lo"] <= 0.5 <= ci["hi"]
-    assert np.isfinite(estimate_runtime(get_preset("smoke"), 1e12)["minutes"].iloc[-1])
+    after = estimate_runtime(smoke, 1e12)
+    assert np.isfinite(after["minutes"].iloc[-1]) and after["tflops"].iloc[-1] > before  # its cost is counted
 
 
 def test_every_metric_names_the_arrays_the_evaluation_writes(tmp_path):
@@ -221,9 +224,9 @@ def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path,
 
     calls = []
 
-    def toy_evaluate(model, tok, split, cheap, progress):
-        calls.append((split, cheap))
-        hits = [1, 0, 1] if cheap is None else [1]
+    def toy_evaluate(model, tok, split, dev_subset, progress):
+        calls.append((split, dev_subset))
+        hits = [1, 0, 1] if dev_subset is None else [1]
         return {"metrics": {"toy_hits": float(np.mean(hits))}, "items": {"toy_hit": hits}}
 
     toy = P.Probe(scorer=lambda model, tok, items: {}, cost=0.0, evaluate=toy_evaluate, metrics={

@@ -10,6 +10,7 @@ import smf_lib.study.runner as R
 from smf_lib import files, memory, selection, training
 from smf_lib.study import evaluation, results
 from smf_lib.study.cli import main
+from smf_lib.study.records import is_report
 from smf_lib.files import FolderLock
 from smf_lib.study.arms import ARMS, ORDER, PALETTE
 from smf_lib.study.paired_stats import mcnemar, paired_bootstrap
@@ -41,7 +42,8 @@ def test_plan_runs_seeds_and_sweeps():
         assert {f"{m}-s0", f"{m}-s1"} <= set(names)
     assert "smf-kl-paper-s0" in names and "smf-kl-paper-s1" not in names
     sweeps = [s for s in R.plan(p) if s.lr is not None]
-    assert {s.method for s in sweeps} == {"smf-kl", "lora", "full"} and all(s.evaluation == "cheap" for s in sweeps)
+    assert {s.method for s in sweeps} == {"smf-kl", "lora", "full"}
+    assert all(s.evaluation == "trajectory" for s in sweeps)
     assert R.plan(p)[-1].lr is not None  # swept rates after the grid
 
 
@@ -390,7 +392,7 @@ def test_committed_records_keep_their_training_identity(name):
     today (the flat ``TrainConfig.record()``, LoRA's settings included), so no finished run is refused or redone."""
     from pathlib import Path
 
-    from smf_lib.files import read_json
+    from smf_lib.study.records import read_run
 
     out = Path(__file__).resolve().parents[1] / "results" / name / "runs"
     if not (out.parent.parent / "cpu-v1").exists():
@@ -398,7 +400,7 @@ def test_committed_records_keep_their_training_identity(name):
     specs = [s for s in R.plan(get_preset(name)) if (out / f"{s.name}.json").exists()]
     assert specs or name == "cpu", f"no committed records in {out}"
     for spec in specs:
-        identity = read_json(out / f"{spec.name}.json")["identity"]
+        identity = read_run(out / f"{spec.name}.json")["identity"]
         assert R._same_training(identity, get_preset(name), spec), spec.name
     trained = [s for s in specs if ARMS[s.method].train is not None]
     if name == "cpu-v1":
@@ -454,7 +456,7 @@ def test_a_run_finished_in_another_folder_is_reused_not_repeated(reference_grid,
 
 @pytest.mark.slow
 def test_a_sweep_run_is_derived_from_a_full_run_of_the_same_training(reference_grid, tmp_path, capsys):
-    """A swept (cheap) run whose training equals a fully evaluated run's is the last point of that run's
+    """A swept (trajectory) run whose training equals a reported run's is the last point of that run's
     trajectory: reused from it, it matches the same sweep run computed anew, item by item."""
     sweep = ["--methods", "base", "lora", "--set", 'sweep={"lora": [0.001]}']
     assert get_preset("smoke").lr["lora"] == 1e-3  # the grid's LoRA rate: the swept run trains exactly as lora-s0
@@ -464,9 +466,79 @@ def test_a_sweep_run_is_derived_from_a_full_run_of_the_same_training(reference_g
     assert main([*SMOKE, "--out", str(computed), *sweep]) == 0
     a = json.loads((derived / "runs" / "lora-lr0.001-s0.json").read_text())
     b = json.loads((computed / "runs" / "lora-lr0.001-s0.json").read_text())
-    assert a["reused_from"].endswith("lora-s0.json") and a["evaluation"] == b["evaluation"] == "cheap"
+    assert a["reused_from"].endswith("lora-s0.json") and a["evaluation"] == b["evaluation"] == "trajectory"
     assert a["identity"] == b["identity"] and a["metrics"] == b["metrics"] and a["items"] == b["items"]
     assert a["trajectory"] == b["trajectory"] and a["flags"] == b["flags"]
+
+
+def _as_older_versions_wrote_it(folder):
+    """Rewrite a results folder with the names earlier versions used: evaluation kinds ``full``/``cheap``, the dev
+    subset's sizes as ``cheap`` in identities and markers, an untrained model's dev scores as ``cheap``."""
+    old_kind = {"report": "full", "trajectory": "cheap"}
+
+    def old_identity(ident):
+        out = {("cheap" if k == "dev_subset" else k): v for k, v in ident.items()}
+        if "evaluation" in out:
+            out["evaluation"] = old_kind[out["evaluation"]]
+        return out
+
+    for path in (folder / "runs").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec = {{"dev_items": "cheap", "dev_metrics": "cheap_metrics"}.get(k, k): v for k, v in rec.items()}
+        rec["evaluation"], rec["identity"] = old_kind[rec["evaluation"]], old_identity(rec["identity"])
+        path.write_text(json.dumps(rec))
+    for path in [*(folder / "artifacts").glob("*/identity.json"), folder / "artifacts" / "reference" / "complete.json"]:
+        path.write_text(json.dumps(old_identity(json.loads(path.read_text()))))
+
+
+@pytest.mark.slow
+def test_records_written_with_older_names_are_read_as_todays(reference_grid, tmp_path, capsys):
+    """A results folder written with the names of earlier versions ("full"/"cheap") is finished as it is: every
+    run is recognised as done (nothing trains or is scored again) and the tables are the same bytes."""
+    import shutil
+
+    out = tmp_path / "older"
+    shutil.copytree(reference_grid, out)
+    _as_older_versions_wrote_it(out)
+    assert json.loads((out / "runs" / "base.json").read_text())["evaluation"] == "full"  # the rewrite took
+    (out / "summary.csv").unlink()
+    assert main([*SMOKE, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("done already") == len(list((out / "runs").iterdir())) and "texts, lr" not in said
+    assert "drift reference" not in said and _tables(out) == _tables(reference_grid)
+    runs = results.load_runs(out)
+    assert {r["evaluation"] for r in runs} <= {"report", "trajectory"} and all("cheap" not in r for r in runs)
+    assert any(r.get("dev_items") for r in runs if r["method"] == "base")
+
+
+def test_evaluation_kinds_and_their_older_names():
+    from smf_lib.study.records import evaluation_kind, upgrade_identity, upgrade_record
+
+    assert evaluation_kind("full") == evaluation_kind("report") == "report"
+    assert evaluation_kind("cheap") == "trajectory"
+    with pytest.raises(ValueError, match="allowed: report, trajectory"):
+        evaluation_kind("quick")
+    rec = upgrade_record({"evaluation": "cheap", "cheap": {"x": [1]}, "identity": {"cheap": {"chat": 2}, "seed": 0,
+                                                                                  "evaluation": "cheap"}})
+    assert rec == {"evaluation": "trajectory", "dev_items": {"x": [1]},
+                   "identity": {"dev_subset": {"chat": 2}, "seed": 0, "evaluation": "trajectory"}}
+    assert upgrade_identity(None) is None and is_report({}) and is_report({"evaluation": "full"})
+    assert not is_report({"evaluation": "cheap"}) and not is_report({"evaluation": "trajectory"})
+
+
+def test_a_swept_run_that_a_grid_run_repeats_counts_once():
+    """The same training, once swept (trajectory) and once in the grid (report), is one point, not two seeds."""
+    from smf_lib.study.records import without_repeats
+
+    point = {"step": 2, "metrics": {"medmcqa_gold_margin": 0.1}, "items": {}}
+    ident = {"method": "smf-kl", "seed": 0, "train_config": {"lr": 0.03}}
+    grid = {"method": "smf-kl", "seed": 0, "evaluation": "report", "identity": {**ident, "evaluation": "report"},
+            "train_config": {"lr": 0.03}, "trajectory": [point], "train_log": [{}, {}]}
+    swept = {**grid, "evaluation": "cheap", "identity": {**ident, "evaluation": "cheap", "split": "dev"}}
+    other = {**swept, "identity": {**swept["identity"], "train_config": {"lr": 0.01}}, "train_config": {"lr": 0.01}}
+    assert without_repeats([swept, grid, other]) == [grid, other]
+    table = results.trajectory_table([swept, grid, other])
+    assert len(table) == 2 and sorted(table["lr"]) == [0.01, 0.03]
 
 
 def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, capsys):
@@ -500,7 +572,7 @@ def test_changes_are_read_from_the_model_each_run_started_from(reference_grid):
     net = results.net_table(runs).set_index("method")
     assert net.loc["smf-kl", "start"] == "retrofit" and net.loc["lora", "start"] == "base"
     assert net.loc["retrofit", "start"] == "base" and "base" not in net.index
-    by = {r["method"]: r for r in runs if r.get("evaluation", "full") == "full"}
+    by = {r["method"]: r for r in runs if is_report(r)}
     expected = paired_bootstrap(by["retrofit"]["items"], by["smf-kl"]["items"], "chat_loglik")["delta"]
     assert net.loc["smf-kl", "d_chat_loglik"] == pytest.approx(expected)
     from_base = paired_bootstrap(by["base"]["items"], by["smf-kl"]["items"], "chat_loglik")["delta"]

@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from .. import data as D
+from .. import data
 from ..adapter import load_memory
 from ..memory import MemoryConfig, add_memory
 from ..selection import compute_background_stats
@@ -51,19 +51,19 @@ def calibrate(model, tok, rates, update: str = "sgd", steps: int = 8, heldout: i
         load_memory(model, adapter)
     else:
         add_memory(model, MemoryConfig(**(memory or {})))
-    rows = D.load_medmcqa("train", root=root)
+    rows = data.load_medmcqa("train", root=root)
     kw = {"micro_batch": 8, "grad_accum": 2, "max_length": 256, "warmup_steps": 1, "top_t": 128, **(train_kw or {})}
     n_train = kw["micro_batch"] * kw["grad_accum"] * steps
     if n_train + heldout > len(rows):
         raise ValueError(f"{steps} steps need {n_train} training questions plus {heldout} held out, but the data has "
                          f"{len(rows)}; lower --steps or --heldout")
-    texts = [D.medmcqa_training_text(r) for r in rows[:n_train]]
-    held = [D.medmcqa_training_text(r) for r in rows[-heldout:]]
+    texts = [data.medmcqa_training_text(r) for r in rows[:n_train]]
+    held = [data.medmcqa_training_text(r) for r in rows[-heldout:]]
     from ..selection import SELECTORS
 
     stats = None
     if SELECTORS[selector].needs_background:
-        stats = compute_background_stats(model, tok, D.load_background(background_n, root), kw["max_length"],
+        stats = compute_background_stats(model, tok, data.load_background(background_n, root), kw["max_length"],
                                          progress=progress)
     out = {"update": update, "steps": steps, "heldout": heldout, "before": heldout_loss(model, tok, held,
                                                                                        kw["max_length"]), "runs": []}

@@ -73,6 +73,12 @@ def benchmark_targets(steps: pd.DataFrame, slots: pd.DataFrame | None = None, gp
 MODEL_PARAMS = {"Qwen/Qwen2.5-0.5B-Instruct": 494e6, "smollm2-135m-instruct": 135e6}
 
 
+def probe_size(p, probe) -> int:
+    """The items a report of preset ``p`` scores on a probe: its registered size, read from the preset when it
+    names one of the preset's fields."""
+    return int(getattr(p, probe.size) if isinstance(probe.size, str) else probe.size)
+
+
 def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_params: float | None = None):
     """A preset's compute, estimated from FLOPs: 6 N per trained token for full finetuning (forward, backward
     and weight gradients), 4 N for the methods that train few weights (backward through the activations),
@@ -96,18 +102,16 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
         rows.append(("retrofit", retro, 4 * n * retro))
         bg = p.background_n * tokens_per_text
         rows.append(("background statistics", bg, 2 * n * bg))
-    sizes = {"medmcqa": p.medmcqa_n, "acquisition": p.acquisition_n, "chat": p.chat_n,
-             "wikitext": p.wikitext_lines, "triviaqa": p.triviaqa_n}  # a new probe's size goes here
-    full_eval = sum(PROBES[name].cost * n for name, n in sizes.items() if name in PROBES) * tokens_per_text
-    cheap = sum(p.cheap.get(k, 0) for k in ("medmcqa", "acquisition", "chat")) * tokens_per_text
+    full_eval = sum(probe.cost * probe_size(p, probe) for probe in PROBES.values()) * tokens_per_text
+    dev = sum(p.dev_subset.get(k, 0) for k in ("medmcqa", "acquisition", "chat")) * tokens_per_text
     for s in plan(p):
-        gm = ARMS[s.method]
-        if gm.train is not None:
-            per = 6 if gm.train == "full" else 4
+        arm = ARMS[s.method]
+        if arm.train is not None:
+            per = 6 if arm.train == "full" else 4
             rows.append((f"train {s.name}", trained, per * n * trained))
             pts = p.trajectory_points - 1
-            rows.append((f"trajectory {s.name}", cheap * pts, 2 * n * cheap * pts))
-        if s.evaluation == "full":
+            rows.append((f"trajectory {s.name}", dev * pts, 2 * n * dev * pts))
+        if s.evaluation == "report":
             rows.append((f"evaluate {s.name}", full_eval, 2 * n * full_eval))
     df = pd.DataFrame(rows, columns=["stage", "tokens", "flops"])
     df.loc[len(df)] = ["total", df["tokens"].sum(), df["flops"].sum()]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
+from .records import is_report
 from .tables import interval_cell
 
 
@@ -47,8 +48,8 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
     base = next(r for r in runs if r["method"] == "base")
     full = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
     smf = full[(full["method"] == "smf-kl") & (full["seed"].astype(str) == "0")].iloc[0]
-    smf_run = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == 0 and r.get("evaluation", "full")
-                   == "full" and r.get("train_config", {}).get("lr") == smf["lr"])
+    smf_run = next(r for r in runs if r["method"] == "smf-kl" and r["seed"] == 0 and is_report(r)
+                   and r.get("train_config", {}).get("lr") == smf["lr"])
     changed = int(np.sum(np.asarray(smf_run["items"]["medmcqa_pred"]) != np.asarray(base["items"]["medmcqa_pred"])))
     n = len(base["items"]["medmcqa_pred"])
     out.append(f"The first study's memory was nearly silent: after its retrofit it added {share:.1%} of the MLP's "
@@ -60,7 +61,7 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
     a_share, a_gold = float(np.mean(preds == 0)), float(base["metrics"]["medmcqa_always_a_acc"])
     worst = min(pd_rows(lora) + pd_rows(fft), key=lambda r: r["d_medmcqa_acc"])
     worst_run = next(r for r in runs if r["method"] == worst["method"] and str(r.get("seed")) == str(worst["seed"])
-                     and r.get("evaluation", "full") == "full" and r.get("train_config", {}).get("lr") == worst["lr"])
+                     and is_report(r) and r.get("train_config", {}).get("lr") == worst["lr"])
     worst_a = float(np.mean(np.asarray(worst_run["items"]["medmcqa_pred"]) == 0))
     out.append(f"LoRA and full finetuning learned the answer format (gold-option log-likelihood "
                f"{_ci(lora.iloc[0], 'medmcqa_gold_loglik', 1, 2)} nats for LoRA) but gained no accuracy: their "
@@ -156,67 +157,145 @@ def _cell(row, metric: str, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def findings_cpu(runs: list[dict], planned: int | None = None, first_share: float | None = None) -> list[str]:
-    """What the living-memory study (``results/cpu``) found, in 3-5 sentences computed from its run records,
-    including what goes against SMF; it says which part is still to come while the study runs.
+    """What the living-memory study (``results/cpu``) found, in at most 5 sentences computed from its run records,
+    including what goes against SMF: the memory's health and the retrofit's own change, the dev items where SMF's
+    rate was matched, the reported items (:func:`reported_findings`), and what is still to come while it runs.
 
     Args:
         runs: the study's run records (:func:`~smf_lib.study.results.load_results`).
         planned: how many runs the preset plans, to say how many are still to come.
         first_share: the first study's memory share of the MLP's output, for contrast.
     """
-    from .results import matched_learning, net_table, trajectory_table
+    from .results import end_points, matched_learning, net_table, trajectory_table
 
     out = []
-    retro = [r for r in runs if r["method"] == "retrofit" and r.get("evaluation", "full") == "full"]
+    net = net_table(runs)
+    retro = [r for r in runs if r["method"] == "retrofit" and is_report(r)]
     if retro:
-        health = retro[0]["retrofit"]["heldout_oasst1"]
-        after = health["after"]
+        after = retro[0]["retrofit"]["heldout_oasst1"]["after"]
         lowest = min(after["share_by_layer"].values())
         was = f"; the first study's: {first_share:.1%}" if first_share is not None else ""
-        out.append(f"The memory is alive: after the retrofit its quietest layer adds {lowest:.0%} of the MLP's output "
-                   f"(the mean over layers {after['share']:.0%}{was}), and the retrofit alone lowered the loss on "
-                   f"held-out chat replies by {-health['loss_change']['delta']:.3f} nats.")
-    net = net_table(runs)
-    r0 = net[net["method"] == "retrofit"]
-    if len(r0):
-        r = r0.iloc[0]
-        out.append(f"The retrofit alone moves the model measurably: on the reported items, chat "
-                   f"log-likelihood {_cell(r, 'd_chat_loglik', 1, 3)} nats, WikiText perplexity "
-                   f"{_cell(r, 'd_wikitext_ppl', 1, 2)}, so SMF's changes are read from the retrofitted model.")
+        text = (f"The memory is alive: after the retrofit its quietest layer adds {lowest:.0%} of the MLP's output "
+                f"(the mean over layers {after['share']:.0%}{was})")
+        r0 = net[net["method"] == "retrofit"]
+        if len(r0):
+            r = r0.iloc[0]
+            text += (f", and the retrofit alone moves the model (reported chat log-likelihood "
+                     f"{_cell(r, 'd_chat_loglik', 1, 3)} nats, WikiText perplexity "
+                     f"{_cell(r, 'd_wikitext_ppl', 1, 2)}), "
+                     "so SMF's changes are read from the retrofitted model")
+        out.append(text + ".")
     traj = trajectory_table(runs, against="start")
     if len(traj):
+        chat = "d_chat_loglik" in traj
+        ends = end_points(traj, ("d_medmcqa_gold_margin", *(("d_chat_loglik",) if chat else ())))
         match = matched_learning(traj)
-        ends = traj[traj["step"] == traj["steps"]]
-        smf = ends[ends["method"] == "smf-kl"].sort_values("lr")
-        if len(smf):
-            parts = ", ".join(f"{_cell(r, 'd_medmcqa_gold_margin', 1, 3)} at {r.lr:g}" for r in
-                              (row for _, row in smf.iterrows()))
-            out.append(f"On dev items, 75 steps of SMF-KL moved the gold option's margin over the best distractor "
-                       f"by {parts} nats.")
-        for _, m in match[match["smf"] == "smf-kl"].iterrows():
-            name = "LoRA" if m["baseline"] == "lora" else "Full finetuning"
-            verdict = (f"meets it at {m['smf lr']:g} ({m['smf learning']:+.3f})" if m["matched"] else
-                       f"comes closest at {m['smf lr']:g} ({m['smf learning']:+.3f}) without meeting it")
-            text = (f"{name} at {m['baseline lr']:g} moved it by {m['baseline learning']:+.3f} "
-                    f"[{m['baseline lo']:+.3f}, {m['baseline hi']:+.3f}]; SMF-KL {verdict}.")
-            if m["matched"] and "d_chat_loglik" in ends:
-                pair = [ends[(ends["method"] == k) & (ends["lr"] == lr)]
-                        for k, lr in (("smf-kl", m["smf lr"]), (m["baseline"], m["baseline lr"]))]
-                smf_c, base_c = (interval_cell(p["d_chat_loglik"].mean(), p["d_chat_loglik_lo"].min(),
-                                               p["d_chat_loglik_hi"].max(), digits=3) for p in pair)
-                text += (f" At that matched learning, chat log-likelihood on dev replies moved by {smf_c} under "
-                         f"SMF-KL and {base_c} under {name} (nats; each from its own start).")
-            out.append(text)
-    trained = net[net["method"].isin(["smf-kl", "smf-tfidf", "lora", "full"])]
-    if trained["method"].str.startswith("smf").any() and trained["method"].isin(["lora", "full"]).any():
-        g = trained.groupby("method")[["d_medmcqa_gold_margin", "d_chat_loglik"]].mean()
-        parts = "; ".join(f"{m}: gold margin {g.loc[m, 'd_medmcqa_gold_margin']:+.3f}, chat log-likelihood "
-                          f"{g.loc[m, 'd_chat_loglik']:+.4f}" for m in g.index)
-        out.append(f"On the reported items (mean over seeds, each from the model it started from): {parts}.")
+        match = match[match["smf"] == "smf-kl"] if len(match) else match
+        if len(match):
+            def point(method, lr):
+                return ends[(ends["method"] == method) & (ends["lr"] == lr)].iloc[0]
+
+            rate = match["smf lr"].iloc[0]
+            smf = point("smf-kl", rate)
+            met = [NAMES[b] for b, ok in zip(match["baseline"], match["matched"]) if ok]
+            others = [point(b, lr) for b, lr in zip(match["baseline"], match["baseline lr"])]
+            text = (f"On dev items, SMF-KL at {rate:g} "
+                    + (f"met the learning of {' and '.join(met)}" if met else "came closest to the baselines' learning")
+                    + f" (gold margin {_cell(smf, 'd_medmcqa_gold_margin', 1, 3)} against "
+                    + " and ".join(f"{_cell(o, 'd_medmcqa_gold_margin', 1, 3)} for {NAMES[o['method']]}"
+                                   for o in others) + ")")
+            if chat:
+                text += (f", and its chat log-likelihood moved by {_cell(smf, 'd_chat_loglik', 1, 3)} nats against "
+                         + " and ".join(_cell(o, "d_chat_loglik", 1, 3) for o in others))
+            out.append(text + "; the study trains SMF at that rate.")
+    reported = reported_findings(net)
+    done = sum(1 for r in runs if is_report(r))
+    if reported:
+        out.extend(reported[:2])
+        if planned is not None and done < planned:
+            out.append(f"{planned - done} of the study's {planned} fully evaluated runs are still to come; every "
+                       "sentence here is recomputed from the result files when they land.")
     elif planned is not None:
-        done = sum(1 for r in runs if r.get("evaluation", "full") == "full")
-        out.append(f"The comparison at matched learning on the reported items is not in yet: {done} of the "
-                   f"study's {planned} fully evaluated runs are finished.")
+        out.append(f"The comparison on the reported items is not in yet: {done} of the study's {planned} fully "
+                   "evaluated runs are finished.")
+    return out
+
+
+NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning"}
+
+
+def _relation(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> str:
+    """Where interval a lies against interval b: ``"below"``, ``"above"`` or ``"overlaps"``."""
+    return "below" if a_hi < b_lo else "above" if a_lo > b_hi else "overlaps"
+
+
+def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full")) -> list[str]:
+    """The study's answer on the reported items, in sentences computed from :func:`~smf_lib.study.results.net_table`
+    (every change from the model the run started from; several seeds pooled: the mean, and the union of their
+    intervals): each SMF arm's learning (gold margin) against each baseline's, so it says whether the rate matched
+    on dev items still matches here; its change in held-out chat log-likelihood against theirs; and which methods
+    got worse on WikiText perplexity and TriviaQA accuracy (an interval wholly on the worse side)."""
+    from ..probes import metrics as probe_metrics
+    from .results import pooled
+
+    want = ("d_medmcqa_gold_margin", "d_chat_loglik", "d_wikitext_ppl", "d_triviaqa_acc")
+    if net is None or not len(net) or any(m not in net for m in want[:2]):
+        return []
+    rows = net[net["method"].isin([*smf, *baselines])]
+    table = pooled(rows, tuple(m for m in want if m in net)).drop_duplicates("method").set_index("method")
+    arms = [m for m in smf if m in table.index]
+    base = [m for m in baselines if m in table.index]
+    if not arms or not base:
+        return []
+
+    def cell(method, metric, digits=3, scale=1.0):
+        r = table.loc[method]
+        return interval_cell(*(r[f"{metric}{s}"] * scale for s in ("", "_lo", "_hi")), digits=digits)
+
+    def at(method):
+        return f"{NAMES[method]} at {table.loc[method, 'lr']:g}"
+
+    out = []
+    seeds = int(table.loc[arms + base, "seeds"].min())
+    for arm in arms:
+        rel = {b: _relation(*(table.loc[m, f"d_medmcqa_gold_margin{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
+               for b in base}
+        words = {"below": "less than", "above": "more than", "overlaps": "as much as"}
+        out.append(f"On the reported items ({seeds} seed{'s' if seeds > 1 else ''} per method), {at(arm)} moved the "
+                   f"gold option's margin by {cell(arm, 'd_medmcqa_gold_margin')} nats from its retrofitted start, "
+                   + ", ".join(f"{at(b)} by {cell(b, 'd_medmcqa_gold_margin')}" for b in base) + ": "
+                   + " and ".join(f"{words[rel[b]]} {NAMES[b]}" for b in base)
+                   + (" (the intervals overlap), so here the comparison is at matched learning."
+                      if all(v == "overlaps" for v in rel.values()) else
+                      ", so the rate matched on dev items does not match every baseline on the reported items."))
+        chat = {b: _relation(*(table.loc[m, f"d_chat_loglik{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
+                for b in base}
+        text = (f"Held-out chat log-likelihood moved by {cell(arm, 'd_chat_loglik', 4)} nats under {NAMES[arm]}, "
+                + ", ".join(f"{cell(b, 'd_chat_loglik', 4)} under {NAMES[b]}" for b in base) + " (down is forgetting)")
+        if all(v == "below" for v in chat.values()):
+            learned_less = all(v == "below" for v in rel.values())
+            text += (f": {NAMES[arm]} lost more of the chat replies than every baseline"
+                     + (" while learning less" if learned_less else "")
+                     + ", against the paper's claim in this setting.")
+        elif all(v == "above" for v in chat.values()):
+            text += f": {NAMES[arm]} kept the chat replies better than every baseline, as the paper claims."
+        else:
+            text += ": the intervals overlap for at least one baseline, so these items cannot rank them on chat."
+        out.append(text)
+    registry = probe_metrics()
+    worse = []
+    for metric in ("d_wikitext_ppl", "d_triviaqa_acc"):
+        if metric not in table:
+            continue
+        spec = registry[metric[2:]]
+        for m in table.index:
+            lo, hi = table.loc[m, f"{metric}_lo"], table.loc[m, f"{metric}_hi"]
+            if (hi < 0 if spec.better > 0 else lo > 0):
+                worse.append(f"{NAMES.get(m, m)} on {spec.label} ({cell(m, metric, 2, spec.scale)})")
+    if any(m in table for m in ("d_wikitext_ppl", "d_triviaqa_acc")):
+        out.append("On WikiText perplexity and TriviaQA accuracy, " + (
+            "worse: " + "; ".join(worse) + "." if worse else "no method got worse on these items (no interval lies "
+            "wholly on the worse side)."))
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data as D
+from .. import data
 from ..files import read_json, write_json
 from ..health import MIN_SHARE, loss_change, memory_health
 from ..adapter import save_memory
@@ -74,7 +74,7 @@ def recipe_name(init: str, lr: float) -> str:
 
 def pilot_texts(s: PilotSettings) -> tuple[list[str], list[str]]:
     """(training replies, held-out dev replies): disjoint slices of the OASST1 train replies."""
-    replies = D.load_oasst1_replies("train", root=s.data)
+    replies = data.load_oasst1_replies("train", root=s.data)
     need = s.steps * s.texts_per_step + s.heldout_n
     if len(replies) < need:
         raise ValueError(f"the retrofit pilot needs {need} OASST1 train replies, the data has {len(replies)}: lower "
@@ -104,21 +104,21 @@ def run_recipe(init: str, lr: float, out: str | Path, s: PilotSettings | None = 
     model, tok = load(s.model, seed)
     torch.manual_seed(seed)
     add_memory(model, MemoryConfig(**{**s.memory, "init": init}))
-    art = out / "artifacts" / name
+    folder = out / "artifacts" / name
     t_probe = [0.0]
 
     def probe(m, step):
         t0 = time.perf_counter()
         h = memory_health(m, tok, heldout, s.max_length, batch_size=16)
         if save_adapters:
-            save_memory(m, art / f"step{step}")
+            save_memory(m, folder / f"step{step}")
         t_probe[0] += time.perf_counter() - t0
         return h
 
     cfg = TrainConfig(method="retrofit", lr=lr, seed=seed, max_steps=s.steps, micro_batch=s.micro_batch,
                       grad_accum=max(1, s.texts_per_step // s.micro_batch), max_length=s.max_length,
                       warmup_steps=s.warmup_steps, checkpoint_every=10)
-    res = train(model, tok, texts, cfg, checkpoint_dir=art / "ckpt", progress=progress, probe=probe,
+    res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=progress, probe=probe,
                 probe_steps=s.probe_steps)
     first = res.trajectory[0]
     traj = [{"step": p["step"], "share": p["share"], "min_share": p["min_share"],
@@ -130,7 +130,7 @@ def run_recipe(init: str, lr: float, out: str | Path, s: PilotSettings | None = 
            "loss_log": [round(r["loss"], 5) for r in res.log], "trajectory": traj,
            "alive_at": next((p["step"] for p in traj if p["min_share"] >= MIN_SHARE), None)}
     write_json(path, rec)
-    ckpt = art / "ckpt" / "checkpoint.pt"
+    ckpt = folder / "ckpt" / "checkpoint.pt"
     if ckpt.exists():
         ckpt.unlink()
     return rec
@@ -221,9 +221,10 @@ def smf_learning(recipe: str, step: int, out: str | Path, s: PilotSettings | Non
     load_memory(model, adapter)
     health = read_json(out / f"{recipe}.json")["trajectory"]
     share = next(p for p in health if p["step"] == step)
-    dev = D.load_medmcqa("validation", ls.dev_offset + ls.dev_n, root=s.data)[ls.dev_offset:]
-    task = [D.medmcqa_training_text(r) for r in D.load_medmcqa("train", ls.steps * ls.texts_per_step, root=s.data)]
-    bg = D.load_background(ls.background_n, s.data)
+    dev = data.load_medmcqa("validation", ls.dev_offset + ls.dev_n, root=s.data)[ls.dev_offset:]
+    questions = data.load_medmcqa("train", ls.steps * ls.texts_per_step, root=s.data)
+    task = [data.medmcqa_training_text(r) for r in questions]
+    bg = data.load_background(ls.background_n, s.data)
     stats = compute_background_stats(model, tok, bg, max_length=ls.max_length, progress=progress)
     before = medmcqa_accuracy(model, tok, dev, progress)
     cfg = TrainConfig(method="smf", lr=ls.lr, max_steps=ls.steps, micro_batch=ls.micro_batch,

@@ -14,8 +14,53 @@ from ..memory import MemoryConfig
 from ..models import DEFAULT_MODEL, PAPER_MODEL
 from ..training import TrainConfig, rate_keys
 from .arms import ARMS
+from .records import evaluation_kind
 
 FIXTURES = "fixtures"
+
+
+class Settings(dict):
+    """Some :class:`~smf_lib.training.TrainConfig` fields for one stage of a preset (``method``: ``"smf"`` for the
+    task runs, ``"retrofit"`` for the retrofit), checked against TrainConfig when made: an unknown name or a bad value
+    is refused. A field left unset reads TrainConfig's own default (``settings.max_length``, :meth:`config`), so no
+    default is restated here. It is a dict, so ``{**settings, "top_t": 4}`` and the stored identities stay plain."""
+
+    def __init__(self, fields=(), /, method: str = "smf", **more):
+        super().__init__(fields, **more)
+        self.method = method
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
+        unknown = sorted(set(self) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting {unknown[0]!r}; allowed: the TrainConfig fields "
+                             f"({', '.join(sorted(known))})")
+        self.config(lr=1.0)  # raises on a bad value
+
+    def config(self, **more) -> TrainConfig:
+        """A TrainConfig from these fields (``more`` adds or overrides some)."""
+        return TrainConfig(**{"method": self.method, **self, **more})
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "method":
+            raise AttributeError(name)
+        if name in self:
+            return self[name]
+        if name in {f.name for f in dataclasses.fields(TrainConfig)}:
+            return getattr(self.config(lr=1.0), name)
+        raise AttributeError(f"{name!r} is not a TrainConfig field")
+
+
+class Rates(dict):
+    """Peak learning rates by rate key (``smf_lib.training.rate_keys()``, plus ``"retrofit"``), each a finite number
+    > 0; anything else is refused when made. A key left out takes TrainConfig's default for it."""
+
+    def __init__(self, rates=(), /, **more):
+        super().__init__(rates, **more)
+        unknown = set(self) - set(rate_keys()) - {"retrofit"}
+        if unknown:
+            raise ValueError(f"unknown rate key {sorted(unknown)[0]!r}; allowed: {', '.join(rate_keys())}, retrofit")
+        for k, v in self.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"learning rate {k!r} must be a finite number > 0, got {v!r}")
 
 
 @dataclass
@@ -32,8 +77,8 @@ class Preset:
         seeds: training seeds of the methods in ``multi_seed``; every other method runs with the first seed.
         multi_seed: methods run with every seed.
         sweep: extra peak learning rates per method.
-        sweep_evaluation: how swept runs are scored: ``"cheap"`` (the dev subset along their trajectory only) or
-            ``"full"`` (every probe, like the grid's runs).
+        sweep_evaluation: how swept runs are scored: ``"trajectory"`` (the dev subset along their trajectory only)
+            or ``"report"`` (every probe, like the grid's runs).
         sweep_first: run the swept rates before the grid's training runs (their dev results choose its rates).
         train_n: MedMCQA training questions (file order).
         medmcqa_n: reported MedMCQA validation items (the first ones); ``medmcqa_dev_n`` more after them form the
@@ -46,15 +91,15 @@ class Preset:
             prompt, 1,174 offline; the retrofit and background corpora must then be train text or Wikipedia).
         acquisition_n: trained questions re-asked after training (the first ones of the training set).
         topk: base log-probabilities cached per position for the drift probe.
-        cheap: sizes of the cheap dev subset scored along each run's trajectory (``medmcqa``, ``acquisition``,
+        dev_subset: sizes of the dev subset scored along each run's trajectory (``medmcqa``, ``acquisition``,
             ``chat``, ``wikitext_windows``).
         trajectory_points: probe points per run, evenly spaced, including step 0 and the last step.
         evaluate_on: ``"report"`` (the reported items) or ``"dev"`` (a pilot: only dev items are scored).
         retrofit_corpus: ``"oasst1-validation"`` | ``"oasst1-train"`` | ``"oasst1-both"``; ``retrofit_n`` texts.
         background_corpus: like retrofit_corpus, or ``"wikipedia"``; ``background_n`` documents.
-        train: :class:`~smf_lib.training.TrainConfig` fields shared by all task runs.
-        retrofit: TrainConfig fields of the retrofit stage.
-        lr: peak learning rates by rate key (``smf_lib.training.rate_keys()``).
+        train: :class:`Settings` (TrainConfig fields) shared by all task runs; a plain dict is turned into one.
+        retrofit: :class:`Settings` of the retrofit stage.
+        lr: :class:`Rates`, peak learning rates by rate key (``smf_lib.training.rate_keys()``, and ``retrofit``).
         rates_to_choose: rate keys whose grid rate is still to be chosen from the sweep's dev results: the
             runner skips the grid's runs at such a rate (saying so) until the key is set here or by ``--lr``.
         eval_batch: batch size of the probes.
@@ -78,7 +123,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     multi_seed: tuple[str, ...] = ()
     sweep: dict = field(default_factory=dict)
-    sweep_evaluation: str = "cheap"
+    sweep_evaluation: str = "trajectory"
     sweep_first: bool = False
     train_n: int | None = None
     medmcqa_n: int = 1000
@@ -92,16 +137,16 @@ class Preset:
     chat_pool: str = "paper"
     acquisition_n: int = 0
     topk: int = 32
-    cheap: dict = field(default_factory=dict)
+    dev_subset: dict = field(default_factory=dict)
     trajectory_points: int = 4
     evaluate_on: str = "report"
     retrofit_corpus: str = "oasst1-both"
     retrofit_n: int | None = None
     background_corpus: str = "oasst1-train"
     background_n: int = 2000
-    train: dict = field(default_factory=dict)
-    retrofit: dict = field(default_factory=dict)
-    lr: dict = field(default_factory=dict)
+    train: Settings = field(default_factory=Settings)
+    retrofit: Settings = field(default_factory=lambda: Settings(method="retrofit"))
+    lr: Rates = field(default_factory=Rates)
     rates_to_choose: tuple[str, ...] = ()
     eval_batch: int = 16
     dtype: str = "float32"
@@ -133,15 +178,13 @@ class Preset:
                 raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 1 (or None for all), got {v!r}")
         if isinstance(self.background_n, bool) or not isinstance(self.background_n, int) or self.background_n < 1:
             raise ValueError(f"preset {self.name!r}: background_n must be an integer >= 1, got {self.background_n!r}")
-        for k, v in self.cheap.items():
+        for k, v in self.dev_subset.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"preset {self.name!r}: cheap size {k!r} must be an integer >= 1, got {v!r}")
-        for k, v in self.lr.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"preset {self.name!r}: learning rate {k!r} must be a finite number > 0, got {v!r}")
+                raise ValueError(f"preset {self.name!r}: dev_subset size {k!r} must be an integer >= 1, got {v!r}")
         try:
-            TrainConfig(method="smf", lr=1.0, **self.train)
-            TrainConfig(method="retrofit", lr=1.0, **self.retrofit)
+            self.lr = Rates(self.lr)
+            self.train = Settings(self.train)
+            self.retrofit = Settings(self.retrofit, method="retrofit")
             if self.memory:
                 MemoryConfig(**self.memory)
         except (TypeError, ValueError) as err:
@@ -162,14 +205,12 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: chat_pool='all' scores every OASST1 validation reply, so the "
                              "retrofit and background corpora must not read validation text: use oasst1-train or "
                              "wikipedia")
-        if self.sweep_evaluation not in ("cheap", "full"):
-            raise ValueError(f"preset {self.name!r}: sweep_evaluation must be 'cheap' or 'full'")
+        try:
+            self.sweep_evaluation = evaluation_kind(self.sweep_evaluation)
+        except ValueError as err:
+            raise ValueError(f"preset {self.name!r}: sweep_evaluation: {err}") from err
         if self.evaluate_on not in ("report", "dev"):
             raise ValueError(f"preset {self.name!r}: evaluate_on must be 'report' or 'dev', got {self.evaluate_on!r}")
-        unknown = set(self.lr) - set(rate_keys()) - {"retrofit"}
-        if unknown:
-            raise ValueError(f"preset {self.name!r}: unknown rate key {sorted(unknown)[0]!r}; allowed: "
-                             f"{', '.join(rate_keys())}")
         if set(self.rates_to_choose) - set(rate_keys()):
             raise ValueError(f"preset {self.name!r}: rates_to_choose names an unknown rate key; allowed: "
                              f"{', '.join(rate_keys())}")
@@ -180,11 +221,11 @@ class Preset:
     def task_settings(self) -> TrainConfig:
         """The settings every task run shares (``train``) as a :class:`~smf_lib.training.TrainConfig`, so a field
         the preset leaves unset reads TrainConfig's own default (the method and rate are placeholders)."""
-        return TrainConfig(method="smf", lr=1.0, **self.train)
+        return Settings(self.train).config(lr=1.0)
 
     def retrofit_config(self, seed: int) -> TrainConfig:
         """The TrainConfig of the retrofit stage at a seed."""
-        return TrainConfig(method="retrofit", seed=seed, lr=self.lr.get("retrofit"), **self.retrofit)
+        return Settings(self.retrofit, method="retrofit").config(seed=seed, lr=self.lr.get("retrofit"))
 
     def rate_to_choose(self, method: str, seed: int, lr: float | None = None) -> str | None:
         """The rate key of a grid run (no swept ``lr``) whose rate is still to be chosen (``rates_to_choose``),
@@ -196,15 +237,15 @@ class Preset:
 
     def train_config(self, method: str, seed: int, lr: float | None = None) -> TrainConfig:
         """The TrainConfig of a grid method at a seed (and an optional swept rate)."""
-        gm = ARMS[method]
-        if gm.train is None:
+        arm = ARMS[method]
+        if arm.train is None:
             raise ValueError(f"method {method!r} does not train")
-        cfg = TrainConfig(method=gm.train, seed=seed, **{**self.train, **gm.overrides})
+        cfg = TrainConfig(method=arm.train, seed=seed, **{**self.train, **arm.overrides})
         rate = lr if lr is not None else self.lr.get(cfg.lr_key, cfg.lr)
         return dataclasses.replace(cfg, lr=rate)
 
 
-_CHEAP_CPU = dict(medmcqa=150, acquisition=150, chat=40, wikitext_windows=4)
+_DEV_SUBSET_CPU = dict(medmcqa=150, acquisition=150, chat=40, wikitext_windows=4)
 
 PRESETS = {
     "smoke": Preset(
@@ -213,7 +254,7 @@ PRESETS = {
         seeds=(0,), memory=dict(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16),
         train_n=24, medmcqa_n=6, medmcqa_dev_n=4, triviaqa_n=4, triviaqa_dev_n=2, wikitext_lines=8,
         wikitext_dev_lines=4, chat_n=3, chat_dev_n=2, acquisition_n=4, topk=8,
-        cheap=dict(medmcqa=3, acquisition=3, chat=2, wikitext_windows=1), trajectory_points=3,
+        dev_subset=dict(medmcqa=3, acquisition=3, chat=2, wikitext_windows=1), trajectory_points=3,
         retrofit_n=12, background_n=8, background_corpus="wikipedia", eval_batch=4,
         train=dict(micro_batch=4, grad_accum=2, max_length=128, warmup_steps=1, epochs=1, top_t=8,
                    checkpoint_every=1),
@@ -240,7 +281,7 @@ PRESETS = {
         memory=dict(layers=(7, 15, 22), n_keys=64, heads=4, knn=16, k_dim=256),
         train_n=1200, medmcqa_n=1000, medmcqa_dev_n=400, triviaqa_n=200, triviaqa_dev_n=100,
         wikitext_lines=120, wikitext_dev_lines=80, chat_n=150, chat_dev_n=100, acquisition_n=300, topk=32,
-        cheap=_CHEAP_CPU, trajectory_points=4,
+        dev_subset=_DEV_SUBSET_CPU, trajectory_points=4,
         retrofit_n=800, retrofit_corpus="oasst1-both", background_corpus="wikipedia", background_n=500,
         train=dict(micro_batch=8, grad_accum=2, max_length=256, warmup_steps=10, epochs=1, top_t=128,
                    checkpoint_every=20),
@@ -293,7 +334,7 @@ PRESETS = {
         seeds=(0, 1, 2), multi_seed=("smf-kl-paper", "smf-tfidf-paper", "lora", "full"),
         memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256, init="paper", mode="additive"),
         train_n=60000, medmcqa_n=1000, medmcqa_dev_n=500, triviaqa_n=1000, wikitext_lines=1000, chat_n=200,
-        acquisition_n=500, cheap=dict(medmcqa=200, acquisition=200, chat=50, wikitext_windows=8),
+        acquisition_n=500, dev_subset=dict(medmcqa=200, acquisition=200, chat=50, wikitext_windows=8),
         retrofit_n=50000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=2000,
         train=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=3, top_t=512,
                    checkpoint_every=200, schedule="paper", deterministic_ties=False),
@@ -318,7 +359,7 @@ PRESETS["colab"] = Preset(
     memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256),
     train_n=4000, medmcqa_n=1000, medmcqa_dev_n=200, triviaqa_n=300, triviaqa_dev_n=100, wikitext_lines=200,
     wikitext_dev_lines=50, chat_n=100, chat_dev_n=50, acquisition_n=200,
-    cheap=dict(medmcqa=100, acquisition=100, chat=30, wikitext_windows=4), trajectory_points=4,
+    dev_subset=dict(medmcqa=100, acquisition=100, chat=30, wikitext_windows=4), trajectory_points=4,
     retrofit_n=3000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=500,
     train=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, top_t=512,
                checkpoint_every=50),
@@ -352,7 +393,7 @@ PRESETS["colab"] = Preset(
 # every reported item), to see whether this regime makes full finetuning forget.
 PRESETS["cpu-pilot"] = dataclasses.replace(
     PRESETS["cpu-v1"], name="cpu-pilot", methods=("base", "full"), multi_seed=(), seeds=(0,),
-    lr={**PRESETS["cpu-v1"].lr, "full": 5e-5}, sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="full",
+    lr={**PRESETS["cpu-v1"].lr, "full": 5e-5}, sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="report",
     evaluate_on="dev",
     departures={k: v for k, v in PRESETS["cpu-v1"].departures.items() if k != "full finetuning rate"},
     notes=PRESETS["cpu-v1"].notes.split(". Full finetuning at 2e-4")[0]
@@ -365,7 +406,7 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
 # 2e-3 after 60; the paper's init not within 100). The preset retrofits for 50 steps at 5e-3; its own retrofit
 # record measures the share that schedule reaches, and the runner warns below 10%. Chat retention is scored
 # on every English OASST1 validation reply to a prompt (1,000 reported, 174 dev), so the retrofit and the
-# background statistics read no validation text. SMF-KL's rates are swept first on dev items (cheap subset along the
+# background statistics read no validation text. SMF-KL's rates are swept first on dev items (the dev subset along the
 # trajectory); LoRA's and full finetuning's grid runs (5e-5) record their dev learning along the same trajectory
 # points, and the grid's SMF rate is chosen where the two meet.
 PRESETS["cpu"] = dataclasses.replace(

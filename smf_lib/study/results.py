@@ -2,7 +2,7 @@
 
 ``OUT/runs/NAME.json`` holds one finished run (written last, atomically: its presence means the run is
 complete). ``OUT/summary.csv`` has one row per fully evaluated run: metrics, deltas to base with
-paired-bootstrap 95% intervals, and flags. ``OUT/trajectories.csv`` has the cheap dev probes along every run.
+paired-bootstrap 95% intervals, and flags. ``OUT/trajectories.csv`` has the dev-subset probes along every run.
 Neither table holds timings, so an interrupted and resumed grid writes the same bytes as an uninterrupted one.
 """
 
@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..probes import metrics as probe_metrics
-from ..files import atomic_write, read_record
+from ..files import atomic_write
 from .arms import order_key
 from .paired_stats import METRICS, mcnemar, paired_bootstrap
+from .records import is_report, read_run, without_repeats
 from .tables import interval_cell, rate_label, seed_label
 
 
@@ -33,7 +34,7 @@ def results_dir(name: str = "cpu", start: str | Path | None = None) -> Path:
 def load_runs(out: str | Path) -> list[dict]:
     """All finished run records under ``out/runs``. A damaged record (not JSON, a NaN or infinity, not an object,
     or missing ``method``, ``metrics`` or ``items``) raises an error naming its file."""
-    return [read_record(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
+    return [read_run(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
 
 
 def load_results(name: str = "cpu", start: str | Path | None = None):
@@ -70,7 +71,7 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
     """One row per fully evaluated run: metrics, deltas to base, paired-bootstrap 95% intervals and flags."""
     rows = []
     for r in runs:
-        if r.get("evaluation", "full") != "full":
+        if not is_report(r):
             continue
         cfg = r.get("train_config") or {}
         row = {"method": r["method"], "seed": r["seed"] if r["method"] != "base" else "",
@@ -86,18 +87,18 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
 
 
 def trajectory_table(runs: list[dict], against: str = "base") -> pd.DataFrame:
-    """One row per run and probe point: the cheap dev probes along training, with paired deltas (on the same
-    items) to the base model's cheap scores (``against="base"``) or to the run's own first point, the model it
+    """One row per run and probe point: the dev-subset probes along training, with paired deltas (on the same
+    items) to the base model's dev-subset scores (``against="base"``) or to the run's own first point, the model it
     started from (``against="start"``: for an SMF run, the retrofitted model, so its deltas are net of the
     retrofit's)."""
     if against not in ("base", "start"):
         raise ValueError(f"against must be 'base' or 'start', got {against!r}")
-    base = next((r for r in runs if r["method"] == "base" and r.get("cheap")), None)
+    base = next((r for r in runs if r["method"] == "base" and r.get("dev_items")), None)
     rows = []
-    for r in runs:
+    for r in without_repeats(runs):  # a swept run that a grid run repeats counts once
         cfg = r.get("train_config") or {}
         points = r.get("trajectory", [])
-        ref = {"items": base["cheap"]} if against == "base" and base is not None else None
+        ref = {"items": base["dev_items"]} if against == "base" and base is not None else None
         if against == "start" and points:
             ref = {"items": points[0]["items"]}
         for point in points:
@@ -118,7 +119,7 @@ def start_run(run: dict, runs: list[dict]) -> dict | None:
     from .arms import get_arm
 
     want = "retrofit" if get_arm(run["method"]).memory is not None and run["method"] != "retrofit" else "base"
-    return next((r for r in runs if r["method"] == want and r.get("evaluation", "full") == "full"
+    return next((r for r in runs if r["method"] == want and is_report(r)
                  and r.get("split") == run.get("split") and (want == "base" or r["seed"] == run["seed"])), None)
 
 
@@ -129,7 +130,7 @@ def net_table(runs: list[dict]) -> pd.DataFrame:
     out. Columns as in :func:`summary_table` (``d_METRIC``, ``d_METRIC_lo``, ``d_METRIC_hi``), plus ``start``."""
     rows = []
     for r in runs:
-        if r["method"] in ("base",) or r.get("evaluation", "full") != "full":
+        if r["method"] in ("base",) or not is_report(r):
             continue
         start = start_run(r, runs)
         if start is None:
@@ -143,13 +144,43 @@ def net_table(runs: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def end_points(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_margin") -> pd.DataFrame:
-    """The last point of every run in a trajectory table, one row per method and rate (mean over its seeds; the
-    interval from the lowest bound to the highest): ``method``, ``lr``, ``seeds``, ``LEARN``, ``_lo``, ``_hi``."""
-    ends = traj[traj["step"] == traj["steps"]]
-    rows = [{"method": m, "lr": lr, "seeds": len(g), learn: g[learn].mean(), f"{learn}_lo": g[f"{learn}_lo"].min(),
-             f"{learn}_hi": g[f"{learn}_hi"].max()} for (m, lr), g in ends.groupby(["method", "lr"], sort=False)]
-    return pd.DataFrame(rows, columns=["method", "lr", "seeds", learn, f"{learn}_lo", f"{learn}_hi"])
+def pooled(table: pd.DataFrame, metrics: str | tuple[str, ...] = "d_medmcqa_gold_margin") -> pd.DataFrame:
+    """One row per method and rate of a table with a row per run (:func:`net_table`, or the end points of a
+    trajectory table): ``method``, ``lr``, ``seeds``, and for each of ``metrics`` (a column name or several) the
+    mean over the seeds and the union of the seeds' intervals (from the lowest bound to the highest), as ``M``,
+    ``M_lo``, ``M_hi``."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    cols = ["method", "lr", "seeds", *(c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi"))]
+    rows = [{"method": method, "lr": lr, "seeds": len(g),
+             **{k: v for m in metrics for k, v in ((m, g[m].mean()), (f"{m}_lo", g[f"{m}_lo"].min()),
+                                                  (f"{m}_hi", g[f"{m}_hi"].max()))}}
+            for (method, lr), g in table.groupby(["method", "lr"], sort=False)]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def end_points(traj: pd.DataFrame, metrics: str | tuple[str, ...] = "d_medmcqa_gold_margin") -> pd.DataFrame:
+    """The last point of every run in a trajectory table, :func:`pooled` over seeds by method and rate."""
+    return pooled(traj[traj["step"] == traj["steps"]], metrics)
+
+
+def repeated_trainings(runs: list[dict]) -> pd.DataFrame:
+    """Each swept run whose training a grid run repeats (the same identity but for how it was evaluated), next to
+    that grid run: ``method``, ``seed``, ``lr``, ``steps``, ``same losses`` (every step's training loss equal) and
+    ``largest difference`` between their losses. Equal losses show that the training is deterministic; unequal
+    ones that the two records are not the same training."""
+    from .records import training_of
+
+    reported = {training_of(r): r for r in runs if is_report(r)}
+    rows = []
+    for r in runs:
+        grid = None if is_report(r) else reported.get(training_of(r))
+        if grid is None or not r.get("train_log") or not grid.get("train_log"):
+            continue
+        a, b = [e["loss"] for e in r["train_log"]], [e["loss"] for e in grid["train_log"]]
+        diff = max((abs(x - y) for x, y in zip(a, b)), default=float("nan")) if len(a) == len(b) else float("inf")
+        rows.append({"method": r["method"], "seed": r["seed"], "lr": (r.get("train_config") or {}).get("lr"),
+                     "steps": len(a), "same losses": a == b, "largest difference": diff})
+    return pd.DataFrame(rows, columns=["method", "seed", "lr", "steps", "same losses", "largest difference"])
 
 
 def matched_learning(traj: pd.DataFrame, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full"),
@@ -190,13 +221,7 @@ def frontier_table(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik",
             "dominated by"]
     if traj.empty:
         return pd.DataFrame(columns=cols)
-    ends = traj[traj["step"] == traj["steps"]]
-    rows = []
-    for (method, lr), g in ends.groupby(["method", "lr"], sort=False):
-        rows.append({"method": method, "lr": lr, "seeds": len(g), learn: g[learn].mean(), forget: g[forget].mean(),
-                     **{f"{m}_lo": g[f"{m}_lo"].min() for m in (learn, forget)},
-                     **{f"{m}_hi": g[f"{m}_hi"].max() for m in (learn, forget)}})
-    df = pd.DataFrame(rows)
+    df = end_points(traj, (learn, forget))
     df["dominated by"] = [
         ", ".join(f"{o['method']} {o['lr']:g}" for _, o in df.iterrows()
                   if o["method"] != r["method"] and o[learn] >= r[learn] and o[forget] <= r[forget])
@@ -251,7 +276,7 @@ def write_summary(out: str | Path) -> Path:
 def _first(runs, method, seed=None):
     """The fully evaluated run of ``method`` (the preset's rate) with ``seed``, or with the lowest seed when
     ``seed`` is None; None if there is none."""
-    cands = [r for r in runs if r["method"] == method and r.get("evaluation", "full") == "full"
+    cands = [r for r in runs if r["method"] == method and is_report(r)
              and (seed is None or r["seed"] == seed)]
     return min(cands, key=lambda r: r["seed"]) if cands else None
 
@@ -277,7 +302,7 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None)
     about 1 point of base; LoRA and full finetuning gain more on MedMCQA than SMF; LoRA and full finetuning
     drift clearly on both probes.
     """
-    base = next((r for r in runs if r["method"] == "base" and r.get("evaluation", "full") == "full"), None)
+    base = next((r for r in runs if r["method"] == "base" and is_report(r)), None)
     rows = []
     s = _first(runs, smf, seed)
 
@@ -335,7 +360,7 @@ def resolution_table(summary: pd.DataFrame, runs: list[dict], metrics=None) -> p
     median half-width of the paired 95% intervals of the runs in ``summary`` (in the tables' units). A change
     smaller than the half-width cannot be told from zero on these items."""
     registry = probe_metrics()
-    base = next((r for r in runs if r["method"] == "base" and r.get("evaluation", "full") == "full"), None)
+    base = next((r for r in runs if r["method"] == "base" and is_report(r)), None)
     rows = []
     for m in metrics or registry:
         if f"d_{m}_lo" not in summary or m not in registry:
@@ -357,7 +382,7 @@ def option_probabilities(runs: list[dict], item: int, probe: str = "medmcqa") ->
     rows = []
     for r in runs:
         scores = r["items"].get(f"{probe}_option_loglik")
-        if r.get("evaluation", "full") != "full" or not scores or item >= len(scores):
+        if not is_report(r) or not scores or item >= len(scores):
             continue
         s = np.asarray(scores[item], dtype=float)
         p = np.exp(s - s.max())
