@@ -86,6 +86,7 @@ device = setup_notebook(SEED)
 
 # %% tags=["hide-input"]
 from smf_lib.study.findings import findings_cpu, findings_v1
+from smf_lib.study.records import is_report
 from smf_lib.study.results import net_table, results_dir, trajectory_table
 from smf_lib.views.notebook import found_box
 from smf_lib.views.plotting import plot_answer
@@ -95,7 +96,7 @@ status = study_status(get_preset("cpu"), folder)
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
-found_box(findings_cpu(runs, planned=int((status["evaluation"] == "full").sum()), first_share=v1_share))
+found_box(findings_cpu(runs, planned=int((status["evaluation"] == "report").sum()), first_share=v1_share))
 
 # %% [markdown]
 # ## At a glance
@@ -109,7 +110,7 @@ import matplotlib.pyplot as plt
 
 traj = trajectory_table(runs, against="start")
 ends = traj[traj["step"] == traj["steps"]] if len(traj) else traj
-trained = net_table([r for r in runs if r.get("evaluation", "full") == "full"])
+trained = net_table([r for r in runs if is_report(r)])
 trained = trained[trained["method"] != "retrofit"]
 points, where = (trained, "reported items") if len(trained) else (ends, "dev items")
 ax = plot_answer(points, title=f"{where}: learning against forgetting")

@@ -71,6 +71,7 @@ from smf_lib.study.arms import ORDER
 from smf_lib.views.plotting import Panels, plot_loss_curves, plot_row_changes
 from smf_lib.views.notebook import RUNNING_EXAMPLE
 from smf_lib.views.tables import book_table
+from smf_lib.study.records import is_report
 from smf_lib.study.results import load_results
 from smf_lib.selection import read_counts_of_texts
 
@@ -203,7 +204,7 @@ for r in runs:
         continue
     smf = cfg["method"] == "smf"
     settings.append({"method": r["method"], "seed": r["seed"],
-                     "sweep": "yes" if r.get("evaluation") == "cheap" else "",
+                     "sweep": "" if is_report(r) else "yes",
                      "texts": r["data"].get("n_train"),
                      "steps": len(r.get("train_log") or []),
                      "rate": f"{cfg['lr']:g}",
@@ -350,7 +351,7 @@ for sentence in learning_answer(pilot_dir):
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%
-grid = [r for r in runs if r.get("evaluation", "full") == "full" and r.get("train_log")]
+grid = [r for r in runs if is_report(r) and r.get("train_log")]
 if grid:
     plot_loss_curves(grid)  # each method at its preset rate
 else:  # while the grid runs: the swept rates, one curve per rate

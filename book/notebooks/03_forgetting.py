@@ -51,11 +51,13 @@ from IPython.display import Markdown, display
 
 from smf_lib import setup_notebook
 from smf_lib.study.arms import ORDER
-from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1
+from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1, reported_findings
 from smf_lib.study.paired_stats import mcnemar
 from smf_lib.study.presets import get_preset
+from smf_lib.study.records import is_report
 from smf_lib.study.results import (claims_table, delta_table, load_results, matched_learning, net_table,
-                                   resolution_table, results_dir, seed_spread, trajectory_table, verdicts)
+                                   repeated_trainings, resolution_table, results_dir, seed_spread,
+                                   trajectory_table, verdicts)
 from smf_lib.study.runner import status_line, study_status
 from smf_lib.study.tables import interval_cell
 from smf_lib.views.notebook import found_box
@@ -71,7 +73,7 @@ status = study_status(preset, folder)
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
-planned = int((status["evaluation"] == "full").sum())
+planned = int((status["evaluation"] == "report").sum())
 found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
 
 # %% [markdown]
@@ -104,7 +106,7 @@ found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
 # %%
 print(status_line(status, width=76))
 runs = [r for r in runs if r["method"] in ORDER]
-full_runs = [r for r in runs if r.get("evaluation", "full") == "full"]
+full_runs = [r for r in runs if is_report(r)]
 base = next(r for r in full_runs if r["method"] == "base")
 probe_items = {"MedMCQA questions": "medmcqa_correct",
                "trained questions (acquisition)": "acquisition_correct",
@@ -146,6 +148,7 @@ else:
 
 # %%
 display(Markdown(answer_sentences(dev=ends, reported=trained)))
+display(Markdown(" ".join(reported_findings(net)[:2])))
 
 # %% [markdown]
 # ## Matched learning: how SMF's rate is chosen
@@ -175,6 +178,19 @@ else:
 print("the grid's SMF rate: " + (
     "still to be chosen (the grid's SMF runs wait for it)"
     if "smf-adam" in preset.rates_to_choose else f"{preset.lr['smf-adam']:g}"))
+
+# %% [markdown]
+# The sweep kept only its runs' dev scores, so the grid's SMF-KL run at the chosen rate trains that run again and
+# scores it on every reported item. The two records are a check that training is deterministic: the same seed, rate
+# and data must give the same loss at every step
+# ({py:func}`~smf_lib.study.results.repeated_trainings`).
+
+# %%
+for _, r in repeated_trainings(runs).iterrows():
+    verdict = ("the same at every step" if r["same losses"] else
+               f"apart by up to {r['largest difference']:.2g}")
+    print(f"{r['method']} s{r['seed']} at {r['lr']:g}: sweep and grid losses are "
+          f"{verdict} over {r['steps']} steps")
 
 # %% [markdown]
 # ## Why not accuracy: the letter prior
@@ -380,6 +396,15 @@ for _, row in at_rate.iterrows():
           + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
 
 # %% [markdown]
+# ## What the study answers
+# The paper's question is: at equal learning, which method forgets less? Read from the reported items, each run from
+# the model it started from, with the seeds finished so far pooled (the mean, and the union of their intervals):
+
+# %%
+display(Markdown("\n\n".join(reported_findings(net)) or
+                 "No SMF run and baseline are both evaluated on the reported items yet."))
+
+# %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not
 # :class: note
 # **It shows**, for every run of the study, what it learned against what it forgot, each measured from the model it
@@ -398,6 +423,8 @@ for _, row in at_rate.iterrows():
 # - Measure each run from the model it started from: SMF's retrofit changes the model by itself.
 # - At this scale accuracy carries a letter prior; the gold option's margin over the best distractor measures
 #   learning without it.
+# - A rate matched on dev items is a prediction: check on the reported items that the learning still matches before
+#   ranking the methods' forgetting, and say so when it does not.
 # - Check that a probe can resolve the change you care about (its interval's half-width) before reading its
 #   verdict, and choose everything on dev items: a choice made on an interval's edge does not repeat on new items.
 #
@@ -414,8 +441,9 @@ for _, row in at_rate.iterrows():
 #    :::{dropdown} Solution
 #    ```python
 #    from smf_lib.study.paired_stats import paired_bootstrap
+#    from smf_lib.study.records import is_report
 #
-#    smf = next(r for r in v1_runs if r["method"] == "smf-kl" and r["seed"] == 0 and r.get("evaluation") == "full")
+#    smf = next(r for r in v1_runs if r["method"] == "smf-kl" and r["seed"] == 0 and is_report(r))
 #    base = next(r for r in v1_runs if r["method"] == "base")
 #    for s in (0, 1, 2):
 #        ci = paired_bootstrap(base["items"], smf["items"], "medmcqa_acc", n_boot=10_000, seed=s)
@@ -440,7 +468,7 @@ for _, row in at_rate.iterrows():
 #
 #    :::{dropdown} Solution
 #    ```python
-#    full_v1 = [r for r in v1_runs if r.get("evaluation") == "full"]
+#    full_v1 = [r for r in v1_runs if is_report(r)]
 #    for s in (0, 1):
 #        smf = next(r for r in full_v1 if r["method"] == "smf-kl" and r["seed"] == s)
 #        lora = next(r for r in full_v1 if r["method"] == "lora" and r["seed"] == s)
