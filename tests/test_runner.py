@@ -607,3 +607,27 @@ def test_matched_learning_picks_the_closest_rate_and_says_whether_intervals_over
     assert m.loc["full", "smf lr"] == 3e-2 and not m.loc["full", "matched"]  # the closest still falls short
     assert m.loc["lora", "rates tried"] == 3
     assert results.matched_learning(traj[traj["method"] == "smf-kl"]).empty
+
+
+def test_reported_findings_say_what_the_intervals_show():
+    """The reported answer compares learning and chat change by their intervals: an SMF run that learned less and
+    ends below every baseline on chat is worse on both counts; one that ends above them while learning less cannot
+    be ranked at equal learning; overlapping chat intervals cannot rank anything."""
+    from smf_lib.study.findings import reported_findings
+
+    def row(method, margin, chat, ppl=-0.5):
+        return {"method": method, "seed": 0, "lr": 0.01, **{f"d_{m}{s}": v + d for m, v in (
+            ("medmcqa_gold_margin", margin), ("chat_loglik", chat), ("wikitext_ppl", ppl), ("triviaqa_acc", 0.0))
+            for s, d in (("", 0.0), ("_lo", -0.01), ("_hi", 0.01))}}
+
+    base = [row("lora", 0.2, 0.02), row("full", 0.3, 0.03)]
+    worse = reported_findings(pd.DataFrame([row("smf-kl", 0.1, -0.03), *base]))
+    assert "less than LoRA and less than full finetuning" in worse[0] and "fell" in worse[1]
+    assert "worse on both counts" in worse[1] and "no method got worse" in worse[2]
+    better = reported_findings(pd.DataFrame([row("smf-kl", 0.1, 0.06), *base]))
+    assert "rose" in better[1] and "not a comparison at equal learning" in better[1]
+    tied = reported_findings(pd.DataFrame([row("smf-kl", 0.2, 0.02), *base]))
+    assert "as much as LoRA" in tied[0] and "cannot rank" in tied[1]
+    ppl_up = reported_findings(pd.DataFrame([row("smf-kl", 0.2, 0.02, ppl=2.0), *base]))
+    assert "SMF-KL on WikiText perplexity (+2.00" in ppl_up[-1]
+    assert reported_findings(pd.DataFrame(base)) == []  # no SMF run: nothing to answer yet

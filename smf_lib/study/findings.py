@@ -267,18 +267,22 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
                    + " and ".join(f"{words[rel[b]]} {NAMES[b]}" for b in base)
                    + (" (the intervals overlap), so here the comparison is at matched learning."
                       if all(v == "overlaps" for v in rel.values()) else
-                      ", so the rate matched on dev items does not match every baseline on the reported items."))
+                      ", so at this rate its learning does not match every baseline's on the reported items."))
         chat = {b: _relation(*(table.loc[m, f"d_chat_loglik{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
                 for b in base}
-        text = (f"Held-out chat log-likelihood moved by {cell(arm, 'd_chat_loglik', 4)} nats under {NAMES[arm]}, "
-                + ", ".join(f"{cell(b, 'd_chat_loglik', 4)} under {NAMES[b]}" for b in base) + " (down is forgetting)")
+        lo, hi = table.loc[arm, "d_chat_loglik_lo"], table.loc[arm, "d_chat_loglik_hi"]
+        moved = "fell" if hi < 0 else "rose" if lo > 0 else "did not move measurably"
+        text = (f"Under {NAMES[arm]} held-out chat log-likelihood {moved} ({cell(arm, 'd_chat_loglik', 4)} nats), "
+                + ", ".join(f"under {NAMES[b]} {cell(b, 'd_chat_loglik', 4)}" for b in base))
+        less = all(v == "below" for v in rel.values())
         if all(v == "below" for v in chat.values()):
-            learned_less = all(v == "below" for v in rel.values())
-            text += (f": {NAMES[arm]} lost more of the chat replies than every baseline"
-                     + (" while learning less" if learned_less else "")
-                     + ", against the paper's claim in this setting.")
+            text += (f": {NAMES[arm]} ends below every baseline on chat" + (
+                " while learning less, so it is worse on both counts: against the paper's claim in this setting."
+                if less else ", against the paper's claim in this setting."))
         elif all(v == "above" for v in chat.values()):
-            text += f": {NAMES[arm]} kept the chat replies better than every baseline, as the paper claims."
+            text += (f": {NAMES[arm]} ends above every baseline on chat" + (
+                ", but it also learned less, so this is not a comparison at equal learning and cannot say which "
+                "method forgets less." if less else ", as the paper claims."))
         else:
             text += ": the intervals overlap for at least one baseline, so these items cannot rank them on chat."
         out.append(text)
