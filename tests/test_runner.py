@@ -631,3 +631,19 @@ def test_reported_findings_say_what_the_intervals_show():
     ppl_up = reported_findings(pd.DataFrame([row("smf-kl", 0.2, 0.02, ppl=2.0), *base]))
     assert "SMF-KL on WikiText perplexity (+2.00" in ppl_up[-1]
     assert reported_findings(pd.DataFrame(base)) == []  # no SMF run: nothing to answer yet
+
+
+def test_an_arm_can_have_its_own_rate_and_wait_for_it():
+    """``lr`` keyed by an arm's name sets that arm's rate alone; in ``rates_to_choose`` it holds back that arm's grid
+    runs only; an unknown key is refused naming the allowed ones."""
+    import dataclasses
+
+    p = get_preset("cpu")
+    own = dataclasses.replace(p, lr={**p.lr, "smf-tfidf": 0.1}, rates_to_choose=())
+    assert own.train_config("smf-tfidf", 0).lr == 0.1 and own.train_config("smf-kl", 0).lr == p.lr["smf-adam"]
+    assert own.train_config("smf-tfidf", 0, lr=0.03).lr == 0.03  # a swept rate still wins
+    waiting = dataclasses.replace(p, rates_to_choose=("smf-tfidf",))
+    assert waiting.rate_to_choose("smf-tfidf", 1) == "smf-tfidf" and waiting.rate_to_choose("smf-kl", 1) is None
+    assert waiting.rate_to_choose("smf-tfidf", 0, lr=0.1) is None  # swept runs are what choose it
+    with pytest.raises(ValueError, match="unknown rate key 'smf-foo'.*smf-tfidf"):
+        dataclasses.replace(p, lr={"smf-foo": 1.0})
