@@ -192,8 +192,8 @@ for arm in ("smf-kl", "smf-tfidf"):
 for _, r in repeated_trainings(runs).iterrows():
     verdict = ("the same at every step" if r["same losses"] else
                f"apart by up to {r['largest difference']:.2g}")
-    print(f"{r['method']} s{r['seed']} at {r['lr']:g}: sweep and grid losses are "
-          f"{verdict} over {r['steps']} steps")
+    print(textwrap.fill(f"{r['method']} s{r['seed']} at {r['lr']:g}: sweep and grid losses "
+                        f"are {verdict} over {r['steps']} steps", 76))
 
 # %% [markdown]
 # ## Why not accuracy: the letter prior
@@ -403,7 +403,7 @@ for _, row in at_rate.iterrows():
 # The paper's question is: at equal learning, which method forgets less? Read from the reported items, each run from
 # the model it started from, with the seeds finished so far pooled (the mean, and the union of their intervals):
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown("\n\n".join(reported_findings(net)) or
                  "No SMF run and baseline are both evaluated on the reported items yet."))
 

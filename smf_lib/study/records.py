@@ -54,7 +54,8 @@ def upgrade_record(rec: dict) -> dict:
 
 
 def read_run(path: str | Path, required: tuple[str, ...] = ()) -> dict:
-    """A run record from ``path`` (checked like :func:`~smf_lib.files.read_record`), with today's names."""
+    """A run record from ``path`` with today's names (checked like ``smf_lib.files.read_record``: a damaged file
+    raises an error naming it)."""
     return upgrade_record(read_record(path, required))
 
 
