@@ -279,6 +279,7 @@ PRESETS = {
             "retrofit epochs", "retrofit rate", "background statistics", "MedMCQA training questions",
             "MedMCQA training sample", "task epochs", "batch (micro x accumulation)", "max length", "warm-up steps",
             "warm-up schedule", "top-t", "deterministic ties", "SMF rate (paper's update)", "LoRA rate",
+            "update and rate of SMF-KL / SMF-TF-IDF",
             "full finetuning rate", "MedMCQA items", "TriviaQA items", "WikiText lines", "WikiText text",
             "first perplexity window", "data source")}),
     # The first cpu study (results/cpu-v1), kept as it ran: its retrofit left a memory carrying 0.3% of the MLP's
@@ -324,6 +325,9 @@ PRESETS = {
             "MedMCQA training questions": "the offline copy has 2,650; CPU time",
             "MedMCQA training sample": "one fixed sample, so seeds differ only in order and randomness",
             "task epochs": "CPU time; at 1 epoch full finetuning already forgets on dev items (cpu-pilot)",
+            "update and rate of SMF-KL / SMF-TF-IDF": "project default update: row-sparse Adam (strict: rows "
+                                                  "outside the selection never move); the paper's rate, with 5e-3 "
+                                                  "and 5e-2 swept on dev items",
             "full finetuning rate": "chosen on dev items (cpu-pilot): at 5e-5 no retention probe got worse in 75 "
                                     "steps; 2e-4 is the smallest rate tried at which one did (chat log-likelihood)",
             "batch (micro x accumulation)": "time on 2 CPU cores",
@@ -393,6 +397,8 @@ PRESETS["colab"] = Preset(
         "max length": "512: MedMCQA texts are shorter; memory on a T4", "warm-up steps": "250 steps in all",
         "warm-up schedule": "project default: the first step is not wasted at rate 0",
         "deterministic ties": "project default: reproducible selections",
+        "update and rate of SMF-KL / SMF-TF-IDF": "project default update: row-sparse Adam (strict: rows outside the "
+                                                  "selection never move), at the paper's rate (not tuned on Qwen)",
         "TriviaQA items": "time; 300 reported", "WikiText lines": "time; 200 reported",
         "WikiText text": "the raw text, as offline (compare with the cpu study)",
         "first perplexity window": "project default: the first window scores one token fewer, counted so",
@@ -407,7 +413,8 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
     PRESETS["cpu-v1"], name="cpu-pilot", methods=("base", "full"), multi_seed=(), seeds=(0,),
     lr={**PRESETS["cpu-v1"].lr, "full": 5e-5}, sweep={"full": (2e-4, 1e-3)}, sweep_evaluation="report",
     evaluate_on="dev",
-    departures={k: v for k, v in PRESETS["cpu-v1"].departures.items() if k != "full finetuning rate"},
+    departures={k: v for k, v in PRESETS["cpu-v1"].departures.items()
+                if k not in ("full finetuning rate", "update and rate of SMF-KL / SMF-TF-IDF")},
     notes=PRESETS["cpu-v1"].notes.split(". Full finetuning at 2e-4")[0]
     + ". Pilot: dev items only; full finetuning at 5e-5, 2e-4 and 1e-3")
 
@@ -425,28 +432,33 @@ PRESETS["cpu"] = dataclasses.replace(
     PRESETS["cpu-v1"], name="cpu", methods=("base", "retrofit", "lora", "full", "smf-kl", "smf-tfidf"),
     seeds=(0, 1), multi_seed=("retrofit", "smf-kl", "smf-tfidf", "lora", "full"),  # SMF-s1 starts from retrofit-s1
     # SMF-TF-IDF at SMF-KL's rate (3e-2) learned less on dev items than LoRA and full finetuning (intervals apart),
-    # so its own rate is swept too and chosen the same way; its grid runs wait until it is set.
-    sweep={"smf-kl": (3e-3, 1e-2, 3e-2), "smf-tfidf": (3e-2, 1e-1)}, rates_to_choose=("smf-tfidf",),
+    # so its own rate is swept too and chosen the same way (lr["smf-tfidf"] below).
+    sweep={"smf-kl": (3e-3, 1e-2, 3e-2), "smf-tfidf": (3e-2, 1e-1)},
     sweep_first=True, chat_pool="all", chat_n=1000, chat_dev_n=174,
     retrofit_corpus="oasst1-train", retrofit_n=800,
     retrofit=dict(micro_batch=8, grad_accum=2, max_length=128, warmup_steps=10, epochs=1, checkpoint_every=20),
     # smf-adam: the swept rate whose dev gold-margin interval meets LoRA's at 5e-5 (results.matched_learning on
-    # results/cpu's trajectories: SMF-KL at 3e-2 against LoRA seed 0; 3e-3 and 1e-2 fall short)
-    lr={**PRESETS["cpu-v1"].lr, "retrofit": 5e-3, "smf-adam": 3e-2, "lora": 5e-5, "full": 5e-5},
+    # results/cpu's trajectories: SMF-KL at 3e-2 against LoRA seed 0; 3e-3 and 1e-2 fall short). smf-tfidf: its
+    # own swept rate that meets LoRA's and full finetuning's dev learning (1e-1; 3e-2 falls short of both).
+    lr={**PRESETS["cpu-v1"].lr, "retrofit": 5e-3, "smf-adam": 3e-2, "smf-tfidf": 1e-1, "lora": 5e-5, "full": 5e-5},
     departures={**{k: v for k, v in PRESETS["cpu-v1"].departures.items()
                    if k not in ("retrofit corpus", "full finetuning rate")},
                 "LoRA rate": "chosen on cpu-v1's dev items: at 5e-5 LoRA learned most of what it learned at 2e-4 "
                              "with a small fraction of the chat drift, a learning SMF's swept rates can meet",
                 "retrofit texts": "the retrofit pilot: 800 replies of 128 tokens (50 steps of 16)",
                 "retrofit rate": "the retrofit pilot: the fastest rate tried to a living memory (5e-4 stays below 1%)",
-                "max length": "time on 2 CPU cores; retrofit replies 128 tokens (the pilot's)"},
+                "max length": "time on 2 CPU cores; retrofit replies 128 tokens (the pilot's)",
+                "update and rate of SMF-KL / SMF-TF-IDF": (
+                    "project default update: row-sparse Adam (strict); each arm's rate chosen on dev items where "
+                    "its learning meets LoRA's and full finetuning's (SMF-KL swept 3e-3 to 3e-2, SMF-TF-IDF 3e-2 "
+                    "and 1e-1)")},
     notes=("offline default SmolLM2-135M-Instruct on 2 CPU cores, on a living memory: the retrofit pilot's recipe "
            "(zero values, 5e-3, 50 steps of 16 OASST1 train replies of 128 tokens). Task: the first 1,200 MedMCQA "
            "train questions, 1 epoch (75 steps). Reported items: MedMCQA 1,000, TriviaQA 200, WikiText 120 lines, "
            "1,000 held-out OASST1 chat replies (every English validation reply to a prompt; 174 more are dev). "
            "LoRA and full finetuning at 5e-5; SMF-KL's rate is swept first on dev items (3e-3, 1e-2, 3e-2), and "
            "the grid's SMF rate, 3e-2, is the swept rate whose dev learning meets LoRA's. SMF-TF-IDF at that rate "
-           "fell short on dev items, so its own rate is swept too (3e-2, 1e-1) and chosen the same way"))
+           "fell short on dev items, so its own rate is swept too (3e-2, 1e-1) and chosen the same way: 1e-1"))
 
 
 def get_preset(name: str) -> Preset:
@@ -489,6 +501,7 @@ PAPER_PROTOCOL = {
     "selection per micro-batch": True,
     "deterministic ties": False,
     "SMF rate (paper's update)": 5e-4,
+    "update and rate of SMF-KL / SMF-TF-IDF": "paper, 0.0005",
     "LoRA r / alpha / dropout": "16 / 32 / 0.05",
     "LoRA rate": 2e-4,
     "full finetuning rate": 5e-5,
@@ -499,6 +512,17 @@ PAPER_PROTOCOL = {
     "first perplexity window": "paper",
     "data source": "Hugging Face Hub",
 }
+
+
+def _grid_smf(p: Preset) -> str:
+    """The update rule and rate of the preset's SMF-KL and SMF-TF-IDF arms (one value when they agree). The paper's
+    value when the grid runs neither, or runs the paper's own variants of both selectors (``paper``): its SMF is
+    then those variants (the rows above), and the project's arms are extras beside them."""
+    arms = [a for a in ("smf-kl", "smf-tfidf") if a in p.methods]
+    if not arms or {"smf-kl-paper", "smf-tfidf-paper"} <= set(p.methods):
+        return PAPER_PROTOCOL["update and rate of SMF-KL / SMF-TF-IDF"]
+    values = [f"{c.update}, {c.lr:g}" for c in (p.train_config(a, 0) for a in arms)]
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
 
 
 def protocol_settings(p: Preset) -> dict:
@@ -539,6 +563,7 @@ def protocol_settings(p: Preset) -> dict:
         "selection per micro-batch": smf.select_per_microbatch,
         "deterministic ties": smf.deterministic_ties,
         "SMF rate (paper's update)": smf.lr,
+        "update and rate of SMF-KL / SMF-TF-IDF": _grid_smf(p),
         "LoRA r / alpha / dropout": f"{lora.lora.r} / {lora.lora.alpha} / {lora.lora.dropout:g}",
         "LoRA rate": lora.lr,
         "full finetuning rate": p.train_config("full", 0).lr,
