@@ -304,9 +304,10 @@ class Runner:
             if self.main:
                 path.unlink()
         if failed.exists():
-            if upgrade_identity(read_json(failed).get("identity")) == ident and not self.fresh:
+            earlier = read_json(failed)
+            if upgrade_identity(earlier.get("identity")) == ident and not self.fresh:
                 self.log(f"{spec.name}: failed earlier ({failed}); --fresh retries it")
-                self.failures.append(f"{spec.name}: {read_json(failed)['error']}")
+                self.failures.append(f"{spec.name}: {earlier['error']}")
                 return True
             if self.main:
                 failed.unlink()
