@@ -471,6 +471,27 @@ def test_a_sweep_run_is_derived_from_a_full_run_of_the_same_training(reference_g
     assert a["trajectory"] == b["trajectory"] and a["flags"] == b["flags"]
 
 
+@pytest.mark.slow
+def test_a_reported_run_loads_the_memory_its_swept_run_trained(reference_grid, tmp_path, capsys):
+    """With the sweep first, a swept SMF-KL run at the grid's own rate trains the memory; the grid's reported run of
+    the same training loads it instead of training again, and its record matches the uninterrupted grid's run
+    (which trained it), item by item."""
+    out = tmp_path / "once"
+    rate = get_preset("smoke").lr["smf-adam"]
+    assert main([*SMOKE, "--out", str(out), "--methods", "base", "retrofit", "smf-kl",
+                 "--set", f'sweep={{"smf-kl": [{rate}]}}', "sweep_first=true"]) == 0
+    said = capsys.readouterr().out
+    swept = f"smf-kl-lr{rate:g}-s0"
+    assert said.count("texts, lr") == 1  # one training only: the swept run's
+    assert f"smf-kl-s0: trained already by {swept}" in said
+    a = json.loads((out / "runs" / "smf-kl-s0.json").read_text())
+    b = json.loads((reference_grid / "runs" / "smf-kl-s0.json").read_text())
+    assert a["trained_by"].endswith(f"{swept}.json") and "trained_by" not in b
+    assert a["identity"] == b["identity"] and [e["loss"] for e in a["train_log"]] == [e["loss"] for e in b["train_log"]]
+    assert a["metrics"] == b["metrics"] and a["items"] == b["items"]
+    assert (out / "artifacts" / "smf-kl-s0" / "adapter" / "memory_config.json").exists()
+
+
 def _as_older_versions_wrote_it(folder):
     """Rewrite a results folder with the names earlier versions used: evaluation kinds ``full``/``cheap``, the dev
     subset's sizes as ``cheap`` in identities and markers, an untrained model's dev scores as ``cheap``."""

@@ -183,9 +183,10 @@ for arm in ("smf-kl", "smf-tfidf"):
         else f"{preset.train_config(arm, 0).lr:g}"))
 
 # %% [markdown]
-# The sweep kept only its runs' dev scores, so the grid's SMF-KL run at the chosen rate trains that run again and
-# scores it on every reported item. The two records are a check that training is deterministic: the same seed, rate
-# and data must give the same loss at every step
+# A swept SMF run keeps its trained memory, and the grid's run at the same seed and rate loads it and is only
+# evaluated on every reported item (its record names the swept run in `trained_by`). Where a grid run was trained
+# again instead (records made before the runner loaded swept memories), the two records check that training is
+# deterministic: the same seed, rate and data must give the same loss at every step
 # ({py:func}`~smf_lib.study.results.repeated_trainings`).
 
 # %%

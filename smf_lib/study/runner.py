@@ -25,20 +25,20 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import save_memory
+from ..adapter import load_memory, save_memory
 from ..data import data_dir, load_medmcqa, medmcqa_training_text, sample_rows
 from ..files import FolderLock, read_json, write_json
 from ..fingerprints import items_fingerprint, object_hash
 from ..memory import MemoryConfig
 from ..models import load_model, load_tokenizer, tiny_model
-from ..training import TrainConfig, TrainingDiverged, distributed, micro_batches, train
+from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, micro_batches, train
 from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .presets import Preset
 from .records import REPORT, read_run, upgrade_identity
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
-                     reusable_records, reuse_record, run_flags, trajectory_probe)
+                     reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
 
 
 def _device() -> torch.device:
@@ -224,7 +224,9 @@ class Runner:
 
     def run_one(self, spec: RunSpec) -> None:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
-        or retrofitted model, train, evaluate and write its record last."""
+        or retrofitted model, train, evaluate and write its record last. A memory arm's reported run whose
+        training a finished swept run already did loads that run's memory (:func:`trained_memory`) instead of
+        training it again."""
         arm, path = get_arm(spec.method), self.run_path(spec)
         key = self.preset.rate_to_choose(spec.method, spec.seed, spec.lr)
         if key is not None:
@@ -253,7 +255,22 @@ class Runner:
             extra["background"] = read_json(retrofitted / "background_meta.json")
         else:
             model, tok = self.load(spec.seed)
-        if arm.train is not None:
+        trained = (trained_memory(self, spec, ident) if arm.memory is not None and arm.train is not None
+                   and spec.evaluation == REPORT else None)
+        if trained is not None:  # a swept run trained exactly this: load its memory and only evaluate
+            source, swept, adapter = trained
+            del model
+            model, tok = self.load(spec.seed)
+            load_memory(model, adapter)
+            self.log(f"{spec.name}: trained already by {source.stem} ({source}); its memory is loaded, not trained "
+                     "again")
+            res = TrainResult(model, log=swept["train_log"], seconds=swept.get("train_seconds", 0.0),
+                              trajectory=swept.get("trajectory") or [])
+            if self.main:
+                save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
+            extra.update(train_config=swept["train_config"], train_log=res.log, train_seconds=res.seconds,
+                         trajectory=res.trajectory, trained_by=str(source))
+        elif arm.train is not None:
             cfg, texts = self.train_config(spec), self.task_texts_for(spec.seed)
             self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
             try:

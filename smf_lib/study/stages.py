@@ -14,7 +14,7 @@ import torch
 from ..adapter import load_memory, save_memory
 from ..files import read_json, write_json
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
-from ..memory import add_memory
+from ..memory import CONFIG_NAME, add_memory
 from ..selection import BackgroundStats, compute_background_stats
 from ..training import micro_batches, train
 from .arms import ARMS
@@ -163,6 +163,22 @@ def reuse_record(runner: Runner, spec, ident: dict) -> bool:
         runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
         return True
     return False
+
+
+def trained_memory(runner: Runner, spec, ident: dict) -> tuple[Path, dict, Path] | None:
+    """A finished swept (trajectory) run of this run's training whose trained memory was kept, in the runner's own
+    results folder or one of its reuse folders: ``(record path, record, adapter folder)``, or None. A reported run
+    of a memory arm loads that memory and is only evaluated, instead of training the same run again; LoRA and full
+    finetuning keep no trained weights, so their reported runs train anew."""
+    want = training_of({"identity": ident})
+    own = [(p, read_run(p, ("identity",))) for p in sorted((runner.out / "runs").glob("*.json"))]
+    for path, rec in [*own, *runner.reusable]:
+        if is_report(rec) or not rec.get("train_log") or training_of(rec) != want:
+            continue
+        adapter = path.parent.parent / "artifacts" / path.stem / "adapter"
+        if (adapter / CONFIG_NAME).exists():  # written last: the folder is complete
+            return path, rec, adapter
+    return None
 
 
 def reusable_records(folders) -> list[tuple[Path, dict]]:
