@@ -225,8 +225,8 @@ class Runner:
     def run_one(self, spec: RunSpec) -> None:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
         or retrofitted model, train, evaluate and write its record last. A memory arm's reported run whose
-        training a finished swept run already did loads that run's memory (:func:`trained_memory`) instead of
-        training it again."""
+        training a finished swept run already did loads that run's memory
+        (:func:`~smf_lib.study.stages.trained_memory`) instead of training it again."""
         arm, path = get_arm(spec.method), self.run_path(spec)
         key = self.preset.rate_to_choose(spec.method, spec.seed, spec.lr)
         if key is not None:
