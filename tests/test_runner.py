@@ -490,6 +490,14 @@ def test_a_reported_run_loads_the_memory_its_swept_run_trained(reference_grid, t
     assert a["identity"] == b["identity"] and [e["loss"] for e in a["train_log"]] == [e["loss"] for e in b["train_log"]]
     assert a["metrics"] == b["metrics"] and a["items"] == b["items"]
     assert (out / "artifacts" / "smf-kl-s0" / "adapter" / "memory_config.json").exists()
+    # a memory whose folder another run wrote (its identity differs from the record's) is not taken: it trains anew
+    started = out / "artifacts" / swept / "identity.json"
+    started.write_text(json.dumps({**json.loads(started.read_text()), "seed": 7}))
+    (out / "runs" / "smf-kl-s0.json").unlink()
+    assert main([*SMOKE, "--out", str(out), "--methods", "base", "retrofit", "smf-kl",
+                 "--set", f'sweep={{"smf-kl": [{rate}]}}', "sweep_first=true"]) == 0
+    said = capsys.readouterr().out
+    assert "smf-kl-s0: 24 texts, lr" in said and "trained already" not in said
 
 
 def _as_older_versions_wrote_it(folder):

@@ -20,7 +20,7 @@ from ..training import micro_batches, train
 from .arms import ARMS
 from .evaluation import corpus, drift_spans, evaluate
 from .plan import _plain
-from .records import TRAJECTORY, is_report, read_run, training_of
+from .records import TRAJECTORY, is_report, read_run, training_of, upgrade_identity
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -176,7 +176,9 @@ def trained_memory(runner: Runner, spec, ident: dict) -> tuple[Path, dict, Path]
         if is_report(rec) or not rec.get("train_log") or training_of(rec) != want:
             continue
         adapter = path.parent.parent / "artifacts" / path.stem / "adapter"
-        if (adapter / CONFIG_NAME).exists():  # written last: the folder is complete
+        started = adapter.parent / "identity.json"  # the run that wrote this memory
+        if ((adapter / CONFIG_NAME).exists()  # written last: the folder is complete
+                and started.exists() and upgrade_identity(read_json(started)) == upgrade_identity(rec["identity"])):
             return path, rec, adapter
     return None
 
