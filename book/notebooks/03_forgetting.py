@@ -303,12 +303,19 @@ if len(from_base) and len(retro):
                                                               r["d_chat_loglik_hi"], digits=3)
              for _, r in from_base.iterrows()]
     text = ("Held-out chat log-likelihood against the base model, retrofit included: " + ", ".join(parts)
-            + f" nats. The retrofit alone moves it by {retro.min():+.3f} to {retro.max():+.3f} nats (its seeds); "
-            "it trained the memory on OASST1 train replies, the chat probe's own domain.")
+            + f" nats. The retrofit alone moves it by {retro.min():+.3f} to {retro.max():+.3f} nats (the range over "
+            "its seeds); it trained the memory on OASST1 train replies, the chat probe's own domain.")
+    top = from_base.set_index("method")["d_chat_loglik"]
+    ahead = []
+    for arm in [a for a in ("smf-kl", "smf-tfidf") if a in top]:
+        beaten = [trained_names[b] for b in ("lora", "full") if b in top and top[arm] > top[b]]
+        if beaten:
+            ahead.append(f"{trained_names[arm]} above {' and '.join(beaten)}")
     if retro.min() > 0:
-        text += (" Every SMF run keeps part of that gain, so counted from the base model SMF's chat looks better "
-                 "than net of its start. The comparison of SMF's own updates with LoRA's and full finetuning's is "
-                 "the one net of the retrofit, above; the from-base view adds what the retrofit itself did.")
+        text += (" Every SMF run keeps part of that gain"
+                 + (", so counted this way the ranking changes (on the means): " + "; ".join(ahead) if ahead else "")
+                 + ". That gain is the retrofit's, not SMF's: the comparison of SMF's own updates with LoRA's and "
+                 "full finetuning's is the one net of the retrofit, above.")
     display(Markdown(text))
 
 # %% [markdown]
@@ -423,7 +430,7 @@ for _, row in at_rate.iterrows():
 # %% [markdown]
 # ## What the study answers
 # The paper's question is: at equal learning, which method forgets less? Read from the reported items, each run from
-# the model it started from, with the seeds finished so far pooled (the mean, and the union of their intervals):
+# the model it started from, with its seeds pooled (the mean, and the union of their intervals):
 
 # %% tags=["hide-input"]
 display(Markdown("\n\n".join(reported_findings(net)) or
@@ -504,8 +511,8 @@ display(Markdown("\n\n".join(reported_findings(net)) or
 #    Neither. At both seeds the two models disagree on many questions but split them nearly evenly, LoRA losing a
 #    few more than it gains, and `p` stays above 0.05. That matches the changes table, where LoRA's accuracy
 #    interval crosses zero. MedMCQA accuracy cannot rank the two at this size; the gold option's log-likelihood,
-#    which LoRA moved far more than SMF, is the sensitive score. Repeat it on this study's `full_runs` once its grid
-#    has finished: the same question, on a living memory.
+#    which LoRA moved far more than SMF, is the sensitive score. Repeat it on this study's `full_runs`: the same
+#    question, on a living memory.
 #    :::
 #
 # 3. (reading only) The first study's `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's

@@ -85,7 +85,7 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
                        f"{choice['lr']:g}, every memory layer carried at least {choice['min_share']:.0%} of its MLP's "
                        f"output after {choice['step']} steps of 16 replies, and the loss on held-out "
                        f"replies fell by {-lc['delta']:.3f} [{-lc['hi']:.3f}, {-lc['lo']:.3f}] nats; the "
-                       "study is being rerun on it (the cpu preset).")
+                       "cpu study runs on that recipe.")
     return out
 
 
@@ -267,7 +267,8 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
                    + " and ".join(f"{words[rel[b]]} {NAMES[b]}" for b in base)
                    + (" (the intervals overlap), so here the comparison is at matched learning."
                       if all(v == "overlaps" for v in rel.values()) else
-                      ", so at this rate its learning does not match every baseline's on the reported items."))
+                      ", so at this rate its learning does not match "
+                      + ("any" if "overlaps" not in rel.values() else "every") + " baseline's on the reported items."))
         chat = {b: _relation(*(table.loc[m, f"d_chat_loglik{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
                 for b in base}
         lo, hi = table.loc[arm, "d_chat_loglik_lo"], table.loc[arm, "d_chat_loglik_hi"]
@@ -277,7 +278,7 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
         less = all(v == "below" for v in rel.values())
         if all(v == "below" for v in chat.values()):
             text += (f": {NAMES[arm]} ends below every baseline on chat" + (
-                " while learning less, so it is worse on both counts: against the paper's claim in this setting."
+                " while learning less, so it is worse on both counts, against the paper's claim in this setting."
                 if less else ", against the paper's claim in this setting."))
         elif all(v == "above" for v in chat.values()):
             text += (f": {NAMES[arm]} ends above every baseline on chat" + (
