@@ -21,6 +21,7 @@ from torch import nn
 
 
 MODES = ("additive", "replacement")
+QUERY_NORMS = (None, "half")
 INITS = ("zero", "zero-w2", "paper")
 FORMAT = "smf_lib.memory/1"
 CONFIG_NAME = "memory_config.json"
@@ -45,6 +46,11 @@ class MemoryConfig:
         alpha: scale of the memory output in additive mode; ``None`` takes the init's default.
         dtype: the memory parameters' dtype (``"float32"``, ``"bfloat16"``, ...); ``None``: the model's. The
             paper keeps them in float32 under a bfloat16 model; inputs are cast in and outputs back.
+        query_norm: ``None`` (the paper's: the raw projection) or ``"half"``: each head's two half-queries are
+            normalised to zero mean and unit variance, without parameters, before they meet the sub-keys (a
+            departure from the paper, against a read distribution that collapses onto a few rows when the
+            addressing trains; Lample et al. 2019 use a query BatchNorm for the same end). It has no statistics,
+            so training and evaluation read the same rows.
     """
 
     layers: tuple[int, ...] = (7, 15, 22)
@@ -56,6 +62,7 @@ class MemoryConfig:
     init: str = "zero"
     alpha: float | None = None
     dtype: str | None = None
+    query_norm: str | None = None
 
     def __post_init__(self):
         if isinstance(self.layers, int):
@@ -81,6 +88,8 @@ class MemoryConfig:
             raise ValueError(f"k_dim must be even and >= 2 (split into two halves), got {self.k_dim}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.query_norm not in QUERY_NORMS:
+            raise ValueError(f"unknown query_norm {self.query_norm!r}; allowed: None, 'half'")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.alpha is None:
@@ -113,6 +122,8 @@ class ProductKeyMemory(nn.Module):
         self.w2 = nn.Linear(d, d, bias=bias)
         self.sparse_grad = False  # training sets True: value-table gradient as a sparse tensor
         self.record = False  # when True, the forward keeps last_indices / last_weights
+        self.balance = False  # when True, the forward keeps aux_loss: how unevenly the sub-keys are used
+        self.aux_loss: torch.Tensor | None = None
         self.last_indices: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
         self.reset_parameters()
@@ -135,11 +146,20 @@ class ProductKeyMemory(nn.Module):
         else:
             nn.init.normal_(self.values.weight, std=d**-0.5)
 
+    def subkey_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each head's two half-queries against their sub-keys: (..., heads, 2, n_keys)."""
+        c = self.config
+        q = self.query(x).unflatten(-1, (c.heads, 2, c.k_dim // 2))
+        if c.query_norm == "half":
+            q = F.layer_norm(q, q.shape[-1:])
+        return torch.einsum("...hcd,hcnd->...hcn", q, self.keys.to(q.dtype))
+
     def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-knn slots per head: indices (..., heads, knn) and softmax weights."""
         c = self.config
-        q = self.query(x).unflatten(-1, (c.heads, 2, c.k_dim // 2))
-        s = torch.einsum("...hcd,hcnd->...hcn", q, self.keys.to(q.dtype))
+        s = self.subkey_scores(x)
+        if self.balance:
+            self.aux_loss = usage_imbalance(s)
         s1, i1 = s[..., 0, :].topk(c.knn, dim=-1)
         s2, i2 = s[..., 1, :].topk(c.knn, dim=-1)
         # The best knn of all n*n sums lie among the knn*knn sums of the two halves' top-knn.
@@ -153,8 +173,7 @@ class ProductKeyMemory(nn.Module):
     def lookup_brute_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same top-knn by scoring all N = n_keys**2 slots (for checks and teaching; O(N) per token)."""
         c = self.config
-        q = self.query(x).unflatten(-1, (c.heads, 2, c.k_dim // 2))
-        s = torch.einsum("...hcd,hcnd->...hcn", q, self.keys.to(q.dtype))
+        s = self.subkey_scores(x)
         full = (s[..., 0, :].unsqueeze(-1) + s[..., 1, :].unsqueeze(-2)).flatten(-2)  # slot a * n_keys + b
         scores, indices = full.topk(c.knn, dim=-1)
         return indices, scores.float().softmax(dim=-1).to(x.dtype)
@@ -179,6 +198,16 @@ class ProductKeyMemory(nn.Module):
             self.last_indices, self.last_weights = indices.detach(), weights.detach()
         y = self.read(indices, weights).to(x.dtype)
         return self.w2(y * F.silu(self.w1(x))).to(dtype)
+
+
+def usage_imbalance(scores: torch.Tensor) -> torch.Tensor:
+    """A usage-balancing term (as the load-balancing losses of mixtures of experts): 1 - H(u) / ln(n), averaged over
+    heads and halves, where u is the softmax over each half's n sub-keys averaged over the forward's tokens. It is
+    0 when every sub-key is used equally and 1 when all tokens pick one."""
+    n = scores.shape[-1]
+    usage = scores.float().softmax(dim=-1).reshape(-1, *scores.shape[-3:]).mean(dim=0)  # (heads, 2, n)
+    entropy = -(usage * usage.clamp_min(1e-12).log()).sum(dim=-1)
+    return 1 - entropy.mean() / math.log(n)
 
 
 class _RowSparseRead(torch.autograd.Function):

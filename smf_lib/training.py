@@ -51,10 +51,16 @@ class TrainingDiverged(FloatingPointError):
 # Methods: what trains
 
 def _prepare_retrofit(model, c):
+    r = c.retrofit
     for mod in model.modules():
         if isinstance(mod, MemoryMLP):
             mod.requires_grad_(True)
             mod.mlp.requires_grad_(False)
+            if r.addressing == "frozen":  # the reads stay those of the random query and keys
+                mod.memory.query.requires_grad_(False)
+                mod.memory.keys.requires_grad_(False)
+            mod.memory.sparse_grad = r.sparse_values
+            mod.memory.balance = r.balance > 0
     return model
 
 
@@ -155,6 +161,52 @@ class LoraSettings:
         object.__setattr__(self, "targets", tuple(self.targets))
 
 
+ADDRESSING = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class RetrofitSettings:
+    """How the retrofit trains the memory (``TrainConfig.retrofit``); the paper's recipe is the default.
+
+    Args:
+        addressing: ``"train"`` (the paper's: the query and the sub-keys train with everything else) or
+            ``"frozen"`` (they keep their random initialisation, so the reads keep the spread of random addressing
+            and background statistics computed before the retrofit stay valid; values, W1, W2 and alpha train).
+        balance: weight of a usage-balancing term added to the loss (``memory.usage_imbalance``: 1 minus the
+            normalised entropy of each half's sub-key usage); 0 turns it off.
+        sparse_values: the value tables get row-sparse gradients and a lazy row-wise Adam that keeps moments only
+            for rows read so far (as ``torch.optim.SparseAdam`` does for embeddings), so a step costs what it reads,
+            not what the table holds. Rows never read stay exactly unchanged. The other memory parameters train
+            with AdamW as before.
+    """
+
+    addressing: str = "train"
+    balance: float = 0.0
+    sparse_values: bool = False
+
+    def __post_init__(self):
+        if self.addressing not in ADDRESSING:
+            raise ValueError(f"unknown retrofit addressing {self.addressing!r}; allowed: {', '.join(ADDRESSING)}")
+        if isinstance(self.balance, bool) or not isinstance(self.balance, (int, float)) \
+                or not math.isfinite(self.balance) or self.balance < 0:
+            raise ValueError(f"retrofit.balance must be a finite number >= 0 (0: off), got {self.balance!r}")
+        if not isinstance(self.sparse_values, bool):
+            raise ValueError(f"retrofit.sparse_values must be True or False, got {self.sparse_values!r}")
+
+
+def _settings(value, cls, name: str):
+    """A settings dataclass from itself or a dict of its fields; anything else is refused by name."""
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; allowed: "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        value = cls(**value)
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__} or a dict of its fields, got {value!r}")
+    return value
+
+
 @dataclass
 class TrainConfig:
     """How to train (METHOD.md sections 3-5; the paper's values are the defaults where it gives one).
@@ -181,6 +233,8 @@ class TrainConfig:
         train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
         lora: LoRA's settings (:class:`LoraSettings`, or a dict of its fields; paper: r 16, alpha 32, dropout 0.05,
             7 projections).
+        retrofit: the retrofit's settings (:class:`RetrofitSettings`, or a dict of its fields; paper: everything
+            trains densely, no balancing term).
         checkpoint_every: optimizer steps between checkpoints (0: none).
         loss_average: ``"step-tokens"`` (every real token of an optimizer step weighs the same across its
             micro-batches, as in the paper's code) or ``"micro-batch"`` (each micro-batch's mean loss weighs the
@@ -212,6 +266,7 @@ class TrainConfig:
     select_per_microbatch: bool = False
     train_alpha: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
+    retrofit: RetrofitSettings = field(default_factory=RetrofitSettings)
     checkpoint_every: int = 0
     loss_average: str = "step-tokens"
     schedule: str = "project"
@@ -237,14 +292,8 @@ class TrainConfig:
         integer("max_length", 2, "tokens per text")
         integer("warmup_steps", 0, "linear warm-up steps")
         integer("top_t", 1, "rows per layer per step")
-        if isinstance(self.lora, dict):
-            unknown = set(self.lora) - {f.name for f in fields(LoraSettings)}
-            if unknown:
-                raise ValueError(f"unknown LoRA setting(s) {sorted(unknown)}; allowed: "
-                                 f"{', '.join(f.name for f in fields(LoraSettings))}")
-            self.lora = LoraSettings(**self.lora)
-        if not isinstance(self.lora, LoraSettings):
-            raise ValueError(f"lora must be a LoraSettings or a dict of its fields, got {self.lora!r}")
+        self.lora = _settings(self.lora, LoraSettings, "LoRA")
+        self.retrofit = _settings(self.retrofit, RetrofitSettings, "retrofit")
         integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
         integer("seed", 0, "random seed")
         if self.max_steps is not None:
@@ -266,10 +315,15 @@ class TrainConfig:
 
     def record(self) -> dict:
         """The config as one flat dict of plain values (LoRA's settings as ``lora_r``, ``lora_alpha``,
-        ``lora_dropout``, ``lora_targets``): what run records, checkpoints and identities store."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lora"}
+        ``lora_dropout``, ``lora_targets``; the retrofit's as ``retrofit_addressing``, ... where they differ from the
+        paper's, so the identities of runs made before those settings existed still match): what run records,
+        checkpoints and identities store."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("lora", "retrofit")}
         for f in fields(LoraSettings):
             out[f"lora_{f.name}"] = getattr(self.lora, f.name)
+        for f in fields(RetrofitSettings):
+            if getattr(self.retrofit, f.name) != f.default:
+                out[f"retrofit_{f.name}"] = getattr(self.retrofit, f.name)
         return out
 
     @property
@@ -395,7 +449,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         run.trajectory.append(_run_probe(probe, run.model, 0))
     probe_at = {s for s in probe_steps if 0 < s <= len(run.plan)}
     run.model.train()
-    set_recording(run.model, bool(run.mems))
+    set_recording(run.model, run.select)
     bar = tqdm(total=len(run.plan), initial=run.start, desc=c.method, disable=not progress or run.rank > 0)
     try:
         for step in range(run.start, len(run.plan)):
@@ -415,13 +469,14 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             if probe is not None and step + 1 in probe_at:
                 set_recording(run.model, False)
                 run.trajectory.append(_run_probe(probe, run.model, step + 1))
-                set_recording(run.model, bool(run.mems))
+                set_recording(run.model, run.select)
             _checkpoint(run, step + 1)
     finally:
         bar.close()
         set_recording(run.model, False)
-        for m in run.mems:
-            m.sparse_grad = False
+        for m in memory_layers(run.model):
+            m.sparse_grad = m.balance = False
+            m.aux_loss = None
     _check_finished(run.model, tokenizer, texts, run.plan, c, run.device, run.rank, run.world)
     model = run.model
     model.eval()
@@ -485,6 +540,7 @@ class _Run:
     dense: list
     dense_opt: torch.optim.Optimizer | None
     rules: list
+    select: bool
     rank: int
     world: int
     plan: list
@@ -517,8 +573,9 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) 
         background.check(model)
     torch.manual_seed(c.seed)  # every random draw of the method comes from its seed: LoRA's layers first
     model = prepare_model(model, c)
-    mems = memory_layers(model) if METHODS[c.method].sparse else []
-    if mems and c.top_t > mems[0].config.n_slots:
+    select = METHODS[c.method].sparse  # SMF selects rows; a sparse retrofit moves every row it reads
+    mems = memory_layers(model) if select or (c.method == "retrofit" and c.retrofit.sparse_values) else []
+    if select and mems and c.top_t > mems[0].config.n_slots:
         warnings.warn(f"top_t={c.top_t} is more rows than a memory layer has ({mems[0].config.n_slots} slots): every "
                       "read row is selected, so SMF updates whatever the batch reads (the paper takes about 3% of the "
                       "slots)", stacklevel=3)
@@ -529,7 +586,8 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) 
                          "an equal share of every micro-batch; raise micro_batch to at least the world size")
     run = _Run(model=model, tokenizer=tokenizer, texts=texts, c=c, background=background, mems=mems, dense=dense,
                dense_opt=torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None,
-               rules=[UPDATES[c.update].make(m.values.weight, weight_decay=c.weight_decay) for m in mems],
+               rules=[UPDATES[c.update if select else "adam"].make(m.values.weight, weight_decay=c.weight_decay)
+                      for m in mems], select=select,
                rank=rank, world=world, plan=micro_batches(len(texts), c), rand=torch.Generator().manual_seed(c.seed),
                device=next(model.parameters()).device, amp=getattr(torch, c.autocast) if c.autocast else None,
                scaler=LossScaler(c.autocast == "float16"),
@@ -573,7 +631,11 @@ def _accumulate(run: _Run, step: int):
     for batch, n_scored in zip(batches, scored):
         weight = n_scored / max(step_tokens, 1) if c.loss_average == "step-tokens" else 1 / len(group)
         with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
-            loss = run.model(**batch).loss.float() * weight
+            loss = run.model(**batch).loss.float()
+            if c.method == "retrofit" and c.retrofit.balance:
+                loss = loss + c.retrofit.balance * torch.stack([m.memory.aux_loss.float() for m in run.model.modules()
+                                                                if isinstance(m, MemoryMLP)]).mean()
+            loss = loss * weight
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the training loss is {loss.item()} at step {step + 1} of {len(run.plan)} "
                                    f"({c.method}, lr {c.lr:g}); lower the learning rate or check the data. No "
@@ -582,8 +644,12 @@ def _accumulate(run: _Run, step: int):
         total_loss += loss.item()
         if not mems:
             continue
-        mb_counts = batch_counts(run.model, None if c.count_padding else batch["attention_mask"])
         grads = _take_row_grads(mems)
+        if not run.select:
+            for j in range(len(mems)):
+                parts[j].append(grads[j])
+            continue
+        mb_counts = batch_counts(run.model, None if c.count_padding else batch["attention_mask"])
         if c.select_per_microbatch:
             # every process sums the same counts, so every process selects the same rows
             mb_counts = [all_reduce_sum(x, run.world) for x in mb_counts]
@@ -598,7 +664,7 @@ def _accumulate(run: _Run, step: int):
 def _reduce(run: _Run, row_grads, counts, total_loss: float):
     """Select the step's rows from its summed read counts, and average gradients and the loss over processes."""
     c, world = run.c, run.world
-    if run.mems and not c.select_per_microbatch:
+    if run.mems and run.select and not c.select_per_microbatch:
         counts = [all_reduce_sum(x, world) for x in counts]
         chosen = select_for_layers(counts, c.selector, c.top_t, run.background, run.rand, c.deterministic_ties)
         row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]

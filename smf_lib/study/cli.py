@@ -1,4 +1,5 @@
-"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate | retrofit-pilot | data``
+"""The command line: ``python -m smf_lib run | status | summarize | protocol | calibrate | retrofit-pilot |
+spread-pilot | data``
 (and ``snapshot``, added by ``python -m smf_lib`` from the views)."""
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def main(argv=None, commands=()) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
     added = {}
-    for name, help_text, add_arguments, run in commands:
+    from .spread_pilot import COMMAND as spread_pilot
+
+    for name, help_text, add_arguments, run in (*commands, spread_pilot):
         add_arguments(sub.add_parser(name, help=help_text))
         added[name] = run
     r = sub.add_parser("run", help="run a preset's grid (resumable)")
