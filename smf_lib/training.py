@@ -239,8 +239,10 @@ class TrainConfig:
         loss_average: ``"step-tokens"`` (every real token of an optimizer step weighs the same across its
             micro-batches, as in the paper's code) or ``"micro-batch"`` (each micro-batch's mean loss weighs the
             same).
-        schedule: ``"project"`` (warm-up step s at (s + 1) / warmup_steps) or ``"paper"`` (transformers' cosine
-            schedule: s / warmup_steps, so the first step has rate 0).
+        schedule: ``"project"`` (warm-up step s at (s + 1) / warmup_steps, then cosine to 0), ``"paper"``
+            (transformers' cosine schedule: s / warmup_steps, so the first step has rate 0) or ``"constant"`` (the
+            project's warm-up, then the peak rate to the end: a stream of facts, where a decay would teach later
+            facts at lower rates).
         deterministic_ties: equal selector scores go to the lower slot index (``False``: ``torch.topk``'s order,
             as in the paper's code).
         autocast: run forwards under ``torch.autocast`` in this dtype (``"float16"`` | ``"bfloat16"``) with the
@@ -277,7 +279,7 @@ class TrainConfig:
         for name, value, allowed in (("method", self.method, METHODS), ("update", self.update, UPDATES),
                                      ("selector", self.selector, SELECTORS),
                                      ("loss_average", self.loss_average, ("step-tokens", "micro-batch")),
-                                     ("schedule", self.schedule, ("project", "paper")),
+                                     ("schedule", self.schedule, ("project", "paper", "constant")),
                                      ("autocast", self.autocast, (None, "float16", "bfloat16"))):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
@@ -351,7 +353,9 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "project") -> 
     """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``total`` (``schedule="paper"``: the
     warm-up of transformers' cosine schedule, which starts at 0)."""
     if step < warmup:
-        return (step + (schedule == "project")) / warmup
+        return (step + (schedule != "paper")) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -419,7 +423,8 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
 
 def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,
           checkpoint_dir: str | Path | None = None, progress: bool = True,
-          probe: Callable[[torch.nn.Module, int], dict] | None = None, probe_steps: Iterable[int] = ()) -> TrainResult:
+          probe: Callable[[torch.nn.Module, int], dict] | None = None, probe_steps: Iterable[int] = (),
+          order: list[list[list[int]]] | None = None) -> TrainResult:
     """Train ``model`` on ``texts`` with one of the methods of ``METHODS``.
 
     Args:
@@ -434,6 +439,9 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         probe: ``probe(model, step) -> dict`` of cheap metrics, run in eval mode before the first step
             (step 0) and after each step in ``probe_steps``; its random draws do not disturb training.
         probe_steps: optimizer steps after which to run ``probe``.
+        order: the data order itself: a list of optimizer steps, each a list of micro-batches of indices into
+            ``texts`` (e.g. :func:`smf_lib.facts.fact_order`, one fact per step); ``None`` shuffles the texts per
+            epoch (``micro_batch``, ``grad_accum``, ``epochs`` / ``max_steps``).
 
     Returns:
         A :class:`TrainResult`; for LoRA the adapter is merged into the returned model.
@@ -442,7 +450,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         TrainingDiverged: the loss became NaN or infinite (the message names the step).
     """
     c = config
-    run = _setup(model, tokenizer, texts, c, background, checkpoint_dir)
+    run = _setup(model, tokenizer, texts, c, background, checkpoint_dir, order)
     if run.ckpt is not None and run.ckpt.exists():
         _resume(run)
     if probe is not None and run.start == 0:
@@ -562,7 +570,18 @@ class _Run:
         return self.earlier + time.perf_counter() - self.began
 
 
-def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) -> _Run:
+def _check_order(order, n_texts: int) -> list:
+    if not order or not all(step and all(mb for mb in step) for step in order):
+        raise ValueError("order must be a non-empty list of optimizer steps, each a non-empty list of non-empty "
+                         "micro-batches of text indices")
+    bad = next((i for step in order for mb in step for i in mb
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_texts), None)
+    if bad is not None:
+        raise ValueError(f"order names text {bad!r}, but there are {n_texts} texts (indices 0..{n_texts - 1})")
+    return [[list(mb) for mb in step] for step in order]
+
+
+def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir, order=None) -> _Run:
     """Check the inputs, set what trains, and build the optimizers, the data order and the random streams."""
     if not texts:
         raise ValueError("no training texts given")
@@ -588,11 +607,14 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir) 
                dense_opt=torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None,
                rules=[UPDATES[c.update if select else "adam"].make(m.values.weight, weight_decay=c.weight_decay)
                       for m in mems], select=select,
-               rank=rank, world=world, plan=micro_batches(len(texts), c), rand=torch.Generator().manual_seed(c.seed),
+               rank=rank, world=world,
+               plan=micro_batches(len(texts), c) if order is None else _check_order(order, len(texts)), rand=torch.Generator().manual_seed(c.seed),
                device=next(model.parameters()).device, amp=getattr(torch, c.autocast) if c.autocast else None,
                scaler=LossScaler(c.autocast == "float16"),
                ckpt=Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None,
                identity={"config": c.record(), "texts": texts_fingerprint(texts), "n_texts": len(texts)})
+    if order is not None:  # an explicit order is part of what a checkpoint must match
+        run.identity["texts"] += "/" + texts_fingerprint([repr(run.plan)])
     torch.manual_seed(c.seed)  # dropout (LoRA)
     return run
 

@@ -1,0 +1,89 @@
+"""The fact stream: invented facts, held-out questions, one fact per step, and the recall probe."""
+
+import os
+
+import pytest
+import torch
+
+import smf_lib as S
+from smf_lib import data
+from smf_lib.facts import RELATIONS, fact_order, facts_probe, make_facts
+from smf_lib.training import micro_batches
+
+from conftest import MEM
+
+
+def test_the_stream_is_deterministic_and_each_fact_has_enough_phrasings():
+    a, b, c = make_facts(200, seed=0), make_facts(200, seed=0), make_facts(200, seed=1)
+    assert a == b and a != c
+    assert len({f.entity for f in a}) == 200
+    assert {f.relation for f in a} == set(RELATIONS)
+    for f in a:
+        assert len(set(f.statements)) >= 8 and len(set(f.questions)) >= 2
+        assert all(f.entity in t and f.answer in t for t in f.statements)
+        assert all(f.entity in q and f.answer not in q for q in f.questions)
+
+
+def test_no_question_is_ever_a_training_text():
+    facts = make_facts(120)
+    texts, _ = fact_order(facts)
+    seen = set(texts)
+    for f in facts:
+        for q in f.questions:
+            assert q not in seen
+            stem = q.split("\n")[0].removeprefix("Question: ")
+            assert not any(stem in t for t in texts)  # not even as part of a statement
+
+
+@pytest.mark.skipif(not os.environ.get("SMF_DATA_DIR"), reason="needs the local data folder (SMF_DATA_DIR)")
+def test_facts_are_disjoint_from_the_probes_items():
+    facts = make_facts(300)
+    items = [r["question"] for r in data.load_triviaqa(1000)] + data.load_oasst1_replies("validation") + \
+        [data.medmcqa_prompt(r) for r in data.load_medmcqa("validation", 1400)]
+    text = "\n".join(items).lower()
+    assert not [f.entity for f in facts if f.entity.lower() in text]
+
+
+def test_fact_order_gives_each_step_one_facts_batch_in_arrival_order():
+    facts = make_facts(5)
+    texts, order = fact_order(facts, steps_per_fact=3, micro_batch=4)
+    assert len(order) == 15
+    for k, step in enumerate(order):
+        f = facts[k // 3]
+        got = [texts[i] for mb in step for i in mb]
+        assert sorted(got) == sorted(f.statements)
+        assert all(len(mb) <= 4 for mb in step)
+    with pytest.raises(ValueError, match="steps_per_fact"):
+        fact_order(facts, steps_per_fact=0)
+
+
+def test_train_follows_an_explicit_order_and_refuses_a_bad_one(tok):
+    texts = [f"text number {i} about things" for i in range(8)]
+    cfg = S.TrainConfig(method="full", lr=1e-3, max_steps=3, micro_batch=2, grad_accum=2, max_length=16,
+                        warmup_steps=1)
+    a, b = S.tiny_model("llama"), S.tiny_model("llama")
+    S.train(a, tok, texts, cfg, progress=False)
+    S.train(b, tok, texts, cfg, progress=False, order=micro_batches(len(texts), cfg))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="names text 9"):
+        S.train(S.tiny_model("llama"), tok, texts, cfg, progress=False, order=[[[0, 9]]])
+
+
+def test_the_constant_schedule_holds_the_peak_rate_after_warm_up():
+    from smf_lib.training import lr_factor
+
+    assert [lr_factor(s, 2, 10, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_smf_learns_a_fact_one_step_at_a_time_through_its_rows(tok):
+    torch.manual_seed(0)
+    model = S.add_memory(S.tiny_model("llama"), S.MemoryConfig(**MEM))
+    facts = make_facts(2)
+    texts, order = fact_order(facts, steps_per_fact=4)
+    before = facts_probe(model, tok, facts, max_new_tokens=2)
+    assert before["n"] == sum(len(f.questions) for f in facts) and len(before["items"]) == before["n"]
+    cfg = S.TrainConfig(method="smf", selector="tf", top_t=16, lr=0.05, max_length=96, warmup_steps=0,
+                        schedule="constant")
+    S.train(model, tok, texts, cfg, progress=False, order=order)
+    after = facts_probe(model, tok, facts, max_new_tokens=2)
+    assert after["answer_loglik"] > before["answer_loglik"]
