@@ -227,6 +227,8 @@ def _add_arguments(p) -> None:
     p.add_argument("--sizes", nargs="+", type=int, metavar="N_KEYS",
                    help="instead: recipe --base at these n_keys (N = n_keys**2 slots), row-sparse values")
     p.add_argument("--base", default="frozen", choices=sorted(RECIPES), help="with --sizes: the recipe to size")
+    p.add_argument("--probe-steps", nargs="+", type=int, metavar="STEP",
+                   help="measure after these retrofit steps (and before the first; default 25 50)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -238,7 +240,10 @@ def _run_command(args) -> int:
         if unknown:
             raise SystemExit(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
         recipes = {n: RECIPES[n] for n in args.recipes or RECIPES}
-    records = [run_recipe(n, args.out, recipe=r, progress=not args.no_progress) for n, r in recipes.items()]
+    s = SpreadSettings()
+    if args.probe_steps:
+        s = dataclasses.replace(s, probe_steps=tuple(args.probe_steps))
+    records = [run_recipe(n, args.out, s, recipe=r, progress=not args.no_progress) for n, r in recipes.items()]
     for rec in records:
         v = rec["verdict"]
         print(f"{rec['recipe']}: {rec['n_slots']:,} slots, {rec['seconds_per_step']:.1f} s/step; alive {v['alive']} "
