@@ -206,7 +206,8 @@ def spread_summary(spread: dict) -> dict:
         vals = [r[key] for r in rows if key in r]
         return fn(vals) if vals else None
 
-    return {"min_effective_rows": worst("general_effective_rows", min), "max_top5_share": worst("general_top5_share", max),
+    return {"min_effective_rows": worst("general_effective_rows", min),
+            "max_top5_share": worst("general_top5_share", max),
             "max_footprint": worst("footprint", max), "max_overlap": worst("overlap", max),
             "max_hub_reads": worst("hub_reads", max)}
 

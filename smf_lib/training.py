@@ -34,7 +34,8 @@ from .files import verify_checked, write_checked
 from .ddp import all_reduce_mean, all_reduce_sum, distributed
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
-from .selection import SELECTORS, BackgroundStats, batch_counts, select_for_layers
+from .selection import SELECTORS, BackgroundStats
+from .sparse import SmfSettings, SparseMemory, check_background
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -329,6 +330,13 @@ class TrainConfig:
         return out
 
     @property
+    def smf_settings(self) -> SmfSettings:
+        """SMF's own fields of this config, as the :class:`~smf_lib.sparse.SparseMemory` of :func:`train` takes
+        them."""
+        return SmfSettings(self.selector, self.top_t, self.update, self.count_padding, self.select_per_microbatch,
+                           self.deterministic_ties)
+
+    @property
     def lr_key(self) -> str:
         """This config's key in a learning-rate table (``rate_keys()``): SMF by its update rule."""
         return f"smf-{self.update}" if METHODS[self.method].sparse else self.method
@@ -387,40 +395,6 @@ def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
             return steps[: max(1, round(c.epochs * per_epoch))]
 
 
-def _take_row_grads(mems) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(rows, grads) of each value table, coalesced; clears ``.grad``."""
-    out = []
-    for m in mems:
-        g = m.values.weight.grad
-        m.values.weight.grad = None
-        if g is None:
-            w = m.values.weight
-            out.append((torch.zeros(0, dtype=torch.long, device=w.device), w.new_zeros(0, w.shape[1])))
-            continue
-        g = g.coalesce()
-        out.append((g.indices()[0], g.values()))
-    return out
-
-
-def _restrict(rows: torch.Tensor, grads: torch.Tensor, selected: torch.Tensor):
-    """Gradient rows of ``selected`` (zeros for a selected row this process did not read: under DDP another
-    rank may have read it)."""
-    selected = selected.sort().values.to(rows.device)
-    out = grads.new_zeros(len(selected), grads.shape[1])
-    if len(rows):
-        pos = torch.searchsorted(rows, selected).clamp_max(len(rows) - 1)
-        found = rows[pos] == selected
-        out[found] = grads[pos[found]]
-    return selected, out
-
-
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], table: torch.Tensor):
-    rows = torch.cat([p[0] for p in parts])
-    vals = torch.cat([p[1] for p in parts])
-    g = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, table.shape, check_invariants=False).coalesce()
-    return g.indices()[0], g.values()
-
-
 def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,
           checkpoint_dir: str | Path | None = None, progress: bool = True,
           probe: Callable[[torch.nn.Module, int], dict] | None = None, probe_steps: Iterable[int] = (),
@@ -463,8 +437,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         for step in range(run.start, len(run.plan)):
             t0 = time.perf_counter()
             lr = c.lr * lr_factor(step, c.warmup_steps, len(run.plan), c.schedule)
-            row_grads, counts, loss = _accumulate(run, step)
-            row_grads, loss = _reduce(run, row_grads, counts, loss)
+            loss = _accumulate(run, step)
+            row_grads, loss = _reduce(run, loss)
             row_grads, norm, skipped = _unscale_and_clip(run, row_grads, step)
             if not skipped:
                 _apply(run, row_grads, lr)
@@ -482,6 +456,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     finally:
         bar.close()
         set_recording(run.model, False)
+        if run.smf is not None:
+            run.smf.close()
         for m in memory_layers(run.model):
             m.sparse_grad = m.balance = False
             m.aux_loss = None
@@ -490,7 +466,8 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     model.eval()
     model.requires_grad_(False)
     model = METHODS[c.method].finish(model)
-    states = [r.state_dict() for r in run.rules] + ([run.dense_opt.state_dict()] if run.dense_opt else [])
+    states = ([r.state_dict() for r in run.smf.rules] if run.smf else []) + \
+        ([run.dense_opt.state_dict()] if run.dense_opt else [])
     resumed = {"step": run.start, "earlier_seconds": run.earlier} if run.earlier else None
     return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory, resumed)
 
@@ -547,7 +524,7 @@ class _Run:
     mems: list
     dense: list
     dense_opt: torch.optim.Optimizer | None
-    rules: list
+    smf: SparseMemory | None
     select: bool
     rank: int
     world: int
@@ -585,11 +562,8 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir, 
     """Check the inputs, set what trains, and build the optimizers, the data order and the random streams."""
     if not texts:
         raise ValueError("no training texts given")
-    if METHODS[c.method].sparse and SELECTORS[c.selector].needs_background:
-        if background is None:
-            raise ValueError(f"selector {c.selector!r} needs background statistics: pass background= from "
-                             "compute_background_stats(model, tokenizer, texts)")
-        background.check(model)
+    if METHODS[c.method].sparse:
+        check_background(c.selector, background, model)
     torch.manual_seed(c.seed)  # every random draw of the method comes from its seed: LoRA's layers first
     model = prepare_model(model, c)
     select = METHODS[c.method].sparse  # SMF selects rows; a sparse retrofit moves every row it reads
@@ -605,14 +579,17 @@ def _setup(model, tokenizer, texts, c: TrainConfig, background, checkpoint_dir, 
                          "an equal share of every micro-batch; raise micro_batch to at least the world size")
     run = _Run(model=model, tokenizer=tokenizer, texts=texts, c=c, background=background, mems=mems, dense=dense,
                dense_opt=torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay) if dense else None,
-               rules=[UPDATES[c.update if select else "adam"].make(m.values.weight, weight_decay=c.weight_decay)
-                      for m in mems], select=select,
+               smf=SparseMemory(model, c.smf_settings, background, c.weight_decay, c.seed, select) if mems else None,
+               select=select,
                rank=rank, world=world,
-               plan=micro_batches(len(texts), c) if order is None else _check_order(order, len(texts)), rand=torch.Generator().manual_seed(c.seed),
+               plan=micro_batches(len(texts), c) if order is None else _check_order(order, len(texts)),
+               rand=torch.Generator().manual_seed(c.seed),
                device=next(model.parameters()).device, amp=getattr(torch, c.autocast) if c.autocast else None,
                scaler=LossScaler(c.autocast == "float16"),
                ckpt=Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None,
                identity={"config": c.record(), "texts": texts_fingerprint(texts), "n_texts": len(texts)})
+    if run.smf is not None:
+        run.rand = run.smf.rand  # the selector's draws: checkpointed with the run
     if order is not None:  # an explicit order is part of what a checkpoint must match
         run.identity["texts"] += "/" + texts_fingerprint([repr(run.plan)])
     torch.manual_seed(c.seed)  # dropout (LoRA)
@@ -628,9 +605,8 @@ def _resume(run: _Run) -> None:
             params[k].copy_(v)
     if run.dense_opt:
         run.dense_opt.load_state_dict(state["dense_opt"])
-    for rule, st in zip(run.rules, state["rules"]):
-        rule.load_state_dict(st)
-    run.rand.set_state(state["rand"])
+    if run.smf is not None:
+        run.smf.load_state_dict({"rules": state["rules"], "rand": state["rand"]})
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -639,13 +615,11 @@ def _resume(run: _Run) -> None:
     run.scaler.load_state_dict(state["scaler"])
 
 
-def _accumulate(run: _Run, step: int):
-    """Forward and backward over the step's micro-batches: the value rows' gradients per memory layer (restricted
-    to each micro-batch's selection when the paper's per-micro-batch selection is on), the read counts, and the
-    step's loss."""
-    c, mems, group = run.c, run.mems, run.plan[step]
-    counts = [torch.zeros(m.config.n_slots, dtype=torch.long) for m in mems]
-    parts, total_loss = [[] for _ in mems], 0.0
+def _accumulate(run: _Run, step: int) -> float:
+    """Forward and backward over the step's micro-batches, each recorded by the run's :class:`SparseMemory` (its reads
+    and value-row gradients); returns the step's loss."""
+    c, group = run.c, run.plan[step]
+    total_loss = 0.0
     batches = [collate_batch(run.tokenizer, [run.texts[i] for i in mb[run.rank::run.world]], c.max_length, run.device)
                for mb in group]
     scored = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # tokens each loss averages over
@@ -664,39 +638,23 @@ def _accumulate(run: _Run, step: int):
                                    "metrics are written for this run")
         run.scaler.scaled(loss).backward()
         total_loss += loss.item()
-        if not mems:
-            continue
-        grads = _take_row_grads(mems)
-        if not run.select:
-            for j in range(len(mems)):
-                parts[j].append(grads[j])
-            continue
-        mb_counts = batch_counts(run.model, None if c.count_padding else batch["attention_mask"])
-        if c.select_per_microbatch:
-            # every process sums the same counts, so every process selects the same rows
-            mb_counts = [all_reduce_sum(x, run.world) for x in mb_counts]
-            chosen = select_for_layers(mb_counts, c.selector, c.top_t, run.background, run.rand, c.deterministic_ties)
-            grads = [_restrict(r, g, s) for (r, g), s in zip(grads, chosen)]
-        for j in range(len(mems)):
-            counts[j] += mb_counts[j]
-            parts[j].append(grads[j])
-    return [_merge(p, m.values.weight) for p, m in zip(parts, mems)], counts, total_loss
+        if run.smf is not None:
+            run.smf.record(batch["attention_mask"])
+    return total_loss
 
 
-def _reduce(run: _Run, row_grads, counts, total_loss: float):
+def _reduce(run: _Run, total_loss: float):
     """Select the step's rows from its summed read counts, and average gradients and the loss over processes."""
-    c, world = run.c, run.world
-    if run.mems and run.select and not c.select_per_microbatch:
-        counts = [all_reduce_sum(x, world) for x in counts]
-        chosen = select_for_layers(counts, c.selector, c.top_t, run.background, run.rand, c.deterministic_ties)
-        row_grads = [_restrict(r, g, s) for (r, g), s in zip(row_grads, chosen)]
-    if world > 1:  # the selected rows are the same everywhere
-        row_grads = [(r, all_reduce_mean(g.contiguous(), world)) for r, g in row_grads]
+    row_grads = []
+    if run.smf is not None:
+        run.smf.select()
+        row_grads = run.smf.row_grads
+    if run.world > 1:
         for p in run.dense:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad = all_reduce_mean(p.grad, world)
-        total_loss = float(all_reduce_mean(torch.tensor(total_loss), world))
+            p.grad = all_reduce_mean(p.grad, run.world)
+        total_loss = float(all_reduce_mean(torch.tensor(total_loss), run.world))
     return row_grads, total_loss
 
 
@@ -726,8 +684,9 @@ def _unscale_and_clip(run: _Run, row_grads, step: int):
 
 def _apply(run: _Run, row_grads, lr: float) -> None:
     """Move the selected value rows through their update rule and the dense parameters through AdamW."""
-    for rule, (rows, g) in zip(run.rules, row_grads):
-        rule.step(rows, g, lr)
+    if run.smf is not None:
+        run.smf.row_grads = row_grads
+        run.smf.step(lr)
     if run.dense_opt is not None:
         for grp in run.dense_opt.param_groups:
             grp["lr"] = lr
@@ -741,7 +700,7 @@ def _checkpoint(run: _Run, done: int) -> None:
     if run.ckpt is None or run.rank != 0 or not c.checkpoint_every:
         return
     if done % c.checkpoint_every == 0 or done == len(run.plan):
-        _save_checkpoint(run.ckpt, run.identity, run.model, run.dense_opt, run.rules, run.rand, done, run.log,
+        _save_checkpoint(run.ckpt, run.identity, run.model, run.dense_opt, run.smf, run.rand, done, run.log,
                          run.seconds, run.trajectory, run.scaler.state_dict(), run.wall())
 
 
@@ -785,14 +744,14 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
-def _save_checkpoint(path: Path, identity, model, dense_opt, rules, rand, step, log, seconds, trajectory, scaler,
+def _save_checkpoint(path: Path, identity, model, dense_opt, smf, rand, step, log, seconds, trajectory, scaler,
                      wall):
     state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory, "scaler": scaler,
              "wall": wall,
              "rand": rand.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-             "rules": [r.state_dict() for r in rules]}
+             "rules": [r.state_dict() for r in smf.rules] if smf else []}
     if dense_opt:
         state["dense_opt"] = dense_opt.state_dict()
     write_checked(path, lambda tmp: torch.save(state, tmp))

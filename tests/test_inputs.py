@@ -252,6 +252,33 @@ def test_the_command_line_sets_rates_fields_and_the_data_folder():
         customise(get_preset("smoke"), fields=["train_n=-5"])
 
 
+def test_set_on_a_dict_field_merges_into_the_presets_dict_and_refuses_unknown_keys():
+    from smf_lib.study.cli import customise, show_settings
+    from smf_lib.study.presets import get_preset
+
+    cpu = get_preset("cpu")
+    p = customise(cpu, fields=['train={"top_t": 64}', 'memory={"n_keys": 128}'])
+    assert p.train["top_t"] == 64
+    for key in ("micro_batch", "grad_accum", "max_length", "warmup_steps"):  # the preset's, not TrainConfig's
+        assert p.train[key] == cpu.train[key]
+    assert p.memory == {**cpu.memory, "n_keys": 128}
+    assert "top_t" in show_settings(p) and '"max_length": 256' in show_settings(p)
+    with pytest.raises(ValueError, match="unknown training setting 'topt'"):
+        customise(cpu, fields=['train={"topt": 64}'])
+    with pytest.raises(ValueError, match="unknown memory setting 'nkeys'"):
+        customise(cpu, fields=['memory={"nkeys": 64}'])
+
+
+def test_command_line_refusals_print_one_line_without_a_traceback(capsys, tmp_path):
+    from smf_lib.study.cli import main
+
+    assert main(["retrofit-pilot", "--learning", "nope@1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and "--debug" in err
+    with pytest.raises((ValueError, OSError)):
+        main(["retrofit-pilot", "--learning", "nope@1", "--out", str(tmp_path), "--debug"])
+
+
 @pytest.mark.parametrize("text, match", [("[]", "expected a JSON object"), ('{"method": "base"}', "missing"),
                                          ('{"method": "base", "metrics": {"a": NaN}, "items": {}}', "non-finite")])
 def test_a_damaged_run_record_is_an_error_naming_its_file(tmp_path, text, match):

@@ -33,9 +33,30 @@ def replace_block(text: str, name: str, block: str) -> str:
     return head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1]
 
 
+def _merge_field(preset, key: str, value):
+    """A dict field's new value: ``value`` merged into the preset's own (so ``train={"top_t": 64}`` changes top_t
+    and keeps the preset's batch, length and warm-up); a key the field cannot hold is refused."""
+    from ..memory import MemoryConfig
+    from .presets import Settings
+
+    current = getattr(preset, key)
+    if not isinstance(current, dict) or not isinstance(value, dict):
+        return value
+    if key == "memory":
+        known = {f.name for f in dataclasses.fields(MemoryConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"--set memory: unknown memory setting {unknown[0]!r}; allowed: "
+                             f"{', '.join(sorted(known))}")
+    if isinstance(current, Settings):
+        return Settings({**current, **value}, method=current.method)
+    return {**current, **value}
+
+
 def customise(preset, rates=(), fields=(), data=None):
     """A preset with command-line changes: ``KEY=RATE`` learning rates, ``FIELD=VALUE`` fields (values parsed as
-    JSON where they can be) and a data folder; the preset's own checks run on the result."""
+    JSON where they can be; a dict merges into the field's dict) and a data folder; the preset's own checks run on
+    the result."""
     import json
 
     changes = {}
@@ -49,6 +70,7 @@ def customise(preset, rates=(), fields=(), data=None):
             changes[key] = value
         if isinstance(changes[key], list):
             changes[key] = tuple(changes[key])
+        changes[key] = _merge_field(preset, key, changes[key])
     lr, to_choose = dict(preset.lr), list(changes.get("rates_to_choose", preset.rates_to_choose))
     for item in rates:
         key, sep, value = item.partition("=")
@@ -66,7 +88,37 @@ def customise(preset, rates=(), fields=(), data=None):
     return dataclasses.replace(preset, lr=lr, **changes)
 
 
+def show_settings(preset) -> str:
+    """The settings a preset will run with, one ``field: value`` line each (prose fields left out)."""
+    import json
+
+    lines = []
+    for f in dataclasses.fields(preset):
+        if f.name in ("departures", "notes"):
+            continue
+        value = getattr(preset, f.name)
+        lines.append(f"{f.name}: {json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else value}")
+    return "\n".join(lines)
+
+
 def main(argv=None, commands=()) -> int:
+    """Run the command line on ``argv``. An expected refusal (bad input, a missing or damaged file, data that cannot
+    be reached) prints one ``error:`` message and returns 1; ``--debug`` anywhere shows its traceback instead.
+    ``commands`` adds commands from outside the study (see :func:`_main`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    try:
+        return _main(argv, commands)
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:
+        if debug:
+            raise
+        print(f"error: {err}\n(add --debug to see where it was raised)", file=sys.stderr)
+        return 1
+
+
+def _main(argv, commands=()) -> int:
     """Run the command line on ``argv``. ``commands`` adds commands from outside the study, each a tuple
     ``(name, help, add_arguments(parser), run(args) -> exit code)`` (``python -m smf_lib`` adds the views'
     ``snapshot``)."""
@@ -95,6 +147,7 @@ def main(argv=None, commands=()) -> int:
     r.add_argument("--reuse", nargs="+", metavar="DIR", default=[],
                    help="other results folders: a run finished there with the same identity is copied, not repeated")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--show", action="store_true", help="print the settings that would run, and stop")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
     st = sub.add_parser("status", help="list a preset's planned runs and which of them are finished in OUT")
@@ -220,6 +273,9 @@ def main(argv=None, commands=()) -> int:
         preset = customise(get_preset(args.preset), args.lr, args.fields, args.data)
     except ValueError as err:
         ap.error(str(err))
+    if args.show:
+        print(show_settings(preset))
+        return 0
     if not args.no_tune_allocator:
         from ..allocator import tune_cpu_allocator
 
@@ -227,7 +283,7 @@ def main(argv=None, commands=()) -> int:
     try:
         Runner(preset, args.out or f"results/{preset.name}", progress=not args.no_progress,
                fresh=args.fresh, reuse=args.reuse).run(args.methods, args.seeds)
-    except TrainingDiverged as err:
+    except TrainingDiverged as err:  # a measured outcome, not a crash: one line, whatever --debug says
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

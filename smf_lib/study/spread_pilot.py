@@ -165,7 +165,8 @@ def run_recipe(name: str, out: str | Path, s: SpreadSettings | None = None, reci
                      "loss": h["loss"], "loss_change": loss_change(first["health"], h),
                      "spread": p["spread"], "summary": p["summary"], "measure_seconds": p["seconds"]})
     save_memory(res.model, folder / "final")
-    rec = {"identity": identity, "recipe": name, "settings": recipe, "code": code, "n_slots": first["spread"]["n_slots"],
+    rec = {"identity": identity, "recipe": name, "settings": recipe, "code": code,
+           "n_slots": first["spread"]["n_slots"],
            "train_seconds": res.seconds, "seconds_per_step": res.seconds / max(len(res.log), 1),
            "resumed": res.resumed, "loss_log": [round(r["loss"], 5) for r in res.log], "trajectory": traj}
     rec["verdict"] = verdict(rec)
