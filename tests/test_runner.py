@@ -11,7 +11,7 @@ from smf_lib import files, memory, selection, training
 from smf_lib.study import evaluation, results
 from smf_lib.study.cli import main
 from smf_lib.study.records import is_report
-from smf_lib.files import FolderLock
+from smf_lib.files import FolderLock, read_json
 from smf_lib.study.arms import ARMS, ORDER, PALETTE
 from smf_lib.study.paired_stats import mcnemar, paired_bootstrap
 from smf_lib.study.presets import PRESETS, Preset, get_preset
@@ -194,6 +194,11 @@ def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"{len(planned) - 2} of {len(planned)} runs finished" in printed
     assert "lora-s0 (started), full-s0 (failed)" in " ".join(printed.split()) and "resumes the rest" in printed
+    # the retrofit records its memory's spread before and after, and status says it in words
+    spread = read_json(out / "runs" / "retrofit-s0.json")["retrofit"]["spread"]
+    assert set(spread["before"]["layers"]) == set(spread["after"]["layers"]) == {"1", "2"}
+    assert 0 < spread["after"]["layers"]["1"]["footprint"] <= 1
+    assert "effective rows, top 5% take" in printed and "a question reads" in printed
 
 
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):

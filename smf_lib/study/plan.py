@@ -123,6 +123,20 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def spread_words(spread: dict, before: dict | None = None) -> str:
+    """A memory's spread in words: effective rows and top-5% share of general reads per layer (against random
+    addressing's when ``before`` is given), a question's footprint and its overlap with general text."""
+    parts = []
+    for k, row in spread["layers"].items():
+        ref = (before or {}).get("layers", {}).get(k)
+        eff = f"{row['general_effective_rows']:,.0f}" + (f" of {ref['general_effective_rows']:,.0f}" if ref else "")
+        text = f"layer {k}: {eff} effective rows, top 5% take {row['general_top5_share']:.0%}"
+        if "footprint" in row:
+            text += f", a question reads {row['footprint']:.1%} and shares {row['overlap']:.0%} with general text"
+        parts.append(text)
+    return "spread: " + "; ".join(parts)
+
+
 def health_lines(out: str | Path) -> list[str]:
     """The memory's health after each finished retrofit in ``out``, one line each: its share of the MLP's output
     (mean, and per layer) and the held-out chat loss change with its paired 95% interval."""
@@ -141,6 +155,11 @@ def health_lines(out: str | Path) -> list[str]:
             line += f"; held-out loss {ch['delta']:+.3f} [{ch['lo']:+.3f}, {ch['hi']:+.3f}] nats"
         elif health.get("before"):
             line += f"; held-out loss {health['before']['loss']:.4f} -> {after['loss']:.4f}"
+        spread = ((record.get("retrofit") or {}).get("spread") or {}).get("after")
+        if spread:
+            line += "; " + spread_words(spread, ((record.get("retrofit") or {}).get("spread") or {}).get("before"))
+        else:
+            line += "; spread not measured (a retrofit made before the spread meter)"
         lowest = min(layers.values()) if layers else after["memory_to_mlp_norm"]
         if lowest < health.get("min_share_required", MIN_SHARE):
             line += f"; below the {MIN_SHARE:.0%} a living memory carries: SMF on it will learn little"

@@ -13,7 +13,9 @@ import torch
 
 from ..adapter import load_memory, save_memory
 from ..files import read_json, write_json
+from .. import data
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
+from ..spread import check_spread, memory_spread, spread_summary
 from ..memory import CONFIG_NAME, add_memory
 from ..selection import BackgroundStats, compute_background_stats
 from ..training import micro_batches, train
@@ -113,6 +115,9 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     cfg = runner.retrofit_config(seed)
     max_length = cfg.max_length
     before = memory_health(model, tok, heldout, max_length) if heldout and runner.main else None
+    general, task = spread_texts(runner)
+    top_t = preset.train.top_t
+    spread_before = memory_spread(model, tok, general, task, runner.task_max_length, top_t) if runner.main else None
     texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
     runner.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
     along = heldout[:32]
@@ -130,12 +135,17 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     save_memory(res.model, folder / "adapter")
     after = memory_health(res.model, tok, heldout, max_length) if heldout else None
     health = retrofit_health(before, after, res.trajectory)
+    spread_after = memory_spread(res.model, tok, general, task, runner.task_max_length, top_t)
+    if not check_spread(spread_after, spread_before, where=f"the retrofit ({mode}, seed {seed})"):
+        runner.log(f"WARNING: the retrofit ({mode}, seed {seed}) collapsed the memory's reads onto a few rows "
+                   f"({spread_summary(spread_after)}); retrofit with frozen addressing (the spread pilot)")
     if after is not None and not check_health(after, where=f"the retrofit ({mode}, seed {seed})"):
         runner.log(f"WARNING: the retrofit ({mode}, seed {seed}) left a memory below {MIN_SHARE:.0%} of the MLP's "
                    f"output at some layer ({health['after']['share_by_layer']}); SMF on it will learn little. "
                    "`python -m smf_lib retrofit-pilot` compares recipes")
     write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
-                                           "processes": runner.world, "heldout_oasst1": health})
+                                           "processes": runner.world, "heldout_oasst1": health,
+                                           "spread": {"before": spread_before, "after": spread_after}})
     t0 = time.perf_counter()
     background = corpus(preset, preset.background_corpus, preset.background_n)
     runner.log(f"background statistics on {len(background)} documents")
@@ -145,6 +155,20 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     stats.save(folder / "background.safetensors")
     write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(background),
                                                   "corpus": preset.background_corpus})
+
+
+#: General paragraphs and task prompts on which a retrofit's spread is measured.
+SPREAD_TEXTS = 100
+
+
+def spread_texts(runner: Runner) -> tuple[list[str], list[str]]:
+    """Dev texts for the spread meter: the background corpus's last paragraphs (its first ones make the background
+    statistics) and the MedMCQA dev prompts (the reported ones when the preset has no dev items)."""
+    preset = runner.preset
+    pool = corpus(preset, preset.background_corpus, None)
+    spare = pool[preset.background_n:] or pool
+    rows = runner.suite.medmcqa["dev"] or runner.suite.medmcqa["report"]
+    return spare[-SPREAD_TEXTS:], [data.medmcqa_prompt(r) for r in rows[:SPREAD_TEXTS]]
 
 
 def reuse_record(runner: Runner, spec, ident: dict) -> bool:
