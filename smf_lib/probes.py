@@ -368,6 +368,13 @@ def _span_logprobs(model, items, batch_size: int):
 
 
 @torch.no_grad()
+def span_logliks(model, items, batch_size: int = 1) -> list[float]:
+    """Each scored span's mean token log-likelihood (e.g. chat replies from :func:`chat_items`)."""
+    return [float(logp.gather(1, target.unsqueeze(1)).mean()) for logp, target in _span_logprobs(model, items,
+                                                                                                 batch_size)]
+
+
+@torch.no_grad()
 def reference_topk(model, items, k: int = 32, batch_size: int = 4, progress: bool = True) -> list[dict]:
     """The base side of the drift probe, stored compactly: per scored position the top-k log-probabilities and
     their token ids (the rest of the distribution is kept only as its total mass), and each item's NLL.

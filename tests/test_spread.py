@@ -135,3 +135,23 @@ def test_the_row_sparse_retrofit_never_moves_unread_rows_and_follows_the_dense_o
     # tolerance: lazy Adam differs from dense Adam only in rows not read in a step (their moments keep moving there)
     for a, b in zip(rd.log, rs.log):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SMF_DATA_DIR"), reason="needs the local data folder")
+def test_the_spread_pilot_and_the_memory_effect_run_resume_and_record_the_code(tmp_path):
+    from smf_lib.study import memory_effect, spread_pilot
+
+    s = spread_pilot.SpreadSettings(model="tiny", memory=dict(MEM, init="zero"), steps=2, texts_per_step=4,
+                                    micro_batch=2, max_length=32, warmup_steps=1, probe_steps=(2,), heldout_n=4,
+                                    general_n=4, task_n=4, top_t=4, checkpoint_every=1)
+    rec = spread_pilot.run_recipe("frozen", tmp_path, s, progress=False)
+    assert [p["step"] for p in rec["trajectory"]] == [0, 2] and set(rec["verdict"]) >= {"alive", "spread"}
+    assert rec["code"].get("git_commit") and (tmp_path / "artifacts" / "frozen" / "final").exists()
+    assert spread_pilot.run_recipe("frozen", tmp_path, s, progress=False) == rec  # read back, not rerun
+    es = memory_effect.EffectSettings(model="tiny", steps=2, texts_per_step=4, micro_batch=2, max_length=32,
+                                      top_t=4, dev_n=4, chat_n=3, background_n=4)
+    eff = memory_effect.run_effect("frozen", "kl", 1e-2, tmp_path, es, progress=False)
+    assert eff["dev_items"] == 4 and eff["chat_items"] == 3 and eff["learning"]["lo"] <= eff["learning"]["hi"]
+    assert len(memory_effect.effect_table(tmp_path)) == 1
+    with pytest.raises(FileNotFoundError, match="spread-pilot"):
+        memory_effect.run_effect("nothing", "kl", 1e-2, tmp_path, es, progress=False)
