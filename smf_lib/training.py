@@ -85,7 +85,12 @@ def _prepare_lora(model, c):
 
 
 def _prepare_full(model, c):
-    return model.requires_grad_(True)
+    model.requires_grad_(True)
+    for mod in model.modules():  # a memory in place stays as it is: full finetuning trains the base weights
+        if isinstance(mod, MemoryMLP):
+            mod.memory.requires_grad_(False)
+            mod.alpha.requires_grad_(False)
+    return model
 
 
 @dataclass(frozen=True)

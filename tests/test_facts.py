@@ -87,3 +87,32 @@ def test_smf_learns_a_fact_one_step_at_a_time_through_its_rows(tok):
     S.train(model, tok, texts, cfg, progress=False, order=order)
     after = facts_probe(model, tok, facts, max_new_tokens=2)
     assert after["answer_loglik"] > before["answer_loglik"]
+
+
+@pytest.mark.skipif(not os.environ.get("SMF_DATA_DIR"), reason="needs the local data folder (SMF_DATA_DIR)")
+def test_the_facts_smoke_preset_runs_from_one_start_and_resumes(tmp_path):
+    from smf_lib.files import read_json
+    from smf_lib.study.cli import main
+
+    out = tmp_path / "facts"
+    assert main(["run", "--preset", "facts-smoke", "--out", str(out), "--no-progress"]) == 0
+    runs = sorted((out / "runs").glob("*.json"))
+    assert [r.stem for r in runs] == ["lora-lr0.001-s0-dev", "smf-tfidf-lr0.01-s0-dev"]
+    rec = read_json(runs[1])
+    assert rec["steps"] == 2 and rec["code"].get("git_commit")
+    assert set(rec["changes"]) >= {"facts_em", "facts_loglik", "first_facts_loglik", "chat_loglik", "wikitext_nll",
+                                   "triviaqa_gold_loglik", "medmcqa_gold_margin"}
+    stamp = [r.stat().st_mtime_ns for r in runs]
+    assert main(["run", "--preset", "facts-smoke", "--out", str(out), "--no-progress"]) == 0
+    assert [r.stat().st_mtime_ns for r in runs] == stamp  # read back, not rerun
+
+
+def test_full_finetuning_trains_the_base_weights_and_leaves_a_memory_in_place(tok):
+    model = S.add_memory(S.tiny_model("llama"), S.MemoryConfig(**MEM, init="zero-w2"))
+    mem_before = S.memory_state_dict(model)
+    base_before = model.model.embed_tokens.weight.detach().clone()
+    cfg = S.TrainConfig(method="full", lr=1e-3, max_steps=2, micro_batch=4, grad_accum=1, max_length=16,
+                        warmup_steps=0)
+    S.train(model, tok, ["a b c d e f", "g h i j k l"], cfg, progress=False)
+    assert all(torch.equal(v, S.memory_state_dict(model)[k]) for k, v in mem_before.items())
+    assert not torch.equal(base_before, model.model.embed_tokens.weight)

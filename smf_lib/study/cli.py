@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .arms import ARMS
+from .facts_study import FACT_PRESETS
 from .presets import PRESETS, get_preset
 from .tables import markdown_table
 
@@ -132,7 +133,9 @@ def _main(argv, commands=()) -> int:
         add_arguments(sub.add_parser(name, help=help_text))
         added[name] = run
     r = sub.add_parser("run", help="run a preset's grid (resumable)")
-    r.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    r.add_argument("--preset", required=True, choices=sorted(PRESETS) + sorted(FACT_PRESETS))
+    r.add_argument("--split", default="dev", choices=["dev", "report"],
+                   help="facts presets: the dev facts (rates are chosen there) or the reported ones")
     r.add_argument("--methods", nargs="+", choices=list(ARMS), help="default: the preset's grid")
     r.add_argument("--seeds", nargs="+", type=int, help="default: the preset's seeds")
     r.add_argument("--out", help="results folder (default results/PRESET)")
@@ -266,6 +269,13 @@ def _main(argv, commands=()) -> int:
         print(f"best lr: {res['best_lr']}")
         if args.out:
             write_json(args.out, {"model": args.model, **res})
+        return 0
+    if args.preset in FACT_PRESETS:
+        from .facts_study import FactsRunner, get_facts_preset
+
+        records = FactsRunner(get_facts_preset(args.preset), args.out or f"results/{args.preset}",
+                              progress=not args.no_progress).run_all(args.split)
+        print(f"{len(records)} runs finished on the {args.split} facts")
         return 0
     from ..training import TrainingDiverged
     from .runner import Runner

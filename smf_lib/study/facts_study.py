@@ -1,0 +1,238 @@
+"""The new-facts study: facts arrive one at a time; SMF against LoRA and full finetuning, all from one start.
+
+``python -m smf_lib run --preset facts`` (``facts-smoke``: a tiny random model, under a minute) retrofits the
+starting memory once (a recipe of the spread pilot, :mod:`smf_lib.study.spread_pilot`), then for every arm, rate and
+seed trains on a stream of invented facts (:mod:`smf_lib.facts`: each fact for ``steps_per_fact`` steps on a batch
+of its own phrasings, no replay) and measures, against the starting model on the same items:
+
+- learning: exact match and the answer's log-likelihood on every fact's held-out questions (and on the first
+  ``first_facts``: did later facts overwrite them?);
+- forgetting: held-out chat replies' log-likelihood, WikiText perplexity (per window), the TriviaQA gold answer's
+  log-likelihood and the MedMCQA gold margin, each per item for paired intervals.
+
+Rates are swept on the dev facts (``split="dev"``: other facts, other probe items); the reported facts and items
+are scored only by runs at rates chosen there. One JSON per run under ``out/runs/``, written atomically; finished
+runs are read back and a rerun does only what is missing. Every record names the code it ran from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..adapter import load_memory
+from ..facts import fact_order, facts_probe, make_facts
+from ..files import read_json, write_json
+from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perplexity, span_logliks
+from ..selection import BackgroundStats, compute_background_stats
+from ..training import TrainConfig, train
+from .pilot import load
+from .plan import _plain
+from .spread_pilot import SpreadSettings, run_recipe
+
+#: The arms: TrainConfig fields of each (SMF with the project's update and with plain SGD, as Lin et al.).
+FACT_ARMS = {
+    "smf-tfidf": dict(method="smf", selector="tfidf"),
+    "smf-kl": dict(method="smf", selector="kl"),
+    "smf-tfidf-sgd": dict(method="smf", selector="tfidf", update="sgd"),
+    "smf-kl-sgd": dict(method="smf", selector="kl", update="sgd"),
+    "lora": dict(method="lora"),
+    "full": dict(method="full"),
+}
+
+
+@dataclass
+class FactsPreset:
+    """One new-facts study, as data.
+
+    Args:
+        name: the preset's name (its results go to ``results/<name>``).
+        start: the spread-pilot recipe of the starting memory, and :class:`SpreadSettings` fields for it.
+        n_facts, dev_facts: reported and dev facts (disjoint: different seeds of :func:`smf_lib.facts.make_facts`).
+        steps_per_fact: optimizer steps on each fact's batch.
+        first_facts: the first facts of the stream, scored apart (overwriting).
+        rates: the rates of each arm (a frontier: learning brackets the other arms'), by arm name.
+        seeds: training seeds.
+        top_t: SMF's rows per layer per step.
+        max_length: tokens per phrasing.
+        chat_n, wikitext_lines, triviaqa_n, medmcqa_n: items per forgetting probe and split.
+        background_n: Wikipedia paragraphs for the background statistics.
+    """
+
+    name: str
+    model: str = "smollm2-135m-instruct"
+    data: str | None = None
+    start: dict = field(default_factory=lambda: {"recipe": "frozen", "settings": {}})
+    n_facts: int = 200
+    dev_facts: int = 40
+    steps_per_fact: int = 4
+    first_facts: int = 20
+    rates: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1)
+    top_t: int = 128
+    max_length: int = 64
+    chat_n: int = 174
+    wikitext_lines: int = 80
+    triviaqa_n: int = 200
+    medmcqa_n: int = 150
+    background_n: int = 500
+
+    def __post_init__(self):
+        unknown = sorted(set(self.rates) - set(FACT_ARMS))
+        if unknown:
+            raise ValueError(f"preset {self.name!r}: unknown arm {unknown[0]!r}; allowed: {', '.join(FACT_ARMS)}")
+
+
+FACT_PRESETS = {
+    # the offline default on 2 CPU cores: 200 facts (40 dev), 4 steps each (800 steps per run)
+    "facts": FactsPreset(name="facts", start={"recipe": "frozen-n256", "settings": {"memory": dict(
+        layers=(7, 15, 22), n_keys=256, heads=4, knn=16, k_dim=256, init="zero")}},
+        rates={"smf-tfidf": (1e-2, 3e-2, 1e-1), "smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf-sgd": (0.3, 1.0, 3.0),
+               "smf-kl-sgd": (0.3, 1.0, 3.0), "lora": (1e-4, 3e-4, 1e-3), "full": (1e-5, 3e-5, 1e-4)}),
+    # a tiny random model on the real data folder: checks the pipeline in under a minute, not the method
+    "facts-smoke": FactsPreset(
+        name="facts-smoke", model="tiny", start={"recipe": "frozen", "settings": {
+            "model": "tiny", "memory": dict(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16, init="zero"),
+            "steps": 2, "texts_per_step": 4, "micro_batch": 2, "max_length": 32, "warmup_steps": 1,
+            "probe_steps": (2,), "heldout_n": 4, "general_n": 4, "task_n": 4, "top_t": 4}},
+        n_facts=4, dev_facts=2, steps_per_fact=1, first_facts=2, rates={"smf-tfidf": (1e-2,), "lora": (1e-3,)},
+        seeds=(0,), top_t=4, max_length=32, chat_n=2, wikitext_lines=4, triviaqa_n=2, medmcqa_n=2, background_n=4),
+}
+
+
+def get_facts_preset(name: str) -> FactsPreset:
+    if name not in FACT_PRESETS:
+        raise ValueError(f"unknown facts preset {name!r}; allowed: {', '.join(FACT_PRESETS)}")
+    return dataclasses.replace(FACT_PRESETS[name])
+
+
+def facts_of(p: FactsPreset, split: str):
+    """The facts of a split: reported (seed 0) or dev (seed 1), never sharing an entity."""
+    facts = make_facts(p.n_facts if split == "report" else p.dev_facts, seed=0 if split == "report" else 1)
+    return facts
+
+
+def probe_items(p: FactsPreset, tok, split: str) -> dict:
+    """The forgetting probes' items of a split: the report items first in each file, the dev items after them."""
+    def part(rows, n):
+        return rows[:n] if split == "report" else rows[n:2 * n]
+
+    pairs = data.load_oasst1_pairs(root=p.data, pool="all")
+    lines = data.load_wikitext_lines(2 * p.wikitext_lines, p.data)
+    trivia = data.load_triviaqa(2 * p.triviaqa_n, p.data)
+    med = data.load_medmcqa("validation", 2 * p.medmcqa_n, root=p.data)
+    return {"chat": chat_items(tok, part(pairs, p.chat_n)), "wikitext": "\n\n".join(part(lines, p.wikitext_lines)),
+            "triviaqa": part(trivia, p.triviaqa_n), "medmcqa": part(med, p.medmcqa_n)}
+
+
+@torch.no_grad()
+def score(model, tok, facts, items: dict, first: int) -> dict:
+    """Every measure of one model, per item."""
+    f = facts_probe(model, tok, facts)
+    ppl = perplexity(model, tok, items["wikitext"], max_length=256, stride=128, progress=False)
+    trivia = [float(lp.mean()) for lp in continuation_logprobs(
+        model, [tok(data.triviaqa_prompt(r), add_special_tokens=False).input_ids for r in items["triviaqa"]],
+        [tok(" " + r["aliases"][0], add_special_tokens=False).input_ids for r in items["triviaqa"]])]
+    med = medmcqa_accuracy(model, tok, items["medmcqa"], progress=False)
+    firsts = {i.index for i in facts[:first]}
+    return {"facts_em": [i["em"] for i in f["items"]], "facts_loglik": [i["answer_loglik"] for i in f["items"]],
+            "first_facts_loglik": [i["answer_loglik"] for i in f["items"] if i["fact"] in firsts],
+            "first_facts_em": [i["em"] for i in f["items"] if i["fact"] in firsts],
+            "chat_loglik": span_logliks(model, items["chat"]),
+            "wikitext_nll": [w["nll"] / w["tokens"] for w in ppl["windows"]],
+            "triviaqa_gold_loglik": trivia, "medmcqa_gold_margin": [i["gold_margin"] for i in med["items"]]}
+
+
+def _paired(before: dict, after: dict) -> dict:
+    """Mean change per measure with a paired-bootstrap 95% interval over items."""
+    import numpy as np
+
+    out = {}
+    for k in before:
+        d = np.asarray(after[k], dtype=float) - np.asarray(before[k], dtype=float)
+        if not len(d):
+            continue
+        boot = d[np.random.default_rng(0).integers(0, len(d), (2000, len(d)))].mean(axis=1)
+        out[k] = {"delta": float(d.mean()), "lo": float(np.percentile(boot, 2.5)),
+                  "hi": float(np.percentile(boot, 97.5)), "n": int(len(d))}
+    return out
+
+
+class FactsRunner:
+    """Runs a :class:`FactsPreset` into ``out`` (resumable; finished runs are read back)."""
+
+    def __init__(self, preset: FactsPreset, out: str | Path, progress: bool = True):
+        self.p, self.out, self.progress = preset, Path(out), progress
+        self.start_recipe = preset.start["recipe"]
+
+    def start_settings(self) -> SpreadSettings:
+        fields = {"data": self.p.data, "model": self.p.model, **self.p.start.get("settings", {})}
+        return SpreadSettings(**fields)
+
+    def starting_model(self):
+        """The retrofitted model every arm starts from (retrofitted once, by the spread pilot's recipe)."""
+        run_recipe(self.start_recipe, self.out / "start", self.start_settings(), progress=self.progress)
+        model, tok = load(self.p.model)
+        load_memory(model, self.out / "start" / "artifacts" / self.start_recipe / "final")
+        return model, tok
+
+    def background(self, model, tok) -> BackgroundStats:
+        """The starting model's background statistics (computed once; checked against the model when read)."""
+        path = self.out / "start" / "background.safetensors"
+        if path.exists():
+            return BackgroundStats.load(path, model)
+        stats = compute_background_stats(model, tok, data.load_background(self.p.background_n, self.p.data),
+                                         max_length=256, progress=self.progress)
+        stats.save(path)
+        return stats
+
+    def baseline(self, split: str) -> dict:
+        """The starting model's scores on a split (computed once)."""
+        path = self.out / f"start-{split}.json"
+        if path.exists():
+            return read_json(path)["scores"]
+        model, tok = self.starting_model()
+        scores = score(model, tok, facts_of(self.p, split), probe_items(self.p, tok, split), self.p.first_facts)
+        write_json(path, {"split": split, "scores": scores})
+        return scores
+
+    def run(self, arm: str, lr: float, seed: int, split: str) -> dict:
+        """One arm at one rate and seed on one split's stream."""
+        from .runner import git_state
+
+        name = f"{arm}-lr{lr:g}-s{seed}-{split}"
+        path = self.out / "runs" / f"{name}.json"
+        config = TrainConfig(**FACT_ARMS[arm], lr=lr, seed=seed, micro_batch=16, grad_accum=1,
+                             max_length=self.p.max_length, warmup_steps=0, schedule="constant", top_t=self.p.top_t,
+                             checkpoint_every=100)
+        identity = _plain({"preset": dataclasses.asdict(self.p), "arm": arm, "split": split,
+                           "train_config": config.record()})
+        if path.exists():
+            rec = read_json(path)
+            if rec.get("identity") == identity:
+                return rec
+            raise ValueError(f"{path} was made with other settings: delete it to rerun, or use another --out")
+        code, t0 = git_state(Path(__file__).parent), time.perf_counter()
+        before = self.baseline(split)
+        model, tok = self.starting_model()
+        facts = facts_of(self.p, split)
+        texts, order = fact_order(facts, self.p.steps_per_fact)
+        background = self.background(model, tok) if config.method == "smf" else None
+        res = train(model, tok, texts, config, background=background, progress=self.progress, order=order,
+                    checkpoint_dir=self.out / "artifacts" / name)
+        after = score(res.model, tok, facts, probe_items(self.p, tok, split), self.p.first_facts)
+        rec = {"identity": identity, "run": name, "arm": arm, "lr": lr, "seed": seed, "split": split, "code": code,
+               "changes": _paired(before, after), "scores": after, "train_seconds": res.seconds,
+               "seconds": time.perf_counter() - t0, "facts": len(facts), "steps": len(order)}
+        write_json(path, rec)
+        return rec
+
+    def run_all(self, split: str = "dev") -> list[dict]:
+        """Every arm, rate and seed of the preset on ``split``."""
+        return [self.run(arm, lr, seed, split) for arm, rates in self.p.rates.items() for lr in rates
+                for seed in self.p.seeds]
