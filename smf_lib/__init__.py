@@ -6,9 +6,8 @@ from .adapter import load_memory, save_memory
 from .memory import (MemoryConfig, ProductKeyMemory, add_memory, memory_layers, memory_state_dict,
                      print_trainable_parameters, set_recording)
 from .models import DEFAULT_MODEL, PAPER_MODEL, load_model, tiny_model
-from .sparse import SmfSettings, SparseMemory
-from .selection import (SELECTORS, BackgroundStats, compute_background_stats, read_counts, score_rows,
-                        select_for_layers, select_rows)
+from .selection import (SELECTORS, BackgroundStats, SmfSettings, SparseMemory, compute_background_stats,
+                        read_counts, score_rows, select_for_layers, select_rows)
 from .training import (METHODS, UPDATES, LoraSettings, MaskedAdamW, RetrofitSettings, RowSGD, RowSparseAdam,
                        TrainConfig, TrainingDiverged, TrainResult, train)
 

@@ -186,3 +186,26 @@ class FolderLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def plain(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def git_state(folder: Path) -> dict:
+    """The git commit the code in ``folder`` runs from and whether its tracked files had uncommitted changes (``{}``
+    outside a git checkout, e.g. an installed wheel). Read it when a run starts: that is the code that runs."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"git_commit": head.stdout.strip(), "git_clean": dirty.returncode == 0 and not dirty.stdout.strip()}
+    except (OSError, subprocess.SubprocessError):
+        return {}

@@ -7,7 +7,7 @@
                                    train_dataset=ds, data_collator=collate, callbacks=[smf_lib.hf.SmfCallback(smf)])
     trainer.train()
 
-The Trainer runs forward and backward as usual; the :class:`~smf_lib.sparse.SparseMemory` takes the value tables'
+The Trainer runs forward and backward as usual; the :class:`~smf_lib.selection.SparseMemory` takes the value tables'
 gradients as backward makes them, so the Trainer's optimizer, gradient clipping and ``zero_grad`` never see them.
 After each micro-batch the callback records its reads (the ``attention_mask`` the model was called with), and just
 before the Trainer's optimizer step it selects the rows and moves them at the Trainer's current rate (its schedule
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .sparse import SparseMemory
+from .selection import SparseMemory
 
 
 class SmfCallback(TrainerCallback):
-    """Runs a :class:`~smf_lib.sparse.SparseMemory` inside ``transformers.Trainer``.
+    """Runs a :class:`~smf_lib.selection.SparseMemory` inside ``transformers.Trainer``.
 
     Args:
         smf: the step-level object, built on the model the Trainer trains.

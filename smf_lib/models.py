@@ -73,3 +73,11 @@ def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 4, vocab: in
     cfg = LlamaConfig(**kw) if arch == "llama" else Qwen2Config(**kw)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def load_named(name: str, seed: int = 0):
+    """The model and tokenizer called ``name`` (``"tiny"``: a random tiny Llama with the default tokenizer, for tests
+    and smoke runs)."""
+    if name == "tiny":
+        return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), load_tokenizer()
+    return load_model(name)

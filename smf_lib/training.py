@@ -34,8 +34,7 @@ from .files import verify_checked, write_checked
 from .ddp import all_reduce_mean, all_reduce_sum, distributed
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
-from .selection import SELECTORS, BackgroundStats
-from .sparse import SmfSettings, SparseMemory, check_background
+from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, check_background
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -336,7 +335,7 @@ class TrainConfig:
 
     @property
     def smf_settings(self) -> SmfSettings:
-        """SMF's own fields of this config, as the :class:`~smf_lib.sparse.SparseMemory` of :func:`train` takes
+        """SMF's own fields of this config, as the :class:`~smf_lib.selection.SparseMemory` of :func:`train` takes
         them."""
         return SmfSettings(self.selector, self.top_t, self.update, self.count_padding, self.select_per_microbatch,
                            self.deterministic_ties)

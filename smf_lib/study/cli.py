@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .arms import ARMS
-from .facts_study import FACT_PRESETS
+from .facts_presets import FACT_PRESETS
 from .presets import PRESETS, get_preset
 from .tables import markdown_table
 

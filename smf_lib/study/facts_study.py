@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,89 +26,13 @@ import torch
 from .. import data
 from ..adapter import load_memory
 from ..facts import fact_order, facts_probe, make_facts
-from ..files import read_json, write_json
+from ..files import git_state, plain as _plain, read_json, write_json
+from ..models import load_named as load
 from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perplexity, span_logliks
 from ..selection import BackgroundStats, compute_background_stats
 from ..training import TrainConfig, train
-from .pilot import load
-from .plan import _plain
+from .facts_presets import FACT_ARMS, FACT_PRESETS, FactsPreset, get_facts_preset  # noqa: F401 (re-exported)
 from .spread_pilot import SpreadSettings, run_recipe
-
-#: The arms: TrainConfig fields of each (SMF with the project's update and with plain SGD, as Lin et al.).
-FACT_ARMS = {
-    "smf-tfidf": dict(method="smf", selector="tfidf"),
-    "smf-kl": dict(method="smf", selector="kl"),
-    "smf-tfidf-sgd": dict(method="smf", selector="tfidf", update="sgd"),
-    "smf-kl-sgd": dict(method="smf", selector="kl", update="sgd"),
-    "lora": dict(method="lora"),
-    "full": dict(method="full"),
-}
-
-
-@dataclass
-class FactsPreset:
-    """One new-facts study, as data.
-
-    Args:
-        name: the preset's name (its results go to ``results/<name>``).
-        start: the spread-pilot recipe of the starting memory, and :class:`SpreadSettings` fields for it.
-        n_facts, dev_facts: reported and dev facts (disjoint: different seeds of :func:`smf_lib.facts.make_facts`).
-        steps_per_fact: optimizer steps on each fact's batch.
-        first_facts: the first facts of the stream, scored apart (overwriting).
-        rates: the rates of each arm (a frontier: learning brackets the other arms'), by arm name.
-        seeds: training seeds.
-        top_t: SMF's rows per layer per step.
-        max_length: tokens per phrasing.
-        chat_n, wikitext_lines, triviaqa_n, medmcqa_n: items per forgetting probe and split.
-        background_n: Wikipedia paragraphs for the background statistics.
-    """
-
-    name: str
-    model: str = "smollm2-135m-instruct"
-    data: str | None = None
-    start: dict = field(default_factory=lambda: {"recipe": "frozen", "settings": {}})
-    n_facts: int = 200
-    dev_facts: int = 40
-    steps_per_fact: int = 4
-    first_facts: int = 20
-    rates: dict = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0, 1)
-    top_t: int = 128
-    max_length: int = 64
-    chat_n: int = 174
-    wikitext_lines: int = 80
-    triviaqa_n: int = 200
-    medmcqa_n: int = 150
-    background_n: int = 500
-
-    def __post_init__(self):
-        unknown = sorted(set(self.rates) - set(FACT_ARMS))
-        if unknown:
-            raise ValueError(f"preset {self.name!r}: unknown arm {unknown[0]!r}; allowed: {', '.join(FACT_ARMS)}")
-
-
-FACT_PRESETS = {
-    # the offline default on 2 CPU cores: 200 facts (40 dev), 4 steps each (800 steps per run)
-    "facts": FactsPreset(name="facts", start={"recipe": "frozen-n256", "settings": {"memory": dict(
-        layers=(7, 15, 22), n_keys=256, heads=4, knn=16, k_dim=256, init="zero")}},
-        rates={"smf-tfidf": (1e-2, 3e-2, 1e-1), "smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf-sgd": (0.3, 1.0, 3.0),
-               "smf-kl-sgd": (0.3, 1.0, 3.0), "lora": (1e-4, 3e-4, 1e-3), "full": (1e-5, 3e-5, 1e-4)}),
-    # a tiny random model on the real data folder: checks the pipeline in under a minute, not the method
-    "facts-smoke": FactsPreset(
-        name="facts-smoke", model="tiny", start={"recipe": "frozen", "settings": {
-            "model": "tiny", "memory": dict(layers=(1, 2), n_keys=8, heads=2, knn=4, k_dim=16, init="zero"),
-            "steps": 2, "texts_per_step": 4, "micro_batch": 2, "max_length": 32, "warmup_steps": 1,
-            "probe_steps": (2,), "heldout_n": 4, "general_n": 4, "task_n": 4, "top_t": 4}},
-        n_facts=4, dev_facts=2, steps_per_fact=1, first_facts=2, rates={"smf-tfidf": (1e-2,), "lora": (1e-3,)},
-        seeds=(0,), top_t=4, max_length=32, chat_n=2, wikitext_lines=4, triviaqa_n=2, medmcqa_n=2, background_n=4),
-}
-
-
-def get_facts_preset(name: str) -> FactsPreset:
-    if name not in FACT_PRESETS:
-        raise ValueError(f"unknown facts preset {name!r}; allowed: {', '.join(FACT_PRESETS)}")
-    return dataclasses.replace(FACT_PRESETS[name])
-
 
 def facts_of(p: FactsPreset, split: str):
     """The facts of a split: reported (seed 0) or dev (seed 1), never sharing an entity."""
@@ -203,8 +126,6 @@ class FactsRunner:
 
     def run(self, arm: str, lr: float, seed: int, split: str) -> dict:
         """One arm at one rate and seed on one split's stream."""
-        from .runner import git_state
-
         name = f"{arm}-lr{lr:g}-s{seed}-{split}"
         path = self.out / "runs" / f"{name}.json"
         config = TrainConfig(**FACT_ARMS[arm], lr=lr, seed=seed, micro_batch=16, grad_accum=1,

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from .. import data
 from ..adapter import load_memory
-from ..files import read_json, write_json
+from ..files import git_state, plain as _plain, read_json, write_json
+from ..models import load_named as load
 from ..probes import chat_items, medmcqa_accuracy, span_logliks
 from ..selection import compute_background_stats
 from ..training import TrainConfig, train
 from .paired_stats import paired_bootstrap
-from .pilot import load
-from .plan import _plain
 
 
 @dataclasses.dataclass
@@ -84,8 +83,6 @@ def run_effect(memory: str, selector: str, lr: float, out: str | Path, s: Effect
     if not adapter.exists():
         raise FileNotFoundError(f"no saved memory at {adapter}: run `python -m smf_lib spread-pilot` for recipe "
                                 f"{memory!r} first (it saves the memory there)")
-    from .runner import git_state
-
     code, t0 = git_state(Path(__file__).parent), time.perf_counter()
     model, tok = load(s.model)
     load_memory(model, adapter)

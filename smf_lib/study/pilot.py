@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..files import read_json, write_json
+from ..files import plain as _plain, read_json, write_json
 from ..health import MIN_SHARE, loss_change, memory_health
 from ..adapter import save_memory
 from ..memory import MemoryConfig, add_memory
-from ..models import DEFAULT_MODEL, load_model
+from ..models import DEFAULT_MODEL, load_named as load
 from ..training import TrainConfig, train
-from .plan import _plain
 
 
 @dataclasses.dataclass
@@ -57,15 +56,6 @@ class PilotSettings:
 
 #: The recipes compared: (init, peak rate).
 RECIPES = (("zero", 2e-3), ("zero-w2", 2e-3), ("paper", 2e-3), ("zero", 5e-3))
-
-
-def load(name: str, seed: int = 0):
-    """The model and tokenizer (``"tiny"``: a random tiny Llama with the default tokenizer, for tests)."""
-    if name == "tiny":
-        from ..models import load_tokenizer, tiny_model
-
-        return tiny_model("llama", vocab=49152, hidden=64, layers=4, seed=seed), load_tokenizer()
-    return load_model(name)
 
 
 def recipe_name(init: str, lr: float) -> str:

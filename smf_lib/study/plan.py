@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..files import read_json
+from ..files import plain as _plain, read_json
 from ..health import MIN_SHARE
 from .arms import get_arm
 from .records import REPORT, TRAJECTORY, evaluation_kind, read_run
@@ -116,11 +115,6 @@ def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
     stored = dict(identity.get("train_config") or {})
     stored.pop("autocast", None), current.pop("autocast", None)
     return stored == current
-
-
-def _plain(obj):
-    """``obj`` as it reads back from JSON (tuples become lists), so stored and current identities compare."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 def spread_words(spread: dict, before: dict | None = None) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from ..adapter import load_memory, save_memory
 from ..data import data_dir, load_medmcqa, medmcqa_training_text, sample_rows
-from ..files import FolderLock, read_json, write_json
+from ..files import git_state, FolderLock, read_json, write_json
 from ..fingerprints import items_fingerprint, object_hash
 from ..memory import MemoryConfig
 from ..models import load_model, load_tokenizer, tiny_model
@@ -56,24 +56,6 @@ def _versions() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "smf_lib": smf_lib.__version__, **git_state(Path(smf_lib.__file__).parent)}
-
-
-def git_state(folder: Path) -> dict:
-    """The git commit the code ran from and whether its tracked files had uncommitted changes (``{}`` outside a
-    git checkout, e.g. an installed wheel)."""
-    import subprocess
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {}
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return {"git_commit": head.stdout.strip(), "git_clean": dirty.returncode == 0 and not dirty.stdout.strip()}
-    except (OSError, subprocess.SubprocessError):
-        return {}
 
 
 def auto_precision(preset: Preset, device: torch.device) -> dict:

@@ -24,14 +24,12 @@ import torch
 
 from .. import data
 from ..adapter import save_memory
-from ..files import read_json, write_json
+from ..files import git_state, plain as _plain, read_json, write_json
 from ..health import MIN_SHARE, loss_change, memory_health
 from ..memory import MemoryConfig, add_memory
-from ..models import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, load_named as load
 from ..spread import MAX_TOP5_SHARE, MIN_EFFECTIVE_RATIO, memory_spread, spread_summary
 from ..training import TrainConfig, train
-from .pilot import load
-from .plan import _plain
 
 #: The smallest held-out chat loss gain (nats per token) at which a retrofit counts as alive.
 MIN_LOSS_GAIN = 0.10
@@ -141,8 +139,6 @@ def run_recipe(name: str, out: str | Path, s: SpreadSettings | None = None, reci
         if rec.get("identity") == identity:
             return rec
         raise ValueError(f"{path} was made with other settings; delete it to rerun the recipe, or keep the settings")
-    from .runner import git_state
-
     code = git_state(Path(__file__).parent)  # the code that runs, read before it starts
     texts = dev_texts(s)
     model, tok = load(s.model, seed)
