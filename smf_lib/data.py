@@ -30,6 +30,10 @@ def data_dir(path: str | Path | None = None) -> Path | None:
     if not path:
         return None
     p = Path(path)
+    if p.is_file():
+        raise NotADirectoryError(f"the data folder {p} is a file, not a folder: point SMF_DATA_DIR (or data=) at the "
+                                 "folder that holds medmcqa/, oasst1/, ... (`python -m smf_lib data --to DIR` writes "
+                                 "one)")
     if not p.is_dir():
         raise FileNotFoundError(f"data folder {p} does not exist: `python -m smf_lib data --to {p}` fetches the data "
                                 "sets there, or unset SMF_DATA_DIR to load from the Hugging Face Hub")

@@ -13,13 +13,11 @@ move, through its own update rule. Around your own backward pass::
     smf = smf_lib.SparseMemory(model, smf_lib.SmfSettings(selector="kl", top_t=128), background=stats)
     for batch in loader:
         model(**batch).loss.backward()
-        smf.record(batch["attention_mask"])   # this micro-batch's reads and its value-row gradients
-        smf.select()                           # the top-t rows per layer, from the reads summed since the last step
-        smf.step(lr)                           # move the selected rows only
+        smf.record(batch["attention_mask"]); smf.select(); smf.step(lr)   # reads, top-t rows, move only them
     smf.close()
 
-Any other trainable parameter (e.g. alpha) stays with your optimizer. :func:`smf_lib.train` is built on this class,
-and :class:`smf_lib.hf.SmfCallback` runs it inside a stock ``transformers.Trainer``.
+Other trainable parameters stay with your optimizer. :func:`smf_lib.train` is built on this class, and
+:class:`smf_lib.hf.SmfCallback` runs it inside a stock ``transformers.Trainer``.
 """
 
 from __future__ import annotations
@@ -144,6 +142,9 @@ def compute_background_stats(model, tokenizer, texts: list[str], max_length: int
     if not texts:
         raise ValueError("no background documents: background statistics from 0 documents would make every row look "
                          "task-specific; pass general texts (e.g. smf_lib.data.load_background())")
+    blank = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+    if blank is not None:
+        raise ValueError(f"background document {blank} (of {len(texts)}) is blank: it reads no rows; drop blank texts")
     mems = memory_layers(model)
     n = mems[0].config.n_slots
     df = torch.zeros(len(mems), n, dtype=torch.long)

@@ -348,3 +348,15 @@ def test_a_runner_reports_a_short_corpus_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="train_assistant_inferred.jsonl.gz: the compressed file is damaged"):
         Runner(smoke, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_blank_background_texts_and_a_file_for_the_data_folder_are_refused_by_name(mem_model, tok, tmp_path):
+    import smf_lib as S
+    from smf_lib import data
+
+    with pytest.raises(ValueError, match="background document 1 .* is blank"):
+        S.compute_background_stats(mem_model, tok, ["some text", "   "], progress=False)
+    f = tmp_path / "data.txt"
+    f.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        data.data_dir(f)
