@@ -10,7 +10,7 @@ Departure from Lin et al.: they restate 1,000 TriviaQA facts with 64 paraphrases
 batches); here the facts are invented (a base model's accuracy on them is ~0 by construction, and checked by
 :func:`facts_probe`) and a batch holds a fact's 10 phrasings, so the study fits 2 CPU cores.
 
-:func:`fact_order` lays the stream out for :func:`smf_lib.train` (``order=``): fact after fact, each for
+:func:`fact_order` lays the stream out for :func:`smf_lib.training.train` (``order=``): fact after fact, each for
 ``steps_per_fact`` optimizer steps on a batch of its own phrasings, no replay.
 """
 
@@ -145,7 +145,7 @@ def make_facts(n: int, seed: int = 0, n_statements: int = N_STATEMENTS, n_questi
 
 def fact_order(facts: list[Fact], steps_per_fact: int = 4, micro_batch: int | None = None
                ) -> tuple[list[str], list[list[list[int]]]]:
-    """The stream as training texts and an explicit order for :func:`smf_lib.train`.
+    """The stream as training texts and an explicit order for :func:`smf_lib.training.train`.
 
     Args:
         facts: the facts, in the order they arrive.

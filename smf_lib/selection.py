@@ -16,7 +16,7 @@ move, through its own update rule. Around your own backward pass::
         smf.record(batch["attention_mask"]); smf.select(); smf.step(lr)   # reads, top-t rows, move only them
     smf.close()
 
-Other trainable parameters stay with your optimizer. :func:`smf_lib.train` is built on this class, and
+Other trainable parameters stay with your optimizer. :func:`smf_lib.training.train` is built on this class, and
 :class:`smf_lib.hf.SmfCallback` runs it inside a stock ``transformers.Trainer``.
 """
 
@@ -378,7 +378,7 @@ class SparseMemory:
     """Sparse memory finetuning around any training loop: record reads, select rows, update the selected rows.
 
     Args:
-        model: a causal LM with memory layers (:func:`smf_lib.add_memory`).
+        model: a causal LM with memory layers (:func:`smf_lib.memory.add_memory`).
         settings: :class:`SmfSettings` (or a dict of its fields).
         background: background statistics, when the selector needs them (``kl``, ``tfidf``); checked against the
             model's addressing.
