@@ -23,6 +23,15 @@ def test_benchmark_script_runs_on_tiny_target(tmp_path):
     assert list(control["n_slots"]) == [64, 64] and (slots["page_faults_per_step"] >= 0).all()
 
 
+@pytest.mark.slow
+def test_the_retrofit_benchmark_runs_both_modes_at_each_size(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_retrofit.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    df = pd.read_csv(tmp_path / "tiny_retrofit.csv")
+    assert list(df["slots"]) == [64, 64, 1024, 1024]
+    assert list(df["mode"]) == ["dense AdamW", "row-sparse values"] * 2 and (df["seconds_per_step"] > 0).all()
+
+
 def test_benchmark_targets_say_which_hold():
     from smf_lib.study.cost import benchmark_targets
 
