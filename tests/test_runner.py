@@ -681,3 +681,14 @@ def test_an_arm_can_have_its_own_rate_and_wait_for_it():
     assert waiting.rate_to_choose("smf-tfidf", 0, lr=0.1) is None  # swept runs are what choose it
     with pytest.raises(ValueError, match="unknown rate key 'smf-foo'.*smf-tfidf"):
         dataclasses.replace(p, lr={"smf-foo": 1.0})
+
+
+def test_status_names_runs_made_from_a_tree_with_uncommitted_changes(tmp_path):
+    from smf_lib.files import write_json
+    from smf_lib.study.plan import dirty_lines
+
+    (tmp_path / "runs").mkdir()
+    write_json(tmp_path / "runs" / "a.json", {"method": "base", "versions": {"git_clean": True}})
+    assert dirty_lines(tmp_path) == []
+    write_json(tmp_path / "runs" / "b.json", {"method": "lora", "versions": {"git_clean": False}})
+    assert dirty_lines(tmp_path) and dirty_lines(tmp_path)[0].endswith(": b")

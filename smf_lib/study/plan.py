@@ -131,6 +131,20 @@ def spread_words(spread: dict, before: dict | None = None) -> str:
     return "spread: " + "; ".join(parts)
 
 
+def dirty_lines(out: str | Path) -> list[str]:
+    """One line naming the finished runs whose code had uncommitted changes when they started (or none)."""
+    dirty = []
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        record = read_json(path)
+        versions = record.get("versions", {}) if isinstance(record, dict) else {}
+        if versions.get("git_clean") is False:
+            dirty.append(path.stem)
+    if not dirty:
+        return []
+    return [f"made from a tree with uncommitted changes (their commit does not name all the code that ran): "
+            f"{', '.join(dirty)}"]
+
+
 def health_lines(out: str | Path) -> list[str]:
     """The memory's health after each finished retrofit in ``out``, one line each: its share of the MLP's output
     (mean, and per layer) and the held-out chat loss change with its paired 95% interval."""

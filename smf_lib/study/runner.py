@@ -110,6 +110,7 @@ class Runner:
         self.precision = auto_precision(preset, _device())
         self.failures: list[str] = []
         self.waiting: list[str] = []  # grid runs skipped until the preset chooses their rate
+        self.versions = _versions()  # the code that runs: read when the runner starts, not when a record is written
 
     def task_questions_for(self, seed: int) -> list[dict]:
         """The training questions of a seed (the same for every seed unless the preset samples per seed)."""
@@ -281,7 +282,7 @@ class Runner:
         if earlier:
             extra["resumed"] = res.resumed
         rec = {"method": spec.method, "seed": spec.seed, "preset": self.preset.name, "model": self.preset.model,
-               "notes": self.preset.notes, "memory": self.preset.memory, "versions": _versions(),
+               "notes": self.preset.notes, "memory": self.preset.memory, "versions": self.versions,
                "processes": self.world, "evaluation": spec.evaluation,
                "split": self.preset.evaluate_on if spec.evaluation == REPORT else "dev",
                "identity": ident, "identity_hash": object_hash(ident), "data": ident["data"],
