@@ -239,4 +239,5 @@ def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path,
     assert ("report", None) in calls and any(c is not None for _, c in calls)  # every item, and the dev subset
     monkeypatch.setitem(P.PROBES, "toy", P.Probe(scorer=toy.scorer, cost=0.0, metrics=toy.metrics))
     with pytest.raises(ValueError, match="probe 'toy' has no evaluate function"):
-        main(["run", "--preset", "smoke", "--out", str(tmp_path / "again"), "--methods", "base", "--no-progress"])
+        main(["run", "--preset", "smoke", "--out", str(tmp_path / "again"), "--methods", "base", "--no-progress",
+              "--debug"])

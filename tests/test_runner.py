@@ -153,7 +153,7 @@ def test_results_from_other_settings_are_refused(reference_grid, tmp_path, monke
     state = R.study_status(smoke, out, ["base", "smf-kl"]).set_index("run")["state"]
     assert state.to_dict() == {"base": "finished", "smf-kl-s0": "other settings"}
     with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*train_config.*--fresh"):
-        main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl"])
+        main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl", "--debug"])
     before = (out / "runs" / "base.json").read_bytes()
     assert main([*SMOKE, "--out", str(out), "--methods", "base", "smf-kl", "--fresh"]) == 0
     assert (out / "runs" / "base.json").read_bytes() == before  # unchanged settings: kept
@@ -169,7 +169,7 @@ def test_a_change_in_the_training_data_is_refused(reference_grid, tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(reference_grid, out)
     with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*data"):
-        main([*SMOKE, "--out", str(out), "--methods", "smf-kl", "--set", "train_n=20"])
+        main([*SMOKE, "--out", str(out), "--methods", "smf-kl", "--set", "train_n=20", "--debug"])
 
 
 def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
