@@ -101,7 +101,7 @@ def test_failure_before_any_write_then_rerun_gives_identical_results(reference_g
         attempts += 1
         counts.clear()
         try:
-            assert main([*SMOKE, "--out", str(out)]) == 0
+            assert main([*SMOKE, "--out", str(out), "--debug"]) == 0  # --debug: the crash propagates, as a kill would
             break
         except OSError as err:
             assert "simulated" in str(err)
