@@ -2,8 +2,8 @@
 
 A fact is a short statement about an invented person ("Talvik Orrendel was born in Lisbon."): the entity is made
 up, so no model can know the fact before training, and the answer is an ordinary word the model can already write,
-so learning means binding the two, not learning to spell. Each fact has :data:`N_STATEMENTS` training phrasings
-and :data:`N_QUESTIONS` question phrasings that training never sees, so learning is measured as recall, not as
+so learning means binding the two, not learning to spell. Each fact has ``N_STATEMENTS`` training phrasings
+and ``N_QUESTIONS`` question phrasings that training never sees, so learning is measured as recall, not as
 copying. Everything is built by code from a seed (:func:`make_facts`), deterministic and offline.
 
 Departure from Lin et al.: they restate 1,000 TriviaQA facts with 64 paraphrases each (real facts, 64-token
