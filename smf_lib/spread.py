@@ -88,8 +88,9 @@ def rows_read(model, ids: list[list[int]], batch_size: int = 8) -> dict:
         ids: token id lists (one per text; none empty).
 
     Returns:
-        ``{"rows": [[tensor of the distinct rows text i reads] per text] per layer, "counts": [(N,) int64 per layer],
-        "weights": [(N,) float64 summed read weights per layer]}``.
+        A dict: ``rows`` (per layer, per text, a tensor of the distinct rows the text reads), ``counts`` (per
+        layer, an (N,) int64 tensor of reads) and ``weights`` (per layer, an (N,) float64 tensor of summed read
+        weights).
     """
     if not ids or any(len(x) == 0 for x in ids):
         raise ValueError("rows_read needs non-empty texts: a blank text reads no rows; drop it first")
