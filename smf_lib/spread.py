@@ -88,7 +88,7 @@ def rows_read(model, ids: list[list[int]], batch_size: int = 8) -> dict:
         ids: token id lists (one per text; none empty).
 
     Returns:
-        A dict: ``rows`` (per layer, per text, a tensor of the distinct rows the text reads), ``counts`` (per
+        A dict with ``rows`` (per layer, per text, a tensor of the distinct rows the text reads), ``counts`` (per
         layer, an (N,) int64 tensor of reads) and ``weights`` (per layer, an (N,) float64 tensor of summed read
         weights).
     """
