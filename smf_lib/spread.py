@@ -162,11 +162,12 @@ def memory_spread(model, tokenizer, general_texts: list[str], task_texts: list[s
     gen_ids = _ids(tokenizer, general_texts, max_length)
     gen = rows_read(model, gen_ids, batch_size)
     layers = {}
+    # per layer: how many general paragraphs read each row, and the hubs (rows at least HUB_DF of them read)
+    dfs = [torch.bincount(torch.cat(rows).long(), minlength=n) for rows in gen["rows"]]
+    hubs_of = [df >= HUB_DF * len(general_texts) for df in dfs]
     for j, m in enumerate(mems):
         row = {f"general_{k}": v for k, v in spread_stats(gen["counts"][j], gen["weights"][j]).items()}
-        df = torch.bincount(torch.cat(gen["rows"][j]).long(), minlength=n)
-        hubs = df >= HUB_DF * len(general_texts)
-        row["hub_rows"] = int(hubs.sum())
+        row["hub_rows"] = int(hubs_of[j].sum())
         layers[str(m.layer_idx)] = row
     out = {"n_slots": n, "general_texts": len(general_texts), "task_texts": len(task_texts or []), "layers": layers}
     if not task_texts:
@@ -181,8 +182,7 @@ def memory_spread(model, tokenizer, general_texts: list[str], task_texts: list[s
         mine = task["rows"][j]
         row["footprint"] = sum(len(r) for r in mine) / (len(mine) * n)
         row["overlap"] = sum(_shared(a, b) / max(len(a), 1) for a, b in zip(mine, pair["rows"][j])) / len(mine)
-        df = torch.bincount(torch.cat(gen["rows"][j]).long(), minlength=n)
-        hubs = df >= HUB_DF * len(general_texts)
+        df, hubs = dfs[j], hubs_of[j]
         counts = task["counts"][j]
         row["hub_reads"] = float(counts[hubs].sum() / counts.sum())
         if top_t:
