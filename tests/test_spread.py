@@ -153,5 +153,9 @@ def test_the_spread_pilot_and_the_memory_effect_run_resume_and_record_the_code(t
     eff = memory_effect.run_effect("frozen", "kl", 1e-2, tmp_path, es, progress=False)
     assert eff["dev_items"] == 4 and eff["chat_items"] == 3 and eff["learning"]["lo"] <= eff["learning"]["hi"]
     assert len(memory_effect.effect_table(tmp_path)) == 1
+    before = tmp_path / "effect" / "start" / "frozen-before.json"
+    stamp = before.stat().st_mtime_ns
+    memory_effect.run_effect("frozen", "tfidf", 1e-1, tmp_path, es, progress=False)  # the shared start, read back
+    assert before.stat().st_mtime_ns == stamp and len(memory_effect.effect_table(tmp_path)) == 2
     with pytest.raises(FileNotFoundError, match="spread-pilot"):
         memory_effect.run_effect("nothing", "kl", 1e-2, tmp_path, es, progress=False)

@@ -20,7 +20,7 @@ from ..adapter import load_memory
 from ..files import git_state, plain as _plain, read_json, write_json
 from ..models import load_named as load
 from ..probes import chat_items, medmcqa_accuracy, span_logliks
-from ..selection import compute_background_stats
+from ..selection import BackgroundStats, compute_background_stats
 from ..training import TrainConfig, train
 from .paired_stats import paired_bootstrap
 
@@ -63,6 +63,22 @@ def _scores(model, tok, dev, chat) -> dict:
             "medmcqa_correct": [i["correct"] for i in med["items"]], "chat_loglik": span_logliks(model, chat)}
 
 
+def _start(memory: str, out: Path, s: EffectSettings, model, tok, dev, chat, progress: bool):
+    """The memory's background statistics and its scores before training: computed once per memory and settings,
+    kept under ``out/effect/start/`` (each run of that memory starts from the same saved memory)."""
+    folder = out / "effect" / "start"
+    identity = _plain({"memory": memory, "settings": dataclasses.asdict(s)})
+    scores_path, stats_path = folder / f"{memory}-before.json", folder / f"{memory}-background.safetensors"
+    if scores_path.exists() and stats_path.exists() and read_json(scores_path).get("identity") == identity:
+        return BackgroundStats.load(stats_path, model), read_json(scores_path)["scores"]
+    stats = compute_background_stats(model, tok, data.load_background(s.background_n, s.data),
+                                     max_length=s.max_length, progress=progress)
+    before = _scores(model, tok, dev, chat)
+    stats.save(stats_path)
+    write_json(scores_path, {"identity": identity, "scores": before})
+    return stats, before
+
+
 def run_effect(memory: str, selector: str, lr: float, out: str | Path, s: EffectSettings | None = None,
                progress: bool = True) -> dict:
     """SMF with ``selector`` at ``lr`` on the memory saved as ``out/artifacts/<memory>/final``.
@@ -91,9 +107,7 @@ def run_effect(memory: str, selector: str, lr: float, out: str | Path, s: Effect
     chat = chat_items(tok, pairs)
     task = [data.medmcqa_training_text(r) for r in data.load_medmcqa("train", s.steps * s.texts_per_step,
                                                                       root=s.data)]
-    stats = compute_background_stats(model, tok, data.load_background(s.background_n, s.data),
-                                     max_length=s.max_length, progress=progress)
-    before = _scores(model, tok, dev, chat)
+    stats, before = _start(memory, out, s, model, tok, dev, chat, progress)
     cfg = TrainConfig(method="smf", selector=selector, lr=lr, max_steps=s.steps, micro_batch=s.micro_batch,
                       grad_accum=max(1, s.texts_per_step // s.micro_batch), max_length=s.max_length,
                       warmup_steps=min(5, s.steps), top_t=s.top_t)
@@ -120,7 +134,7 @@ def effect_table(out: str | Path):
     import pandas as pd
 
     rows = []
-    for path in sorted((Path(out) / "effect").glob("*.json")):
+    for path in sorted((Path(out) / "effect").glob("*.json")):  # start/ holds the shared starts
         r = read_json(path)
         rows.append({"memory": r["memory"], "slots": r["n_slots"], "selector": r["selector"], "lr": r["lr"],
                      **{f"{k}{suffix}": r[k][v] for k in ("learning", "chat_change")
