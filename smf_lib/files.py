@@ -209,3 +209,16 @@ def git_state(folder: Path) -> dict:
         return {"git_commit": head.stdout.strip(), "git_clean": dirty.returncode == 0 and not dirty.stdout.strip()}
     except (OSError, subprocess.SubprocessError):
         return {}
+
+
+def check_clean(code: dict, allow_dirty: bool, what: str) -> dict:
+    """Refuse to start ``what`` from a checkout with uncommitted changes unless ``allow_dirty``: a record names its
+    code by commit, which a dirty tree does not pin down. Returns ``code`` with ``allow_dirty: True`` added when a
+    dirty start was allowed, so the record says so."""
+    if code.get("git_clean") is not False:
+        return code
+    if not allow_dirty:
+        raise RuntimeError(f"{what} would start from a checkout with uncommitted changes, so its records could not "
+                           "name the code that ran: commit (or stash) the changes first, or pass --allow-dirty to "
+                           "run anyway (the records then say so)")
+    return {**code, "allow_dirty": True}

@@ -692,3 +692,29 @@ def test_status_names_runs_made_from_a_tree_with_uncommitted_changes(tmp_path):
     assert dirty_lines(tmp_path) == []
     write_json(tmp_path / "runs" / "b.json", {"method": "lora", "versions": {"git_clean": False}})
     assert dirty_lines(tmp_path) and dirty_lines(tmp_path)[0].endswith(": b")
+
+
+def test_a_study_on_real_data_refuses_a_dirty_checkout_unless_allowed(tmp_path, monkeypatch):
+    import dataclasses
+
+    from smf_lib.study.presets import get_preset
+    from smf_lib.files import check_clean
+    from smf_lib.study import runner as R
+
+    clean, dirty = {"git_commit": "abc", "git_clean": True}, {"git_commit": "abc", "git_clean": False}
+    assert check_clean(clean, False, "x") == clean and check_clean({}, False, "x") == {}  # a wheel: nothing to pin
+    with pytest.raises(RuntimeError, match="uncommitted changes.*--allow-dirty"):
+        check_clean(dirty, False, "preset 'cpu'")
+    assert check_clean(dirty, True, "x") == {**dirty, "allow_dirty": True}
+    # the runner applies it to presets on the real data, before any work, and records the allowance
+    monkeypatch.setattr(R, "_versions", lambda: dict(dirty))
+    real = dataclasses.replace(get_preset("smoke"), name="smoke-real", data=None, train_n=None)
+    monkeypatch.setattr(R.Runner, "task_questions_for", lambda self, seed: [])
+    monkeypatch.setattr(R, "load_medmcqa", lambda *a, **k: [])
+    monkeypatch.setattr(R, "build_suite", lambda *a, **k: None)
+    monkeypatch.setattr(R, "check_corpora", lambda *a, **k: None)
+    with pytest.raises(RuntimeError, match="--allow-dirty"):
+        R.Runner(real, tmp_path, progress=False)
+    assert R.Runner(real, tmp_path, progress=False, allow_dirty=True).versions["allow_dirty"] is True
+    fixtures = dataclasses.replace(get_preset("smoke"), train_n=None)
+    assert "allow_dirty" not in R.Runner(fixtures, tmp_path, progress=False).versions  # fixtures: for tests

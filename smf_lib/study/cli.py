@@ -151,6 +151,8 @@ def _main(argv, commands=()) -> int:
     r.add_argument("--reuse", nargs="+", metavar="DIR", default=[],
                    help="other results folders: a run finished there with the same identity is copied, not repeated")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--allow-dirty", action="store_true",
+                   help="start even if the checkout has uncommitted changes (the records say so); otherwise refused")
     r.add_argument("--show", action="store_true", help="print the settings that would run, and stop")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
@@ -274,7 +276,7 @@ def _main(argv, commands=()) -> int:
         from .facts_study import FactsRunner, get_facts_preset
 
         records = FactsRunner(get_facts_preset(args.preset), args.out or f"results/{args.preset}",
-                              progress=not args.no_progress).run_all(args.split)
+                              progress=not args.no_progress, allow_dirty=args.allow_dirty).run_all(args.split)
         print(f"{len(records)} runs finished on the {args.split} facts")
         return 0
     from ..training import TrainingDiverged
@@ -293,7 +295,7 @@ def _main(argv, commands=()) -> int:
         tune_cpu_allocator()
     try:
         Runner(preset, args.out or f"results/{preset.name}", progress=not args.no_progress,
-               fresh=args.fresh, reuse=args.reuse).run(args.methods, args.seeds)
+               fresh=args.fresh, reuse=args.reuse, allow_dirty=args.allow_dirty).run(args.methods, args.seeds)
     except TrainingDiverged as err:  # a measured outcome, not a crash: one line, whatever --debug says
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import torch
 from .. import data
 from ..adapter import load_memory
 from ..facts import fact_order, facts_probe, make_facts
-from ..files import git_state, plain as _plain, read_json, write_json
+from ..files import check_clean, git_state, plain as _plain, read_json, write_json
 from ..models import load_named as load
 from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perplexity, span_logliks
 from ..selection import BackgroundStats, compute_background_stats
@@ -87,10 +87,14 @@ def _paired(before: dict, after: dict) -> dict:
 
 
 class FactsRunner:
-    """Runs a :class:`FactsPreset` into ``out`` (resumable; finished runs are read back)."""
+    """Runs a :class:`FactsPreset` into ``out`` (resumable; finished runs are read back). The code is read when it
+    starts; a preset on the real data refuses a checkout with uncommitted changes unless ``allow_dirty``."""
 
-    def __init__(self, preset: FactsPreset, out: str | Path, progress: bool = True):
+    def __init__(self, preset: FactsPreset, out: str | Path, progress: bool = True, allow_dirty: bool = False):
         self.p, self.out, self.progress = preset, Path(out), progress
+        self.code = git_state(Path(__file__).parent)
+        if preset.model != "tiny":
+            self.code = check_clean(self.code, allow_dirty, f"facts preset {preset.name!r}")
         self.start_recipe = preset.start["recipe"]
 
     def start_settings(self) -> SpreadSettings:
@@ -138,7 +142,7 @@ class FactsRunner:
             if rec.get("identity") == identity:
                 return rec
             raise ValueError(f"{path} was made with other settings: delete it to rerun, or use another --out")
-        code, t0 = git_state(Path(__file__).parent), time.perf_counter()
+        code, t0 = self.code, time.perf_counter()
         before = self.baseline(split)
         model, tok = self.starting_model()
         facts = facts_of(self.p, split)

@@ -27,7 +27,7 @@ import torch
 
 from ..adapter import load_memory, save_memory
 from ..data import data_dir, load_medmcqa, medmcqa_training_text, sample_rows
-from ..files import git_state, FolderLock, read_json, write_json
+from ..files import check_clean, git_state, FolderLock, read_json, write_json
 from ..fingerprints import items_fingerprint, object_hash
 from ..memory import MemoryConfig
 from ..models import load_model, load_tokenizer, tiny_model
@@ -35,7 +35,7 @@ from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, 
 from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
-from .presets import Preset
+from .presets import FIXTURES, Preset
 from .records import REPORT, read_run, upgrade_identity
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
                      reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
@@ -86,9 +86,17 @@ class Runner:
         progress: show progress bars.
         fresh: recompute results made with other settings or data (otherwise they are refused).
         reuse: other results folders; a run finished there with the same identity is copied, not repeated.
+        allow_dirty: start even when the checkout has uncommitted changes (the records then say
+            ``allow_dirty``); otherwise a preset on the real data refuses to start from such a tree.
     """
 
-    def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=()):
+    def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=(),
+                 allow_dirty: bool = False):
+        # the code that runs: read when the runner starts, not when a record is written; a study on the real data
+        # refuses a checkout with uncommitted changes unless allowed (the fixture presets are for tests)
+        self.versions = _versions()
+        if preset.data != FIXTURES:
+            self.versions = check_clean(self.versions, allow_dirty, f"preset {preset.name!r}")
         self.rank, self.world = distributed()
         self.main = self.rank == 0
         self.preset, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
@@ -110,7 +118,6 @@ class Runner:
         self.precision = auto_precision(preset, _device())
         self.failures: list[str] = []
         self.waiting: list[str] = []  # grid runs skipped until the preset chooses their rate
-        self.versions = _versions()  # the code that runs: read when the runner starts, not when a record is written
 
     def task_questions_for(self, seed: int) -> list[dict]:
         """The training questions of a seed (the same for every seed unless the preset samples per seed)."""

@@ -65,7 +65,7 @@ def _command(args) -> int:
     from ..study.runner import Runner
 
     runner = Runner(get_preset(args.preset), args.out or f"results/{args.preset}", progress=not args.no_progress,
-                    fresh=args.fresh)
+                    fresh=args.fresh, allow_dirty=True)  # it reads the study's runs, records none of its own
     lock = FolderLock(runner.out).acquire()
     try:
         print(selection_snapshot(runner, args.seed))
