@@ -718,3 +718,23 @@ def test_a_study_on_real_data_refuses_a_dirty_checkout_unless_allowed(tmp_path, 
     assert R.Runner(real, tmp_path, progress=False, allow_dirty=True).versions["allow_dirty"] is True
     fixtures = dataclasses.replace(get_preset("smoke"), train_n=None)
     assert "allow_dirty" not in R.Runner(fixtures, tmp_path, progress=False).versions  # fixtures: for tests
+
+
+def test_the_baselines_can_start_from_the_retrofit_with_its_memory_frozen(reference_grid, tmp_path):
+    """``lora-mem`` and ``full-mem`` train from SMF's own start: their changes are read against the retrofit, the
+    base weights move and the memory they carry is the retrofit's, row for row."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    assert main([*SMOKE, "--out", str(out), "--methods", "lora-mem", "full-mem"]) == 0
+    runs = results.load_runs(out)
+    net = results.net_table(runs).set_index("method")
+    assert net.loc["lora-mem", "start"] == net.loc["full-mem", "start"] == "retrofit"
+    for name in ("lora-mem-s0", "full-mem-s0"):
+        stored = load_file(str(out / "artifacts" / name / "adapter" / "memory.safetensors"))
+        assert stored and all(t.shape[0] == 0 for t in stored.values())  # no value row differs from the retrofit's
+    by = {r["method"]: r for r in runs if is_report(r)}
+    assert by["full-mem"]["items"]["chat_loglik"] != by["retrofit"]["items"]["chat_loglik"]  # the base moved

@@ -57,6 +57,11 @@ _TABLE: list[tuple[str, Arm]] = [
                               "#117a5b")),
     ("lora", Arm("lora", label="LoRA", colour="#7570b3")),
     ("full", Arm("full", label="full finetuning", colour="#d95f02")),
+    # The baselines from SMF's own starting point: the retrofitted model, its memory kept in place and frozen, so
+    # every arm of a comparison starts from the same model (LoRA's adapters merge into the base weights; full
+    # finetuning trains every base weight).
+    ("lora-mem", Arm("lora", memory="additive", label="LoRA, same start", colour="#4a3f9c")),
+    ("full-mem", Arm("full", memory="additive", label="full finetuning, same start", colour="#a6470a")),
 ]
 
 #: name -> arm, in display order.

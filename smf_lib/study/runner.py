@@ -245,7 +245,7 @@ class Runner:
             extra["background"] = read_json(retrofitted / "background_meta.json")
         else:
             model, tok = self.load(spec.seed)
-        trained = (trained_memory(self, spec, ident) if arm.memory is not None and arm.train is not None
+        trained = (trained_memory(self, spec, ident) if arm.memory is not None and arm.train == "smf"
                    and spec.evaluation == REPORT else None)
         if trained is not None:  # a swept run trained exactly this: load its memory and only evaluate
             source, swept, adapter = trained
