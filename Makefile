@@ -40,10 +40,10 @@ LINTED := book/notebooks book/_ext scripts benchmarks
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 
-# The cached results the book shows (hours on 2 CPU cores; resumable: `python -m smf_lib status --preset cpu`).
+# The cached results the book shows (hours on 2 CPU cores; resumable: `python -m smf_lib status --preset cpu-v2`).
 cpu-results: setup
-	$(PY) -m smf_lib run --preset cpu --out results/cpu
-	$(PY) -m smf_lib snapshot --preset cpu --out results/cpu
+	$(PY) -m smf_lib run --preset cpu-v2 --out results/cpu-v2
+	$(PY) -m smf_lib snapshot --preset cpu-v2 --out results/cpu-v2
 
 # Do the tests guard the key invariants? Single mutations, one at a time; the kill rate must be >= 95%.
 mutate: setup

@@ -1,5 +1,6 @@
 """The experiment runner: presets as data, crash safety, refusal of mixed results, the lock, failed runs."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -48,7 +49,7 @@ def test_plan_runs_seeds_and_sweeps():
 
 
 def test_sweep_first_runs_the_swept_rates_right_after_the_stages():
-    p = get_preset("cpu")
+    p = get_preset("cpu-v2")
     specs = R.plan(p)
     names = [s.name for s in specs]
     assert names[:3] == ["base", "retrofit-s0", "retrofit-s1"]
@@ -56,6 +57,22 @@ def test_sweep_first_runs_the_swept_rates_right_after_the_stages():
     assert all(s.lr is not None for s in specs[3:first_grid]) and all(s.lr is None for s in specs[first_grid:])
     assert {s.method for s in specs[3:first_grid]} == set(p.sweep)
 
+
+
+def test_the_cpu_study_sweeps_every_same_start_arm_at_both_seeds_before_its_reported_runs():
+    p = get_preset("cpu")
+    specs = R.plan(p)
+    swept = [s for s in specs if s.lr is not None]
+    assert {s.method for s in swept} == {"smf-kl", "smf-tfidf", "lora-mem", "full-mem"}
+    assert all(len(rates) >= 3 for rates in p.sweep.values()) and p.trajectory_points >= 8
+    assert p.dev_subset["chat"] == p.chat_dev_n == 174  # every dev chat reply along every trajectory
+    seeds = [s.seed for s in swept]
+    assert seeds == sorted(seeds) and set(seeds) == {0, 1}  # all of seed 0's sweep first
+    assert all(ARMS[m].memory == "additive" for m in p.sweep)  # every compared arm starts from the retrofit
+    grid = [s for s in specs if s.lr is None and ARMS[s.method].train is not None]
+    assert grid and all(p.rate_to_choose(s.method, s.seed) for s in grid)  # held back until the rates are chosen
+    with pytest.raises(ValueError, match="sweep_seeds"):
+        dataclasses.replace(p, sweep_seeds=(2,))
 
 @pytest.fixture(scope="module")
 def reference_grid(tmp_path_factory):
@@ -391,7 +408,7 @@ def test_the_snapshot_command_writes_what_chapter_4_reads(reference_grid, tmp_pa
     assert picks["KL share of its reads"].between(0, 1).all() and (picks["in KL's batch picks"] <= 4).all()
 
 
-@pytest.mark.parametrize("name", ["cpu-v1", "cpu"])
+@pytest.mark.parametrize("name", ["cpu-v1", "cpu-v2", "cpu"])
 def test_committed_records_keep_their_training_identity(name):
     """Every committed run record of a study still matches its preset's training config as the code builds it
     today (the flat ``TrainConfig.record()``, LoRA's settings included), so no finished run is refused or redone."""
@@ -408,7 +425,7 @@ def test_committed_records_keep_their_training_identity(name):
         identity = read_run(out / f"{spec.name}.json")["identity"]
         assert R._same_training(identity, get_preset(name), spec), spec.name
     trained = [s for s in specs if ARMS[s.method].train is not None]
-    if name == "cpu-v1":
+    if name in ("cpu-v1", "cpu-v2"):
         assert any(s.method == "lora" for s in trained)  # LoRA's settings are among those compared
 
 
@@ -672,7 +689,7 @@ def test_an_arm_can_have_its_own_rate_and_wait_for_it():
     runs only; an unknown key is refused naming the allowed ones."""
     import dataclasses
 
-    p = get_preset("cpu")
+    p = get_preset("cpu-v2")
     own = dataclasses.replace(p, lr={**p.lr, "smf-tfidf": 0.1}, rates_to_choose=())
     assert own.train_config("smf-tfidf", 0).lr == 0.1 and own.train_config("smf-kl", 0).lr == p.lr["smf-adam"]
     assert own.train_config("smf-tfidf", 0, lr=0.03).lr == 0.03  # a swept rate still wins

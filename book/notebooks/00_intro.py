@@ -79,7 +79,7 @@ device = setup_notebook(SEED)
 
 # %% [markdown]
 # ## What we found
-# The plain answer first, computed from the result files of the study, `python -m smf_lib run --preset cpu`:
+# The plain answer first, computed from the result files of the study, `python -m smf_lib run --preset cpu-v2`:
 # SmolLM2-135M-Instruct on 2 CPU cores, a memory retrofitted until it carries a real share of the model's
 # computation, MedMCQA for one epoch, and every forgetting probe scored on items nothing was chosen on. It includes
 # what goes against SMF.
@@ -91,8 +91,8 @@ from smf_lib.study.results import net_table, results_dir, trajectory_table
 from smf_lib.views.notebook import found_box
 from smf_lib.views.plotting import plot_answer
 
-folder, summary, runs = load_results("cpu")
-status = study_status(get_preset("cpu"), folder)
+folder, summary, runs = load_results("cpu-v2")
+status = study_status(get_preset("cpu-v2"), folder)
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]

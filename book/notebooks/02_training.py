@@ -188,13 +188,13 @@ Panels(plot_row_changes(moves, memory.n_keys, memory.layers, split=True))
 # per model (`python -m smf_lib calibrate`).
 #
 # ## The cached study
-# The runs below come from `python -m smf_lib run --preset cpu`, which writes `results/cpu/` (resumable; on 2 CPU
+# The runs below come from `python -m smf_lib run --preset cpu-v2`, which writes `results/cpu-v2/` (resumable; on 2 CPU
 # cores it takes hours): the living-memory study that chapter 3 reads. Every method trains on the same MedMCQA texts
 # in the same order. Each run records its own settings; the {doc}`method page <../method>` lists every setting in
 # which the `cpu` preset departs from the paper, and why.
 
 # %%
-folder, summary, runs = load_results("cpu")
+folder, summary, runs = load_results("cpu-v2")
 runs = [r for r in runs if r["method"] in ORDER]  # the grid's methods
 runs.sort(key=lambda r: (ORDER.index(r["method"]), str(r["seed"])))
 settings = []

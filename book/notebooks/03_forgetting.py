@@ -67,8 +67,8 @@ from smf_lib.views.tables import book_table
 SEED = 0
 device = setup_notebook(SEED)
 pd.set_option("display.max_colwidth", None)  # lists of metrics in full
-folder, summary, runs = load_results("cpu")
-preset = get_preset("cpu")
+folder, summary, runs = load_results("cpu-v2")
+preset = get_preset("cpu-v2")
 status = study_status(preset, folder)
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
@@ -99,7 +99,7 @@ found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
 # once and taking the 2.5th and 97.5th percentiles of the resampled $\Delta$. Item difficulty cancels out.
 
 # %% [markdown]
-# The study is `python -m smf_lib run --preset cpu` (files in `results/cpu/`): SmolLM2-135M-Instruct on 2 CPU
+# The study is `python -m smf_lib run --preset cpu-v2` (files in `results/cpu-v2/`): SmolLM2-135M-Instruct on 2 CPU
 # cores, a memory retrofitted with the recipe of chapter 2's pilot, the first 1,200 MedMCQA training questions for
 # one epoch (75 steps), and every probe scored on reported items that nothing was chosen on. Where it stands:
 
@@ -288,7 +288,7 @@ for name, metrics in groups.items():
 
 # %% [markdown]
 # The drift KLs are measured against the base model, so an SMF run's drift includes its retrofit's: compare it
-# with the `retrofit` row. Against the base model, the summary's full table is in `results/cpu/summary.csv`.
+# with the `retrofit` row. Against the base model, the summary's full table is in `results/cpu-v2/summary.csv`.
 
 # %% [markdown]
 # The paper's table scores every model against the base model, so there an SMF row includes its retrofit. Counted

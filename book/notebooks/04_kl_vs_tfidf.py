@@ -48,7 +48,7 @@
 #
 # The read counts below come from `selection_counts.json` in the study's results folder: the reads of the first four
 # training batches and the background statistics of the study's retrofitted memory.
-# `python -m smf_lib snapshot --preset cpu --out results/cpu` writes it (from the study's retrofit stage, or
+# `python -m smf_lib snapshot --preset cpu-v2 --out results/cpu-v2` writes it (from the study's retrofit stage, or
 # retrofitting again where that stage is gone). The memory is the living one of chapter 3's study.
 
 # %% tags=["remove-cell"]
@@ -79,7 +79,7 @@ from smf_lib.views.widgets import selection_explorer
 
 SEED = 0
 device = setup_notebook(SEED)
-folder, summary, runs = load_results("cpu")
+folder, summary, runs = load_results("cpu-v2")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
 print(f"read counts of {snap['batch_texts']} MedMCQA training texts; "
       f"background: {stats.n_docs} documents")
@@ -149,7 +149,7 @@ from smf_lib.study.presets import get_preset
 from smf_lib.views.plotting import example_selection
 
 example = [torch.tensor(c) for c in snap["example"]["counts"]]
-top_t = get_preset("cpu").train["top_t"]
+top_t = get_preset("cpu-v2").train["top_t"]
 picks = example_selection(example, counts, stats, top_t, layers=snap["layers"])
 shares = [c for c in picks if "share" in c]
 picks[shares] = (100 * picks[shares]).round(0)
@@ -188,7 +188,7 @@ if selectors["method"].nunique() < 2:
     print("from the first study (results/cpu-v1): the living-memory study's")
     print("selector runs are not all in yet")
 else:
-    print("from the living-memory study (results/cpu)")
+    print("from the living-memory study (results/cpu-v2)")
 missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])
 if missing:
     print(f"not finished yet in this study: {', '.join(sorted(missing))}")

@@ -147,7 +147,7 @@ else:
 # then. Its changes against the base model, with paired 95% intervals (accuracies in points):
 
 # %%
-folder, summary, runs = load_results("cpu")
+folder, summary, runs = load_results("cpu-v2")
 study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
 if study["method"].nunique() < 3:  # the living-memory study's grid is not all in yet
     folder, summary, runs = load_results("cpu-v1")

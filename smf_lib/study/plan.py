@@ -39,7 +39,7 @@ class RunSpec:
 
 def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
     """The runs of a preset: every method at the first seed, ``multi_seed`` methods at every seed, and the swept
-    rates of ``sweep`` at the first seed; base first. With ``sweep_first`` the swept rates run right after the
+    rates of ``sweep`` at the first seed (or at each of ``sweep_seeds``, one seed after the other); base first. With ``sweep_first`` the swept rates run right after the
     stages that train nothing (base, retrofit), so their dev results can choose the grid's rates."""
     methods = list(methods or p.methods)
     seeds = list(seeds if seeds is not None else p.seeds)
@@ -50,8 +50,9 @@ def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
             if m == "base" and i > 0 or (i > 0 and m not in p.multi_seed):
                 continue
             specs.append(RunSpec(m, seed))
-    swept = [RunSpec(m, seeds[0], float(r), p.sweep_evaluation)
-             for m, rates in p.sweep.items() if m in methods for r in rates]
+    sweep_seeds = [s for s in (p.sweep_seeds or seeds[:1]) if s in seeds]
+    swept = [RunSpec(m, seed, float(r), p.sweep_evaluation)
+             for seed in sweep_seeds for m, rates in p.sweep.items() if m in methods for r in rates]
     if p.sweep_first:  # the stages first (base, retrofit), then the swept rates, then the grid's runs
         stages = [s for s in specs if get_arm(s.method).train is None]
         return stages + swept + [s for s in specs if s not in stages]

@@ -88,6 +88,8 @@ class Preset:
         sweep_evaluation: how swept runs are scored: ``"trajectory"`` (the dev subset along their trajectory only)
             or ``"report"`` (every probe, like the grid's runs).
         sweep_first: run the swept rates before the grid's training runs (their dev results choose its rates).
+        sweep_seeds: the seeds the swept rates run at (empty: the first seed only); all of one seed's swept runs
+            come before the next seed's.
         train_n: MedMCQA training questions (file order).
         medmcqa_n: reported MedMCQA validation items (the first ones); ``medmcqa_dev_n`` more after them form the
             dev split used to choose settings.
@@ -134,6 +136,7 @@ class Preset:
     sweep: dict = field(default_factory=dict)
     sweep_evaluation: str = "trajectory"
     sweep_first: bool = False
+    sweep_seeds: tuple[int, ...] = ()
     train_n: int | None = None
     medmcqa_n: int = 1000
     medmcqa_dev_n: int = 0
@@ -226,6 +229,9 @@ class Preset:
         for m, rates in self.sweep.items():
             if not rates or any(not isinstance(r, (int, float)) or not r > 0 for r in rates):
                 raise ValueError(f"preset {self.name!r}: sweep rates of {m!r} must be positive numbers, got {rates}")
+        if set(self.sweep_seeds) - set(self.seeds):
+            raise ValueError(f"preset {self.name!r}: sweep_seeds {tuple(self.sweep_seeds)} must be among its seeds "
+                             f"{tuple(self.seeds)}")
 
     def task_settings(self) -> TrainConfig:
         """The settings every task run shares (``train``) as a :class:`~smf_lib.training.TrainConfig`, so a field
@@ -371,15 +377,16 @@ PRESETS = {
 # (smf_lib.study.cost.estimate_runtime gives the budget; chapter 5 shows it).
 T4 = "sized for one T4 (chapter 5 estimates its minutes)"
 PRESETS["colab"] = Preset(
-    name="colab", model=PAPER_MODEL, data="hub", methods=("base", "smf-kl", "lora", "full"), seeds=(0,),
-    memory=dict(layers=(6, 12, 18), n_keys=128, heads=4, knn=16, k_dim=256),
+    name="colab", model=PAPER_MODEL, data="hub", methods=("base", "smf-kl", "lora-mem", "full-mem"), seeds=(0,),
+    memory=dict(layers=(6, 12, 18), n_keys=256, heads=4, knn=16, k_dim=256),
     train_n=4000, medmcqa_n=1000, medmcqa_dev_n=200, triviaqa_n=300, triviaqa_dev_n=100, wikitext_lines=200,
     wikitext_dev_lines=50, chat_n=100, chat_dev_n=50, acquisition_n=200,
     dev_subset=dict(medmcqa=100, acquisition=100, chat=30, wikitext_windows=4), trajectory_points=4,
     retrofit_n=3000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=500,
     train=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, top_t=512,
                checkpoint_every=50),
-    retrofit=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, checkpoint_every=50),
+    retrofit=dict(micro_batch=8, grad_accum=2, max_length=512, warmup_steps=10, epochs=1, checkpoint_every=50,
+                  retrofit=dict(addressing="frozen", sparse_values=True)),
     lr={"smf-adam": 5e-4, "smf-paper": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 2e-3},
     dtype="auto", memory_dtype="float32", eval_batch=16,
     departures={
@@ -403,9 +410,15 @@ PRESETS["colab"] = Preset(
         "WikiText text": "the raw text, as offline (compare with the cpu study)",
         "first perplexity window": "project default: the first window scores one token fewer, counted so",
         "memory init": "project default: zero values, the model is unchanged at insertion",
+        "memory slots per layer": "the spread pilot (cpu): at 16,384 slots a question reads about 15% of a layer's "
+                                  "rows, at 65,536 about 4%",
+        "retrofit addressing": "the spread pilot (cpu): trained addressing collapses the reads onto a few hub rows",
+        "retrofit value gradients": "a step costs what it reads, not what the table holds",
+        "baselines start from": "one starting model for every arm: the retrofit, its memory frozen in place",
     },
     notes="Qwen2.5-0.5B-Instruct sized for one Colab T4 (chapter 5 estimates its minutes; not run here): base, "
-          "SMF-KL, LoRA, full finetuning")
+          "SMF-KL, and LoRA and full finetuning from the same retrofitted model, on the spread pilot's memory "
+          "(65,536 slots per layer, frozen addressing)")
 
 # The pilot that chose the cpu regime: full finetuning at three rates, scored on dev items only (disjoint from
 # every reported item), to see whether this regime makes full finetuning forget.
@@ -419,7 +432,10 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
     + ". Pilot: dev items only; full finetuning at 5e-5, 2e-4 and 1e-3")
 
 
-# The cpu study on a living memory. The retrofit recipe comes from the retrofit pilot
+# The second cpu study (results/cpu-v2), kept as it ran: a living memory, but its retrofit (the paper's: query and
+# keys train) collapsed the reads onto about 150 hub rows per layer (results/spread-pilot, recipe "trained"), and its
+# baselines started from the base model while SMF started from the retrofit. The retrofit recipe comes from the
+# retrofit pilot
 # (python -m smf_lib retrofit-pilot, results/retrofit-pilot): with zero values at rate 5e-3, every memory layer
 # carried more than 10% of its MLP's output after 30 of 100 steps of 16 OASST1 train replies of 128 tokens (at
 # 2e-3 after 60; the paper's init not within 100). The preset retrofits for 50 steps at 5e-3; its own retrofit
@@ -428,8 +444,8 @@ PRESETS["cpu-pilot"] = dataclasses.replace(
 # background statistics read no validation text. SMF-KL's rates are swept first on dev items (the dev subset along the
 # trajectory); LoRA's and full finetuning's grid runs (5e-5) record their dev learning along the same trajectory
 # points, and the grid's SMF rate is chosen where the two meet.
-PRESETS["cpu"] = dataclasses.replace(
-    PRESETS["cpu-v1"], name="cpu", methods=("base", "retrofit", "lora", "full", "smf-kl", "smf-tfidf"),
+PRESETS["cpu-v2"] = dataclasses.replace(
+    PRESETS["cpu-v1"], name="cpu-v2", methods=("base", "retrofit", "lora", "full", "smf-kl", "smf-tfidf"),
     seeds=(0, 1), multi_seed=("retrofit", "smf-kl", "smf-tfidf", "lora", "full"),  # SMF-s1 starts from retrofit-s1
     # SMF-TF-IDF at SMF-KL's rate (3e-2) learned less on dev items than LoRA and full finetuning (intervals apart),
     # so its own rate is swept too and chosen the same way (lr["smf-tfidf"] below).
@@ -438,7 +454,7 @@ PRESETS["cpu"] = dataclasses.replace(
     retrofit_corpus="oasst1-train", retrofit_n=800,
     retrofit=dict(micro_batch=8, grad_accum=2, max_length=128, warmup_steps=10, epochs=1, checkpoint_every=20),
     # smf-adam: the swept rate whose dev gold-margin interval meets LoRA's at 5e-5 (results.matched_learning on
-    # results/cpu's trajectories: SMF-KL at 3e-2 against LoRA seed 0; 3e-3 and 1e-2 fall short). smf-tfidf: its
+    # results/cpu-v2's trajectories: SMF-KL at 3e-2 against LoRA seed 0; 3e-3 and 1e-2 fall short). smf-tfidf: its
     # own swept rate that meets LoRA's and full finetuning's dev learning (1e-1; 3e-2 falls short of both).
     lr={**PRESETS["cpu-v1"].lr, "retrofit": 5e-3, "smf-adam": 3e-2, "smf-tfidf": 1e-1, "lora": 5e-5, "full": 5e-5},
     departures={**{k: v for k, v in PRESETS["cpu-v1"].departures.items()
@@ -460,6 +476,53 @@ PRESETS["cpu"] = dataclasses.replace(
            "the grid's SMF rate, 3e-2, is the swept rate whose dev learning meets LoRA's. SMF-TF-IDF at that rate "
            "fell short on dev items, so its own rate is swept too (3e-2, 1e-1) and chosen the same way: 1e-1"))
 
+
+# The cpu study on a spread memory, every arm from one start (python -m smf_lib run --preset cpu). The memory comes
+# from the spread pilot (python -m smf_lib spread-pilot, results/spread-pilot): with the query and keys frozen the
+# retrofit keeps random addressing's spread at every size, and 65,536 slots per layer (256 sub-keys) is the largest
+# table whose memory stays alive at every layer (at least 10% of the MLP's output; 262,144 left layer 22 at 7%),
+# with a question reading about 4% of a layer's rows. The value rows train with row-sparse gradients and a lazy
+# row-wise Adam, so a retrofit step costs what it reads. LoRA and full finetuning train from the same retrofitted
+# model with its memory frozen in place (lora-mem, full-mem); from the base model (lora, full) they are the paper's
+# view, shown second. Every same-start arm runs three rates at both seeds along 8-point trajectories on the dev
+# subset (all 174 dev chat replies); the reported runs wait for the rates at which the arms' dev learning meets
+# (rates_to_choose), chosen from those trajectories.
+MATCH_MARGIN = 0.02  # nats of MedMCQA gold margin: two arms' dev learning within it counts as matched (fixed first)
+PRESETS["cpu"] = dataclasses.replace(
+    PRESETS["cpu-v2"], name="cpu",
+    methods=("base", "retrofit", "smf-kl", "smf-tfidf", "lora-mem", "full-mem", "lora", "full"),
+    seeds=(0, 1), multi_seed=("retrofit", "smf-kl", "smf-tfidf", "lora-mem", "full-mem", "lora", "full"),
+    memory=dict(layers=(7, 15, 22), n_keys=256, heads=4, knn=16, k_dim=256, init="zero"),
+    retrofit=dict(micro_batch=8, grad_accum=2, max_length=128, warmup_steps=10, epochs=1, checkpoint_every=20,
+                  retrofit=dict(addressing="frozen", sparse_values=True)),
+    sweep={"smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf": (1e-2, 3e-2, 1e-1), "lora-mem": (2e-5, 5e-5, 2e-4),
+           "full-mem": (1e-5, 3e-5, 1e-4)},
+    sweep_first=True, sweep_seeds=(0, 1), trajectory_points=8,
+    dev_subset=dict(medmcqa=150, acquisition=100, chat=174, wikitext_windows=4),
+    rates_to_choose=("smf-kl", "smf-tfidf", "lora-mem", "full-mem", "lora", "full"),
+    departures={**PRESETS["cpu-v2"].departures,
+                "memory slots per layer": "the spread pilot: the largest table alive at every layer (a question "
+                                          "reads about 4% of a layer's rows at 65,536 slots, 30% at 4,096)",
+                "retrofit addressing": "the spread pilot: trained addressing collapses the reads onto about 150 "
+                                       "hub rows per layer; frozen addressing keeps random addressing's spread",
+                "retrofit value gradients": "a step costs what it reads, not what the table holds",
+                "baselines start from": "one starting model for every arm (the retrofit, memory frozen); from the "
+                                        "base model too, as the paper's view",
+                "top-t": "128 rows per layer per step, as the cpu-v2 study, so the memory is the change (0.2% of "
+                         "65,536 slots; the paper's share is 3%)",
+                "LoRA rate": "chosen on dev items where the arms' learning meets (three rates swept per arm)",
+                "full finetuning rate": "chosen on dev items where the arms' learning meets (three rates swept per "
+                                        "arm)",
+                "update and rate of SMF-KL / SMF-TF-IDF": (
+                    "project default update: row-sparse Adam (strict); each selector's rate chosen on dev items "
+                    "where the arms' learning meets (three rates swept per arm)")},
+    notes=("offline default SmolLM2-135M-Instruct on 2 CPU cores, on a spread memory (65,536 slots per layer, "
+           "frozen addressing, the spread pilot's choice), every arm from the same retrofitted model. Task: the "
+           "first 1,200 MedMCQA train questions, 1 epoch (75 steps). SMF-KL, SMF-TF-IDF, LoRA and full finetuning "
+           "(the last two with the memory frozen in place) each swept at three rates and two seeds along 8-point "
+           "dev trajectories; the reported runs at the rates where the dev learning meets, within "
+           f"{MATCH_MARGIN:g} nats of gold margin. LoRA and full finetuning from the base model are the paper's "
+           "view"))
 
 def get_preset(name: str) -> Preset:
     """A copy of the preset called ``name``."""
@@ -486,6 +549,9 @@ PAPER_PROTOCOL = {
     "retrofit texts": 50000,
     "retrofit epochs": 2,
     "retrofit rate": 5e-4,
+    "retrofit addressing": "train",
+    "retrofit value gradients": "dense",
+    "baselines start from": "the base model",
     "background statistics": "oasst1-train, 2000",
     "MedMCQA training questions": 60000,
     "MedMCQA training sample": "shuffle",
@@ -521,14 +587,31 @@ def _grid_smf(p: Preset) -> str:
     arms = [a for a in ("smf-kl", "smf-tfidf") if a in p.methods]
     if not arms or {"smf-kl-paper", "smf-tfidf-paper"} <= set(p.methods):
         return PAPER_PROTOCOL["update and rate of SMF-KL / SMF-TF-IDF"]
-    values = [f"{c.update}, {c.lr:g}" for c in (p.train_config(a, 0) for a in arms)]
+    values = [f"{p.train_config(a, 0).update}, {r if isinstance(r, str) else f'{r:g}'}"
+              for a, r in ((a, _rate(p, a)) for a in arms)]
     return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
+def _baselines_start(p: Preset) -> str:
+    """Where the preset's LoRA and full finetuning start: the base model (the paper's), the retrofitted model with
+    its memory frozen in place (``lora-mem``, ``full-mem``), or both."""
+    same = any(m in p.methods for m in ("lora-mem", "full-mem"))
+    base = any(m in p.methods for m in ("lora", "full"))
+    if same and base:
+        return "the retrofitted model (memory frozen), and the base model"
+    return "the retrofitted model (memory frozen)" if same else "the base model"
+
+
+def _rate(p: Preset, arm: str) -> str | float:
+    """An arm's grid rate, or what says it is still to be chosen."""
+    return "chosen on dev items" if p.rate_to_choose(arm, 0) else p.train_config(arm, 0).lr
 
 
 def protocol_settings(p: Preset) -> dict:
     """A preset's values of the settings in :data:`PAPER_PROTOCOL`."""
     smf = p.train_config("smf-kl-paper", 0)
     lora = p.train_config("lora", 0)
+    retrofit = p.retrofit_config(0).retrofit
     m = p.memory
     full_precision = ("bfloat16 weights and AdamW state" if p.dtype == "bfloat16"
                       else f"{p.dtype} weights and AdamW state")
@@ -548,6 +631,9 @@ def protocol_settings(p: Preset) -> dict:
         "retrofit texts": p.retrofit_n,
         "retrofit epochs": p.retrofit_config(0).epochs,
         "retrofit rate": p.lr.get("retrofit"),
+        "retrofit addressing": retrofit.addressing,
+        "retrofit value gradients": "row-sparse, lazy row-wise Adam" if retrofit.sparse_values else "dense",
+        "baselines start from": _baselines_start(p),
         "background statistics": f"{p.background_corpus}, {p.background_n}",
         "MedMCQA training questions": p.train_n,
         "MedMCQA training sample": p.train_sample,
@@ -565,8 +651,8 @@ def protocol_settings(p: Preset) -> dict:
         "SMF rate (paper's update)": smf.lr,
         "update and rate of SMF-KL / SMF-TF-IDF": _grid_smf(p),
         "LoRA r / alpha / dropout": f"{lora.lora.r} / {lora.lora.alpha} / {lora.lora.dropout:g}",
-        "LoRA rate": lora.lr,
-        "full finetuning rate": p.train_config("full", 0).lr,
+        "LoRA rate": _rate(p, "lora"),
+        "full finetuning rate": _rate(p, "full"),
         "MedMCQA items": p.medmcqa_n,
         "TriviaQA items": p.triviaqa_n,
         "WikiText lines": p.wikitext_lines,
