@@ -126,10 +126,11 @@ def _main(argv, commands=()) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
     added = {}
+    from .frontier import COMMAND as frontier
     from .memory_effect import COMMAND as memory_effect
     from .spread_pilot import COMMAND as spread_pilot
 
-    for name, help_text, add_arguments, run in (*commands, spread_pilot, memory_effect):
+    for name, help_text, add_arguments, run in (*commands, spread_pilot, memory_effect, frontier):
         add_arguments(sub.add_parser(name, help=help_text))
         added[name] = run
     r = sub.add_parser("run", help="run a preset's grid (resumable)")

@@ -39,8 +39,9 @@ class RunSpec:
 
 def plan(p: Preset, methods=None, seeds=None) -> list[RunSpec]:
     """The runs of a preset: every method at the first seed, ``multi_seed`` methods at every seed, and the swept
-    rates of ``sweep`` at the first seed (or at each of ``sweep_seeds``, one seed after the other); base first. With ``sweep_first`` the swept rates run right after the
-    stages that train nothing (base, retrofit), so their dev results can choose the grid's rates."""
+    rates of ``sweep`` at the first seed (or at each of ``sweep_seeds``, one seed after the other); base first.
+    With ``sweep_first`` the swept rates run right after the stages that train nothing (base, retrofit), so their
+    dev results can choose the grid's rates."""
     methods = list(methods or p.methods)
     seeds = list(seeds if seeds is not None else p.seeds)
     specs = []

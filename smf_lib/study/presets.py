@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..memory import MemoryConfig
 from ..models import DEFAULT_MODEL, PAPER_MODEL
 from ..training import TrainConfig, rate_keys
+from .frontier import MATCH_MARGIN  # nats of gold margin within which dev learning counts as matched
 from .arms import ARMS
 from .records import evaluation_kind
 
@@ -487,7 +488,6 @@ PRESETS["cpu-v2"] = dataclasses.replace(
 # view, shown second. Every same-start arm runs three rates at both seeds along 8-point trajectories on the dev
 # subset (all 174 dev chat replies); the reported runs wait for the rates at which the arms' dev learning meets
 # (rates_to_choose), chosen from those trajectories.
-MATCH_MARGIN = 0.02  # nats of MedMCQA gold margin: two arms' dev learning within it counts as matched (fixed first)
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["cpu-v2"], name="cpu",
     methods=("base", "retrofit", "smf-kl", "smf-tfidf", "lora-mem", "full-mem", "lora", "full"),

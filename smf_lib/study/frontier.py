@@ -1,0 +1,239 @@
+"""Comparisons at equal learning: the level of dev learning every arm reaches, the rate of each arm that reaches it,
+and what each probe did there, SMF against each baseline.
+
+A training run's trajectory scores the dev subset at evenly spaced steps (step 0 is the model it started from).
+Learning at a point is the change of the mean MedMCQA gold margin (the gold option's score minus the best
+distractor's) since step 0, on the same dev items. Where a run's learning first crosses a level, each probe's items
+are interpolated linearly between the two points around the crossing, so every arm is read at the same learning,
+whatever its rate. Per arm and seed the run read is the smallest swept rate that reaches the level (fixed before
+looking at what it forgot: the gentlest training that gets there). The arms are compared item by item on the same dev
+items: per-item changes are averaged over the seeds, and the interval is a paired bootstrap over items; each seed's
+own difference is listed beside it. A difference is "better" or "worse" when its 95% interval excludes 0 (in the
+probe's own direction), else "cannot tell".
+
+Choosing the reported runs follows the same rule: the common level lies inside every arm's range of final dev
+learning (the midpoint of the ranges' overlap, so never at any arm's highest rate), and an arm's reported rate is
+the swept rate whose final dev learning is closest to it; it counts as matched when within :data:`MATCH_MARGIN` nats
+of the level (fixed before the runs). An arm outside the margin gets a suggested rate, interpolated in log-rate
+between the two swept rates around the level, to add to its sweep.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .paired_stats import METRICS
+from .records import is_report
+
+#: Two arms' dev learning within this many nats of MedMCQA gold margin counts as matched (stated before the runs).
+MATCH_MARGIN = 0.02
+#: The learning measure along trajectories.
+LEARN = "medmcqa_gold_margin"
+#: The probes read at equal learning (dev subset): retention of chat and text, and the trained questions.
+PROBES = ("chat_loglik", "chat_drift_kl", "wikitext_drift_kl", "acquisition_gold_margin")
+
+
+def _value(items: dict, metric: str) -> float:
+    keys, fn = METRICS[metric][:2]
+    return float(fn([np.asarray(items[k], dtype=float) for k in keys]))
+
+
+def _learning(points: list[dict], learn: str = LEARN) -> np.ndarray:
+    start = _value(points[0]["items"], learn)
+    return np.array([_value(p["items"], learn) - start for p in points])
+
+
+def trajectory_runs(runs: list[dict], arm: str, seed: int) -> list[dict]:
+    """The runs of ``arm`` at ``seed`` that kept a trajectory of at least two points, by rate (one per rate: the
+    reported run where a swept run and a reported run share a rate)."""
+    by_rate = {}
+    for r in runs:
+        if r.get("method") != arm or r.get("seed") != seed or len(r.get("trajectory") or []) < 2:
+            continue
+        lr = (r.get("train_config") or {}).get("lr")
+        if lr not in by_rate or is_report(r):
+            by_rate[lr] = r
+    return [by_rate[k] for k in sorted(by_rate)]
+
+
+def crossing(run: dict, level: float, learn: str = LEARN) -> dict | None:
+    """Where the run's dev learning first reaches ``level``: ``{"step", "lr", "items"}`` with every item array
+    interpolated between the points around it, and ``"start"`` (step 0's items); None if it never does."""
+    points = run["trajectory"]
+    gain = _learning(points, learn)
+    above = np.nonzero(gain >= level)[0]
+    if level <= 0 or not len(above) or above[0] == 0:
+        return None
+    k = int(above[0])
+    w = (level - gain[k - 1]) / (gain[k] - gain[k - 1])
+    a, b = points[k - 1]["items"], points[k]["items"]
+    items = {key: (1 - w) * np.asarray(a[key], dtype=float) + w * np.asarray(b[key], dtype=float)
+             for key in a if key in b and np.asarray(a[key]).dtype.kind in "fiub"
+             and np.asarray(a[key]).shape == np.asarray(b[key]).shape}
+    step = (1 - w) * points[k - 1]["step"] + w * points[k]["step"]
+    return {"step": float(step), "lr": (run.get("train_config") or {}).get("lr"), "items": items,
+            "start": points[0]["items"]}
+
+
+def _item_change(cross: dict, metric: str) -> np.ndarray:
+    """Per-item change of a one-array metric from the run's start to the crossing."""
+    keys = METRICS[metric][0]
+    if len(keys) != 1:
+        raise ValueError(f"{metric} is not read item by item; use a metric with one item array")
+    return cross["items"][keys[0]] - np.asarray(cross["start"][keys[0]], dtype=float)
+
+
+def at_level(runs: list[dict], arms, seeds, level: float, metrics=PROBES, learn: str = LEARN) -> dict:
+    """Each arm's per-item changes at ``level`` of dev learning: ``{arm: {"seeds": {seed: {"lr", "step",
+    metric: array}}}}`` for the seeds where some swept rate reaches it (the smallest such rate)."""
+    out = {}
+    for arm in arms:
+        per_seed = {}
+        for seed in seeds:
+            for run in trajectory_runs(runs, arm, seed):  # by rate, smallest first
+                cross = crossing(run, level, learn)
+                if cross is not None:
+                    per_seed[seed] = {"lr": cross["lr"], "step": cross["step"],
+                                      **{m: _item_change(cross, m) for m in metrics
+                                         if METRICS[m][0][0] in cross["items"]}}
+                    break
+        out[arm] = {"seeds": per_seed}
+    return out
+
+
+def _interval(d: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boot = d[idx].mean(axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def verdict(lo: float, hi: float, better: int) -> str:
+    """``better`` / ``worse`` when the interval of a difference excludes 0 (``better``: +1 if up is better for the
+    probe, -1 if down is), else ``cannot tell``."""
+    if lo > 0 or hi < 0:
+        return "better" if (lo > 0) == (better > 0) else "worse"
+    return "cannot tell"
+
+
+def compare_at_level(runs: list[dict], level: float, smf=("smf-kl", "smf-tfidf"), baselines=("lora-mem", "full-mem"),
+                     seeds=(0, 1), metrics=PROBES, learn: str = LEARN) -> pd.DataFrame:
+    """SMF minus each baseline at the same dev learning, per probe: the difference of per-item changes averaged over
+    the seeds both reach the level at, its paired 95% interval over items, each seed's own difference, and the
+    verdict (in the probe's direction)."""
+    reads = at_level(runs, (*smf, *baselines), seeds, level, metrics, learn)
+    rows = []
+    for s in smf:
+        for b in baselines:
+            both = sorted(set(reads[s]["seeds"]) & set(reads[b]["seeds"]))
+            for m in metrics:
+                have = [k for k in both if m in reads[s]["seeds"][k] and m in reads[b]["seeds"][k]]
+                if not have:
+                    continue
+                diffs = [reads[s]["seeds"][k][m] - reads[b]["seeds"][k][m] for k in have]
+                d = np.mean(diffs, axis=0)
+                lo, hi = _interval(d)
+                rows.append({"smf": s, "baseline": b, "probe": m, "level": level, "seeds": len(have),
+                             "difference": float(d.mean()), "lo": lo, "hi": hi,
+                             "per seed": [round(float(x.mean()), 4) for x in diffs],
+                             "smf rates": [reads[s]["seeds"][k]["lr"] for k in have],
+                             "baseline rates": [reads[b]["seeds"][k]["lr"] for k in have],
+                             "verdict": verdict(lo, hi, METRICS[m][2])})
+    return pd.DataFrame(rows, columns=None if rows else ["smf", "baseline", "probe", "difference", "verdict"])
+
+
+def final_learning(runs: list[dict], arms, seeds=(0, 1), learn: str = LEARN) -> pd.DataFrame:
+    """Each arm and rate's dev learning at the end of its trajectory, averaged over the seeds it ran at."""
+    rows = []
+    for arm in arms:
+        per_rate = {}
+        for seed in seeds:
+            for run in trajectory_runs(runs, arm, seed):
+                per_rate.setdefault(run["train_config"]["lr"], []).append(_learning(run["trajectory"], learn)[-1])
+        rows += [{"arm": arm, "lr": lr, "learning": float(np.mean(v)), "seeds": len(v)}
+                 for lr, v in sorted(per_rate.items())]
+    return pd.DataFrame(rows, columns=["arm", "lr", "learning", "seeds"])
+
+
+def common_level(ends: pd.DataFrame) -> dict:
+    """The overlap of the arms' ranges of final dev learning (:func:`final_learning`) and its midpoint, the level
+    the comparison reads; ``level`` is None when the ranges do not overlap (some arm's rates do not bracket the
+    others': widen its sweep)."""
+    if ends.empty:
+        return {"lo": None, "hi": None, "level": None}
+    ranges = ends.groupby("arm")["learning"].agg(["min", "max"])
+    lo, hi = float(ranges["min"].max()), float(ranges["max"].min())
+    return {"lo": lo, "hi": hi, "level": (lo + hi) / 2 if lo < hi else None,
+            "ranges": {a: (float(r["min"]), float(r["max"])) for a, r in ranges.iterrows()}}
+
+
+def choose_rates(ends: pd.DataFrame, level: float, margin: float = MATCH_MARGIN) -> pd.DataFrame:
+    """Per arm, the swept rate whose final dev learning is closest to ``level``; ``matched`` when within
+    ``margin``, else ``add rate``: the rate interpolated in log-rate between the swept rates just below and above
+    the level (None if they do not bracket it)."""
+    rows = []
+    for arm, g in ends.groupby("arm", sort=False):
+        g = g.sort_values("lr")
+        best = g.loc[(g["learning"] - level).abs().idxmin()]
+        below, above = g[g["learning"] < level], g[g["learning"] >= level]
+        suggest = None
+        if len(below) and len(above):
+            (r0, l0), (r1, l1) = below.iloc[-1][["lr", "learning"]], above.iloc[0][["lr", "learning"]]
+            if l1 != l0:
+                t = (level - l0) / (l1 - l0)
+                suggest = float(math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0))))
+        matched = abs(best["learning"] - level) <= margin + 1e-12  # a difference of exactly the margin counts
+        rows.append({"arm": arm, "lr": float(best["lr"]), "learning": float(best["learning"]), "level": level,
+                     "matched": bool(matched), "add rate": None if matched else suggest})
+    return pd.DataFrame(rows, columns=["arm", "lr", "learning", "level", "matched", "add rate"])
+
+
+def frontier_report(preset, out) -> list[str]:
+    """What ``python -m smf_lib frontier`` prints: each arm's final dev learning by rate, the common level, the
+    rate each arm's reported runs take (or the rate to add), and SMF against each baseline at that level."""
+    from .results import load_runs
+
+    runs = load_runs(out)
+    smf = [a for a in ("smf-kl", "smf-tfidf") if a in preset.methods]
+    same_start = [a for a in ("lora-mem", "full-mem") if a in preset.methods]
+    baselines = same_start or [a for a in ("lora", "full") if a in preset.methods]  # else the paper's view
+    seeds = tuple(preset.seeds)
+    ends = final_learning(runs, (*smf, *baselines), seeds)
+    if ends.empty:
+        return [f"no swept run with a trajectory in {out} yet: `python -m smf_lib run --preset {preset.name}` "
+                "runs them"]
+    lines = ["final dev learning (MedMCQA gold margin, nats) by arm and rate, mean over seeds:",
+             ends.assign(lr=ends["lr"].map("{:g}".format)).round(4).to_string(index=False)]
+    level = common_level(ends)
+    if level["level"] is None:
+        ranges = "; ".join(f"{a} {lo:.3f} to {hi:.3f}" for a, (lo, hi) in level["ranges"].items())
+        return lines + [f"the arms' ranges of dev learning do not overlap ({ranges}): widen the sweep of the arm "
+                        "whose range ends first, or of the one that starts last"]
+    lines += [f"common level: {level['level']:.4f} (the middle of the overlap {level['lo']:.4f} to "
+              f"{level['hi']:.4f}); matched within {MATCH_MARGIN:g} nats",
+              choose_rates(ends, level["level"]).round(4).to_string(index=False, float_format="{:g}".format),
+              "SMF minus each baseline at that level of dev learning (per-item changes, mean over seeds, paired 95% "
+              "interval over items):",
+              compare_at_level(runs, level["level"], smf, baselines, seeds)
+              .drop(columns=["level"], errors="ignore").round(4).to_string(index=False)]
+    return lines
+
+
+def _add_arguments(p) -> None:
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--out", default=None, help="results folder (default: results/PRESET)")
+
+
+def _run_command(args) -> int:
+    from .presets import get_preset
+
+    for line in frontier_report(get_preset(args.preset), args.out or f"results/{args.preset}"):
+        print(line)
+    return 0
+
+
+#: ``(name, help, add_arguments, run)`` for :func:`smf_lib.study.cli.main`.
+COMMAND = ("frontier", "each arm's dev learning by rate, the level where all arms meet, the rates to report and SMF "
+           "against each baseline at that level", _add_arguments, _run_command)
