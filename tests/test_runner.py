@@ -327,6 +327,28 @@ def test_the_gain_claim_is_judged_on_its_size():
     assert verdict(10) == "agrees"  # +10 points, the interval well above 0
 
 
+def test_the_keep_claims_count_a_gain_as_kept_and_only_a_clear_loss_against_them():
+    def verdict(right):  # SMF answers `right` of 100 TriviaQA questions, base 50
+        base = {"method": "base", "seed": 0, "items": {"triviaqa_correct": [1] * 50 + [0] * 50}}
+        run = {"method": "smf-kl", "seed": 0, "items": {"triviaqa_correct": [1] * right + [0] * (100 - right)}}
+        table = results.claims_table([base, run])
+        return table[table["claim"].str.contains("TriviaQA accuracy within")].iloc[0]["verdict"]
+
+    assert verdict(60) == "agrees"  # +10 points: nothing was forgotten
+    assert verdict(40) == "disagrees"  # -10 points, the whole interval below -1
+    assert verdict(49) == "cannot tell"  # -1 point with an interval reaching well below -1
+
+
+def test_mcnemar_lines_say_the_direction_in_words():
+    from smf_lib.study.paired_stats import mcnemar, mcnemar_words
+
+    worse = mcnemar([1] * 100 + [0] * 100, [0] * 100 + [1] * 60 + [0] * 40)
+    assert (worse["gained"], worse["lost"]) == (60, 100)
+    line = mcnemar_words(worse, "smf-kl (seed 0)", "the retrofit model")
+    assert "60 answers newly right and 100 newly wrong" in line and line.endswith(f"worse at p = {worse['p']:.2g}")
+    same = mcnemar([1, 0, 1, 0], [0, 1, 1, 0])
+    assert "no difference" in mcnemar_words(same, "lora (seed 0)", "the base model")
+
 def test_claims_compare_the_runs_of_one_seed():
     base = {"method": "base", "seed": 0, "items": {"medmcqa_correct": [0] * 100}}
     runs = [base] + [{"method": m, "seed": s, "items": {"medmcqa_correct": [1] * k + [0] * (100 - k)}}

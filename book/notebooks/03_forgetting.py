@@ -52,7 +52,7 @@ from IPython.display import Markdown, display
 from smf_lib import setup_notebook
 from smf_lib.study.arms import ORDER
 from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1, reported_findings
-from smf_lib.study.paired_stats import mcnemar
+from smf_lib.study.paired_stats import mcnemar, mcnemar_words
 from smf_lib.study.presets import get_preset
 from smf_lib.study.records import is_report
 from smf_lib.study.results import (claims_table, delta_table, load_results, matched_learning, net_table, pooled,
@@ -371,10 +371,9 @@ tests = [{"method": r["method"], "seed": r["seed"], "against": start_run(r, full
          for r in full_runs if r["method"] != "base" and start_run(r, full_runs) is not None]
 labels = {"gained": "newly right (b)", "lost": "newly wrong (c)"}
 display(book_table(pd.DataFrame(tests).rename(columns=labels).round(3), key=["method", "seed"]))
-apart = [f"{t['method']} (seed {t['seed']})" for t in tests if t["p"] < 0.05]
-display(Markdown("Answer by answer, " + (
-    f"{', '.join(apart)} differ from the model they started from at p < 0.05." if apart else
-    "no run's MedMCQA answers differ from those of the model it started from at p < 0.05.")))
+lines = [mcnemar_words(t, f"{t['method']} (seed {t['seed']})", f"the {t['against']} model") for t in tests]
+display(Markdown("Answer by answer, against the model each run started from:\n\n"
+                 + "\n".join(f"- {line}" for line in lines)))
 
 # %% [markdown]
 # ## The paper's claims, checked on this study

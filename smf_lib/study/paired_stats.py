@@ -72,3 +72,13 @@ def mcnemar(base_correct, other_correct) -> dict:
     return {"gained": n01, "lost": n10, "p": p}
 
 
+def mcnemar_words(test: dict, who: str, against: str) -> str:
+    """A McNemar result in words, with its direction: ``who`` got ``gained`` answers newly right and ``lost`` newly
+    wrong against ``against``, and whether that differs at p < 0.05 (better or worse) or cannot be told."""
+    counts = f"{test['gained']} answers newly right and {test['lost']} newly wrong against {against}"
+    if test["p"] >= 0.05:
+        return f"{who}: {counts}; no difference at p < 0.05 (p = {test['p']:.2g})"
+    side = "better" if test["gained"] > test["lost"] else "worse"
+    return f"{who}: {counts}: {side} at p = {test['p']:.2g}"
+
+

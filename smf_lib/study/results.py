@@ -299,7 +299,8 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None)
 
     Claims: SMF gains about 2.5 points on MedMCQA (agrees: the interval is above 0 and reaches 1.25; disagrees: it
     lies entirely below 1.25, half the claimed gain); SMF keeps WikiText perplexity and TriviaQA accuracy within
-    about 1 point of base; LoRA and full finetuning gain more on MedMCQA than SMF; LoRA and full finetuning
+    about 1 point of base (agrees: the interval excludes a loss beyond 1, so a clear gain agrees too; disagrees: the
+    whole interval is a loss beyond 1); LoRA and full finetuning gain more on MedMCQA than SMF; LoRA and full finetuning
     drift clearly on both probes.
     """
     base = next((r for r in runs if r["method"] == "base" and is_report(r)), None)
@@ -323,11 +324,12 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None)
     # "about +2.5": a gain whose interval lies entirely below half of that is too small to be the claimed one
     add(f"{smf} gains about +2.5 points on MedMCQA", f"{smf} - base, accuracy", ci(base, s, "medmcqa_acc"),
         lambda lo, hi: lo > 0 and hi >= 1.25, lambda lo, hi: hi < 1.25, 100, "points")
+    # "keeps within about 1": a claim about not forgetting, so a clear improvement agrees with it; it is contradicted
+    # only by a loss beyond 1 (perplexity up, accuracy down) and cannot be told while the interval reaches past -1/+1
     add(f"{smf} keeps WikiText perplexity within about 1 of base", f"{smf} - base, perplexity",
-        ci(base, s, "wikitext_ppl"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1)
+        ci(base, s, "wikitext_ppl"), lambda lo, hi: hi <= 1, lambda lo, hi: lo > 1)
     add(f"{smf} keeps TriviaQA accuracy within about 1 point of base", f"{smf} - base, accuracy",
-        ci(base, s, "triviaqa_acc"), lambda lo, hi: -1 <= lo and hi <= 1, lambda lo, hi: lo > 1 or hi < -1, 100,
-        "points")
+        ci(base, s, "triviaqa_acc"), lambda lo, hi: lo >= -1, lambda lo, hi: hi < -1, 100, "points")
     for other in ("lora", "full"):
         o = _first(runs, other, seed)
         add(f"{other} gains more on MedMCQA than {smf}", f"{other} - {smf}, accuracy", ci(s, o, "medmcqa_acc"),
