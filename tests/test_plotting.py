@@ -144,9 +144,30 @@ def test_the_book_figures_are_readable_at_the_book_width():
     figures.update({f"overlap {i}": f for i, f in enumerate(plot_overlap(overlap, split=True))})
     figures.update({f"deltas {i}": f for i, f in enumerate(plot_deltas(_summary(), ["medmcqa_acc", "chat_loglik"],
                                                                        split=True))})
+    figures.update(_spread_figures())
     problems = {name: figure_problems(fig) for name, fig in figures.items()}
     plt.close("all")
     assert not {k: v for k, v in problems.items() if v}
+
+
+def _spread_figures() -> dict:
+    """The spread pilot's figures on constructed tables (what chapter 2 shows)."""
+    from smf_lib.views.spread_plots import plot_memory_effect, plot_sizes, plot_spread
+
+    rows = [{"recipe": r, "layer": layer, "slots": n, "effective_ratio": ratio, "footprint": 4 * 64 * 30 / n,
+             "overlap": 0.5 * (4096 / n) ** 0.4, "share": 0.2}
+            for r, n, ratio in (("trained", 4096, 0.05), ("frozen", 4096, 1.0), ("frozen-n128", 16384, 1.0),
+                                ("frozen-n256", 65536, 1.0)) for layer in (7, 15, 22)]
+    after = pd.DataFrame(rows)
+    effect = pd.DataFrame([{"memory": m, "slots": n, "selector": sel, "lr": lr, "learning": g, "learning_lo": g - 0.03,
+                            "learning_hi": g + 0.03, "chat_change": -g / 4, "chat_change_lo": -g / 4 - 0.01,
+                            "chat_change_hi": -g / 4 + 0.01}
+                           for m, n in (("trained", 4096), ("frozen", 4096), ("frozen-n256", 65536))
+                           for sel, rates in (("kl", (1e-2, 3e-2)), ("tfidf", (3e-2, 1e-1)))
+                           for lr, g in zip(rates, (0.05, 0.12))])
+    figures = {"spread": plot_spread(after).figure, "memory effect": plot_memory_effect(effect).figure}
+    figures.update({f"sizes {i}": f for i, f in enumerate(plot_sizes(after, split=True))})
+    return figures
 
 
 def test_book_tables_round_hide_the_index_and_have_a_narrow_view():

@@ -348,6 +348,110 @@ for sentence in learning_answer(pilot_dir):
     print(textwrap.fill(sentence, 76))
 
 # %% [markdown]
+# ### A memory that stays spread: the spread pilot
+# A living memory is not yet a *sparse* one. SMF bets that a task reads rows that general text does not, so that
+# training those rows leaves general text alone. That needs reads spread over many rows, and a table large enough
+# that a question reads few of them. `python -m smf_lib spread-pilot` (files in `results/spread-pilot/`) retrofits
+# the memory with each recipe (the same 50 steps of 16 OASST1 train replies at 5e-3 as the study above) and
+# measures, before and after, on 200 held-out Wikipedia leads and 200 dev MedMCQA prompts
+# ({py:func}`~smf_lib.spread.memory_spread`):
+#
+# - **effective rows**, $\exp(H)$ of the distribution of reads over rows: how many rows the reads are spread over,
+#   compared with the same memory before the retrofit (random addressing, the most spread it can be);
+# - a question's **footprint**, the rows it reads as a share of the layer, and its **overlap**: the share of those
+#   rows that a general paragraph of the same length reads too.
+#
+# The recipes: `trained` is the paper's (query and keys train with everything else, as in the study above);
+# `frozen` keeps the query and keys at their random initialisation (values, $W_1$, $W_2$ and $\alpha$ train);
+# `half-norm` normalises each half of the query, as XLM's memory can; `balance` adds a usage-balancing term.
+
+# %%
+from smf_lib.study.spread_pilot import MIN_LOSS_GAIN, spread_table
+from smf_lib.views.spread_plots import plot_sizes, plot_spread, spread_after
+
+spread_dir = results_dir("spread-pilot")
+after = spread_after(spread_table(spread_dir))
+display(Panels([plot_spread(after).figure]))
+
+# %% [markdown]
+# The answer, from the records:
+
+# %%
+by = after.groupby("recipe")
+trained, frozen = by.get_group("trained"), by.get_group("frozen")
+lines = [
+    f"Trained addressing collapses the reads: after the retrofit they spread over "
+    f"{trained['effective_ratio'].min():.0%} to {trained['effective_ratio'].max():.0%} as many rows as random "
+    f"addressing's, and the top 5% of rows take "
+    f"{trained['top5_share'].min():.0%} to {trained['top5_share'].max():.0%} of all reads (random: "
+    f"{trained['random_top5_share'].min():.0%} to {trained['random_top5_share'].max():.0%}).",
+    f"Frozen addressing keeps {frozen['effective_ratio'].min():.0%} or more of random addressing's effective rows at "
+    f"the same health: the smallest layer carries {frozen['share'].min():.0%} of its MLP's output (trained: "
+    f"{trained['share'].min():.0%}) and held-out chat loss falls by {-frozen['loss_change'].iloc[0]:.3f} nats "
+    f"(trained: {-trained['loss_change'].iloc[0]:.3f}; alive means at least {MIN_LOSS_GAIN:.2f})."]
+for name in ("half-norm", "balance"):
+    if name in by.groups:
+        g = by.get_group(name)
+        lines.append(f"{name}: effective rows {g['effective_ratio'].min():.0%} to {g['effective_ratio'].max():.0%} "
+                     f"of random addressing's; smallest layer share {g['share'].min():.0%}; chat loss "
+                     f"{g['loss_change'].iloc[0]:+.3f} nats.")
+for line in lines:
+    print(textwrap.fill(line, 76))
+
+# %% [markdown]
+# Spread is not sparse yet. With 4 heads reading 16 rows each per token, a question of a few dozen tokens reads a
+# large share of a 4,096-row table, and a general paragraph reads many of the same rows. The same frozen recipe at
+# larger tables (values with row-sparse gradients, so a step costs what it reads;
+# `python -m smf_lib spread-pilot --sizes 64 128 256 512 --probe-steps 50`) gives, per layer, with the pilot's goals
+# dotted (at most 5% of the layer, at most 10% shared):
+
+# %%
+display(Panels(plot_sizes(after, split=True)))
+sizes = after[after["recipe"].str.startswith("frozen-n")].groupby("slots").agg(
+    footprint=("footprint", "max"), overlap=("overlap", "max"), smallest_share=("share", "min"),
+    chat_gain=("loss_change", lambda v: -v.iloc[0]), seconds_per_step=("seconds_per_step", "first")).reset_index()
+book_table(pd.DataFrame({
+    "slots per layer": sizes["slots"].map("{:,}".format),
+    "footprint (largest layer)": sizes["footprint"].map("{:.1%}".format),
+    "overlap (largest layer)": sizes["overlap"].map("{:.0%}".format),
+    "smallest layer's share": sizes["smallest_share"].map("{:.1%}".format),
+    "chat loss gain, nats": sizes["chat_gain"].map("{:.3f}".format),
+    "retrofit s/step": sizes["seconds_per_step"].map("{:.1f}".format)}), key=["slots per layer"])
+
+# %% [markdown]
+# The `cpu` preset takes the largest table that stays alive at every layer, and the pilot's rule (the cheapest
+# recipe alive and spread) takes frozen addressing:
+
+# %%
+from smf_lib.health import MIN_SHARE
+
+alive = sizes[sizes["smallest_share"] >= MIN_SHARE]
+pick = alive.iloc[-1]
+too_big = sizes[sizes["slots"] > pick["slots"]]
+text = (f"Chosen: frozen addressing at {int(pick['slots']):,} slots per layer. A question reads at most "
+        f"{pick['footprint']:.1%} of a layer's rows and shares at most {pick['overlap']:.0%} of them with a general "
+        f"paragraph (the goal was 10%); every layer carries {pick['smallest_share']:.1%} or more of its MLP's output.")
+if len(too_big):
+    big = too_big.iloc[0]
+    text += (f" At {int(big['slots']):,} slots the overlap falls to {big['overlap']:.0%}, but the weakest layer "
+             f"carries only {big['smallest_share']:.1%} after the same 50 steps: a larger table needs a longer "
+             "retrofit than the pilot's 50 steps.")
+print(textwrap.fill(text, 76))
+
+# %% [markdown]
+# Part of what a question shares with general text are hub rows: rows that at least half of all general
+# paragraphs read, through common words and the chat template, and that nearly every question reads too.
+
+# %%
+hubs = after[after["slots"] == pick["slots"]]
+print(textwrap.fill(f"At {int(pick['slots']):,} slots, hub rows are {hubs['hub_rows'].min():,} to "
+                    f"{hubs['hub_rows'].max():,} of a layer's rows and take {hubs['hub_reads'].min():.0%} to "
+                    f"{hubs['hub_reads'].max():.0%} of a question's reads.", 76))
+
+# %% [markdown]
+# The study above ran on the `trained` memory; chapter 3 says what that did to its verdict.
+
+# %% [markdown]
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%
