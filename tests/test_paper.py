@@ -10,7 +10,8 @@ import smf_lib as S
 from smf_lib import data as D
 from smf_lib import probes as P
 from smf_lib.study.cli import main
-from smf_lib.study.presets import PAPER_PROTOCOL, PRESETS, get_preset, protocol_settings, protocol_table
+from smf_lib.study.presets import PRESETS, get_preset
+from smf_lib.study.protocol import PAPER_PROTOCOL, protocol_settings, protocol_table
 from smf_lib.selection import select_rows
 from smf_lib.training import lr_factor
 
@@ -208,5 +209,5 @@ def test_method_doc_shows_the_current_departures_tables(name):
     from smf_lib.study.cli import protocol_markdown, replace_block
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text()
-    assert replace_block(doc, name, protocol_markdown(name)) == doc, (
+    assert replace_block(doc, name, protocol_markdown(get_preset(name))) == doc, (
         f"run `python -m smf_lib protocol --preset {name} --update-doc docs/METHOD.md`")

@@ -62,7 +62,8 @@ from IPython.display import display
 from smf_lib import setup_notebook
 from smf_lib.memory import MemoryConfig, ProductKeyMemory
 from smf_lib.study.cost import estimate_runtime
-from smf_lib.study.presets import get_preset, protocol_table
+from smf_lib.study.presets import get_preset
+from smf_lib.study.protocol import protocol_table
 from smf_lib.study.results import delta_table, load_results
 from smf_lib.views.tables import book_table
 
@@ -168,7 +169,7 @@ book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl"
 #    would you change first to fit a single GPU-hour?
 #
 #    :::{dropdown} Hint
-#    {py:func}`~smf_lib.study.presets.protocol_table` lists only the settings whose value differs from the paper's.
+#    {py:func}`~smf_lib.study.protocol.protocol_table` lists only the settings whose value differs from the paper's.
 #    For the second part, run {py:func}`~smf_lib.study.cost.estimate_runtime` on the `paper` preset and sort its
 #    stages by minutes. With a GPU attached, skip the "Run it" cell: with `MODEL = "paper"` it starts GPU-hours of
 #    training.

@@ -12,33 +12,33 @@ from pathlib import Path
 from .arms import ARMS
 from .facts_presets import FACT_PRESETS
 from .presets import PRESETS, get_preset
+from .protocol import protocol_markdown, protocol_table, replace_block  # noqa: F401 (replace_block: tests)
 from .tables import markdown_table
 
 
-def protocol_markdown(name: str) -> str:
-    """The departures table of preset ``name`` as the Markdown that docs/METHOD.md and the book show."""
-    from .presets import protocol_table
-
-    table = protocol_table(get_preset(name))
-    if not len(table):
-        return f"The `{name}` preset follows the paper's protocol in every setting smf_lib records."
-    return markdown_table(table)
+def _frontier_arguments(p) -> None:
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--out", default=None, help="results folder (default: results/PRESET)")
 
 
-def replace_block(text: str, name: str, block: str) -> str:
-    """``text`` with the lines between ``<!-- protocol:NAME -->`` and ``<!-- /protocol:NAME -->`` replaced."""
-    start, end = f"<!-- protocol:{name} -->", f"<!-- /protocol:{name} -->"
-    if start not in text or end not in text:
-        raise ValueError(f"no {start} ... {end} markers in the file: add them where the table belongs")
-    head, rest = text.split(start, 1)
-    return head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1]
+def _frontier(args) -> int:
+    from .frontier import frontier_report
+
+    for line in frontier_report(get_preset(args.preset), args.out or f"results/{args.preset}"):
+        print(line)
+    return 0
+
+
+#: ``python -m smf_lib frontier`` (:func:`smf_lib.study.frontier.frontier_report`).
+FRONTIER = ("frontier", "each arm's dev learning by rate, the level where all arms meet, the rates to report and SMF "
+            "against each baseline at that level", _frontier_arguments, _frontier)
 
 
 def _merge_field(preset, key: str, value):
     """A dict field's new value: ``value`` merged into the preset's own (so ``train={"top_t": 64}`` changes top_t
     and keeps the preset's batch, length and warm-up); a key the field cannot hold is refused."""
     from ..memory import MemoryConfig
-    from .presets import Settings
+    from .preset_spec import Settings
 
     current = getattr(preset, key)
     if not isinstance(current, dict) or not isinstance(value, dict):
@@ -126,11 +126,10 @@ def _main(argv, commands=()) -> int:
     ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
     sub = ap.add_subparsers(dest="cmd", required=True)
     added = {}
-    from .frontier import COMMAND as frontier
     from .memory_effect import COMMAND as memory_effect
     from .spread_pilot import COMMAND as spread_pilot
 
-    for name, help_text, add_arguments, run in (*commands, spread_pilot, memory_effect, frontier):
+    for name, help_text, add_arguments, run in (*commands, spread_pilot, memory_effect, FRONTIER):
         add_arguments(sub.add_parser(name, help=help_text))
         added[name] = run
     r = sub.add_parser("run", help="run a preset's grid (resumable)")
@@ -245,12 +244,10 @@ def _main(argv, commands=()) -> int:
                   f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
         return 0
     if args.cmd == "protocol":
-        from .presets import protocol_table
-
         table = protocol_table(get_preset(args.preset))
         if args.update_doc:
             path = Path(args.update_doc)
-            path.write_text(replace_block(path.read_text(), args.preset, protocol_markdown(args.preset)))
+            path.write_text(replace_block(path.read_text(), args.preset, protocol_markdown(get_preset(args.preset))))
             print(f"{path}: the {args.preset} table rewritten")
             return 0
         if not len(table):

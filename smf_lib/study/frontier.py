@@ -25,11 +25,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .paired_stats import METRICS
+from .paired_stats import MATCH_MARGIN, METRICS  # noqa: F401 (MATCH_MARGIN: the margin, read here)
 from .records import is_report
 
-#: Two arms' dev learning within this many nats of MedMCQA gold margin counts as matched (stated before the runs).
-MATCH_MARGIN = 0.02
 #: The learning measure along trajectories.
 LEARN = "medmcqa_gold_margin"
 #: The probes read at equal learning (dev subset): retention of chat and text, and the trained questions.
@@ -219,21 +217,3 @@ def frontier_report(preset, out) -> list[str]:
               compare_at_level(runs, level["level"], smf, baselines, seeds)
               .drop(columns=["level"], errors="ignore").round(4).to_string(index=False)]
     return lines
-
-
-def _add_arguments(p) -> None:
-    p.add_argument("--preset", default="cpu")
-    p.add_argument("--out", default=None, help="results folder (default: results/PRESET)")
-
-
-def _run_command(args) -> int:
-    from .presets import get_preset
-
-    for line in frontier_report(get_preset(args.preset), args.out or f"results/{args.preset}"):
-        print(line)
-    return 0
-
-
-#: ``(name, help, add_arguments, run)`` for :func:`smf_lib.study.cli.main`.
-COMMAND = ("frontier", "each arm's dev learning by rate, the level where all arms meet, the rates to report and SMF "
-           "against each baseline at that level", _add_arguments, _run_command)

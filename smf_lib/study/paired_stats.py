@@ -33,6 +33,10 @@ class _MetricView(Mapping):
 
 METRICS = _MetricView()
 
+#: Two arms' dev learning within this many nats of MedMCQA gold margin counts as matched (stated before the runs;
+#: :mod:`smf_lib.study.frontier` applies it).
+MATCH_MARGIN = 0.02
+
 
 def paired_bootstrap(base: dict, other: dict, metric: str, n_boot: int = 2000, seed: int = 0) -> dict:
     """Delta ``other - base`` of a metric with a paired-bootstrap 95% interval (same resampled items).

@@ -12,7 +12,7 @@ from .arms import get_arm
 from .records import REPORT, TRAJECTORY, evaluation_kind, read_run
 
 if TYPE_CHECKING:  # presets sit above the plan; only their type is named here
-    from .presets import Preset
+    from .preset_spec import Preset
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, 
 from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
-from .presets import FIXTURES, Preset
+from .preset_spec import FIXTURES, Preset
 from .records import REPORT, read_run, upgrade_identity
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
                      reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
