@@ -30,186 +30,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import collate_batch
-from .files import verify_checked, write_checked
 from .ddp import all_reduce_mean, all_reduce_sum, distributed
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
 from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, check_background
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
+from .methods import (ADDRESSING, LORA_TARGETS, METHODS, LoraSettings, Method, RetrofitSettings,  # noqa: F401
+                      default_lr, prepare_model, rate_keys, settings_of)
+from .steps import (LossScaler, _load_checkpoint, _save_checkpoint, _tensor_bytes, lr_factor,  # noqa: F401
+                    micro_batches)
 
 class TrainingDiverged(FloatingPointError):
     """The training loss stopped being finite; no metrics are written for such a run."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Row-update rules for the value tables (one interface: step, state_dict, load_state_dict)
-
-# ----------------------------------------------------------------------------------------------------------------
-# Methods: what trains
-
-def _prepare_retrofit(model, c):
-    r = c.retrofit
-    for mod in model.modules():
-        if isinstance(mod, MemoryMLP):
-            mod.requires_grad_(True)
-            mod.mlp.requires_grad_(False)
-            if r.addressing == "frozen":  # the reads stay those of the random query and keys
-                mod.memory.query.requires_grad_(False)
-                mod.memory.keys.requires_grad_(False)
-            mod.memory.sparse_grad = r.sparse_values
-            mod.memory.balance = r.balance > 0
-    return model
-
-
-def _prepare_smf(model, c):
-    for m in memory_layers(model):
-        m.values.weight.requires_grad_(True)
-        m.sparse_grad = True
-    if c.train_alpha:
-        for mod in model.modules():
-            if isinstance(mod, MemoryMLP):
-                mod.alpha.requires_grad_(True)
-    return model
-
-
-def _prepare_lora(model, c):
-    from peft import LoraConfig, get_peft_model
-
-    lcfg = LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
-                      target_modules=list(c.lora.targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
-
-
-def _prepare_full(model, c):
-    model.requires_grad_(True)
-    for mod in model.modules():  # a memory in place stays as it is: full finetuning trains the base weights
-        if isinstance(mod, MemoryMLP):
-            mod.memory.requires_grad_(False)
-            mod.alpha.requires_grad_(False)
-    return model
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a training method trains.
-
-    Args:
-        prepare: ``(model, config) -> model`` sets ``requires_grad`` (or wraps the model) for the method.
-        needs_memory: the model must have memory layers.
-        sparse: value rows move through an update rule of ``UPDATES`` (the rate key is ``smf-{update}``).
-        finish: ``model -> model`` after training (LoRA merges its adapter).
-        default_lr: peak rate when the config gives none (sparse methods take their update rule's).
-    """
-
-    prepare: Callable
-    needs_memory: bool = False
-    sparse: bool = False
-    finish: Callable = staticmethod(lambda m: m)
-    default_lr: float | None = None
-
-
-# The method registry (the paper's rates are the defaults).
-METHODS: dict[str, Method] = {
-    "retrofit": Method(_prepare_retrofit, needs_memory=True, default_lr=5e-4),
-    "smf": Method(_prepare_smf, needs_memory=True, sparse=True),
-    "lora": Method(_prepare_lora, finish=lambda m: m.merge_and_unload(), default_lr=2e-4),
-    "full": Method(_prepare_full, default_lr=5e-5),
-}
-
-
-def default_lr(key: str) -> float | None:
-    """The default peak rate of a rate key (``retrofit``, ``lora``, ``full`` or ``smf-{update}``)."""
-    if key.startswith("smf-") and key[4:] in UPDATES:
-        return UPDATES[key[4:]].default_lr
-    if key in METHODS:
-        return METHODS[key].default_lr
-    raise ValueError(f"unknown rate key {key!r}; allowed: {', '.join(rate_keys())}")
-
-
-def rate_keys() -> list[str]:
-    """Every key a learning-rate table (``TrainConfig.lr_key``, a preset's ``lr``) may use."""
-    return [k for k in METHODS if not METHODS[k].sparse] + [f"smf-{u}" for u in UPDATES]
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA's own settings (``TrainConfig.lora``), as peft's ``LoraConfig`` names them; the paper's values are the
-    defaults.
-
-    Args:
-        r: rank (>= 1).
-        alpha: scale numerator: the update is scaled by ``alpha / r`` (> 0).
-        dropout: dropout on LoRA's input, in [0, 1).
-        targets: names of the projections LoRA wraps (a tuple, e.g. ``("q_proj", "v_proj")``).
-    """
-
-    r: int = 16
-    alpha: float = 32
-    dropout: float = 0.05
-    targets: tuple[str, ...] = LORA_TARGETS
-
-    def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"lora.r must be an integer >= 1 (LoRA rank), got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) \
-                or self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be a finite number > 0 (LoRA's scale is alpha / r), got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not math.isfinite(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"lora.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if isinstance(self.targets, (str, bytes)) or not all(isinstance(t, str) and t for t in self.targets):
-            raise ValueError(f"lora.targets must be a tuple of module names such as ('q_proj', 'v_proj'), got "
-                             f"{self.targets!r}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-
-
-ADDRESSING = ("train", "frozen")
-
-
-@dataclass(frozen=True)
-class RetrofitSettings:
-    """How the retrofit trains the memory (``TrainConfig.retrofit``); the paper's recipe is the default.
-
-    Args:
-        addressing: ``"train"`` (the paper's: the query and the sub-keys train with everything else) or
-            ``"frozen"`` (they keep their random initialisation, so the reads keep the spread of random addressing
-            and background statistics computed before the retrofit stay valid; values, W1, W2 and alpha train).
-        balance: weight of a usage-balancing term added to the loss (``memory.usage_imbalance``: 1 minus the
-            normalised entropy of each half's sub-key usage); 0 turns it off.
-        sparse_values: the value tables get row-sparse gradients and a lazy row-wise Adam that keeps moments only
-            for rows read so far (as ``torch.optim.SparseAdam`` does for embeddings), so a step costs what it reads,
-            not what the table holds. Rows never read stay exactly unchanged. The other memory parameters train
-            with AdamW as before.
-    """
-
-    addressing: str = "train"
-    balance: float = 0.0
-    sparse_values: bool = False
-
-    def __post_init__(self):
-        if self.addressing not in ADDRESSING:
-            raise ValueError(f"unknown retrofit addressing {self.addressing!r}; allowed: {', '.join(ADDRESSING)}")
-        if isinstance(self.balance, bool) or not isinstance(self.balance, (int, float)) \
-                or not math.isfinite(self.balance) or self.balance < 0:
-            raise ValueError(f"retrofit.balance must be a finite number >= 0 (0: off), got {self.balance!r}")
-        if not isinstance(self.sparse_values, bool):
-            raise ValueError(f"retrofit.sparse_values must be True or False, got {self.sparse_values!r}")
-
-
-def _settings(value, cls, name: str):
-    """A settings dataclass from itself or a dict of its fields; anything else is refused by name."""
-    if isinstance(value, dict):
-        unknown = set(value) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; allowed: "
-                             f"{', '.join(f.name for f in fields(cls))}")
-        value = cls(**value)
-    if not isinstance(value, cls):
-        raise ValueError(f"{name} must be a {cls.__name__} or a dict of its fields, got {value!r}")
-    return value
 
 
 @dataclass
@@ -299,8 +131,8 @@ class TrainConfig:
         integer("max_length", 2, "tokens per text")
         integer("warmup_steps", 0, "linear warm-up steps")
         integer("top_t", 1, "rows per layer per step")
-        self.lora = _settings(self.lora, LoraSettings, "LoRA")
-        self.retrofit = _settings(self.retrofit, RetrofitSettings, "retrofit")
+        self.lora = settings_of(self.lora, LoraSettings, "LoRA")
+        self.retrofit = settings_of(self.retrofit, RetrofitSettings, "retrofit")
         integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
         integer("seed", 0, "random seed")
         if self.max_steps is not None:
@@ -359,44 +191,6 @@ class TrainResult:
     optimizer_bytes: int = 0
     trajectory: list[dict] = field(default_factory=list)
     resumed: dict | None = None
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str = "project") -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``total`` (``schedule="paper"``: the
-    warm-up of transformers' cosine schedule, which starts at 0)."""
-    if step < warmup:
-        return (step + (schedule != "paper")) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def prepare_model(model, config: TrainConfig):
-    """Set what trains for the method (wrapping with peft for LoRA); returns the model to train."""
-    method = METHODS[config.method]
-    if method.needs_memory and not memory_layers(model):
-        raise ValueError(f"method {config.method!r} needs memory layers: call smf_lib.add_memory(model, config) "
-                         "first")
-    model.requires_grad_(False)
-    return method.prepare(model, config)
-
-
-def micro_batches(n_texts: int, config: TrainConfig) -> list[list[list[int]]]:
-    """The whole run's data order: a list of optimizer steps, each a list of micro-batches of text indices."""
-    c = config
-    steps, epoch = [], 0
-    while True:
-        g = torch.Generator().manual_seed(c.seed * 1000 + epoch)
-        order = torch.randperm(n_texts, generator=g).tolist()
-        mbs = [order[i:i + c.micro_batch] for i in range(0, n_texts, c.micro_batch)]
-        steps += [mbs[i:i + c.grad_accum] for i in range(0, len(mbs), c.grad_accum)]
-        epoch += 1
-        per_epoch = math.ceil(len(mbs) / c.grad_accum)
-        if c.max_steps is not None and len(steps) >= c.max_steps:
-            return steps[: c.max_steps]
-        if c.max_steps is None and epoch >= math.ceil(c.epochs):
-            return steps[: max(1, round(c.epochs * per_epoch))]
 
 
 def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,
@@ -474,46 +268,6 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         ([run.dense_opt.state_dict()] if run.dense_opt else [])
     resumed = {"step": run.start, "earlier_seconds": run.earlier} if run.earlier else None
     return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory, resumed)
-
-
-class LossScaler:
-    """Dynamic loss scaling for float16 autocast (GPUs without fast bfloat16, e.g. a T4): the loss is multiplied
-    by the scale before backward and the gradients divided after; a step whose gradients overflow is skipped and
-    the scale halved, and after 2,000 good steps in a row the scale doubles. Disabled, it does nothing."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.scale, self.good = (2.0**16 if enabled else 1.0), 0
-
-    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale if self.scale != 1.0 else loss
-
-    def unscale(self, row_grads, dense) -> list:
-        """Gradients back to their true size (row gradients returned, dense ``.grad`` in place)."""
-        if self.scale == 1.0:
-            return row_grads
-        for p in dense:
-            if p.grad is not None:
-                p.grad.div_(self.scale)
-        return [(r, g / self.scale) for r, g in row_grads]
-
-    def update(self, finite: bool) -> bool:
-        """Record one step's gradient norm being finite or not; returns whether the step is skipped."""
-        if not self.enabled:
-            return False
-        if not finite:
-            self.scale, self.good = self.scale / 2, 0
-            return True
-        self.good += 1
-        if self.good % 2000 == 0:
-            self.scale *= 2
-        return False
-
-    def state_dict(self) -> dict:
-        return {"scale": self.scale, "good": self.good}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.scale, self.good = state["scale"], state["good"]
 
 
 @dataclass
@@ -736,43 +490,3 @@ def _run_probe(probe, model, step: int) -> dict:
     finally:
         model.train(was_training)
     return {"step": step, **out}
-
-
-def _tensor_bytes(obj) -> int:
-    if torch.is_tensor(obj):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
-def _save_checkpoint(path: Path, identity, model, dense_opt, smf, rand, step, log, seconds, trajectory, scaler,
-                     wall):
-    state = {**identity, "step": step, "log": log, "seconds": seconds, "trajectory": trajectory, "scaler": scaler,
-             "wall": wall,
-             "rand": rand.get_state(), "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-             "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-             "rules": [r.state_dict() for r in smf.rules] if smf else []}
-    if dense_opt:
-        state["dense_opt"] = dense_opt.state_dict()
-    write_checked(path, lambda tmp: torch.save(state, tmp))
-
-
-def _load_checkpoint(path: Path, identity: dict) -> dict:
-    """A checkpoint made with the same config and texts; anything else is refused with the remedy."""
-    verify_checked(path, "delete it to train from the start")
-    try:
-        state = torch.load(path, weights_only=True)
-        saved = {k: state[k] for k in ("config", "texts", "n_texts")}
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is damaged or from an older smf_lib ({type(err).__name__}: {err}); "
-                         "delete it to train from the start") from err
-    if saved != identity:
-        diff = sorted(k for k in identity["config"] if saved["config"].get(k) != identity["config"][k])
-        what = f"config fields {diff}" if diff else "training texts"
-        raise ValueError(f"checkpoint {path} was made with other {what}; delete it (or the run's folder) to "
-                         "train from the start, or use the config it was made with")
-    return state
