@@ -152,7 +152,7 @@ def test_the_book_figures_are_readable_at_the_book_width():
 
 def _spread_figures() -> dict:
     """The spread pilot's figures on constructed tables (what chapter 2 shows)."""
-    from smf_lib.views.spread_plots import plot_memory_effect, plot_sizes, plot_spread
+    from smf_lib.views.pilot_plots import plot_memory_effect, plot_sizes, plot_spread
 
     rows = [{"recipe": r, "layer": layer, "slots": n, "effective_ratio": ratio, "footprint": 4 * 64 * 30 / n,
              "overlap": 0.5 * (4096 / n) ** 0.4, "share": 0.2}

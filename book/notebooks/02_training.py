@@ -283,7 +283,7 @@ from smf_lib.study.findings import pilot_choice
 from smf_lib.study.pilot import pilot_table
 from smf_lib.study.results import results_dir
 from smf_lib.study.tables import interval_cell
-from smf_lib.views.plotting import plot_retrofit_pilot
+from smf_lib.views.pilot_plots import plot_retrofit_pilot
 
 pilot_dir = results_dir("retrofit-pilot")
 pilot = pilot_table(pilot_dir)
@@ -322,7 +322,7 @@ print(textwrap.fill(f"{choice['recipe']}: every layer at {choice['min_share']:.0
 
 # %%
 from smf_lib.study.pilot import learning_table
-from smf_lib.views.plotting import plot_learning_by_share
+from smf_lib.views.pilot_plots import plot_learning_by_share
 
 learning = learning_table(pilot_dir)
 if len(learning):
@@ -367,7 +367,7 @@ for sentence in learning_answer(pilot_dir):
 
 # %%
 from smf_lib.study.spread_pilot import MIN_LOSS_GAIN, spread_table
-from smf_lib.views.spread_plots import plot_sizes, plot_spread, spread_after
+from smf_lib.views.pilot_plots import plot_sizes, plot_spread, spread_after
 
 spread_dir = results_dir("spread-pilot")
 after = spread_after(spread_table(spread_dir))

@@ -71,8 +71,8 @@ import textwrap
 import matplotlib.pyplot as plt
 
 from smf_lib import setup_notebook
-from smf_lib.views.plotting import (Panels, load_snapshot, plot_overlap, plot_selection,
-                              scores_table, selection_overlap)
+from smf_lib.views.plotting import Panels, plot_overlap, plot_selection
+from smf_lib.views.selection_tables import load_snapshot, scores_table, selection_overlap
 from smf_lib.study.results import delta_table, load_results
 from smf_lib.views.tables import book_table
 from smf_lib.views.widgets import selection_explorer
@@ -140,13 +140,13 @@ for t in (ts[0], 128):
 # selector train? The table answers two ways, at the study's top-t: were the question a batch by itself (its own
 # reads, scored against the background), how many rows each selector picks, what share of the question's reads
 # those rows carry, and how many of them are hub rows; and how many of the question's rows are among the rows each
-# selector picks for the training batches above ({py:func}`~smf_lib.views.plotting.example_selection`).
+# selector picks for the training batches above ({py:func}`~smf_lib.views.selection_tables.example_selection`).
 
 # %%
 import torch
 
 from smf_lib.study.presets import get_preset
-from smf_lib.views.plotting import example_selection
+from smf_lib.views.selection_tables import example_selection
 
 example = [torch.tensor(c) for c in snap["example"]["counts"]]
 top_t = get_preset("cpu-v2").train["top_t"]
@@ -301,6 +301,6 @@ for seed in sorted(selectors["seed"].dropna().unique()):
 #    KL's selection holds more hub rows than TF-IDF's at every layer. For a hub row, TF-IDF's logarithm
 #    $\ln\frac{B+1}{df_i+1}$ is below $\ln 2$ however much the batch reads it, while KL's logarithm stays large for
 #    a hub row that the batch reads many times more than the background does. Divided by 128, the counts are
-#    exactly the hub shares the figure plots at t = 128: {py:func}`~smf_lib.views.plotting.selection_overlap`,
+#    exactly the hub shares the figure plots at t = 128: {py:func}`~smf_lib.views.selection_tables.selection_overlap`,
 #    which computes them, makes the same selections.
 #    :::

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,11 +11,14 @@ import seaborn as sns
 import torch
 
 from ..probes import metrics as probe_metrics
-from ..selection import BackgroundStats, layer_stats, score_rows, select_for_layers, select_rows
+from ..selection import layer_stats, score_rows, select_rows
 from ..study.arms import PALETTE
 from ..study.paired_stats import METRICS
 from ..study.tables import rate_label, seed_label
 from .figures import figure_html
+from .pilot_plots import INIT_COLOURS, plot_learning_by_share, plot_retrofit_pilot  # noqa: F401 (old home)
+from .selection_tables import (example_selection, load_snapshot, scores_table,  # noqa: F401 (their old home)
+                               selection_overlap)
 
 class _Labels(Mapping):
     """Each metric's label, from the probe registry (:data:`smf_lib.probes.PROBES`), read on every access."""
@@ -61,59 +62,6 @@ def outside_legend(ax, *args, **kwargs):
     """A legend to the right of the axes, outside the data (the book's figures keep every data point visible)."""
     kwargs = {"frameon": False, "loc": "upper left", "bbox_to_anchor": (1.02, 1), "borderaxespad": 0, **kwargs}
     return ax.legend(*args, **kwargs)
-
-
-def load_snapshot(path: str | Path) -> tuple[list[torch.Tensor], BackgroundStats, dict]:
-    """Read ``selection_counts.json``: per-layer task read counts, background statistics and metadata."""
-    snap = json.loads(Path(path).read_text())
-    counts = [torch.tensor(c) for c in snap["batch_counts"]]
-    stats = BackgroundStats(torch.tensor(snap["df"]), torch.tensor(snap["totals"]), snap["n_docs"], "snapshot")
-    return counts, stats, snap
-
-
-def selection_overlap(counts, stats, ts, layers=None) -> pd.DataFrame:
-    """Per layer and top-t: rows KL and TF-IDF select, their Jaccard overlap and their share of hub rows
-    (rows that more than half of the background documents read)."""
-    rows = []
-    for t in ts:
-        kl = select_for_layers(counts, "kl", t, stats)
-        tf = select_for_layers(counts, "tfidf", t, stats)
-        for j, (a, b) in enumerate(zip(kl, tf)):
-            sa, sb = set(a.tolist()), set(b.tolist())
-            hub = stats.df[j] > stats.n_docs / 2
-            rows.append({"layer": j if layers is None else layers[j], "top_t": t,
-                         "jaccard": len(sa & sb) / max(1, len(sa | sb)),
-                         "kl_hub_share": float(hub[a].float().mean()) if len(a) else 0.0,
-                         "tfidf_hub_share": float(hub[b].float().mean()) if len(b) else 0.0})
-    return pd.DataFrame(rows)
-
-
-def example_selection(example, batch, stats, top_t: int, layers=None) -> pd.DataFrame:
-    """Whether the selectors pick one question's rows, per memory layer: the rows it reads; of them, how many KL and
-    TF-IDF would train were it a batch by itself (top-t of its own reads), with the share of its reads those rows
-    carry and how many are hub rows; and how many of its rows are among those each selector picks for the
-    training ``batch`` (the snapshot's task reads).
-
-    Args:
-        example, batch: per-layer read counts (tensors of N slots) of the question and of the training batch.
-        stats: the background statistics (:class:`~smf_lib.selection.BackgroundStats`).
-    """
-    own = {s: select_for_layers(example, s, top_t, stats) for s in ("kl", "tfidf")}
-    task = {s: select_for_layers(batch, s, top_t, stats) for s in ("kl", "tfidf")}
-    rows = []
-    for j, c in enumerate(example):
-        read = c > 0
-        hub = stats.df[j] > stats.n_docs / 2
-        row = {"layer": j if layers is None else layers[j], "rows read": int(read.sum())}
-        for s, name in (("kl", "KL"), ("tfidf", "TF-IDF")):
-            picked = own[s][j]
-            row[f"{name} picks"] = len(picked)
-            row[f"{name} share of its reads"] = float(c[picked].sum() / c.sum())
-            row[f"{name} hub rows"] = int(hub[picked].sum())
-            row[f"in {name}'s batch picks"] = int(read[task[s][j]].sum())
-        row["picked by both"] = len(set(own["kl"][j].tolist()) & set(own["tfidf"][j].tolist()))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def _higher_is_better(metric: str) -> bool:
@@ -387,17 +335,6 @@ def plot_benchmark(df: pd.DataFrame, split: bool = False):
     return figs if split else figs[0]
 
 
-def scores_table(counts, stats, layer: int, top_t: int) -> pd.DataFrame:
-    """The top rows of a layer under each selector, side by side (rank, slot, score)."""
-    out = {}
-    for sel in ("kl", "tfidf", "tf"):
-        s = score_rows(counts[layer], sel, **layer_stats(stats, layer))
-        chosen = select_rows(counts[layer], s, top_t)
-        out[f"{sel} slot"] = chosen.tolist()
-        out[f"{sel} score"] = s[chosen].round(decimals=5).tolist()
-    return pd.DataFrame(out)
-
-
 def plot_slot_scaling(slots: pd.DataFrame, ax=None):
     """Strict-SMF step time against the number of slots per memory (log x): colour per allocator setting, line
     style per run (when a ``run`` column is present)."""
@@ -494,75 +431,3 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
     _better(ax, "right", "down")
     outside_legend(ax)
     return ax
-
-
-INIT_COLOURS = {"zero": "#1b9e77", "zero-w2": "#7570b3", "paper": "#d95f02"}
-
-
-def plot_retrofit_pilot(table: pd.DataFrame, min_share: float = 0.10, split: bool = False):
-    """The retrofit pilot (:func:`smf_lib.study.pilot.pilot_table`): the memory's smallest per-layer share of the
-    MLP's output, and the held-out loss change with its 95% interval, along each recipe's retrofit.
-
-    Returns:
-        The figure, or with ``split`` a list of two one-panel figures.
-    """
-    figs = [plt.subplots(figsize=(6.4, 4.4)) for _ in range(2)] if split else None
-    if not split:
-        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
-    for recipe in table["recipe"].unique():
-        t = table[table["recipe"] == recipe].sort_values("step")
-        init, lr = t["init"].iloc[0], t["lr"].iloc[0]
-        style = dict(color=INIT_COLOURS.get(init, "#333333"), linestyle="-" if lr <= 2e-3 else "--", marker="o",
-                     label=f"{init}, rate {lr:g}")
-        ax0 = figs[0][1] if split else axes[0]
-        ax1 = figs[1][1] if split else axes[1]
-        ax0.plot(t["step"], 100 * t["min_share"], **style)
-        ax1.plot(t["step"], t["loss_change"], **style)
-        ax1.fill_between(t["step"], t["loss_lo"], t["loss_hi"], color=style["color"], alpha=0.15)
-    ax0 = figs[0][1] if split else axes[0]
-    ax1 = figs[1][1] if split else axes[1]
-    ax0.axhline(100 * min_share, color="#999999", linewidth=1, linestyle=":")
-    ax0.set(xlabel="retrofit step", ylabel="smallest layer's share of the MLP output (%) ↑",
-            title="Does the memory carry signal?")
-    ax1.axhline(0, color="#999999", linewidth=1, linestyle=":")
-    ax1.set(xlabel="retrofit step", ylabel="held-out reply loss change (nats) ↓", title="Does it help general text?")
-    for ax in (ax0, ax1):
-        ax.xaxis.label.set_size(11)
-        ax.yaxis.label.set_size(11)
-        ax.tick_params(labelsize=10)
-        ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2, frameon=False)
-    if split:
-        for f, _ in figs:
-            f.tight_layout()
-        return [f for f, _ in figs]
-    fig.tight_layout()
-    return fig
-
-
-def plot_learning_by_share(table: pd.DataFrame, metric: str = "d_gold_margin"):
-    """How much retrofit SMF needs (:func:`smf_lib.study.pilot.learning_table`): SMF-KL's learning in a fixed
-    number of steps on dev MedMCQA items, with its 95% interval, against the memory's share of the MLP's output at
-    each retrofit checkpoint (labelled with its retrofit step).
-
-    Returns:
-        The figure.
-    """
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    for lr, g in table.groupby("lr"):
-        g = g.sort_values("share")
-        colour = PALETTE.get("smf-kl", "#1b9e77")
-        ax.errorbar(100 * g["share"], g[metric], yerr=[g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]],
-                    fmt="o-", color=colour, capsize=3, label=f"SMF-KL at {lr:g}")
-        for r in g.itertuples():
-            ax.annotate(f"step {r.retrofit_step}", (100 * r.share, getattr(r, metric)), textcoords="offset points",
-                        xytext=(6, 6), fontsize=9.5)
-    ax.axhline(0, color="#999999", linewidth=1, linestyle=":")
-    what = {"d_gold_margin": "gold margin (nats)", "d_gold_prob": "gold probability", "d_acc": "accuracy"}.get(
-        metric, metric)
-    ax.set_xlabel("memory's mean share of the MLP output after the retrofit (%)", fontsize=11)
-    ax.set_ylabel(f"change in {what} ↑", fontsize=11)
-    ax.set_title("SMF-KL's learning on dev items, by retrofit checkpoint", fontsize=11)
-    ax.tick_params(labelsize=10)
-    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
-    fig.tight_layout()
-    return fig

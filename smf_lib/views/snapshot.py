@@ -1,8 +1,9 @@
 """The selection snapshot that chapter 4 explores: read counts of a few task batches and the background statistics
 of a study's retrofitted memory, written to ``OUT/selection_counts.json``.
 
-``python -m smf_lib snapshot --preset cpu --out results/cpu`` writes it (from the retrofit stage the study left in
-``OUT/artifacts``, or retrofitting again if that stage is gone); :func:`smf_lib.views.plotting.load_snapshot` reads it.
+``python -m smf_lib snapshot --preset cpu-v2 --out results/cpu-v2`` writes it (from the retrofit stage the study left in
+``OUT/artifacts``, or retrofitting again if that stage is gone);
+:func:`smf_lib.views.selection_tables.load_snapshot` reads it.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def selection_explorer(counts, stats, layers: list[int] | None = None, top_t: in
     """A top-t slider, a selector dropdown and a memory-layer dropdown over ``smf_lib.views.plotting.plot_selection``.
 
     Args:
-        counts: per-layer read counts of a task batch (from ``smf_lib.views.plotting.load_snapshot``).
+        counts: per-layer read counts of a task batch (from ``smf_lib.views.selection_tables.load_snapshot``).
         stats: background statistics of the same layers.
         layers: labels of the layers (decoder indices) for the dropdown.
         top_t: initial top-t.
@@ -102,7 +102,7 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
     the book's static HTML as in Jupyter. Needs ipywidgets 8 (``Stack``).
 
     Args:
-        counts: per-layer read counts of a task batch (from ``smf_lib.views.plotting.load_snapshot``).
+        counts: per-layer read counts of a task batch (from ``smf_lib.views.selection_tables.load_snapshot``).
         stats: background statistics of the same layers.
         layers: labels of the layers (decoder indices) for the dropdown.
         ts: the top-t values the slider steps through.

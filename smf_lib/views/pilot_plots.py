@@ -1,5 +1,7 @@
-"""Figures of the spread pilot (``results/spread-pilot``): does a retrofit keep the memory's reads spread, how large
-must the table be for a question to read few rows of its own, and what that does to SMF."""
+"""Figures of the pilots. The retrofit pilot (``results/retrofit-pilot``): which recipe makes a living memory, and
+does SMF learn more on a memory that carries more. The spread pilot (``results/spread-pilot``): does a retrofit
+keep the memory's reads spread, how large must the table be for a question to read few rows of its own, and what
+that does to SMF."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import pandas as pd
 import seaborn as sns
 
 from ..spread import MAX_TOP5_SHARE
+from ..study.arms import PALETTE
+
+INIT_COLOURS = {"zero": "#1b9e77", "zero-w2": "#7570b3", "paper": "#d95f02"}
 
 #: The sizing goals of the spread pilot: a question reads at most this share of a layer's rows ...
 FOOTPRINT_GOAL = 0.05
@@ -97,5 +102,74 @@ def plot_memory_effect(effect: pd.DataFrame, ax=None):
     return ax
 
 
+def plot_retrofit_pilot(table: pd.DataFrame, min_share: float = 0.10, split: bool = False):
+    """The retrofit pilot (:func:`smf_lib.study.pilot.pilot_table`): the memory's smallest per-layer share of the
+    MLP's output, and the held-out loss change with its 95% interval, along each recipe's retrofit.
+
+    Returns:
+        The figure, or with ``split`` a list of two one-panel figures.
+    """
+    figs = [plt.subplots(figsize=(6.4, 4.4)) for _ in range(2)] if split else None
+    if not split:
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    for recipe in table["recipe"].unique():
+        t = table[table["recipe"] == recipe].sort_values("step")
+        init, lr = t["init"].iloc[0], t["lr"].iloc[0]
+        style = dict(color=INIT_COLOURS.get(init, "#333333"), linestyle="-" if lr <= 2e-3 else "--", marker="o",
+                     label=f"{init}, rate {lr:g}")
+        ax0 = figs[0][1] if split else axes[0]
+        ax1 = figs[1][1] if split else axes[1]
+        ax0.plot(t["step"], 100 * t["min_share"], **style)
+        ax1.plot(t["step"], t["loss_change"], **style)
+        ax1.fill_between(t["step"], t["loss_lo"], t["loss_hi"], color=style["color"], alpha=0.15)
+    ax0 = figs[0][1] if split else axes[0]
+    ax1 = figs[1][1] if split else axes[1]
+    ax0.axhline(100 * min_share, color="#999999", linewidth=1, linestyle=":")
+    ax0.set(xlabel="retrofit step", ylabel="smallest layer's share of the MLP output (%) ↑",
+            title="Does the memory carry signal?")
+    ax1.axhline(0, color="#999999", linewidth=1, linestyle=":")
+    ax1.set(xlabel="retrofit step", ylabel="held-out reply loss change (nats) ↓", title="Does it help general text?")
+    for ax in (ax0, ax1):
+        ax.xaxis.label.set_size(11)
+        ax.yaxis.label.set_size(11)
+        ax.tick_params(labelsize=10)
+        ax.legend(fontsize=9.5, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2, frameon=False)
+    if split:
+        for f, _ in figs:
+            f.tight_layout()
+        return [f for f, _ in figs]
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_by_share(table: pd.DataFrame, metric: str = "d_gold_margin"):
+    """How much retrofit SMF needs (:func:`smf_lib.study.pilot.learning_table`): SMF-KL's learning in a fixed
+    number of steps on dev MedMCQA items, with its 95% interval, against the memory's share of the MLP's output at
+    each retrofit checkpoint (labelled with its retrofit step).
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for lr, g in table.groupby("lr"):
+        g = g.sort_values("share")
+        colour = PALETTE.get("smf-kl", "#1b9e77")
+        ax.errorbar(100 * g["share"], g[metric], yerr=[g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]],
+                    fmt="o-", color=colour, capsize=3, label=f"SMF-KL at {lr:g}")
+        for r in g.itertuples():
+            ax.annotate(f"step {r.retrofit_step}", (100 * r.share, getattr(r, metric)), textcoords="offset points",
+                        xytext=(6, 6), fontsize=9.5)
+    ax.axhline(0, color="#999999", linewidth=1, linestyle=":")
+    what = {"d_gold_margin": "gold margin (nats)", "d_gold_prob": "gold probability", "d_acc": "accuracy"}.get(
+        metric, metric)
+    ax.set_xlabel("memory's mean share of the MLP output after the retrofit (%)", fontsize=11)
+    ax.set_ylabel(f"change in {what} ↑", fontsize=11)
+    ax.set_title("SMF-KL's learning on dev items, by retrofit checkpoint", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["FOOTPRINT_GOAL", "OVERLAP_GOAL", "MAX_TOP5_SHARE", "spread_after", "plot_spread", "plot_sizes",
-           "plot_memory_effect"]
+           "plot_memory_effect", "plot_retrofit_pilot", "plot_learning_by_share"]
