@@ -233,17 +233,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
     bar = tqdm(total=len(run.plan), initial=run.start, desc=c.method, disable=not progress or run.rank > 0)
     try:
         for step in range(run.start, len(run.plan)):
-            t0 = time.perf_counter()
-            lr = c.lr * lr_factor(step, c.warmup_steps, len(run.plan), c.schedule)
-            loss = _accumulate(run, step)
-            row_grads, loss = _reduce(run, loss)
-            row_grads, norm, skipped = _unscale_and_clip(run, row_grads, step)
-            if not skipped:
-                _apply(run, row_grads, lr)
-            run.seconds += time.perf_counter() - t0
-            run.log.append({"step": step + 1, "loss": loss, "lr": lr, "grad_norm": None if skipped else norm,
-                            "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": run.seconds,
-                            **({"skipped": True} if skipped else {})})
+            loss = _step(run, step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if probe is not None and step + 1 in probe_at:
@@ -253,12 +243,7 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
             _checkpoint(run, step + 1)
     finally:
         bar.close()
-        set_recording(run.model, False)
-        if run.smf is not None:
-            run.smf.close()
-        for m in memory_layers(run.model):
-            m.sparse_grad = m.balance = False
-            m.aux_loss = None
+        _stop_recording(run)
     _check_finished(run.model, tokenizer, texts, run.plan, c, run.device, run.rank, run.world)
     model = run.model
     model.eval()
@@ -268,6 +253,32 @@ def train(model, tokenizer, texts: list[str], config: TrainConfig, background: B
         ([run.dense_opt.state_dict()] if run.dense_opt else [])
     resumed = {"step": run.start, "earlier_seconds": run.earlier} if run.earlier else None
     return TrainResult(model, run.log, run.seconds, _tensor_bytes(states), run.trajectory, resumed)
+
+
+def _step(run: _Run, step: int) -> float:
+    """One optimizer step: accumulate, reduce, unscale and clip, apply (unless float16 overflowed), log; the loss."""
+    c, t0 = run.c, time.perf_counter()
+    lr = c.lr * lr_factor(step, c.warmup_steps, len(run.plan), c.schedule)
+    loss = _accumulate(run, step)
+    row_grads, loss = _reduce(run, loss)
+    row_grads, norm, skipped = _unscale_and_clip(run, row_grads, step)
+    if not skipped:
+        _apply(run, row_grads, lr)
+    run.seconds += time.perf_counter() - t0
+    run.log.append({"step": step + 1, "loss": loss, "lr": lr, "grad_norm": None if skipped else norm,
+                    "rows": sum(int(r.numel()) for r, _ in row_grads), "seconds": run.seconds,
+                    **({"skipped": True} if skipped else {})})
+    return loss
+
+
+def _stop_recording(run: _Run) -> None:
+    """After the loop, finished or not: no reads recorded, no SMF hooks, the memory's training flags off."""
+    set_recording(run.model, False)
+    if run.smf is not None:
+        run.smf.close()
+    for m in memory_layers(run.model):
+        m.sparse_grad = m.balance = False
+        m.aux_loss = None
 
 
 @dataclass
