@@ -133,56 +133,65 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
         config = MemoryConfig(**meta["memory_config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path / CONFIG_NAME}: invalid memory_config ({err}); save the memory again") from err
-    if "reference" in meta:
-        ref = (path / meta["reference"]["path"]).resolve()
-        if ref == path.resolve():
-            raise ValueError(f"memory at {path} names itself as its reference: it cannot be loaded; save it again "
-                             "without reference")
-        if not (ref / WEIGHTS_NAME).exists() or file_sha256(ref / WEIGHTS_NAME) != meta["reference"].get("sha256"):
-            raise ValueError(f"memory at {path} stores only changed rows on top of {ref}, which is missing or "
-                             "has changed; restore that reference adapter or save the memory without reference")
-        _, state = _read_adapter(ref)
-        for k in list(saved):
-            if k.endswith(".rows"):
-                base_k = k[: -len(".rows")]
-                rows, data = saved[k], saved.get(base_k + ".data")
-                if base_k not in state or data is None:
-                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} has no matching table or data; save it again")
-                n = state[base_k].shape[0]
-                ok = rows.dtype == torch.long and rows.dim() == 1 and len(torch.unique(rows)) == len(rows)
-                ok = ok and (not len(rows) or (rows.min() >= 0 and rows.max() < n))
-                if not ok or tuple(data.shape) != (len(rows), state[base_k].shape[1]):
-                    raise ValueError(f"{path / WEIGHTS_NAME}: {k} holds bad row indices or data (rows must be "
-                                     f"distinct in 0..{n - 1}, one data row each); the file was edited or damaged")
-                state[base_k] = state[base_k].clone()
-                state[base_k][rows] = data.to(state[base_k].dtype)
-            elif not k.endswith(".data"):
-                state[k] = saved[k]
-    else:
-        state = saved
+    state = _with_reference(path, meta, saved) if "reference" in meta else saved
     add_memory(model, config)
     own = _memory_parameters(model)
-    missing = sorted(set(own) - set(state))
-    if missing:
+    problem = _mismatch(path, config, meta, own, state)
+    if problem:
         _remove_memory(model)
-        raise ValueError(f"memory at {path} lacks tensors {missing[:3]}...: its layers do not match its config "
-                         f"(layers {list(config.layers)}); the file is incomplete or was edited")
-    bad = [k for k, p in own.items() if tuple(state[k].shape) != tuple(p.shape)]
-    if bad:
-        _remove_memory(model)
-        raise ValueError(f"memory at {path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, its config asks for "
-                         f"{tuple(own[bad[0]].shape)}; the file was edited or damaged")
-    recorded = meta.get("alphas") or {}
-    edited = [k for k, v in recorded.items() if k in state and float(state[k]) != v]
-    if edited:
-        _remove_memory(model)
-        raise ValueError(f"memory at {path}: {CONFIG_NAME} records {edited[0]} = {recorded[edited[0]]}, "
-                         f"{WEIGHTS_NAME} holds {float(state[edited[0]])}; one of them was edited: save the memory "
-                         "again")
+        raise ValueError(problem)
     with torch.no_grad():
         for k, p in own.items():
             p.copy_(state[k].to(p.dtype))
     return model
+
+
+def _with_reference(path: Path, meta: dict, saved: dict) -> dict:
+    """The full memory state of an adapter that stores only the rows that differ from its reference adapter."""
+    ref = (path / meta["reference"]["path"]).resolve()
+    if ref == path.resolve():
+        raise ValueError(f"memory at {path} names itself as its reference: it cannot be loaded; save it again "
+                         "without reference")
+    if not (ref / WEIGHTS_NAME).exists() or file_sha256(ref / WEIGHTS_NAME) != meta["reference"].get("sha256"):
+        raise ValueError(f"memory at {path} stores only changed rows on top of {ref}, which is missing or "
+                         "has changed; restore that reference adapter or save the memory without reference")
+    _, state = _read_adapter(ref)
+    for k in list(saved):
+        if k.endswith(".rows"):
+            base_k = k[: -len(".rows")]
+            rows, data = saved[k], saved.get(base_k + ".data")
+            if base_k not in state or data is None:
+                raise ValueError(f"{path / WEIGHTS_NAME}: {k} has no matching table or data; save it again")
+            n = state[base_k].shape[0]
+            ok = rows.dtype == torch.long and rows.dim() == 1 and len(torch.unique(rows)) == len(rows)
+            ok = ok and (not len(rows) or (rows.min() >= 0 and rows.max() < n))
+            if not ok or tuple(data.shape) != (len(rows), state[base_k].shape[1]):
+                raise ValueError(f"{path / WEIGHTS_NAME}: {k} holds bad row indices or data (rows must be "
+                                 f"distinct in 0..{n - 1}, one data row each); the file was edited or damaged")
+            state[base_k] = state[base_k].clone()
+            state[base_k][rows] = data.to(state[base_k].dtype)
+        elif not k.endswith(".data"):
+            state[k] = saved[k]
+    return state
+
+
+def _mismatch(path: Path, config, meta: dict, own: dict, state: dict) -> str | None:
+    """What is wrong with a loaded state against the memory its config builds (missing tensors, wrong shapes, an
+    alpha edited in one file only), or None."""
+    missing = sorted(set(own) - set(state))
+    if missing:
+        return (f"memory at {path} lacks tensors {missing[:3]}...: its layers do not match its config "
+                f"(layers {list(config.layers)}); the file is incomplete or was edited")
+    bad = [k for k, p in own.items() if tuple(state[k].shape) != tuple(p.shape)]
+    if bad:
+        return (f"memory at {path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, its config asks for "
+                f"{tuple(own[bad[0]].shape)}; the file was edited or damaged")
+    recorded = meta.get("alphas") or {}
+    edited = [k for k, v in recorded.items() if k in state and float(state[k]) != v]
+    if edited:
+        return (f"memory at {path}: {CONFIG_NAME} records {edited[0]} = {recorded[edited[0]]}, "
+                f"{WEIGHTS_NAME} holds {float(state[edited[0]])}; one of them was edited: save the memory again")
+    return None
 
 
 def _remove_memory(model: nn.Module) -> None:
