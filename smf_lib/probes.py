@@ -41,6 +41,30 @@ def _letter_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
+def _option_rows(prompts: list[list[int]], options: list[list[list[int]]], pmask: torch.Tensor):
+    """One row per question: its options one after another, each at the positions right after its prompt and
+    attending only to the prompt and to its own earlier tokens (a block-diagonal causal mask over the options).
+    Returns the ids, positions, the allowed (row, key) pairs over prompt + options, and per option
+    ``(question, row offset, option tokens)``."""
+    B, P = len(prompts), pmask.shape[1]
+    S = max(sum(map(len, opts)) for opts in options)
+    oids = torch.zeros(B, S, dtype=torch.long)
+    opos = torch.zeros(B, S, dtype=torch.long)
+    allow = torch.zeros(B, S, P + S, dtype=torch.bool)
+    allow[:, :, :P] = pmask.bool().unsqueeze(1)  # padding rows attend to the prompt too: finite, never read
+    spans = []
+    for b, opts in enumerate(options):
+        off = 0
+        for o in opts:
+            n = len(o)
+            oids[b, off:off + n] = torch.as_tensor(o)
+            opos[b, off:off + n] = len(prompts[b]) + torch.arange(n)
+            allow[b, off:off + n, P + off:P + off + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            spans.append((b, off, o))
+            off += n
+    return oids, opos, allow, spans
+
+
 def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int]):
     """Mean log-likelihood of every option and the letter log-probs of several questions.
 
@@ -59,23 +83,7 @@ def _option_scores_batch(model, prompts: list[list[int]], options: list[list[lis
                   logits_to_keep=1)
     last = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # (B, vocab)
     cache = first["cache"] if "cache" in first else first.past_key_values
-    # One row per question: its options one after another, each at the positions right after the prompt and
-    # attending only to the prompt and to its own earlier tokens (a block-diagonal causal mask over the options).
-    S = max(sum(map(len, opts)) for opts in options)
-    oids = torch.zeros(B, S, dtype=torch.long)
-    opos = torch.zeros(B, S, dtype=torch.long)
-    allow = torch.zeros(B, S, P + S, dtype=torch.bool)
-    allow[:, :, :P] = pmask.bool().unsqueeze(1)  # padding rows attend to the prompt too: finite, never read
-    spans = []  # (question, row offset, option tokens)
-    for b, opts in enumerate(options):
-        off = 0
-        for o in opts:
-            n = len(o)
-            oids[b, off:off + n] = torch.as_tensor(o)
-            opos[b, off:off + n] = len(prompts[b]) + torch.arange(n)
-            allow[b, off:off + n, P + off:P + off + n] = torch.ones(n, n, dtype=torch.bool).tril()
-            spans.append((b, off, o))
-            off += n
+    oids, opos, allow, spans = _option_rows(prompts, options, pmask)
     inner = model.get_decoder()  # the decoder stack: only the scored positions go through the output head
     mask = allow.unsqueeze(1)
     if model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 or a large negative
