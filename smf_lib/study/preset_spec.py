@@ -168,44 +168,45 @@ class Preset:
     notes: str = ""
 
     def __post_init__(self):
-        bad = [m for m in (*self.methods, *self.multi_seed, *self.sweep) if m not in ARMS]
-        if bad:
-            raise ValueError(f"preset {self.name!r}: unknown method {bad[0]!r}; allowed: {', '.join(ARMS)}")
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"preset {self.name!r}: seeds must be non-negative integers, got {self.seeds}")
-        for k in ("medmcqa_n", "triviaqa_n", "wikitext_lines", "eval_batch", "topk", "trajectory_points"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 1, got {v!r}")
-        for k in ("medmcqa_dev_n", "triviaqa_dev_n", "wikitext_dev_lines", "chat_n", "chat_dev_n", "acquisition_n"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 0, got {v!r}")
-        for k in ("train_n", "retrofit_n"):
-            v = getattr(self, k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 1 (or None for all), got {v!r}")
-        if isinstance(self.background_n, bool) or not isinstance(self.background_n, int) or self.background_n < 1:
-            raise ValueError(f"preset {self.name!r}: background_n must be an integer >= 1, got {self.background_n!r}")
-        for k, v in self.dev_subset.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"preset {self.name!r}: dev_subset size {k!r} must be an integer >= 1, got {v!r}")
+        self._check_sizes()
         try:
             self.lr = Rates(self.lr)
             self.train = Settings(self.train)
             self.retrofit = Settings(self.retrofit, method="retrofit")
             if self.memory:
                 MemoryConfig(**self.memory)
+            self.sweep_evaluation = evaluation_kind(self.sweep_evaluation)
         except (TypeError, ValueError) as err:
             raise ValueError(f"preset {self.name!r}: {err}") from err
-        if self.trajectory_points < 2:
-            raise ValueError(f"preset {self.name!r}: trajectory_points must be >= 2 (step 0 and the last step)")
-        for k, allowed in (("train_sample", ("first", "shuffle")), ("ppl_first_window", ("exact", "paper")),
-                           ("dtype", ("float32", "bfloat16", "float16", "auto"))):
-            if getattr(self, k) not in allowed:
-                raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
+        self._check_choices()
+        self._check_grid()
+
+    def _check_sizes(self) -> None:
+        """Seeds, item counts and data sizes: integers in their ranges."""
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"preset {self.name!r}: seeds must be non-negative integers, got {self.seeds}")
+        lows = {**dict.fromkeys(("medmcqa_n", "triviaqa_n", "wikitext_lines", "eval_batch", "topk", "background_n"), 1),
+                **dict.fromkeys(("medmcqa_dev_n", "triviaqa_dev_n", "wikitext_dev_lines", "chat_n", "chat_dev_n",
+                                 "acquisition_n"), 0), "trajectory_points": 2}
+        for k, low in lows.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                why = " (step 0 and the last step)" if k == "trajectory_points" else ""
+                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= {low}{why}, got {v!r}")
+        for k in ("train_n", "retrofit_n"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"preset {self.name!r}: {k} must be an integer >= 1 (or None for all), got {v!r}")
+        for k, v in self.dev_subset.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"preset {self.name!r}: dev_subset size {k!r} must be an integer >= 1, got {v!r}")
+
+    def _check_choices(self) -> None:
+        """Settings that name one of a few choices, and the corpora that must not read the chat probe's text."""
         corpora = ("oasst1-validation", "oasst1-train", "oasst1-both")
-        for k, allowed in (("retrofit_corpus", corpora), ("background_corpus", (*corpora, "wikipedia")),
+        for k, allowed in (("train_sample", ("first", "shuffle")), ("ppl_first_window", ("exact", "paper")),
+                           ("dtype", ("float32", "bfloat16", "float16", "auto")), ("evaluate_on", ("report", "dev")),
+                           ("retrofit_corpus", corpora), ("background_corpus", (*corpora, "wikipedia")),
                            ("chat_pool", ("paper", "all"))):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"preset {self.name!r}: {k} must be one of {allowed}, got {getattr(self, k)!r}")
@@ -214,12 +215,12 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: chat_pool='all' scores every OASST1 validation reply, so the "
                              "retrofit and background corpora must not read validation text: use oasst1-train or "
                              "wikipedia")
-        try:
-            self.sweep_evaluation = evaluation_kind(self.sweep_evaluation)
-        except ValueError as err:
-            raise ValueError(f"preset {self.name!r}: sweep_evaluation: {err}") from err
-        if self.evaluate_on not in ("report", "dev"):
-            raise ValueError(f"preset {self.name!r}: evaluate_on must be 'report' or 'dev', got {self.evaluate_on!r}")
+
+    def _check_grid(self) -> None:
+        """The grid's arms, sweeps and rates to choose name what exists."""
+        bad = [m for m in (*self.methods, *self.multi_seed, *self.sweep) if m not in ARMS]
+        if bad:
+            raise ValueError(f"preset {self.name!r}: unknown method {bad[0]!r}; allowed: {', '.join(ARMS)}")
         if set(self.rates_to_choose) - set(rate_names()):
             raise ValueError(f"preset {self.name!r}: rates_to_choose names an unknown rate key; allowed: "
                              f"{', '.join(rate_names())}")
