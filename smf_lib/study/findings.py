@@ -157,7 +157,7 @@ def _cell(row, metric: str, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def findings_cpu(runs: list[dict], planned: int | None = None, first_share: float | None = None) -> list[str]:
-    """What the living-memory study (``results/cpu``) found, in at most 5 sentences computed from its run records,
+    """What the living-memory study (``results/cpu-v2``) found, in at most 5 sentences computed from its run records,
     including what goes against SMF: the memory's health and the retrofit's own change, the dev items where SMF's
     rate was matched, the reported items (:func:`reported_findings`), and what is still to come while it runs.
 
@@ -166,48 +166,10 @@ def findings_cpu(runs: list[dict], planned: int | None = None, first_share: floa
         planned: how many runs the preset plans, to say how many are still to come.
         first_share: the first study's memory share of the MLP's output, for contrast.
     """
-    from .results import end_points, matched_learning, net_table, trajectory_table
+    from .results import net_table
 
-    out = []
     net = net_table(runs)
-    retro = [r for r in runs if r["method"] == "retrofit" and is_report(r)]
-    if retro:
-        after = retro[0]["retrofit"]["heldout_oasst1"]["after"]
-        lowest = min(after["share_by_layer"].values())
-        was = f"; the first study's: {first_share:.1%}" if first_share is not None else ""
-        text = (f"The memory is alive: after the retrofit its quietest layer adds {lowest:.0%} of the MLP's output "
-                f"(the mean over layers {after['share']:.0%}{was})")
-        r0 = net[net["method"] == "retrofit"]
-        if len(r0):
-            r = r0.iloc[0]
-            text += (f", and the retrofit alone moves the model (reported chat log-likelihood "
-                     f"{_cell(r, 'd_chat_loglik', 1, 3)} nats, WikiText perplexity "
-                     f"{_cell(r, 'd_wikitext_ppl', 1, 2)}), "
-                     "so SMF's changes are read from the retrofitted model")
-        out.append(text + ".")
-    traj = trajectory_table(runs, against="start")
-    if len(traj):
-        chat = "d_chat_loglik" in traj
-        ends = end_points(traj, ("d_medmcqa_gold_margin", *(("d_chat_loglik",) if chat else ())))
-        match = matched_learning(traj)
-        match = match[match["smf"] == "smf-kl"] if len(match) else match
-        if len(match):
-            def point(method, lr):
-                return ends[(ends["method"] == method) & (ends["lr"] == lr)].iloc[0]
-
-            rate = match["smf lr"].iloc[0]
-            smf = point("smf-kl", rate)
-            met = [NAMES[b] for b, ok in zip(match["baseline"], match["matched"]) if ok]
-            others = [point(b, lr) for b, lr in zip(match["baseline"], match["baseline lr"])]
-            text = (f"On dev items, SMF-KL at {rate:g} "
-                    + (f"met the learning of {' and '.join(met)}" if met else "came closest to the baselines' learning")
-                    + f" (gold margin {_cell(smf, 'd_medmcqa_gold_margin', 1, 3)} against "
-                    + " and ".join(f"{_cell(o, 'd_medmcqa_gold_margin', 1, 3)} for {NAMES[o['method']]}"
-                                   for o in others) + ")")
-            if chat:
-                text += (f", and its chat log-likelihood moved by {_cell(smf, 'd_chat_loglik', 1, 3)} nats against "
-                         + " and ".join(_cell(o, "d_chat_loglik", 1, 3) for o in others))
-            out.append(text + "; the study trains SMF at that rate.")
+    out = [s for s in (_health_sentence(runs, net, first_share), _dev_match_sentence(runs)) if s]
     reported = reported_findings(net)
     done = sum(1 for r in runs if is_report(r))
     if reported:
@@ -219,6 +181,57 @@ def findings_cpu(runs: list[dict], planned: int | None = None, first_share: floa
         out.append(f"The comparison on the reported items is not in yet: {done} of the study's {planned} fully "
                    "evaluated runs are finished.")
     return out
+
+
+def _health_sentence(runs: list[dict], net, first_share: float | None) -> str | None:
+    """The memory's health after the retrofit and the retrofit's own change, or None before it has run."""
+    retro = [r for r in runs if r["method"] == "retrofit" and is_report(r)]
+    if not retro:
+        return None
+    after = retro[0]["retrofit"]["heldout_oasst1"]["after"]
+    lowest = min(after["share_by_layer"].values())
+    was = f"; the first study's: {first_share:.1%}" if first_share is not None else ""
+    text = (f"The memory is alive: after the retrofit its quietest layer adds {lowest:.0%} of the MLP's output "
+            f"(the mean over layers {after['share']:.0%}{was})")
+    r0 = net[net["method"] == "retrofit"]
+    if len(r0):
+        r = r0.iloc[0]
+        text += (f", and the retrofit alone moves the model (reported chat log-likelihood "
+                 f"{_cell(r, 'd_chat_loglik', 1, 3)} nats, WikiText perplexity {_cell(r, 'd_wikitext_ppl', 1, 2)}), "
+                 "so SMF's changes are read from the retrofitted model")
+    return text + "."
+
+
+def _dev_match_sentence(runs: list[dict]) -> str | None:
+    """Where SMF-KL's dev learning met the baselines' and what its chat did there, or None without trajectories."""
+    from .results import end_points, matched_learning, trajectory_table
+
+    traj = trajectory_table(runs, against="start")
+    if not len(traj):
+        return None
+    chat = "d_chat_loglik" in traj
+    ends = end_points(traj, ("d_medmcqa_gold_margin", *(("d_chat_loglik",) if chat else ())))
+    match = matched_learning(traj)
+    match = match[match["smf"] == "smf-kl"] if len(match) else match
+    if not len(match):
+        return None
+
+    def point(method, lr):
+        return ends[(ends["method"] == method) & (ends["lr"] == lr)].iloc[0]
+
+    rate = match["smf lr"].iloc[0]
+    smf = point("smf-kl", rate)
+    met = [NAMES[b] for b, ok in zip(match["baseline"], match["matched"]) if ok]
+    others = [point(b, lr) for b, lr in zip(match["baseline"], match["baseline lr"])]
+    text = (f"On dev items, SMF-KL at {rate:g} "
+            + (f"met the learning of {' and '.join(met)}" if met else "came closest to the baselines' learning")
+            + f" (gold margin {_cell(smf, 'd_medmcqa_gold_margin', 1, 3)} against "
+            + " and ".join(f"{_cell(o, 'd_medmcqa_gold_margin', 1, 3)} for {NAMES[o['method']]}" for o in others)
+            + ")")
+    if chat:
+        text += (f", and its chat log-likelihood moved by {_cell(smf, 'd_chat_loglik', 1, 3)} nats against "
+                 + " and ".join(_cell(o, "d_chat_loglik", 1, 3) for o in others))
+    return text + "; the study trains SMF at that rate."
 
 
 NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning"}
@@ -235,7 +248,6 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
     intervals): each SMF arm's learning (gold margin) against each baseline's, so it says whether the rate matched
     on dev items still matches here; its change in held-out chat log-likelihood against theirs; and which methods
     got worse on WikiText perplexity and TriviaQA accuracy (an interval wholly on the worse side)."""
-    from ..probes import metrics as probe_metrics
     from .results import pooled
 
     want = ("d_medmcqa_gold_margin", "d_chat_loglik", "d_wikitext_ppl", "d_triviaqa_acc")
@@ -248,45 +260,62 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
     if not arms or not base:
         return []
 
-    def cell(method, metric, digits=3, scale=1.0):
-        r = table.loc[method]
-        return interval_cell(*(r[f"{metric}{s}"] * scale for s in ("", "_lo", "_hi")), digits=digits)
-
-    def at(method):
-        return f"{NAMES[method]} at {table.loc[method, 'lr']:g}"
-
-    out = []
     seeds = int(table.loc[arms + base, "seeds"].min())
+    out = []
     for arm in arms:
-        rel = {b: _relation(*(table.loc[m, f"d_medmcqa_gold_margin{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
-               for b in base}
-        words = {"below": "less than", "above": "more than", "overlaps": "as much as"}
-        out.append(f"On the reported items ({seeds} seed{'s' if seeds > 1 else ''} per method), {at(arm)} moved the "
-                   f"gold option's margin by {cell(arm, 'd_medmcqa_gold_margin')} nats from its retrofitted start, "
-                   + ", ".join(f"{at(b)} by {cell(b, 'd_medmcqa_gold_margin')}" for b in base) + ": "
-                   + " and ".join(f"{words[rel[b]]} {NAMES[b]}" for b in base)
-                   + (" (the intervals overlap), so here the comparison is at matched learning."
-                      if all(v == "overlaps" for v in rel.values()) else
-                      ", so at this rate its learning does not match "
-                      + ("any" if "overlaps" not in rel.values() else "every") + " baseline's on the reported items."))
-        chat = {b: _relation(*(table.loc[m, f"d_chat_loglik{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
-                for b in base}
-        lo, hi = table.loc[arm, "d_chat_loglik_lo"], table.loc[arm, "d_chat_loglik_hi"]
-        moved = "fell" if hi < 0 else "rose" if lo > 0 else "did not move measurably"
-        text = (f"Under {NAMES[arm]} held-out chat log-likelihood {moved} ({cell(arm, 'd_chat_loglik', 4)} nats), "
-                + ", ".join(f"under {NAMES[b]} {cell(b, 'd_chat_loglik', 4)}" for b in base))
-        less = all(v == "below" for v in rel.values())
-        if all(v == "below" for v in chat.values()):
-            text += (f": {NAMES[arm]} ends below every baseline on chat" + (
-                " while learning less, so it is worse on both counts, against the paper's claim in this setting."
-                if less else ", against the paper's claim in this setting."))
-        elif all(v == "above" for v in chat.values()):
-            text += (f": {NAMES[arm]} ends above every baseline on chat" + (
-                ", but it also learned less, so this is not a comparison at equal learning and cannot say which "
-                "method forgets less." if less else ", as the paper claims."))
-        else:
-            text += ": the intervals overlap for at least one baseline, so these items cannot rank them on chat."
-        out.append(text)
+        out += _arm_sentences(table, arm, base, seeds)
+    worse_line = _worse_sentence(table)
+    return out + ([worse_line] if worse_line else [])
+
+
+def _interval(table, method, metric, digits=3, scale=1.0) -> str:
+    r = table.loc[method]
+    return interval_cell(*(r[f"{metric}{s}"] * scale for s in ("", "_lo", "_hi")), digits=digits)
+
+
+def _at(table, method) -> str:
+    return f"{NAMES[method]} at {table.loc[method, 'lr']:g}"
+
+
+def _arm_sentences(table, arm: str, base: list[str], seeds: int) -> list[str]:
+    """One SMF arm against the baselines on the reported items: its learning, then its chat change."""
+    rel = {b: _relation(*(table.loc[m, f"d_medmcqa_gold_margin{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
+           for b in base}
+    words = {"below": "less than", "above": "more than", "overlaps": "as much as"}
+    learned = (f"On the reported items ({seeds} seed{'s' if seeds > 1 else ''} per method), {_at(table, arm)} moved "
+               f"the gold option's margin by {_interval(table, arm, 'd_medmcqa_gold_margin')} nats from its "
+               "retrofitted start, "
+               + ", ".join(f"{_at(table, b)} by {_interval(table, b, 'd_medmcqa_gold_margin')}" for b in base) + ": "
+               + " and ".join(f"{words[rel[b]]} {NAMES[b]}" for b in base)
+               + (" (the intervals overlap), so here the comparison is at matched learning."
+                  if all(v == "overlaps" for v in rel.values()) else
+                  ", so at this rate its learning does not match "
+                  + ("any" if "overlaps" not in rel.values() else "every") + " baseline's on the reported items."))
+    chat = {b: _relation(*(table.loc[m, f"d_chat_loglik{s}"] for m in (arm, b) for s in ("_lo", "_hi")))
+            for b in base}
+    lo, hi = table.loc[arm, "d_chat_loglik_lo"], table.loc[arm, "d_chat_loglik_hi"]
+    moved = "fell" if hi < 0 else "rose" if lo > 0 else "did not move measurably"
+    text = (f"Under {NAMES[arm]} held-out chat log-likelihood {moved} ({_interval(table, arm, 'd_chat_loglik', 4)} "
+            "nats), " + ", ".join(f"under {NAMES[b]} {_interval(table, b, 'd_chat_loglik', 4)}" for b in base))
+    less = all(v == "below" for v in rel.values())
+    if all(v == "below" for v in chat.values()):
+        text += (f": {NAMES[arm]} ends below every baseline on chat" + (
+            " while learning less, so it is worse on both counts, against the paper's claim in this setting."
+            if less else ", against the paper's claim in this setting."))
+    elif all(v == "above" for v in chat.values()):
+        text += (f": {NAMES[arm]} ends above every baseline on chat" + (
+            ", but it also learned less, so this is not a comparison at equal learning and cannot say which "
+            "method forgets less." if less else ", as the paper claims."))
+    else:
+        text += ": the intervals overlap for at least one baseline, so these items cannot rank them on chat."
+    return [learned, text]
+
+
+def _worse_sentence(table) -> str | None:
+    """Which methods got worse on WikiText perplexity and TriviaQA accuracy (an interval wholly on the worse
+    side)."""
+    from ..probes import metrics as probe_metrics
+
     registry = probe_metrics()
     worse = []
     for metric in ("d_wikitext_ppl", "d_triviaqa_acc"):
@@ -296,12 +325,12 @@ def reported_findings(net, smf=("smf-kl", "smf-tfidf"), baselines=("lora", "full
         for m in table.index:
             lo, hi = table.loc[m, f"{metric}_lo"], table.loc[m, f"{metric}_hi"]
             if (hi < 0 if spec.better > 0 else lo > 0):
-                worse.append(f"{NAMES.get(m, m)} on {spec.label} ({cell(m, metric, 2, spec.scale)})")
-    if any(m in table for m in ("d_wikitext_ppl", "d_triviaqa_acc")):
-        out.append("On WikiText perplexity and TriviaQA accuracy, " + (
-            "worse: " + "; ".join(worse) + "." if worse else "no method got worse on these items (no interval lies "
-            "wholly on the worse side)."))
-    return out
+                worse.append(f"{NAMES.get(m, m)} on {spec.label} ({_interval(table, m, metric, 2, spec.scale)})")
+    if not any(m in table for m in ("d_wikitext_ppl", "d_triviaqa_acc")):
+        return None
+    return "On WikiText perplexity and TriviaQA accuracy, " + (
+        "worse: " + "; ".join(worse) + "." if worse else "no method got worse on these items (no interval lies "
+        "wholly on the worse side).")
 
 
 def answer_sentences(**points) -> str:
