@@ -116,7 +116,6 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
         An ``ipywidgets.VBox``; display it in a notebook.
     """
     import ipywidgets as w
-    from PIL import Image
 
     if not hasattr(w, "Stack"):
         raise ImportError(f"selection_gallery needs ipywidgets >= 8 (Stack); found {w.__version__}")
@@ -127,18 +126,7 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
         raise ValueError(f"the initial state must be in the gallery: top_t in {ts}, selector in {selectors}")
 
     def figure(j, name, t):
-        fig = _draw(counts, stats, j, t, name, labels[j])
-        fig.set_dpi(dpi)
-        fig.canvas.draw()
-        meta = measurements(fig, dpi)
-        pixels = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
-        width_in = fig.get_figwidth()
-        plt.close(fig)
-        png = io.BytesIO()
-        pixels.quantize(colors=64).save(png, format="png")
-        shown = display_width(width_in * dpi, dpi)
-        return w.Image(value=add_png_text(png.getvalue(), meta), format="png",
-                       layout=w.Layout(width=f"{shown}px", max_width="100%", height="auto"))
+        return _image(w, _draw(counts, stats, j, t, name, labels[j]), dpi)
 
     slider_kw, dropdown_kw, row = _controls(w)
     slider = w.SelectionSlider(options=ts, value=top_t, description="top-t", continuous_update=True, **slider_kw)
@@ -158,3 +146,20 @@ def selection_gallery(counts, stats, layers: list[int] | None = None, ts=GALLERY
     figures = w.Stack(by_layer, selected_index=layer)
     w.jsdlink((memory, "index"), (figures, "selected_index"))
     return w.VBox([row(slider, chooser, memory), figures])
+
+
+def _image(w, fig, dpi: int):
+    """A figure as an ``ipywidgets.Image``: a PNG reduced to 64 colours, carrying the figure's text measurements (as
+    the book's other figures do), shown at the book's width."""
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    meta = measurements(fig, dpi)
+    pixels = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
+    width_in = fig.get_figwidth()
+    plt.close(fig)
+    png = io.BytesIO()
+    pixels.quantize(colors=64).save(png, format="png")
+    return w.Image(value=add_png_text(png.getvalue(), meta), format="png",
+                   layout=w.Layout(width=f"{display_width(width_in * dpi, dpi)}px", max_width="100%", height="auto"))
