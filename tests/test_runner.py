@@ -747,7 +747,7 @@ def test_a_study_on_real_data_refuses_a_dirty_checkout_unless_allowed(tmp_path, 
     assert check_clean(dirty, True, "x") == {**dirty, "allow_dirty": True}
     # the runner applies it to presets on the real data, before any work, and records the allowance
     monkeypatch.setattr(R, "_versions", lambda: dict(dirty))
-    real = dataclasses.replace(get_preset("smoke"), name="smoke-real", data=None, train_n=None)
+    real = dataclasses.replace(get_preset("smoke"), name="smoke-real", model="smollm2-135m-instruct", train_n=None)
     monkeypatch.setattr(R.Runner, "task_questions_for", lambda self, seed: [])
     monkeypatch.setattr(R, "load_medmcqa", lambda *a, **k: [])
     monkeypatch.setattr(R, "build_suite", lambda *a, **k: None)
@@ -755,8 +755,8 @@ def test_a_study_on_real_data_refuses_a_dirty_checkout_unless_allowed(tmp_path, 
     with pytest.raises(RuntimeError, match="--allow-dirty"):
         R.Runner(real, tmp_path, progress=False)
     assert R.Runner(real, tmp_path, progress=False, allow_dirty=True).versions["allow_dirty"] is True
-    fixtures = dataclasses.replace(get_preset("smoke"), train_n=None)
-    assert "allow_dirty" not in R.Runner(fixtures, tmp_path, progress=False).versions  # fixtures: for tests
+    tiny = dataclasses.replace(get_preset("smoke"), train_n=None)
+    assert "allow_dirty" not in R.Runner(tiny, tmp_path, progress=False).versions  # the tiny model: for tests
 
 
 def test_the_baselines_can_start_from_the_retrofit_with_its_memory_frozen(reference_grid, tmp_path):

@@ -119,20 +119,7 @@ def main(argv=None, commands=()) -> int:
         return 1
 
 
-def _main(argv, commands=()) -> int:
-    """Run the command line on ``argv``. ``commands`` adds commands from outside the study, each a tuple
-    ``(name, help, add_arguments(parser), run(args) -> exit code)`` (``python -m smf_lib`` adds the views'
-    ``snapshot``)."""
-    ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    added = {}
-    from .memory_effect import COMMAND as memory_effect
-    from .spread_pilot import COMMAND as spread_pilot
-
-    for name, help_text, add_arguments, run in (*commands, spread_pilot, memory_effect, FRONTIER):
-        add_arguments(sub.add_parser(name, help=help_text))
-        added[name] = run
-    r = sub.add_parser("run", help="run a preset's grid (resumable)")
+def _run_arguments(r) -> None:
     r.add_argument("--preset", required=True, choices=sorted(PRESETS) + sorted(FACT_PRESETS))
     r.add_argument("--split", default="dev", choices=["dev", "report"],
                    help="facts presets: the dev facts (rates are chosen there) or the reported ones")
@@ -156,120 +143,9 @@ def _main(argv, commands=()) -> int:
     r.add_argument("--show", action="store_true", help="print the settings that would run, and stop")
     r.add_argument("--no-tune-allocator", action="store_true",
                    help="leave glibc's malloc as it is (default: reuse freed CPU memory; see tune_cpu_allocator)")
-    st = sub.add_parser("status", help="list a preset's planned runs and which of them are finished in OUT")
-    st.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    st.add_argument("--out", help="results folder (default results/PRESET)")
-    s = sub.add_parser("summarize", help="rewrite OUT/summary.csv and OUT/trajectories.csv from OUT/runs/*.json")
-    s.add_argument("--out", required=True)
-    pr = sub.add_parser("protocol", help="print a preset's departures from the paper's protocol, with reasons")
-    pr.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    pr.add_argument("--format", default="markdown", choices=["markdown", "csv"])
-    pr.add_argument("--update-doc", metavar="FILE", help="rewrite the preset's table between its markers in FILE "
-                    "(e.g. docs/METHOD.md) instead of printing it")
-    c = sub.add_parser("calibrate", help="pick an SMF update rule's learning rate on held-out training questions")
-    c.add_argument("--model", default="smollm2-135m-instruct")
-    c.add_argument("--update", default="sgd", choices=["sgd", "adam", "paper"])
-    c.add_argument("--rates", nargs="+", type=float, help="default: 1e3..1e6 for sgd, 1e-4..3e-3 otherwise")
-    c.add_argument("--steps", type=int, default=8)
-    c.add_argument("--heldout", type=int, default=48)
-    c.add_argument("--adapter", help="start from this saved memory (e.g. a retrofit adapter)")
-    c.add_argument("--layers", nargs="+", type=int, default=[7, 15, 22], help="memory layers of a fresh memory")
-    c.add_argument("--n-keys", type=int, default=64)
-    c.add_argument("--out", help="write the result as JSON here")
-    rp = sub.add_parser("retrofit-pilot", help="compare retrofit recipes (init x rate) by the memory's share of the "
-                        "MLP's output and the held-out loss, along the retrofit (resumable)")
-    rp.add_argument("--out", default="results/retrofit-pilot")
-    rp.add_argument("--recipes", nargs="+", metavar="INIT:LR", help="default: the pilot's recipes, e.g. zero:2e-3")
-    rp.add_argument("--steps", type=int, help="optimizer steps per recipe (default 100)")
-    rp.add_argument("--save-adapters", action="store_true", help="keep the memory at every probe step")
-    rp.add_argument("--learning", nargs="+", metavar="RECIPE@STEP", help="instead: SMF's learning on top of these "
-                    "saved checkpoints, e.g. zero-lr0.002@60 (dev MedMCQA items)")
-    rp.add_argument("--smf-lr", type=float, default=1e-2, help="with --learning: SMF's rate (row-sparse Adam)")
-    rp.add_argument("--no-progress", action="store_true")
-    dp = sub.add_parser("data", help="fetch the data sets from the Hugging Face Hub into a folder, for SMF_DATA_DIR")
-    dp.add_argument("--to", required=True, metavar="DIR")
-    args = ap.parse_args(argv)
-    if args.cmd in added:
-        return added[args.cmd](args)
-    if args.cmd == "data":
-        from ..fetch import fetch_data
 
-        folder = fetch_data(args.to)
-        print(f"done: export SMF_DATA_DIR={folder.resolve()}")
-        return 0
-    if args.cmd == "retrofit-pilot":
-        from .pilot import (RECIPES, LearningSettings, PilotSettings, learning_table, pilot_table, run_recipe,
-                            smf_learning)
 
-        if args.learning:
-            for spec in args.learning:
-                recipe, _, step = spec.partition("@")
-                if not step.isdigit():
-                    ap.error(f"--learning takes RECIPE@STEP such as zero-lr0.002@60, got {spec!r}")
-                smf_learning(recipe, int(step), args.out, ls=LearningSettings(lr=args.smf_lr),
-                             progress=not args.no_progress)
-            print(learning_table(args.out).round(4).to_string(index=False))
-            return 0
-
-        recipes = RECIPES
-        if args.recipes:
-            try:
-                recipes = [(r.split(":")[0], float(r.split(":")[1])) for r in args.recipes]
-            except (IndexError, ValueError):
-                ap.error(f"--recipes takes INIT:LR pairs such as zero:2e-3, got {args.recipes}")
-        s = PilotSettings()
-        if args.steps:
-            s = dataclasses.replace(s, steps=args.steps, probe_steps=tuple(p for p in s.probe_steps if p < args.steps)
-                                    + (args.steps,))
-        for init, lr in recipes:
-            run_recipe(init, lr, args.out, s, save_adapters=args.save_adapters, progress=not args.no_progress)
-        print(pilot_table(args.out).round(4).to_string(index=False))
-        return 0
-    if args.cmd == "summarize":
-        from .results import write_summary
-
-        print(write_summary(Path(args.out)))
-        return 0
-    if args.cmd == "status":
-        from .plan import dirty_lines, health_lines, status_line, study_status
-
-        out = args.out or f"results/{args.preset}"
-        table = study_status(get_preset(args.preset), out)
-        print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
-        print(status_line(table))
-        for line in health_lines(out) + dirty_lines(out):
-            print(line)
-        if (table["state"] != "finished").any():
-            print(f"`python -m smf_lib run --preset {args.preset}"
-                  f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
-        return 0
-    if args.cmd == "protocol":
-        table = protocol_table(get_preset(args.preset))
-        if args.update_doc:
-            path = Path(args.update_doc)
-            path.write_text(replace_block(path.read_text(), args.preset, protocol_markdown(get_preset(args.preset))))
-            print(f"{path}: the {args.preset} table rewritten")
-            return 0
-        if not len(table):
-            print(f"preset {args.preset!r} follows the paper's protocol in every setting smf_lib records")
-        else:
-            print(table.to_csv(index=False) if args.format == "csv" else markdown_table(table))
-        return 0
-    if args.cmd == "calibrate":
-        from ..files import write_json
-        from ..models import load_model
-        from .calibrate import calibrate
-
-        rates = args.rates or ([1e3, 1e4, 1e5, 1e6] if args.update == "sgd" else [1e-4, 3e-4, 1e-3, 3e-3])
-        model, tok = load_model(args.model)
-        res = calibrate(model, tok, rates, args.update, args.steps, args.heldout, adapter=args.adapter,
-                        memory=dict(layers=tuple(args.layers), n_keys=args.n_keys), progress=True)
-        for run in res["runs"]:
-            print(f"lr {run['lr']:g}: held-out loss {run['heldout_loss']:.4f} (before {res['before']:.4f})")
-        print(f"best lr: {res['best_lr']}")
-        if args.out:
-            write_json(args.out, {"model": args.model, **res})
-        return 0
+def _run(args) -> int:
     if args.preset in FACT_PRESETS:
         from .facts_study import FactsRunner, get_facts_preset
 
@@ -280,10 +156,7 @@ def _main(argv, commands=()) -> int:
     from ..training import TrainingDiverged
     from .runner import Runner
 
-    try:
-        preset = customise(get_preset(args.preset), args.lr, args.fields, args.data)
-    except ValueError as err:
-        ap.error(str(err))
+    preset = customise(get_preset(args.preset), args.lr, args.fields, args.data)
     if args.show:
         print(show_settings(preset))
         return 0
@@ -298,3 +171,163 @@ def _main(argv, commands=()) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _status_arguments(st) -> None:
+    st.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    st.add_argument("--out", help="results folder (default results/PRESET)")
+
+
+def _status(args) -> int:
+    from .plan import dirty_lines, health_lines, status_line, study_status
+
+    out = args.out or f"results/{args.preset}"
+    table = study_status(get_preset(args.preset), out)
+    print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
+    print(status_line(table))
+    for line in health_lines(out) + dirty_lines(out):
+        print(line)
+    if (table["state"] != "finished").any():
+        print(f"`python -m smf_lib run --preset {args.preset}"
+              f"{'' if args.out is None else ' --out ' + args.out}` resumes the rest.")
+    return 0
+
+
+def _summarize(args) -> int:
+    from .results import write_summary
+
+    print(write_summary(Path(args.out)))
+    return 0
+
+
+def _protocol_arguments(pr) -> None:
+    pr.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    pr.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    pr.add_argument("--update-doc", metavar="FILE", help="rewrite the preset's table between its markers in FILE "
+                    "(e.g. docs/METHOD.md) instead of printing it")
+
+
+def _protocol(args) -> int:
+    preset = get_preset(args.preset)
+    if args.update_doc:
+        path = Path(args.update_doc)
+        path.write_text(replace_block(path.read_text(), args.preset, protocol_markdown(preset)))
+        print(f"{path}: the {args.preset} table rewritten")
+        return 0
+    table = protocol_table(preset)
+    if not len(table):
+        print(f"preset {args.preset!r} follows the paper's protocol in every setting smf_lib records")
+    else:
+        print(table.to_csv(index=False) if args.format == "csv" else markdown_table(table))
+    return 0
+
+
+def _calibrate_arguments(c) -> None:
+    c.add_argument("--model", default="smollm2-135m-instruct")
+    c.add_argument("--update", default="sgd", choices=["sgd", "adam", "paper"])
+    c.add_argument("--rates", nargs="+", type=float, help="default: 1e3..1e6 for sgd, 1e-4..3e-3 otherwise")
+    c.add_argument("--steps", type=int, default=8)
+    c.add_argument("--heldout", type=int, default=48)
+    c.add_argument("--adapter", help="start from this saved memory (e.g. a retrofit adapter)")
+    c.add_argument("--layers", nargs="+", type=int, default=[7, 15, 22], help="memory layers of a fresh memory")
+    c.add_argument("--n-keys", type=int, default=64)
+    c.add_argument("--out", help="write the result as JSON here")
+
+
+def _calibrate(args) -> int:
+    from ..files import write_json
+    from ..models import load_model
+    from .calibrate import calibrate
+
+    rates = args.rates or ([1e3, 1e4, 1e5, 1e6] if args.update == "sgd" else [1e-4, 3e-4, 1e-3, 3e-3])
+    model, tok = load_model(args.model)
+    res = calibrate(model, tok, rates, args.update, args.steps, args.heldout, adapter=args.adapter,
+                    memory=dict(layers=tuple(args.layers), n_keys=args.n_keys), progress=True)
+    for run in res["runs"]:
+        print(f"lr {run['lr']:g}: held-out loss {run['heldout_loss']:.4f} (before {res['before']:.4f})")
+    print(f"best lr: {res['best_lr']}")
+    if args.out:
+        write_json(args.out, {"model": args.model, **res})
+    return 0
+
+
+def _retrofit_pilot_arguments(rp) -> None:
+    rp.add_argument("--out", default="results/retrofit-pilot")
+    rp.add_argument("--recipes", nargs="+", metavar="INIT:LR", help="default: the pilot's recipes, e.g. zero:2e-3")
+    rp.add_argument("--steps", type=int, help="optimizer steps per recipe (default 100)")
+    rp.add_argument("--save-adapters", action="store_true", help="keep the memory at every probe step")
+    rp.add_argument("--learning", nargs="+", metavar="RECIPE@STEP", help="instead: SMF's learning on top of these "
+                    "saved checkpoints, e.g. zero-lr0.002@60 (dev MedMCQA items)")
+    rp.add_argument("--smf-lr", type=float, default=1e-2, help="with --learning: SMF's rate (row-sparse Adam)")
+    rp.add_argument("--no-progress", action="store_true")
+
+
+def _retrofit_pilot(args) -> int:
+    from .pilot import RECIPES, LearningSettings, PilotSettings, learning_table, pilot_table, run_recipe, smf_learning
+
+    if args.learning:
+        for spec in args.learning:
+            recipe, _, step = spec.partition("@")
+            if not step.isdigit():
+                raise ValueError(f"--learning takes RECIPE@STEP such as zero-lr0.002@60, got {spec!r}")
+            smf_learning(recipe, int(step), args.out, ls=LearningSettings(lr=args.smf_lr),
+                         progress=not args.no_progress)
+        print(learning_table(args.out).round(4).to_string(index=False))
+        return 0
+    recipes = RECIPES
+    if args.recipes:
+        try:
+            recipes = [(r.split(":")[0], float(r.split(":")[1])) for r in args.recipes]
+        except (IndexError, ValueError):
+            raise ValueError(f"--recipes takes INIT:LR pairs such as zero:2e-3, got {args.recipes}") from None
+    s = PilotSettings()
+    if args.steps:
+        s = dataclasses.replace(s, steps=args.steps, probe_steps=tuple(p for p in s.probe_steps if p < args.steps)
+                                + (args.steps,))
+    for init, lr in recipes:
+        run_recipe(init, lr, args.out, s, save_adapters=args.save_adapters, progress=not args.no_progress)
+    print(pilot_table(args.out).round(4).to_string(index=False))
+    return 0
+
+
+def _data(args) -> int:
+    from ..fetch import fetch_data
+
+    folder = fetch_data(args.to)
+    print(f"done: export SMF_DATA_DIR={folder.resolve()}")
+    return 0
+
+
+#: The study's own commands: ``(name, help, add_arguments(parser), run(args) -> exit code)``.
+COMMANDS = (
+    ("run", "run a preset's grid (resumable)", _run_arguments, _run),
+    ("status", "list a preset's planned runs and which of them are finished in OUT", _status_arguments, _status),
+    ("summarize", "rewrite OUT/summary.csv and OUT/trajectories.csv from OUT/runs/*.json",
+     lambda s: s.add_argument("--out", required=True), _summarize),
+    ("protocol", "print a preset's departures from the paper's protocol, with reasons", _protocol_arguments,
+     _protocol),
+    ("calibrate", "pick an SMF update rule's learning rate on held-out training questions", _calibrate_arguments,
+     _calibrate),
+    ("retrofit-pilot", "compare retrofit recipes (init x rate) by the memory's share of the MLP's output and the "
+     "held-out loss, along the retrofit (resumable)", _retrofit_pilot_arguments, _retrofit_pilot),
+    ("data", "fetch the data sets from the Hugging Face Hub into a folder, for SMF_DATA_DIR",
+     lambda d: d.add_argument("--to", required=True, metavar="DIR"), _data),
+    FRONTIER,
+)
+
+
+def _main(argv, commands=()) -> int:
+    """Run the command line on ``argv``. ``commands`` adds commands from outside the study, each a tuple
+    ``(name, help, add_arguments(parser), run(args) -> exit code)`` (``python -m smf_lib`` adds the views'
+    ``snapshot``)."""
+    from .memory_effect import COMMAND as memory_effect
+    from .spread_pilot import COMMAND as spread_pilot
+
+    ap = argparse.ArgumentParser(prog="python -m smf_lib", description="Sparse Memory Finetuning experiments")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    runs = {}
+    for name, help_text, add_arguments, run in (*commands, *COMMANDS, spread_pilot, memory_effect):
+        add_arguments(sub.add_parser(name, help=help_text))
+        runs[name] = run
+    args = ap.parse_args(argv)
+    return runs[args.cmd](args)

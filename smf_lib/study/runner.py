@@ -35,7 +35,7 @@ from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, 
 from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
-from .preset_spec import FIXTURES, Preset
+from .preset_spec import Preset
 from .records import REPORT, read_run, upgrade_identity
 from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
                      reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
@@ -87,15 +87,15 @@ class Runner:
         fresh: recompute results made with other settings or data (otherwise they are refused).
         reuse: other results folders; a run finished there with the same identity is copied, not repeated.
         allow_dirty: start even when the checkout has uncommitted changes (the records then say
-            ``allow_dirty``); otherwise a preset on the real data refuses to start from such a tree.
+            ``allow_dirty``); otherwise a preset of a real model refuses to start from such a tree.
     """
 
     def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=(),
                  allow_dirty: bool = False):
-        # the code that runs: read when the runner starts, not when a record is written; a study on the real data
-        # refuses a checkout with uncommitted changes unless allowed (the fixture presets are for tests)
+        # the code that runs: read when the runner starts, not when a record is written; a study of a real model
+        # refuses a checkout with uncommitted changes unless allowed (the tiny random model is for tests)
         self.versions = _versions()
-        if preset.data != FIXTURES:
+        if preset.model != "tiny":
             self.versions = check_clean(self.versions, allow_dirty, f"preset {preset.name!r}")
         self.rank, self.world = distributed()
         self.main = self.rank == 0
