@@ -1,5 +1,5 @@
 """The parts of a training step that hold no model: the learning-rate schedule, the data order of a run, float16
-loss scaling and checkpoint files. ``smf_lib.training`` re-exports them."""
+loss scaling, checkpoint files and running a probe in isolation. ``smf_lib.training`` re-exports them."""
 
 from __future__ import annotations
 
@@ -120,3 +120,18 @@ def _load_checkpoint(path: Path, identity: dict) -> dict:
         raise ValueError(f"checkpoint {path} was made with other {what}; delete it (or the run's folder) to "
                          "train from the start, or use the config it was made with")
     return state
+
+
+def _run_probe(probe, model, step: int) -> dict:
+    """Run ``probe`` in eval mode on the plain causal LM (peft's wrapper unwrapped), isolated from the training
+    random streams."""
+    was_training = model.training
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            out = probe(inner, step)
+    finally:
+        model.train(was_training)
+    return {"step": step, **out}

@@ -37,8 +37,8 @@ from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, ch
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 from .methods import (ADDRESSING, LORA_TARGETS, METHODS, LoraSettings, Method, RetrofitSettings,  # noqa: F401
                       default_lr, prepare_model, rate_keys, settings_of)
-from .steps import (LossScaler, _load_checkpoint, _save_checkpoint, _tensor_bytes, lr_factor,  # noqa: F401
-                    micro_batches)
+from .steps import (LossScaler, _load_checkpoint, _run_probe, _save_checkpoint, _tensor_bytes,  # noqa: F401
+                    lr_factor, micro_batches)
 
 class TrainingDiverged(FloatingPointError):
     """The training loss stopped being finite; no metrics are written for such a run."""
@@ -486,18 +486,3 @@ def _check_finished(model, tokenizer, texts, plan, c, device, rank, world) -> No
         what = f"parameter {bad} is not finite" if bad else f"the loss is {loss.item()}"
         raise TrainingDiverged(f"{what} after step {len(plan)} of {len(plan)} ({c.method}, lr {c.lr:g}); lower the "
                                "learning rate. No metrics are written for this run")
-
-
-def _run_probe(probe, model, step: int) -> dict:
-    """Run ``probe`` in eval mode on the plain causal LM (peft's wrapper unwrapped), isolated from the training
-    random streams."""
-    was_training = model.training
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    model.eval()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            out = probe(inner, step)
-    finally:
-        model.train(was_training)
-    return {"step": step, **out}

@@ -128,3 +128,23 @@ def test_contributing_recipe_for_a_selector_works():
     scores = ns["SELECTORS"]["sqrt"].score(p, counts, None, None, None, None)
     assert not ns["SELECTORS"]["sqrt"].needs_background
     assert scores.argsort(descending=True)[:2].tolist() == [4, 1]
+
+
+#: The house's room sizes: lines per file, lines per function, lines of the runner class.
+MAX_FILE_LINES, MAX_FUNCTION_LINES, MAX_RUNNER_LINES = 500, 60, 250
+
+
+def test_every_room_fits_the_house_limits():
+    """Files of at most 500 lines, functions of at most 60, the experiment runner at most 250."""
+    too_big = []
+    for path in PKG.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_FILE_LINES:
+            too_big.append(f"{path.relative_to(PKG)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            size = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > MAX_FUNCTION_LINES:
+                too_big.append(f"{path.relative_to(PKG)}: {node.name}() {size} lines")
+            if isinstance(node, ast.ClassDef) and node.name == "Runner" and size > MAX_RUNNER_LINES:
+                too_big.append(f"{path.relative_to(PKG)}: class Runner {size} lines")
+    assert not too_big, "split these: " + "; ".join(sorted(too_big))

@@ -77,6 +77,105 @@ class Mismatch(ValueError):
     """A result on disk was made with other settings or data than the current ones."""
 
 
+def data_identity(preset: Preset, task_texts: list[str], suite) -> dict:
+    """The data a run saw: its training texts, their sampling and the probes' items (fingerprints)."""
+    return {"medmcqa_train": items_fingerprint(task_texts), "n_train": len(task_texts),
+            "train_sample": preset.train_sample, "wikitext_raw": preset.wikitext_raw,
+            "ppl_first_window": preset.ppl_first_window, "probes": suite.fingerprints(),
+            "source": "fixtures" if preset.data == "fixtures"
+            else ("local" if data_dir(data_root(preset)) else "huggingface-hub")}
+
+
+def retrofit_identity(preset: Preset, precision: dict, seed: int, mode: str) -> dict:
+    """What a retrofit stage was made from: the model, the memory, the retrofit's settings and corpora."""
+    return _plain({"model": preset.model, "precision": precision, "memory": {**preset.memory, "mode": mode},
+                   "seed": seed, "retrofit": preset.retrofit, "lr": preset.lr.get("retrofit"),
+                   "corpus": [preset.retrofit_corpus, preset.retrofit_n],
+                   "background": [preset.background_corpus, preset.background_n],
+                   "heldout_chat": preset.chat_n + preset.chat_dev_n})
+
+
+def run_identity(preset: Preset, precision: dict, spec: RunSpec, data: dict, retrofit: dict | None,
+                 train_config: dict | None) -> dict:
+    """A run's identity: its arm, seed, model, precision, evaluation and data, its retrofit's identity (arms with a
+    memory) and its training config (arms that train)."""
+    ident = {"method": spec.method, "seed": spec.seed, "model": preset.model,
+             "precision": {**precision, "eval": preset.eval_dtype}, "evaluation": spec.evaluation,
+             "split": preset.evaluate_on, "dev_subset": preset.dev_subset,
+             "trajectory_points": preset.trajectory_points, "topk": preset.topk, "data": data}
+    if retrofit is not None:
+        ident["retrofit"] = retrofit
+    if train_config is not None:
+        ident["train_config"] = train_config
+    return _plain(ident)
+
+
+def task_questions(preset: Preset) -> list[dict]:
+    """The MedMCQA training questions the preset's data holds; refused when fewer than its ``train_n``."""
+    root = data_root(preset)
+    rows = load_medmcqa("train", single_choice=True, root=root)
+    if preset.train_n is not None and len(rows) < preset.train_n:
+        where = data_dir(root)
+        where = "the Hugging Face Hub" if where is None else where / "medmcqa" / "train.jsonl"
+        raise ValueError(f"preset {preset.name!r} trains on {preset.train_n} MedMCQA questions but {where} has "
+                         f"{len(rows)}: lower train_n (python -m smf_lib run --set train_n=N) or point SMF_DATA_DIR "
+                         "(--data) at the complete data")
+    return rows
+
+
+def load_base(model: str, dtype: str, seed: int = 0):
+    """A preset's base model in ``dtype`` on this process's device, and its tokenizer (``"tiny"`` or
+    ``"tiny-qwen2"``: random weights of that architecture, the default tokenizer)."""
+    if model.startswith("tiny"):
+        arch = model.partition("-")[2] or "llama"
+        return (tiny_model(arch, vocab=49152, hidden=64, layers=4, seed=seed).to(_device(), getattr(torch, dtype)),
+                load_tokenizer())
+    return load_model(model, device=_device(), dtype=getattr(torch, dtype))
+
+
+def run_record(preset: Preset, spec: RunSpec, ident: dict, content: dict, versions: dict, processes: int,
+               wall_seconds: float) -> dict:
+    """A run's record: what ran (preset, identity, the code's versions), its results and timings."""
+    return {"method": spec.method, "seed": spec.seed, "preset": preset.name, "model": preset.model,
+            "notes": preset.notes, "memory": preset.memory, "versions": versions, "processes": processes,
+            "evaluation": spec.evaluation, "split": preset.evaluate_on if spec.evaluation == REPORT else "dev",
+            "identity": ident, "identity_hash": object_hash(ident), "data": ident["data"], **content,
+            "wall_seconds": wall_seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def check_identity(path: Path, stored: dict | None, current: dict, what: str, fresh: bool) -> bool:
+    """True when ``stored`` matches ``current``; on a mismatch refuse (:class:`Mismatch`), or with ``fresh`` return
+    False so the result is made again."""
+    current, stored = _plain(current), upgrade_identity(stored)
+    if stored == current:
+        return True
+    if fresh:
+        return False
+    diff = sorted(k for k in set(current) | set(stored or {}) if (stored or {}).get(k) != current.get(k))
+    raise Mismatch(f"{path} ({what}) was made with other settings or data (differs in {diff}); rerun with "
+                   "--fresh to recompute it, or pass another --out")
+
+
+def evaluate_run(preset: Preset, suite, reference, spec: RunSpec, model, tok, res, autocast, dev_probe, exact,
+                 progress: bool) -> dict:
+    """A run's metrics and per-item arrays: a reported run scores every probe of ``suite`` (under ``autocast``;
+    ``exact``: the base model for the drift's exact check), and an untrained one also its dev subset
+    (``dev_probe``), the reference point of trajectories; a swept run keeps its last trajectory point."""
+    if preset.eval_dtype:
+        model = model.to(getattr(torch, preset.eval_dtype))
+    if spec.evaluation == REPORT:
+        with autocast:
+            result = evaluate(model, tok, preset, suite, reference, REPORT, progress=progress, exact_model=exact)
+        if get_arm(spec.method).train is None:
+            dev = dev_probe(model, 0)
+            result["dev_items"], result["dev_metrics"] = dev["items"], dev["metrics"]
+    else:
+        last = res.trajectory[-1]
+        result = {"metrics": last["metrics"], "items": last["items"], "timings": {}}
+    result["flags"] = run_flags(res, tok, result)
+    return result
+
+
 class Runner:
     """Runs a preset's grid into ``out``; everything finished is kept and skipped on the next call.
 
@@ -92,24 +191,14 @@ class Runner:
 
     def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=(),
                  allow_dirty: bool = False):
-        # the code that runs: read when the runner starts, not when a record is written; a study of a real model
-        # refuses a checkout with uncommitted changes unless allowed (the tiny random model is for tests)
-        self.versions = _versions()
-        if preset.model != "tiny":
-            self.versions = check_clean(self.versions, allow_dirty, f"preset {preset.name!r}")
+        # the code that runs, read when the runner starts (a real model's study refuses uncommitted changes)
+        self.versions = _versions() if preset.model == "tiny" else check_clean(_versions(), allow_dirty,
+                                                                                f"preset {preset.name!r}")
         self.rank, self.world = distributed()
         self.main = self.rank == 0
         self.preset, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
         self.artifacts, self.reusable = self.out / "artifacts", reusable_records(reuse)
-        root = data_root(preset)
-        self.all_task_questions = load_medmcqa("train", single_choice=True, root=root)
-        have = len(self.all_task_questions)
-        if preset.train_n is not None and have < preset.train_n:
-            where = data_dir(root)
-            where = "the Hugging Face Hub" if where is None else where / "medmcqa" / "train.jsonl"
-            raise ValueError(f"preset {preset.name!r} trains on {preset.train_n} MedMCQA questions but {where} has "
-                             f"{have}: lower train_n (python -m smf_lib run --set train_n=N) or point SMF_DATA_DIR "
-                             "(--data) at the complete data")
+        self.all_task_questions = task_questions(preset)
         self.task_questions = self.task_questions_for(preset.seeds[0])
         self.task_texts = [medmcqa_training_text(r) for r in self.task_questions]
         self.suite = build_suite(preset, self.task_questions)
@@ -124,39 +213,20 @@ class Runner:
         return sample_rows(self.all_task_questions, self.preset.train_n, self.preset.train_sample, seed)
 
     def task_texts_for(self, seed: int) -> list[str]:
-        if self.preset.train_sample == "first":
-            return self.task_texts
-        return [medmcqa_training_text(r) for r in self.task_questions_for(seed)]
+        first = self.preset.train_sample == "first"
+        return self.task_texts if first else [medmcqa_training_text(r) for r in self.task_questions_for(seed)]
 
-    # -- identities -------------------------------------------------------------------------------------------
     def data_identity(self) -> dict:
-        return {"medmcqa_train": items_fingerprint(self.task_texts), "n_train": len(self.task_texts),
-                "train_sample": self.preset.train_sample, "wikitext_raw": self.preset.wikitext_raw,
-                "ppl_first_window": self.preset.ppl_first_window,
-                "probes": self.suite.fingerprints(), "source": "fixtures" if self.preset.data == "fixtures"
-                else ("local" if data_dir(data_root(self.preset)) else "huggingface-hub")}
+        return data_identity(self.preset, self.task_texts, self.suite)
 
     def retrofit_identity(self, seed: int, mode: str) -> dict:
-        preset = self.preset
-        return _plain({"model": preset.model, "precision": self.precision, "memory": {**preset.memory, "mode": mode},
-                       "seed": seed, "retrofit": preset.retrofit,
-                       "lr": preset.lr.get("retrofit"), "corpus": [preset.retrofit_corpus, preset.retrofit_n],
-                       "background": [preset.background_corpus, preset.background_n],
-                       "heldout_chat": preset.chat_n + preset.chat_dev_n})
+        return retrofit_identity(self.preset, self.precision, seed, mode)
 
     def identity(self, spec: RunSpec) -> dict:
-        preset, arm = self.preset, get_arm(spec.method)
-        ident = {"method": spec.method, "seed": spec.seed, "model": preset.model,
-                 "precision": {**self.precision, "eval": preset.eval_dtype},
-                 "evaluation": spec.evaluation,
-                 "split": preset.evaluate_on, "dev_subset": preset.dev_subset,
-                 "trajectory_points": preset.trajectory_points,
-                 "topk": preset.topk, "data": self.data_identity()}
-        if arm.memory is not None:
-            ident["retrofit"] = self.retrofit_identity(spec.seed, arm.memory)
-        if arm.train is not None:
-            ident["train_config"] = self.train_config(spec).record()
-        return _plain(ident)
+        arm = get_arm(spec.method)
+        return run_identity(self.preset, self.precision, spec, self.data_identity(),
+                            self.retrofit_identity(spec.seed, arm.memory) if arm.memory is not None else None,
+                            self.train_config(spec).record() if arm.train is not None else None)
 
     def train_config(self, spec: RunSpec) -> TrainConfig:
         cfg = self.preset.train_config(spec.method, spec.seed, spec.lr)
@@ -176,15 +246,8 @@ class Runner:
         return torch.autocast(_device().type, dtype=getattr(torch, a)) if a else contextlib.nullcontext()
 
     def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
-        """True when ``stored`` matches; on a mismatch refuse, or (``fresh``) return False so it is redone."""
-        current, stored = _plain(current), upgrade_identity(stored)
-        if stored == current:
-            return True
-        if self.fresh:
-            return False
-        diff = sorted(k for k in set(current) | set(stored or {}) if (stored or {}).get(k) != current.get(k))
-        raise Mismatch(f"{path} ({what}) was made with other settings or data (differs in {diff}); rerun with "
-                       "--fresh to recompute it, or pass another --out")
+        """:func:`check_identity` with this runner's ``fresh``."""
+        return check_identity(path, stored, current, what, self.fresh)
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -199,12 +262,7 @@ class Runner:
 
     def load(self, seed: int = 0):
         """The base model (in the preset's dtype) and its tokenizer."""
-        model = self.preset.model
-        dtype = getattr(torch, self.precision["model"])
-        if model.startswith("tiny"):  # "tiny" (Llama) or "tiny-qwen2": random weights, the default tokenizer
-            arch = model.partition("-")[2] or "llama"
-            return tiny_model(arch, vocab=49152, hidden=64, layers=4, seed=seed).to(_device(), dtype), load_tokenizer()
-        return load_model(model, device=_device(), dtype=dtype)
+        return load_base(self.preset.model, self.precision["model"], seed)
 
     def memory_config(self, mode: str) -> MemoryConfig:
         return MemoryConfig(**{**self.preset.memory, "mode": mode, "dtype": self.precision["memory"]})
@@ -237,66 +295,78 @@ class Runner:
             self.wait_for(path)
             return
         t0 = time.perf_counter()
-        extra, res, start, stats = {}, None, "base", None
+        extra, res, start, stats, retrofitted = {}, None, "base", None, None
         if arm.memory is not None:
             model, tok, stats, retrofitted = retrofit_stage(self, spec.seed, arm.memory)
             start = retrofitted.name
-            extra["retrofit"] = read_json(retrofitted / "train_log.json")
-            extra["background"] = read_json(retrofitted / "background_meta.json")
+            extra.update(retrofit=read_json(retrofitted / "train_log.json"),
+                         background=read_json(retrofitted / "background_meta.json"))
         else:
             model, tok = self.load(spec.seed)
         trained = (trained_memory(self, spec, ident) if arm.memory is not None and arm.train == "smf"
                    and spec.evaluation == REPORT else None)
         if trained is not None:  # a swept run trained exactly this: load its memory and only evaluate
-            source, swept, adapter = trained
             del model
-            model, tok = self.load(spec.seed)
-            load_memory(model, adapter)
-            self.log(f"{spec.name}: trained already by {source.stem} ({source}); its memory is loaded, not trained "
-                     "again")
-            res = TrainResult(model, log=swept["train_log"], seconds=swept.get("train_seconds", 0.0),
-                              trajectory=swept.get("trajectory") or [])
-            if self.main:
-                save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
-            extra.update(train_config=swept["train_config"], train_log=res.log, train_seconds=res.seconds,
-                         trajectory=res.trajectory, trained_by=str(source))
+            model, res = self._load_trained(spec, trained, folder, retrofitted, extra)
         elif arm.train is not None:
-            cfg, texts = self.train_config(spec), self.task_texts_for(spec.seed)
-            self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
-            try:
-                res = train(model, tok, texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
-                            progress=self.progress, probe=trajectory_probe(self, tok, start),
-                            probe_steps=evenly_spaced_steps(len(micro_batches(len(texts), cfg)),
-                                                            self.preset.trajectory_points))
-            except TrainingDiverged as err:
-                self.log(f"{spec.name}: FAILED: {err}")
-                if self.main:
-                    write_json(self.out / "failed" / f"{spec.name}.json", {"identity": ident, "error": str(err)})
-                self.failures.append(f"{spec.name}: {err}")
+            res = self._train(spec, ident, model, tok, stats, start, folder, retrofitted, extra)
+            if res is None:
                 return
             model = res.model
-            if self.main and arm.memory is not None:
-                save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
-            extra.update(train_config=cfg.record(), train_log=res.log, train_seconds=res.seconds,
-                         trajectory=res.trajectory)
         if not self.main:
             del model
             self.wait_for(path)
             return
         result = self._evaluate(spec, model, tok, res, start)
+        self._write_record(spec, ident, result, extra, res, t0)
+
+    def _load_trained(self, spec: RunSpec, trained, folder: Path, retrofitted: Path, extra: dict):
+        """The memory a swept run of the same training left, loaded onto the base model, and its training log."""
+        source, swept, adapter = trained
+        model, _ = self.load(spec.seed)
+        load_memory(model, adapter)
+        self.log(f"{spec.name}: trained already by {source.stem} ({source}); its memory is loaded, not trained again")
+        res = TrainResult(model, log=swept["train_log"], seconds=swept.get("train_seconds", 0.0),
+                          trajectory=swept.get("trajectory") or [])
+        if self.main:
+            save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
+        extra.update(train_config=swept["train_config"], train_log=res.log, train_seconds=res.seconds,
+                     trajectory=res.trajectory, trained_by=str(source))
+        return model, res
+
+    def _train(self, spec: RunSpec, ident: dict, model, tok, stats, start: str, folder: Path,
+               retrofitted: Path | None, extra: dict) -> TrainResult | None:
+        """Train the run (resuming its checkpoint), probing the dev subset along the way; None if it diverged (a
+        failure record is written and the grid goes on)."""
+        cfg, texts = self.train_config(spec), self.task_texts_for(spec.seed)
+        self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
+        try:
+            res = train(model, tok, texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
+                        progress=self.progress, probe=trajectory_probe(self, tok, start),
+                        probe_steps=evenly_spaced_steps(len(micro_batches(len(texts), cfg)),
+                                                        self.preset.trajectory_points))
+        except TrainingDiverged as err:
+            self.log(f"{spec.name}: FAILED: {err}")
+            if self.main:
+                write_json(self.out / "failed" / f"{spec.name}.json", {"identity": ident, "error": str(err)})
+            self.failures.append(f"{spec.name}: {err}")
+            return None
+        if self.main and retrofitted is not None:
+            save_memory(res.model, folder / "adapter", reference=retrofitted / "adapter")
+        extra.update(train_config=cfg.record(), train_log=res.log, train_seconds=res.seconds,
+                     trajectory=res.trajectory)
+        return res
+
+    def _write_record(self, spec: RunSpec, ident: dict, result: dict, extra: dict, res, t0: float) -> None:
+        """The run's record, written last (its existence means the run is complete); the checkpoint goes."""
         # a resumed run counts the earlier processes' time up to its checkpoint, not the work they lost after it
         earlier = res.resumed["earlier_seconds"] if res is not None and res.resumed else 0.0
         if earlier:
             extra["resumed"] = res.resumed
-        rec = {"method": spec.method, "seed": spec.seed, "preset": self.preset.name, "model": self.preset.model,
-               "notes": self.preset.notes, "memory": self.preset.memory, "versions": self.versions,
-               "processes": self.world, "evaluation": spec.evaluation,
-               "split": self.preset.evaluate_on if spec.evaluation == REPORT else "dev",
-               "identity": ident, "identity_hash": object_hash(ident), "data": ident["data"],
-               **result, **extra, "wall_seconds": time.perf_counter() - t0 + earlier,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(path, rec)
-        shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the result is safe now
+        rec = run_record(self.preset, spec, ident, {**result, **extra}, self.versions, self.world,
+                         time.perf_counter() - t0 + earlier)
+        write_json(self.run_path(spec), rec)
+        shutil.rmtree(self.artifacts / spec.name / "ckpt", ignore_errors=True)  # the result is safe now
         shown = {k: round(v, 4) for k, v in result["metrics"].items() if isinstance(v, float)}
         self.log(f"{spec.name}: {shown}{' FLAGS ' + ','.join(result['flags']) if result['flags'] else ''}")
 
@@ -321,25 +391,13 @@ class Runner:
         return False
 
     def _evaluate(self, spec: RunSpec, model, tok, res, start: str) -> dict:
-        """The run's metrics and per-item arrays: the full suite, or (a sweep run) its last trajectory point."""
-        arm = get_arm(spec.method)
-        if self.preset.eval_dtype:
-            model = model.to(getattr(torch, self.preset.eval_dtype))
-        if spec.evaluation == REPORT:
+        """The run's metrics and per-item arrays (:func:`evaluate_run`)."""
+        arm, report = get_arm(spec.method), spec.evaluation == REPORT
+        if report:
             self.log(f"{spec.name}: evaluating")
-            exact = self.load(0)[0] if arm.train is not None or arm.memory is not None else None
-            with self.autocast():
-                result = evaluate(model, tok, self.preset, self.suite, self.reference, REPORT,
-                                  progress=self.progress, exact_model=exact)
-            del exact
-            if arm.train is None:  # an untrained model's dev-subset scores: the reference point of trajectories
-                dev = trajectory_probe(self, tok, start)(model, 0)
-                result["dev_items"], result["dev_metrics"] = dev["items"], dev["metrics"]
-        else:
-            last = res.trajectory[-1]
-            result = {"metrics": last["metrics"], "items": last["items"], "timings": {}}
-        result["flags"] = run_flags(res, tok, result)
-        return result
+        exact = self.load(0)[0] if report and (arm.train is not None or arm.memory is not None) else None
+        return evaluate_run(self.preset, self.suite, self.reference, spec, model, tok, res, self.autocast(),
+                            trajectory_probe(self, tok, start), exact, self.progress)
 
     def run(self, methods=None, seeds=None) -> Path:
         """Run the grid (skipping what is finished) and write the summary; returns its path."""
