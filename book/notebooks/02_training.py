@@ -325,18 +325,15 @@ from smf_lib.study.pilot import learning_table
 from smf_lib.views.pilot_plots import plot_learning_by_share
 
 learning = learning_table(pilot_dir)
-if len(learning):
-    plot_learning_by_share(learning)
-    plt.show()
-    display(book_table(pd.DataFrame({
-        "retrofit step": learning["retrofit_step"], "mean share": learning["share"].map("{:.1%}".format),
-        "smallest layer's share": learning["min_share"].map("{:.1%}".format),
-        "gold-margin change, nats [95%]": [interval_cell(r.d_gold_margin, r.d_gold_margin_lo, r.d_gold_margin_hi,
-                                                         digits=3) for r in learning.itertuples()],
-        "accuracy change": learning["d_acc"].map("{:+.1%}".format), "answers changed": learning["changed"]}),
-        key=["retrofit step"]))
-else:
-    print("not run yet: python -m smf_lib retrofit-pilot --learning zero-lr0.002@100 zero-lr0.002@60 ...")
+plot_learning_by_share(learning)
+plt.show()
+display(book_table(pd.DataFrame({
+    "retrofit step": learning["retrofit_step"], "mean share": learning["share"].map("{:.1%}".format),
+    "smallest layer's share": learning["min_share"].map("{:.1%}".format),
+    "gold-margin change, nats [95%]": [interval_cell(r.d_gold_margin, r.d_gold_margin_lo, r.d_gold_margin_hi,
+                                                     digits=3) for r in learning.itertuples()],
+    "accuracy change": learning["d_acc"].map("{:+.1%}".format), "answers changed": learning["changed"]}),
+    key=["retrofit step"]))
 
 # %% [markdown]
 # Does SMF learn more on a memory that carries more? The answer, from the records:
@@ -455,13 +452,7 @@ print(textwrap.fill(f"At {int(pick['slots']):,} slots, hub rows are {hubs['hub_r
 # ### SMF, LoRA and full finetuning on MedMCQA
 
 # %%
-grid = [r for r in runs if is_report(r) and r.get("train_log")]
-if grid:
-    plot_loss_curves(grid)  # each method at its preset rate
-else:  # while the grid runs: the swept rates, one curve per rate
-    print("no grid run has finished yet; the swept rates so far:")
-    plot_loss_curves([{**r, "method": f"{r['method']} {r['train_config']['lr']:g}"}
-                      for r in runs if r.get("train_log")])
+plot_loss_curves([r for r in runs if is_report(r) and r.get("train_log")])  # each method at its grid rate
 plt.show()
 
 # %% [markdown]

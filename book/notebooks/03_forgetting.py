@@ -163,24 +163,15 @@ display(Markdown(" ".join(reported_findings(net)[:2])))
 
 # %%
 match = matched_learning(traj)
-if len(match):
-    cells = pd.DataFrame({
-        "baseline": [f"{b} {lr:g}" for b, lr in zip(match["baseline"], match["baseline lr"])],
-        "its learning": [interval_cell(r["baseline learning"], r["baseline lo"], r["baseline hi"])
-                         for _, r in match.iterrows()],
-        "closest SMF": [f"{m} {lr:g}" for m, lr in zip(match["smf"], match["smf lr"])],
-        "SMF learning": [interval_cell(r["smf learning"], r["smf lo"], r["smf hi"]) for _, r in match.iterrows()],
-        "matched": np.where(match["matched"], "yes", "no")})
-    display(book_table(cells, key=["baseline"]))
-else:
-    print("the baselines' dev trajectories are not in yet: the SMF sweep alone so far")
-    display(book_table(delta_table(ends.assign(seed=ends["seed"]), ("medmcqa_gold_margin", "chat_loglik")),
-                       key=["method", "lr", "seed"]))
-for arm in ("smf-kl", "smf-tfidf"):
-    waiting = preset.rate_to_choose(arm, 0)
-    print(f"the grid's {arm} rate: " + (
-        "still to be chosen (its grid runs wait for it)" if waiting
-        else f"{preset.train_config(arm, 0).lr:g}"))
+cells = pd.DataFrame({
+    "baseline": [f"{b} {lr:g}" for b, lr in zip(match["baseline"], match["baseline lr"])],
+    "its learning": [interval_cell(r["baseline learning"], r["baseline lo"], r["baseline hi"])
+                     for _, r in match.iterrows()],
+    "closest SMF": [f"{m} {lr:g}" for m, lr in zip(match["smf"], match["smf lr"])],
+    "SMF learning": [interval_cell(r["smf learning"], r["smf lo"], r["smf hi"]) for _, r in match.iterrows()],
+    "matched": np.where(match["matched"], "yes", "no")})
+display(book_table(cells, key=["baseline"]))
+print("the grid's rates: " + ", ".join(f"{arm} {preset.train_config(arm, 0).lr:g}" for arm in ("smf-kl", "smf-tfidf")))
 
 # %% [markdown]
 # A swept SMF run keeps its trained memory, and the grid's run at the same seed and rate loads it and is only
@@ -321,12 +312,12 @@ if len(from_base) and len(retro):
 # %% [markdown]
 # ## Along training
 # Every trained run also scored the dev subset at four points along training (`trajectories.csv`). The paths below
-# start at each run's own start (x = 0) and end at its last step; a flat path learned without moving chat
-# log-likelihood.
+# start at each run's own start (x = 0) and end at its last step (the arrow); a flat path learned without moving
+# chat log-likelihood, and a path that bends down lost chat log-likelihood as it learned.
 
 # %%
 if len(traj):
-    ax = plot_paths(traj, learn="d_medmcqa_gold_margin", forget="d_chat_loglik",
+    ax = plot_paths(traj, learn="d_medmcqa_gold_margin", forget="d_chat_loglik", against="start",
                     ax=plt.subplots(figsize=(7, 4.6))[1])
     ax.figure.tight_layout()
     plt.show()

@@ -177,21 +177,10 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 # %% [markdown]
 # ## Did the selector matter for forgetting?
 # The `smf-kl` and `smf-tfidf` runs of a study differ only in the selector. Their changes against the base model,
-# with paired 95% intervals (chapter 3 explains the table), from the living-memory study once both selectors'
-# runs are in, and from the first study until then:
+# with paired 95% intervals (chapter 3 explains the table), from the living-memory study (`results/cpu-v2`):
 
 # %%
 selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
-if selectors["method"].nunique() < 2:
-    v1_folder, summary, _ = load_results("cpu-v1")
-    selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
-    print("from the first study (results/cpu-v1): the living-memory study's")
-    print("selector runs are not all in yet")
-else:
-    print("from the living-memory study (results/cpu-v2)")
-missing = {"smf-kl", "smf-tfidf"} - set(selectors["method"])
-if missing:
-    print(f"not finished yet in this study: {', '.join(sorted(missing))}")
 compared = ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik")
 book_table(delta_table(selectors, compared), key=["method", "lr", "seed"])
 

@@ -35,8 +35,8 @@
 # - estimate what a run of the `colab` preset costs;
 # - run that preset yourself when a GPU is attached.
 #
-# Neither GPU preset has been run for this book yet: it is built on 2 CPU cores without the Hugging Face Hub, so
-# the tables below come from the presets' settings, and the results shown are the offline study's.
+# The book is built on 2 CPU cores without the Hugging Face Hub, where neither GPU preset can run: the tables below
+# come from the presets' settings, and the results shown are the offline studies'.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.

@@ -374,12 +374,14 @@ def _forget_scale(ax, values, forget: str, yscale: str):
 
 
 def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget: str = "chat_drift_kl", ax=None,
-               yscale: str = "auto"):
+               yscale: str = "auto", against: str = "base"):
     """Learning (x) against forgetting (y) along training, one path per method (mean over seeds; the preset's
-    rate only), from ``trajectories.csv``: at matched learning, the lower path forgets less.
+    rate only), from ``trajectories.csv``: at matched learning, the path on the better side of y forgets less (the
+    y label says which side that is for ``forget``).
 
     ``yscale``: ``"auto"`` (symmetric-log for a drift that spans more than two decades, else linear),
-    ``"linear"``, ``"symlog"`` or ``"log"``."""
+    ``"linear"``, ``"symlog"`` or ``"log"``. ``against``: what the table's changes are measured from (``"base"`` or
+    ``"start"``, as :func:`~smf_lib.study.results.trajectory_table` was called), for the axis labels."""
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     if traj.empty:
         ax.text(0.5, 0.5, "no trajectories yet", ha="center", transform=ax.transAxes)
@@ -394,9 +396,10 @@ def plot_paths(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forget:
         ax.annotate("", xy=(m[learn].iloc[-1] * scale, m[forget].iloc[-1]),
                     xytext=(m[learn].iloc[-2] * scale, m[forget].iloc[-2]) if len(m) > 1 else None,
                     arrowprops=dict(arrowstyle="->", color=PALETTE.get(method, "k")))
-    ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
-    ax.set_ylabel(LABELS.get(forget, forget))
-    _better(ax, "right", "down")
+    since = "since each run's start" if against == "start" else "vs base"
+    ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain {since}" + (" (points)" if scale == 100 else ""))
+    ax.set_ylabel(f"{LABELS.get(forget.removeprefix('d_'), forget)} change {since}")
+    _better(ax, "right", "up" if _higher_is_better(forget.removeprefix("d_")) else "down")
     outside_legend(ax)
     return ax
 
@@ -427,7 +430,7 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
                             textcoords="offset points", ha="left" if offset[0] > 0 else "right")
             swept += 1
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
-    ax.set_ylabel(LABELS.get(forget, forget))
-    _better(ax, "right", "down")
+    ax.set_ylabel(LABELS.get(forget.removeprefix("d_"), forget))
+    _better(ax, "right", "up" if _higher_is_better(forget.removeprefix("d_")) else "down")
     outside_legend(ax)
     return ax
