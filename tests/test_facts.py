@@ -116,3 +116,27 @@ def test_full_finetuning_trains_the_base_weights_and_leaves_a_memory_in_place(to
     S.train(model, tok, ["a b c d e f", "g h i j k l"], cfg, progress=False)
     assert all(torch.equal(v, S.memory_state_dict(model)[k]) for k, v in mem_before.items())
     assert not torch.equal(base_before, model.model.embed_tokens.weight)
+
+
+@pytest.mark.skipif(not os.environ.get("SMF_DATA_DIR"), reason="needs the local data folder (SMF_DATA_DIR)")
+def test_the_start_is_copied_from_a_spread_pilot_that_made_the_same_memory(tmp_path):
+    import dataclasses
+
+    from smf_lib.study.facts_study import FactsRunner
+    from smf_lib.study.facts_presets import get_facts_preset
+    from smf_lib.study.spread_pilot import run_recipe
+
+    smoke = get_facts_preset("facts-smoke")
+    preset = dataclasses.replace(smoke, start={**smoke.start, "reuse": str(tmp_path / "pilot")})
+    runner = FactsRunner(preset, tmp_path / "facts", progress=False)
+    other = dataclasses.replace(runner.start_settings(), lr=1e-3)  # another retrofit rate: not the same memory
+    run_recipe("frozen", tmp_path / "pilot", other, progress=False)
+    runner._copy_start()
+    assert not (tmp_path / "facts" / "start" / "frozen.json").exists()
+    (tmp_path / "pilot" / "frozen.json").unlink()
+    made = run_recipe("frozen", tmp_path / "pilot", runner.start_settings(), progress=False)
+    runner._copy_start()
+    start = tmp_path / "facts" / "start"
+    assert (start / "frozen.json").read_bytes() == (tmp_path / "pilot" / "frozen.json").read_bytes()
+    assert run_recipe("frozen", start, runner.start_settings(), progress=False) == made  # read back, not retrofitted
+    assert (start / "artifacts" / "frozen" / "final").exists()

@@ -22,7 +22,9 @@ class FactsPreset:
 
     Args:
         name: the preset's name (its results go to ``results/<name>``).
-        start: the spread-pilot recipe of the starting memory, and :class:`SpreadSettings` fields for it.
+        start: the spread-pilot recipe of the starting memory, :class:`SpreadSettings` fields for it, and
+            optionally ``reuse``: a spread-pilot folder whose record of the same recipe and settings (and its saved
+            memory) is copied instead of retrofitting again.
         n_facts, dev_facts: reported and dev facts (disjoint: different seeds of :func:`smf_lib.facts.make_facts`).
         steps_per_fact: optimizer steps on each fact's batch.
         first_facts: the first facts of the stream, scored apart (overwriting).
@@ -60,8 +62,10 @@ class FactsPreset:
 
 FACT_PRESETS = {
     # the offline default on 2 CPU cores: 200 facts (40 dev), 4 steps each (800 steps per run)
-    "facts": FactsPreset(name="facts", start={"recipe": "frozen-n256", "settings": {"memory": dict(
-        layers=(7, 15, 22), n_keys=256, heads=4, knn=16, k_dim=256, init="zero")}},
+    # the start is the spread pilot's own 65,536-slot memory (same recipe and settings, so its record and memory in
+    # results/spread-pilot are copied rather than retrofitted again when they are there)
+    "facts": FactsPreset(name="facts", start={"recipe": "frozen-n256", "settings": {"probe_steps": (50,)},
+                                             "reuse": "results/spread-pilot"},
         rates={"smf-tfidf": (1e-2, 3e-2, 1e-1), "smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf-sgd": (0.3, 1.0, 3.0),
                "smf-kl-sgd": (0.3, 1.0, 3.0), "lora": (1e-4, 3e-4, 1e-3), "full": (1e-5, 3e-5, 1e-4)}),
     # a tiny random model on the real data folder: checks the pipeline in under a minute, not the method

@@ -18,6 +18,7 @@ runs are read back and a rerun does only what is missing. Every record names the
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perple
 from ..selection import BackgroundStats, compute_background_stats
 from ..training import TrainConfig, train
 from .facts_presets import FACT_ARMS, FACT_PRESETS, FactsPreset, get_facts_preset  # noqa: F401 (re-exported)
-from .spread_pilot import SpreadSettings, run_recipe
+from .spread_pilot import SpreadSettings, recipe_identity, run_recipe
 
 def facts_of(p: FactsPreset, split: str):
     """The facts of a split: reported (seed 0) or dev (seed 1), never sharing an entity."""
@@ -102,11 +103,28 @@ class FactsRunner:
         return SpreadSettings(**fields)
 
     def starting_model(self):
-        """The retrofitted model every arm starts from (retrofitted once, by the spread pilot's recipe)."""
+        """The retrofitted model every arm starts from (retrofitted once, by the spread pilot's recipe, or copied
+        from the spread pilot's folder where it made the same one)."""
+        self._copy_start()
         run_recipe(self.start_recipe, self.out / "start", self.start_settings(), progress=self.progress)
         model, tok = load(self.p.model)
         load_memory(model, self.out / "start" / "artifacts" / self.start_recipe / "final")
         return model, tok
+
+    def _copy_start(self) -> None:
+        """Copy the starting memory from ``start["reuse"]`` when that folder holds the same recipe made with the same
+        settings (:func:`~smf_lib.study.spread_pilot.recipe_identity`) and this study has none yet."""
+        source = self.p.start.get("reuse")
+        name, here = self.start_recipe, self.out / "start"
+        if not source or (here / f"{name}.json").exists():
+            return
+        record, memory = Path(source) / f"{name}.json", Path(source) / "artifacts" / name / "final"
+        if not record.exists() or not memory.exists():
+            return
+        if read_json(record).get("identity") != recipe_identity(name, self.start_settings()):
+            return
+        shutil.copytree(memory, here / "artifacts" / name / "final", dirs_exist_ok=True)
+        shutil.copy2(record, here / f"{name}.json")  # the record last: it marks the start as complete
 
     def background(self, model, tok) -> BackgroundStats:
         """The starting model's background statistics (computed once; checked against the model when read)."""

@@ -119,6 +119,18 @@ def measure(model, tok, texts: dict, s: SpreadSettings) -> dict:
     return {"health": h, "spread": sp, "summary": spread_summary(sp), "seconds": time.perf_counter() - t0}
 
 
+def _recipe(name: str) -> dict:
+    recipe = {**RECIPES, **size_recipes("frozen")}.get(name)
+    if recipe is None:
+        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join({**RECIPES, **size_recipes('frozen')})}")
+    return recipe
+
+
+def recipe_identity(name: str, s: SpreadSettings, recipe: dict | None = None, seed: int = 0) -> dict:
+    """What a recipe's record must match to be read back: the recipe, the seed and every setting."""
+    return _plain({"recipe": recipe or _recipe(name), "seed": seed, "settings": dataclasses.asdict(s)})
+
+
 def run_recipe(name: str, out: str | Path, s: SpreadSettings | None = None, recipe: dict | None = None,
                seed: int = 0, progress: bool = True) -> dict:
     """Retrofit one recipe, measuring health and spread along the way (resumable; read back when done).
@@ -128,12 +140,10 @@ def run_recipe(name: str, out: str | Path, s: SpreadSettings | None = None, reci
         seconds per step, and whether the memory ends alive and spread (:func:`verdict`).
     """
     s = s or SpreadSettings()
-    recipe = recipe or {**RECIPES, **size_recipes("frozen")}.get(name)
-    if recipe is None:
-        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join({**RECIPES, **size_recipes('frozen')})}")
+    recipe = recipe or _recipe(name)
     out = Path(out)
     path = out / f"{name}.json"
-    identity = _plain({"recipe": recipe, "seed": seed, "settings": dataclasses.asdict(s)})
+    identity = recipe_identity(name, s, recipe, seed)
     if path.exists():
         rec = read_json(path)
         if rec.get("identity") == identity:
