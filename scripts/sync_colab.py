@@ -34,7 +34,7 @@ import sys
 
 REPO = "{repo}"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{{REPO}}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{{REPO}}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 

@@ -13,22 +13,14 @@ from .training import (METHODS, UPDATES, LoraSettings, MaskedAdamW, RetrofitSett
 
 # 0.2.0: LoRA layers drawn from TrainConfig.seed; MedMCQA records keep all four option scores
 # 0.3.0: LoRA's settings in TrainConfig.lora (LoraSettings); records and identities keep the flat lora_* keys
-__version__ = "0.3.0"
+# 0.4.0: pandas and seaborn in the ``study`` extra; ``setup_notebook`` from ``smf_lib.views.notebook`` only
+__version__ = "0.4.0"
 __all__ = ["MemoryConfig", "ProductKeyMemory", "add_memory", "load_memory", "memory_layers", "memory_state_dict",
            "print_trainable_parameters", "save_memory", "set_recording", "DEFAULT_MODEL", "PAPER_MODEL",
-           "load_model", "setup_notebook", "tiny_model", "MIN_SHARE", "MemoryHealthWarning", "check_health",
+           "load_model", "tiny_model", "MIN_SHARE", "MemoryHealthWarning", "check_health",
            "memory_health",
            "tune_cpu_allocator", "BackgroundStats", "compute_background_stats",
            "read_counts", "score_rows", "select_for_layers", "select_rows", "SELECTORS", "METHODS", "UPDATES",
            "RowSGD", "RowSparseAdam", "MaskedAdamW", "LoraSettings", "RetrofitSettings",
            "SmfSettings", "SparseMemory", "TrainConfig", "TrainingDiverged", "TrainResult",
            "train"]
-
-
-def __getattr__(name):
-    # the notebook set-up lives with the book's views; imported on first use so `import smf_lib` stays light
-    if name == "setup_notebook":
-        from .views.notebook import setup_notebook
-
-        return setup_notebook
-    raise AttributeError(f"module 'smf_lib' has no attribute {name!r}")

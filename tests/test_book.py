@@ -48,7 +48,7 @@ def test_install_cell_is_the_same_everywhere_and_names_the_configured_repository
     assert re.findall(r'https?://[^\s"]+', cell) == [CONFIG["repository"]["url"]]
     assert re.search(r'^REPO = "(.*)"$', cell, re.M)[1] == CONFIG["repository"]["url"]
     assert '"google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ' in cell
-    assert 'os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")' in cell
+    assert 'os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")' in cell
     assert "smf_lib.views.colab.setup(REPO)" in cell
 
 

@@ -360,3 +360,13 @@ def test_blank_background_texts_and_a_file_for_the_data_folder_are_refused_by_na
     f.write_text("not a folder")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         data.data_dir(f)
+
+
+def test_a_study_command_without_the_study_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from smf_lib.study.cli import main
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as in an install without smf_lib[study]
+    assert main(["status", "--preset", "smoke", "--out", str(tmp_path)]) == 1
+    assert 'pip install "smf_lib[study]"' in capsys.readouterr().err

@@ -41,7 +41,7 @@ import sys
 
 REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 
@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 
 import smf_lib as S
-from smf_lib import setup_notebook
+from smf_lib.views.notebook import setup_notebook
 from smf_lib.data import (load_medmcqa, medmcqa_options, medmcqa_prompt,
                           wikitext_text)
 from smf_lib.views.plotting import plot_reads

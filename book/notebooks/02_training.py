@@ -50,7 +50,7 @@ import sys
 
 REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 
@@ -65,7 +65,7 @@ import torch
 from IPython.display import display
 
 import smf_lib as S
-from smf_lib import setup_notebook
+from smf_lib.views.notebook import setup_notebook
 from smf_lib.data import load_background, load_medmcqa, medmcqa_training_text
 from smf_lib.study.arms import ORDER
 from smf_lib.views.plotting import Panels, plot_loss_curves, plot_row_changes

@@ -35,7 +35,7 @@ import sys
 
 REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from smf_lib import setup_notebook
+from smf_lib.views.notebook import setup_notebook
 from smf_lib.study.arms import ORDER
 from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1, reported_findings
 from smf_lib.study.paired_stats import mcnemar, mcnemar_words

@@ -59,7 +59,7 @@ import sys
 
 REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 
@@ -70,7 +70,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from smf_lib import setup_notebook
+from smf_lib.views.notebook import setup_notebook
 from smf_lib.views.plotting import Panels, plot_overlap, plot_selection
 from smf_lib.views.selection_tables import load_snapshot, scores_table, selection_overlap
 from smf_lib.study.results import delta_table, load_results

@@ -46,7 +46,7 @@ import sys
 
 REPO = "https://github.com/smf-lib/smf_lib"
 if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
-    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[widgets] @ git+{REPO}")
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     import smf_lib.views.colab
 
@@ -59,7 +59,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from smf_lib import setup_notebook
+from smf_lib.views.notebook import setup_notebook
 from smf_lib.memory import MemoryConfig, ProductKeyMemory
 from smf_lib.study.cost import estimate_runtime
 from smf_lib.study.presets import get_preset

@@ -112,6 +112,12 @@ def main(argv=None, commands=()) -> int:
         argv.remove("--debug")
     try:
         return _main(argv, commands)
+    except ModuleNotFoundError as err:
+        if err.name not in ("pandas", "seaborn", "matplotlib") or debug:
+            raise
+        print(f"error: this command needs {err.name}, which the study's extra installs: pip install "
+              "\"smf_lib[study]\"", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError, FloatingPointError) as err:
         if debug:
             raise
