@@ -107,7 +107,8 @@ def test_import_smf_lib_is_light_and_the_public_api_works():
     code = ("import sys, smf_lib; heavy = [m for m in ('pandas', 'matplotlib', 'seaborn', 'ipywidgets') "
             "if m in sys.modules]; assert not heavy, heavy; "
             "assert all(hasattr(smf_lib, n) for n in smf_lib.__all__), 'missing public name'; "
-            "assert callable(smf_lib.setup_notebook)")
+            "assert not hasattr(smf_lib, 'setup_notebook'); "  # the views' set-up stays in the views
+            "from smf_lib.views.notebook import setup_notebook; assert callable(setup_notebook)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
