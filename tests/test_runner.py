@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -777,3 +778,43 @@ def test_the_baselines_can_start_from_the_retrofit_with_its_memory_frozen(refere
         assert stored and all(t.shape[0] == 0 for t in stored.values())  # no value row differs from the retrofit's
     by = {r["method"]: r for r in runs if is_report(r)}
     assert by["full-mem"]["items"]["chat_loglik"] != by["retrofit"]["items"]["chat_loglik"]  # the base moved
+
+
+def test_one_training_row_changed_at_the_same_count_refuses_the_finished_run(tmp_path):
+    """The run's identity fingerprints every training text: editing one question (the count unchanged) refuses a
+    record made before the edit, naming the data."""
+    import shutil
+
+    from smf_lib.files import write_json
+    from smf_lib.study.plan import RunSpec
+
+    shutil.copytree(Path(R.__file__).parents[1] / "fixtures", tmp_path / "data")
+    preset = dataclasses.replace(get_preset("smoke"), data=str(tmp_path / "data"))
+    spec = RunSpec("smf-kl", 0)
+    before = R.Runner(preset, tmp_path / "out", progress=False)
+    write_json(before.run_path(spec), {"method": "smf-kl", "seed": 0, "identity": before.identity(spec)})
+    assert before._finished(spec, before.identity(spec))  # the same data: the record counts as done
+    rows = (tmp_path / "data" / "medmcqa" / "train.jsonl").read_text().splitlines()
+    rows[3] = rows[3].replace('"question": "', '"question": "Briefly: ', 1)
+    (tmp_path / "data" / "medmcqa" / "train.jsonl").write_text("\n".join(rows) + "\n")
+    after = R.Runner(preset, tmp_path / "out", progress=False)
+    assert len(after.task_texts) == len(before.task_texts) and after.task_texts != before.task_texts
+    with pytest.raises(R.Mismatch, match=r"smf-kl-s0\.json \(finished run\).*data"):
+        after._finished(spec, after.identity(spec))
+
+
+def test_status_names_a_finished_runs_damaged_stage_files(reference_grid, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "grid"
+    shutil.copytree(reference_grid, out)
+    assert main(["status", "--preset", "smoke", "--out", str(out)]) == 0
+    assert "damaged" not in capsys.readouterr().out
+    stage = out / "artifacts" / "retrofit-additive-s0"
+    for path in (stage / "background.safetensors", stage / "adapter" / "memory.safetensors"):
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x01  # one bit, same size
+        path.write_bytes(bytes(data))
+    assert main(["status", "--preset", "smoke", "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("damaged"))
+    assert "background.safetensors" in line and "memory.safetensors" in line and "--fresh" in line

@@ -185,13 +185,13 @@ def _status_arguments(st) -> None:
 
 
 def _status(args) -> int:
-    from .plan import dirty_lines, health_lines, status_line, study_status
+    from .plan import damage_lines, dirty_lines, health_lines, status_line, study_status
 
     out = args.out or f"results/{args.preset}"
     table = study_status(get_preset(args.preset), out)
     print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
     print(status_line(table))
-    for line in health_lines(out) + dirty_lines(out):
+    for line in health_lines(out) + dirty_lines(out) + damage_lines(out):
         print(line)
     if (table["state"] != "finished").any():
         print(f"`python -m smf_lib run --preset {args.preset}"

@@ -147,6 +147,40 @@ def dirty_lines(out: str | Path) -> list[str]:
             f"{', '.join(dirty)}"]
 
 
+def damaged_files(out: str | Path) -> list[Path]:
+    """The files under ``out`` whose bytes no longer match the checksum written with them: stage files with a
+    ``.NAME.sha256`` beside them (background statistics, checkpoints, the drift reference) and saved memories
+    (``memory.safetensors`` against the ``weights_sha256`` in its ``memory_config.json``)."""
+    import json
+
+    from ..files import file_sha256
+
+    out, bad = Path(out), []
+    for side in sorted(out.rglob(".*.sha256")):
+        target = side.with_name(side.name[1:-len(".sha256")])
+        if target.exists() and file_sha256(target) != side.read_text().strip():
+            bad.append(target)
+    for config in sorted(out.rglob("memory_config.json")):
+        try:
+            want = json.loads(config.read_text()).get("weights_sha256")
+        except (OSError, ValueError):
+            bad.append(config)
+            continue
+        weights = config.with_name("memory.safetensors")
+        if want and weights.exists() and file_sha256(weights) != want:
+            bad.append(weights)
+    return bad
+
+
+def damage_lines(out: str | Path) -> list[str]:
+    """One line naming the damaged files (:func:`damaged_files`) and what to do, or none."""
+    bad = damaged_files(out)
+    if not bad:
+        return []
+    return [f"damaged (bytes differ from the checksum written with them): {', '.join(map(str, bad))}; delete them "
+            "(or the run's artifacts folder) and rerun, or `run --fresh`, to make them again"]
+
+
 def health_lines(out: str | Path) -> list[str]:
     """The memory's health after each finished retrofit in ``out``, one line each: its share of the MLP's output
     (mean, and per layer) and the held-out chat loss change with its paired 95% interval."""
