@@ -149,3 +149,57 @@ def test_every_room_fits_the_house_limits():
             if isinstance(node, ast.ClassDef) and node.name == "Runner" and size > MAX_RUNNER_LINES:
                 too_big.append(f"{path.relative_to(PKG)}: class Runner {size} lines")
     assert not too_big, "split these: " + "; ".join(sorted(too_big))
+
+
+def _recipe(title: str) -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    return re.search(rf"\*\*{title}\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_contributing_recipe_for_a_training_method_works(monkeypatch):
+    """CONTRIBUTING.md's method recipe, as written there, trains only what its prepare() opens, in the one loop."""
+    import torch
+
+    from smf_lib import methods
+    from smf_lib.models import load_tokenizer, tiny_model
+    from smf_lib.training import TrainConfig, train
+
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.setitem(sys.modules["smf_lib.training"].__dict__, "METHODS", methods.METHODS)
+    exec(_recipe("A training method"), {"METHODS": methods.METHODS, "Method": methods.Method})
+    model, tok = tiny_model("llama", vocab=49152, hidden=64, layers=2, seed=0), load_tokenizer()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = train(model, tok, ["a short text about hearts"] * 4, TrainConfig(method="norms", max_steps=2, micro_batch=2,
+                                                                             grad_accum=1, max_length=16,
+                                                                             warmup_steps=0), progress=False)
+    moved = {n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("norm" in n for n in moved)
+
+
+def test_contributing_recipe_for_an_update_rule_works(monkeypatch):
+    """CONTRIBUTING.md's update-rule recipe, as written there, moves the selected rows and no other."""
+    import torch
+
+    from smf_lib import updates
+    from smf_lib.memory import MemoryConfig, add_memory, memory_layers
+    from smf_lib.models import load_tokenizer, tiny_model
+    from smf_lib.training import TrainConfig, train
+
+    monkeypatch.setattr(updates, "UPDATES", dict(updates.UPDATES))
+    for module in ("smf_lib.training", "smf_lib.selection", "smf_lib.methods"):
+        if "UPDATES" in sys.modules[module].__dict__:
+            monkeypatch.setitem(sys.modules[module].__dict__, "UPDATES", updates.UPDATES)
+    exec(_recipe("An update rule"), {"UPDATES": updates.UPDATES, "UpdateRule": updates.UpdateRule, "torch": torch})
+    model, tok = tiny_model("llama", vocab=49152, hidden=64, layers=2, seed=0), load_tokenizer()
+    add_memory(model, MemoryConfig(layers=(1,), n_keys=8, heads=2, knn=4, k_dim=16))
+    table = memory_layers(model)[0].values.weight
+    before = table.detach().clone()
+    cfg = TrainConfig(method="smf", selector="random", update="sign", top_t=3, max_steps=1, micro_batch=2,
+                      grad_accum=1, max_length=16, warmup_steps=0)
+    res = train(model, tok, ["a short text about hearts"] * 2, cfg, progress=False)
+    changed = (memory_layers(res.model)[0].values.weight != before).any(dim=1)
+    assert 0 < int(changed.sum()) <= 3 and res.log[0]["rows"] == 3
+    step = (memory_layers(res.model)[0].values.weight - before)[changed].abs()
+    assert torch.allclose(step[step > 0], torch.full_like(step[step > 0], 1e-3))  # lr * sign, nothing else
