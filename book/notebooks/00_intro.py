@@ -67,6 +67,8 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     smf_lib.views.colab.setup(REPO)
 
 # %%
+import textwrap
+
 from smf_lib.views.notebook import setup_notebook
 from smf_lib.study.arms import ORDER
 from smf_lib.study.presets import get_preset
@@ -97,6 +99,25 @@ v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
 found_box(findings_cpu(runs, planned=int((status["evaluation"] == "report").sum()), first_share=v1_share))
+
+# %% [markdown]
+# That verdict is stronger than the study can carry, for reasons its own records and the spread pilot show:
+
+# %% tags=["hide-input"]
+from smf_lib.study.findings import caveats_cpu_v2
+
+found_box(caveats_cpu_v2(runs, results_dir("spread-pilot")), title="What this study cannot carry")
+
+# %% [markdown]
+# The `cpu` preset is the study that answers both, compared at equal learning (`python -m smf_lib frontier`):
+
+# %% tags=["hide-input"]
+new = get_preset("cpu")
+print(textwrap.fill(
+    f"the spread pilot's memory ({new.memory['n_keys'] ** 2:,} slots per layer, "
+    f"{new.retrofit['retrofit']['addressing']} addressing) and every arm from the same retrofitted model (LoRA and "
+    f"full finetuning with the memory frozen in place), each at {min(map(len, new.sweep.values()))} rates or more "
+    f"and {len(new.sweep_seeds)} seeds, along {new.trajectory_points}-point dev trajectories.", 76))
 
 # %% [markdown]
 # ## At a glance

@@ -234,6 +234,45 @@ def _dev_match_sentence(runs: list[dict]) -> str | None:
     return text + "; the study trains SMF at that rate."
 
 
+def caveats_cpu_v2(runs: list[dict], spread_folder: str | Path) -> list[str]:
+    """What the second cpu study's verdict cannot carry, computed from its records and the spread pilot's: its
+    memory had collapsed, its arms started from different models, and read at equal dev learning along the
+    trajectories the selectors do not all lose to the baselines."""
+    from .frontier import compare_at_level, final_learning, reachable_level
+    from .results import net_table
+
+    out = []
+    trained = Path(spread_folder) / "trained.json"
+    if trained.exists():
+        layers = read_json(trained)["trajectory"]
+        first, last = layers[0]["spread"]["layers"], layers[-1]["spread"]["layers"]
+        ratio = [last[k]["general_effective_rows"] / first[k]["general_effective_rows"] for k in last]
+        shared = [last[k]["overlap"] for k in last]
+        out.append(f"Its memory had collapsed: its retrofit (the paper's: the query and keys train) leaves the reads "
+                   f"spread over {min(ratio):.0%} to {max(ratio):.0%} as many rows as random addressing's, and "
+                   f"{min(shared):.0%} to {max(shared):.0%} of a question's rows are rows a general paragraph "
+                   "reads too (the spread pilot, chapter 2).")
+    net = net_table(runs)
+    r0 = net[net["method"] == "retrofit"]
+    if len(r0):
+        out.append("Its arms started from different models: SMF from the retrofit, which alone moved held-out chat "
+                   f"log-likelihood by {_cell(r0.iloc[0], 'd_chat_loglik', 1, 3)} nats, LoRA and full finetuning "
+                   "from the base model.")
+    arms = ("smf-kl", "smf-tfidf", "lora", "full")
+    level = reachable_level(final_learning(runs, arms))
+    if level is not None:
+        table = compare_at_level(runs, level, baselines=("lora",), metrics=("chat_loglik",))
+        parts = [f"{NAMES[r['smf']]} {r['difference']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] ({r['verdict']})"
+                 for _, r in table.iterrows()]
+        traj = next((r["trajectory"] for r in runs if r["method"] == "smf-kl" and r.get("trajectory")), [])
+        if parts and traj:
+            out.append(f"Read at equal dev learning ({level:.2f} nats of gold margin, interpolated along each run's "
+                       "trajectory), held-out chat log-likelihood against LoRA's: " + "; ".join(parts)
+                       + f" nats, SMF minus LoRA, from {len(traj)}-point trajectories on "
+                       f"{len(traj[-1]['items']['chat_loglik'])} dev chat replies.")
+    return out
+
+
 NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning"}
 
 

@@ -167,6 +167,17 @@ def common_level(ends: pd.DataFrame) -> dict:
             "ranges": {a: (float(r["min"]), float(r["max"])) for a, r in ranges.iterrows()}}
 
 
+def reachable_level(ends: pd.DataFrame, step: float = 0.05) -> float | None:
+    """The largest multiple of ``step`` nats that every arm's best rate passes by the end of its trajectory (for a
+    study whose arms' ranges do not overlap, so :func:`common_level` has none); None if some arm never gets to
+    ``step``."""
+    if ends.empty:
+        return None
+    best = float(ends.groupby("arm")["learning"].max().min())
+    level = math.floor(best / step + 1e-9) * step
+    return round(level, 10) if level > 0 else None
+
+
 def choose_rates(ends: pd.DataFrame, level: float, margin: float = MATCH_MARGIN) -> pd.DataFrame:
     """Per arm, the swept rate whose final dev learning is closest to ``level``; ``matched`` when within
     ``margin``, else ``add rate``: the rate interpolated in log-rate between the swept rates just below and above
