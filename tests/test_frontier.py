@@ -69,3 +69,11 @@ def test_the_frontier_command_says_what_to_run_when_nothing_is_there(tmp_path, c
 
     assert main(["frontier", "--preset", "cpu", "--out", str(tmp_path)]) == 0
     assert "python -m smf_lib run --preset cpu" in capsys.readouterr().out
+
+
+def test_the_reachable_level_is_the_largest_round_level_every_arm_passes():
+    import pandas as pd
+
+    ends = pd.DataFrame({"arm": ["a", "a", "b"], "lr": [1, 2, 1], "learning": [0.06, 0.144, 0.125]})
+    assert F.reachable_level(ends) == pytest.approx(0.10)  # b's best is 0.125: 0.10 is the largest multiple below
+    assert F.reachable_level(ends.assign(learning=[0.01, 0.02, 0.3])) is None  # arm a never reaches 0.05
