@@ -165,7 +165,14 @@ def _spread_figures() -> dict:
                            for m, n in (("trained", 4096), ("frozen", 4096), ("frozen-n256", 65536))
                            for sel, rates in (("kl", (1e-2, 3e-2)), ("tfidf", (3e-2, 1e-1)))
                            for lr, g in zip(rates, (0.05, 0.12))])
-    figures = {"spread": plot_spread(after).figure, "memory effect": plot_memory_effect(effect).figure}
+    from test_frontier import _run
+
+    from smf_lib.views.plotting import plot_equal_learning
+
+    runs = [_run(arm, seed, lr, slope, chat) for seed in (0, 1) for arm, chat in (("smf-kl", -0.2), ("lora", -0.5))
+            for lr, slope in ((1e-2, 0.02), (3e-2, 0.05))]
+    figures = {"spread": plot_spread(after).figure, "memory effect": plot_memory_effect(effect).figure,
+               "equal learning": plot_equal_learning(runs, ("smf-kl", "lora"), level=0.1).figure}
     figures.update({f"sizes {i}": f for i, f in enumerate(plot_sizes(after, split=True))})
     return figures
 

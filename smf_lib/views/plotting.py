@@ -12,7 +12,7 @@ import torch
 
 from ..probes import metrics as probe_metrics
 from ..selection import layer_stats, score_rows, select_rows
-from ..study.arms import PALETTE
+from ..study.arms import ARMS, PALETTE
 from ..study.paired_stats import METRICS
 from ..study.tables import rate_label, seed_label
 from .figures import figure_html
@@ -432,5 +432,40 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
     ax.set_xlabel(f"{LABELS.get(learn[2:], learn)} gain vs base" + (" (points)" if scale == 100 else ""))
     ax.set_ylabel(LABELS.get(forget.removeprefix("d_"), forget))
     _better(ax, "right", "up" if _higher_is_better(forget.removeprefix("d_")) else "down")
+    outside_legend(ax)
+    return ax
+
+
+def plot_equal_learning(runs: list[dict], arms, seeds=(0, 1), probe: str = "chat_loglik", level: float | None = None,
+                        points: int = 12, ax=None):
+    """Each arm's change in ``probe`` (dev items) at each level of dev learning (MedMCQA gold margin), read along
+    its trajectories as :mod:`smf_lib.study.frontier` does (the smallest swept rate that reaches the level, mean
+    over seeds and items): one line per arm, so at any x the arms are compared at equal learning. ``level``: the
+    comparison's level, marked."""
+    from ..study.frontier import at_level, final_learning
+
+    ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
+    ends = final_learning(runs, arms, seeds)
+    top = float(ends["learning"].max()) if len(ends) else 0.0
+    grid = np.linspace(top / points, top, points) if top > 0 else []
+    for arm in arms:
+        xs, ys = [], []
+        for x in grid:
+            seeds_at = at_level(runs, (arm,), seeds, float(x), (probe,))[arm]["seeds"]
+            values = [float(np.mean(v[probe])) for v in seeds_at.values() if probe in v]
+            if values:
+                xs.append(x)
+                ys.append(float(np.mean(values)))
+        if xs:
+            label = ARMS[arm].label if arm in ARMS else arm
+            ax.plot(xs, ys, marker="o", ms=3, color=PALETTE.get(arm, "k"), label=label)
+    if level is not None:
+        ax.axvline(level, ls=":", color="0.3")
+        ax.annotate("compared here", (level, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", color="0.3")
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.set_xlabel("learning: dev gold-margin gain, nats")
+    ax.set_ylabel(f"{LABELS.get(probe, probe)} change")
+    _better(ax, "right", "up" if _higher_is_better(probe) else "down")
     outside_legend(ax)
     return ax
