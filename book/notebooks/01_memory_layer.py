@@ -112,7 +112,9 @@ same = [it["pred"] for it in probe["items"]] == scores.argmax(1).tolist()
 print("same answers as above:", same)
 letters = dict(enumerate("ABCD"))
 items = pd.DataFrame(probe["items"])[["pred", "gold", "correct", "gold_loglik"]]
-book_table(items.replace({"pred": letters, "gold": letters}).round(2).rename_axis("question"))
+items = items.replace({"pred": letters, "gold": letters}).round(2).rename(columns={
+    "pred": "answer", "gold": "gold answer", "gold_loglik": "gold option's log-lik"})
+book_table(items.rename_axis("question"))
 
 # %% [markdown]
 # The second probe, {py:func}`~smf_lib.probes.perplexity`, measures how well the model predicts general text

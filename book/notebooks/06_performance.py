@@ -103,10 +103,10 @@ scaling = pd.concat([pd.read_csv(bench / f).assign(run=name)
 plot_slot_scaling(scaling)
 plt.show()
 # median step time (s); the rows with an unused tensor are the controls
-scaling_table = scaling.pivot_table(index=["n_slots", "unused_tensor_mb"], columns=["run", "allocator"],
-                                    values="median_step_s").round(2)
+scaling_table = scaling.rename(columns={"n_slots": "slots N", "unused_tensor_mb": "unused tensor (MB)"}).pivot_table(
+    index=["slots N", "unused tensor (MB)"], columns=["run", "allocator"], values="median_step_s").round(2)
 scaling_table.columns = [f"{run}, {allocator}" for run, allocator in scaling_table.columns]
-book_table(scaling_table, key=["n_slots", "unused_tensor_mb"])
+book_table(scaling_table, key=["slots N", "unused tensor (MB)"])
 
 # %% [markdown]
 # A control row runs the smallest table beside an *unused* tensor as large as the largest table. If that row is
@@ -154,8 +154,9 @@ lookup = pd.DataFrame(meta["lookup"]).rename(columns={
 book_table(lookup.round().astype({"product keys (ms)": int, "all N slots (ms)": int}))
 
 # %%
-probes = pd.DataFrame(meta["probes"]).rename(columns={"tokens_per_s": "tokens/s"})
-book_table(probes.round({"tokens/s": 0, "vs_base_forward": 2}).astype({"tokens/s": int}))
+probes = pd.DataFrame(meta["probes"]).rename(columns={"tokens_per_s": "tokens/s",
+                                                      "vs_base_forward": "time vs a plain forward"})
+book_table(probes.round({"tokens/s": 0, "time vs a plain forward": 2}).astype({"tokens/s": int}))
 
 # %% [markdown]
 # ## Adapter size
