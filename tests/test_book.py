@@ -124,3 +124,15 @@ def test_book_extension_keeps_one_copy_of_each_script_and_a_local_badge():
                                                                            ("b.js", {})]
     smf_book.local_badge(None, "p", "page.html", ctx, None)
     assert 'src="../_static/colab-badge.svg"' in ctx["body"] and smf_book.COLAB_BADGE not in ctx["body"]
+
+
+#: Phrases that describe a study while it runs or the writing of the book, not what the book shows.
+STALE = ("not in yet", "so far", "fills as it runs", "until then", "once both", "for this book yet", "still running",
+         "when it lands", "not run yet")
+
+
+def test_no_chapter_carries_a_stale_phrase():
+    """The chapters speak of finished results: no branch or sentence for a study still running."""
+    found = [f"{p.name}: {phrase!r}" for p in [*SOURCES, *(ROOT / "book").glob("*.md")]
+             for phrase in STALE if phrase in p.read_text(encoding="utf-8").lower()]
+    assert not found, f"rewrite for the finished results: {found}"

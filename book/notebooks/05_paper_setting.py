@@ -229,7 +229,7 @@ book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl"
 #    display(delta_table(new, metrics), delta_table(study, metrics))
 #    ```
 #
-#    No GPU run is committed for this book yet, so the answer is yours to measure. Take learning as the change in
+#    The book commits no GPU run, so the answer is yours to measure. Take learning as the change in
 #    the gold option's log-likelihood (accuracy moves later) and drift as the chat drift KL. Compare SMF-KL's
 #    learning with its drift inside each study, and with LoRA's and full finetuning's in the same study, rather
 #    than single numbers across studies: the model, the chat replies and the training size all differ. The offline
