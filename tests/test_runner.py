@@ -216,6 +216,8 @@ def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
     spread = read_json(out / "runs" / "retrofit-s0.json")["retrofit"]["spread"]
     assert set(spread["before"]["layers"]) == set(spread["after"]["layers"]) == {"1", "2"}
     assert 0 < spread["after"]["layers"]["1"]["footprint"] <= 1
+    along = read_json(out / "runs" / "retrofit-s0.json")["retrofit"]["heldout_oasst1"]["along"]
+    assert len(along) >= 2 and all(p["spread"]["min_effective_rows"] > 0 for p in along)  # and along the way
     assert "effective rows, top 5% take" in printed and "a question reads" in printed
 
 

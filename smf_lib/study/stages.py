@@ -120,11 +120,12 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     spread_before = memory_spread(model, tok, general, task, runner.task_max_length, top_t) if runner.main else None
     texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
     runner.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
-    along = heldout[:32]
+    along, along_general = heldout[:32], general[:SPREAD_ALONG]
 
-    def probe(m, step):  # the memory's share along the retrofit, on a few held-out replies
+    def probe(m, step):  # the memory's share and spread along the retrofit, on a few held-out texts
         h = memory_health(m, tok, along, max_length)
-        return {k: h[k] for k in ("loss", "share", "min_share", "share_by_layer")}
+        spread = spread_summary(memory_spread(m, tok, along_general, None, runner.task_max_length))
+        return {**{k: h[k] for k in ("loss", "share", "min_share", "share_by_layer")}, "spread": spread}
 
     steps = len(micro_batches(len(texts), cfg))
     res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=runner.progress,
@@ -157,8 +158,9 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
                                                   "corpus": preset.background_corpus})
 
 
-#: General paragraphs and task prompts on which a retrofit's spread is measured.
-SPREAD_TEXTS = 100
+#: General paragraphs and task prompts on which a retrofit's spread is measured before and after it; along it, the
+#: first ``SPREAD_ALONG`` general paragraphs.
+SPREAD_TEXTS, SPREAD_ALONG = 100, 20
 
 
 def spread_texts(runner: Runner) -> tuple[list[str], list[str]]:
