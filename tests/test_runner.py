@@ -218,6 +218,8 @@ def test_status_reads_the_grid_from_its_files(reference_grid, tmp_path, capsys):
     assert 0 < spread["after"]["layers"]["1"]["footprint"] <= 1
     along = read_json(out / "runs" / "retrofit-s0.json")["retrofit"]["heldout_oasst1"]["along"]
     assert len(along) >= 2 and all(p["spread"]["min_effective_rows"] > 0 for p in along)  # and along the way
+    background = read_json(out / "artifacts" / "retrofit-additive-s0" / "background_meta.json")["spread"]
+    assert set(background) == {"1", "2"} and 0 < background["1"]["usage"] <= 1  # and the background statistics'
     assert "effective rows, top 5% take" in printed and "a question reads" in printed
 
 

@@ -15,7 +15,7 @@ from ..adapter import load_memory, save_memory
 from ..files import read_json, write_json
 from .. import data
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
-from ..spread import check_spread, memory_spread, spread_summary
+from ..spread import check_spread, memory_spread, spread_stats, spread_summary
 from ..memory import CONFIG_NAME, add_memory
 from ..selection import BackgroundStats, compute_background_stats
 from ..training import micro_batches, train
@@ -154,8 +154,10 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
         stats = compute_background_stats(res.model, tok, background, max_length=runner.task_max_length,
                                          progress=runner.progress)
     stats.save(folder / "background.safetensors")
+    layers = [str(k) for k in runner.preset.memory.get("layers", range(stats.totals.shape[0]))]
+    spread = {k: spread_stats(stats.totals[j]) for j, k in enumerate(layers)}  # how the background reads spread
     write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(background),
-                                                  "corpus": preset.background_corpus})
+                                                  "corpus": preset.background_corpus, "spread": spread})
 
 
 #: General paragraphs and task prompts on which a retrofit's spread is measured before and after it; along it, the
