@@ -364,7 +364,7 @@ for sentence in learning_answer(pilot_dir):
 
 # %%
 from smf_lib.study.spread_pilot import MIN_LOSS_GAIN, spread_table
-from smf_lib.views.pilot_plots import plot_sizes, plot_spread, spread_after
+from smf_lib.views.pilot_plots import OVERLAP_GOAL, plot_sizes, plot_spread, spread_after
 
 spread_dir = results_dir("spread-pilot")
 after = spread_after(spread_table(spread_dir))
@@ -420,19 +420,30 @@ book_table(pd.DataFrame({
 # recipe alive and spread) takes frozen addressing:
 
 # %%
+from smf_lib.files import read_json
 from smf_lib.health import MIN_SHARE
+from smf_lib.spread import MAX_TOP5_SHARE
 
 alive = sizes[sizes["smallest_share"] >= MIN_SHARE]
 pick = alive.iloc[-1]
 too_big = sizes[sizes["slots"] > pick["slots"]]
 text = (f"Chosen: frozen addressing at {int(pick['slots']):,} slots per layer. A question reads at most "
         f"{pick['footprint']:.1%} of a layer's rows and shares at most {pick['overlap']:.0%} of them with a general "
-        f"paragraph (the goal was 10%); every layer carries {pick['smallest_share']:.1%} or more of its MLP's output.")
+        f"paragraph (the goal was {OVERLAP_GOAL:.0%}); every layer carries {pick['smallest_share']:.1%} or more of "
+        "its MLP's output.")
+chosen = after[after["slots"] == pick["slots"]]
+pilot_settings = read_json(spread_dir / "frozen.json")["identity"]["settings"]
+general_n, steps = pilot_settings["general_n"], pilot_settings["steps"]
+text += (f" At this size the top 5% of rows take up to {chosen['top5_share'].max():.0%} of general reads, but so do "
+         f"random addressing's ({chosen['random_top5_share'].max():.0%}): {general_n} paragraphs do not read a "
+         f"table this large evenly. Against random addressing the reads keep {chosen['effective_ratio'].min():.0%} "
+         f"or more of its effective rows, so the table has not collapsed; the pilot's {MAX_TOP5_SHARE:.0%} bound "
+         "on the top 5% is met by random addressing only at the smallest table.")
 if len(too_big):
     big = too_big.iloc[0]
     text += (f" At {int(big['slots']):,} slots the overlap falls to {big['overlap']:.0%}, but the weakest layer "
-             f"carries only {big['smallest_share']:.1%} after the same 50 steps: a larger table needs a longer "
-             "retrofit than the pilot's 50 steps.")
+             f"carries only {big['smallest_share']:.1%} after the same {steps} steps: a larger table needs a "
+             f"longer retrofit than the pilot's {steps} steps.")
 print(textwrap.fill(text, 76))
 
 # %% [markdown]
