@@ -157,5 +157,8 @@ def test_the_spread_pilot_and_the_memory_effect_run_resume_and_record_the_code(t
     stamp = before.stat().st_mtime_ns
     memory_effect.run_effect("frozen", "tfidf", 1e-1, tmp_path, es, progress=False)  # the shared start, read back
     assert before.stat().st_mtime_ns == stamp and len(memory_effect.effect_table(tmp_path)) == 2
+    lines = memory_effect.effect_lines(memory_effect.effect_table(tmp_path))
+    assert [line.split(":")[0] for line in lines] == ["SMF-KL at 0.01", "SMF-TF-IDF at 0.1"]
+    assert all("frozen (" in line and "learned" in line for line in lines)
     with pytest.raises(FileNotFoundError, match="spread-pilot"):
         memory_effect.run_effect("nothing", "kl", 1e-2, tmp_path, es, progress=False)

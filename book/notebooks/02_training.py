@@ -457,6 +457,28 @@ print(textwrap.fill(f"At {int(pick['slots']):,} slots, hub rows are {hubs['hub_r
                     f"{hubs['hub_reads'].max():.0%} of a question's reads.", 76))
 
 # %% [markdown]
+# ### What spread and size do to SMF
+# Does the memory change what SMF does? Each memory gets the same short SMF training from its own retrofitted
+# start, with each selector at two rates (`python -m smf_lib memory-effect`), and is scored on dev items only:
+# learning is the change of the gold option's margin on dev MedMCQA questions, the chat change that of the
+# log-likelihood of the dev chat replies. Up and to the right is better.
+
+# %%
+from smf_lib.study.memory_effect import EffectSettings, effect_lines, effect_table
+from smf_lib.views.pilot_plots import plot_memory_effect
+
+effect = effect_table(spread_dir)
+es = EffectSettings()
+print(textwrap.fill(f"{es.steps} steps of {es.texts_per_step} MedMCQA training questions, top-t {es.top_t} rows per "
+                    f"layer, row-sparse Adam; {es.dev_n} dev questions, {es.chat_n} dev chat replies; "
+                    f"{effect['memory'].nunique()} memories, {len(effect)} runs.", 76))
+ax = plot_memory_effect(effect)
+ax.figure.tight_layout()
+plt.show()
+for line in effect_lines(effect):
+    print(textwrap.fill(line, 76))
+
+# %% [markdown]
 # The study above ran on the `trained` memory; chapter 3 says what that did to its verdict.
 
 # %% [markdown]

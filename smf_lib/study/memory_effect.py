@@ -142,6 +142,23 @@ def effect_table(out: str | Path):
     return pd.DataFrame(rows)
 
 
+def effect_lines(table) -> list[str]:
+    """Per selector, at its highest rate, each memory's learning and chat change with their 95% intervals, smallest
+    table first. Each run is paired with its own memory's start, not with another memory's, so two memories are
+    told apart only where their intervals do not overlap."""
+    from .tables import interval_cell
+
+    lines = []
+    for selector, g in table.groupby("selector", sort=False):
+        top = g[g["lr"] == g["lr"].max()].sort_values(["slots", "memory"])
+        name = {"kl": "SMF-KL", "tfidf": "SMF-TF-IDF"}.get(selector, selector)
+        lines.append(f"{name} at {top['lr'].iloc[0]:g}: " + "; ".join(
+            f"{r.memory} ({r.slots:,} slots) learned {interval_cell(r.learning, r.learning_lo, r.learning_hi, 3)} "
+            f"nats, chat {interval_cell(r.chat_change, r.chat_change_lo, r.chat_change_hi, 3)}"
+            for r in top.itertuples()) + ".")
+    return lines
+
+
 def _add_arguments(p) -> None:
     p.add_argument("--out", default="results/spread-pilot")
     p.add_argument("--memories", nargs="+", required=True, metavar="RECIPE",
