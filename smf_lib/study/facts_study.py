@@ -94,7 +94,7 @@ class FactsRunner:
     def __init__(self, preset: FactsPreset, out: str | Path, progress: bool = True, allow_dirty: bool = False):
         self.p, self.out, self.progress = preset, Path(out), progress
         self.code = git_state(Path(__file__).parent)
-        if preset.model != "tiny":
+        if not preset.model.startswith("tiny"):
             self.code = check_clean(self.code, allow_dirty, f"facts preset {preset.name!r}")
         self.start_recipe = preset.start["recipe"]
 

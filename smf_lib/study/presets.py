@@ -108,11 +108,9 @@ PRESETS = {
         train_n=60000, medmcqa_n=1000, medmcqa_dev_n=500, triviaqa_n=1000, wikitext_lines=1000, chat_n=200,
         acquisition_n=500, dev_subset=dict(medmcqa=200, acquisition=200, chat=50, wikitext_windows=8),
         retrofit_n=50000, retrofit_corpus="oasst1-train", background_corpus="oasst1-train", background_n=2000,
-        train=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=3, top_t=512,
-                   checkpoint_every=200, schedule="paper", deterministic_ties=False),
-        retrofit=dict(micro_batch=4, grad_accum=4, max_length=1024, warmup_steps=100, epochs=2, checkpoint_every=200,
-                      schedule="paper"),
-        lr={"smf-adam": 5e-4, "smf-paper": 5e-4, "lora": 2e-4, "full": 5e-5, "retrofit": 5e-4},
+        # batches, lengths, warm-up, top-t and every rate are TrainConfig's defaults, which are the paper's
+        train=dict(epochs=3, checkpoint_every=200, schedule="paper", deterministic_ties=False),
+        retrofit=dict(epochs=2, checkpoint_every=200, schedule="paper"),
         dtype="bfloat16", memory_dtype="float32", eval_dtype="bfloat16", train_sample="shuffle", wikitext_raw=False,
         ppl_first_window="paper", data="hub",
         notes=("the paper's protocol on Qwen2.5-0.5B-Instruct (bfloat16 model, float32 memory); needs a GPU and "

@@ -104,7 +104,7 @@ def protocol_settings(p: Preset) -> dict:
         "retrofit corpus": p.retrofit_corpus,
         "retrofit texts": p.retrofit_n,
         "retrofit epochs": p.retrofit_config(0).epochs,
-        "retrofit rate": p.lr.get("retrofit"),
+        "retrofit rate": p.retrofit_config(0).lr,
         "retrofit addressing": retrofit.addressing,
         "retrofit value gradients": "row-sparse, lazy row-wise Adam" if retrofit.sparse_values else "dense",
         "baselines start from": _baselines_start(p),

@@ -192,7 +192,7 @@ class Runner:
     def __init__(self, preset: Preset, out: str | Path, progress: bool = True, fresh: bool = False, reuse=(),
                  allow_dirty: bool = False):
         # the code that runs, read when the runner starts (a real model's study refuses uncommitted changes)
-        self.versions = _versions() if preset.model == "tiny" else check_clean(_versions(), allow_dirty,
+        self.versions = _versions() if preset.model.startswith("tiny") else check_clean(_versions(), allow_dirty,
                                                                                 f"preset {preset.name!r}")
         self.rank, self.world = distributed()
         self.main = self.rank == 0
