@@ -822,3 +822,17 @@ def test_status_names_a_finished_runs_damaged_stage_files(reference_grid, tmp_pa
     assert main(["status", "--preset", "smoke", "--out", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("damaged"))
     assert "background.safetensors" in line and "memory.safetensors" in line and "--fresh" in line
+
+
+def test_the_summary_gives_smf_minus_each_baseline_per_seed(reference_grid):
+    from smf_lib.study.paired_stats import paired_bootstrap
+
+    runs = results.load_runs(reference_grid)
+    table = results.differences_table(runs)
+    row = table[(table["smf"] == "smf-kl") & (table["baseline"] == "lora") & (table["metric"] == "chat_loglik")]
+    by = {r["method"]: r for r in runs if is_report(r) and r["seed"] == 0}
+    expected = paired_bootstrap(by["lora"]["items"], by["smf-kl"]["items"], "chat_loglik")
+    assert row.iloc[0][["difference", "lo", "hi"]].tolist() == pytest.approx([expected[k] for k in ("delta", "lo",
+                                                                                                       "hi")])
+    written = pd.read_csv(reference_grid / "differences.csv")
+    assert set(written["smf"]) <= {"smf-kl", "smf-tfidf"} and len(written) == len(table)

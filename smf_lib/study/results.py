@@ -265,11 +265,35 @@ def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["method", "seed", "lr"])
 
 
+def differences_table(runs: list[dict], smf=("smf-kl", "smf-tfidf"),
+                      baselines=("lora-mem", "full-mem", "lora", "full")) -> pd.DataFrame:
+    """SMF minus each baseline directly, per seed: for every metric both fully evaluated runs scored on the same
+    items, the paired difference with its 95% bootstrap interval over items (``other`` is the baseline, ``run``
+    the SMF arm; accuracies as fractions). One row per (SMF arm, baseline, seed, metric)."""
+    reported = [r for r in runs if is_report(r) and r.get("items")]
+    rows = []
+    for arm in smf:
+        for base in baselines:
+            for r in (x for x in reported if x["method"] == arm):
+                b = next((x for x in reported if x["method"] == base and x["seed"] == r["seed"]
+                          and x.get("split") == r.get("split")), None)
+                if b is None:
+                    continue
+                for metric, (keys, *_rest) in METRICS.items():
+                    if all(k in r["items"] and k in b["items"] for k in keys):
+                        ci = paired_bootstrap(b["items"], r["items"], metric)
+                        rows.append({"smf": arm, "baseline": base, "seed": r["seed"], "metric": metric,
+                                     "difference": ci["delta"], "lo": ci["lo"], "hi": ci["hi"]})
+    return pd.DataFrame(rows, columns=["smf", "baseline", "seed", "metric", "difference", "lo", "hi"])
+
+
 def write_summary(out: str | Path) -> Path:
-    """Write ``out/summary.csv`` and ``out/trajectories.csv`` atomically from the run files."""
+    """Write ``out/summary.csv``, ``out/differences.csv`` (SMF minus each baseline, per seed) and
+    ``out/trajectories.csv`` atomically from the run files."""
     out = Path(out)
     runs = load_runs(out)
     atomic_write(out / "trajectories.csv", trajectory_table(runs).to_csv(index=False, float_format="%.6g"))
+    atomic_write(out / "differences.csv", differences_table(runs).to_csv(index=False, float_format="%.6g"))
     return atomic_write(out / "summary.csv", summary_table(runs).to_csv(index=False, float_format="%.6g"))
 
 
