@@ -40,7 +40,6 @@ def _letter_ids(tokenizer) -> list[int]:
     return out
 
 
-@torch.no_grad()
 def _option_rows(prompts: list[list[int]], options: list[list[list[int]]], pmask: torch.Tensor):
     """One row per question: its options one after another, each at the positions right after its prompt and
     attending only to the prompt and to its own earlier tokens (a block-diagonal causal mask over the options).
@@ -65,6 +64,7 @@ def _option_rows(prompts: list[list[int]], options: list[list[list[int]]], pmask
     return oids, opos, allow, spans
 
 
+@torch.no_grad()
 def _option_scores_batch(model, prompts: list[list[int]], options: list[list[list[int]]], letter_ids: list[int]):
     """Mean log-likelihood of every option and the letter log-probs of several questions.
 

@@ -241,3 +241,15 @@ def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path,
     with pytest.raises(ValueError, match="probe 'toy' has no evaluate function"):
         main(["run", "--preset", "smoke", "--out", str(tmp_path / "again"), "--methods", "base", "--no-progress",
               "--debug"])
+
+
+def test_the_probes_build_no_autograd_graph_even_when_parameters_train(model):
+    """Scoring runs under no_grad: a model whose parameters require grad (mid-training, or a loaded memory) is
+    scored without recording a graph (no 'requires_grad' warning, no graph memory)."""
+    import warnings
+
+    model.requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Converting a tensor with requires_grad=True to a scalar" would raise
+        P.medmcqa_accuracy(model, LetterTokenizer(), [ROW], progress=False)
+        P.span_logliks(model, [([5, 6, 7, 8, 9], 2, 5)])
