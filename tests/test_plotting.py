@@ -145,6 +145,10 @@ def test_the_book_figures_are_readable_at_the_book_width():
     figures.update({f"deltas {i}": f for i, f in enumerate(plot_deltas(_summary(), ["medmcqa_acc", "chat_loglik"],
                                                                        split=True))})
     figures.update(_spread_figures())
+    from smf_lib.views.diagrams import plot_selection_steps
+
+    counts, df = torch.tensor([9, 0, 4, 4, 1, 7, 0, 2] * 8), torch.tensor([5, 1, 0, 2, 9, 1, 3, 8] * 8)
+    figures["selection steps"] = plot_selection_steps(counts, df, df * 3, 10, top_t=4, rows=12)
     problems = {name: figure_problems(fig) for name, fig in figures.items()}
     plt.close("all")
     assert not {k: v for k, v in problems.items() if v}

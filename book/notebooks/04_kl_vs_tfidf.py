@@ -90,6 +90,30 @@ for j, layer in enumerate(snap["layers"]):
           f"{hub} hub rows")
 
 # %% [markdown]
+# ## One selection, step by step
+# A sparse step starts from the batch's reads. For each row of a memory layer it compares the share of the batch's
+# reads that fall on the row ($p_i$) with the share of general text's reads ($q_i$, from the background
+# statistics), scores the row (KL below: $p_i \ln(p_i / q_i)$), and trains only the $t$ rows with the highest
+# scores; the masked update leaves every other row bit-identical. The rows this study's training batch reads most
+# at one memory layer, each step in its own panel:
+
+# %%
+from smf_lib.study.presets import get_preset
+from smf_lib.views.diagrams import plot_selection_steps
+
+shown, top_t = 24, get_preset("cpu-v2").train["top_t"]
+print(f"memory layer {snap['layers'][1]}: the {shown} rows the batch reads most; top-t {top_t}")
+Panels([plot_selection_steps(counts[1], stats.df[1], stats.totals[1], stats.n_docs, top_t, rows=shown)])
+
+# %%
+most = counts[1].argsort(descending=True)[:shown]
+hubs = int((stats.df[1][most] > stats.n_docs / 2).sum())
+print(textwrap.fill(f"{hubs} of these {shown} rows are hub rows, read by more than half of the {stats.n_docs} "
+                    "general documents: in this memory (the cpu-v2 study's, whose reads had collapsed) the score can "
+                    "only pick rows the batch reads a little more than general text does. A task that reads rows "
+                    "of its own would show rows with a small q and a large score.", 76))
+
+# %% [markdown]
 # ## The rows each selector picks
 # Each dot is a row that the task batch read: its share of the task's reads against its share of the
 # background's reads. Rows above the diagonal are read more by the task than by general text.

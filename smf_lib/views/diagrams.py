@@ -145,3 +145,50 @@ def plot_read_overlap(reads_a, reads_b, n_keys: int, labels=("text A", "text B")
         ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def plot_selection_steps(counts, df, totals, n_docs: int, top_t: int, rows: int = 24, selector: str = "kl"):
+    """The selection, step by step, for one layer and one batch: the ``rows`` rows the batch reads most, in that
+    order. (1) the batch's share of its reads per row, p_i; (2) general text's share, q_i (background reads), and
+    how many documents read the row; (3) the selector's score; (4) the top-t of the score: the only rows the
+    masked update moves. Returns the figure, four panels one below the other (readable on a narrow page).
+
+    Args:
+        counts: (N,) the batch's reads per row; df, totals, n_docs: the layer's background statistics.
+        top_t: rows the selector keeps; selector: ``"kl"`` or ``"tfidf"``.
+    """
+    import torch
+
+    from ..selection import score_rows, select_rows
+
+    c = torch.as_tensor(counts)
+    score = score_rows(c, selector, df=df, totals=totals, n_docs=n_docs)
+    chosen = set(select_rows(c, score, top_t).tolist())
+    order = torch.argsort(c, descending=True, stable=True)[:rows].tolist()
+    p = (c.double() / c.sum())[order].numpy()
+    q = ((torch.as_tensor(totals).double() + 1) / (torch.as_tensor(totals).double() + 1).sum())[order].numpy()
+    docs = torch.as_tensor(df)[order].numpy() / n_docs
+    s = score[order].numpy()
+    x = np.arange(len(order))
+    fig, axes = plt.subplots(4, 1, figsize=(6.4, 8.2), sharex=True)
+    axes[0].bar(x, p, color=INK)
+    axes[0].set_ylabel("batch share\n$p_i$")
+    axes[0].set_title(f"1. the batch reads these rows most (layer's top {rows})", loc="left")
+    axes[1].bar(x - 0.2, q, width=0.4, color="0.6", label="share of general reads $q_i$")
+    axes[1].set_ylabel("general share\n$q_i$")
+    twin = axes[1].twinx()
+    twin.plot(x + 0.2, docs, "o", color=DENSE, ms=4, label="documents reading it")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("documents\nreading it", color=DENSE)
+    axes[1].set_title("2. how much general text reads them", loc="left")
+    axes[2].bar(x, s, color=[MEMORY if i in chosen else "0.75" for i in order])
+    axes[2].axhline(0, color="0.5", lw=0.8)
+    axes[2].set_ylabel(f"{'KL' if selector == 'kl' else 'TF-IDF'}\nscore")
+    axes[2].set_title("3. score: how much more the batch reads it than general text", loc="left")
+    axes[3].bar(x, [1 if i in chosen else 0 for i in order], color=MEMORY)
+    axes[3].set_yticks([0, 1], ["frozen", "trained"])
+    axes[3].set_title(f"4. the top {top_t} scores over all rows: only these move", loc="left")
+    axes[3].set_xticks(x, [str(i) for i in order], rotation=90)
+    axes[3].set_xlabel("row (slot index), by the batch's reads")
+    fig.tight_layout()
+    return fig
