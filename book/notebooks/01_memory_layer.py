@@ -78,7 +78,7 @@ device = setup_notebook(SEED)
 # where $o_1, \dots, o_{|o|}$ are the continuation's tokens, $o_{<j}$ those before $o_j$, and $p$ is the model's
 # next-token probability. The
 # option with the highest $\bar\ell$ is the model's answer. Here are three validation questions with short
-# options, scored with {py:func}`~smf_lib.probes.continuation_logprobs`:
+# options, scored with {py:func}`~smf_lib.spans.continuation_logprobs`:
 
 # %%
 model, tok = S.load_model(device=device)

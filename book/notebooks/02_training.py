@@ -554,7 +554,7 @@ plt.show()
 #    in which it was not selected.
 #
 #    :::{dropdown} Hint
-#    The rows a step selected can be recomputed: {py:func}`~smf_lib.training.micro_batches` gives the texts of
+#    The rows a step selected can be recomputed: {py:func}`~smf_lib.steps.micro_batches` gives the texts of
 #    every step, {py:func}`~smf_lib.selection.read_counts_of_texts` their reads, and
 #    {py:func}`~smf_lib.selection.select_for_layers` the top-t rows of those reads. Start from a fresh model with
 #    new background statistics, and let the probe return a dict.

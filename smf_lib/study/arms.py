@@ -1,6 +1,6 @@
 """The study's arms: one table gives each its training, memory, order, label and colour.
 
-An arm is a training method of :data:`smf_lib.training.METHODS` (or none: ``base`` and ``retrofit`` only
+An arm is a training method of :data:`smf_lib.methods.METHODS` (or none: ``base`` and ``retrofit`` only
 evaluate) with fixed :class:`~smf_lib.training.TrainConfig` fields and a memory mode, under one name (``smf-kl``,
 ``lora``, ...). Run records and presets call that name the run's ``method``. The table's order is the order of
 every results table and figure.

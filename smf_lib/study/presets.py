@@ -1,6 +1,6 @@
 """Experiment presets, as data: the model, the memory, data sizes, training settings and the grid of runs.
 
-``python -m smf_lib run --preset NAME`` runs one (see :mod:`smf_lib.study.runner`); :mod:`smf_lib.study.preset_spec`
+``python -m smf_lib run --preset NAME`` runs one (see :mod:`smf_lib.study.runner`); ``smf_lib.study.preset_spec``
 defines what a preset holds.
 """
 

@@ -82,7 +82,7 @@ def _rate(p: Preset, arm: str) -> str | float:
 
 
 def protocol_settings(p: Preset) -> dict:
-    """A preset's values of the settings in :data:`PAPER_PROTOCOL`."""
+    """A preset's values of the settings in ``PAPER_PROTOCOL``."""
     smf = p.train_config("smf-kl-paper", 0)
     lora = p.train_config("lora", 0)
     retrofit = p.retrofit_config(0).retrofit

@@ -246,7 +246,7 @@ class Runner:
         return torch.autocast(_device().type, dtype=getattr(torch, a)) if a else contextlib.nullcontext()
 
     def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
-        """:func:`check_identity` with this runner's ``fresh``."""
+        """``check_identity`` with this runner's ``fresh``."""
         return check_identity(path, stored, current, what, self.fresh)
 
     # -- helpers ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def spread_after(table: pd.DataFrame) -> pd.DataFrame:
     effective rows (and their ratio), the top 5% of rows' share of reads, a question's footprint and overlap.
 
     Args:
-        table: :func:`smf_lib.study.spread_pilot.spread_table`.
+        table: ``smf_lib.study.spread_pilot.spread_table``.
     """
     first = table[table["step"] == 0].set_index(["recipe", "layer"])
     last = table.loc[table.groupby(["recipe", "layer"])["step"].idxmax()].set_index(["recipe", "layer"])
@@ -143,7 +143,7 @@ def plot_retrofit_pilot(table: pd.DataFrame, min_share: float = 0.10, split: boo
 
 
 def plot_learning_by_share(table: pd.DataFrame, metric: str = "d_gold_margin"):
-    """How much retrofit SMF needs (:func:`smf_lib.study.pilot.learning_table`): SMF-KL's learning in a fixed
+    """How much retrofit SMF needs (``smf_lib.study.pilot.learning_table``): SMF-KL's learning in a fixed
     number of steps on dev MedMCQA items, with its 95% interval, against the memory's share of the MLP's output at
     each retrofit checkpoint (labelled with its retrofit step).
 
