@@ -8,8 +8,8 @@
   normalisation, plus exact match; and a retention score (mean log-likelihood of the first alias).
 - Drift and chat retention (for an instruct model): per item, the mean per-token KL(base || tuned) of the
   next-token distributions over a scored span, from a compact cache of the base model's top-k
-  log-probabilities (:func:`~smf_lib.spans.reference_topk`); and the mean log-likelihood of held-out assistant replies in the
-  model's chat template (:func:`~smf_lib.spans.chat_items`).
+  log-probabilities (:func:`~smf_lib.spans.reference_topk`); and the mean log-likelihood of held-out assistant
+  replies in the model's chat template (:func:`~smf_lib.spans.chat_items`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Two registries make the choices, so nothing else branches on names:
 
 :func:`train` reads top to bottom as its phases: set up, resume, then per step accumulate (forward and backward
 over the micro-batches), reduce (select the rows, average over processes), unscale and clip, apply, log, probe and
-checkpoint. :class:`~smf_lib.steps.LossScaler` is float16's dynamic loss scale; :mod:`smf_lib.ddp` the multi-process helpers.
+checkpoint. :class:`~smf_lib.steps.LossScaler` is float16's dynamic loss scale; :mod:`smf_lib.ddp` the
+multi-process helpers.
 
 Warm-up + cosine schedule, gradient accumulation, clipping, a loss log, probe trajectories, resumable
 checkpoints (parameters, optimizer state, selection and dropout random state), and a stop with a clear error
@@ -68,10 +69,10 @@ class TrainConfig:
         select_per_microbatch: select per micro-batch, updating the union (the paper's code does; default
             selects once per optimizer step from counts summed over its micro-batches).
         train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
-        lora: LoRA's settings (:class:`~smf_lib.methods.LoraSettings`, or a dict of its fields; paper: r 16, alpha 32, dropout 0.05,
-            7 projections).
-        retrofit: the retrofit's settings (:class:`~smf_lib.methods.RetrofitSettings`, or a dict of its fields; paper: everything
-            trains densely, no balancing term).
+        lora: LoRA's settings (:class:`~smf_lib.methods.LoraSettings`, or a dict of its fields; paper: r 16,
+            alpha 32, dropout 0.05, 7 projections).
+        retrofit: the retrofit's settings (:class:`~smf_lib.methods.RetrofitSettings`, or a dict of its fields;
+            paper: everything trains densely, no balancing term).
         checkpoint_every: optimizer steps between checkpoints (0: none).
         loss_average: ``"step-tokens"`` (every real token of an optimizer step weighs the same across its
             micro-batches, as in the paper's code) or ``"micro-batch"`` (each micro-batch's mean loss weighs the

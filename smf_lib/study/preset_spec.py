@@ -119,7 +119,8 @@ class Preset:
         ppl_first_window: ``"exact"`` (the first window's tokens counted as scored) or ``"paper"`` (counted one
             too many, as the paper's code does).
         departures: why this preset departs from the paper's protocol, one reason per departing setting (the
-            keys of :func:`~smf_lib.study.protocol.protocol_table`); a test requires exactly the departing settings here.
+            keys of :func:`~smf_lib.study.protocol.protocol_table`); a test requires exactly the departing settings
+            here.
         notes: a summary of the preset.
     """
 
