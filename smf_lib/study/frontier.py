@@ -14,8 +14,8 @@ probe's own direction), else "cannot tell".
 Choosing the reported runs follows the same rule: the common level lies inside every arm's range of final dev
 learning (the midpoint of the ranges' overlap, so never at any arm's highest rate), and an arm's reported rate is
 the swept rate whose final dev learning is closest to it; it counts as matched when within ``MATCH_MARGIN``
-nats of the level (:mod:`smf_lib.study.paired_stats`; fixed before the runs). An arm outside the margin gets a suggested rate, interpolated in log-rate
-between the two swept rates around the level, to add to its sweep.
+nats of the level (:mod:`smf_lib.study.paired_stats`; fixed before the runs). An arm outside the margin gets a
+suggested rate, interpolated in log-rate between the two swept rates around the level, to add to its sweep.
 """
 
 from __future__ import annotations
