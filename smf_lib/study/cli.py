@@ -23,8 +23,10 @@ def _frontier_arguments(p) -> None:
 
 def _frontier(args) -> int:
     from .frontier import frontier_report
+    from .results import load_runs
 
-    for line in frontier_report(get_preset(args.preset), args.out or f"results/{args.preset}"):
+    out = args.out or f"results/{args.preset}"
+    for line in frontier_report(get_preset(args.preset), load_runs(out), out):
         print(line)
     return 0
 

@@ -199,12 +199,10 @@ def choose_rates(ends: pd.DataFrame, level: float, margin: float = MATCH_MARGIN)
     return pd.DataFrame(rows, columns=["arm", "lr", "learning", "level", "matched", "add rate"])
 
 
-def frontier_report(preset, out) -> list[str]:
-    """What ``python -m smf_lib frontier`` prints: each arm's final dev learning by rate, the common level, the
-    rate each arm's reported runs take (or the rate to add), and SMF against each baseline at that level."""
-    from .results import load_runs
-
-    runs = load_runs(out)
+def frontier_report(preset, runs: list[dict], out="the results folder") -> list[str]:
+    """What ``python -m smf_lib frontier`` prints for ``preset``'s run records ``runs`` (from ``out``): each arm's
+    final dev learning by rate, the common level, the rate each arm's reported runs take (or the rate to add), and
+    SMF against each baseline at that level."""
     smf = [a for a in ("smf-kl", "smf-tfidf") if a in preset.methods]
     same_start = [a for a in ("lora-mem", "full-mem") if a in preset.methods]
     baselines = same_start or [a for a in ("lora", "full") if a in preset.methods]  # else the paper's view
