@@ -77,3 +77,16 @@ def test_the_reachable_level_is_the_largest_round_level_every_arm_passes():
     ends = pd.DataFrame({"arm": ["a", "a", "b"], "lr": [1, 2, 1], "learning": [0.06, 0.144, 0.125]})
     assert F.reachable_level(ends) == pytest.approx(0.10)  # b's best is 0.125: 0.10 is the largest multiple below
     assert F.reachable_level(ends.assign(learning=[0.01, 0.02, 0.3])) is None  # arm a never reaches 0.05
+
+
+def test_the_report_names_the_level_the_rates_and_the_verdicts():
+    from types import SimpleNamespace
+
+    runs = []
+    for seed in (0, 1):
+        runs += [_run("smf-kl", seed, r, s, -0.2) for r, s in ((1e-2, 0.01), (3e-2, 0.03), (1e-1, 0.06))]
+        runs += [_run("lora-mem", seed, r, s, -0.5) for r, s in ((2e-5, 0.005), (5e-5, 0.02), (2e-4, 0.08))]
+    preset = SimpleNamespace(name="cpu", methods=("smf-kl", "lora-mem"), seeds=(0, 1))
+    text = "\n".join(F.frontier_report(preset, runs))
+    assert "common level: 0.1400" in text and "matched within 0.02 nats" in text
+    assert "better" in text and "lora-mem" in text  # SMF loses 0.2 nats of chat per nat learned, LoRA 0.5
