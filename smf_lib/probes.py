@@ -307,21 +307,29 @@ class Metric:
 
 @dataclass(frozen=True)
 class Probe:
-    """One probe: its scorer, its metrics, its cost per item (tokens scored per item, in units of one training
-    text's tokens) and its size (the items a report scores: a number, or the name of the study preset's field that
-    holds it, such as ``"medmcqa_n"``), both for the runtime estimate.
+    """One probe, the one place it is declared: how it is scored, its metrics, its cost and its size.
 
-    ``evaluate``, for a probe the study has no built-in step for: ``evaluate(model, tok, split=...,
-    dev_subset=..., progress=...) -> {"metrics": {...}, "items": {...}}``, scoring the probe's own items of
-    ``split`` (``"report"`` or ``"dev"``; ``dev_subset``: the dev subset's sizes along a trajectory, or None for
-    every item). The item arrays
-    it returns are the ones its metrics name."""
+    Args:
+        evaluate: how the study scores it: a function ``evaluate(s) -> {"metrics": {...}, "items": {...}}`` (or
+            None when it has nothing to score this time), or the ``"module:function"`` path of one (the built-in
+            probes', which live with the study's item suite). ``s`` is the study's
+            :class:`~smf_lib.study.evaluation.Scoring`: ``s.model``, ``s.tok``, ``s.split`` (``"report"`` or
+            ``"dev"``), ``s.dev_subset`` (the dev subset's sizes along a trajectory, or None for every item) and
+            ``s.progress``. The item arrays it returns are the ones its metrics name.
+        metrics: its :class:`Metric` entries, by name.
+        cost: tokens scored per item, in units of one training text's tokens (for the runtime estimate).
+        size: the items a report scores: a number, or the name of the study preset's field that holds it (such as
+            ``"medmcqa_n"``), for the runtime estimate.
+        items: for a probe with items of its own, ``items(split) -> list`` of them; their fingerprint joins every
+            run's identity, so a run scored on other items is never paired with this one. (The built-in probes'
+            items are the study's suite, fingerprinted with it.)
+    """
 
-    scorer: Callable
+    evaluate: Callable | str
     metrics: dict
     cost: float
-    evaluate: Callable | None = None
     size: int | str = 0
+    items: Callable | None = None
 
 
 def _accuracy(prefix: str, what: str, kind: str) -> dict:
@@ -336,22 +344,24 @@ def _accuracy(prefix: str, what: str, kind: str) -> dict:
     }
 
 
-#: The probes by name. A new probe is a scorer and one entry here; the paired statistics, the figures' labels and
-#: the runtime estimate read it.
+#: The probes by name, read by the study's evaluation, the run identity, the paired statistics, the findings, the
+#: figures' labels and the runtime estimate. A new probe is a function and one entry here (CONTRIBUTING.md).
+_STUDY = "smf_lib.study.evaluation:"
 PROBES: dict[str, Probe] = {
-    "medmcqa": Probe(medmcqa_accuracy, _accuracy("medmcqa", "MedMCQA", "learning"), cost=1.2, size="medmcqa_n"),
-    "acquisition": Probe(medmcqa_accuracy, _accuracy("acquisition", "trained questions", "learning"), cost=1.0,
-                         size="acquisition_n"),
-    "wikitext": Probe(perplexity, {
+    "medmcqa": Probe(_STUDY + "medmcqa_step", _accuracy("medmcqa", "MedMCQA", "learning"), cost=1.2,
+                     size="medmcqa_n"),
+    "acquisition": Probe(_STUDY + "acquisition_step", _accuracy("acquisition", "trained questions", "learning"),
+                         cost=1.0, size="acquisition_n"),
+    "wikitext": Probe(_STUDY + "wikitext_step", {
         "wikitext_ppl": Metric(("wikitext_window_nll", "wikitext_window_tokens"), _ppl, -1, "retention",
                                "WikiText perplexity"),
         "wikitext_drift_kl": Metric(("wikitext_drift_kl",), _mean, -1, "retention", "drift on WikiText (KL)",
                                     unit="nats")}, cost=0.6, size="wikitext_lines"),
-    "chat": Probe(drift, {
+    "chat": Probe(_STUDY + "chat_step", {
         "chat_drift_kl": Metric(("chat_drift_kl",), _mean, -1, "retention", "drift on chat (KL)", unit="nats"),
         "chat_loglik": Metric(("chat_loglik",), _mean, 1, "retention", "held-out chat log-lik", unit="nats")},
         cost=1.7, size="chat_n"),
-    "triviaqa": Probe(triviaqa_accuracy, {
+    "triviaqa": Probe(_STUDY + "triviaqa_step", {
         "triviaqa_acc": Metric(("triviaqa_correct",), _mean, 1, "retention", "TriviaQA accuracy", 100, "points"),
         "triviaqa_alias_loglik": Metric(("triviaqa_alias_loglik",), _mean, 1, "retention", "TriviaQA alias log-lik",
                                         unit="nats")}, cost=0.3, size="triviaqa_n"),

@@ -190,7 +190,7 @@ def test_a_new_probe_is_one_scorer_and_one_registry_entry(monkeypatch):
 
     smoke = get_preset("smoke")
     before = estimate_runtime(smoke, 1e12)["tflops"].iloc[-1]
-    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=2.0, size=1000, metrics={
+    toy = P.Probe(lambda s: None, cost=2.0, size=1000, metrics={
         "toy_hits": P.Metric(("toy_hit",), lambda a: a[0].mean(axis=-1), 1, "retention", "toy hit rate", 100)})
     monkeypatch.setitem(P.PROBES, "toy", toy)
     assert "toy_hits" in METRICS and LABELS["toy_hits"] == "toy hit rate"
@@ -213,9 +213,9 @@ def test_every_metric_names_the_arrays_the_evaluation_writes(tmp_path):
 
 
 def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path, monkeypatch):
-    """A probe added as one registry entry with an ``evaluate`` function is scored in every run record, next to
-    the built-in probes, with the split and subset the study asks for; one with neither a study step nor an
-    ``evaluate`` function is refused by name."""
+    """A probe added as one registry entry is scored in every run record, next to the built-in probes, with the
+    split and subset the study asks for; its own items join the run's identity; a path that does not import is
+    refused by name."""
     import json
 
     import numpy as np
@@ -224,12 +224,13 @@ def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path,
 
     calls = []
 
-    def toy_evaluate(model, tok, split, dev_subset, progress):
-        calls.append((split, dev_subset))
-        hits = [1, 0, 1] if dev_subset is None else [1]
+    def toy_evaluate(s):
+        calls.append((s.split, s.dev_subset))
+        hits = [1, 0, 1] if s.dev_subset is None else [1]
         return {"metrics": {"toy_hits": float(np.mean(hits))}, "items": {"toy_hit": hits}}
 
-    toy = P.Probe(scorer=lambda model, tok, items: {}, cost=0.0, evaluate=toy_evaluate, metrics={
+    items = {"report": ["a", "b", "c"], "dev": ["d"]}
+    toy = P.Probe(toy_evaluate, cost=0.0, items=items.get, metrics={
         "toy_hits": P.Metric(("toy_hit",), lambda a: a[0].mean(axis=-1), 1, "retention", "toy hit rate", 100)})
     monkeypatch.setitem(P.PROBES, "toy", toy)
     assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--methods", "base", "--no-progress"]) == 0
@@ -237,10 +238,34 @@ def test_a_probe_with_its_own_evaluate_function_is_scored_by_the_study(tmp_path,
     assert record["items"]["toy_hit"] == [1, 0, 1] and record["metrics"]["toy_hits"] == pytest.approx(2 / 3)
     assert "medmcqa_correct" in record["items"]  # the built-in probes are still scored
     assert ("report", None) in calls and any(c is not None for _, c in calls)  # every item, and the dev subset
-    monkeypatch.setitem(P.PROBES, "toy", P.Probe(scorer=toy.scorer, cost=0.0, metrics=toy.metrics))
-    with pytest.raises(ValueError, match="probe 'toy' has no evaluate function"):
+    probes = record["identity"]["data"]["probes"]
+    assert probes["toy_report"] != probes["toy_dev"] and "medmcqa_report" in probes  # its items are in the identity
+    monkeypatch.setitem(P.PROBES, "toy", P.Probe("smf_lib.study.evaluation:no_such_step", cost=0.0,
+                                                 metrics=toy.metrics))
+    with pytest.raises(ValueError, match="probe 'toy': cannot import its evaluate function"):
         main(["run", "--preset", "smoke", "--out", str(tmp_path / "again"), "--methods", "base", "--no-progress",
               "--debug"])
+
+
+def test_contributing_recipe_for_a_probe_works(tmp_path, monkeypatch):
+    """CONTRIBUTING.md's probe recipe, as written there, adds a probe the study scores, pairs and labels."""
+    import json
+    import re
+    from pathlib import Path
+
+    from smf_lib.study.cli import main
+    from smf_lib.study.paired_stats import METRICS
+    from smf_lib.views.plotting import LABELS
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    recipe = re.search(r"\*\*A probe\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.setitem(P.PROBES, "known", None)  # restored (removed) after the test
+    exec(recipe, {"PROBES": P.PROBES, "Probe": P.Probe, "Metric": P.Metric, "span_logliks": P.span_logliks})
+    assert "known_loglik" in METRICS and LABELS["known_loglik"] == "known facts: log-lik"
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--methods", "base", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "runs" / "base.json").read_text())
+    assert len(record["items"]["known_loglik"]) == 2 and record["metrics"]["known_loglik"] < 0
+    assert "known_report" in record["identity"]["data"]["probes"]
 
 
 def test_the_probes_build_no_autograd_graph_even_when_parameters_train(model):

@@ -8,7 +8,9 @@ the background statistics never see them.
 
 from __future__ import annotations
 
+import pkgutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,9 @@ class Suite:
             for split, items in getattr(self, name).items():
                 out[f"{name}_{split}"] = items_fingerprint(items)
         out["acquisition"] = items_fingerprint(self.acquisition)
+        for name, probe in PROBES.items():  # a probe with items of its own: their fingerprint, per split
+            if probe.items is not None:
+                out.update({f"{name}_{split}": items_fingerprint(probe.items(split)) for split in ("report", "dev")})
         return out
 
 
@@ -154,8 +159,9 @@ def option_items(name: str, items: list[dict]) -> dict:
 
 @dataclass
 class Scoring:
-    """What one call of :func:`evaluate` scores with, handed to every probe's step: the model, the preset ``p``,
-    the suite, the drift reference, the split, and ``dev_subset`` (the dev subset's sizes, or None for every item)."""
+    """What one call of :func:`evaluate` scores with, handed to every probe's ``evaluate`` function: the model and
+    tokenizer, the preset ``p``, the suite, the drift reference, the split (``"report"`` or ``"dev"``), and
+    ``dev_subset`` (the dev subset's sizes along a trajectory, or None for every item)."""
 
     model: object
     tok: object
@@ -256,11 +262,21 @@ def _triviaqa_step(s: Scoring) -> dict | None:
             "timings": {"triviaqa_s": r["seconds"]}}
 
 
-#: How the study scores each built-in probe of :data:`smf_lib.probes.PROBES` on a suite. A probe registered with
-#: its own ``evaluate`` function needs no entry here.
-STEPS = {"medmcqa": _choice_step("medmcqa", "medmcqa", True),
-         "acquisition": _choice_step("acquisition", "acquisition", False),
-         "wikitext": _wikitext_step, "chat": _chat_step, "triviaqa": _triviaqa_step}
+#: The built-in probes' steps (named by :data:`smf_lib.probes.PROBES`).
+medmcqa_step = _choice_step("medmcqa", "medmcqa", True)
+acquisition_step = _choice_step("acquisition", "acquisition", False)
+wikitext_step, chat_step, triviaqa_step = _wikitext_step, _chat_step, _triviaqa_step
+
+
+def probe_function(name: str, probe) -> Callable:
+    """A registered probe's ``evaluate`` function (a ``"module:function"`` path imported)."""
+    if callable(probe.evaluate):
+        return probe.evaluate
+    try:
+        return pkgutil.resolve_name(probe.evaluate)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"probe {name!r}: cannot import its evaluate function {probe.evaluate!r} ({e}); register "
+                         "it with Probe(evaluate=a function, ...) or a 'module:function' path that imports") from None
 
 
 def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "report", base_model=None,
@@ -276,9 +292,8 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "rep
         exact_model: the base model; when given, the exact KL is also computed on the first ``exact_n`` drift
             items of each kind, to measure what the top-k cache leaves out (``*_drift_kl_topk_vs_exact``).
 
-    A built-in probe is scored by its step in :data:`STEPS`; a probe registered with an ``evaluate`` function is
-    scored by it, called as ``evaluate(model, tok, split=..., dev_subset=..., progress=...)`` and returning
-    ``{"metrics": ..., "items": ...}`` (``dev_subset``: the dev subset's sizes, or None for every item).
+    Each probe is scored by its registered ``evaluate`` function, called with this call's :class:`Scoring` and
+    returning ``{"metrics": ..., "items": ...}`` (or None when it has nothing to score on this kind).
 
     Returns:
         ``{"metrics": {...}, "items": {...}, "timings": {...}}``; every item list is in a fixed order, so two
@@ -290,13 +305,7 @@ def evaluate(model, tok, p, suite: Suite, reference: Reference, kind: str = "rep
     metrics, items, timings = {}, {}, {}
     torch.manual_seed(0)
     for name, probe in PROBES.items():
-        if name in STEPS:
-            out = STEPS[name](s)
-        elif probe.evaluate is not None:
-            out = probe.evaluate(model, tok, split=s.split, dev_subset=subset, progress=progress)
-        else:
-            raise ValueError(f"probe {name!r} has no evaluate function and no study step: register it with "
-                             "Probe(..., evaluate=fn)")
+        out = probe_function(name, probe)(s)
         if out:
             metrics.update(out["metrics"])
             items.update(out["items"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
+from ..probes import metrics as probe_metrics
 from .records import is_report
 from .tables import interval_cell
 
@@ -70,8 +71,9 @@ def findings_v1(summary, runs: list[dict], pilot_folder: str | Path | None = Non
                f"({worst['method']}, seed {worst['seed']}) A is its answer on {worst_a:.0%}, so part of the drop is "
                "the letter prior lost, not knowledge lost.")
     retention = [m for m in ("wikitext_ppl", "chat_loglik", "triviaqa_acc") if f"d_{m}_lo" in full]
+    better = {m: probe_metrics()[m].better for m in retention}  # +1: up is better; -1: down is better
     worse = sum(1 for _, r in full.iterrows() for m in retention
-                if (r[f"d_{m}_hi"] < 0 if m != "wikitext_ppl" else r[f"d_{m}_lo"] > 0))
+                if (r[f"d_{m}_hi"] < 0 if better[m] > 0 else r[f"d_{m}_lo"] > 0))
     chat_half = float(np.nanmedian((full["d_chat_loglik_hi"] - full["d_chat_loglik_lo"]) / 2))
     out.append(f"On the reported items no method got clearly worse on a retention probe ({worse} of "
                f"{len(full) * len(retention)} verdicts), but the chat probe's interval half-width is about "
@@ -353,8 +355,6 @@ def _arm_sentences(table, arm: str, base: list[str], seeds: int) -> list[str]:
 def _worse_sentence(table) -> str | None:
     """Which methods got worse on WikiText perplexity and TriviaQA accuracy (an interval wholly on the worse
     side)."""
-    from ..probes import metrics as probe_metrics
-
     registry = probe_metrics()
     worse = []
     for metric in ("d_wikitext_ppl", "d_triviaqa_acc"):
