@@ -176,6 +176,7 @@ class FactsRunner:
         return rec
 
     def run_all(self, split: str = "dev") -> list[dict]:
-        """Every arm, rate and seed of the preset on ``split``."""
-        return [self.run(arm, lr, seed, split) for arm, rates in self.p.rates.items() for lr in rates
-                for seed in self.p.seeds]
+        """Every arm, rate and seed of the preset on ``split``, all of the first seed first (so that a sweep cut
+        short still holds one whole frontier)."""
+        return [self.run(arm, lr, seed, split) for seed in self.p.seeds for arm, rates in self.p.rates.items()
+                for lr in rates]
