@@ -9,7 +9,9 @@
 - At 1280 px every figure is shown at least 600 px wide, its smallest text measures at least 9 pt as rendered and
   no legend covers data (from the measurements each PNG carries, see ``smf_lib.views.figures``); no table cell
   wraps beyond two lines, no table shows NaN or a leaked 0, 1, 2, ... index, and no output line is clipped.
-- At 400 px figures are shown one per row, inside the screen.
+- At 400 px figures are shown one per row, inside the screen; every figure's smallest text renders at 9 px or more,
+  or a tap opens it where it does; no page is wider than the screen and no output line is clipped.
+- At both widths no table is wider than its column unless it is marked as scrolling (and says so).
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``), standard library only.
 
@@ -36,6 +38,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--allow-file-access-from-files", "--hide-scrollbars", "--remote-debugging-pipe"]
 WIDGET_PAGE = "04_kl_vs_tfidf"
+MIN_PHONE_PX = 9.0  # a figure's smallest text on a 400 px screen, as shown or when tapped
 
 
 def chromium() -> str:
@@ -381,17 +384,106 @@ TABLES_JS = """(() => {
 })()"""
 
 
-def check_tables(browser: Browser, html: Path) -> list[str]:
+def check_tables(browser: Browser, html: Path, width: int = 1280) -> list[str]:
     """At 1280 px: no table cell wraps beyond two lines, no table shows NaN or a 0, 1, 2, ... index, and no output
-    line is clipped (wider than its box)."""
-    failures, page = [], Page(browser, 1280, 1600)
+    line is clipped (wider than its box); at 400 px, no output line is clipped."""
+    failures, page = [], Page(browser, width, 1600)
     for path in sorted(html.glob("notebooks/*.html")) + [html / "index.html"]:
         page.open(path)
         found = page.js(TABLES_JS)
+        if width < 1280:
+            failures += [f"{path.name} at {width} px: an output line is clipped: {line!r}" for line in found["clipped"]]
+            continue
         failures += [f"{path.name}: table {t}: the cell {text!r} wraps to {n} lines" for t, text, n in found["cells"]]
         failures += [f"{path.name}: table {t} shows {text!r}" for t, text in found["nan"]]
         failures += [f"{path.name}: table {t} shows its 0, 1, 2, ... index" for t in found["index"]]
         failures += [f"{path.name}: an output line is clipped: {line!r}" for line in found["clipped"]]
+    return failures
+
+
+WIDE_JS = """(() => {
+  const out = {tables: [], page: null};
+  document.querySelectorAll('article table').forEach((table, t) => {
+    if (!table.getClientRects().length || table.closest('.smf-narrow')) return;  // hidden views
+    let box = table.parentElement;
+    while (box && box.tagName !== 'ARTICLE' && !/(auto|scroll)/.test(getComputedStyle(box).overflowX))
+      box = box.parentElement;
+    const room = box ? box.clientWidth : document.documentElement.clientWidth;
+    const scroller = table.closest('.smf-scroll'), note = scroller && scroller.previousElementSibling;
+    const marked = !!note && note.classList.contains('smf-scroll-note') && note.offsetParent !== null;
+    if (table.getBoundingClientRect().width > room + 2 && !marked)
+      out.tables.push([t + 1, Math.round(table.getBoundingClientRect().width), room,
+                       (table.querySelector('th') || table).innerText.trim().slice(0, 40)]);
+  });
+  const d = document.documentElement;
+  if (d.scrollWidth > d.clientWidth + 1) {
+    const wide = [...document.querySelectorAll('article *')].filter(
+      e => e.getBoundingClientRect().right > d.clientWidth + 1 && !e.closest('.smf-zoom'));
+    const last = wide.slice(-1)[0];
+    out.page = [d.scrollWidth, d.clientWidth, last ? last.tagName + ' ' + last.innerText.slice(0, 50) : ''];
+  }
+  return out;
+})()"""
+
+
+def check_widths(browser: Browser, html: Path, width: int) -> list[str]:
+    """At ``width`` px, no table is wider than its column unless it is marked as scrolling (a ``.smf-scroll``
+    block, which says so on the page) and no page is wider than the screen."""
+    failures, page = [], Page(browser, width, 900)
+    for path in sorted(html.glob("*.html")) + sorted(html.glob("notebooks/*.html")):
+        if path.name in ("genindex.html", "search.html", "py-modindex.html"):
+            continue
+        page.open(path)
+        found = page.js(WIDE_JS)
+        failures += [f"{path.name} at {width} px: table {t} ({head!r}) is {w} px in a {room} px column and does not "
+                     "say it scrolls" for t, w, room, head in found["tables"]]
+        if found["page"]:
+            failures.append(f"{path.name} at {width} px: the page is {found['page'][0]} px wide on a "
+                            f"{found['page'][1]} px screen (widest: {found['page'][2]!r})")
+    return failures
+
+
+ZOOM_JS = """(async () => {
+  const out = [];
+  for (const img of document.querySelectorAll('article img.smf-figure')) {
+    const r = img.getBoundingClientRect();
+    if (!r.width) continue;
+    const item = {src: img.getAttribute('src') || '', shown: r.width, natural: img.naturalWidth, bytes: null,
+                  zoomed: null};
+    img.scrollIntoView({block: 'center'});
+    img.click();
+    await new Promise(res => setTimeout(res, 100));
+    const big = document.querySelector('.smf-zoom img');
+    if (big) { item.zoomed = big.getBoundingClientRect().width; document.querySelector('.smf-zoom').click(); }
+    out.push(item);
+  }
+  return out;
+})()"""
+
+
+def check_phone_figures(browser: Browser, html: Path) -> list[str]:
+    """At 400 px, every figure's smallest text renders at 9 px or more, or a tap opens it at a size where it does
+    (the book's figure zoom)."""
+    from smf_lib.views.figures import png_text, rendered_pt
+
+    failures, page = [], Page(browser, 400, 900)
+    for path in sorted(html.glob("notebooks/*.html")):
+        page.open(path)
+        worst = None
+        for k, item in enumerate(page.js(ZOOM_JS), 1):
+            meta = png_text(png_bytes(path, item))
+            pt = rendered_pt(meta, item["shown"], item["natural"])
+            if pt is None:
+                continue
+            px = pt * 96 / 72
+            zoomed = rendered_pt(meta, item["zoomed"], item["natural"]) * 96 / 72 if item["zoomed"] else None
+            best = max(px, zoomed or 0)
+            worst = best if worst is None else min(worst, best)
+            if best < MIN_PHONE_PX - 0.05:
+                failures.append(f"{path.name} at 400 px: figure {k}: smallest text {px:.1f} px"
+                                + (f", {zoomed:.1f} px when tapped" if zoomed else ", and a tap does not enlarge it"))
+        if worst is not None:
+            print(f"{path.name} at 400 px: smallest figure text {worst:.1f} px (tapped where needed)")
     return failures
 
 
@@ -441,6 +533,9 @@ def main() -> int:
             failures += check_narrow_figures(browser, html)
             failures += check_figures(browser, html)
             failures += check_tables(browser, html)
+            failures += check_tables(browser, html, 400)
+            failures += check_widths(browser, html, 1280) + check_widths(browser, html, 400)
+            failures += check_phone_figures(browser, html)
         finally:
             browser.close()
     for f in failures:

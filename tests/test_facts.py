@@ -102,9 +102,13 @@ def test_the_facts_smoke_preset_runs_from_one_start_and_resumes(tmp_path):
     assert rec["steps"] == 2 and rec["code"].get("git_commit")
     assert set(rec["changes"]) >= {"facts_em", "facts_loglik", "first_facts_loglik", "chat_loglik", "wikitext_nll",
                                    "triviaqa_gold_loglik", "medmcqa_gold_margin"}
-    stamp = [r.stat().st_mtime_ns for r in runs]
+    rows = read_json(out / "fact_rows.json")  # the snapshot of the first facts' rows, for the chapter's picture
+    assert rows["layer"] == 2 and len(rows["df"]) == rows["n_slots"] == 64 and rows["facts"]
+    first = rows["facts"][0]
+    assert len(first["rows"]) == len(first["reads"]) and min(first["reads"]) > 0 and first["statement"]
+    stamp = [r.stat().st_mtime_ns for r in [*runs, out / "fact_rows.json"]]
     assert main(["run", "--preset", "facts-smoke", "--out", str(out), "--no-progress"]) == 0
-    assert [r.stat().st_mtime_ns for r in runs] == stamp  # read back, not rerun
+    assert [r.stat().st_mtime_ns for r in [*runs, out / "fact_rows.json"]] == stamp  # read back, not rerun
 
 
 def test_full_finetuning_trains_the_base_weights_and_leaves_a_memory_in_place(tok):

@@ -175,8 +175,41 @@ class FactsRunner:
         write_json(path, rec)
         return rec
 
+    def fact_rows(self, split: str = "dev", n: int = 8, layer: int | None = None) -> Path:
+        """Write (or keep) ``out/fact_rows.json``: for one memory layer (the middle one unless ``layer``), the read
+        counts of the first ``n`` facts' training batches (sparse: row -> reads), the starting model's background
+        statistics (``df``, ``totals``, ``n_docs``) and ``top_t``, so that a reader can see which rows a fact reads,
+        which rows SMF would train and how much general text reads them. Returns its path."""
+        from ..memory import memory_layers
+        from ..selection import read_counts_of_texts
+
+        path = self.out / "fact_rows.json"
+        identity = _plain({"start": read_json(self.out / "start" / f"{self.start_recipe}.json").get("identity")
+                           if (self.out / "start" / f"{self.start_recipe}.json").exists() else None,
+                           "split": split, "n": n, "layer": layer, "max_length": self.p.max_length,
+                           "background_n": self.p.background_n})
+        if path.exists() and read_json(path).get("identity") == identity and identity["start"] is not None:
+            return path
+        model, tok = self.starting_model()
+        identity["start"] = read_json(self.out / "start" / f"{self.start_recipe}.json").get("identity")
+        stats = self.background(model, tok)
+        layers = [m.layer_idx for m in memory_layers(model)]
+        k = layers.index(layer) if layer is not None else len(layers) // 2
+        facts = facts_of(self.p, split)[:n]
+        batches = []
+        for f in facts:
+            counts = read_counts_of_texts(model, tok, list(f.statements), self.p.max_length)[k]
+            rows = counts.nonzero().flatten()
+            batches.append({"fact": f.index, "entity": f.entity, "answer": f.answer, "statement": f.statements[0],
+                            "rows": rows.tolist(), "reads": counts[rows].tolist()})
+        write_json(path, {"identity": identity, "layer": layers[k], "n_slots": int(stats.df.shape[1]),
+                          "n_docs": stats.n_docs, "top_t": self.p.top_t, "df": stats.df[k].tolist(),
+                          "totals": stats.totals[k].tolist(), "facts": batches})
+        return path
+
     def run_all(self, split: str = "dev") -> list[dict]:
         """Every arm, rate and seed of the preset on ``split``, all of the first seed first (so that a sweep cut
-        short still holds one whole frontier)."""
+        short still holds one whole frontier); first the rows snapshot of the split's first facts."""
+        self.fact_rows(split)
         return [self.run(arm, lr, seed, split) for seed in self.p.seeds for arm, rates in self.p.rates.items()
                 for lr in rates]
