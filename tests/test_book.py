@@ -97,8 +97,8 @@ def test_vendored_scripts_load_once_in_order_and_find_their_fonts():
     assert not (ROOT / "book" / "_static").exists()
     static = [ROOT / "book" / d for d in sphinx["html_static_path"]]
     scripts = [js if isinstance(js, str) else js[0] for js in sphinx["html_js_files"]]
-    assert scripts == ["widgets/require.js", "widgets/embed-setup.js", "widgets/embed-amd.js"]
-    for name in [*scripts, sphinx["mathjax_path"], "colab-badge.svg"]:
+    assert scripts == ["widgets/require.js", "widgets/embed-setup.js", "widgets/embed-amd.js", "smf/smf.js"]
+    for name in [*scripts, *sphinx["html_css_files"], sphinx["mathjax_path"], "colab-badge.svg"]:
         assert any((d / name).is_file() for d in static), f"{name} is not in {sphinx['html_static_path']}"
     (widgets,) = [d / "widgets" for d in static if (d / "widgets").is_dir()]
     wanted = set(re.findall(r'"([0-9a-f]{20}\.woff2)"', (widgets / "embed-amd.js").read_text()))

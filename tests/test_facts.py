@@ -93,8 +93,11 @@ def test_smf_learns_a_fact_one_step_at_a_time_through_its_rows(tok):
 def test_the_facts_smoke_preset_runs_from_one_start_and_resumes(tmp_path):
     from smf_lib.files import read_json
     from smf_lib.study.cli import main
+    from smf_lib.study.facts_study import FactsRunner, get_facts_preset
 
     out = tmp_path / "facts"
+    with pytest.raises(ValueError, match="0 of 2 dev runs are finished"):  # reported rates come from the dev runs
+        FactsRunner(get_facts_preset("facts-smoke"), out, progress=False).report_rates()
     assert main(["run", "--preset", "facts-smoke", "--out", str(out), "--no-progress"]) == 0
     runs = sorted((out / "runs").glob("*.json"))
     assert [r.stem for r in runs] == ["lora-lr0.001-s0-dev", "smf-tfidf-lr0.01-s0-dev"]
@@ -144,3 +147,32 @@ def test_the_start_is_copied_from_a_spread_pilot_that_made_the_same_memory(tmp_p
     assert (start / "frozen.json").read_bytes() == (tmp_path / "pilot" / "frozen.json").read_bytes()
     assert run_recipe("frozen", start, runner.start_settings(), progress=False) == made  # read back, not retrofitted
     assert (start / "artifacts" / "frozen" / "final").exists()
+
+
+def _facts_run(arm, lr, seed, loglik, chat):
+    return {"arm": arm, "lr": lr, "seed": seed, "scores": {"facts_loglik": [loglik, loglik], "chat_loglik": chat}}
+
+
+def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
+    """Constructed runs with known crossings: learning is the answer log-likelihood's change, the level the middle
+    of the arms' overlap, and each probe's per-item change is interpolated between the rates around it."""
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]),
+            _facts_run("lora", 1e-4, 0, -8.0, [-2.4, -2.2]), _facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0])]
+    level = FF.level_of(runs, start)
+    assert level["level"] == pytest.approx(2.5) and level["ranges"]["smf-tfidf"] == (1.0, 3.0)
+    smf = FF.at_level(runs, start, "smf-tfidf", 0, 2.5)  # gains 1 and 3 around it: three quarters of the way
+    assert smf["lr"] == (1e-2, 3e-2) and smf["chat_loglik"] == pytest.approx([-0.15, 0.0])
+    lora = FF.at_level(runs, start, "lora", 0, 2.5)  # gains 2 and 4: a quarter of the way
+    assert lora["chat_loglik"] == pytest.approx([-0.55, -0.4])
+    assert FF.at_level(runs, start, "lora", 0, 5.0) is None and FF.at_level(runs, start, "lora", 1, 2.5) is None
+    table = FF.compare(runs, start, 2.5, smf=("smf-tfidf",), baselines=("lora",), seeds=(0,), probes=("chat_loglik",))
+    (row,) = table.to_dict("records")
+    assert row["difference"] == pytest.approx(0.4) and row["lo"] > 0 and row["verdict"] == "better"
+    assert FF.rates_around(runs, start, 2.5) == {"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4)}
+    assert FF.rates_around(runs, start, 0.5) == {"smf-tfidf": (1e-2,), "lora": (1e-4,)}
+    ends = FF.learning_ends(runs, start)
+    assert ends.set_index(["arm", "lr"])["learning"].to_dict() == {("smf-tfidf", 1e-2): 1.0, ("smf-tfidf", 3e-2): 3.0,
+                                                                   ("lora", 1e-4): 2.0, ("lora", 3e-4): 4.0}

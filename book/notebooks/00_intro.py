@@ -42,7 +42,9 @@
 #    confidence intervals;
 # 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
 # 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
-# 6. {doc}`speed and memory <06_performance>`, side by side.
+# 6. {doc}`speed and memory <06_performance>`, side by side;
+# 7. {doc}`learning new facts <07_new_facts>` one at a time, Lin et al.'s setting, where a sparse memory should
+#    shine.
 #
 # The {doc}`method <../method>` page specifies what `smf_lib` computes, the {doc}`data <../data>` page says where each
 # data set comes from, and the {doc}`glossary <../glossary>` defines the terms the chapters use. The method follows

@@ -28,7 +28,8 @@ class FactsPreset:
         n_facts, dev_facts: reported and dev facts (disjoint: different seeds of :func:`smf_lib.facts.make_facts`).
         steps_per_fact: optimizer steps on each fact's batch.
         first_facts: the first facts of the stream, scored apart (overwriting).
-        rates: the rates of each arm (a frontier: learning brackets the other arms'), by arm name.
+        rates: the rates of each arm (a frontier: learning brackets the other arms'), by arm name, in the order
+            the arms run.
         seeds: training seeds.
         top_t: SMF's rows per layer per step.
         max_length: tokens per phrasing.
@@ -66,8 +67,9 @@ FACT_PRESETS = {
     # results/spread-pilot are copied rather than retrofitted again when they are there)
     "facts": FactsPreset(name="facts", start={"recipe": "frozen-n256", "settings": {"probe_steps": (50,)},
                                              "reuse": "results/spread-pilot"},
-        rates={"smf-tfidf": (1e-2, 3e-2, 1e-1), "smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf-sgd": (0.3, 1.0, 3.0),
-               "smf-kl-sgd": (0.3, 1.0, 3.0), "lora": (1e-4, 3e-4, 1e-3), "full": (1e-5, 3e-5, 1e-4)}),
+        # in the order they run: the comparison's four arms first, then SMF with plain SGD (Lin et al.'s update)
+        rates={"smf-tfidf": (1e-2, 3e-2, 1e-1), "lora": (1e-4, 3e-4, 1e-3), "full": (1e-5, 3e-5, 1e-4),
+               "smf-kl": (1e-2, 3e-2, 1e-1), "smf-tfidf-sgd": (0.3, 1.0, 3.0), "smf-kl-sgd": (0.3, 1.0, 3.0)}),
     # a tiny random model on the real data folder: checks the pipeline in under a minute, not the method
     "facts-smoke": FactsPreset(
         name="facts-smoke", model="tiny", start={"recipe": "frozen", "settings": {

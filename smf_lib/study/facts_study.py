@@ -211,5 +211,23 @@ class FactsRunner:
         """Every arm, rate and seed of the preset on ``split``, all of the first seed first (so that a sweep cut
         short still holds one whole frontier); first the rows snapshot of the split's first facts."""
         self.fact_rows(split)
-        return [self.run(arm, lr, seed, split) for seed in self.p.seeds for arm, rates in self.p.rates.items()
-                for lr in rates]
+        rates = self.p.rates if split == "dev" else self.report_rates()
+        return [self.run(arm, lr, seed, split) for seed in self.p.seeds for arm, arm_rates in rates.items()
+                for lr in arm_rates]
+
+    def report_rates(self) -> dict[str, tuple[float, ...]]:
+        """The rates the reported facts run at, chosen on the dev facts only: per arm, the dev rates around the
+        level of learning every arm reaches (:func:`~smf_lib.study.facts_frontier.rates_around`). Refuses while the
+        dev sweep is unfinished or its arms share no level."""
+        from .facts_frontier import level_of, load, rates_around
+
+        planned = sum(len(r) for r in self.p.rates.values()) * len(self.p.seeds)
+        start, runs = load(self.out, "dev") if (self.out / "start-dev.json").exists() else ({}, [])
+        if len(runs) < planned:
+            raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(runs)} of "
+                             f"{planned} dev runs are finished in {self.out}: run --split dev first")
+        level = level_of(runs, start)["level"]
+        if level is None:
+            raise ValueError("the dev runs' ranges of learning do not overlap, so no rate can be chosen at equal "
+                             f"learning: add rates to the arms in the preset (ranges: {level_of(runs, start)})")
+        return {arm: rates_around(runs, start, level)[arm] for arm in self.p.rates}

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .paired_stats import MATCH_MARGIN, METRICS  # noqa: F401 (MATCH_MARGIN: the margin, read here)
+from .paired_stats import MATCH_MARGIN, METRICS, common_level, item_interval as _interval, verdict  # noqa: F401
 from .records import is_report
 
 #: The learning measure along trajectories.
@@ -102,18 +102,8 @@ def at_level(runs: list[dict], arms, seeds, level: float, metrics=PROBES, learn:
     return out
 
 
-def _interval(d: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    boot = d[idx].mean(axis=1)
-    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
-def verdict(lo: float, hi: float, better: int) -> str:
-    """``better`` / ``worse`` when the interval of a difference excludes 0 (``better``: +1 if up is better for the
-    probe, -1 if down is), else ``cannot tell``."""
-    if lo > 0 or hi < 0:
-        return "better" if (lo > 0) == (better > 0) else "worse"
-    return "cannot tell"
 
 
 def compare_at_level(runs: list[dict], level: float, smf=("smf-kl", "smf-tfidf"), baselines=("lora-mem", "full-mem"),
@@ -155,16 +145,6 @@ def final_learning(runs: list[dict], arms, seeds=(0, 1), learn: str = LEARN) -> 
     return pd.DataFrame(rows, columns=["arm", "lr", "learning", "seeds"])
 
 
-def common_level(ends: pd.DataFrame) -> dict:
-    """The overlap of the arms' ranges of final dev learning (:func:`final_learning`) and its midpoint, the level
-    the comparison reads; ``level`` is None when the ranges do not overlap (some arm's rates do not bracket the
-    others': widen its sweep)."""
-    if ends.empty:
-        return {"lo": None, "hi": None, "level": None}
-    ranges = ends.groupby("arm")["learning"].agg(["min", "max"])
-    lo, hi = float(ranges["min"].max()), float(ranges["max"].min())
-    return {"lo": lo, "hi": hi, "level": (lo + hi) / 2 if lo < hi else None,
-            "ranges": {a: (float(r["min"]), float(r["max"])) for a, r in ranges.iterrows()}}
 
 
 def reachable_level(ends: pd.DataFrame, step: float = 0.05) -> float | None:

@@ -86,3 +86,29 @@ def mcnemar_words(test: dict, who: str, against: str) -> str:
     return f"{who}: {counts}: {side} at p = {test['p']:.2g}"
 
 
+def item_interval(d: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of the mean of per-item differences ``d`` (resampling items)."""
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boot = d[idx].mean(axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def verdict(lo: float, hi: float, better: int) -> str:
+    """``better`` / ``worse`` when the interval of a difference excludes 0 (``better``: +1 if up is better for the
+    probe, -1 if down is), else ``cannot tell``."""
+    if lo > 0 or hi < 0:
+        return "better" if (lo > 0) == (better > 0) else "worse"
+    return "cannot tell"
+
+
+def common_level(ends) -> dict:
+    """The overlap of the arms' ranges of final dev learning (a DataFrame with ``arm`` and ``learning``, e.g.
+    :func:`~smf_lib.study.frontier.final_learning`) and its midpoint, the level
+    the comparison reads; ``level`` is None when the ranges do not overlap (some arm's rates do not bracket the
+    others': widen its sweep)."""
+    if ends.empty:
+        return {"lo": None, "hi": None, "level": None}
+    ranges = ends.groupby("arm")["learning"].agg(["min", "max"])
+    lo, hi = float(ranges["min"].max()), float(ranges["max"].min())
+    return {"lo": lo, "hi": hi, "level": (lo + hi) / 2 if lo < hi else None,
+            "ranges": {a: (float(r["min"]), float(r["max"])) for a, r in ranges.iterrows()}}

@@ -1,0 +1,207 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: notebooks///ipynb,book/notebooks///py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 7. Learning new facts, one at a time
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/smf-lib/smf_lib/blob/main/notebooks/07_new_facts.ipynb)
+#
+# A fact is local knowledge: "Orla Venn plays the cello" should change what the model says about Orla Venn and
+# nothing else. That is what a large, sparse memory is for, and it is where SMF's strongest published result lies:
+# Lin et al. (2025) teach a model new facts one batch at a time and, at matched learning, report that held-out
+# NaturalQuestions F1 drops by 89% under full finetuning, 71% under LoRA and 11% under SMF. This chapter runs that
+# setting on a small model and 2 CPU cores.
+#
+# **In this chapter you will**
+#
+# - see the fact stream: invented facts the model cannot know, with phrasings to train on and questions it never
+#   trains on;
+# - see which memory rows one fact reads, which of them SMF trains and how much general text reads them;
+# - compare SMF with LoRA and full finetuning at equal learning, on four forgetting probes with paired intervals.
+#
+# Everything below is read from `results/facts`, written by `python -m smf_lib run --preset facts --split dev` (the
+# dev facts, where the rates are chosen) and `python -m smf_lib run --preset facts --split report` (the reported
+# facts, at the chosen rates).
+
+# %% tags=["remove-cell"]
+# In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
+import os
+import subprocess
+import sys
+
+REPO = "https://github.com/smf-lib/smf_lib"
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    spec = os.environ.get("SMF_INSTALL_SPEC", f"smf_lib[study,widgets] @ git+{REPO}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+    import smf_lib.views.colab
+
+    smf_lib.views.colab.setup(REPO)
+
+# %%
+import textwrap
+
+from IPython.display import display
+
+from smf_lib.facts import make_facts
+from smf_lib.files import read_json
+from smf_lib.study import facts_frontier as FF
+from smf_lib.study.facts_presets import get_facts_preset
+from smf_lib.study.results import results_dir
+from smf_lib.views.facts_plots import plot_fact_rows, plot_facts_frontier, rows_table
+from smf_lib.views.notebook import found_box, setup_notebook
+from smf_lib.views.plotting import Panels
+from smf_lib.views.tables import book_table
+
+SEED = 0
+device = setup_notebook(SEED)
+preset = get_facts_preset("facts")
+folder = results_dir("facts")
+start, runs = FF.load(folder, "dev")
+for line in FF.status_lines(preset, folder):
+    print(line)
+
+# %% [markdown]
+# ## The answer
+# Computed from the records of the dev sweep (every arm at three rates; the facts and probe items of the dev split,
+# never the reported ones):
+
+# %% tags=["hide-input"]
+found_box(FF.findings(runs, start, preset.seeds))
+
+# %% [markdown]
+# ## The stream
+# Each fact is invented: a made-up person and one attribute (a birthplace, a profession, an instrument, a pet), so
+# the model cannot have seen it. It arrives as a batch of its own phrasings, trains for a few steps, and the next
+# fact follows with no replay. Learning is measured on questions that training never shows, so a model that only
+# copies sentences learns nothing. The first dev fact, the running example of this chapter:
+
+# %%
+facts = make_facts(preset.dev_facts, seed=1)  # the dev facts (the reported ones are seed 0; no entity is shared)
+fact = facts[0]
+print(f"{len(facts)} dev facts, {len(fact.statements)} training phrasings and {len(fact.questions)} held-out "
+      f"questions each, {preset.steps_per_fact} steps per fact:")
+for s in fact.statements[:3]:
+    print("  train:", s)
+for q in fact.questions:
+    print("  asked:", q.replace("\n", " "), "->", fact.answer)
+
+# %% [markdown]
+# ## One fact's rows
+# What SMF does with that fact, drawn step by step for the starting memory's middle layer: the rows the fact's
+# phrasings read most, how much general text (Wikipedia paragraphs) reads the same rows, TF-IDF's score, and the
+# top-t rows, the only ones SMF's update moves.
+
+# %%
+snapshot = read_json(folder / "fact_rows.json")
+print(f"layer {snapshot['layer']}: {snapshot['n_slots']:,} rows; the fact's batch reads "
+      f"{len(snapshot['facts'][0]['rows']):,} of them; SMF trains the top {snapshot['top_t']}")
+display(Panels([plot_fact_rows(snapshot, 0, "tfidf")]))
+
+# %% [markdown]
+# A fact's own rows are rows general text rarely reads, so TF-IDF ranks them first. The next table does the same for
+# the first facts of the stream, with both selectors: how many of the rows each trains are hub rows (read by at
+# least half of all general paragraphs), and how many it shares with the next fact's (a second fact written into the
+# same rows would overwrite the first).
+
+# %%
+book_table(rows_table(snapshot), key=["fact"])
+
+# %% [markdown]
+# ## Learning against forgetting
+# How to read the next figure: each line is one arm, starting at the origin (the starting model) and passing through
+# its rates, lowest first, with the mean over seeds. The x axis is what the arm learned (the facts' answer
+# log-likelihood gain on held-out questions), the y axis what it lost on one probe. At any x, every arm has learned
+# the same amount, so the higher line forgot less; the dotted line marks the level where all arms are compared.
+
+# %%
+level = FF.level_of(runs, start)["level"]
+display(Panels([plot_facts_frontier(runs, start, level=level)]))
+
+# %% [markdown]
+# The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over
+# the items and each seed's own difference. "better" means SMF kept more of that probe than the baseline did.
+
+# %%
+if level is None:
+    print("the arms' ranges of learning do not overlap: no common level")
+else:
+    table = FF.compare(runs, start, level, seeds=preset.seeds)
+    table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
+    table["smf"] = table["smf"].map(FF.ARM_LABELS)
+    table["baseline"] = table["baseline"].map(FF.ARM_LABELS)
+    display(book_table(table.drop(columns=["level"]), key=["smf", "baseline"]))
+
+# %% [markdown]
+# Every run, each measure's change from the starting model (mean over seeds):
+
+# %%
+ends = FF.frontier_table(runs, start).rename(columns={k: v[1] for k, v in FF.MEASURES.items()})
+ends["arm"] = ends["arm"].map(FF.ARM_LABELS)
+book_table(ends, key=["arm", "lr"])
+
+# %% [markdown]
+# ## What it costs
+# The study's time on 2 CPU cores, from the records (training and scoring every probe):
+
+# %%
+minutes = sum(r["seconds"] for r in runs) / 60
+print(textwrap.fill(f"{len(runs)} dev runs took {minutes:.0f} minutes, {minutes / max(len(runs), 1):.1f} per run "
+                    f"({preset.dev_facts} facts x {preset.steps_per_fact} steps each, then every probe).", 76))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. (CPU, seconds) Print the held-out questions of another dev fact and check that none of them is one of its
+#    training phrasings.
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `make_facts(preset.dev_facts, seed=1)[k]` has `.statements` and `.questions`.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    `f = facts[5]; print(set(f.questions) & set(f.statements))` prints an empty set: the stream is built so, and
+#    `tests/test_facts.py` checks it for every fact.
+#    ```
+#
+# 2. (CPU, seconds) Redraw the rows figure for the second fact with the KL selector. Do its top rows differ from
+#    TF-IDF's?
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `plot_fact_rows(snapshot, 1, "kl")`.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    KL weighs a row by the batch's share of its reads against general text's share of all reads, so it can keep a
+#    row that general text reads often but the fact reads even more; TF-IDF discounts any row many documents read.
+#    The table above counts the hub rows each keeps.
+#    ```
+#
+# 3. (CPU, one run's time as the cost section prints it) Add a rate to one arm and rerun the dev sweep:
+#    `python -m smf_lib run --preset facts --split dev` reads back every finished run and trains only the new one.
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Change the arm's tuple in `FACT_PRESETS["facts"].rates` (`smf_lib/study/facts_presets.py`).
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    The new rate appears as one more point on the arm's line; the common level moves only if the arm's range of
+#    learning grows past the others'.
+#    ```

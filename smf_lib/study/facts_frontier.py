@@ -1,0 +1,192 @@
+"""The new-facts study at equal learning (:mod:`smf_lib.study.facts_study`): each arm's learning and forgetting by
+rate, the learning level every arm reaches, and SMF against each baseline there.
+
+Learning is the change of the facts' answer log-likelihood (mean per answer token, on every fact's held-out
+questions) from the starting model. Unlike the MedMCQA study, a facts run keeps no trajectory: its points are its
+rates. Per arm and seed the points are the start (no training) and each swept rate's end, in order of rate; where
+the learning first crosses a level, every probe's per-item change is interpolated linearly between the two points
+around it. (Below the smallest rate, that is between the start and the smallest rate.) The level is the midpoint of
+the overlap of the arms' ranges of learning (:func:`smf_lib.study.paired_stats.common_level`), never an arm's highest
+rate. SMF minus a baseline is compared item by item on the same items: per-item changes averaged over the seeds
+both reach the level at, a paired bootstrap interval over items, each seed's own difference, and a verdict in the
+probe's own direction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..files import read_json
+from .paired_stats import common_level, item_interval, verdict
+
+#: The learning measure: the facts' answer log-likelihood (nats per answer token, held-out questions).
+LEARN = "facts_loglik"
+#: Each measure's direction (+1: up is better) and its label.
+MEASURES = {
+    "facts_loglik": (1, "facts: answer log-lik (nats)"),
+    "facts_em": (1, "facts: exact match"),
+    "first_facts_loglik": (1, "first facts: answer log-lik (nats)"),
+    "first_facts_em": (1, "first facts: exact match"),
+    "chat_loglik": (1, "held-out chat log-lik (nats)"),
+    "wikitext_nll": (-1, "WikiText NLL (nats per token)"),
+    "triviaqa_gold_loglik": (1, "TriviaQA gold answer log-lik (nats)"),
+    "medmcqa_gold_margin": (1, "MedMCQA gold margin (nats)"),
+}
+#: The forgetting probes, read at equal learning.
+FORGETTING = ("chat_loglik", "wikitext_nll", "triviaqa_gold_loglik", "medmcqa_gold_margin")
+#: Arm names as the chapter shows them.
+ARM_LABELS = {"smf-tfidf": "SMF-TF-IDF", "smf-kl": "SMF-KL", "smf-tfidf-sgd": "SMF-TF-IDF, SGD",
+              "smf-kl-sgd": "SMF-KL, SGD", "lora": "LoRA", "full": "full finetuning"}
+
+
+def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
+    """The starting model's scores on ``split`` and every finished run of that split in ``folder``."""
+    folder = Path(folder)
+    start = folder / f"start-{split}.json"
+    if not start.exists():
+        raise FileNotFoundError(f"{start} is missing: run python -m smf_lib run --preset facts --split {split}")
+    runs = [read_json(p) for p in sorted((folder / "runs").glob(f"*-{split}.json"))]
+    return read_json(start)["scores"], runs
+
+
+def _points(runs: list[dict], start: dict, arm: str, seed: int) -> list[tuple[float, dict]]:
+    """The start and each rate's end for ``arm`` at ``seed``, by rate."""
+    ends = sorted((r["lr"], r["scores"]) for r in runs if r["arm"] == arm and r["seed"] == seed)
+    return [(0.0, start)] + ends if ends else []
+
+
+def _mean(scores: dict, key: str) -> float:
+    return float(np.mean(scores[key]))
+
+
+def frontier_table(runs: list[dict], start: dict, measures=tuple(MEASURES)) -> pd.DataFrame:
+    """Per arm and rate (mean over its seeds): each measure's change from the start, and ``seeds``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["arm"], r["lr"]), []).append(r["scores"])
+    rows = []
+    for (arm, lr), picked in groups.items():
+        row = {"arm": arm, "lr": lr, "seeds": len(picked)}
+        for m in measures:
+            if all(m in s for s in picked):
+                row[m] = float(np.mean([_mean(s, m) - _mean(start, m) for s in picked]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def learning_ends(runs: list[dict], start: dict) -> pd.DataFrame:
+    """Each arm and rate's learning (mean over seeds), as :func:`smf_lib.study.paired_stats.common_level` reads it."""
+    table = frontier_table(runs, start, (LEARN,))
+    if table.empty:
+        return pd.DataFrame(columns=["arm", "lr", "learning", "seeds"])
+    return table.rename(columns={LEARN: "learning"})[["arm", "lr", "learning", "seeds"]]
+
+
+def at_level(runs: list[dict], start: dict, arm: str, seed: int, level: float) -> dict | None:
+    """``arm``'s per-item changes at ``level`` of learning for ``seed`` (``{"lr": (rate below, rate above),
+    measure: array}``), or None where no swept rate reaches it."""
+    points = _points(runs, start, arm, seed)
+    gain = np.array([_mean(s, LEARN) - _mean(start, LEARN) for _, s in points])
+    above = np.nonzero(gain >= level)[0]
+    if level <= 0 or not len(above):
+        return None
+    k = int(above[0])
+    w = (level - gain[k - 1]) / (gain[k] - gain[k - 1])
+    (r0, a), (r1, b) = points[k - 1], points[k]
+    out = {"lr": (r0, r1)}
+    for m in MEASURES:
+        if m in a and m in b and len(a[m]) == len(b[m]) == len(start[m]):
+            out[m] = (1 - w) * np.asarray(a[m], float) + w * np.asarray(b[m], float) - np.asarray(start[m], float)
+    return out
+
+
+def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-kl"), baselines=("lora", "full"),
+            seeds=(0, 1), probes=FORGETTING) -> pd.DataFrame:
+    """SMF minus each baseline at ``level``, per probe: the difference of per-item changes averaged over the seeds
+    both reach the level at, its paired 95% interval over items, each seed's own difference and the verdict."""
+    reads = {a: {s: at_level(runs, start, a, s, level) for s in seeds} for a in (*smf, *baselines)}
+    rows = []
+    for a in smf:
+        for b in baselines:
+            both = [s for s in seeds if reads[a][s] is not None and reads[b][s] is not None]
+            for m in probes:
+                have = [s for s in both if m in reads[a][s] and m in reads[b][s]]
+                if not have:
+                    continue
+                diffs = [reads[a][s][m] - reads[b][s][m] for s in have]
+                d = np.mean(diffs, axis=0)
+                lo, hi = item_interval(d)
+                rows.append({"smf": a, "baseline": b, "probe": m, "level": level, "seeds": len(have),
+                             "difference": float(d.mean()), "lo": lo, "hi": hi,
+                             "per seed": [round(float(x.mean()), 4) for x in diffs],
+                             "verdict": verdict(lo, hi, MEASURES[m][0])})
+    return pd.DataFrame(rows, columns=["smf", "baseline", "probe", "level", "seeds", "difference", "lo", "hi",
+                                       "per seed", "verdict"])
+
+
+def level_of(runs: list[dict], start: dict) -> dict:
+    """The common learning level of the arms that ran (:func:`~smf_lib.study.paired_stats.common_level`)."""
+    return common_level(learning_ends(runs, start))
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    return f"{x:+.{digits}f}"
+
+
+def _cell(row: dict) -> str:
+    return f"{_signed(row['difference'])} [{_signed(row['lo'])}, {_signed(row['hi'])}]"
+
+
+def status_lines(preset, folder: str | Path) -> list[str]:
+    """How much of the study has run: finished runs per split against the preset's plan."""
+    folder = Path(folder)
+    planned = sum(len(r) for r in preset.rates.values()) * len(preset.seeds)
+    lines = []
+    for split in ("dev", "report"):
+        done = len(list((folder / "runs").glob(f"*-{split}.json")))
+        what = "dev facts (rates are chosen here)" if split == "dev" else "reported facts"
+        lines.append(f"{what}: {done} of {planned if split == 'dev' else len(preset.rates) * len(preset.seeds)} "
+                     "runs finished")
+    return lines
+
+
+def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
+    """The chapter's answer, in at most four sentences computed from the records: what the start knew, how far
+    each arm learned, and SMF against LoRA and full finetuning at equal learning on held-out chat (with what goes
+    against SMF)."""
+    n_q = len(start[LEARN])
+    base_em = float(np.mean(start["facts_em"]))
+    out = [f"The starting model answers {base_em:.0%} of the {n_q} held-out questions about the facts exactly "
+           f"(answer log-likelihood {_mean(start, LEARN):.2f} nats per token): it does not know them."]
+    ends = learning_ends(runs, start)
+    if ends.empty:
+        return out
+    best = ends.groupby("arm")["learning"].agg(["min", "max"])
+    out.append("Learning (answer log-likelihood gain, nats per token) by arm over its rates: " + "; ".join(
+        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows()) + ".")
+    level = common_level(ends)["level"]
+    if level is None:
+        out.append("The arms' ranges of learning do not overlap, so no level of learning is common to all of them "
+                   "and they cannot be compared at equal learning: the sweep needs rates that bracket each other.")
+        return out
+    table = compare(runs, start, level, seeds=seeds, probes=("chat_loglik",))
+    parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} ({_cell(r)} nats)"
+             for r in table.to_dict("records")]
+    if parts:
+        out.append(f"At equal learning ({level:+.2f} nats), held-out chat log-likelihood, SMF minus baseline: "
+                   + "; ".join(parts) + ".")
+    return out
+
+
+def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple[float, ...]]:
+    """Per arm, the swept rates whose learning (mean over seeds) brackets ``level``: the highest below it and the
+    lowest at or above it (one rate where the arm has none on one side)."""
+    out = {}
+    for arm, g in learning_ends(runs, start).groupby("arm", sort=False):
+        g = g.sort_values("lr")
+        below, above = g[g["learning"] < level]["lr"], g[g["learning"] >= level]["lr"]
+        out[arm] = tuple(float(r) for r in ([*below.tail(1)] + [*above.head(1)]))
+    return out

@@ -1,0 +1,86 @@
+"""The new-facts chapter's figures and tables, from ``results/facts`` (run records, the start's scores and the rows
+snapshot ``fact_rows.json``)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from ..selection import score_rows, select_rows
+from ..study.arms import PALETTE
+from ..study.facts_frontier import ARM_LABELS, FORGETTING, LEARN, MEASURES, frontier_table
+from .diagrams import plot_selection_steps
+from .plotting import outside_legend
+
+#: Line styles: the project's row-sparse Adam solid, plain SGD (Lin et al.'s update) dashed.
+_STYLE = {"smf-tfidf-sgd": "--", "smf-kl-sgd": "--"}
+_COLOUR = {**PALETTE, "smf-tfidf-sgd": PALETTE["smf-tfidf"], "smf-kl-sgd": PALETTE["smf-kl"]}
+
+
+def fact_counts(snapshot: dict, k: int = 0) -> torch.Tensor:
+    """The ``k``-th fact's read counts over the snapshot's layer, as an (N,) tensor."""
+    counts = torch.zeros(snapshot["n_slots"], dtype=torch.long)
+    fact = snapshot["facts"][k]
+    counts[torch.tensor(fact["rows"], dtype=torch.long)] = torch.tensor(fact["reads"], dtype=torch.long)
+    return counts
+
+
+def fact_selection(snapshot: dict, k: int = 0, selector: str = "tfidf") -> torch.Tensor:
+    """The rows SMF trains for the ``k``-th fact's batch at the snapshot's top-t (by ``selector``)."""
+    c = fact_counts(snapshot, k)
+    df, totals = torch.tensor(snapshot["df"]), torch.tensor(snapshot["totals"])
+    score = score_rows(c, selector, df=df, totals=totals, n_docs=snapshot["n_docs"])
+    return select_rows(c, score, snapshot["top_t"])
+
+
+def plot_fact_rows(snapshot: dict, k: int = 0, selector: str = "tfidf", rows: int = 24):
+    """One fact's rows, step by step (:func:`smf_lib.views.diagrams.plot_selection_steps`): the rows its phrasings
+    read most, how much general text reads them, the selector's score and the top-t SMF trains."""
+    return plot_selection_steps(fact_counts(snapshot, k), snapshot["df"], snapshot["totals"], snapshot["n_docs"],
+                                snapshot["top_t"], rows=rows, selector=selector)
+
+
+def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5) -> pd.DataFrame:
+    """Per fact of the snapshot: rows read, and per selector the rows it trains, how many of them general text
+    reads in at least ``hub_share`` of documents (hubs), and how many the next fact's selection shares."""
+    df = np.asarray(snapshot["df"]) / snapshot["n_docs"]
+    picks = {s: [set(fact_selection(snapshot, k, s).tolist()) for k in range(len(snapshot["facts"]))]
+             for s in selectors}
+    rows = []
+    for k, fact in enumerate(snapshot["facts"]):
+        row = {"fact": f"{fact['entity']}: {fact['answer']}", "rows read": len(fact["rows"])}
+        for s in selectors:
+            chosen = picks[s][k]
+            row[f"{s}: hubs among its rows"] = sum(df[i] >= hub_share for i in chosen)
+            if k + 1 < len(snapshot["facts"]):
+                row[f"{s}: shared with the next fact"] = len(chosen & picks[s][k + 1])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level: float | None = None):
+    """Learning (x: the facts' answer log-likelihood change) against each forgetting probe's change (y), one line
+    per arm through the start and its rates (mean over seeds), the comparison's level marked. Returns the figure,
+    one panel per probe, one below the other."""
+    table = frontier_table(runs, start)
+    fig, axes = plt.subplots(len(probes), 1, figsize=(6.6, 3.0 * len(probes)), squeeze=False)
+    for ax, probe in zip(axes[:, 0], probes):
+        for arm, g in table.groupby("arm", sort=False):
+            if probe not in g:
+                continue
+            g = g.sort_values("lr")
+            xs, ys = [0.0, *g[LEARN]], [0.0, *g[probe]]
+            ax.plot(xs, ys, ls=_STYLE.get(arm, "-"), marker="o", ms=4, color=_COLOUR.get(arm, "k"),
+                    label=ARM_LABELS.get(arm, arm))
+        if level is not None:
+            ax.axvline(level, ls=":", color="0.3")
+        ax.axhline(0, color="0.7", lw=0.8)
+        sign, label = MEASURES[probe]
+        ax.set_ylabel(f"{label.split(' (')[0]}\nchange ({'up' if sign > 0 else 'down'} is better)")
+        if ax is axes[0, 0]:
+            outside_legend(ax, title="arm (dashed: plain SGD)")
+    axes[-1, 0].set_xlabel("learning: the facts' answer log-lik gain, nats per token (right is more)")
+    fig.tight_layout()
+    return fig
