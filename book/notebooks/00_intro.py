@@ -82,14 +82,13 @@ SEED = 0
 device = setup_notebook(SEED)
 
 # %% [markdown]
-# ## What we found
-# The plain answer first, computed from the result files of the study, `python -m smf_lib run --preset cpu-v2`:
-# SmolLM2-135M-Instruct on 2 CPU cores, a memory retrofitted until it carries a real share of the model's
-# computation, MedMCQA for one epoch, and every forgetting probe scored on items nothing was chosen on. It includes
-# what goes against SMF.
+# ## The answer
+# Does SMF learn a new task while forgetting less than LoRA and full finetuning? In one sentence per study, computed
+# from the result files (SmolLM2-135M-Instruct on 2 CPU cores; forgetting read on items nothing was chosen on):
 
 # %% tags=["hide-input"]
-from smf_lib.study.findings import findings_cpu, findings_v1
+from smf_lib.study import facts_frontier
+from smf_lib.study.findings import answer_cpu_v2, findings_cpu, findings_v1
 from smf_lib.study.records import is_report
 from smf_lib.study.results import net_table, results_dir, trajectory_table
 from smf_lib.views.notebook import found_box
@@ -97,10 +96,21 @@ from smf_lib.views.plotting import plot_answer
 
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
+facts_start, facts_runs = facts_frontier.load(results_dir("facts"), "dev")
+found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start)) if s],
+          title="In one sentence")
+
+# %% [markdown]
+# ## What we found on MedMCQA
+# The MedMCQA study is `python -m smf_lib run --preset cpu-v2`: a memory retrofitted until it carries a real share
+# of the model's computation, MedMCQA for one epoch, SMF against LoRA and full finetuning. Its own verdict, with
+# what goes against SMF (chapter 3 has the detail):
+
+# %% tags=["hide-input"]
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
-found_box(findings_cpu(runs, planned=int((status["evaluation"] == "report").sum()), first_share=v1_share))
+found_box(findings_cpu(runs, planned=int((status["evaluation"] == "report").sum()), first_share=v1_share)[:4])
 
 # %% [markdown]
 # That verdict is stronger than the study can carry, for reasons its own records and the spread pilot show:

@@ -190,3 +190,21 @@ def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple
         below, above = g[g["learning"] < level]["lr"], g[g["learning"] >= level]["lr"]
         out[arm] = tuple(float(r) for r in ([*below.tail(1)] + [*above.head(1)]))
     return out
+
+
+def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev") -> str | None:
+    """The new-facts study's answer in one sentence: SMF-TF-IDF (Lin et al.'s selector) against LoRA and full
+    finetuning on held-out chat at equal learning, or None where the arms share no level of learning."""
+    ends = learning_ends(runs, start)
+    level = common_level(ends)["level"] if not ends.empty else None
+    if level is None:
+        return None
+    table = compare(runs, start, level, smf=("smf-tfidf",), seeds=seeds, probes=("chat_loglik",))
+    words = {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
+             "cannot tell": "could not be told apart on held-out chat from"}
+    parts = [f"{words[r['verdict']]} {ARM_LABELS[r['baseline']]} ({_cell(r)} nats)" for r in table.to_dict("records")]
+    if not parts:
+        return None
+    n_seeds = len({r["seed"] for r in runs})
+    return (f"Taught new facts one at a time ({split} facts, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
+            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + ".")

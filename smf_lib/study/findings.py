@@ -276,6 +276,26 @@ def caveats_cpu_v2(runs: list[dict], spread_folder: str | Path) -> list[str]:
 
 
 NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning"}
+#: A verdict of SMF minus a baseline on a retention probe, as words about SMF.
+_KEPT = {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
+         "cannot tell": "could not be told apart on held-out chat from"}
+
+
+def answer_cpu_v2(runs: list[dict]) -> str | None:
+    """The MedMCQA study's answer in one sentence, computed from its records: each selector against LoRA on
+    held-out chat at equal dev learning (:func:`caveats_cpu_v2` gives the detail), and why it is not the method's
+    verdict."""
+    from .frontier import compare_at_level, final_learning, reachable_level
+
+    level = reachable_level(final_learning(runs, ("smf-kl", "smf-tfidf", "lora", "full")))
+    if level is None:
+        return None
+    table = compare_at_level(runs, level, baselines=("lora",), metrics=("chat_loglik",))
+    parts = [f"{NAMES[r['smf']]} {_KEPT[r['verdict']]} LoRA ({r['difference']:+.3f} [{r['lo']:+.3f}, "
+             f"{r['hi']:+.3f}] nats)" for _, r in table.iterrows()]
+    return (f"On MedMCQA, read at equal learning on dev items ({level:.2f} nats of gold margin), " + " and ".join(parts)
+            + "; that study's memory had collapsed and its arms started from different models, so it cannot carry "
+            "a verdict on the method.")
 
 
 def _relation(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> str:

@@ -184,7 +184,7 @@ def plot_selection_steps(counts, df, totals, n_docs: int, top_t: int, rows: int 
     axes[2].bar(x, s, color=[MEMORY if i in chosen else "0.75" for i in order])
     axes[2].axhline(0, color="0.5", lw=0.8)
     axes[2].set_ylabel(f"{'KL' if selector == 'kl' else 'TF-IDF'}\nscore")
-    axes[2].set_title("3. score: how much more the batch reads it than general text", loc="left")
+    axes[2].set_title("3. score: the batch's reads against general text's", loc="left")
     axes[3].bar(x, [1 if i in chosen else 0 for i in order], color=MEMORY)
     axes[3].set_yticks([0, 1], ["frozen", "trained"])
     axes[3].set_title(f"4. the top {top_t} scores over all rows: only these move", loc="left")

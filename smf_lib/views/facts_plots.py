@@ -38,8 +38,9 @@ def fact_selection(snapshot: dict, k: int = 0, selector: str = "tfidf") -> torch
 def plot_fact_rows(snapshot: dict, k: int = 0, selector: str = "tfidf", rows: int = 24):
     """One fact's rows, step by step (:func:`smf_lib.views.diagrams.plot_selection_steps`): the rows its phrasings
     read most, how much general text reads them, the selector's score and the top-t SMF trains."""
-    return plot_selection_steps(fact_counts(snapshot, k), snapshot["df"], snapshot["totals"], snapshot["n_docs"],
-                                snapshot["top_t"], rows=rows, selector=selector)
+    return plot_selection_steps(fact_counts(snapshot, k), torch.tensor(snapshot["df"]),
+                                torch.tensor(snapshot["totals"]), snapshot["n_docs"], snapshot["top_t"], rows=rows,
+                                selector=selector)
 
 
 def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5) -> pd.DataFrame:
@@ -54,8 +55,8 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
         for s in selectors:
             chosen = picks[s][k]
             row[f"{s}: hubs among its rows"] = sum(df[i] >= hub_share for i in chosen)
-            if k + 1 < len(snapshot["facts"]):
-                row[f"{s}: shared with the next fact"] = len(chosen & picks[s][k + 1])
+            row[f"{s}: shared with the next fact"] = (len(chosen & picks[s][k + 1]) if k + 1 < len(snapshot["facts"])
+                                                      else "—")
         rows.append(row)
     return pd.DataFrame(rows)
 
