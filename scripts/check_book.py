@@ -370,7 +370,9 @@ TABLES_JS = """(() => {
       const range = document.createRange();
       range.selectNodeContents(cell);
       const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top))).size;
-      if (lines > 2 && cell.innerText.trim()) out.cells.push([t + 1, cell.innerText.trim().slice(0, 60), lines]);
+      const prose = cell.classList.contains('smf-text');  // a column of prose wraps by design
+      const text = cell.innerText.trim();
+      if (lines > 2 && text && !prose) out.cells.push([t + 1, text.slice(0, 60), lines]);
       if (/^(nan|NaN|<NA>|None)$/.test(cell.innerText.trim())) out.nan.push([t + 1, cell.innerText.trim()]);
     });
     const heads = [...table.querySelectorAll('tbody tr > th:first-child')].map(th => th.innerText.trim());

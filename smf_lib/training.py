@@ -20,6 +20,8 @@ when the loss stops being finite.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import time
 import warnings
@@ -34,7 +36,7 @@ from .batches import collate_batch
 from .ddp import all_reduce_mean, all_reduce_sum, distributed
 from .fingerprints import texts_fingerprint
 from .memory import MemoryMLP, memory_layers, set_recording
-from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, check_background
+from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, check_background  # noqa: F401
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 from .methods import (ADDRESSING, LORA_TARGETS, METHODS, LoraSettings, Method, RetrofitSettings,  # noqa: F401
                       default_lr, prepare_model, rate_keys, settings_of)
@@ -61,13 +63,10 @@ class TrainConfig:
         warmup_steps: linear warm-up, then cosine decay to 0.
         clip: gradient-norm clip, >= 0 (0: off; over all trainable gradients, for SMF the selected rows).
         seed: data order, random selector and dropout seed.
-        selector: SMF row scorer, a key of ``SELECTORS``: ``kl`` | ``tfidf`` | ``tf`` | ``random``.
-        top_t: rows per memory layer per step (per micro-batch with ``select_per_microbatch``).
-        update: SMF update rule, a key of ``UPDATES``: ``adam`` (default, row-sparse Adam) | ``sgd`` (strict
-            SGD; calibrate its rate per model) | ``paper`` (gradient mask + dense AdamW).
-        count_padding: count reads at padded positions (the paper's code does; default counts real tokens).
-        select_per_microbatch: select per micro-batch, updating the union (the paper's code does; default
-            selects once per optimizer step from counts summed over its micro-batches).
+        smf: SMF's own settings (:class:`~smf_lib.selection.SmfSettings`, or a dict of its fields: ``selector``,
+            ``top_t``, ``update``, ``count_padding``, ``select_per_microbatch``, ``deterministic_ties``). Each of
+            them may also be given by name, ``TrainConfig(selector="tfidf", top_t=500)``, and read back as
+            ``config.top_t``; the defaults are SmfSettings' own.
         train_alpha: SMF also trains each layer's alpha densely (a variant in the paper).
         lora: LoRA's settings (:class:`~smf_lib.methods.LoraSettings`, or a dict of its fields; paper: r 16,
             alpha 32, dropout 0.05, 7 projections).
@@ -81,8 +80,6 @@ class TrainConfig:
             (transformers' cosine schedule: s / warmup_steps, so the first step has rate 0) or ``"constant"`` (the
             project's warm-up, then the peak rate to the end: a stream of facts, where a decay would teach later
             facts at lower rates).
-        deterministic_ties: equal selector scores go to the lower slot index (``False``: ``torch.topk``'s order,
-            as in the paper's code).
         autocast: run forwards under ``torch.autocast`` in this dtype (``"float16"`` | ``"bfloat16"``) with the
             parameters in their own dtype (float32 master weights). ``"float16"`` adds dynamic loss scaling: a
             step whose gradients overflow is skipped and the scale halved (GPUs without fast bfloat16, e.g. T4).
@@ -99,23 +96,17 @@ class TrainConfig:
     warmup_steps: int = 100
     clip: float = 1.0
     seed: int = 0
-    selector: str = "kl"
-    top_t: int = 512
-    update: str = "adam"
-    count_padding: bool = False
-    select_per_microbatch: bool = False
     train_alpha: bool = False
+    smf: SmfSettings = field(default_factory=SmfSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     retrofit: RetrofitSettings = field(default_factory=RetrofitSettings)
     checkpoint_every: int = 0
     loss_average: str = "step-tokens"
     schedule: str = "project"
-    deterministic_ties: bool = True
     autocast: str | None = None
 
     def __post_init__(self):
-        for name, value, allowed in (("method", self.method, METHODS), ("update", self.update, UPDATES),
-                                     ("selector", self.selector, SELECTORS),
+        for name, value, allowed in (("method", self.method, METHODS),
                                      ("loss_average", self.loss_average, ("step-tokens", "micro-batch")),
                                      ("schedule", self.schedule, ("project", "paper", "constant")),
                                      ("autocast", self.autocast, (None, "float16", "bfloat16"))):
@@ -131,7 +122,7 @@ class TrainConfig:
         integer("grad_accum", 1, "micro-batches per optimizer step")
         integer("max_length", 2, "tokens per text")
         integer("warmup_steps", 0, "linear warm-up steps")
-        integer("top_t", 1, "rows per layer per step")
+        self.smf = settings_of(self.smf, SmfSettings, "SMF")
         self.lora = settings_of(self.lora, LoraSettings, "LoRA")
         self.retrofit = settings_of(self.retrofit, RetrofitSettings, "retrofit")
         integer("checkpoint_every", 0, "steps between checkpoints; 0 for none")
@@ -158,7 +149,9 @@ class TrainConfig:
         ``lora_dropout``, ``lora_targets``; the retrofit's as ``retrofit_addressing``, ... where they differ from the
         paper's, so the identities of runs made before those settings existed still match): what run records,
         checkpoints and identities store."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("lora", "retrofit")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("smf", "lora", "retrofit")}
+        for f in fields(SmfSettings):
+            out[f.name] = getattr(self.smf, f.name)
         for f in fields(LoraSettings):
             out[f"lora_{f.name}"] = getattr(self.lora, f.name)
         for f in fields(RetrofitSettings):
@@ -168,15 +161,45 @@ class TrainConfig:
 
     @property
     def smf_settings(self) -> SmfSettings:
-        """SMF's own fields of this config, as the :class:`~smf_lib.selection.SparseMemory` of :func:`train` takes
-        them."""
-        return SmfSettings(self.selector, self.top_t, self.update, self.count_padding, self.select_per_microbatch,
-                           self.deterministic_ties)
+        """SMF's own settings (``self.smf``), as the :class:`~smf_lib.selection.SparseMemory` of :func:`train`
+        takes them."""
+        return self.smf
+
+    # SMF's settings read by name (``config.top_t``), as they may be given (``TrainConfig(top_t=...)``)
+    selector = property(lambda self: self.smf.selector, doc="SMF's row scorer (``smf.selector``).")
+    top_t = property(lambda self: self.smf.top_t, doc="SMF's rows per layer per step (``smf.top_t``).")
+    update = property(lambda self: self.smf.update, doc="SMF's update rule (``smf.update``).")
+    count_padding = property(lambda self: self.smf.count_padding, doc="``smf.count_padding``.")
+    select_per_microbatch = property(lambda self: self.smf.select_per_microbatch,
+                                     doc="``smf.select_per_microbatch``.")
+    deterministic_ties = property(lambda self: self.smf.deterministic_ties, doc="``smf.deterministic_ties``.")
 
     @property
     def lr_key(self) -> str:
         """This config's key in a learning-rate table (``rate_keys()``): SMF by its update rule."""
         return f"smf-{self.update}" if METHODS[self.method].sparse else self.method
+
+
+#: SMF's settings that TrainConfig also takes by name.
+SMF_NAMES = tuple(f.name for f in fields(SmfSettings))
+_dataclass_init = TrainConfig.__init__
+
+
+def _init(self, *args, **kwargs):
+    flat = {k: kwargs.pop(k) for k in SMF_NAMES if k in kwargs}
+    if flat:  # by name: into SMF's settings (which check them)
+        kwargs["smf"] = dataclasses.replace(settings_of(kwargs.get("smf", SmfSettings()), SmfSettings, "SMF"), **flat)
+    _dataclass_init(self, *args, **kwargs)
+
+
+_init.__doc__ = _dataclass_init.__doc__
+_init.__signature__ = inspect.signature(_dataclass_init)
+TrainConfig.__init__ = _init
+
+
+def config_names() -> set[str]:
+    """Every name :class:`TrainConfig` takes: its fields and SMF's settings by name."""
+    return {f.name for f in fields(TrainConfig)} | set(SMF_NAMES)
 
 
 @dataclass

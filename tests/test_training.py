@@ -284,3 +284,24 @@ def test_row_sparse_adam_grows_its_moments_geometrically_and_keeps_its_state_for
     rule.step(rows, torch.ones(10, 8), 1e-3)
     again.step(rows, torch.ones(10, 8), 1e-3)
     assert torch.equal(rule.m, again.m) and torch.equal(rule.steps, again.steps)
+
+
+def test_smf_settings_live_in_one_place_beside_lora_settings():
+    """SMF's settings are TrainConfig.smf (a SmfSettings, as LoRA's are TrainConfig.lora): given by name or as a
+    dict they land there, their defaults are SmfSettings' own, a bad one is refused by SmfSettings, and the run
+    record stays flat (top_t, selector, ...) so finished runs keep their identity."""
+    import dataclasses
+
+    from smf_lib.selection import SmfSettings
+
+    by_name = S.TrainConfig(selector="tfidf", top_t=64)
+    assert by_name.smf == SmfSettings(selector="tfidf", top_t=64) and by_name.top_t == 64
+    assert S.TrainConfig(smf={"selector": "tfidf", "top_t": 64}) == by_name
+    assert dataclasses.replace(by_name, top_t=8).smf == SmfSettings(selector="tfidf", top_t=8)
+    assert S.TrainConfig().smf == SmfSettings()  # the defaults are written once, in SmfSettings
+    record = by_name.record()
+    assert record["top_t"] == 64 and record["selector"] == "tfidf" and "smf" not in record
+    with pytest.raises(ValueError, match="unknown selector 'nope'"):
+        S.TrainConfig(selector="nope")
+    with pytest.raises(ValueError, match="top_t must be an integer >= 1"):
+        S.TrainConfig(smf={"top_t": 0})

@@ -416,6 +416,29 @@ book_table(pd.DataFrame({
     "retrofit s/step": sizes["seconds_per_step"].map("{:.1f}".format)}), key=["slots per layer"])
 
 # %% [markdown]
+# A retrofit must cost what it reads, not what the table holds. One run of `python benchmarks/bench_retrofit.py
+# --target cpu` times a retrofit step at each size with the values trained densely (AdamW over the whole table) and
+# row-sparse (gradients and a lazy Adam on the rows read only), side by side on this machine:
+
+# %%
+bench = pd.read_csv(results_dir("cpu-v1").parents[1] / "benchmarks" / "results" / "cpu_retrofit.csv")
+step = bench.pivot_table(index="slots", columns="mode", values="seconds_per_step")
+rss = bench.pivot_table(index="slots", columns="mode", values="peak_rss_mb")
+sparse_ratio = step["row-sparse values"] / step["row-sparse values"].iloc[0]
+display(book_table(pd.DataFrame({"slots per layer": [f"{n:,}" for n in step.index],
+                         "dense s/step": step["dense AdamW"].round(1).values,
+                         "row-sparse s/step": step["row-sparse values"].round(1).values,
+                         "row-sparse vs smallest": [f"{r:.2f}x" for r in sparse_ratio],
+                         "dense peak MB": rss["dense AdamW"].round(0).astype(int).values,
+                         "row-sparse peak MB": rss["row-sparse values"].round(0).astype(int).values}),
+                   key=["slots per layer"]))
+print(textwrap.fill(f"Row-sparse, a step at {step.index[-1]:,} slots costs {sparse_ratio.iloc[-1]:.2f}x one at "
+                    f"{step.index[0]:,} (goal: at most 1.2x); dense, "
+                    f"{step['dense AdamW'].iloc[-1] / step['dense AdamW'].iloc[0]:.2f}x and "
+                    f"{rss['dense AdamW'].iloc[-1] / rss['row-sparse values'].iloc[-1]:.1f}x the row-sparse peak "
+                    "memory.", 76))
+
+# %% [markdown]
 # The `cpu` preset takes the largest table that stays alive at every layer, and the pilot's rule (the cheapest
 # recipe alive and spread) takes frozen addressing:
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..memory import MemoryConfig
-from ..training import TrainConfig, rate_keys
+from ..training import TrainConfig, config_names, rate_keys
 from .arms import ARMS
 from .records import evaluation_kind
 
@@ -25,7 +25,7 @@ class Settings(dict):
     def __init__(self, fields=(), /, method: str = "smf", **more):
         super().__init__(fields, **more)
         self.method = method
-        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
+        known = config_names() - {"method"}
         unknown = sorted(set(self) - known)
         if unknown:
             raise ValueError(f"unknown training setting {unknown[0]!r}; allowed: the TrainConfig fields "
@@ -41,7 +41,7 @@ class Settings(dict):
             raise AttributeError(name)
         if name in self:
             return self[name]
-        if name in {f.name for f in dataclasses.fields(TrainConfig)}:
+        if name in config_names():
             return getattr(self.config(lr=1.0), name)
         raise AttributeError(f"{name!r} is not a TrainConfig field")
 

@@ -13,6 +13,8 @@ from ..study.tables import significant
 
 #: Below this page width (CSS pixels) a table shows as one card per row.
 NARROW_PX = 640
+#: A column whose longest cell is longer than this (characters) is prose: it wraps instead of widening the table.
+PROSE_CHARS = 40
 
 _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           f"@media (max-width:{NARROW_PX}px){{.smf-table .smf-wide{{display:none}}"
@@ -21,6 +23,7 @@ _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           ".smf-table table{border-collapse:collapse;font-size:0.9em;margin:0.4em 0}"
           ".smf-table th,.smf-table td{padding:0.2em 0.45em;text-align:right;vertical-align:top}"
           ".smf-table .smf-wide td,.smf-table .smf-wide th{white-space:nowrap}"
+          ".smf-table .smf-wide td.smf-text{white-space:normal;min-width:12em;max-width:26em;text-align:left}"
           ".smf-table .smf-ci{color:#555;font-size:0.92em}.smf-table td.smf-key{text-align:left}"
           ".smf-table th{text-align:left}.smf-table .smf-card{margin:0 0 0.6em 0}"
           ".smf-table .smf-card th{font-weight:600;padding-right:1em}</style>")
@@ -66,7 +69,8 @@ def cell_html(text: str) -> str:
 
 class BookTable:
     """A DataFrame shown as the book shows tables (see the module); displays as HTML in Jupyter, Colab and the
-    book. ``key`` names the columns that identify a row (shown as each card's title on a narrow screen)."""
+    book. ``key`` names the columns that identify a row (shown as each card's title on a narrow screen). A column of
+    prose (a cell longer than ``PROSE_CHARS``) wraps, so the table keeps to the page's width."""
 
     def __init__(self, df: pd.DataFrame, digits: int = 3, key: list[str] | None = None, caption: str | None = None):
         self.df = df.reset_index() if _named_index(df) else df.reset_index(drop=True)
@@ -79,9 +83,11 @@ class BookTable:
 
     def _wide(self, rows) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.df.columns)
-        keys = [c in self.key for c in self.df.columns]
-        body = "".join("<tr>" + "".join(f'<td class="smf-key">{cell_html(v)}</td>' if k else f"<td>{cell_html(v)}</td>"
-                                        for k, v in zip(keys, r)) + "</tr>" for r in rows)
+        prose = [max((len(r[j]) for r in rows), default=0) > PROSE_CHARS for j in range(len(self.df.columns))]
+        classes = [" ".join(n for n, on in (("smf-key", c in self.key), ("smf-text", p)) if on)
+                   for c, p in zip(self.df.columns, prose)]
+        body = "".join("<tr>" + "".join(f'<td class="{k}">{cell_html(v)}</td>' if k else f"<td>{cell_html(v)}</td>"
+                                        for k, v in zip(classes, r)) + "</tr>" for r in rows)
         cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
         return (f'<div class="smf-wide"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
                 "</table></div>")
