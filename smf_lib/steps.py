@@ -4,6 +4,7 @@ loss scaling, checkpoint files and running a probe in isolation. ``smf_lib.train
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,3 +136,18 @@ def _run_probe(probe, model, step: int) -> dict:
     finally:
         model.train(was_training)
     return {"step": step, **out}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`~smf_lib.training.train` returns: the trained model (LoRA merged), the per-step log, the probe trajectory, the
+    training seconds, the bytes of optimizer state held at the end, and ``resumed`` when it went on from a
+    checkpoint: ``{"step": the step it resumed after, "earlier_seconds": wall seconds the earlier processes spent on
+    it up to that checkpoint, probes included}``, so that a resumed run's cost counts every part."""
+
+    model: torch.nn.Module
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    optimizer_bytes: int = 0
+    trajectory: list[dict] = field(default_factory=list)
+    resumed: dict | None = None

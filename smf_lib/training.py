@@ -40,8 +40,8 @@ from .selection import SELECTORS, BackgroundStats, SmfSettings, SparseMemory, ch
 from .updates import UPDATES, MaskedAdamW, RowSGD, RowSparseAdam, UpdateRule  # noqa: F401 (the public API)
 from .methods import (ADDRESSING, LORA_TARGETS, METHODS, LoraSettings, Method, RetrofitSettings,  # noqa: F401
                       default_lr, prepare_model, rate_keys, settings_of)
-from .steps import (LossScaler, _load_checkpoint, _run_probe, _save_checkpoint, _tensor_bytes,  # noqa: F401
-                    lr_factor, micro_batches)
+from .steps import (LossScaler, TrainResult, _load_checkpoint, _run_probe, _save_checkpoint,  # noqa: F401
+                    _tensor_bytes, lr_factor, micro_batches)
 
 class TrainingDiverged(FloatingPointError):
     """The training loss stopped being finite; no metrics are written for such a run."""
@@ -200,21 +200,6 @@ TrainConfig.__init__ = _init
 def config_names() -> set[str]:
     """Every name :class:`TrainConfig` takes: its fields and SMF's settings by name."""
     return {f.name for f in fields(TrainConfig)} | set(SMF_NAMES)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the trained model (LoRA merged), the per-step log, the probe trajectory, the
-    training seconds, the bytes of optimizer state held at the end, and ``resumed`` when it went on from a
-    checkpoint: ``{"step": the step it resumed after, "earlier_seconds": wall seconds the earlier processes spent on
-    it up to that checkpoint, probes included}``, so that a resumed run's cost counts every part."""
-
-    model: torch.nn.Module
-    log: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    optimizer_bytes: int = 0
-    trajectory: list[dict] = field(default_factory=list)
-    resumed: dict | None = None
 
 
 def train(model, tokenizer, texts: list[str], config: TrainConfig, background: BackgroundStats | None = None,

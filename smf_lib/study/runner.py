@@ -216,15 +216,12 @@ class Runner:
         first = self.preset.train_sample == "first"
         return self.task_texts if first else [medmcqa_training_text(r) for r in self.task_questions_for(seed)]
 
-    def data_identity(self) -> dict:
-        return data_identity(self.preset, self.task_texts, self.suite)
-
     def retrofit_identity(self, seed: int, mode: str) -> dict:
         return retrofit_identity(self.preset, self.precision, seed, mode)
 
     def identity(self, spec: RunSpec) -> dict:
         arm = get_arm(spec.method)
-        return run_identity(self.preset, self.precision, spec, self.data_identity(),
+        return run_identity(self.preset, self.precision, spec, data_identity(self.preset, self.task_texts, self.suite),
                             self.retrofit_identity(spec.seed, arm.memory) if arm.memory is not None else None,
                             self.train_config(spec).record() if arm.train is not None else None)
 
@@ -245,18 +242,20 @@ class Runner:
         a = self.precision["autocast"]
         return torch.autocast(_device().type, dtype=getattr(torch, a)) if a else contextlib.nullcontext()
 
+    def _probe(self, tok, start: str):  # the dev-subset probe, its step 0 kept per start model
+        return trajectory_probe(self.preset, self.suite, self.reference, tok, self.artifacts / f"step0-{start}.json",
+                                self.autocast, self.main)
+
     def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
         """``check_identity`` with this runner's ``fresh``."""
         return check_identity(path, stored, current, what, self.fresh)
 
-    # -- helpers ----------------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
         if self.main:
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def wait_for(self, path: Path) -> None:
-        """Processes other than 0 wait until process 0 has written ``path`` (a file, not a collective barrier:
-        evaluation can outlast NCCL's timeout, and the launcher stops every process if process 0 fails)."""
+        """Processes other than 0 wait for process 0's ``path`` (not a barrier: evaluation can outlast NCCL's)."""
         while not self.main and not path.exists():
             time.sleep(0.5)
 
@@ -283,7 +282,8 @@ class Runner:
             self.waiting.append(spec.name)
             return
         ident = self.identity(spec)
-        if self._finished(spec, ident) or reuse_record(self, spec, ident):
+        target = path if self.main else None  # process 0 alone writes
+        if self._finished(spec, ident) or reuse_record(self.reusable, spec, ident, target, self.log):
             return
         folder = self.artifacts / spec.name
         if self.main:
@@ -303,7 +303,7 @@ class Runner:
                          background=read_json(retrofitted / "background_meta.json"))
         else:
             model, tok = self.load(spec.seed)
-        trained = (trained_memory(self, spec, ident) if arm.memory is not None and arm.train == "smf"
+        trained = (trained_memory(self.out, self.reusable, ident) if arm.memory is not None and arm.train == "smf"
                    and spec.evaluation == REPORT else None)
         if trained is not None:  # a swept run trained exactly this: load its memory and only evaluate
             del model
@@ -342,7 +342,7 @@ class Runner:
         self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
         try:
             res = train(model, tok, texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
-                        progress=self.progress, probe=trajectory_probe(self, tok, start),
+                        progress=self.progress, probe=self._probe(tok, start),
                         probe_steps=evenly_spaced_steps(len(micro_batches(len(texts), cfg)),
                                                         self.preset.trajectory_points))
         except TrainingDiverged as err:
@@ -397,7 +397,7 @@ class Runner:
             self.log(f"{spec.name}: evaluating")
         exact = self.load(0)[0] if report and (arm.train is not None or arm.memory is not None) else None
         return evaluate_run(self.preset, self.suite, self.reference, spec, model, tok, res, self.autocast(),
-                            trajectory_probe(self, tok, start), exact, self.progress)
+                            self._probe(tok, start), exact, self.progress)
 
     def run(self, methods=None, seeds=None) -> Path:
         """Run the grid (skipping what is finished) and write the summary; returns its path."""

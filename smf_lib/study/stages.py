@@ -115,7 +115,7 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
     cfg = runner.retrofit_config(seed)
     max_length = cfg.max_length
     before = memory_health(model, tok, heldout, max_length) if heldout and runner.main else None
-    general, task = spread_texts(runner)
+    general, task = spread_texts(runner.preset, runner.suite)
     top_t = preset.train.top_t
     spread_before = memory_spread(model, tok, general, task, runner.task_max_length, top_t) if runner.main else None
     texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
@@ -165,42 +165,41 @@ def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
 SPREAD_TEXTS, SPREAD_ALONG = 100, 20
 
 
-def spread_texts(runner: Runner) -> tuple[list[str], list[str]]:
+def spread_texts(preset, suite) -> tuple[list[str], list[str]]:
     """Dev texts for the spread meter: the background corpus's last paragraphs (its first ones make the background
-    statistics) and the MedMCQA dev prompts (the reported ones when the preset has no dev items)."""
-    preset = runner.preset
+    statistics) and the MedMCQA dev prompts of the suite (the reported ones when the preset has no dev items)."""
     pool = corpus(preset, preset.background_corpus, None)
     spare = pool[preset.background_n:] or pool
-    rows = runner.suite.medmcqa["dev"] or runner.suite.medmcqa["report"]
+    rows = suite.medmcqa["dev"] or suite.medmcqa["report"]
     return spare[-SPREAD_TEXTS:], [data.medmcqa_prompt(r) for r in rows[:SPREAD_TEXTS]]
 
 
-def reuse_record(runner: Runner, spec, ident: dict) -> bool:
-    """Copy a finished record with exactly this identity from one of the runner's reuse folders into
-    ``OUT/runs`` (noting where it came from), instead of training and evaluating the same run again. True when
-    one was found."""
-    for path, rec in runner.reusable:  # every process looks, so all of them skip the run; process 0 alone writes
+def reuse_record(reusable: list[tuple[Path, dict]], spec, ident: dict, target: Path | None, log=print) -> bool:
+    """Copy a finished record with exactly this identity from ``reusable`` (:func:`reusable_records`) to
+    ``target`` (noting where it came from; None: another process writes it), instead of training and evaluating
+    the same run again. True when one was found."""
+    for path, rec in reusable:  # every process looks, so all of them skip the run; process 0 alone writes
         if rec["identity"] == ident:
             found = {**rec, "reused_from": str(path)}
         elif spec.evaluation == TRAJECTORY and _same_training_run(rec, ident):
             found = _from_trajectory(rec, ident, str(path))
         else:
             continue
-        if runner.main:
-            write_json(runner.run_path(spec), found)
-        runner.log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
+        if target is not None:
+            write_json(target, found)
+        log(f"{spec.name}: the same run is finished in {path}; reused, not repeated")
         return True
     return False
 
 
-def trained_memory(runner: Runner, spec, ident: dict) -> tuple[Path, dict, Path] | None:
-    """A finished swept (trajectory) run of this run's training whose trained memory was kept, in the runner's own
-    results folder or one of its reuse folders: ``(record path, record, adapter folder)``, or None. A reported run
+def trained_memory(out: Path, reusable: list[tuple[Path, dict]], ident: dict) -> tuple[Path, dict, Path] | None:
+    """A finished swept (trajectory) run of this run's training whose trained memory was kept, in the results folder
+    ``out`` or among ``reusable`` records: ``(record path, record, adapter folder)``, or None. A reported run
     of a memory arm loads that memory and is only evaluated, instead of training the same run again; LoRA and full
     finetuning keep no trained weights, so their reported runs train anew."""
     want = training_of({"identity": ident})
-    own = [(p, read_run(p, ("identity",))) for p in sorted((runner.out / "runs").glob("*.json"))]
-    for path, rec in [*own, *runner.reusable]:
+    own = [(p, read_run(p, ("identity",))) for p in sorted((Path(out) / "runs").glob("*.json"))]
+    for path, rec in [*own, *reusable]:
         if is_report(rec) or not rec.get("train_log") or training_of(rec) != want:
             continue
         adapter = path.parent.parent / "artifacts" / path.stem / "adapter"
@@ -239,17 +238,17 @@ def _from_trajectory(rec: dict, ident: dict, source: str) -> dict:
             "wall_seconds": rec.get("wall_seconds"), "finished": rec.get("finished")}
 
 
-def trajectory_probe(runner: Runner, tok, start: str):
-    """The trajectory probe: the dev subset; step 0 of a start model is computed once and reused."""
-    cache = runner.artifacts / f"step0-{start}.json"
+def trajectory_probe(preset, suite, reference, tok, cache: Path, autocast, write: bool = True):
+    """The trajectory probe: the dev subset of ``suite``; step 0 of a start model is computed once, kept in ``cache``
+    (written only where ``write``: process 0) and reused. ``autocast``: the evaluation's autocast context factory."""
 
     def probe(model, step):
         if step == 0 and cache.exists():
             return read_json(cache)
-        with runner.autocast():
-            res = evaluate(model, tok, runner.preset, runner.suite, runner.reference, TRAJECTORY, progress=False)
+        with autocast():
+            res = evaluate(model, tok, preset, suite, reference, TRAJECTORY, progress=False)
         out = {"metrics": res["metrics"], "items": res["items"]}
-        if step == 0 and runner.main:
+        if step == 0 and write:
             write_json(cache, out)
         return out
 
