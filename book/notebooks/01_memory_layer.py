@@ -285,10 +285,10 @@ S.set_recording(model, False)
 # ## Why sparse reads should interfere less
 # The book follows one question from chapter to chapter, MedMCQA validation item 3: *Axonal transport is:
 # A. Antegrade, B. Retrograde, C. Antegrade and retrograde, D. None* (the answer is C). Below are the slots the
-# whole question reads at layer 15, next to the slots a sentence of general text reads. Each text reads a few
-# hundred of the 4,096 slots, and the two sets barely overlap. An update confined to the question's own rows
-# leaves most of what general text reads untouched: that is the bet of sparse memory finetuning. (This memory is
-# not trained yet; chapter 2's retrofit trains its keys, and chapter 4 measures which rows the selectors pick.)
+# whole question reads at layer 15, next to the slots a sentence of general text reads. An update confined to the
+# question's own rows leaves what general text reads untouched, as far as the two sets are apart: that is the bet
+# of sparse memory finetuning. (This memory is not trained yet; chapter 2's retrofit trains it, and chapter 4
+# measures which rows the selectors pick.)
 
 # %%
 from smf_lib.selection import read_counts_of_texts
@@ -301,16 +301,20 @@ general = ("The Nile is a major north-flowing river in northeastern Africa and "
 reads = read_counts_of_texts(model, tok, [medmcqa_prompt(example)])[1]
 reads_general = read_counts_of_texts(model, tok, [general])[1]
 shared = int(((reads > 0) & (reads_general > 0)).sum())
-print(f"the question reads {int((reads > 0).sum())} slots, the sentence "
-      f"{int((reads_general > 0).sum())}; {shared} are read by both")
+n_q, n_g = int((reads > 0).sum()), int((reads_general > 0).sum())
+print(textwrap.fill(f"the question reads {n_q:,} of {config.n_slots:,} slots ({n_q / config.n_slots:.0%}), the "
+                    f"sentence {n_g:,}; {shared:,} are read by both: {shared / n_g:.0%} of the sentence's slots are "
+                    "also the question's", 76))
 plot_read_overlap(reads, reads_general, config.n_keys,
                   labels=("the question", "the general sentence"))
 plt.show()
 
 # %% [markdown]
-# Do the two texts read different rows? In this layer, mostly yes: the overlap printed above, the rows where an
-# update for the question would also change what the sentence reads, is a small part of either set. Whether a
-# whole training set's rows stay apart from general text is what the selectors of chapter 4 decide.
+# Do the two texts read different rows? The shared slots printed above are the rows where an update for the
+# question would also change what the sentence reads. With 4 heads reading 16 rows each per token, a question of a
+# few dozen tokens reads a large share of a 4,096-row table, so the two sets cannot stay far apart at this size.
+# Chapter 2 measures how large the table must be for a question's rows to be mostly its own (the spread pilot's
+# sizes), and the selectors of chapter 4 decide which of the question's rows are trained at all.
 #
 # ## Summary
 # - A MedMCQA answer is the option with the highest mean per-token log-likelihood after the prompt; perplexity

@@ -168,7 +168,9 @@ for layer, c, d in zip(memory.layers, example_reads, moves):
 
 # %% [markdown]
 # The shared rows are the only path by which sixteen steps on other medical questions can change this
-# question's answer: the rest of what it reads is exactly as before.
+# question's answer: the rest of what it reads is exactly as before. (Chapter 1 counted the question alone, without
+# its answer, on a memory before any training; here the whole training text is read at 256 tokens by this chapter's
+# model, so the counts differ.)
 #
 # The figure places each moved row on the slot grid of chapter 1, coloured by how far it moved; the blank slots
 # did not move at all. Rows selected in several steps moved furthest.

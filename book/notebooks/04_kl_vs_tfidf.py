@@ -165,6 +165,8 @@ for t in (ts[0], 128):
 # reads, scored against the background), how many rows each selector picks, what share of the question's reads
 # those rows carry, and how many of them are hub rows; and how many of the question's rows are among the rows each
 # selector picks for the training batches above ({py:func}`~smf_lib.views.selection_tables.example_selection`).
+# The memory here is the `cpu-v2` study's, whose retrofit trained the addressing and collapsed the reads onto a
+# small set of hub rows per layer (chapter 2), so the question reads far fewer distinct rows than in chapters 1 and 2.
 
 # %%
 import torch
