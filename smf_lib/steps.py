@@ -140,10 +140,10 @@ def _run_probe(probe, model, step: int) -> dict:
 
 @dataclass
 class TrainResult:
-    """What :func:`~smf_lib.training.train` returns: the trained model (LoRA merged), the per-step log, the probe trajectory, the
-    training seconds, the bytes of optimizer state held at the end, and ``resumed`` when it went on from a
-    checkpoint: ``{"step": the step it resumed after, "earlier_seconds": wall seconds the earlier processes spent on
-    it up to that checkpoint, probes included}``, so that a resumed run's cost counts every part."""
+    """What :func:`~smf_lib.training.train` returns: the trained model (LoRA merged), the per-step log, the probe
+    trajectory, the training seconds, the bytes of optimizer state held at the end, and ``resumed`` when it went on
+    from a checkpoint: ``{"step": the step it resumed after, "earlier_seconds": wall seconds the earlier processes
+    spent on it up to that checkpoint, probes included}``, so that a resumed run's cost counts every part."""
 
     model: torch.nn.Module
     log: list[dict] = field(default_factory=list)

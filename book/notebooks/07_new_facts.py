@@ -59,7 +59,7 @@ from smf_lib.files import read_json
 from smf_lib.study import facts_frontier as FF
 from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.results import results_dir
-from smf_lib.views.facts_plots import plot_fact_rows, plot_facts_frontier, rows_table
+from smf_lib.views.facts_plots import example_table, plot_fact_rows, plot_facts_frontier, rows_table
 from smf_lib.views.notebook import found_box, setup_notebook
 from smf_lib.views.plotting import Panels
 from smf_lib.views.tables import book_table
@@ -128,6 +128,12 @@ book_table(rows_table(snapshot), key=["fact"])
 # %%
 level = FF.level_of(runs, start)["level"]
 display(Panels([plot_facts_frontier(runs, start, level=level)]))
+
+# %% [markdown]
+# And the running example, the first fact? Its held-out questions after every run, beside the starting model:
+
+# %%
+book_table(example_table(runs, start, len(fact.questions)), key=["arm", "lr", "seed"])
 
 # %% [markdown]
 # The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over

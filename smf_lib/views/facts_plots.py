@@ -85,3 +85,20 @@ def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level:
     axes[-1, 0].set_xlabel("learning: the facts' answer log-lik gain, nats per token (right is more)")
     fig.tight_layout()
     return fig
+
+
+def example_table(runs: list[dict], start: dict, per_fact: int, fact: int = 0) -> pd.DataFrame:
+    """One fact (the chapter's running example) after every run: its answer log-likelihood (mean over its
+    ``per_fact`` held-out questions, which the facts probe lists together, nats per token) and how many of them are
+    answered exactly, beside the start's."""
+    part = slice(fact * per_fact, (fact + 1) * per_fact)
+
+    def row(arm, lr, seed, s):
+        return {"arm": arm, "lr": lr, "seed": seed, "answer log-lik": float(np.mean(s["facts_loglik"][part])),
+                "exact": f"{sum(s['facts_em'][part])} of {per_fact}"}
+
+    order = list(ARM_LABELS)
+    ranked = sorted(runs, key=lambda r: (order.index(r["arm"]) if r["arm"] in order else len(order), r["lr"],
+                                         r["seed"]))
+    return pd.DataFrame([row("start", "—", "—", start)]
+                        + [row(ARM_LABELS.get(r["arm"], r["arm"]), r["lr"], r["seed"], r["scores"]) for r in ranked])
