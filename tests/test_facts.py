@@ -179,3 +179,13 @@ def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
     ends = FF.learning_ends(runs, start)
     assert ends.set_index(["arm", "lr"])["learning"].to_dict() == {("smf-tfidf", 1e-2): 1.0, ("smf-tfidf", 3e-2): 3.0,
                                                                    ("lora", 1e-4): 2.0, ("lora", 3e-4): 4.0}
+
+
+def test_a_finished_facts_run_survives_a_new_rate_in_its_preset_but_not_another_setting():
+    from smf_lib.study.facts_study import same_run
+
+    ident = {"preset": {"name": "facts", "rates": {"lora": [1e-4]}, "seeds": [0, 1], "top_t": 128}, "arm": "lora"}
+    more_rates = {**ident, "preset": {**ident["preset"], "rates": {"lora": [1e-4, 1e-5]}, "seeds": [0]}}
+    other_top_t = {**ident, "preset": {**ident["preset"], "top_t": 64}}
+    assert same_run(ident, more_rates) and not same_run(ident, other_top_t) and not same_run(None, ident)
+    assert not same_run(ident, {**ident, "arm": "full"})

@@ -87,6 +87,19 @@ def _paired(before: dict, after: dict) -> dict:
     return out
 
 
+#: Preset fields that plan the study (which rates and seeds run) but do not change any one run.
+PLAN_FIELDS = ("rates", "seeds")
+
+
+def same_run(stored: dict | None, current: dict) -> bool:
+    """Whether a stored run identity describes the run ``current`` does: the same in everything but the preset's
+    plan (:data:`PLAN_FIELDS`), so adding a rate to one arm keeps every finished run."""
+    def run_only(ident):
+        return {**ident, "preset": {k: v for k, v in ident.get("preset", {}).items() if k not in PLAN_FIELDS}}
+
+    return stored is not None and run_only(stored) == run_only(current)
+
+
 class FactsRunner:
     """Runs a :class:`FactsPreset` into ``out`` (resumable; finished runs are read back). The code is read when it
     starts; a preset on the real data refuses a checkout with uncommitted changes unless ``allow_dirty``."""
@@ -157,7 +170,7 @@ class FactsRunner:
                            "train_config": config.record()})
         if path.exists():
             rec = read_json(path)
-            if rec.get("identity") == identity:
+            if same_run(rec.get("identity"), identity):
                 return rec
             raise ValueError(f"{path} was made with other settings: delete it to rerun, or use another --out")
         code, t0 = self.code, time.perf_counter()
