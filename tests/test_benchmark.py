@@ -41,14 +41,15 @@ def test_benchmark_targets_say_which_hold():
                           "unused_tensor_mb": [0, 0, 0, 2304] * 2,
                           "median_step_s": [2.0, 2.1, 2.6, 9.0, 2.0, 2.0, 2.3, 9.0]})  # controls are left out
     t = benchmark_targets(steps, slots).set_index("target")["holds"]
-    assert t["smf-kl step / LoRA step"] == "yes" and t["smf-kl step / SMF floor"] == "yes"
+    assert t["smf-kl (SGD) step / LoRA step"] == "yes" and t["smf-kl (SGD) step / SMF floor"] == "yes"
     assert t["smf-kl peak memory / LoRA peak"] == "yes"
-    assert t["smf-tfidf step / LoRA step"] == "not measured"
+    assert t["smf-tfidf (SGD) step / LoRA step"] == "not measured"
+    assert t["smf-kl-adam (row-sparse Adam) step / LoRA step"] == "not measured"
     flat = t[t.index.str.startswith("slot scaling")]
     assert list(flat) == ["no", "yes"]  # 2.6 / 2.0 = 1.3 > 1.2; 2.3 / 2.0 = 1.15
     assert t["memory forward / base forward"] == "reported (goal is for GPU)"
     gpu = benchmark_targets(steps.assign(median_step_s=[1.0, 1.2, 3.0, 3.6, 3.2]), gpu=True).set_index("target")
-    assert gpu.loc["smf-kl step / LoRA step", "holds"] == "no" and gpu.loc["smf-kl step / SMF floor", "holds"] == "no"
+    assert gpu.loc["smf-kl (SGD) step / LoRA step", "holds"] == "no" and gpu.loc["smf-kl (SGD) step / SMF floor", "holds"] == "no"
     assert gpu.loc["memory forward / base forward", "holds"] == "no"  # 1.2 > 1.10
     two = benchmark_targets(steps, pd.concat([slots.assign(run="first"), slots.assign(run="second")]))
     flat = two[two["target"].str.startswith("slot scaling")]

@@ -141,7 +141,7 @@ overlap = selection_overlap(counts, stats, ts, layers=snap["layers"])
 Panels(plot_overlap(overlap, split=True))
 
 # %% [markdown]
-# Why does KL take so many hub rows at small t? TF-IDF's weight $\log\frac{n+1}{df_i+1}$ is near zero for a row that
+# Why does KL take so many hub rows at small t? TF-IDF's weight $\ln\frac{B+1}{df_i+1}$ is near zero for a row that
 # most background documents read, however often the batch reads it. KL's score asks only whether the batch reads a
 # row *more, in share,* than general text does, so a hub row the task reads heavily still ranks high. The numbers,
 # at the smallest and a middle t:
