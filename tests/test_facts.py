@@ -189,3 +189,17 @@ def test_a_finished_facts_run_survives_a_new_rate_in_its_preset_but_not_another_
     other_top_t = {**ident, "preset": {**ident["preset"], "top_t": 64}}
     assert same_run(ident, more_rates) and not same_run(ident, other_top_t) and not same_run(None, ident)
     assert not same_run(ident, {**ident, "arm": "full"})
+
+
+def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
+    runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]),
+            _facts_run("lora", 1e-4, 0, -8.0, [-2.4, -2.2]), _facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0])]
+    found = FF.findings(runs, start, seeds=(0,))
+    assert 3 <= len(found) <= 4 and "answers 0% of the 2 held-out questions" in found[0]
+    assert "LoRA +1.00 to +4.00" not in found[1] and "LoRA +2.00 to +4.00" in found[1]
+    assert "SMF-TF-IDF against LoRA: better (+0.400" in found[2]
+    far = [_facts_run("smf-tfidf", 1e-2, 0, -9.9, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -5.0, [-3.0, -3.0])]
+    assert "do not overlap" in FF.findings(far, start)[-1]

@@ -170,12 +170,20 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
         out.append("The arms' ranges of learning do not overlap, so no level of learning is common to all of them "
                    "and they cannot be compared at equal learning: the sweep needs rates that bracket each other.")
         return out
-    table = compare(runs, start, level, seeds=seeds, probes=("chat_loglik",))
+    table = compare(runs, start, level, seeds=seeds)
+    chat = table[table["probe"] == "chat_loglik"].to_dict("records")
     parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} ({_cell(r)} nats)"
-             for r in table.to_dict("records")]
+             for r in chat]
     if parts:
         out.append(f"At equal learning ({level:+.2f} nats), held-out chat log-likelihood, SMF minus baseline: "
                    + "; ".join(parts) + ".")
+    other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")].to_dict("records")
+    if other:
+        n_seeds = max(r["seeds"] for r in other)
+        out.append(f"The other probes at that level, SMF-TF-IDF minus each baseline ({n_seeds} seed"
+                   f"{'s' if n_seeds > 1 else ''}): " + "; ".join(
+                       f"{MEASURES[r['probe']][1].split(' (')[0]} against {ARM_LABELS[r['baseline']]} "
+                       f"{r['verdict']} ({_cell(r)})" for r in other) + ".")
     return out
 
 
