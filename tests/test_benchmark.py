@@ -49,7 +49,8 @@ def test_benchmark_targets_say_which_hold():
     assert list(flat) == ["no", "yes"]  # 2.6 / 2.0 = 1.3 > 1.2; 2.3 / 2.0 = 1.15
     assert t["memory forward / base forward"] == "reported (goal is for GPU)"
     gpu = benchmark_targets(steps.assign(median_step_s=[1.0, 1.2, 3.0, 3.6, 3.2]), gpu=True).set_index("target")
-    assert gpu.loc["smf-kl (SGD) step / LoRA step", "holds"] == "no" and gpu.loc["smf-kl (SGD) step / SMF floor", "holds"] == "no"
+    assert gpu.loc["smf-kl (SGD) step / LoRA step", "holds"] == "no"
+    assert gpu.loc["smf-kl (SGD) step / SMF floor", "holds"] == "no"
     assert gpu.loc["memory forward / base forward", "holds"] == "no"  # 1.2 > 1.10
     two = benchmark_targets(steps, pd.concat([slots.assign(run="first"), slots.assign(run="second")]))
     flat = two[two["target"].str.startswith("slot scaling")]

@@ -197,7 +197,8 @@ def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
     start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
     runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]),
             _facts_run("lora", 1e-4, 0, -8.0, [-2.4, -2.2]), _facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0])]
-    found = FF.findings(runs, start, seeds=(0,))
+    found = FF.findings(runs + [_facts_run("full", 1e-6, 0, -9.5, [-2.0, -2.0])], start, seeds=(0,))
+    assert "full finetuning ran at fewer than 2 rates" in found[1]  # one rate: a point, left out of the level
     assert 3 <= len(found) <= 4 and "answers 0% of the 2 held-out questions" in found[0]
     assert "LoRA +1.00 to +4.00" not in found[1] and "LoRA +2.00 to +4.00" in found[1]
     assert "SMF-TF-IDF against LoRA: better (+0.400" in found[2]

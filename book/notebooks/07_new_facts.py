@@ -126,7 +126,8 @@ book_table(rows_table(snapshot), key=["fact"])
 # the same amount, so the higher line forgot less; the dotted line marks the level where all arms are compared.
 
 # %%
-level = FF.level_of(runs, start)["level"]
+found = FF.level_of(runs, start)
+level = found["level"]
 display(Panels([plot_facts_frontier(runs, start, level=level)]))
 
 # %% [markdown]
@@ -143,7 +144,9 @@ book_table(example_table(runs, start, len(fact.questions)), key=["arm", "lr", "s
 if level is None:
     print("the arms' ranges of learning do not overlap: no common level")
 else:
-    table = FF.compare(runs, start, level, seeds=preset.seeds)
+    table = FF.compare(runs, start, level, seeds=preset.seeds,
+                       smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in found["ranges"]),
+                       baselines=tuple(a for a in ("lora", "full") if a in found["ranges"]))
     table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
     table["smf"] = table["smf"].map(FF.ARM_LABELS)
     table["baseline"] = table["baseline"].map(FF.ARM_LABELS)

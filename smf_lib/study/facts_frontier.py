@@ -127,9 +127,23 @@ def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-
                                        "per seed", "verdict"])
 
 
+#: An arm takes part in the common level once it has run at this many rates (one rate is a point, not a range).
+MIN_RATES = 2
+
+
+def swept(ends: pd.DataFrame) -> pd.DataFrame:
+    """The learning ends of the arms that ran at :data:`MIN_RATES` rates or more."""
+    if ends.empty:
+        return ends
+    return ends[ends.groupby("arm")["lr"].transform("nunique") >= MIN_RATES]
+
+
 def level_of(runs: list[dict], start: dict) -> dict:
-    """The common learning level of the arms that ran (:func:`~smf_lib.study.paired_stats.common_level`)."""
-    return common_level(learning_ends(runs, start))
+    """The common learning level (:func:`~smf_lib.study.paired_stats.common_level`) of the arms that ran at
+    :data:`MIN_RATES` rates or more; ``left_out``: the arms with fewer."""
+    ends = learning_ends(runs, start)
+    kept = swept(ends)
+    return {**common_level(kept), "left_out": sorted(set(ends["arm"]) - set(kept["arm"]))}
 
 
 def _signed(x: float, digits: int = 3) -> str:
@@ -165,12 +179,18 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
     best = ends.groupby("arm")["learning"].agg(["min", "max"])
     out.append("Learning (answer log-likelihood gain, nats per token) by arm over its rates: " + "; ".join(
         f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows()) + ".")
-    level = common_level(ends)["level"]
+    found = level_of(runs, start)
+    level = found["level"]
+    if found["left_out"]:
+        out[-1] += (" " + ", ".join(ARM_LABELS.get(a, a) for a in found["left_out"])
+                    + f" ran at fewer than {MIN_RATES} rates: too few to place on the frontier, left out below.")
     if level is None:
         out.append("The arms' ranges of learning do not overlap, so no level of learning is common to all of them "
                    "and they cannot be compared at equal learning: the sweep needs rates that bracket each other.")
         return out
-    table = compare(runs, start, level, seeds=seeds)
+    arms = set(swept(ends)["arm"])
+    table = compare(runs, start, level, smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in arms),
+                    baselines=tuple(a for a in ("lora", "full") if a in arms), seeds=seeds)
     chat = table[table["probe"] == "chat_loglik"].to_dict("records")
     parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} ({_cell(r)} nats)"
              for r in chat]
@@ -201,11 +221,12 @@ def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple
 def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev") -> str | None:
     """The new-facts study's answer in one sentence: SMF-TF-IDF (Lin et al.'s selector) against LoRA and full
     finetuning on held-out chat at equal learning, or None where the arms share no level of learning."""
-    ends = learning_ends(runs, start)
-    level = common_level(ends)["level"] if not ends.empty else None
+    found = level_of(runs, start)
+    level = found["level"]
     if level is None:
         return None
-    table = compare(runs, start, level, smf=("smf-tfidf",), seeds=seeds, probes=("chat_loglik",))
+    baselines = tuple(a for a in ("lora", "full") if a in found.get("ranges", {}))
+    table = compare(runs, start, level, smf=("smf-tfidf",), baselines=baselines, seeds=seeds, probes=("chat_loglik",))
     words = {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
              "cannot tell": "could not be told apart on held-out chat from"}
     parts = [f"{words[r['verdict']]} {ARM_LABELS[r['baseline']]} ({_cell(r)} nats)" for r in table.to_dict("records")]
