@@ -177,8 +177,11 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
     if ends.empty:
         return out
     best = ends.groupby("arm")["learning"].agg(["min", "max"])
+    top = max(runs, key=lambda r: float(np.mean(r["scores"].get("facts_em", [0]))))
     out.append("Learning (answer log-likelihood gain, nats per token) by arm over its rates: " + "; ".join(
-        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows()) + ".")
+        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows())
+        + f"; the most any run answers exactly is {np.mean(top['scores'].get('facts_em', [0])):.0%} of the questions "
+        f"({ARM_LABELS.get(top['arm'], top['arm'])} at {top['lr']:g}).")
     found = level_of(runs, start)
     level = found["level"]
     if found["left_out"]:
@@ -227,7 +230,7 @@ def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev") -> s
         return None
     baselines = tuple(a for a in ("lora", "full") if a in found.get("ranges", {}))
     table = compare(runs, start, level, smf=("smf-tfidf",), baselines=baselines, seeds=seeds, probes=("chat_loglik",))
-    words = {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
+    words = {"better": "did better on held-out chat than", "worse": "did worse on held-out chat than",
              "cannot tell": "could not be told apart on held-out chat from"}
     parts = [f"{words[r['verdict']]} {ARM_LABELS[r['baseline']]} ({_cell(r)} nats)" for r in table.to_dict("records")]
     if not parts:
