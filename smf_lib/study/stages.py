@@ -175,9 +175,9 @@ def spread_texts(preset, suite) -> tuple[list[str], list[str]]:
 
 
 def reuse_record(reusable: list[tuple[Path, dict]], spec, ident: dict, target: Path | None, log=print) -> bool:
-    """Copy a finished record with exactly this identity from ``reusable`` (:func:`reusable_records`) to
-    ``target`` (noting where it came from; None: another process writes it), instead of training and evaluating
-    the same run again. True when one was found."""
+    """Copy a finished record with exactly this identity from ``reusable``
+    (``reusable_records``) to ``target`` (noting where it came from; None: another process
+    writes it), instead of training and evaluating the same run again. True when one was found."""
     for path, rec in reusable:  # every process looks, so all of them skip the run; process 0 alone writes
         if rec["identity"] == ident:
             found = {**rec, "reused_from": str(path)}
