@@ -24,35 +24,6 @@
 # {term}`memory layer` to the model, where each token reads only a few of many value rows. For the new task, it
 # then trains only the rows that the task reads far more often than general text does. Knowledge stored
 # elsewhere is left alone.
-#
-# **In this book you will**
-#
-# - build product-key memory layers into a real language model, SmolLM2-135M-Instruct, and check that they
-#   leave it unchanged at insertion;
-# - train it on MedMCQA medical exam questions with SMF, and beside it with LoRA and full finetuning;
-# - measure what each method learned and what it forgot, with paired confidence intervals;
-# - compare the two row selectors, KL and TF-IDF, with a top-t slider;
-# - see how to run the paper's setting on a GPU, and what SMF costs in time and memory.
-#
-# The chapters:
-#
-# 1. {doc}`the memory layer <01_memory_layer>`: product keys, identity at insertion, the probes, what one token reads;
-# 2. {doc}`training <02_training>`: retrofit, background statistics, a live sparse run, LoRA and full finetuning;
-# 3. {doc}`learning against forgetting <03_forgetting>`: the answer in one figure, matched learning, paired
-#    confidence intervals;
-# 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
-# 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
-# 6. {doc}`speed and memory <06_performance>`, side by side;
-# 7. {doc}`learning new facts <07_new_facts>` one at a time, Lin et al.'s setting, where a sparse memory should
-#    shine.
-#
-# The {doc}`method <../method>` page specifies what `smf_lib` computes, the {doc}`data <../data>` page says where each
-# data set comes from, and the {doc}`glossary <../glossary>` defines the terms the chapters use. The method follows
-# Gupta et al. 2026 ([arXiv 2605.03229](https://arxiv.org/abs/2605.03229), "the paper" in this book), Lin et al.
-# 2025 on sparse memory finetuning ([arXiv 2510.15103](https://arxiv.org/abs/2510.15103)), Berges et al. 2024 on
-# memory layers at scale ([arXiv 2412.09764](https://arxiv.org/abs/2412.09764)) and Lample et al. 2019 on
-# product keys ([arXiv 1907.05242](https://arxiv.org/abs/1907.05242)). Where this project departs from the paper,
-# the departure is listed with its reason.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -99,6 +70,36 @@ status = study_status(get_preset("cpu-v2"), folder)
 facts_start, facts_runs = facts_frontier.load(results_dir("facts"), "dev")
 found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start)) if s],
           title="In one sentence")
+
+# %% [markdown]
+# **In this book you will**
+#
+# - build product-key memory layers into a real language model, SmolLM2-135M-Instruct, and check that they
+#   leave it unchanged at insertion;
+# - train it on MedMCQA medical exam questions with SMF, and beside it with LoRA and full finetuning;
+# - measure what each method learned and what it forgot, with paired confidence intervals;
+# - compare the two row selectors, KL and TF-IDF, with a top-t slider;
+# - see how to run the paper's setting on a GPU, and what SMF costs in time and memory.
+#
+# The chapters:
+#
+# 1. {doc}`the memory layer <01_memory_layer>`: product keys, identity at insertion, the probes, what one token reads;
+# 2. {doc}`training <02_training>`: retrofit, background statistics, a live sparse run, LoRA and full finetuning;
+# 3. {doc}`learning against forgetting <03_forgetting>`: the answer in one figure, matched learning, paired
+#    confidence intervals;
+# 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
+# 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
+# 6. {doc}`speed and memory <06_performance>`, side by side;
+# 7. {doc}`learning new facts <07_new_facts>` one at a time, Lin et al.'s setting, where a sparse memory should
+#    shine.
+#
+# The {doc}`method <../method>` page specifies what `smf_lib` computes, the {doc}`data <../data>` page says where each
+# data set comes from, and the {doc}`glossary <../glossary>` defines the terms the chapters use. The method follows
+# Gupta et al. 2026 ([arXiv 2605.03229](https://arxiv.org/abs/2605.03229), "the paper" in this book), Lin et al.
+# 2025 on sparse memory finetuning ([arXiv 2510.15103](https://arxiv.org/abs/2510.15103)), Berges et al. 2024 on
+# memory layers at scale ([arXiv 2412.09764](https://arxiv.org/abs/2412.09764)) and Lample et al. 2019 on
+# product keys ([arXiv 1907.05242](https://arxiv.org/abs/1907.05242)). Where this project departs from the paper,
+# the departure is listed with its reason.
 
 # %% [markdown]
 # ## What we found on MedMCQA

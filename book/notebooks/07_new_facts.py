@@ -74,10 +74,13 @@ for line in FF.status_lines(preset, folder):
 
 # %% [markdown]
 # ## The answer
-# Computed from the records of the dev sweep (every arm at three rates; the facts and probe items of the dev split,
-# never the reported ones):
+# Computed from the records of the dev sweep (the runs counted above; the facts and probe items of the dev split,
+# never the reported ones), first in one sentence, then in four:
 
 # %% tags=["hide-input"]
+sentence = FF.answer(runs, start, preset.seeds)
+if sentence:
+    display(found_box([sentence], title="In one sentence"))
 found_box(FF.findings(runs, start, preset.seeds))
 
 # %% [markdown]
