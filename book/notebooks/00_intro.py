@@ -67,7 +67,7 @@ from smf_lib.views.plotting import plot_answer
 
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
-facts_start, facts_runs = facts_frontier.load(results_dir("facts"), "dev")
+facts_start, facts_runs = facts_frontier.load(results_dir("facts"), split="dev")
 found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start)) if s],
           title="In one sentence")
 
