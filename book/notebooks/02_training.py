@@ -420,7 +420,7 @@ book_table(pd.DataFrame({
 # %% [markdown]
 # A retrofit must cost what it reads, not what the table holds. One run of `python benchmarks/bench_retrofit.py
 # --target cpu` times a retrofit step at each size with the values trained densely (AdamW over the whole table) and
-# row-sparse (gradients and a lazy Adam on the rows read only), side by side on this machine:
+# row-sparse (gradients and a lazy Adam on the rows read only), side by side on a 2-core CPU:
 
 # %%
 bench = pd.read_csv(results_dir("cpu-v1").parents[1] / "benchmarks" / "results" / "cpu_retrofit.csv")
