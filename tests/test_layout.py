@@ -151,6 +151,20 @@ def test_every_room_fits_the_house_limits():
     assert not too_big, "split these: " + "; ".join(sorted(too_big))
 
 
+def test_stage_functions_take_what_they_need_not_the_runner():
+    """No function of the study's stages takes the whole runner: each gets its data and, where it loads models or
+    writes files, a ``StageHost``."""
+    whole = []
+    for name in ("stages.py", "facts_study.py", "evaluation.py"):
+        tree = ast.parse((PKG / "study" / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                params = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                if "runner" in params:
+                    whole.append(f"{name}: {node.name}()")
+    assert not whole, "give these what they need instead of the runner: " + ", ".join(whole)
+
+
 def _recipe(title: str) -> str:
     import re
 

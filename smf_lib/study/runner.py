@@ -37,8 +37,9 @@ from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
 from .preset_spec import Preset
 from .records import REPORT, read_run, upgrade_identity
-from .stages import (check_corpora, evenly_spaced_steps, reference_stage, retrofit_health, retrofit_stage,  # noqa: F401
-                     reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
+from .stages import (RetrofitPlan, StageHost, check_corpora, evenly_spaced_steps, reference_stage,  # noqa: F401
+                     retrofit_health, retrofit_stage, reusable_records, reuse_record, run_flags, trained_memory,
+                     trajectory_probe)
 
 
 def _device() -> torch.device:
@@ -207,6 +208,8 @@ class Runner:
         self.precision = auto_precision(preset, _device())
         self.failures: list[str] = []
         self.waiting: list[str] = []  # grid runs skipped until the preset chooses their rate
+        self.host = StageHost(self.log, self.check, self.load, self.autocast, self.wait_for, self.main, self.world,
+                              self.progress)
 
     def task_questions_for(self, seed: int) -> list[dict]:
         """The training questions of a seed (the same for every seed unless the preset samples per seed)."""
@@ -229,13 +232,14 @@ class Runner:
         cfg = self.preset.train_config(spec.method, spec.seed, spec.lr)
         return dataclasses.replace(cfg, autocast=self.precision["autocast"])
 
-    def retrofit_config(self, seed: int) -> TrainConfig:
-        return dataclasses.replace(self.preset.retrofit_config(seed), autocast=self.precision["autocast"])
-
-    @property
-    def task_max_length(self) -> int:
-        """Tokens per text of the task runs (also the background statistics' and snapshots' length)."""
-        return self.preset.task_settings().max_length
+    def retrofit(self, seed: int, mode: str) -> tuple[torch.nn.Module, object, object, Path]:
+        """The retrofit of ``seed`` and memory ``mode`` (trained once): model, tokenizer, statistics, folder."""
+        p = self.preset
+        plan = RetrofitPlan(seed, mode, self.artifacts / f"retrofit-{mode}-s{seed}", self.retrofit_identity(seed, mode),
+                            MemoryConfig(**{**p.memory, "mode": mode, "dtype": self.precision["memory"]}),
+                            dataclasses.replace(p.retrofit_config(seed), autocast=self.precision["autocast"]),
+                            p.task_settings().max_length)
+        return retrofit_stage(self.host, p, self.suite, plan)
 
     def autocast(self):
         """The evaluation's autocast context (a no-op unless the precision asks for one)."""
@@ -246,8 +250,7 @@ class Runner:
         return trajectory_probe(self.preset, self.suite, self.reference, tok, self.artifacts / f"step0-{start}.json",
                                 self.autocast, self.main)
 
-    def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:
-        """``check_identity`` with this runner's ``fresh``."""
+    def check(self, path: Path, stored: dict | None, current: dict, what: str) -> bool:  # with this ``fresh``
         return check_identity(path, stored, current, what, self.fresh)
 
     def log(self, msg: str) -> None:
@@ -262,9 +265,6 @@ class Runner:
     def load(self, seed: int = 0):
         """The base model (in the preset's dtype) and its tokenizer."""
         return load_base(self.preset.model, self.precision["model"], seed)
-
-    def memory_config(self, mode: str) -> MemoryConfig:
-        return MemoryConfig(**{**self.preset.memory, "mode": mode, "dtype": self.precision["memory"]})
 
     def run_path(self, spec: RunSpec) -> Path:
         return self.out / "runs" / f"{spec.name}.json"
@@ -297,7 +297,7 @@ class Runner:
         t0 = time.perf_counter()
         extra, res, start, stats, retrofitted = {}, None, "base", None, None
         if arm.memory is not None:
-            model, tok, stats, retrofitted = retrofit_stage(self, spec.seed, arm.memory)
+            model, tok, stats, retrofitted = self.retrofit(spec.seed, arm.memory)
             start = retrofitted.name
             extra.update(retrofit=read_json(retrofitted / "train_log.json"),
                          background=read_json(retrofitted / "background_meta.json"))
@@ -410,7 +410,8 @@ class Runner:
                 for stale in self.out.rglob(".*.tmp"):
                     stale.unlink()
             t0 = time.perf_counter()
-            reference_stage(self)
+            reference_stage(self.host, self.preset, self.suite, self.reference, self.precision,
+                            self.artifacts / "reference")
             for spec in specs:
                 self.run_one(spec)
             path = self.out / "summary.csv"

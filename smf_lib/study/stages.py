@@ -1,13 +1,16 @@
 """The runner's stages: the drift reference, the retrofit (with its health record and background statistics), the
-trajectory probe and a finished run's flags. Each takes the :class:`~smf_lib.study.runner.Runner` it serves."""
+trajectory probe and a finished run's flags. Each takes what it needs: the data it reads and, for the stages that
+load models and write files, a :class:`StageHost` (the few services of the study that runs them)."""
 
 from __future__ import annotations
 
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -16,16 +19,45 @@ from ..files import read_json, write_json
 from .. import data
 from ..health import MIN_SHARE, check_health, loss_change, memory_health
 from ..spread import check_spread, memory_spread, spread_stats, spread_summary
-from ..memory import CONFIG_NAME, add_memory
+from ..memory import CONFIG_NAME, MemoryConfig, add_memory
 from ..selection import BackgroundStats, compute_background_stats
-from ..training import micro_batches, train
+from ..training import TrainConfig, micro_batches, train
 from .arms import ARMS
 from .evaluation import corpus, drift_spans, evaluate
 from .plan import _plain
 from .records import TRAJECTORY, is_report, read_run, training_of, upgrade_identity
 
-if TYPE_CHECKING:
-    from .runner import Runner
+
+@dataclass(frozen=True)
+class StageHost:
+    """The services a stage uses from the study that runs it (a :class:`~smf_lib.study.runner.Runner` builds one):
+    ``log(message)``; ``check(path, stored, current, what)``, which says whether a stored identity matches (and
+    refuses or allows a recompute); ``load(seed)``, the base model and tokenizer; ``autocast()``, the evaluation's
+    context; ``wait_for(path)``, which holds processes other than 0 until process 0 wrote ``path``; ``main``
+    (process 0, the one that writes), ``world`` (the number of processes) and ``progress`` (show bars)."""
+
+    log: Callable[[str], None]
+    check: Callable[[Path, dict | None, dict, str], bool]
+    load: Callable[[int], tuple]
+    autocast: Callable[[], AbstractContextManager]
+    wait_for: Callable[[Path], None]
+    main: bool = True
+    world: int = 1
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RetrofitPlan:
+    """One retrofit: its seed and memory mode, its folder and identity, the memory to add, the training settings,
+    and the token length of the task texts (also that of the background statistics and spread meter)."""
+
+    seed: int
+    mode: str
+    folder: Path
+    identity: dict
+    memory: MemoryConfig
+    config: TrainConfig
+    task_max_length: int
 
 
 def evenly_spaced_steps(n_steps: int, points: int) -> list[int]:
@@ -42,28 +74,26 @@ def check_corpora(preset) -> None:
         corpus(preset, preset.background_corpus, preset.background_n)
 
 
-def reference_stage(runner: Runner) -> None:
-    """Cache the base model's top-k log-probabilities on every drift span (once per ``OUT``)."""
-    if not runner.main:
+def reference_stage(host: StageHost, preset, suite, reference, precision: dict, folder: Path) -> None:
+    """Cache the base model's top-k log-probabilities on every drift span of ``suite`` in ``reference`` (once per
+    results folder; ``folder`` holds its marker)."""
+    if not host.main:
         return
-    preset = runner.preset
-    folder = runner.artifacts / "reference"
     marker = folder / "complete.json"
-    ident = _plain({"model": preset.model, "precision": runner.precision, "topk": preset.topk,
-                    "probes": runner.suite.fingerprints(), "dev_subset": preset.dev_subset,
-                    "split": preset.evaluate_on})
-    if marker.exists() and runner.check(marker, read_json(marker), ident, "drift reference"):
+    ident = _plain({"model": preset.model, "precision": precision, "topk": preset.topk,
+                    "probes": suite.fingerprints(), "dev_subset": preset.dev_subset, "split": preset.evaluate_on})
+    if marker.exists() and host.check(marker, read_json(marker), ident, "drift reference"):
         return
     shutil.rmtree(folder, ignore_errors=True)
-    runner.log("caching the base model's drift reference")
-    model, tok = runner.load(0)
+    host.log("caching the base model's drift reference")
+    model, tok = host.load(0)
     for split in {preset.evaluate_on, "dev"}:
         for subset in (None, preset.dev_subset):
-            wiki, chat = drift_spans(tok, runner.suite, split, subset)
+            wiki, chat = drift_spans(tok, suite, split, subset)
             for name, spans in (("wikitext", wiki), ("chat", chat)):
                 if spans:
-                    with runner.autocast():
-                        runner.reference.get(f"{name}-{split}", model, spans)
+                    with host.autocast():
+                        reference.get(f"{name}-{split}", model, spans)
     write_json(marker, ident)
 
 
@@ -83,78 +113,81 @@ def retrofit_health(before: dict | None, after: dict | None, along: list[dict]) 
     return out
 
 
-def retrofit_stage(runner: Runner, seed: int, mode: str) -> tuple[torch.nn.Module, object, BackgroundStats, Path]:
+def retrofit_stage(host: StageHost, preset, suite, plan: RetrofitPlan
+                   ) -> tuple[torch.nn.Module, object, BackgroundStats, Path]:
     """The retrofit adapter (trained once per seed and memory mode), its health record and its background
     statistics; returns the retrofitted model, its tokenizer, the statistics and the stage's folder."""
-    folder = runner.artifacts / f"retrofit-{mode}-s{seed}"
+    folder, ident = plan.folder, plan.identity
     marker = folder / "complete.json"
-    ident = runner.retrofit_identity(seed, mode)
-    done = marker.exists() and runner.check(marker, read_json(marker), ident, "retrofit stage")
+    done = marker.exists() and host.check(marker, read_json(marker), ident, "retrofit stage")
     if not done:  # every process trains (DDP); process 0 alone writes
         started = folder / "identity.json"
-        if runner.main:
-            if started.exists() and not runner.check(started, read_json(started), ident, "retrofit stage"):
+        if host.main:
+            if started.exists() and not host.check(started, read_json(started), ident, "retrofit stage"):
                 shutil.rmtree(folder)
             write_json(started, ident)
-        _retrofit(runner, seed, mode, folder)
-        if runner.main:
+        _retrofit(host, preset, suite, plan)
+        if host.main:
             write_json(marker, ident)
             shutil.rmtree(folder / "ckpt", ignore_errors=True)
-    runner.wait_for(marker)
-    model, tok = runner.load(seed)
+    host.wait_for(marker)
+    model, tok = host.load(plan.seed)
     load_memory(model, folder / "adapter")
     return model, tok, BackgroundStats.load(folder / "background.safetensors", model), folder
 
 
-def _retrofit(runner: Runner, seed: int, mode: str, folder: Path) -> None:
-    preset = runner.preset
-    model, tok = runner.load(seed)
+def _retrofit(host: StageHost, preset, suite, plan: RetrofitPlan) -> None:
+    seed, mode, folder, cfg, length = plan.seed, plan.mode, plan.folder, plan.config, plan.task_max_length
+    where = f"the retrofit ({mode}, seed {seed})"
+    model, tok = host.load(seed)
     torch.manual_seed(seed)
-    add_memory(model, runner.memory_config(mode))
-    heldout = [reply for _, reply in runner.suite.chat["dev"] or runner.suite.chat["report"]]
-    cfg = runner.retrofit_config(seed)
-    max_length = cfg.max_length
-    before = memory_health(model, tok, heldout, max_length) if heldout and runner.main else None
-    general, task = spread_texts(runner.preset, runner.suite)
+    add_memory(model, plan.memory)
+    heldout = [reply for _, reply in suite.chat["dev"] or suite.chat["report"]]
+    before = memory_health(model, tok, heldout, cfg.max_length) if heldout and host.main else None
+    general, task = spread_texts(preset, suite)
     top_t = preset.train.top_t
-    spread_before = memory_spread(model, tok, general, task, runner.task_max_length, top_t) if runner.main else None
+    spread_before = memory_spread(model, tok, general, task, length, top_t) if host.main else None
     texts = corpus(preset, preset.retrofit_corpus, preset.retrofit_n)
-    runner.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
+    host.log(f"retrofit ({mode}, seed {seed}) on {len(texts)} texts")
     along, along_general = heldout[:32], general[:SPREAD_ALONG]
 
     def probe(m, step):  # the memory's share and spread along the retrofit, on a few held-out texts
-        h = memory_health(m, tok, along, max_length)
-        spread = spread_summary(memory_spread(m, tok, along_general, None, runner.task_max_length))
+        h = memory_health(m, tok, along, cfg.max_length)
+        spread = spread_summary(memory_spread(m, tok, along_general, None, length))
         return {**{k: h[k] for k in ("loss", "share", "min_share", "share_by_layer")}, "spread": spread}
 
     steps = len(micro_batches(len(texts), cfg))
-    res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=runner.progress,
-                probe=probe if along and runner.main else None,
+    res = train(model, tok, texts, cfg, checkpoint_dir=folder / "ckpt", progress=host.progress,
+                probe=probe if along and host.main else None,
                 probe_steps=evenly_spaced_steps(steps, max(2, preset.trajectory_points)))
-    if not runner.main:
+    if not host.main:
         return
     save_memory(res.model, folder / "adapter")
-    after = memory_health(res.model, tok, heldout, max_length) if heldout else None
+    after = memory_health(res.model, tok, heldout, cfg.max_length) if heldout else None
     health = retrofit_health(before, after, res.trajectory)
-    spread_after = memory_spread(res.model, tok, general, task, runner.task_max_length, top_t)
-    if not check_spread(spread_after, spread_before, where=f"the retrofit ({mode}, seed {seed})"):
-        runner.log(f"WARNING: the retrofit ({mode}, seed {seed}) collapsed the memory's reads onto a few rows "
-                   f"({spread_summary(spread_after)}); retrofit with frozen addressing (the spread pilot)")
-    if after is not None and not check_health(after, where=f"the retrofit ({mode}, seed {seed})"):
-        runner.log(f"WARNING: the retrofit ({mode}, seed {seed}) left a memory below {MIN_SHARE:.0%} of the MLP's "
-                   f"output at some layer ({health['after']['share_by_layer']}); SMF on it will learn little. "
-                   "`python -m smf_lib retrofit-pilot` compares recipes")
+    spread_after = memory_spread(res.model, tok, general, task, length, top_t)
+    if not check_spread(spread_after, spread_before, where=where):
+        host.log(f"WARNING: {where} collapsed the memory's reads onto a few rows "
+                 f"({spread_summary(spread_after)}); retrofit with frozen addressing (the spread pilot)")
+    if after is not None and not check_health(after, where=where):
+        host.log(f"WARNING: {where} left a memory below {MIN_SHARE:.0%} of the MLP's output at some layer "
+                 f"({health['after']['share_by_layer']}); SMF on it will learn little. "
+                 "`python -m smf_lib retrofit-pilot` compares recipes")
     write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
-                                           "processes": runner.world, "heldout_oasst1": health,
+                                           "processes": host.world, "heldout_oasst1": health,
                                            "spread": {"before": spread_before, "after": spread_after}})
+    _background(host, preset, res.model, tok, folder, length)
+
+
+def _background(host: StageHost, preset, model, tok, folder: Path, max_length: int) -> None:
+    """The retrofitted model's background statistics and how their reads spread, written into ``folder``."""
     t0 = time.perf_counter()
     background = corpus(preset, preset.background_corpus, preset.background_n)
-    runner.log(f"background statistics on {len(background)} documents")
-    with runner.autocast():
-        stats = compute_background_stats(res.model, tok, background, max_length=runner.task_max_length,
-                                         progress=runner.progress)
+    host.log(f"background statistics on {len(background)} documents")
+    with host.autocast():
+        stats = compute_background_stats(model, tok, background, max_length=max_length, progress=host.progress)
     stats.save(folder / "background.safetensors")
-    layers = [str(k) for k in runner.preset.memory.get("layers", range(stats.totals.shape[0]))]
+    layers = [str(k) for k in preset.memory.get("layers", range(stats.totals.shape[0]))]
     spread = {k: spread_stats(stats.totals[j]) for j, k in enumerate(layers)}  # how the background reads spread
     write_json(folder / "background_meta.json", {"seconds": time.perf_counter() - t0, "n_docs": len(background),
                                                   "corpus": preset.background_corpus, "spread": spread})

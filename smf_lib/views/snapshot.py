@@ -23,8 +23,6 @@ def selection_snapshot(runner, seed: int = 0, n_batches: int = 4, example: int |
     task texts, the retrofit's background statistics and, under ``example``, the read counts of the book's running
     example (reported MedMCQA item ``example`` as a training text). A stored snapshot without the example gets it
     added. Returns its path."""
-    from ..study.stages import retrofit_stage
-
     path = runner.out / "selection_counts.json"
     ident = runner.retrofit_identity(seed, "additive")
     cfg = runner.preset.train_config("smf-kl", seed)
@@ -33,7 +31,7 @@ def selection_snapshot(runner, seed: int = 0, n_batches: int = 4, example: int |
         stored = read_json(path)
         if example is None or (stored.get("example") or {}).get("item") == example:
             return path
-    model, tok, stats, _ = retrofit_stage(runner, seed, "additive")
+    model, tok, stats, _ = runner.retrofit(seed, "additive")
     if stored is None:
         size = cfg.micro_batch * cfg.grad_accum
         texts = runner.task_texts[: size * n_batches]
