@@ -192,6 +192,28 @@ def test_a_finished_facts_run_survives_a_new_rate_in_its_preset_but_not_another_
     assert not same_run(ident, {**ident, "arm": "full"})
 
 
+def test_a_dev_run_ignores_the_number_of_reported_facts_and_a_reported_run_does_not():
+    from smf_lib.study.facts_study import same_run
+
+    dev = {"preset": {"name": "facts", "n_facts": 200, "dev_facts": 40}, "arm": "lora", "split": "dev"}
+    fewer = {**dev, "preset": {**dev["preset"], "n_facts": 100}}
+    assert same_run(dev, fewer) and not same_run(dev, {**dev, "preset": {**dev["preset"], "dev_facts": 20}})
+    report = {**dev, "split": "report"}
+    assert not same_run(report, {**fewer, "split": "report"})
+
+
+def test_the_facts_status_lists_the_dev_runs_left_in_order(tmp_path):
+    from smf_lib.study.facts_frontier import status_lines
+    from smf_lib.study.facts_presets import FactsPreset
+
+    p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4,)}, seeds=(0, 1), dev_seeds=(0,))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "smf-tfidf-lr0.01-s0-dev.json").write_text("{}")
+    lines = status_lines(p, tmp_path)
+    assert lines[0].endswith("1 of 3 runs finished")
+    assert lines[-1].endswith("smf-tfidf-lr0.03-s0-dev, lora-lr0.0001-s0-dev")
+
+
 def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
     from smf_lib.study import facts_frontier as FF
 

@@ -182,7 +182,7 @@ def _run(args) -> int:
 
 
 def _status_arguments(st) -> None:
-    st.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    st.add_argument("--preset", required=True, choices=sorted(PRESETS) + sorted(FACT_PRESETS))
     st.add_argument("--out", help="results folder (default results/PRESET)")
 
 
@@ -190,6 +190,14 @@ def _status(args) -> int:
     from .plan import damage_lines, dirty_lines, health_lines, status_line, study_status
 
     out = args.out or f"results/{args.preset}"
+    if args.preset in FACT_PRESETS:
+        from .facts_frontier import status_lines
+        from .facts_study import get_facts_preset
+
+        print("\n".join(status_lines(get_facts_preset(args.preset), out)))
+        print(f"`python -m smf_lib run --preset {args.preset} --split dev` resumes the dev sweep; `--split report` "
+              "runs the reported facts once it is complete.")
+        return 0
     table = study_status(get_preset(args.preset), out)
     print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
     print(status_line(table))

@@ -87,15 +87,18 @@ def _paired(before: dict, after: dict) -> dict:
     return out
 
 
-#: Preset fields that plan the study (which rates and seeds run) but do not change any one run.
-PLAN_FIELDS = ("rates", "seeds")
+#: Preset fields that plan the study (which rates and seeds run) but do not change any one run; and those that
+#: only the reported facts read (a dev run's facts and probes do not depend on them).
+PLAN_FIELDS = ("rates", "seeds", "dev_seeds")
+REPORT_FIELDS = ("n_facts",)
 
 
 def same_run(stored: dict | None, current: dict) -> bool:
     """Whether a stored run identity describes the run ``current`` does: the same in everything but the preset's
     plan (:data:`PLAN_FIELDS`), so adding a rate to one arm keeps every finished run."""
     def run_only(ident):
-        return {**ident, "preset": {k: v for k, v in ident.get("preset", {}).items() if k not in PLAN_FIELDS}}
+        skip = PLAN_FIELDS + (REPORT_FIELDS if ident.get("split") == "dev" else ())
+        return {**ident, "preset": {k: v for k, v in ident.get("preset", {}).items() if k not in skip}}
 
     return stored is not None and run_only(stored) == run_only(current)
 
@@ -225,7 +228,8 @@ class FactsRunner:
         short still holds one whole frontier); first the rows snapshot of the split's first facts."""
         self.fact_rows(split)
         rates = self.p.rates if split == "dev" else self.report_rates()
-        return [self.run(arm, lr, seed, split) for seed in self.p.seeds for arm, arm_rates in rates.items()
+        seeds = self.p.dev_seeds if split == "dev" else self.p.seeds
+        return [self.run(arm, lr, seed, split) for seed in seeds for arm, arm_rates in rates.items()
                 for lr in arm_rates]
 
     def report_rates(self) -> dict[str, tuple[float, ...]]:
@@ -234,7 +238,7 @@ class FactsRunner:
         dev sweep is unfinished or its arms share no level."""
         from .facts_frontier import level_of, load, rates_around
 
-        planned = sum(len(r) for r in self.p.rates.values()) * len(self.p.seeds)
+        planned = sum(len(r) for r in self.p.rates.values()) * len(self.p.dev_seeds)
         start, runs = load(self.out, "dev") if (self.out / "start-dev.json").exists() else ({}, [])
         if len(runs) < planned:
             raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(runs)} of "
