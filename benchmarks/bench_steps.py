@@ -373,7 +373,7 @@ def main():
     if "meta" not in args.parts:
         return
     meta = {"setup": (f"{args.target}{' (quick dry run)' if args.quick else ''} on {device}: {t['model']}, "
-                      f"memory at {t['layers']} with {t['n_keys'] ** 2} slots, batch "
+                      f"memory at {t['layers']} with {t['n_keys'] ** 2:,} slots, batch "
                       f"{t['batch']} x {t['seq']} tokens, top-t {t['top_t']}, {t['dtype']}, median of {t['steps']} "
                       f"steps after {t['warmup']} warm-up, torch {torch.__version__}, "
                       f"{torch.get_num_threads()} CPU threads, allocator "

@@ -136,3 +136,32 @@ def test_no_chapter_carries_a_stale_phrase():
     found = [f"{p.name}: {phrase!r}" for p in [*SOURCES, *(ROOT / "book").glob("*.md")]
              for phrase in STALE if phrase in p.read_text(encoding="utf-8").lower()]
     assert not found, f"rewrite for the finished results: {found}"
+
+
+_BARE_COUNT = re.compile(r"(?<![\w.,:/#@-])\d{4,}(?![\w,]|\.\d)")
+
+
+def bare_counts(text: str) -> list[str]:
+    """Whole numbers of 4 or more digits printed without thousands separators in an output's text or HTML, leaving
+    out a book table's identifier cells (``smf-id``), markup, images and years."""
+    text = re.sub(r'<td class="[^"]*smf-id[^"]*">.*?</td>', "", text)
+    text = re.sub(r"<style>.*?</style>|<script.*?</script>|data:image[^\"']*", "", text, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return [m.group(0) for m in _BARE_COUNT.finditer(text) if not 1900 <= int(m.group(0)) <= 2100]
+
+
+def test_bare_counts_finds_a_count_without_separators_but_not_an_identifier_or_a_decimal():
+    assert bare_counts("<td>4096</td><td class=\"smf-id\">3947</td> 1.2345 4,096 2026 v2.13.0") == ["4096"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_counts_in_the_outputs_carry_thousands_separators(path):
+    """One formatter: every count a chapter prints or tabulates has separators (``smf_lib.study.tables.count``)."""
+    ipynb = jupytext.read(ROOT / "notebooks" / (path.stem + ".ipynb"))
+    found = []
+    for cell in ipynb.cells:
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = o.get("data", {})
+            texts = ["".join(o.get("text", ""))] + ["".join(data.get(k, "")) for k in ("text/html", "text/markdown")]
+            found += [n for t in texts for n in bare_counts(t)]
+    assert not found, f"{path.stem} prints counts without separators {found[:8]}: format them with `:,` or count()"

@@ -196,6 +196,8 @@ def test_book_tables_round_hide_the_index_and_have_a_narrow_view():
     assert "@media (max-width:640px)" in html
     assert cell_text(True) == "True" and cell_text(None) == "—"
     assert cell_text("+0.1 [+0.0, +0.2]") == "+0.1 [+0.0, +0.2]"
+    slots = book_table(pd.DataFrame({"kl slot": [3947], "rows read": [4096], "n_slots": [65536]})).cells()
+    assert slots == [["3947", "4,096", "65,536"]]  # counts get separators, identifiers do not
     why = "a reason long enough to be prose, which would widen the table on one line"
     prose = book_table(pd.DataFrame({"setting": ["top-t"], "why": [why]}))._repr_html_()
     assert f'<td class="smf-text">{why}</td>' in prose and '<td class="smf-key">top-t</td>' in prose  # it wraps

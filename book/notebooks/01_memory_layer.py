@@ -134,7 +134,7 @@ book_table(items.rename_axis("question"))
 text = wikitext_text(12)
 ppl = perplexity(model, tok, text, max_length=256, stride=128,
                  progress=False)
-print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']} tokens")
+print(f"perplexity {ppl['ppl']:.1f} over {ppl['tokens']:,} tokens")
 print(textwrap.fill(f"tokens scored per window: {[w['tokens'] for w in ppl['windows']]}", 76))
 
 # %% [markdown]

@@ -163,8 +163,8 @@ example = load_medmcqa("validation", n=RUNNING_EXAMPLE + 1)[RUNNING_EXAMPLE]
 example_reads = read_counts_of_texts(model, tok, [medmcqa_training_text(example)], max_length=256)
 for layer, c, d in zip(memory.layers, example_reads, moves):
     read, touched = c > 0, (c > 0) & (d > 0)
-    print(f"layer {layer}: it reads {int(read.sum())} rows, {int(touched.sum())} of them moved "
-          f"({int(c[touched].sum())} of its {int(c.sum())} reads)")
+    print(f"layer {layer}: it reads {int(read.sum()):,} rows, {int(touched.sum()):,} of them moved "
+          f"({int(c[touched].sum()):,} of its {int(c.sum()):,} reads)")
 
 # %% [markdown]
 # The shared rows are the only path by which sixteen steps on other medical questions can change this

@@ -59,6 +59,7 @@ from smf_lib.views.notebook import setup_notebook
 from smf_lib.study.cost import benchmark_targets
 from smf_lib.views.plotting import Panels, plot_benchmark, plot_slot_scaling
 from smf_lib.study.results import results_dir
+from smf_lib.study.tables import with_separators
 from smf_lib.views.tables import book_table
 
 SEED = 0
@@ -67,7 +68,7 @@ pd.set_option("display.max_colwidth", None)  # target names in full
 bench = results_dir("cpu-v1").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
-print(textwrap.fill(f"Set-up: {meta['setup']}", 76))
+print(textwrap.fill(f"Set-up: {with_separators(meta['setup'])}", 76))
 
 # %% [markdown]
 # ## Step time and peak memory per method

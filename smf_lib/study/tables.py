@@ -1,9 +1,11 @@
-"""How the study's tables print their values: seeds, rates, intervals rounded to what their width supports,
-numbers to a few significant digits, and DataFrames as Markdown."""
+"""How the project prints numbers, in one place: counts with thousands separators (:func:`count`), measurements to
+a few significant digits (:func:`significant`), seeds, rates, intervals rounded to what their width supports, and
+DataFrames as Markdown. The book's tables (:mod:`smf_lib.views.tables`) and the study's tables read these."""
 
 from __future__ import annotations
 
 import math
+import re
 
 
 def _missing(x) -> bool:
@@ -30,6 +32,18 @@ def interval_cell(d: float, lo: float, hi: float, digits: int | None = None) -> 
     """``"+Δ [+lo, +hi]"``, rounded to ``digits`` decimals or (default) to what the interval's width supports."""
     k = interval_digits(lo, hi) if digits is None else digits
     return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
+
+
+def count(n) -> str:
+    """A count with thousands separators (``4,096``; ``""`` for none). Identifiers (a slot's index, an item's
+    number) are not counts: print them as they are."""
+    return "" if _missing(n) else f"{int(n):,}"
+
+
+def with_separators(text: str) -> str:
+    """``text`` with thousands separators on its bare whole numbers of 4 or more digits (a recorded description,
+    ``"4096 slots"`` -> ``"4,096 slots"``); decimals, versions and names are left as they are."""
+    return re.sub(r"(?<![\w.,:/-])\d{4,}(?![\w,]|\.\d)", lambda m: count(m.group(0)), text)
 
 
 def significant(x, digits: int = 3) -> str:

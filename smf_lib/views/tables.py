@@ -9,12 +9,16 @@ import re
 
 import pandas as pd
 
-from ..study.tables import significant
+from ..study.tables import count, significant
 
 #: Below this page width (CSS pixels) a table shows as one card per row.
 NARROW_PX = 640
 #: A column whose longest cell is longer than this (characters) is prose: it wraps instead of widening the table.
 PROSE_CHARS = 40
+#: Columns whose names end so (singular) hold identifiers (a slot's index, an item's number): printed as they are;
+#: plural names ("slots", "steps") are counts.
+ID_SUFFIXES = ("slot", "row", "item", "index", "fact", "seed", "step")
+_ID = ' class="smf-id"'
 
 _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           f"@media (max-width:{NARROW_PX}px){{.smf-table .smf-wide{{display:none}}"
@@ -29,15 +33,20 @@ _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
           ".smf-table .smf-card th{font-weight:600;padding-right:1em}</style>")
 
 
-def cell_text(value, digits: int = 3) -> str:
-    """One cell: numbers to ``digits`` significant digits (scientific notation below 0.001), text as it is, a
-    missing value as an em dash."""
+def is_id_column(name) -> bool:
+    """Whether a column holds identifiers rather than counts (its name ends in one of :data:`ID_SUFFIXES`)."""
+    return str(name).lower().endswith(ID_SUFFIXES)
+
+
+def cell_text(value, digits: int = 3, identifier: bool = False) -> str:
+    """One cell: counts with thousands separators (identifiers as they are), other numbers to ``digits``
+    significant digits (scientific notation below 0.001), text as it is, a missing value as an em dash."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "—"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, numbers.Integral):
-        return f"{int(value):,}" if abs(int(value)) >= 10000 else str(int(value))
+        return str(int(value)) if identifier else count(value)
     if isinstance(value, numbers.Real):
         return significant(float(value), digits)
     return str(value)
@@ -79,13 +88,14 @@ class BookTable:
         self.caption = caption
 
     def cells(self) -> list[list[str]]:
-        return [[cell_text(v, self.digits) for v in row] for row in self.df.itertuples(index=False)]
+        ids = [is_id_column(c) for c in self.df.columns]
+        return [[cell_text(v, self.digits, i) for v, i in zip(row, ids)] for row in self.df.itertuples(index=False)]
 
     def _wide(self, rows) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.df.columns)
         prose = [max((len(r[j]) for r in rows), default=0) > PROSE_CHARS for j in range(len(self.df.columns))]
-        classes = [" ".join(n for n, on in (("smf-key", c in self.key), ("smf-text", p)) if on)
-                   for c, p in zip(self.df.columns, prose)]
+        classes = [" ".join(n for n, on in (("smf-key", c in self.key), ("smf-text", p), ("smf-id", is_id_column(c)))
+                            if on) for c, p in zip(self.df.columns, prose)]
         body = "".join("<tr>" + "".join(f'<td class="{k}">{cell_html(v)}</td>' if k else f"<td>{cell_html(v)}</td>"
                                         for k, v in zip(classes, r)) + "</tr>" for r in rows)
         cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
@@ -98,8 +108,8 @@ class BookTable:
         for r in rows:
             title = ", ".join(f"{k} {r[cols.index(k)]}" if k in ("seed", "lr") else r[cols.index(k)]
                               for k in self.key if r[cols.index(k)] not in ("", "—"))
-            body = "".join(f"<tr><th>{html.escape(str(c))}</th><td>{cell_html(v)}</td></tr>"
-                           for c, v in zip(cols, r) if c not in self.key)
+            body = "".join(f"<tr><th>{html.escape(str(c))}</th><td{_ID if is_id_column(c) else ''}>"
+                           f"{cell_html(v)}</td></tr>" for c, v in zip(cols, r) if c not in self.key)
             cards.append(f'<table class="smf-card"><caption>{html.escape(title)}</caption>'
                          f'<tbody>{body}</tbody></table>')
         return f'<div class="smf-narrow">{"".join(cards)}</div>'
