@@ -836,3 +836,20 @@ def test_the_summary_gives_smf_minus_each_baseline_per_seed(reference_grid):
                                                                                                        "hi")])
     written = pd.read_csv(reference_grid / "differences.csv")
     assert set(written["smf"]) <= {"smf-kl", "smf-tfidf"} and len(written) == len(table)
+
+
+def test_the_running_example_sentence_reads_each_method_from_the_option_probabilities():
+    from smf_lib.study.findings import example_sentence
+
+    def rows(run, gold_p):
+        return [{"run": run, "option": o, "probability": p, "gold": o == "B"}
+                for o, p in zip("ABCD", (0.1, gold_p, 0.9 - gold_p - 0.05, 0.05))]
+
+    probs = pd.DataFrame(rows("base", 0.30) + rows("smf-kl s0", 0.40) + rows("smf-kl s1", 0.44)
+                         + rows("lora s0", 0.35))
+    sentence = example_sentence(probs)
+    assert sentence.startswith("The base model gives the gold answer (B) 30%; after training, SMF-KL 40-44%, LoRA 35%")
+    assert sentence.endswith("every method raised it.")
+    lowered = example_sentence(pd.DataFrame(rows("base", 0.30) + rows("full s0", 0.20)))
+    assert "full finetuning 20%" in lowered and "none taught" in lowered
+    assert example_sentence(pd.DataFrame(rows("lora s0", 0.2))) is None  # no base model to compare with

@@ -153,6 +153,26 @@ plt.show()
 print(status_line(status, width=76))
 
 # %% [markdown]
+# ## One question, all the way through
+# Every chapter follows one MedMCQA question, the running example: chapter 1 shows which memory rows it reads,
+# chapter 2 which of them SMF moves, chapter 3 what each method did to it, chapter 4 which rows each selector picks
+# for it. It is a reported validation item, so no training run ever sees it:
+
+# %% tags=["hide-input"]
+from IPython.display import Markdown, display
+
+from smf_lib.data import load_medmcqa
+from smf_lib.study.findings import example_sentence
+from smf_lib.study.results import option_probabilities
+from smf_lib.views.notebook import RUNNING_EXAMPLE
+
+example = load_medmcqa("validation", n=RUNNING_EXAMPLE + 1)[RUNNING_EXAMPLE]
+print(textwrap.fill(example["question"], 76))
+for k in "ABCD":
+    print(textwrap.fill(f"{k}. {example[f'op{k.lower()}']}", 76, subsequent_indent="   "))
+display(Markdown(example_sentence(option_probabilities(runs, RUNNING_EXAMPLE))))
+
+# %% [markdown]
 # ## The first study
 # The same grid ran first on a memory retrofitted at the paper's rate for 50 steps (`results/cpu-v1/`). Its
 # memory was too quiet to test SMF; what it found:

@@ -51,7 +51,8 @@ from IPython.display import Markdown, display
 
 from smf_lib.views.notebook import setup_notebook
 from smf_lib.study.arms import ORDER
-from smf_lib.study.findings import answer_sentences, findings_cpu, findings_v1, reported_findings
+from smf_lib.study.findings import (answer_cpu_v2, answer_sentences, example_sentence, findings_cpu, findings_v1,
+                                    reported_findings)
 from smf_lib.study.paired_stats import mcnemar, mcnemar_words
 from smf_lib.study.presets import get_preset
 from smf_lib.study.records import is_report
@@ -74,6 +75,7 @@ v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
 planned = int((status["evaluation"] == "report").sum())
+display(found_box([answer_cpu_v2(runs)], title="In one sentence"))
 found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
 
 # %% [markdown]
@@ -266,10 +268,7 @@ wide = (100 * wide.reindex(probs["run"].unique())).round(1)
 wide = wide.rename(columns={gold: f"{gold} (gold, %)"}).rename(
     columns=lambda c: c if "gold" in c else f"{c} (%)").reset_index()
 display(book_table(wide, key=["run"]))
-first, last = wide.iloc[0], wide.iloc[-1]
-display(Markdown(
-    f"The base model gives the gold answer {first[f'{gold} (gold, %)']:.0f}%; "
-    f"{last['run']} gives it {last[f'{gold} (gold, %)']:.0f}%."))
+display(Markdown(example_sentence(probs)))
 
 # %% [markdown]
 # ## What each probe can resolve

@@ -406,3 +406,29 @@ def answer_sentences(**points) -> str:
                    f"({g.loc[most, 'd_medmcqa_gold_margin']:+.3f} nats of margin), and {best[0]} at {best[1]:g} had "
                    f"the best change in chat log-likelihood ({g.loc[best, 'd_chat_loglik']:+.4f} nats).")
     return " ".join(out) or "No trained run has finished yet."
+
+
+def example_sentence(probs) -> str | None:
+    """What training did to one question, in a sentence: the gold option's probability under the base model, the
+    retrofit and each method (the range over seeds), from :func:`~smf_lib.study.results.option_probabilities`."""
+    gold = probs[probs["gold"]]
+    if gold.empty or "base" not in set(gold["run"]):
+        return None
+    by = gold.assign(method=gold["run"].str.split().str[0]).groupby("method", sort=False)["probability"]
+    letter = gold["option"].iloc[0]
+
+    def pct(method):
+        lo, hi = 100 * by.min()[method], 100 * by.max()[method]
+        return f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}%"
+
+    names = {**NAMES, "retrofit": "the retrofitted model"}
+    trained = [m for m in ("smf-kl", "smf-tfidf", "lora", "full") if m in by.groups]
+    if not trained:
+        return None
+    base, ends = 100 * by.max()["base"], [100 * by.mean()[m] for m in trained]
+    how = ("every method raised it" if min(ends) > base else
+           "every method lowered it (none taught the model this question)" if max(ends) < base else
+           "some methods raised it and some lowered it")
+    return (f"The base model gives the gold answer ({letter}) {pct('base')}"
+            + (f", the retrofitted model {pct('retrofit')}" if "retrofit" in by.groups else "")
+            + "; after training, " + ", ".join(f"{names[m]} {pct(m)}" for m in trained) + f": {how}.")
