@@ -201,3 +201,17 @@ def test_book_tables_round_hide_the_index_and_have_a_narrow_view():
     why = "a reason long enough to be prose, which would widen the table on one line"
     prose = book_table(pd.DataFrame({"setting": ["top-t"], "why": [why]}))._repr_html_()
     assert f'<td class="smf-text">{why}</td>' in prose and '<td class="smf-key">top-t</td>' in prose  # it wraps
+
+
+def test_the_how_to_read_picture_marks_equal_learning_and_the_gap_between_the_arms():
+    from smf_lib.views.diagrams import plot_how_to_read
+
+    fig = plot_how_to_read(("SMF", "LoRA"), level=0.5)
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["SMF: one point per run (rate)", "LoRA: one point per run (rate)"]
+    marks = [ln for ln in ax.get_lines() if ln.get_marker() == "D"][0]  # the two readings on the line
+    assert list(marks.get_xdata()) == [0.5, 0.5] and marks.get_ydata()[0] > marks.get_ydata()[1]
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "equal learning" in texts and "SMF minus LoRA" in texts
+    plt.close(fig)

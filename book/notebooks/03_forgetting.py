@@ -120,6 +120,21 @@ print(textwrap.fill("reported items: " + ", ".join(
     if k in base["items"]), 76))
 
 # %% [markdown]
+# ## How to read a learning-against-forgetting plot
+# Every figure of this chapter puts what a run learned on the x axis and what it kept on the y axis, each as a
+# change from the model the run started from. A method run at several rates gives several points, and they join
+# into a curve: a higher rate learns more and usually forgets more. Two methods are compared **at equal
+# learning**: on a vertical line that both curves reach, read the height of each; the gap between them is the
+# answer, and its interval comes from the items. Two points at different learning cannot be ranked by height
+# alone: the one further right may sit lower only because it learned more. The picture, on made-up numbers:
+
+# %% tags=["hide-input"]
+from smf_lib.views.diagrams import plot_how_to_read
+
+fig = plot_how_to_read(("SMF", "LoRA"))
+plt.show()
+
+# %% [markdown]
 # ## The answer in one figure
 # Each point is one training run: how much it learned (x) against how much it forgot (y), each as a paired change
 # with its 95% interval on both axes. Learning is the gold option's log-likelihood margin over the best distractor

@@ -127,6 +127,12 @@ book_table(rows_table(snapshot), key=["fact"])
 # its rates, lowest first, with the mean over seeds. The x axis is what the arm learned (the facts' answer
 # log-likelihood gain on held-out questions), the y axis what it lost on one probe. At any x, every arm has learned
 # the same amount, so the higher line forgot less; the dotted line marks the level where all arms are compared.
+# Chapter 3 draws the idea on made-up numbers:
+
+# %% tags=["hide-input"]
+from smf_lib.views.diagrams import plot_how_to_read
+
+display(Panels([plot_how_to_read(("SMF", "LoRA"))]))
 
 # %%
 found = FF.level_of(runs, start)

@@ -192,3 +192,40 @@ def plot_selection_steps(counts, df, totals, n_docs: int, top_t: int, rows: int 
     axes[3].set_xlabel("row (slot index), by the batch's reads")
     fig.tight_layout()
     return fig
+
+
+def plot_how_to_read(labels=("method A", "method B"), level: float = 0.5):
+    """How to read a learning-against-forgetting plot, drawn on made-up numbers: each arm's runs (one per rate)
+    join into a curve from "learned little" to "learned much"; "equal learning" is a vertical line where both
+    curves have points around it; the answer is the vertical gap between the curves on that line (higher kept
+    more). Two points at different learning cannot be ranked by height. Returns the figure."""
+    x = np.array([0.15, 0.35, 0.6, 0.85])
+    curves = {labels[0]: (0.01 - 0.04 * x ** 2, MEMORY, "o"), labels[1]: (0.02 - 0.2 * x ** 2, DENSE, "s")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    at = {}
+    for name, (y, color, marker) in curves.items():
+        ax.plot(x, y, "-", color=color, lw=1.4, marker=marker, ms=7, label=f"{name}: one point per run (rate)")
+        at[name] = float(np.interp(level, x, y))
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(level, color=ACCENT, ls="--", lw=1.2)
+    ax.text(level + 0.015, 0.045, "equal learning:\nread every arm here", color=ACCENT, fontsize=10, va="top")
+    (a, ya), (b, yb) = at.items()
+    ax.plot([level, level], [ya, yb], "D", color=INK, ms=5, zorder=3)
+    ax.add_patch(FancyArrowPatch((level + 0.03, yb), (level + 0.03, ya), arrowstyle="<|-|>", mutation_scale=10,
+                                 color=INK, lw=1.1))
+    ax.text(level - 0.03, yb - 0.02, f"the answer: {a} minus {b}\nat equal learning\n(higher kept more)",
+            ha="right", va="top", fontsize=10, color=INK)
+    ax.annotate("", xy=(0.97, -0.15), xytext=(0.72, -0.15), arrowprops=dict(arrowstyle="-|>", color="0.35"))
+    ax.text(0.72, -0.145, "learned more", fontsize=10, color="0.35", va="bottom")
+    ax.annotate("", xy=(0.03, 0.045), xytext=(0.03, 0.0), arrowprops=dict(arrowstyle="-|>", color="0.35"))
+    ax.text(0.045, 0.045, "forgot less", fontsize=10, color="0.35", va="top")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(-0.16, 0.05)
+    ax.set_xticks([])
+    ax.set_yticks([0], ["no change"])
+    ax.set_xlabel("learning: what the run gained on the task (a change from its start)")
+    ax.set_ylabel("forgetting probe: change from the start\n(up is better)")
+    ax.set_title("How to read a learning-against-forgetting plot", loc="left")
+    ax.legend(loc="lower left", fontsize=9, frameon=False)
+    fig.tight_layout()
+    return fig
