@@ -165,3 +165,19 @@ def test_counts_in_the_outputs_carry_thousands_separators(path):
             texts = ["".join(o.get("text", ""))] + ["".join(data.get(k, "")) for k in ("text/html", "text/markdown")]
             found += [n for t in texts for n in bare_counts(t)]
     assert not found, f"{path.stem} prints counts without separators {found[:8]}: format them with `:,` or count()"
+
+
+_PLUMBING = re.compile(r"^(display\()?(found_box|Markdown)\(|^print\((textwrap\.fill\()?status_line\(")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_plumbing_cells_show_their_output_not_their_code(path):
+    """A cell that only places a computed box or status line on the page hides its code (``hide-input``)."""
+    shown = []
+    for cell in jupytext.read(path).cells:
+        lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")]
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and lines and all(_PLUMBING.match(ln) or ln.startswith(" ") for ln in lines) \
+                and not {"hide-input", "remove-input", "remove-cell"} & set(tags):
+            shown.append(lines[0][:60])
+    assert not shown, f"tag these cells hide-input: {shown}"

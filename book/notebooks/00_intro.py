@@ -177,7 +177,7 @@ display(Markdown(example_sentence(option_probabilities(runs, RUNNING_EXAMPLE))))
 # The same grid ran first on a memory retrofitted at the paper's rate for 50 steps (`results/cpu-v1/`). Its
 # memory was too quiet to test SMF; what it found:
 
-# %%
+# %% tags=["hide-input"]
 found_box(findings_v1(v1_summary, v1_runs, results_dir("retrofit-pilot")), title="The first study")
 
 # %% [markdown]

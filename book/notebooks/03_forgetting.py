@@ -163,7 +163,7 @@ if len(trained):
 else:
     print("no trained run has been fully evaluated on the reported items yet")
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(answer_sentences(dev=ends, reported=trained)))
 display(Markdown(" ".join(reported_findings(net)[:2])))
 
@@ -429,7 +429,7 @@ else:
 # Before this study, the same grid ran on a memory retrofitted at the paper's rate for 50 steps
 # (`python -m smf_lib run --preset cpu-v1`, files in `results/cpu-v1/`). What it found, computed from its files:
 
-# %%
+# %% tags=["hide-input"]
 found_box(findings_v1(v1_summary, v1_runs, results_dir("retrofit-pilot")), title="The first study")
 
 # %% [markdown]
