@@ -181,3 +181,13 @@ def test_plumbing_cells_show_their_output_not_their_code(path):
                 and not {"hide-input", "remove-input", "remove-cell"} & set(tags):
             shown.append(lines[0][:60])
     assert not shown, f"tag these cells hide-input: {shown}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_no_table_heads_a_column_with_a_raw_name(path):
+    """Tables name their columns in words (``gold log-lik``), never by a record's key (``gold_loglik``)."""
+    ipynb = jupytext.read(ROOT / "notebooks" / (path.stem + ".ipynb"))
+    heads = {h for cell in ipynb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+             for h in re.findall(r"<th[^>]*>(.*?)</th>", "".join(o.get("data", {}).get("text/html", "")))}
+    raw = sorted(h for h in heads if re.search(r"[a-z]_[a-z]", h))
+    assert not raw, f"{path.stem}: rename these columns for the reader: {raw}"
