@@ -215,3 +215,15 @@ def test_the_how_to_read_picture_marks_equal_learning_and_the_gap_between_the_ar
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "equal learning" in texts and "SMF minus LoRA" in texts
     plt.close(fig)
+
+
+def test_the_answer_plot_explains_its_seed_markers_in_the_legend():
+    from smf_lib.views.plotting import plot_answer
+
+    rows = [{"method": m, "lr": 1e-3, "seed": s, "d_medmcqa_gold_margin": 0.1 * (s + 1),
+             "d_medmcqa_gold_margin_lo": 0.0, "d_medmcqa_gold_margin_hi": 0.3, "d_chat_loglik": -0.01,
+             "d_chat_loglik_lo": -0.02, "d_chat_loglik_hi": 0.0} for m in ("smf-kl", "lora") for s in (0, 1)]
+    ax = plot_answer(pd.DataFrame(rows))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "seed 0" in legend and "seed 1" in legend and len(legend) == 4
+    plt.close(ax.figure)

@@ -126,6 +126,10 @@ def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forg
                 for xi, yi, lr in zip(x, y, gs["lr"]):
                     ax.annotate(f"{lr:g}", (xi, yi), xytext=(5, 5), textcoords="offset points", fontsize=9.5,
                                 color=colour)
+    seeds = sorted(points["seed"].dropna().unique())
+    if len(seeds) > 1:  # the markers name the seeds: explain them in the legend
+        for k, seed in enumerate(seeds[:2]):
+            ax.plot([], [], "o" if k == 0 else "s", color="0.45", ms=6, ls="none", label=f"seed {seed_label(seed)}")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
     ax.set_xlabel(f"Δ {LABELS.get(learn[2:], learn)} vs {start}" + (" (points)" if scale == 100 else ""))
