@@ -225,5 +225,5 @@ def test_the_answer_plot_explains_its_seed_markers_in_the_legend():
              "d_chat_loglik_lo": -0.02, "d_chat_loglik_hi": 0.0} for m in ("smf-kl", "lora") for s in (0, 1)]
     ax = plot_answer(pd.DataFrame(rows))
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "seed 0" in legend and "seed 1" in legend and len(legend) == 4
+    assert legend == ["smf-kl (0.001)", "lora (0.001)", "seed 0", "seed 1"]
     plt.close(ax.figure)

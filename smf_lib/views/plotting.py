@@ -129,7 +129,7 @@ def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forg
     seeds = sorted(points["seed"].dropna().unique())
     if len(seeds) > 1:  # the markers name the seeds: explain them in the legend
         for k, seed in enumerate(seeds[:2]):
-            ax.plot([], [], "o" if k == 0 else "s", color="0.45", ms=6, ls="none", label=f"seed {seed_label(seed)}")
+            ax.plot([], [], "o" if k == 0 else "s", color="0.45", ms=6, ls="none", label=f"seed {int(seed)}")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
     ax.set_xlabel(f"Δ {LABELS.get(learn[2:], learn)} vs {start}" + (" (points)" if scale == 100 else ""))
@@ -137,7 +137,9 @@ def plot_answer(points: pd.DataFrame, learn: str = "d_medmcqa_gold_margin", forg
     _better(ax, "right", "up" if _higher_is_better(forget[2:]) else "down")
     if title:
         ax.set_title(title)
-    outside_legend(ax)
+    handles, labels = ax.get_legend_handles_labels()  # the methods first, then what the markers mean
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("seed "))
+    outside_legend(ax, [handles[i] for i in order], [labels[i] for i in order])
     return ax
 
 
