@@ -227,3 +227,22 @@ def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
     assert "SMF-TF-IDF against LoRA: better (+0.400" in found[2]
     far = [_facts_run("smf-tfidf", 1e-2, 0, -9.9, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -5.0, [-3.0, -3.0])]
     assert "do not overlap" in FF.findings(far, start)[-1]
+
+
+def test_the_answer_rests_on_the_reported_facts_only_once_every_arm_ran_there_at_every_seed(tmp_path):
+    from smf_lib.files import write_json
+    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study.facts_presets import FactsPreset
+
+    p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2,), "lora": (1e-4,)}, seeds=(0, 1), dev_seeds=(0,))
+    write_json(tmp_path / "start-dev.json", {"scores": {"facts_loglik": [-9.0]}})
+    for arm, lr in (("smf-tfidf", 1e-2), ("lora", 1e-4)):
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json", {"arm": arm, "lr": lr, "seed": 0})
+    assert FF.answer_runs(p, tmp_path)[0] == "dev"
+    write_json(tmp_path / "start-report.json", {"scores": {"facts_loglik": [-9.0]}})
+    for arm, lr, seed in (("smf-tfidf", 1e-2, 0), ("smf-tfidf", 1e-2, 1), ("lora", 1e-4, 0)):
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s{seed}-report.json", {"arm": arm, "lr": lr, "seed": seed})
+    assert FF.answer_runs(p, tmp_path)[0] == "dev"  # LoRA's second seed is missing
+    write_json(tmp_path / "runs" / "lora-lr0.0001-s1-report.json", {"arm": "lora", "lr": 1e-4, "seed": 1})
+    split, start, runs, seeds = FF.answer_runs(p, tmp_path)
+    assert split == "report" and len(runs) == 4 and seeds == (0, 1)

@@ -59,6 +59,7 @@ device = setup_notebook(SEED)
 
 # %% tags=["hide-input"]
 from smf_lib.study import facts_frontier
+from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.findings import answer_cpu_v2, findings_cpu, findings_v1
 from smf_lib.study.records import is_report
 from smf_lib.study.results import net_table, results_dir, trajectory_table
@@ -67,8 +68,10 @@ from smf_lib.views.plotting import plot_answer
 
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
-facts_start, facts_runs = facts_frontier.load(results_dir("facts"), split="dev")
-found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start)) if s],
+facts_split, facts_start, facts_runs, facts_seeds = facts_frontier.answer_runs(get_facts_preset("facts"),
+                                                                              results_dir("facts"))
+found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start, facts_seeds,
+                                                                   split=facts_split)) if s],
           title="In one sentence")
 
 # %% [markdown]

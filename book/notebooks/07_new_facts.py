@@ -68,20 +68,23 @@ SEED = 0
 device = setup_notebook(SEED)
 preset = get_facts_preset("facts")
 folder = results_dir("facts")
-start, runs = FF.load(folder, "dev")
+dev_start, dev_runs = FF.load(folder, "dev")
+split, start, runs, seeds = FF.answer_runs(preset, folder)
 for line in FF.status_lines(preset, folder):
     print(line)
+print(f"the answer below rests on the {split} facts ({len(runs)} runs, seeds {', '.join(map(str, seeds))})")
 
 # %% [markdown]
 # ## The answer
-# Computed from the records of the dev sweep (the runs counted above; the facts and probe items of the dev split,
-# never the reported ones), first in one sentence, then in four:
+# Computed from the records: on the reported facts (each arm at the dev rates around the level every arm reaches,
+# two seeds) once they have all run, else on the dev facts, where the rates are chosen. The line above says which.
+# First in one sentence, then in four:
 
 # %% tags=["hide-input"]
-sentence = FF.answer(runs, start, preset.seeds)
+sentence = FF.answer(runs, start, seeds, split=split)
 if sentence:
     display(found_box([sentence], title="In one sentence"))
-found_box(FF.findings(runs, start, preset.seeds))
+found_box(FF.findings(runs, start, seeds))
 
 # %% [markdown]
 # ## The stream
@@ -137,13 +140,16 @@ display(Panels([plot_how_to_read(("SMF", "LoRA"))]))
 # %%
 found = FF.level_of(runs, start)
 level = found["level"]
-display(Panels([plot_facts_frontier(runs, start, level=level)]))
+display(Panels([plot_facts_frontier(runs, start, level=level, title=f"{split} facts")]))
+if split == "report":  # the dev sweep the rates were chosen on
+    display(Panels([plot_facts_frontier(dev_runs, dev_start, level=FF.level_of(dev_runs, dev_start)["level"],
+                                        title="dev facts: the sweep the rates were chosen on")]))
 
 # %% [markdown]
 # And the running example, the first fact? Its held-out questions after every run, beside the starting model:
 
 # %%
-book_table(example_table(runs, start, len(fact.questions)), key=["arm", "lr", "seed"])
+book_table(example_table(dev_runs, dev_start, len(fact.questions)), key=["arm", "lr", "seed"])
 
 # %% [markdown]
 # The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over
@@ -153,7 +159,7 @@ book_table(example_table(runs, start, len(fact.questions)), key=["arm", "lr", "s
 if level is None:
     print("the arms' ranges of learning do not overlap: no common level")
 else:
-    table = FF.compare(runs, start, level, seeds=preset.seeds,
+    table = FF.compare(runs, start, level, seeds=seeds,
                        smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in found["ranges"]),
                        baselines=tuple(a for a in ("lora", "full") if a in found["ranges"]))
     table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
@@ -174,9 +180,12 @@ book_table(ends, key=["arm", "lr"])
 # The study's time on 2 CPU cores, from the records (training and scoring every probe):
 
 # %%
-minutes = sum(r["seconds"] for r in runs) / 60
-print(textwrap.fill(f"{len(runs)} dev runs took {minutes:.0f} minutes, {minutes / max(len(runs), 1):.1f} per run "
-                    f"({preset.dev_facts} facts x {preset.steps_per_fact} steps each, then every probe).", 76))
+report_runs = runs if split == "report" else []
+for name, these, n_facts in (("dev", dev_runs, preset.dev_facts), ("reported", report_runs, preset.n_facts)):
+    if these:
+        minutes = sum(r["seconds"] for r in these) / 60
+        print(textwrap.fill(f"{len(these)} {name} runs took {minutes:.0f} minutes, {minutes / len(these):.1f} per "
+                            f"run ({n_facts} facts x {preset.steps_per_fact} steps each, then every probe).", 76))
 
 # %% [markdown]
 # ## Exercises

@@ -52,6 +52,20 @@ def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
     return read_json(start)["scores"], runs
 
 
+def answer_runs(preset, folder: str | Path) -> tuple[str, dict, list[dict], tuple[int, ...]]:
+    """The runs the study's answer rests on: the reported facts once every arm has run there at every seed of the
+    preset, else the dev facts (where the rates are chosen). Returns the split, the start's scores, the runs and
+    the seeds."""
+    folder = Path(folder)
+    if (folder / "start-report.json").exists():
+        start, runs = load(folder, "report")
+        have = {(r["arm"], r["seed"]) for r in runs}
+        if all((arm, seed) in have for arm in preset.rates for seed in preset.seeds):
+            return "report", start, runs, tuple(preset.seeds)
+    start, runs = load(folder, "dev")
+    return "dev", start, runs, tuple(preset.dev_seeds)
+
+
 def _points(runs: list[dict], start: dict, arm: str, seed: int) -> list[tuple[float, dict]]:
     """The start and each rate's end for ``arm`` at ``seed``, by rate."""
     ends = sorted((r["lr"], r["scores"]) for r in runs if r["arm"] == arm and r["seed"] == seed)

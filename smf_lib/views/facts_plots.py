@@ -61,10 +61,11 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
     return pd.DataFrame(rows)
 
 
-def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level: float | None = None):
+def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level: float | None = None,
+                        title: str | None = None):
     """Learning (x: the facts' answer log-likelihood change) against each forgetting probe's change (y), one line
-    per arm through the start and its rates (mean over seeds), the comparison's level marked. Returns the figure,
-    one panel per probe, one below the other."""
+    per arm through the start and its rates (mean over seeds), the comparison's level marked (dotted); ``title``
+    over the first panel. Returns the figure, one panel per probe, one below the other."""
     table = frontier_table(runs, start)
     fig, axes = plt.subplots(len(probes), 1, figsize=(6.6, 3.0 * len(probes)), squeeze=False)
     for ax, probe in zip(axes[:, 0], probes):
@@ -81,7 +82,9 @@ def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level:
         sign, label = MEASURES[probe]
         ax.set_ylabel(f"{label.split(' (')[0]}\nchange ({'up' if sign > 0 else 'down'} is better)")
         if ax is axes[0, 0]:
-            outside_legend(ax, title="arm (dashed: plain SGD)")
+            outside_legend(ax, title="arm (dashed: plain SGD;\ndotted line: equal learning)")
+            if title:
+                ax.set_title(title, loc="left")
     axes[-1, 0].set_xlabel("learning: the facts' answer log-lik gain, nats per token (right is more)")
     fig.tight_layout()
     return fig
