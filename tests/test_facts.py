@@ -246,3 +246,31 @@ def test_the_answer_rests_on_the_reported_facts_only_once_every_arm_ran_there_at
     write_json(tmp_path / "runs" / "lora-lr0.0001-s1-report.json", {"arm": "lora", "lr": 1e-4, "seed": 1})
     split, start, runs, seeds = FF.answer_runs(p, tmp_path)
     assert split == "report" and len(runs) == 4 and seeds == (0, 1)
+
+
+def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it(tmp_path, monkeypatch):
+    """SMF with plain SGD does not move the level (it is read at it where it reaches it); the reported facts run
+    each arm at the dev rates just below and above the level, every seed, seed by seed."""
+    from smf_lib.files import write_json
+    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study.facts_presets import FactsPreset
+    from smf_lib.study.facts_study import FactsRunner
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    gains = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-5: 0.5, 1e-4: 1.5, 3e-4: 4.0},
+             "smf-tfidf-sgd": {1.0: 0.1, 3.0: 0.2}}  # SGD never reaches the others' overlap
+    runs = [_facts_run(arm, lr, 0, -10.0 + g, [-2.0, -2.0]) for arm, by in gains.items() for lr, g in by.items()]
+    found = FF.level_of(runs, start)
+    assert found["level"] == pytest.approx(2.0) and found["ranges"]["smf-tfidf-sgd"] == pytest.approx((0.1, 0.2))
+    write_json(tmp_path / "start-dev.json", {"scores": start})
+    for r in runs:
+        write_json(tmp_path / "runs" / f"{r['arm']}-lr{r['lr']:g}-s0-dev.json", r)
+    p = FactsPreset(name="t", model="tiny", rates={arm: tuple(by) for arm, by in gains.items()}, seeds=(0, 1))
+    runner = FactsRunner(p, tmp_path, progress=False)
+    assert runner.report_rates() == {"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4), "smf-tfidf-sgd": (3.0,)}
+    calls = []
+    monkeypatch.setattr(runner, "fact_rows", lambda split="dev": calls.append(("rows", split)))
+    monkeypatch.setattr(runner, "run", lambda arm, lr, seed, split: calls.append((arm, lr, seed, split)))
+    runner.run_all("report")
+    assert calls[0] == ("rows", "dev") and len(calls) == 1 + 2 * 5
+    assert [c[2] for c in calls[1:]] == [0] * 5 + [1] * 5 and {c[3] for c in calls[1:]} == {"report"}

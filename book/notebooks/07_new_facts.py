@@ -160,7 +160,8 @@ if level is None:
     print("the arms' ranges of learning do not overlap: no common level")
 else:
     table = FF.compare(runs, start, level, seeds=seeds,
-                       smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in found["ranges"]),
+                       smf=tuple(a for a in ("smf-tfidf", "smf-kl", "smf-tfidf-sgd", "smf-kl-sgd")
+                                 if a in found["ranges"]),
                        baselines=tuple(a for a in ("lora", "full") if a in found["ranges"]))
     table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
     table["smf"] = table["smf"].map(FF.ARM_LABELS)

@@ -6,10 +6,11 @@ questions) from the starting model. Unlike the MedMCQA study, a facts run keeps 
 rates. Per arm and seed the points are the start (no training) and each swept rate's end, in order of rate; where
 the learning first crosses a level, every probe's per-item change is interpolated linearly between the two points
 around it. (Below the smallest rate, that is between the start and the smallest rate.) The level is the midpoint of
-the overlap of the arms' ranges of learning (:func:`smf_lib.study.paired_stats.common_level`), never an arm's highest
-rate. SMF minus a baseline is compared item by item on the same items: per-item changes averaged over the seeds
-both reach the level at, a paired bootstrap interval over items, each seed's own difference, and a verdict in the
-probe's own direction.
+the overlap of the compared arms' ranges of learning (:data:`COMPARED`: SMF-TF-IDF, SMF-KL, LoRA, full finetuning;
+:func:`smf_lib.study.paired_stats.common_level`), never an arm's highest rate; SMF with plain SGD is read at it where
+its rates reach it. SMF minus a baseline is compared item by item on the same items: per-item changes averaged over
+the seeds both reach the level at, a paired bootstrap interval over items, each seed's own difference, and a verdict
+in the probe's own direction.
 """
 
 from __future__ import annotations
@@ -152,12 +153,20 @@ def swept(ends: pd.DataFrame) -> pd.DataFrame:
     return ends[ends.groupby("arm")["lr"].transform("nunique") >= MIN_RATES]
 
 
-def level_of(runs: list[dict], start: dict) -> dict:
-    """The common learning level (:func:`~smf_lib.study.paired_stats.common_level`) of the arms that ran at
-    :data:`MIN_RATES` rates or more; ``left_out``: the arms with fewer."""
+#: The comparison's arms: the common level is theirs. The other arms (SMF with plain SGD) are read at it where
+#: their rates reach it.
+COMPARED = ("smf-tfidf", "smf-kl", "lora", "full")
+
+
+def level_of(runs: list[dict], start: dict, arms=COMPARED) -> dict:
+    """The common learning level (:func:`~smf_lib.study.paired_stats.common_level`) of ``arms`` (those that ran at
+    :data:`MIN_RATES` rates or more); ``ranges`` holds every swept arm's range; ``left_out``: the arms with fewer
+    rates."""
     ends = learning_ends(runs, start)
     kept = swept(ends)
-    return {**common_level(kept), "left_out": sorted(set(ends["arm"]) - set(kept["arm"]))}
+    level = common_level(kept[kept["arm"].isin(arms)])
+    return {**level, "ranges": common_level(kept)["ranges"] if not kept.empty else {},
+            "left_out": sorted(set(ends["arm"]) - set(kept["arm"]))}
 
 
 def _signed(x: float, digits: int = 3) -> str:
