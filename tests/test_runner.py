@@ -853,3 +853,22 @@ def test_the_running_example_sentence_reads_each_method_from_the_option_probabil
     lowered = example_sentence(pd.DataFrame(rows("base", 0.30) + rows("full s0", 0.20)))
     assert "full finetuning 20%" in lowered and "none taught" in lowered
     assert example_sentence(pd.DataFrame(rows("lora s0", 0.2))) is None  # no base model to compare with
+
+
+def test_the_selector_answer_names_the_overlap_the_hubs_and_which_selector_did_better_where():
+    from smf_lib.study.findings import selector_answer, selectors_apart
+
+    def row(method, seed, d, half):
+        return {"method": method, "seed": seed, "d_chat_drift_kl": d, "d_chat_drift_kl_lo": d - half,
+                "d_chat_drift_kl_hi": d + half, "d_wikitext_ppl": 0.1, "d_wikitext_ppl_lo": 0.0,
+                "d_wikitext_ppl_hi": 0.2}
+    table = pd.DataFrame([row("smf-kl", 0, 0.12, 0.01), row("smf-tfidf", 0, 0.08, 0.01),
+                          row("smf-kl", 1, 0.12, 0.05), row("smf-tfidf", 1, 0.10, 0.05)])
+    apart = selectors_apart(table, ("chat_drift_kl", "wikitext_ppl"))
+    assert apart == {0: [("chat_drift_kl", "smf-tfidf")], 1: []}  # drift: lower is better
+    overlap = pd.DataFrame({"top_t": [128, 128], "jaccard": [0.3, 0.5], "kl_hub_share": [0.6, 0.8],
+                            "tfidf_hub_share": [0.2, 0.4]})
+    sentence = selector_answer(overlap, apart)
+    assert "share 40% of their rows" in sentence and "70% of KL's picks against 30% of TF-IDF's" in sentence
+    assert "SMF-TF-IDF did better on drift on chat (KL) at seed 0" in sentence
+    assert "could not be told apart on any probe" in selector_answer(overlap, {0: [], 1: []})

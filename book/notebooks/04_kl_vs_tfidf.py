@@ -25,31 +25,6 @@
 # - see which rows KL and TF-IDF pick, and how their picks differ on hub rows;
 # - measure how the two selections overlap as top-t grows;
 # - explore the selection yourself with a top-t slider.
-#
-# For one memory layer and one batch, let $c_i$ be the number of times the batch's tokens read slot $i$ (its
-# {term}`read count`) and $C = \sum_i c_i$ the batch's reads in all; $p_i = c_i / C$ is the share of the batch's
-# reads that go to slot $i$. Only read slots ($c_i > 0$) may be chosen. The {term}`background statistics` of
-# chapter 2 add, for the same layer: $B$, the number of background documents; $df_i$, how many of them read slot
-# $i$ at least once; and $A_i$, how often they read it in total. The selectors score every read slot:
-#
-# - **TF-IDF**: $\;p_i \ln\frac{B+1}{df_i+1}$. The logarithm is small for a row that many background documents
-#   read, so such rows are down-weighted; the $+1$ terms keep it finite for a row that no document read.
-# - **KL**: $\;p_i \ln\frac{p_i + 10^{-8}}{q_i + 10^{-8}}$, where $q_i = (A_i+1)/\sum_j (A_j+1)$ is the
-#   background's share of reads that go to slot $i$ (smoothed by one read per slot). The scores sum to
-#   $\mathrm{KL}(p\,\|\,q)$, so a row scores high when the batch reads it far more than general text does,
-#   weighted by how much the batch reads it.
-# - **TF**, an ablation: $p_i$ alone, the batch's share of reads, with no background at all.
-# - **random**, an ablation: a uniformly random subset of the read rows.
-#
-# Each selector keeps the {term}`top-t` read rows by score (all read rows when fewer than $t$ were read). TF-IDF
-# only sees *whether* a background document read a row; KL sees *how much*. The two therefore differ most on
-# **{term}`hub rows <hub row>`**, the rows that more than half of the background documents read.
-#
-#
-# The read counts below come from `selection_counts.json` in the study's results folder: the reads of the first four
-# training batches and the background statistics of the study's retrofitted memory.
-# `python -m smf_lib snapshot --preset cpu-v2 --out results/cpu-v2` writes it (from the study's retrofit stage, or
-# retrofitting again where that stage is gone). The memory is the living one of chapter 3's study.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -70,7 +45,9 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from smf_lib.views.notebook import setup_notebook
+from smf_lib.probes import metrics as probe_metrics
+from smf_lib.study.findings import NAMES, selector_answer, selectors_apart
+from smf_lib.views.notebook import found_box, setup_notebook
 from smf_lib.views.plotting import Panels, plot_overlap, plot_selection
 from smf_lib.views.selection_tables import load_snapshot, scores_table, selection_overlap
 from smf_lib.study.results import delta_table, load_results
@@ -81,13 +58,47 @@ SEED = 0
 device = setup_notebook(SEED)
 folder, summary, runs = load_results("cpu-v2")
 counts, stats, snap = load_snapshot(folder / "selection_counts.json")
+compared = ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik")
+selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
+
+# %% tags=["hide-input"]
+found_box([selector_answer(selection_overlap(counts, stats, [128], layers=snap["layers"]),
+                           selectors_apart(selectors, compared))], title="In one sentence")
+
+# %% [markdown]
+# ## The four selectors
+# For one memory layer and one batch, let $c_i$ be the number of times the batch's tokens read slot $i$ (its
+# {term}`read count`) and $C = \sum_i c_i$ the batch's reads in all; $p_i = c_i / C$ is the share of the batch's
+# reads that go to slot $i$. Only read slots ($c_i > 0$) may be chosen. The {term}`background statistics` of
+# chapter 2 add, for the same layer: $B$, the number of background documents; $df_i$, how many of them read slot
+# $i$ at least once; and $A_i$, how often they read it in total. The selectors score every read slot:
+#
+# - **TF-IDF**: $\;p_i \ln\frac{B+1}{df_i+1}$. The logarithm is small for a row that many background documents
+#   read, so such rows are down-weighted; the $+1$ terms keep it finite for a row that no document read.
+# - **KL**: $\;p_i \ln\frac{p_i + 10^{-8}}{q_i + 10^{-8}}$, where $q_i = (A_i+1)/\sum_j (A_j+1)$ is the
+#   background's share of reads that go to slot $i$ (smoothed by one read per slot). The scores sum to
+#   $\mathrm{KL}(p\,\|\,q)$, so a row scores high when the batch reads it far more than general text does,
+#   weighted by how much the batch reads it.
+# - **TF**, an ablation: $p_i$ alone, the batch's share of reads, with no background at all.
+# - **random**, an ablation: a uniformly random subset of the read rows.
+#
+# Each selector keeps the {term}`top-t` read rows by score (all read rows when fewer than $t$ were read). TF-IDF
+# only sees *whether* a background document read a row; KL sees *how much*. The two therefore differ most on
+# **{term}`hub rows <hub row>`**, the rows that more than half of the background documents read.
+#
+# The read counts below come from `selection_counts.json` in the study's results folder: the reads of the first four
+# training batches and the background statistics of the study's retrofitted memory.
+# `python -m smf_lib snapshot --preset cpu-v2 --out results/cpu-v2` writes it (from the study's retrofit stage, or
+# retrofitting again where that stage is gone). The memory is the living one of chapter 3's study:
+
+# %%
 print(f"read counts of {snap['batch_texts']} MedMCQA training texts; "
       f"background: {stats.n_docs} documents")
 print(f"N = {snap['n_slots']:,} slots at each memory layer {snap['layers']}")
 for j, layer in enumerate(snap["layers"]):
     hub = int((stats.df[j] > stats.n_docs / 2).sum())
-    print(f"layer {layer}: {int((counts[j] > 0).sum())} rows read by the batch, "
-          f"{hub} hub rows")
+    print(f"layer {layer}: {int((counts[j] > 0).sum()):,} rows read by the batch, "
+          f"{hub:,} hub rows")
 
 # %% [markdown]
 # ## One selection, step by step
@@ -202,12 +213,11 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 
 # %% [markdown]
 # ## Did the selector matter for forgetting?
-# The `smf-kl` and `smf-tfidf` runs of a study differ only in the selector. Their changes against the base model,
-# with paired 95% intervals (chapter 3 explains the table), from the living-memory study (`results/cpu-v2`):
+# The `smf-kl` and `smf-tfidf` runs of a study differ in the selector and in the rate each was given so that it
+# learns about as much as the baselines on dev items (the `lr` column). Their changes against the base model, with
+# paired 95% intervals (chapter 3 explains the table), from the living-memory study (`results/cpu-v2`):
 
 # %%
-selectors = summary[summary["method"].isin(["smf-kl", "smf-tfidf"])]
-compared = ("medmcqa_gold_loglik", "wikitext_ppl", "chat_drift_kl", "triviaqa_alias_loglik")
 book_table(delta_table(selectors, compared), key=["method", "lr", "seed"])
 
 # %% [markdown]
@@ -215,17 +225,12 @@ book_table(delta_table(selectors, compared), key=["method", "lr", "seed"])
 # apart) or not?
 
 # %%
-for seed in sorted(selectors["seed"].dropna().unique()):
-    pair = selectors[selectors["seed"] == seed].set_index("method")
-    if len(pair) < 2:
-        continue
-    apart = [m for m in compared if pair.loc["smf-kl", f"d_{m}_hi"] < pair.loc["smf-tfidf", f"d_{m}_lo"]
-             or pair.loc["smf-tfidf", f"d_{m}_hi"] < pair.loc["smf-kl", f"d_{m}_lo"]]
-    print(textwrap.fill(f"seed {int(seed)}: " + (
-        f"the intervals overlap on every probe ({', '.join(m.replace('_', ' ') for m in compared)}): this study "
-        "cannot tell the selectors apart on learning or forgetting" if not apart else
-        f"the intervals are apart on {', '.join(m.replace('_', ' ') for m in apart)}; they overlap on the rest"),
-        76))
+labels = probe_metrics()
+for seed, apart in selectors_apart(selectors, compared).items():
+    print(textwrap.fill(f"seed {seed}: " + (
+        "the intervals overlap on every probe: this study cannot tell the selectors apart on learning or "
+        "forgetting" if not apart else "the intervals are apart on " + ", ".join(
+            f"{labels[m].label} ({NAMES[w]} did better)" for m, w in apart) + "; they overlap on the rest"), 76))
 
 # %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not

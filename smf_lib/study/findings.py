@@ -432,3 +432,43 @@ def example_sentence(probs) -> str | None:
     return (f"The base model gives the gold answer ({letter}) {pct('base')}"
             + (f", the retrofitted model {pct('retrofit')}" if "retrofit" in by.groups else "")
             + "; after training, " + ", ".join(f"{names[m]} {pct(m)}" for m in trained) + f": {how}.")
+
+
+def selectors_apart(selectors, compared) -> dict[int, list[tuple[str, str]]]:
+    """Per seed, the probes of ``compared`` on which the SMF-KL and SMF-TF-IDF runs' change intervals do not
+    overlap, each with the method that did better there (``selectors``: their rows of a summary with
+    ``d_<metric>``, ``_lo`` and ``_hi`` columns)."""
+    registry, out = probe_metrics(), {}
+    for seed in sorted(selectors["seed"].dropna().unique()):
+        pair = selectors[selectors["seed"] == seed].set_index("method")
+        if {"smf-kl", "smf-tfidf"} <= set(pair.index):
+            kl, tf = pair.loc["smf-kl"], pair.loc["smf-tfidf"]
+            out[int(seed)] = [
+                (m, "smf-kl" if (kl[f"d_{m}"] - tf[f"d_{m}"]) * registry[m].better > 0 else "smf-tfidf")
+                for m in compared if kl[f"d_{m}_hi"] < tf[f"d_{m}_lo"] or tf[f"d_{m}_hi"] < kl[f"d_{m}_lo"]]
+    return out
+
+
+def selector_answer(overlap, apart: dict[int, list[tuple[str, str]]], top_t: int = 128) -> str:
+    """Chapter 4's answer in one sentence: how far KL's and TF-IDF's top-t rows agree and how many hub rows each
+    keeps (``overlap``: :func:`~smf_lib.views.selection_tables.selection_overlap`), and on which probes, if any,
+    the two selectors' study runs differ, and which did better (``apart``: :func:`selectors_apart`)."""
+    at = overlap[overlap["top_t"] == top_t]
+    rows = (f"At top-t {top_t} on the study's MedMCQA batches, KL and TF-IDF share {at['jaccard'].mean():.0%} of "
+            f"their rows, and hub rows are {at['kl_hub_share'].mean():.0%} of KL's picks against "
+            f"{at['tfidf_hub_share'].mean():.0%} of TF-IDF's")
+    if not apart:
+        return rows + "."
+    labels, found = probe_metrics(), {}
+    for seed, pairs in apart.items():
+        for m, winner in pairs:
+            found.setdefault((m, winner), []).append(seed)
+    if not found:
+        return rows + "; in the study the two selectors' runs could not be told apart on any probe at any seed."
+    seeds = len(apart)
+    parts = [f"{NAMES[w]} did better on {labels[m].label if m in labels else m} at "
+             + ({2: "both seeds"}.get(seeds, f"all {seeds} seeds") if len(ss) == seeds and seeds > 1
+                else "seed " + ", ".join(map(str, ss)))
+             for (m, w), ss in found.items()]
+    return (rows + "; in the study (each selector at the rate chosen for it on dev items) " + " and ".join(parts)
+            + ", and the two could not be told apart on the other probes.")
