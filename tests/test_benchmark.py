@@ -70,3 +70,17 @@ def test_medmcqa_scoring_target():
     probes[1]["vs_base_forward"] = 0.5
     t = benchmark_targets(steps, probes=probes).set_index("target")["holds"]
     assert t["MedMCQA scoring tokens/s / base forward tokens/s"] == "no"
+
+
+def test_the_performance_answer_reads_the_smf_step_against_the_baselines_and_the_tuned_scaling():
+    from smf_lib.study.cost import performance_answer
+
+    steps = pd.DataFrame({"method": ["smf-kl", "smf-kl-adam", "lora", "full"], "median_step_s": [3.0, 3.2, 4.0, 6.4],
+                          "peak_mem_mb": [2000, 2400, 3000, 4800]})
+    slots = pd.DataFrame({"n_slots": [4096, 1048576, 4096, 4096, 1048576], "allocator": ["default"] * 2 + ["tuned"] * 3,
+                          "unused_tensor_mb": [0, 0, 2304, 0, 0], "median_step_s": [3.4, 3.7, 9.0, 2.7, 2.6]})
+    sentence = performance_answer(steps, slots)
+    assert sentence.startswith("On 2 CPU cores, an SMF step (row-sparse Adam) takes 0.80x LoRA's time and 0.50x full")
+    assert "80% of LoRA's peak memory and 50% of full finetuning's" in sentence
+    assert sentence.endswith("from 4,096 to 1,048,576 slots per layer a sparse step's time goes from 2.70 s to 2.60 s.")
+    assert "(SGD)" in performance_answer(steps[steps["method"] != "smf-kl-adam"])

@@ -55,8 +55,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from smf_lib.views.notebook import setup_notebook
-from smf_lib.study.cost import benchmark_targets
+from smf_lib.views.notebook import found_box, setup_notebook
+from smf_lib.study.cost import benchmark_targets, performance_answer
 from smf_lib.views.plotting import Panels, plot_benchmark, plot_slot_scaling
 from smf_lib.study.results import results_dir
 from smf_lib.study.tables import with_separators
@@ -69,6 +69,9 @@ bench = results_dir("cpu-v1").parents[1] / "benchmarks" / "results"
 steps = pd.read_csv(bench / "cpu_steps.csv")
 meta = json.loads((bench / "cpu_meta.json").read_text())
 print(textwrap.fill(f"Set-up: {with_separators(meta['setup'])}", 76))
+
+# %% tags=["hide-input"]
+found_box([performance_answer(steps, pd.read_csv(bench / "cpu_slots.csv"))], title="In one sentence")
 
 # %% [markdown]
 # ## Step time and peak memory per method

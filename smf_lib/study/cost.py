@@ -120,3 +120,29 @@ def estimate_runtime(p, flops_per_s: float, tokens_per_text: float = 230.0, n_pa
     df["minutes"] = df["flops"] / flops_per_s / 60
     df["tflops"] = df["flops"] / 1e12
     return df[["stage", "tokens", "tflops", "minutes"]].round({"tokens": 0, "tflops": 1, "minutes": 1})
+
+
+def performance_answer(steps: pd.DataFrame, slots: pd.DataFrame | None = None, device: str = "2 CPU cores") -> str:
+    """Chapter 6's answer in one sentence, from a benchmark's tables: the studies' SMF step (row-sparse Adam)
+    against a LoRA and a full-finetuning step, in time and peak memory, and how its time moves from the smallest to
+    the largest table with the allocator tuned (the first run of ``slots``, its controls left out)."""
+    t = steps.set_index("method")
+    smf = "smf-kl-adam" if "smf-kl-adam" in t.index else "smf-kl"
+    time = {b: float(t.loc[smf, "median_step_s"] / t.loc[b, "median_step_s"]) for b in ("lora", "full") if b in t.index}
+    mem = {b: float(t.loc[smf, "peak_mem_mb"] / t.loc[b, "peak_mem_mb"]) for b in time}
+    names = {"lora": "LoRA's", "full": "full finetuning's"}
+    out = (f"On {device}, an SMF step ({'row-sparse Adam' if smf == 'smf-kl-adam' else 'SGD'}) takes "
+           + " and ".join(f"{time[b]:.2f}x {names[b]} time" for b in time) + " at "
+           + " and ".join(f"{mem[b]:.0%} of {names[b]} peak memory" for b in mem))
+    if slots is not None and len(slots):
+        s = slots[slots.get("unused_tensor_mb", 0) == 0]
+        if "allocator" in s:
+            s = s[s["allocator"] == "tuned"] if (s["allocator"] == "tuned").any() else s
+        if "run" in s:
+            s = s[s["run"] == s["run"].iloc[0]]
+        s = s.sort_values("n_slots")
+        if len(s) > 1:
+            out += (f"; from {int(s['n_slots'].iloc[0]):,} to {int(s['n_slots'].iloc[-1]):,} slots per layer a "
+                    f"sparse step's time goes from {s['median_step_s'].iloc[0]:.2f} s to "
+                    f"{s['median_step_s'].iloc[-1]:.2f} s")
+    return out + "."
