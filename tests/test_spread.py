@@ -162,3 +162,18 @@ def test_the_spread_pilot_and_the_memory_effect_run_resume_and_record_the_code(t
     assert all("frozen (" in line and "learned" in line for line in lines)
     with pytest.raises(FileNotFoundError, match="spread-pilot"):
         memory_effect.run_effect("nothing", "kl", 1e-2, tmp_path, es, progress=False)
+
+
+def test_the_spread_answer_contrasts_the_collapsed_and_the_spread_memory_and_describes_the_chosen_one():
+    import pandas as pd
+
+    from smf_lib.study.spread_pilot import spread_answer
+
+    def rows(recipe, slots, ratio, share, footprint, overlap):
+        return [{"recipe": recipe, "layer": k, "slots": slots, "effective_ratio": ratio + 0.01 * k, "share": share,
+                 "footprint": footprint, "overlap": overlap + 0.01 * k} for k in (0, 1)]
+    after = pd.DataFrame(rows("trained", 4096, 0.05, 0.3, 0.07, 0.8) + rows("frozen", 4096, 0.98, 0.3, 0.4, 0.5)
+                         + rows("frozen-n256", 65536, 1.0, 0.13, 0.045, 0.12))
+    sentence = spread_answer(after)
+    assert "at most 6% of random addressing's effective rows" in sentence and "(98% or more)" in sentence
+    assert "at 65,536 slots per layer" in sentence and "at most 4.5% of a layer's rows, 12% to 13%" in sentence

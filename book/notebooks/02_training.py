@@ -78,6 +78,14 @@ from smf_lib.selection import read_counts_of_texts
 SEED = 0
 device = setup_notebook(SEED)
 
+# %% tags=["hide-input"]
+from smf_lib.study.results import results_dir
+from smf_lib.study.spread_pilot import spread_answer, spread_table
+from smf_lib.views.notebook import found_box
+from smf_lib.views.pilot_plots import spread_after
+
+found_box([spread_answer(spread_after(spread_table(results_dir("spread-pilot"))))], title="In one sentence")
+
 # %% [markdown]
 # The whole pipeline in one picture:
 

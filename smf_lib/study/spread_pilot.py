@@ -263,3 +263,18 @@ def _run_command(args) -> int:
 #: ``(name, help, add_arguments, run)`` for :func:`smf_lib.study.cli.main`.
 COMMAND = ("spread-pilot", "which retrofit keeps the memory alive and spread, and how large it must be to be sparse "
            "(resumable)", _add_arguments, _run_command)
+
+
+def spread_answer(after, chosen: str = "frozen-n256") -> str:
+    """Chapter 2's answer in one sentence, from the spread pilot's table after the retrofit (one row per recipe and
+    layer, e.g. :func:`~smf_lib.views.pilot_plots.spread_after`): the paper's retrofit collapses the reads, frozen
+    addressing keeps them spread, and what the ``chosen`` memory (the studies') looks like."""
+    by = after.groupby("recipe")
+    trained, frozen, pick = by.get_group("trained"), by.get_group("frozen"), by.get_group(chosen)
+    return (f"The paper's retrofit keeps the memory alive but collapses its reads onto few rows (at most "
+            f"{trained['effective_ratio'].max():.0%} of random addressing's effective rows); with the query and keys "
+            f"frozen they stay spread ({frozen['effective_ratio'].min():.0%} or more), and at "
+            f"{int(pick['slots'].iloc[0]):,} slots per layer, the memory the new-facts study runs on, every layer "
+            f"carries {pick['share'].min():.0%} or more of its MLP's output while a question reads at most "
+            f"{pick['footprint'].max():.1%} of a layer's rows, {pick['overlap'].min():.0%} to "
+            f"{pick['overlap'].max():.0%} of them shared with a general paragraph.")
