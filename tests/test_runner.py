@@ -872,3 +872,11 @@ def test_the_selector_answer_names_the_overlap_the_hubs_and_which_selector_did_b
     assert "share 40% of their rows" in sentence and "70% of KL's picks against 30% of TF-IDF's" in sentence
     assert "SMF-TF-IDF did better on drift on chat (KL) at seed 0" in sentence
     assert "could not be told apart on any probe" in selector_answer(overlap, {0: [], 1: []})
+
+
+def test_a_short_finding_drops_its_intervals_and_keeps_its_estimates():
+    from smf_lib.study.tables import without_intervals
+
+    text = "chat +0.061 [+0.057, +0.065] nats, rate 3e-05 [1e-05, 5.2e-05], perplexity -1.13 [-1.33, -0.94])."
+    assert without_intervals(text) == "chat +0.061 nats, rate 3e-05, perplexity -1.13)."
+    assert without_intervals("a list [a, b] stays") == "a list [a, b] stays"

@@ -63,8 +63,10 @@ from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.findings import answer_cpu_v2, findings_cpu, findings_v1
 from smf_lib.study.records import is_report
 from smf_lib.study.results import net_table, results_dir, trajectory_table
+from smf_lib.study.tables import without_intervals
 from smf_lib.views.notebook import found_box
 from smf_lib.views.plotting import plot_answer
+from IPython.display import Markdown, display
 
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
@@ -114,7 +116,11 @@ found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, fa
 v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
-found_box(findings_cpu(runs, planned=int((status["evaluation"] == "report").sum()), first_share=v1_share)[:4])
+planned = int((status["evaluation"] == "report").sum())
+display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)[:4]]))
+display(Markdown("With their paired 95% intervals over the reported items (changes from each run's start):"))
+book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik")),
+           key=["method", "lr", "seed"])
 
 # %% [markdown]
 # That verdict is stronger than the study can carry, for reasons its own records and the spread pilot show:
@@ -162,8 +168,6 @@ print(status_line(status, width=76))
 # for it. It is a reported validation item, so no training run ever sees it:
 
 # %% tags=["hide-input"]
-from IPython.display import Markdown, display
-
 from smf_lib.data import load_medmcqa
 from smf_lib.study.findings import example_sentence
 from smf_lib.study.results import option_probabilities

@@ -60,7 +60,7 @@ from smf_lib.study.results import (claims_table, delta_table, load_results, matc
                                    repeated_trainings, resolution_table, results_dir, seed_spread,
                                    trajectory_table, verdicts)
 from smf_lib.study.runner import status_line, study_status
-from smf_lib.study.tables import interval_cell
+from smf_lib.study.tables import interval_cell, without_intervals
 from smf_lib.views.notebook import found_box
 from smf_lib.views.plotting import plot_answer, plot_paths
 from smf_lib.views.tables import book_table
@@ -75,8 +75,14 @@ v1_folder, v1_summary, v1_runs = load_results("cpu-v1")
 v1_retrofit = next(r for r in v1_runs if r["method"] == "retrofit")
 v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_norm"]
 planned = int((status["evaluation"] == "report").sum())
+
+# %% tags=["hide-input"]
 display(found_box([answer_cpu_v2(runs)], title="In one sentence"))
-found_box(findings_cpu(runs, planned=planned, first_share=v1_share))
+display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)]))
+display(Markdown("The changes behind these sentences, each from the model the run started from, with paired 95% "
+                 "intervals over the reported items:"))
+book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik",
+                                                                       "wikitext_ppl")), key=["method", "lr", "seed"])
 
 # %% [markdown]
 # ## The probes

@@ -52,13 +52,14 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
 # %%
 import textwrap
 
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from smf_lib.facts import make_facts
 from smf_lib.files import read_json
 from smf_lib.study import facts_frontier as FF
 from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.results import results_dir
+from smf_lib.study.tables import without_intervals
 from smf_lib.views.facts_plots import example_table, plot_fact_rows, plot_facts_frontier, rows_table
 from smf_lib.views.notebook import found_box, setup_notebook
 from smf_lib.views.plotting import Panels
@@ -84,7 +85,10 @@ print(f"the answer below rests on the {split} facts ({len(runs)} runs, seeds {',
 sentence = FF.answer(runs, start, seeds, split=split)
 if sentence:
     display(found_box([sentence], title="In one sentence"))
-found_box(FF.findings(runs, start, seeds))
+display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds)]))
+display(Markdown("Their 95% intervals over items are in the table of SMF minus each baseline, under "
+                 "[Learning against forgetting](#learning-against-forgetting), and every run's changes in the "
+                 "table after it."))
 
 # %% [markdown]
 # ## The stream

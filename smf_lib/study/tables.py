@@ -40,6 +40,15 @@ def count(n) -> str:
     return "" if _missing(n) else f"{int(n):,}"
 
 
+_INTERVAL = re.compile(r" \[[+-]?[0-9.]+(?:e[+-]?[0-9]+)?, [+-]?[0-9.]+(?:e[+-]?[0-9]+)?\]")
+
+
+def without_intervals(sentence: str) -> str:
+    """A finding without its bracketed 95% intervals (``"+0.10 [+0.05, +0.15] nats"`` -> ``"+0.10 nats"``), for a
+    short answer box; the intervals go to the table under it."""
+    return _INTERVAL.sub("", sentence)
+
+
 def with_separators(text: str) -> str:
     """``text`` with thousands separators on its bare whole numbers of 4 or more digits (a recorded description,
     ``"4096 slots"`` -> ``"4,096 slots"``); decimals, versions and names are left as they are."""
