@@ -274,3 +274,16 @@ def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it
     runner.run_all("report")
     assert calls[0] == ("rows", "dev") and len(calls) == 1 + 2 * 5
     assert [c[2] for c in calls[1:]] == [0] * 5 + [1] * 5 and {c[3] for c in calls[1:]} == {"report"}
+
+
+def test_the_facts_example_sentence_reads_one_reported_medmcqa_item_per_arm():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"medmcqa_gold_margin": [0.5, -0.2]}
+    runs = [{"arm": "smf-tfidf", "split": "report", "scores": {"medmcqa_gold_margin": [0.5, -0.1]}},
+            {"arm": "smf-tfidf", "split": "report", "scores": {"medmcqa_gold_margin": [0.5, -0.15]}},
+            {"arm": "lora", "split": "report", "scores": {"medmcqa_gold_margin": [0.4, -0.3]}}]
+    sentence = FF.example_sentence(runs, start, 1)
+    assert "starts at -0.200 nats" in sentence
+    assert "+0.050 to +0.100 under SMF-TF-IDF, -0.100 under LoRA" in sentence
+    assert FF.example_sentence([{**r, "split": "dev"} for r in runs], start, 1) is None

@@ -155,6 +155,14 @@ if split == "report":  # the dev sweep the rates were chosen on
 # %%
 book_table(example_table(dev_runs, dev_start, len(fact.questions)), key=["arm", "lr", "seed"])
 
+# %% tags=["hide-input"]
+from smf_lib.views.notebook import RUNNING_EXAMPLE
+
+example = FF.example_sentence(runs, start, RUNNING_EXAMPLE, "the book's running example, the question on axonal "
+                              "transport that chapters 1 to 4 follow")
+if example:
+    display(Markdown(example))
+
 # %% [markdown]
 # The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over
 # the items and each seed's own difference. "better" means SMF kept more of that probe than the baseline did.

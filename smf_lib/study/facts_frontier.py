@@ -264,3 +264,24 @@ def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev") -> s
     n_seeds = len({r["seed"] for r in runs})
     return (f"Taught new facts one at a time ({split} facts, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
             f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + ".")
+
+
+def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the running example") -> str | None:
+    """What the stream did to one reported MedMCQA question (index ``item`` of the probe's items): its gold margin
+    at the start and each arm's change (the range over its runs), in one sentence; None without reported runs."""
+    runs = [r for r in runs if r.get("split") == "report"]
+    margins = start.get("medmcqa_gold_margin") or []
+    if not runs or item >= len(margins):
+        return None
+    base = float(margins[item])
+    by: dict[str, list[float]] = {}
+    for r in runs:
+        by.setdefault(r["arm"], []).append(float(r["scores"]["medmcqa_gold_margin"][item]) - base)
+
+    def span(v):
+        lo, hi = min(v), max(v)
+        return f"{lo:+.3f}" if abs(hi - lo) < 5e-4 else f"{lo:+.3f} to {hi:+.3f}"
+
+    return (f"On {what} (a MedMCQA question no run trains on), the gold option's margin over the best distractor "
+            f"starts at {base:+.3f} nats; the stream of facts moved it by " + ", ".join(
+                f"{span(v)} under {ARM_LABELS.get(a, a)}" for a, v in by.items()) + " (over each arm's runs).")
