@@ -96,7 +96,7 @@ def test_the_facts_smoke_preset_runs_from_one_start_and_resumes(tmp_path):
     from smf_lib.study.facts_study import FactsRunner, get_facts_preset
 
     out = tmp_path / "facts"
-    with pytest.raises(ValueError, match="0 of 2 dev runs are finished"):  # reported rates come from the dev runs
+    with pytest.raises(ValueError, match="2 dev run.s. are not finished"):  # reported rates come from the dev runs
         FactsRunner(get_facts_preset("facts-smoke"), out, progress=False).report_rates()
     assert main(["run", "--preset", "facts-smoke", "--out", str(out), "--no-progress"]) == 0
     runs = sorted((out / "runs").glob("*.json"))
@@ -229,23 +229,35 @@ def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
     assert "do not overlap" in FF.findings(far, start)[-1]
 
 
-def test_the_answer_rests_on_the_reported_facts_only_once_every_arm_ran_there_at_every_seed(tmp_path):
+def test_the_answer_rests_on_the_reported_facts_only_once_every_planned_run_is_in(tmp_path):
+    """The reported facts answer once every arm has run at each of its planned rates and seeds; a stray record at a
+    rate no longer planned is left out; the level is the dev sweep's."""
     from smf_lib.files import write_json
     from smf_lib.study import facts_frontier as FF
     from smf_lib.study.facts_presets import FactsPreset
 
-    p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2,), "lora": (1e-4,)}, seeds=(0, 1), dev_seeds=(0,))
-    write_json(tmp_path / "start-dev.json", {"scores": {"facts_loglik": [-9.0]}})
-    for arm, lr in (("smf-tfidf", 1e-2), ("lora", 1e-4)):
-        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json", {"arm": arm, "lr": lr, "seed": 0})
-    assert FF.answer_runs(p, tmp_path)[0] == "dev"
-    write_json(tmp_path / "start-report.json", {"scores": {"facts_loglik": [-9.0]}})
-    for arm, lr, seed in (("smf-tfidf", 1e-2, 0), ("smf-tfidf", 1e-2, 1), ("lora", 1e-4, 0)):
-        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s{seed}-report.json", {"arm": arm, "lr": lr, "seed": seed})
-    assert FF.answer_runs(p, tmp_path)[0] == "dev"  # LoRA's second seed is missing
-    write_json(tmp_path / "runs" / "lora-lr0.0001-s1-report.json", {"arm": "lora", "lr": 1e-4, "seed": 1})
-    split, start, runs, seeds = FF.answer_runs(p, tmp_path)
-    assert split == "report" and len(runs) == 4 and seeds == (0, 1)
+    gains = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-5: 0.5, 1e-4: 1.5, 3e-4: 4.0}}
+    p = FactsPreset(name="t", rates={arm: tuple(by) for arm, by in gains.items()}, seeds=(0, 1), dev_seeds=(0,))
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    write_json(tmp_path / "start-dev.json", {"scores": start})
+    for arm, by in gains.items():
+        for lr, g in by.items():
+            write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json",
+                       {**_facts_run(arm, lr, 0, -10.0 + g, [-2.0, -2.0]), "run": f"{arm}-lr{lr:g}-s0-dev"})
+    plan = FF.report_plan(p, tmp_path)
+    assert plan["level"] == pytest.approx(2.0) and plan["rates"] == {"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4)}
+    assert FF.answer_runs(p, tmp_path)["split"] == "dev"
+    write_json(tmp_path / "start-report.json", {"scores": start})
+    todo = [(arm, lr, seed) for arm, rates in plan["rates"].items() for lr in rates for seed in (0, 1)]
+    for arm, lr, seed in [*todo[:-1], ("lora", 1e-5, 1)]:  # one planned run missing, one stray
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s{seed}-report.json",
+                   _facts_run(arm, lr, seed, -8.0, [-2.0, -2.0]))
+    assert FF.answer_runs(p, tmp_path)["split"] == "dev"
+    arm, lr, seed = todo[-1]
+    write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s{seed}-report.json", _facts_run(arm, lr, seed, -8.0, [-2.0, -2.0]))
+    got = FF.answer_runs(p, tmp_path)
+    assert got["split"] == "report" and len(got["runs"]) == 8 and got["seeds"] == (0, 1)
+    assert got["level"] == pytest.approx(2.0) and 1e-5 not in {r["lr"] for r in got["runs"]}
 
 
 def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it(tmp_path, monkeypatch):
@@ -264,8 +276,10 @@ def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it
     assert found["level"] == pytest.approx(2.0) and found["ranges"]["smf-tfidf-sgd"] == pytest.approx((0.1, 0.2))
     write_json(tmp_path / "start-dev.json", {"scores": start})
     for r in runs:
-        write_json(tmp_path / "runs" / f"{r['arm']}-lr{r['lr']:g}-s0-dev.json", r)
-    p = FactsPreset(name="t", model="tiny", rates={arm: tuple(by) for arm, by in gains.items()}, seeds=(0, 1))
+        name = f"{r['arm']}-lr{r['lr']:g}-s0-dev"
+        write_json(tmp_path / "runs" / f"{name}.json", {**r, "run": name})
+    p = FactsPreset(name="t", model="tiny", rates={arm: tuple(by) for arm, by in gains.items()}, seeds=(0, 1),
+                    dev_seeds=(0,))
     runner = FactsRunner(p, tmp_path, progress=False)
     assert runner.report_rates() == {"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4), "smf-tfidf-sgd": (3.0,)}
     calls = []
@@ -287,3 +301,27 @@ def test_the_facts_example_sentence_reads_one_reported_medmcqa_item_per_arm():
     assert "starts at -0.200 nats" in sentence
     assert "+0.050 to +0.100 under SMF-TF-IDF, -0.100 under LoRA" in sentence
     assert FF.example_sentence([{**r, "split": "dev"} for r in runs], start, 1) is None
+
+
+def test_rates_around_follow_the_first_crossing_and_verdicts_need_every_seed_to_agree():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "wikitext_nll": [3.0, 3.0], "chat_loglik": [-2.0, -2.0]}
+    bumpy = [_facts_run("lora", 1e-5, 0, -9.0, [-2.0, -2.0]), _facts_run("lora", 3e-5, 0, -7.0, [-2.0, -2.0]),
+             _facts_run("lora", 1e-4, 0, -9.5, [-2.0, -2.0])]  # learning 1, 3, then 0.5: not monotone
+    assert FF.rates_around(bumpy, start, 2.0) == {"lora": (1e-5, 3e-5)}
+    assert FF.rates_around(bumpy, start, 0.5) == {"lora": (1e-5,)}  # between the start and the lowest rate
+    assert FF.rates_around(bumpy, start, 5.0) == {"lora": (1e-4,)}  # never reached: the highest rate
+    at = FF.at_level(bumpy, start, "lora", 0, 3.0)  # exactly at a measured point: that point
+    assert at["lr"] == (1e-5, 3e-5) and at["chat_loglik"] == pytest.approx([0.0, 0.0])
+
+    def run(arm, seed, nll):
+        return {"arm": arm, "lr": 1e-2, "seed": seed, "scores": {"facts_loglik": [-8.0, -8.0], "wikitext_nll": nll}}
+    agree = [run("smf-tfidf", 0, [2.9, 2.9]), run("smf-tfidf", 1, [2.9, 2.9]),
+             run("lora", 0, [3.1, 3.1]), run("lora", 1, [3.1, 3.1])]
+    row = FF.compare(agree, start, 1.0, smf=("smf-tfidf",), baselines=("lora",), probes=("wikitext_nll",)).iloc[0]
+    assert row["difference"] == pytest.approx(-0.1) and row["verdict"] == "better"  # lower NLL is better (half way)
+    split = [run("smf-tfidf", 0, [2.0, 2.0]), run("smf-tfidf", 1, [3.3, 3.3]),
+             run("lora", 0, [3.1, 3.1]), run("lora", 1, [3.1, 3.1])]  # seed 0 far better, seed 1 worse
+    row = FF.compare(split, start, 1.0, smf=("smf-tfidf",), baselines=("lora",), probes=("wikitext_nll",)).iloc[0]
+    assert row["per seed"] == [-0.55, 0.1] and row["verdict"] == "cannot tell"

@@ -70,11 +70,10 @@ from IPython.display import Markdown, display
 
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
-facts_split, facts_start, facts_runs, facts_seeds = facts_frontier.answer_runs(get_facts_preset("facts"),
-                                                                              results_dir("facts"))
-found_box([s for s in (answer_cpu_v2(runs), facts_frontier.answer(facts_runs, facts_start, facts_seeds,
-                                                                   split=facts_split)) if s],
-          title="In one sentence")
+facts = facts_frontier.answer_runs(get_facts_preset("facts"), results_dir("facts"))
+facts_answer = facts_frontier.answer(facts["runs"], facts["start"], facts["seeds"], split=facts["split"],
+                                     level=facts["level"])
+found_box([s for s in (answer_cpu_v2(runs), facts_answer) if s], title="In one sentence")
 
 # %% [markdown]
 # **In this book you will**

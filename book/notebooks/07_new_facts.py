@@ -70,7 +70,8 @@ device = setup_notebook(SEED)
 preset = get_facts_preset("facts")
 folder = results_dir("facts")
 dev_start, dev_runs = FF.load(folder, "dev")
-split, start, runs, seeds = FF.answer_runs(preset, folder)
+plan = FF.answer_runs(preset, folder)
+split, start, runs, seeds, level = (plan[k] for k in ("split", "start", "runs", "seeds", "level"))
 for line in FF.status_lines(preset, folder):
     print(line)
 print(f"the answer below rests on the {split} facts ({len(runs)} runs, seeds {', '.join(map(str, seeds))})")
@@ -82,10 +83,10 @@ print(f"the answer below rests on the {split} facts ({len(runs)} runs, seeds {',
 # First in one sentence, then in four:
 
 # %% tags=["hide-input"]
-sentence = FF.answer(runs, start, seeds, split=split)
+sentence = FF.answer(runs, start, seeds, split=split, level=level)
 if sentence:
     display(found_box([sentence], title="In one sentence"))
-display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds)]))
+display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds, level=level)]))
 display(Markdown("Their 95% intervals over items are in the table of SMF minus each baseline, under "
                  "[Learning against forgetting](#learning-against-forgetting), and every run's changes in the "
                  "table after it."))
@@ -133,7 +134,9 @@ book_table(rows_table(snapshot), key=["fact"])
 # How to read the next figure: each line is one arm, starting at the origin (the starting model) and passing through
 # its rates, lowest first, with the mean over seeds. The x axis is what the arm learned (the facts' answer
 # log-likelihood gain on held-out questions), the y axis what it lost on one probe. At any x, every arm has learned
-# the same amount, so the higher line forgot less; the dotted line marks the level where all arms are compared.
+# the same amount, so the line on its probe's better side forgot less (each panel's label says which way is better:
+# up for the log-likelihoods, down for WikiText's NLL); the dotted line marks the level where all arms are compared.
+# On the reported facts that level is the dev sweep's, fixed before the reported runs.
 # Chapter 3 draws the idea on made-up numbers:
 
 # %% tags=["hide-input"]
@@ -142,8 +145,6 @@ from smf_lib.views.diagrams import plot_how_to_read
 display(Panels([plot_how_to_read(("SMF", "LoRA"))]))
 
 # %%
-found = FF.level_of(runs, start)
-level = found["level"]
 display(Panels([plot_facts_frontier(runs, start, level=level, title=f"{split} facts")]))
 if split == "report":  # the dev sweep the rates were chosen on
     display(Panels([plot_facts_frontier(dev_runs, dev_start, level=FF.level_of(dev_runs, dev_start)["level"],
@@ -165,16 +166,18 @@ if example:
 
 # %% [markdown]
 # The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over
-# the items and each seed's own difference. "better" means SMF kept more of that probe than the baseline did.
+# the items and each seed's own difference. "better" means SMF kept more of that probe than the baseline did (for
+# WikiText's NLL, where lower is better, a negative difference); it is said only when the interval excludes 0 and
+# every seed's own difference points the same way, since an interval over items says nothing about other seeds.
 
 # %%
+arms = {r["arm"] for r in runs}
 if level is None:
     print("the arms' ranges of learning do not overlap: no common level")
 else:
     table = FF.compare(runs, start, level, seeds=seeds,
-                       smf=tuple(a for a in ("smf-tfidf", "smf-kl", "smf-tfidf-sgd", "smf-kl-sgd")
-                                 if a in found["ranges"]),
-                       baselines=tuple(a for a in ("lora", "full") if a in found["ranges"]))
+                       smf=tuple(a for a in ("smf-tfidf", "smf-kl", "smf-tfidf-sgd", "smf-kl-sgd") if a in arms),
+                       baselines=tuple(a for a in ("lora", "full") if a in arms))
     table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
     table["smf"] = table["smf"].map(FF.ARM_LABELS)
     table["baseline"] = table["baseline"].map(FF.ARM_LABELS)

@@ -53,18 +53,51 @@ def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
     return read_json(start)["scores"], runs
 
 
-def answer_runs(preset, folder: str | Path) -> tuple[str, dict, list[dict], tuple[int, ...]]:
-    """The runs the study's answer rests on: the reported facts once every arm has run there at every seed of the
-    preset, else the dev facts (where the rates are chosen). Returns the split, the start's scores, the runs and
-    the seeds."""
+def dev_runs_left(preset, folder: str | Path) -> list[str]:
+    """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in)."""
+    runs = Path(folder) / "runs"
+    return [name for name in (f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds
+                              for arm, rates in preset.rates.items() for lr in rates)
+            if not (runs / f"{name}.json").exists()]
+
+
+def report_plan(preset, folder: str | Path) -> dict:
+    """What the reported facts run, chosen on the dev facts only: ``level``, the common level of the dev sweep
+    (fixed before any reported run), and ``rates``, per arm the dev rates around the first crossing of that level
+    (:func:`rates_around`). Refuses while a dev run is missing or the compared arms share no level."""
+    left = dev_runs_left(preset, folder)
+    if left:
+        raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(left)} dev run(s) are "
+                         f"not finished in {folder} ({', '.join(left[:3])}...): run --split dev first")
+    start, runs = load(folder, "dev")
+    names = {f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds for arm, rates in preset.rates.items()
+             for lr in rates}
+    runs = [r for r in runs if r["run"] in names]
+    found = level_of(runs, start)
+    if found["level"] is None:
+        raise ValueError("the dev runs' ranges of learning do not overlap, so no rate can be chosen at equal "
+                         f"learning: add rates to the arms in the preset (ranges: {found.get('ranges')})")
+    around = rates_around(runs, start, found["level"])
+    return {"level": found["level"], "rates": {arm: around[arm] for arm in preset.rates if arm in around}}
+
+
+def answer_runs(preset, folder: str | Path) -> dict:
+    """The runs the study's answer rests on: the reported facts once every planned reported run (each arm at its
+    :func:`report_plan` rates, every seed) has finished, read at the dev level fixed before them; else the dev
+    facts, read at their own common level. Returns ``split``, ``start``, ``runs`` (only the planned ones),
+    ``seeds`` and ``level``."""
     folder = Path(folder)
     if (folder / "start-report.json").exists():
+        plan = report_plan(preset, folder)
+        planned = {(arm, lr, seed) for arm, rates in plan["rates"].items() for lr in rates for seed in preset.seeds}
         start, runs = load(folder, "report")
-        have = {(r["arm"], r["seed"]) for r in runs}
-        if all((arm, seed) in have for arm in preset.rates for seed in preset.seeds):
-            return "report", start, runs, tuple(preset.seeds)
+        runs = [r for r in runs if (r["arm"], r["lr"], r["seed"]) in planned]
+        if len(runs) == len(planned):
+            return {"split": "report", "start": start, "runs": runs, "seeds": tuple(preset.seeds),
+                    "level": plan["level"]}
     start, runs = load(folder, "dev")
-    return "dev", start, runs, tuple(preset.dev_seeds)
+    return {"split": "dev", "start": start, "runs": runs, "seeds": tuple(preset.dev_seeds),
+            "level": level_of(runs, start)["level"]}
 
 
 def _points(runs: list[dict], start: dict, arm: str, seed: int) -> list[tuple[float, dict]]:
@@ -121,7 +154,9 @@ def at_level(runs: list[dict], start: dict, arm: str, seed: int, level: float) -
 def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-kl"), baselines=("lora", "full"),
             seeds=(0, 1), probes=FORGETTING) -> pd.DataFrame:
     """SMF minus each baseline at ``level``, per probe: the difference of per-item changes averaged over the seeds
-    both reach the level at, its paired 95% interval over items, each seed's own difference and the verdict."""
+    both reach the level at, its paired 95% interval over items, each seed's own difference and the verdict:
+    better or worse only when the interval excludes 0 and every seed's own difference has the same sign (the
+    interval is over items, for these seeds; two seeds cannot give an interval over seeds), else cannot tell."""
     reads = {a: {s: at_level(runs, start, a, s, level) for s in seeds} for a in (*smf, *baselines)}
     rows = []
     for a in smf:
@@ -134,10 +169,12 @@ def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-
                 diffs = [reads[a][s][m] - reads[b][s][m] for s in have]
                 d = np.mean(diffs, axis=0)
                 lo, hi = item_interval(d)
+                said = verdict(lo, hi, MEASURES[m][0])
+                agree = all(np.sign(x.mean()) == np.sign(d.mean()) for x in diffs)
                 rows.append({"smf": a, "baseline": b, "probe": m, "level": level, "seeds": len(have),
                              "difference": float(d.mean()), "lo": lo, "hi": hi,
                              "per seed": [round(float(x.mean()), 4) for x in diffs],
-                             "verdict": verdict(lo, hi, MEASURES[m][0])})
+                             "verdict": said if agree else "cannot tell"})
     return pd.DataFrame(rows, columns=["smf", "baseline", "probe", "level", "seeds", "difference", "lo", "hi",
                                        "per seed", "verdict"])
 
@@ -191,10 +228,10 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     return lines + ([f"dev runs to do, in order: {', '.join(todo)}"] if todo else [])
 
 
-def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
+def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
     """The chapter's answer, in at most four sentences computed from the records: what the start knew, how far
-    each arm learned, and SMF against LoRA and full finetuning at equal learning on held-out chat (with what goes
-    against SMF)."""
+    each arm learned, and SMF against LoRA and full finetuning at equal learning (``level``; by default the runs'
+    own common level) on held-out chat, then on the other probes (with what goes against SMF)."""
     n_q = len(start[LEARN])
     base_em = float(np.mean(start["facts_em"]))
     out = [f"The starting model answers {base_em:.0%} of the {n_q} held-out questions about the facts exactly "
@@ -208,16 +245,17 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
         f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows())
         + f"; the most any run answers exactly is {np.mean(top['scores'].get('facts_em', [0])):.0%} of the questions "
         f"({ARM_LABELS.get(top['arm'], top['arm'])} at {top['lr']:g}).")
-    found = level_of(runs, start)
-    level = found["level"]
-    if found["left_out"]:
-        out[-1] += (" " + ", ".join(ARM_LABELS.get(a, a) for a in found["left_out"])
-                    + f" ran at fewer than {MIN_RATES} rates: too few to place on the frontier, left out below.")
+    if level is None:
+        found = level_of(runs, start)
+        level = found["level"]
+        if found["left_out"]:
+            out[-1] += (" " + ", ".join(ARM_LABELS.get(a, a) for a in found["left_out"])
+                        + f" ran at fewer than {MIN_RATES} rates: too few to place on the frontier, left out below.")
     if level is None:
         out.append("The arms' ranges of learning do not overlap, so no level of learning is common to all of them "
                    "and they cannot be compared at equal learning: the sweep needs rates that bracket each other.")
         return out
-    arms = set(swept(ends)["arm"])
+    arms = set(ends["arm"])
     table = compare(runs, start, level, smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in arms),
                     baselines=tuple(a for a in ("lora", "full") if a in arms), seeds=seeds)
     chat = table[table["probe"] == "chat_loglik"].to_dict("records")
@@ -228,7 +266,7 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
                    + "; ".join(parts) + ".")
     other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")].to_dict("records")
     if other:
-        n_seeds = max(r["seeds"] for r in other)
+        n_seeds = min(r["seeds"] for r in other)
         out.append(f"The other probes at that level, SMF-TF-IDF minus each baseline ({n_seeds} seed"
                    f"{'s' if n_seeds > 1 else ''}): " + "; ".join(
                        f"{MEASURES[r['probe']][1].split(' (')[0]} against {ARM_LABELS[r['baseline']]} "
@@ -237,32 +275,38 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1)) -> list[str]:
 
 
 def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple[float, ...]]:
-    """Per arm, the swept rates whose learning (mean over seeds) brackets ``level``: the highest below it and the
-    lowest at or above it (one rate where the arm has none on one side)."""
+    """Per arm, the swept rates around the first crossing of ``level`` along its rates in order (learning as the
+    mean over seeds; the start counts as rate 0), as :func:`at_level` reads it: the rate before the crossing and the
+    one at it, or the lowest rate alone where the crossing lies between the start and it, or the highest rate alone
+    where the arm never reaches the level."""
     out = {}
     for arm, g in learning_ends(runs, start).groupby("arm", sort=False):
-        g = g.sort_values("lr")
-        below, above = g[g["learning"] < level]["lr"], g[g["learning"] >= level]["lr"]
-        out[arm] = tuple(float(r) for r in ([*below.tail(1)] + [*above.head(1)]))
+        rates, gains = [0.0, *g.sort_values("lr")["lr"]], [0.0, *g.sort_values("lr")["learning"]]
+        k = next((i for i in range(1, len(gains)) if gains[i] >= level), None)
+        pick = [rates[-1]] if k is None else [r for r in (rates[k - 1], rates[k]) if r > 0]
+        out[arm] = tuple(float(r) for r in pick)
     return out
 
 
-def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev") -> str | None:
+def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev", level: float | None = None
+           ) -> str | None:
     """The new-facts study's answer in one sentence: SMF-TF-IDF (Lin et al.'s selector) against LoRA and full
-    finetuning on held-out chat at equal learning, or None where the arms share no level of learning."""
-    found = level_of(runs, start)
-    level = found["level"]
+    finetuning on held-out chat at equal learning (``level``; by default the runs' own common level), or None where
+    there is no level or no arm pair reaches it."""
+    level = level_of(runs, start)["level"] if level is None else level
     if level is None:
         return None
-    baselines = tuple(a for a in ("lora", "full") if a in found.get("ranges", {}))
-    table = compare(runs, start, level, smf=("smf-tfidf",), baselines=baselines, seeds=seeds, probes=("chat_loglik",))
+    arms = {r["arm"] for r in runs}
+    table = compare(runs, start, level, smf=("smf-tfidf",), baselines=tuple(a for a in ("lora", "full") if a in arms),
+                    seeds=seeds, probes=("chat_loglik",))
     words = {"better": "did better on held-out chat than", "worse": "did worse on held-out chat than",
              "cannot tell": "could not be told apart on held-out chat from"}
     parts = [f"{words[r['verdict']]} {ARM_LABELS[r['baseline']]} ({_cell(r)} nats)" for r in table.to_dict("records")]
     if not parts:
         return None
-    n_seeds = len({r["seed"] for r in runs})
-    return (f"Taught new facts one at a time ({split} facts, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
+    n_seeds = int(table["seeds"].min())
+    where = {"dev": "dev facts", "report": "reported facts"}.get(split, split)
+    return (f"Taught new facts one at a time ({where}, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
             f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + ".")
 
 
@@ -284,4 +328,5 @@ def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the 
 
     return (f"On {what} (a MedMCQA question no run trains on), the gold option's margin over the best distractor "
             f"starts at {base:+.3f} nats; the stream of facts moved it by " + ", ".join(
-                f"{span(v)} under {ARM_LABELS.get(a, a)}" for a, v in by.items()) + " (over each arm's runs).")
+                f"{span(v)} under {ARM_LABELS.get(a, a)}" for a, v in by.items())
+            + " (each arm over its reported rates and seeds, not at equal learning).")

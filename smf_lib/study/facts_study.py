@@ -234,18 +234,9 @@ class FactsRunner:
                 for lr in arm_rates]
 
     def report_rates(self) -> dict[str, tuple[float, ...]]:
-        """The rates the reported facts run at, chosen on the dev facts only: per arm, the dev rates around the
-        level of learning every arm reaches (:func:`~smf_lib.study.facts_frontier.rates_around`). Refuses while the
-        dev sweep is unfinished or its arms share no level."""
-        from .facts_frontier import level_of, load, rates_around
+        """The rates the reported facts run at, chosen on the dev facts only
+        (:func:`~smf_lib.study.facts_frontier.report_plan`): per arm, the dev rates around the first crossing of
+        the level every compared arm reaches. Refuses while a dev run is missing or the arms share no level."""
+        from .facts_frontier import report_plan
 
-        planned = sum(len(r) for r in self.p.rates.values()) * len(self.p.dev_seeds)
-        start, runs = load(self.out, "dev") if (self.out / "start-dev.json").exists() else ({}, [])
-        if len(runs) < planned:
-            raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(runs)} of "
-                             f"{planned} dev runs are finished in {self.out}: run --split dev first")
-        level = level_of(runs, start)["level"]
-        if level is None:
-            raise ValueError("the dev runs' ranges of learning do not overlap, so no rate can be chosen at equal "
-                             f"learning: add rates to the arms in the preset (ranges: {level_of(runs, start)})")
-        return {arm: rates_around(runs, start, level)[arm] for arm in self.p.rates}
+        return report_plan(self.p, self.out)["rates"]
