@@ -325,3 +325,12 @@ def test_rates_around_follow_the_first_crossing_and_verdicts_need_every_seed_to_
              run("lora", 0, [3.1, 3.1]), run("lora", 1, [3.1, 3.1])]  # seed 0 far better, seed 1 worse
     row = FF.compare(split, start, 1.0, smf=("smf-tfidf",), baselines=("lora",), probes=("wikitext_nll",)).iloc[0]
     assert row["per seed"] == [-0.55, 0.1] and row["verdict"] == "cannot tell"
+
+
+def test_the_findings_say_which_arm_falls_short_of_a_given_level():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
+    runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -6.0, [-2.4, -2.2])]
+    found = FF.findings(runs, start, seeds=(0,), level=2.0)  # the level fixed beforehand: SMF reaches only 1.0
+    assert found[-1].endswith("no pair to compare (SMF-TF-IDF did not reach that level).")

@@ -261,9 +261,12 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = 
     chat = table[table["probe"] == "chat_loglik"].to_dict("records")
     parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} ({_cell(r)} nats)"
              for r in chat]
-    if parts:
+    short = [a for a in COMPARED if a in arms and all(at_level(runs, start, a, sd, level) is None for sd in seeds)]
+    if parts or short:
         out.append(f"At equal learning ({level:+.2f} nats), held-out chat log-likelihood, SMF minus baseline: "
-                   + "; ".join(parts) + ".")
+                   + ("; ".join(parts) if parts else "no pair to compare")
+                   + (f" ({', '.join(ARM_LABELS[a] for a in short)} did not reach that level)" if short else "")
+                   + ".")
     other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")].to_dict("records")
     if other:
         n_seeds = min(r["seeds"] for r in other)
