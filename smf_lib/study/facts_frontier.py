@@ -6,7 +6,7 @@ questions) from the starting model. Unlike the MedMCQA study, a facts run keeps 
 rates. Per arm and seed the points are the start (no training) and each swept rate's end, in order of rate; where
 the learning first crosses a level, every probe's per-item change is interpolated linearly between the two points
 around it. (Below the smallest rate, that is between the start and the smallest rate.) The level is the midpoint of
-the overlap of the compared arms' ranges of learning (:data:`COMPARED`: SMF-TF-IDF, SMF-KL, LoRA, full finetuning;
+the overlap of the compared arms' ranges of learning (``COMPARED``: SMF-TF-IDF, SMF-KL, LoRA, full finetuning;
 :func:`smf_lib.study.paired_stats.common_level`), never an arm's highest rate; SMF with plain SGD is read at it where
 its rates reach it. SMF minus a baseline is compared item by item on the same items: per-item changes averaged over
 the seeds both reach the level at, a paired bootstrap interval over items, each seed's own difference, and a verdict
@@ -184,7 +184,7 @@ MIN_RATES = 2
 
 
 def swept(ends: pd.DataFrame) -> pd.DataFrame:
-    """The learning ends of the arms that ran at :data:`MIN_RATES` rates or more."""
+    """The learning ends of the arms that ran at ``MIN_RATES`` rates or more."""
     if ends.empty:
         return ends
     return ends[ends.groupby("arm")["lr"].transform("nunique") >= MIN_RATES]
@@ -197,7 +197,7 @@ COMPARED = ("smf-tfidf", "smf-kl", "lora", "full")
 
 def level_of(runs: list[dict], start: dict, arms=COMPARED) -> dict:
     """The common learning level (:func:`~smf_lib.study.paired_stats.common_level`) of ``arms`` (those that ran at
-    :data:`MIN_RATES` rates or more); ``ranges`` holds every swept arm's range; ``left_out``: the arms with fewer
+    ``MIN_RATES`` rates or more); ``ranges`` holds every swept arm's range; ``left_out``: the arms with fewer
     rates."""
     ends = learning_ends(runs, start)
     kept = swept(ends)

@@ -95,7 +95,7 @@ REPORT_FIELDS = ("n_facts",)
 
 def same_run(stored: dict | None, current: dict) -> bool:
     """Whether a stored run identity describes the run ``current`` does: the same in everything but the preset's
-    plan (:data:`PLAN_FIELDS`), so adding a rate to one arm keeps every finished run."""
+    plan (``PLAN_FIELDS``), so adding a rate to one arm keeps every finished run."""
     def run_only(ident):
         skip = PLAN_FIELDS + (REPORT_FIELDS if ident.get("split") == "dev" else ())
         return {**ident, "preset": {k: v for k, v in ident.get("preset", {}).items() if k not in skip}}

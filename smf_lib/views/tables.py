@@ -34,7 +34,7 @@ _STYLE = (f"<style>.smf-table .smf-narrow{{display:none}}"
 
 
 def is_id_column(name) -> bool:
-    """Whether a column holds identifiers rather than counts (its name ends in one of :data:`ID_SUFFIXES`)."""
+    """Whether a column holds identifiers rather than counts (its name ends in one of ``ID_SUFFIXES``)."""
     return str(name).lower().endswith(ID_SUFFIXES)
 
 
