@@ -22,9 +22,10 @@ class FactsPreset:
 
     Args:
         name: the preset's name (its results go to ``results/<name>``).
-        start: the spread-pilot recipe of the starting memory, :class:`SpreadSettings` fields for it, and
-            optionally ``reuse``: a spread-pilot folder whose record of the same recipe and settings (and its saved
-            memory) is copied instead of retrofitting again.
+        start: the spread-pilot recipe of the starting memory,
+            :class:`~smf_lib.study.spread_pilot.SpreadSettings` fields for it, and optionally ``reuse``: a
+            spread-pilot folder whose record of the same recipe and settings (and its saved memory) is copied
+            instead of retrofitting again.
         n_facts, dev_facts: reported and dev facts (disjoint: different seeds of :func:`smf_lib.facts.make_facts`).
         steps_per_fact: optimizer steps on each fact's batch.
         first_facts: the first facts of the stream, scored apart (overwriting).

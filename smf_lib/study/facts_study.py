@@ -104,8 +104,9 @@ def same_run(stored: dict | None, current: dict) -> bool:
 
 
 class FactsRunner:
-    """Runs a :class:`FactsPreset` into ``out`` (resumable; finished runs are read back). The code is read when it
-    starts; a preset on the real data refuses a checkout with uncommitted changes unless ``allow_dirty``."""
+    """Runs a :class:`~smf_lib.study.facts_presets.FactsPreset` into ``out`` (resumable; finished runs are read
+    back). The code is read when it starts; a preset on the real data refuses a checkout with uncommitted changes
+    unless ``allow_dirty``."""
 
     def __init__(self, preset: FactsPreset, out: str | Path, progress: bool = True, allow_dirty: bool = False):
         self.p, self.out, self.progress = preset, Path(out), progress

@@ -136,8 +136,8 @@ def run_recipe(name: str, out: str | Path, s: SpreadSettings | None = None, reci
     """Retrofit one recipe, measuring health and spread along the way (resumable; read back when done).
 
     Returns:
-        The recipe's record: identity, per probe step the health, spread and their summaries, the retrofit's
-        seconds per step, and whether the memory ends alive and spread (:func:`verdict`).
+        dict: the recipe's record, with its identity, per probe step the health, spread and their summaries, the
+        retrofit's seconds per step, and whether the memory ends alive and spread (:func:`verdict`).
     """
     s = s or SpreadSettings()
     recipe = recipe or _recipe(name)
