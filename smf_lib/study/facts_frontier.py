@@ -221,8 +221,7 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     dev_done = len(list((folder / "runs").glob("*-dev.json")))
     report_done = len(list((folder / "runs").glob("*-report.json")))
     planned = sum(len(r) for r in preset.rates.values()) * len(preset.dev_seeds)
-    todo = [f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds for arm, rates in preset.rates.items()
-            for lr in rates if not (folder / "runs" / f"{arm}-lr{lr:g}-s{seed}-dev.json").exists()]
+    todo = dev_runs_left(preset, folder)
     lines = [f"dev facts (rates are chosen here): {dev_done} of {planned} runs finished",
              f"reported facts: {report_done} of at most {2 * len(preset.rates) * len(preset.seeds)} runs finished"]
     return lines + ([f"dev runs to do, in order: {', '.join(todo)}"] if todo else [])
