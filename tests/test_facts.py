@@ -202,16 +202,27 @@ def test_a_dev_run_ignores_the_number_of_reported_facts_and_a_reported_run_does_
     assert not same_run(report, {**fewer, "split": "report"})
 
 
-def test_the_facts_status_lists_the_dev_runs_left_in_order(tmp_path):
+def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_ones(tmp_path):
+    from smf_lib.files import write_json
     from smf_lib.study.facts_frontier import status_lines
     from smf_lib.study.facts_presets import FactsPreset
 
-    p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4,)}, seeds=(0, 1), dev_seeds=(0,))
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "smf-tfidf-lr0.01-s0-dev.json").write_text("{}")
+    p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4)}, seeds=(0, 1), dev_seeds=(0,))
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    write_json(tmp_path / "start-dev.json", {"scores": start})
+    gains = {("smf-tfidf", 1e-2): 1.0, ("smf-tfidf", 3e-2): 3.0, ("lora", 1e-4): 2.0, ("lora", 3e-4): 4.0}
+    for (arm, lr), g in list(gains.items())[:1]:
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json", {**_facts_run(arm, lr, 0, -10.0 + g, [-2.0] * 2),
+                                                                        "run": f"{arm}-lr{lr:g}-s0-dev"})
     lines = status_lines(p, tmp_path)
-    assert lines[0].endswith("1 of 3 runs finished")
-    assert lines[-1].endswith("smf-tfidf-lr0.03-s0-dev, lora-lr0.0001-s0-dev")
+    assert lines[0].endswith("1 of 4 runs finished")
+    assert lines[1].endswith("smf-tfidf-lr0.03-s0-dev, lora-lr0.0001-s0-dev, lora-lr0.0003-s0-dev")
+    for (arm, lr), g in gains.items():
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json", {**_facts_run(arm, lr, 0, -10.0 + g, [-2.0] * 2),
+                                                                        "run": f"{arm}-lr{lr:g}-s0-dev"})
+    lines = status_lines(p, tmp_path)  # level 2.5 (overlap 2 to 3): SMF 1e-2 and 3e-2, LoRA 1e-4 and 3e-4
+    assert lines[1] == "reported facts, read at the dev level +2.50: 0 of 8 runs finished"
+    assert lines[2].startswith("reported runs to do, in order: smf-tfidf-lr0.01-s0-report, smf-tfidf-lr0.03-s0-report")
 
 
 def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():

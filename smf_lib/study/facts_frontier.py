@@ -215,16 +215,23 @@ def _cell(row: dict) -> str:
 
 
 def status_lines(preset, folder: str | Path) -> list[str]:
-    """How much of the study has run: finished runs per split against the preset's plan (the reported facts run
-    each arm at the two dev rates around the common level, or one where the level lies beyond its rates)."""
+    """How much of the study has run: the dev runs against the preset's plan, then, once they are all in, the
+    reported runs :func:`report_plan` chose (each arm at the dev rates around the level, every seed), in order."""
     folder = Path(folder)
-    dev_done = len(list((folder / "runs").glob("*-dev.json")))
-    report_done = len(list((folder / "runs").glob("*-report.json")))
     planned = sum(len(r) for r in preset.rates.values()) * len(preset.dev_seeds)
     todo = dev_runs_left(preset, folder)
-    lines = [f"dev facts (rates are chosen here): {dev_done} of {planned} runs finished",
-             f"reported facts: {report_done} of at most {2 * len(preset.rates) * len(preset.seeds)} runs finished"]
-    return lines + ([f"dev runs to do, in order: {', '.join(todo)}"] if todo else [])
+    lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
+    if todo:
+        return lines + [f"dev runs to do, in order: {', '.join(todo)}",
+                        f"reported facts: chosen once the dev runs are in (at most {2 * len(preset.rates)} rates x "
+                        f"{len(preset.seeds)} seeds)"]
+    plan = report_plan(preset, folder)
+    names = [f"{arm}-lr{lr:g}-s{seed}-report" for seed in preset.seeds for arm, rates in plan["rates"].items()
+             for lr in rates]
+    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists()]
+    lines.append(f"reported facts, read at the dev level {plan['level']:+.2f}: {len(names) - len(left)} of "
+                 f"{len(names)} runs finished")
+    return lines + ([f"reported runs to do, in order: {', '.join(left)}"] if left else [])
 
 
 def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
