@@ -107,6 +107,11 @@ for s in fact.statements[:3]:
     print("  train:", s)
 for q in fact.questions:
     print("  asked:", q.replace("\n", " "), "->", fact.answer)
+print(textwrap.fill(
+    f"The study's plan: the {preset.dev_facts} dev facts, at seed{'s' if len(preset.dev_seeds) > 1 else ''} "
+    f"{', '.join(map(str, preset.dev_seeds))}, choose every arm's rates and the level of learning where the arms are "
+    f"compared; then the {preset.n_facts} reported facts (their own entities and probe items), at seeds "
+    f"{', '.join(map(str, preset.seeds))}, run each arm at the dev rates around that level, and are read at it.", 76))
 
 # %% [markdown]
 # ## One fact's rows
