@@ -345,3 +345,18 @@ def test_the_findings_say_which_arm_falls_short_of_a_given_level():
     runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -6.0, [-2.4, -2.2])]
     found = FF.findings(runs, start, seeds=(0,), level=2.0)  # the level fixed beforehand: SMF reaches only 1.0
     assert found[-1].endswith("no pair to compare (SMF-TF-IDF did not reach that level).")
+
+
+def test_overwriting_compares_the_first_facts_with_every_fact_at_the_level():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "first_facts_loglik": [-10.0]}
+
+    def run(arm, lr, every, first):
+        return {"arm": arm, "lr": lr, "seed": 0,
+                "scores": {"facts_loglik": [-10.0 + every] * 2, "first_facts_loglik": [-10.0 + first]}}
+    runs = [run("smf-tfidf", 1e-2, 2.0, 2.0), run("lora", 1e-4, 2.0, 0.5)]  # LoRA's oldest facts faded
+    table = FF.overwriting(runs, start, 1.0, seeds=(0,)).set_index("arm")
+    assert table.loc["SMF-TF-IDF", "first / every"] == pytest.approx(1.0)
+    assert table.loc["LoRA", "every fact"] == pytest.approx(1.0)
+    assert table.loc["LoRA", "first facts"] == pytest.approx(0.25)

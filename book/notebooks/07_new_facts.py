@@ -189,6 +189,19 @@ else:
     display(book_table(table.drop(columns=["level"]), key=["smf", "baseline"]))
 
 # %% [markdown]
+# Did later facts overwrite earlier ones? At the same level, each arm's answer log-likelihood gain on every fact's
+# questions beside its gain on the first facts of the stream alone, the ones trained longest ago (their ratio is 1
+# when the oldest facts are kept as well as the average one):
+
+# %%
+if level is not None:
+    kept = FF.overwriting(runs, start, level, seeds)
+    display(book_table(kept, key=["arm"]))
+    worst = kept.loc[kept["first / every"].idxmin()]
+    print(textwrap.fill(f"{worst['arm']} keeps its first facts least: {worst['first facts']:+.2f} nats against "
+                        f"{worst['every fact']:+.2f} on every fact ({worst['first / every']:.2f} of it).", 76))
+
+# %% [markdown]
 # Every run, each measure's change from the starting model (mean over seeds):
 
 # %%

@@ -339,3 +339,18 @@ def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the 
             f"starts at {base:+.3f} nats; the stream of facts moved it by " + ", ".join(
                 f"{span(v)} under {ARM_LABELS.get(a, a)}" for a, v in by.items())
             + " (each arm over its reported rates and seeds, not at equal learning).")
+
+
+def overwriting(runs: list[dict], start: dict, level: float, seeds=(0, 1)) -> pd.DataFrame:
+    """Did later facts overwrite earlier ones? Per arm at ``level`` of learning (interpolated as :func:`at_level`,
+    mean over the seeds that reach it): the answer log-likelihood gain on every fact's held-out questions and on
+    the first facts' alone (the stream's oldest, trained longest ago)."""
+    rows = []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        reads = [x for x in (at_level(runs, start, arm, s, level) for s in seeds) if x is not None]
+        if reads and all("first_facts_loglik" in x for x in reads):
+            every = float(np.mean([x["facts_loglik"].mean() for x in reads]))
+            first = float(np.mean([x["first_facts_loglik"].mean() for x in reads]))
+            rows.append({"arm": ARM_LABELS.get(arm, arm), "every fact": every, "first facts": first,
+                         "first / every": first / every if every else float("nan"), "seeds": len(reads)})
+    return pd.DataFrame(rows, columns=["arm", "every fact", "first facts", "first / every", "seeds"])
