@@ -514,7 +514,7 @@ def main() -> int:
     pages += [html / name for name in ("setup.html", "api.html", "index.html")]
     pages += sorted(p for p in html.glob("*.html") if p not in pages)
     failures = check_colab_links(html)
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:  # the browser may still be writing
         browser = Browser(profile)
         try:
             page = Page(browser, 1280, 1600)

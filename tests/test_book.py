@@ -144,7 +144,7 @@ _BARE_COUNT = re.compile(r"(?<![\w.,:/#@-])\d{4,}(?![\w,]|\.\d)")
 def bare_counts(text: str) -> list[str]:
     """Whole numbers of 4 or more digits printed without thousands separators in an output's text or HTML, leaving
     out a book table's identifier cells (``smf-id``), markup, images and years."""
-    text = re.sub(r'<td class="[^"]*smf-id[^"]*">.*?</td>', "", text)
+    text = re.sub(r'<(td|caption) class="[^"]*smf-id[^"]*">.*?</\1>', "", text)
     text = re.sub(r"<style>.*?</style>|<script.*?</script>|data:image[^\"']*", "", text, flags=re.S)
     text = re.sub(r"<[^>]+>", " ", text)
     return [m.group(0) for m in _BARE_COUNT.finditer(text) if not 1900 <= int(m.group(0)) <= 2100]
@@ -152,6 +152,7 @@ def bare_counts(text: str) -> list[str]:
 
 def test_bare_counts_finds_a_count_without_separators_but_not_an_identifier_or_a_decimal():
     assert bare_counts("<td>4096</td><td class=\"smf-id\">3947</td> 1.2345 4,096 2026 v2.13.0") == ["4096"]
+    assert bare_counts('<caption class="smf-id">3947</caption><caption>5000</caption>') == ["5000"]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)

@@ -214,6 +214,9 @@ def test_the_how_to_read_picture_marks_equal_learning_and_the_gap_between_the_ar
     assert list(marks.get_xdata()) == [0.5, 0.5] and marks.get_ydata()[0] > marks.get_ydata()[1]
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "equal learning" in texts and "SMF minus LoRA" in texts
+    from smf_lib.views.figures import legend_overlaps
+
+    assert legend_overlaps(fig) == 0  # the legend sits off the data
     plt.close(fig)
 
 

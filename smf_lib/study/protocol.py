@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..models import PAPER_MODEL
 from .preset_spec import Preset
-from .tables import markdown_table
+from .tables import count, markdown_table, with_separators
 
 
 #: What the paper's code does (METHOD.md sections 3-6), in the terms of :func:`protocol_settings`.
@@ -145,8 +145,11 @@ def protocol_table(p: Preset):
     """
     import pandas as pd
 
+    def shown(v) -> str:  # counts with separators (one formatter for every table)
+        return count(v) if isinstance(v, int) and not isinstance(v, bool) else with_separators(str(v))
+
     ours = protocol_settings(p)
-    rows = [{"setting": k, "paper's code": str(v), "this preset": str(ours[k]), "why": p.departures.get(k, "")}
+    rows = [{"setting": k, "paper's code": shown(v), "this preset": shown(ours[k]), "why": p.departures.get(k, "")}
             for k, v in PAPER_PROTOCOL.items() if ours[k] != v]
     return pd.DataFrame(rows, columns=["setting", "paper's code", "this preset", "why"])
 

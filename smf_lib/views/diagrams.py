@@ -226,6 +226,6 @@ def plot_how_to_read(labels=("method A", "method B"), level: float = 0.5):
     ax.set_xlabel("learning: what the run gained on the task (a change from its start)")
     ax.set_ylabel("forgetting probe: change from the start\n(up is better)")
     ax.set_title("How to read a learning-against-forgetting plot", loc="left")
-    ax.legend(loc="lower left", fontsize=9, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)  # off the data
     fig.tight_layout()
     return fig

@@ -110,7 +110,8 @@ class BookTable:
                               for k in self.key if r[cols.index(k)] not in ("", "—"))
             body = "".join(f"<tr><th>{html.escape(str(c))}</th><td{_ID if is_id_column(c) else ''}>"
                            f"{cell_html(v)}</td></tr>" for c, v in zip(cols, r) if c not in self.key)
-            cards.append(f'<table class="smf-card"><caption>{html.escape(title)}</caption>'
+            ids = _ID if all(is_id_column(k) for k in self.key) else ""
+            cards.append(f'<table class="smf-card"><caption{ids}>{html.escape(title)}</caption>'
                          f'<tbody>{body}</tbody></table>')
         return f'<div class="smf-narrow">{"".join(cards)}</div>'
 
