@@ -441,6 +441,7 @@ def test_committed_records_keep_their_training_identity(name):
     today (the flat ``TrainConfig.record()``, LoRA's settings included), so no finished run is refused or redone."""
     from pathlib import Path
 
+    from smf_lib.study.plan import _same_training as same_training  # the runner's own check, tested directly
     from smf_lib.study.records import read_run
 
     out = Path(__file__).resolve().parents[1] / "results" / name / "runs"
@@ -450,7 +451,7 @@ def test_committed_records_keep_their_training_identity(name):
     assert specs or name == "cpu", f"no committed records in {out}"
     for spec in specs:
         identity = read_run(out / f"{spec.name}.json")["identity"]
-        assert R._same_training(identity, get_preset(name), spec), spec.name
+        assert same_training(identity, get_preset(name), spec), spec.name
     trained = [s for s in specs if ARMS[s.method].train is not None]
     if name in ("cpu-v1", "cpu-v2"):
         assert any(s.method == "lora" for s in trained)  # LoRA's settings are among those compared

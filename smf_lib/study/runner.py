@@ -34,12 +34,11 @@ from ..models import load_model, load_tokenizer, tiny_model
 from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, micro_batches, train
 from .arms import get_arm
 from .evaluation import Reference, build_suite, data_root, evaluate
-from .plan import RunSpec, _plain, _same_training, plan, status_line, study_status  # noqa: F401 (re-exported)
+from .plan import RunSpec, _plain, plan, status_line, study_status  # noqa: F401 (the last two: their old home)
 from .preset_spec import Preset
 from .records import REPORT, read_run, upgrade_identity
-from .stages import (RetrofitPlan, StageHost, check_corpora, evenly_spaced_steps, reference_stage,  # noqa: F401
-                     retrofit_health, retrofit_stage, reusable_records, reuse_record, run_flags, trained_memory,
-                     trajectory_probe)
+from .stages import (RetrofitPlan, StageHost, check_corpora, evenly_spaced_steps, reference_stage, retrofit_stage,
+                     reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
 
 
 def _device() -> torch.device:
