@@ -90,3 +90,12 @@ def test_the_report_names_the_level_the_rates_and_the_verdicts():
     text = "\n".join(F.frontier_report(preset, runs))
     assert "common level: 0.1400" in text and "matched within 0.02 nats" in text
     assert "better" in text and "lora-mem" in text  # SMF loses 0.2 nats of chat per nat learned, LoRA 0.5
+
+
+def test_a_verdict_over_seeds_needs_every_seed_to_agree():
+    from smf_lib.study.paired_stats import seed_verdict
+
+    assert seed_verdict(0.01, 0.03, +1, [0.02, 0.01]) == "better"
+    assert seed_verdict(0.01, 0.03, -1, [0.02, 0.01]) == "worse"  # lower is better for this probe
+    assert seed_verdict(0.01, 0.03, +1, [0.05, -0.01]) == "cannot tell"  # one seed points the other way
+    assert seed_verdict(-0.01, 0.03, +1, [0.02, 0.01]) == "cannot tell"  # the interval reaches 0

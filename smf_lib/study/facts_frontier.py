@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import read_json
-from .paired_stats import common_level, item_interval, verdict
+from .paired_stats import common_level, item_interval, seed_verdict
 
 #: The learning measure: the facts' answer log-likelihood (nats per answer token, held-out questions).
 LEARN = "facts_loglik"
@@ -169,12 +169,10 @@ def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-
                 diffs = [reads[a][s][m] - reads[b][s][m] for s in have]
                 d = np.mean(diffs, axis=0)
                 lo, hi = item_interval(d)
-                said = verdict(lo, hi, MEASURES[m][0])
-                agree = all(np.sign(x.mean()) == np.sign(d.mean()) for x in diffs)
                 rows.append({"smf": a, "baseline": b, "probe": m, "level": level, "seeds": len(have),
                              "difference": float(d.mean()), "lo": lo, "hi": hi,
                              "per seed": [round(float(x.mean()), 4) for x in diffs],
-                             "verdict": said if agree else "cannot tell"})
+                             "verdict": seed_verdict(lo, hi, MEASURES[m][0], [x.mean() for x in diffs])})
     return pd.DataFrame(rows, columns=["smf", "baseline", "probe", "level", "seeds", "difference", "lo", "hi",
                                        "per seed", "verdict"])
 

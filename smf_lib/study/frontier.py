@@ -25,7 +25,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .paired_stats import MATCH_MARGIN, METRICS, common_level, item_interval as _interval, verdict  # noqa: F401
+from .paired_stats import (MATCH_MARGIN, METRICS, common_level, item_interval as _interval, seed_verdict,  # noqa: F401
+                           verdict)
 from .records import is_report
 
 #: The learning measure along trajectories.
@@ -110,7 +111,7 @@ def compare_at_level(runs: list[dict], level: float, smf=("smf-kl", "smf-tfidf")
                      seeds=(0, 1), metrics=PROBES, learn: str = LEARN) -> pd.DataFrame:
     """SMF minus each baseline at the same dev learning, per probe: the difference of per-item changes averaged over
     the seeds both reach the level at, its paired 95% interval over items, each seed's own difference, and the
-    verdict (in the probe's direction)."""
+    verdict in the probe's direction (:func:`~smf_lib.study.paired_stats.seed_verdict`: every seed must agree)."""
     reads = at_level(runs, (*smf, *baselines), seeds, level, metrics, learn)
     rows = []
     for s in smf:
@@ -128,7 +129,7 @@ def compare_at_level(runs: list[dict], level: float, smf=("smf-kl", "smf-tfidf")
                              "per seed": [round(float(x.mean()), 4) for x in diffs],
                              "smf rates": [reads[s]["seeds"][k]["lr"] for k in have],
                              "baseline rates": [reads[b]["seeds"][k]["lr"] for k in have],
-                             "verdict": verdict(lo, hi, METRICS[m][2])})
+                             "verdict": seed_verdict(lo, hi, METRICS[m][2], [x.mean() for x in diffs])})
     return pd.DataFrame(rows, columns=None if rows else ["smf", "baseline", "probe", "difference", "verdict"])
 
 

@@ -101,6 +101,17 @@ def verdict(lo: float, hi: float, better: int) -> str:
     return "cannot tell"
 
 
+def seed_verdict(lo: float, hi: float, better: int, per_seed) -> str:
+    """:func:`verdict` for a difference averaged over seeds, whose interval is over items only: better or worse
+    only when, besides the interval excluding 0, every seed's own difference (``per_seed``, one mean per seed) has
+    the pooled difference's sign; else ``cannot tell`` (two seeds cannot give an interval over seeds)."""
+    said = verdict(lo, hi, better)
+    if said == "cannot tell":
+        return said
+    sign = 1 if lo > 0 else -1
+    return said if all(float(x) * sign > 0 for x in per_seed) else "cannot tell"
+
+
 def common_level(ends) -> dict:
     """The overlap of the arms' ranges of final dev learning (a DataFrame with ``arm`` and ``learning``, e.g.
     :func:`~smf_lib.study.frontier.final_learning`) and its midpoint, the level
