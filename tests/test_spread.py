@@ -177,3 +177,4 @@ def test_the_spread_answer_contrasts_the_collapsed_and_the_spread_memory_and_des
     sentence = spread_answer(after)
     assert "at most 6% of random addressing's effective rows" in sentence and "(98% or more)" in sentence
     assert "at 65,536 slots per layer" in sentence and "at most 4.5% of a layer's rows, 12% to 13%" in sentence
+    assert "carries 13.0% or more" in sentence

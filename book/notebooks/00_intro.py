@@ -55,7 +55,8 @@ device = setup_notebook(SEED)
 # %% [markdown]
 # ## The answer
 # Does SMF learn a new task while forgetting less than LoRA and full finetuning? In one sentence per study, computed
-# from the result files (SmolLM2-135M-Instruct on 2 CPU cores; forgetting read on items nothing was chosen on):
+# from the result files (SmolLM2-135M-Instruct on 2 CPU cores; read on dev items, where the rates and the level of
+# comparison are chosen):
 
 # %% tags=["hide-input"]
 from smf_lib.study import facts_frontier
@@ -94,8 +95,8 @@ found_box([s for s in (answer_cpu_v2(runs), facts_answer) if s], title="In one s
 # 4. {doc}`KL versus TF-IDF <04_kl_vs_tfidf>` row selection, with a top-t slider;
 # 5. {doc}`the paper's setting <05_paper_setting>` on Qwen2.5-0.5B-Instruct, in Colab;
 # 6. {doc}`speed and memory <06_performance>`, side by side;
-# 7. {doc}`learning new facts <07_new_facts>` one at a time, Lin et al.'s setting, where a sparse memory should
-#    shine.
+# 7. {doc}`learning new facts <07_new_facts>` one at a time, Lin et al.'s setting, where a sparse memory is
+#    expected to help most.
 #
 # The {doc}`method <../method>` page specifies what `smf_lib` computes, the {doc}`data <../data>` page says where each
 # data set comes from, and the {doc}`glossary <../glossary>` defines the terms the chapters use. The method follows
@@ -127,10 +128,12 @@ book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_g
 # %% tags=["hide-input"]
 from smf_lib.study.findings import caveats_cpu_v2
 
-found_box(caveats_cpu_v2(runs, results_dir("spread-pilot")), title="What this study cannot carry")
+found_box([without_intervals(c) for c in caveats_cpu_v2(runs, results_dir("spread-pilot"))],
+          title="What this study cannot carry")
 
 # %% [markdown]
-# The `cpu` preset is the study that answers both, compared at equal learning (`python -m smf_lib frontier`):
+# The `cpu` preset is built to answer both, compared at equal learning (`python -m smf_lib frontier`); its runs are
+# not among this book's records:
 
 # %% tags=["hide-input"]
 new = get_preset("cpu")

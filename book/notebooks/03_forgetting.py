@@ -21,7 +21,8 @@
 # **In this chapter you will**
 #
 # - see the answer first: what each method learned against what it forgot, in one figure;
-# - learn how SMF's learning rate is chosen on dev items so that it learns as much as LoRA and full finetuning;
+# - learn how SMF's learning rate is chosen on dev items so that its learning comes closest to LoRA's and full
+#   finetuning's;
 # - see why MedMCQA accuracy misleads at this scale (a letter prior), and what measures learning instead;
 # - read SMF's changes net of the retrofit it starts from, with paired 95% intervals and what each probe can
 #   resolve;
@@ -51,8 +52,8 @@ from IPython.display import Markdown, display
 
 from smf_lib.views.notebook import setup_notebook
 from smf_lib.study.arms import ORDER
-from smf_lib.study.findings import (answer_cpu_v2, answer_sentences, example_sentence, findings_cpu, findings_v1,
-                                    reported_findings)
+from smf_lib.study.findings import (answer_cpu_v2, answer_sentences, caveats_cpu_v2, example_sentence, findings_cpu,
+                                    findings_v1, reported_findings)
 from smf_lib.study.paired_stats import mcnemar, mcnemar_words
 from smf_lib.study.presets import get_preset
 from smf_lib.study.records import is_report
@@ -79,6 +80,8 @@ planned = int((status["evaluation"] == "report").sum())
 # %% tags=["hide-input"]
 display(found_box([answer_cpu_v2(runs)], title="In one sentence"))
 display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)]))
+display(found_box([without_intervals(c) for c in caveats_cpu_v2(runs, results_dir("spread-pilot"))],
+                  title="What this study cannot carry"))
 display(Markdown("The changes behind these sentences, each from the model the run started from, with paired 95% "
                  "intervals over the reported items:"))
 book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik",
@@ -167,7 +170,7 @@ if len(trained):
     ax.figure.tight_layout()
     plt.show()
 else:
-    print("no trained run has been fully evaluated on the reported items yet")
+    print("no trained run is fully evaluated on the reported items")
 
 # %% tags=["hide-input"]
 display(Markdown(answer_sentences(dev=ends, reported=trained)))
@@ -180,8 +183,8 @@ display(Markdown(" ".join(reported_findings(net)[:2])))
 # paper rate would compare a method that learned nothing with methods that learned a lot. So SMF-KL's rate is
 # **swept on dev items** first, at three rates, and the grid's SMF rate is the one whose learning on the dev items
 # meets LoRA's and full finetuning's (their intervals overlap). SMF-TF-IDF was first run at the same rate; where its
-# dev learning falls short of the baselines', its own rate is swept too and chosen the same way, and its grid runs
-# wait until it is. Nothing here looks at the reported items
+# dev learning falls short of the baselines', its own rate is swept too and chosen the same way. Nothing here looks
+# at the reported items
 # ({py:func}`~smf_lib.study.results.matched_learning`).
 
 # %%
@@ -224,8 +227,8 @@ display(book_table(pd.DataFrame({
 # %% [markdown]
 # A swept SMF run keeps its trained memory, and the grid's run at the same seed and rate loads it and is only
 # evaluated on every reported item (its record names the swept run in `trained_by`). Where a grid run was trained
-# again instead (records made before the runner loaded swept memories), the two records check that training is
-# deterministic: the same seed, rate and data must give the same loss at every step
+# again instead, the two records check that training is deterministic: the same seed, rate and data must give the
+# same loss at every step
 # ({py:func}`~smf_lib.study.results.repeated_trainings`).
 
 # %%
@@ -271,8 +274,8 @@ display(Markdown(text))
 # %% [markdown]
 # ## The running example
 # The question chapters 1 and 2 followed, on axonal transport, is reported item 3. Its four option probabilities
-# (a softmax of the four option scores, the quantity behind the gold probability above) under each run that has
-# finished, the gold option marked:
+# (a softmax of the four option scores, the quantity behind the gold probability above) under each run, the gold
+# option marked:
 
 # %%
 from smf_lib.data import load_medmcqa
@@ -323,8 +326,8 @@ for name, metrics in groups.items():
         display(Markdown(f"**{name}**"), book_table(table, key=["method", "lr", "seed"]))
 
 # %% [markdown]
-# The drift KLs are measured against the base model, so an SMF run's drift includes its retrofit's: compare it
-# with the `retrofit` row. Against the base model, the summary's full table is in `results/cpu-v2/summary.csv`.
+# The drift KLs are measured against the base model, so an SMF cell above is its drift from the base model minus its
+# retrofit's (the `retrofit` row); `results/cpu-v2/summary.csv` has every run's drift from the base model.
 
 # %% [markdown]
 # The paper's table scores every model against the base model, so there an SMF row includes its retrofit. Counted
@@ -390,7 +393,7 @@ if len(spread):
         cells.append(row)
     display(book_table(pd.DataFrame(cells), key=["method"]))
 else:
-    print("no method of this study has finished a second seed yet")
+    print("no method of this study has a second seed")
 
 # %% [markdown]
 # ## Paired tests on MedMCQA
@@ -428,7 +431,7 @@ if seeds:
     claims.columns = [f"{a}: {b}" for a, b in claims.columns]
     display(book_table(claims, key=["claim", "compared"]))
 else:
-    print("no trained run of the grid has finished yet")
+    print("no trained run of the grid is finished")
 
 # %% [markdown]
 # ## The first study: a memory too quiet to test SMF
@@ -469,7 +472,7 @@ for _, row in at_rate.iterrows():
 
 # %% tags=["hide-input"]
 display(Markdown("\n\n".join(reported_findings(net)) or
-                 "No SMF run and baseline are both evaluated on the reported items yet."))
+                 "No SMF run and baseline are both evaluated on the reported items."))
 
 # %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not

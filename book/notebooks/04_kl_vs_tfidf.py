@@ -166,7 +166,7 @@ for t in (ts[0], 128):
 
 # %% [markdown]
 # So the answer to "which rows does each selector train" is: KL trains rows that the task reads more than
-# general text, hubs included; TF-IDF avoids hubs. An update to a hub row changes what most general text reads,
+# general text, hubs included; TF-IDF takes fewer hubs. An update to a hub row changes what most general text reads,
 # so KL's choice is the one more exposed to interference, and the next section asks whether that shows up as
 # forgetting.
 #
@@ -198,7 +198,7 @@ tf_share = picks["TF-IDF share of its reads"].mean()
 print(textwrap.fill(
     f"At top-t {top_t}, KL's picks carry {kl_share:.0f}% of the question's reads and "
     f"TF-IDF's {tf_share:.0f}% (mean over the layers): KL trains the rows this question "
-    f"leans on, hubs included; TF-IDF trains its rarer rows.", 76))
+    f"leans on, hubs included; TF-IDF leans toward its rarer rows.", 76))
 
 # %% [markdown]
 # ## Try it: a top-t slider
@@ -214,7 +214,7 @@ selection_explorer(counts, stats, layers=snap["layers"], layer=1, selector="kl",
 # %% [markdown]
 # ## Did the selector matter for forgetting?
 # The `smf-kl` and `smf-tfidf` runs of a study differ in the selector and in the rate each was given so that it
-# learns about as much as the baselines on dev items (the `lr` column). Their changes against the base model, with
+# comes closest to the baselines' learning on dev items (the `lr` column). Their changes against the base model, with
 # paired 95% intervals (chapter 3 explains the table), from the living-memory study (`results/cpu-v2`):
 
 # %%
@@ -240,7 +240,7 @@ for seed, apart in selectors_apart(selectors, compared).items():
 # selectors' study runs changed on the probes, with intervals.
 #
 # **It does not show** that one selector forgets less than the other in general. The runs differ in the selector
-# alone, on one small model, one task, one top-t and two seeds; where the two runs' intervals overlap, this study
+# and its rate, on one small model, one task, one top-t and two seeds; where the two runs' intervals overlap, this study
 # cannot tell them apart. The read counts come from a few batches, not from every step of training.
 # :::
 #

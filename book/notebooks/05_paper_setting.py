@@ -91,13 +91,15 @@ for name in ("paper", MODEL):
 book_table(protocol_table(preset), key=["setting"])
 
 # %% [markdown]
-# Three kinds of departure appear. **Scale** (fewer questions, epochs and items) buys time. **Project defaults**
+# Four kinds of departure appear. **Scale** (fewer questions, epochs and items) buys time. **Project defaults**
 # are choices the project makes deliberately, each a named option that the `paper` preset turns off:
 # `init="zero"` (the model is unchanged when the memory is added), strict row updates (`update="adam"`: only
 # the selected rows move), reads counted on real tokens only, deterministic ties between equal scores, the
 # first perplexity window counted exactly, and a warm-up that does not waste its first step at rate 0.
 # **Precision**: the `colab` preset picks bfloat16 where the GPU supports it and float32 master weights with
-# float16 autocast (and loss scaling) on a T4.
+# float16 autocast (and loss scaling) on a T4. **Choices from the CPU pilots**: the memory's size and frozen
+# addressing (the spread pilot), the retrofit's rate and row-sparse value gradients (the retrofit pilot), and every
+# arm starting from the same retrofitted model.
 #
 # ## Size of the memory
 # One memory layer at the paper's size, built on its own (hidden size 896), gives the parameter count:
@@ -143,16 +145,13 @@ else:
         f"{MODEL}` on a machine with one.", 76))
 
 # %% [markdown]
-# Until a GPU run is committed under `results/colab/`, the comparison point is the offline study on
-# SmolLM2-135M-Instruct (chapters 2 to 4): the living-memory study once its grid is in, the first study until
-# then. Its changes against the base model, with paired 95% intervals (accuracies in points):
+# The comparison point is the offline living-memory study on SmolLM2-135M-Instruct (chapters 2 to 4), whose results
+# are committed under `results/cpu-v2/`. Its changes against the base model, with paired 95% intervals (accuracies
+# in points):
 
 # %%
 folder, summary, runs = load_results("cpu-v2")
 study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
-if study["method"].nunique() < 3:  # the living-memory study's grid is not all in yet
-    folder, summary, runs = load_results("cpu-v1")
-    study = summary[summary["method"].isin(["smf-kl", "lora", "full"])]
 print(f"from results/{folder.name}")
 book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl", "wikitext_ppl")),
            key=["method", "lr", "seed"])
@@ -162,7 +161,7 @@ book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl"
 # - The `paper` preset reproduces the authors' protocol setting by setting; every departure of the other presets
 #   is listed with its reason by `python -m smf_lib protocol`.
 # - The `colab` preset fits base, SMF-KL, LoRA and full finetuning on Qwen2.5-0.5B-Instruct onto one T4, in the
-#   minutes of the estimate above; it has not been run for this book, so that number is an estimate only.
+#   minutes of the estimate above; no GPU run is committed with this book, so that number is an estimate only.
 #
 # ## Exercises
 # 1. (CPU, about 1 minute) Set `MODEL = "paper"` and read its departures table. Why is it empty, and which settings
@@ -232,9 +231,10 @@ book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl"
 #    The book commits no GPU run, so the answer is yours to measure. Take learning as the change in
 #    the gold option's log-likelihood (accuracy moves later) and drift as the chat drift KL. Compare SMF-KL's
 #    learning with its drift inside each study, and with LoRA's and full finetuning's in the same study, rather
-#    than single numbers across studies: the model, the chat replies and the training size all differ. The offline
-#    study's SMF barely learned because its memory carried almost nothing. The `colab` preset retrofits at 2e-3,
-#    the rate at which the retrofit pilot brought every layer of SmolLM2's memory above 10%; if the status output
+#    than single numbers across studies: the model, the chat replies and the training size all differ. The first
+#    offline study's (`cpu-v1`) SMF barely learned because its memory carried almost nothing. The `colab` preset
+#    retrofits at 2e-3, the rate at which the retrofit pilot brought every layer of SmolLM2's memory past the 10%
+#    health threshold; if the status output
 #    warns that a layer stays below 10% on Qwen, expect SMF to learn little again, whatever the model's size.
 #    :::
 #
@@ -251,7 +251,7 @@ book_table(delta_table(study, ("medmcqa_acc", "acquisition_acc", "chat_drift_kl"
 #    :::{dropdown} Solution
 #    The value table, $N \times d = 16{,}384 \times 896$, is by far the largest part. The query projection
 #    ($896 \times 1{,}024$), the keys ($4 \times 2 \times 128 \times 128$) and the two gates ($2 \times 896^2$), with
-#    their biases, add well under a fifth on top. The printed total is the sum of these products, and three layers
+#    their biases, add just under a fifth on top. The printed total is the sum of these products, and three layers
 #    are three times it. Only the value table grows with $N$, and a sparse step touches only the rows it reads and
 #    selects, which is why SMF can afford large tables (chapter 6).
 #    :::

@@ -29,9 +29,9 @@
 # - read which of the project's speed and memory targets hold on the benchmark's CPU;
 # - compare the size of an SMF adapter with a LoRA adapter, and see how training runs on several GPUs.
 #
-# The numbers come from one run of `python benchmarks/bench_steps.py --target cpu`: the offline default model on
-# a 2-core CPU, every method on the same batch, committed in `benchmarks/results/`. The chapter reads them
-# and measures nothing itself.
+# The numbers come from runs of `python benchmarks/bench_steps.py --target cpu` (one for the step table, two for the
+# slot scaling): the offline default model on a 2-core CPU, every method on the same batch, committed in
+# `benchmarks/results/`. The chapter reads them and measures nothing itself.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -176,8 +176,8 @@ book_table(adapters.round({"size (MB)": 1}))
 # ## On a GPU
 # `python benchmarks/bench_steps.py --target gpu` runs the same methods on a Qwen2.5-0.5B-shaped model with
 # random weights in bfloat16 (speed does not depend on the weights): memory at layers 6, 12 and 18 with 16,384
-# slots, a batch of 16 x 1,024 tokens, top-t 512. It has not been measured on a GPU yet; once a run has written
-# `benchmarks/results/gpu_steps.csv`, the next cell shows its tables.
+# slots, a batch of 16 x 1,024 tokens, top-t 512. The next cell shows `benchmarks/results/gpu_steps.csv` where it
+# exists; no GPU measurement is committed with this book.
 
 # %%
 if (bench / "gpu_steps.csv").exists():
@@ -201,7 +201,7 @@ if (bench / "gpu_steps.csv").exists():
 # ```
 #
 # `tests/test_distributed.py` runs two gloo processes on a CPU and checks identical selections and value tables
-# after a few steps, and a runner grid written once. The GPU (NCCL) path has not been run on a GPU yet.
+# after a few steps, and a runner grid written once. The GPU (NCCL) path is untested: no GPU was available.
 #
 # ## The CPU allocator
 # With its default settings, glibc's `malloc` hands every freed block above its mmap threshold (at most 32 MiB)

@@ -32,8 +32,8 @@
 # - compare SMF with LoRA and full finetuning at equal learning, on four forgetting probes with paired intervals.
 #
 # Everything below is read from `results/facts`, written by `python -m smf_lib run --preset facts --split dev` (the
-# dev facts, where the rates are chosen) and `python -m smf_lib run --preset facts --split report` (the reported
-# facts, at the chosen rates).
+# dev facts, where the rates and the level of comparison are chosen); `--split report` runs the reported facts at
+# the chosen rates.
 
 # %% tags=["remove-cell"]
 # In Colab only: install smf_lib from the repository (or from SMF_INSTALL_SPEC) and fetch the cached results.
@@ -72,15 +72,15 @@ folder = results_dir("facts")
 dev_start, dev_runs = FF.load(folder, "dev")
 plan = FF.answer_runs(preset, folder)
 split, start, runs, seeds, level = (plan[k] for k in ("split", "start", "runs", "seeds", "level"))
-for line in FF.status_lines(preset, folder):
-    print(line)
-print(f"the answer below rests on the {split} facts ({len(runs)} runs, seeds {', '.join(map(str, seeds))})")
+where = {"dev": "dev facts", "report": "reported facts"}[split]
+print(textwrap.fill(f"The answer below rests on the {where}: {len(runs)} runs, seed{'s' if len(seeds) > 1 else ''} "
+                    f"{', '.join(map(str, seeds))}." + (" The reported facts are not part of this page's records; "
+                                                        "every number on it is on the dev facts." if split == "dev"
+                                                        else ""), 76))
 
 # %% [markdown]
 # ## The answer
-# Computed from the records: on the reported facts (each arm at the dev rates around the level every arm reaches,
-# two seeds) once they have all run, else on the dev facts, where the rates are chosen. The line above says which.
-# First in one sentence, then in four:
+# Computed from the records of the facts named on the line above, first in one sentence, then in four:
 
 # %% tags=["hide-input"]
 sentence = FF.answer(runs, start, seeds, split=split, level=level)
@@ -127,8 +127,8 @@ display(Panels([plot_fact_rows(snapshot, 0, "tfidf")]))
 
 # %% [markdown]
 # A fact's own rows are rows general text rarely reads, so TF-IDF ranks them first. The next table does the same for
-# the first facts of the stream, with both selectors: how many of the rows each trains are hub rows (read by at
-# least half of all general paragraphs), and how many it shares with the next fact's (a second fact written into the
+# the first facts of the stream, with both selectors: how many of the rows each trains are hub rows (read by more
+# than half of all general paragraphs), and how many it shares with the next fact's (a second fact written into the
 # same rows would overwrite the first).
 
 # %%

@@ -226,7 +226,8 @@ def _dev_match_sentence(runs: list[dict]) -> str | None:
     met = [NAMES[b] for b, ok in zip(match["baseline"], match["matched"]) if ok]
     others = [point(b, lr) for b, lr in zip(match["baseline"], match["baseline lr"])]
     text = (f"On dev items, SMF-KL at {rate:g} "
-            + (f"met the learning of {' and '.join(met)}" if met else "came closest to the baselines' learning")
+            + (f"had a learning interval that overlapped those of {' and '.join(met)}" if met
+               else "came closest to the baselines' learning")
             + f" (gold margin {_cell(smf, 'd_medmcqa_gold_margin', 1, 3)} against "
             + " and ".join(f"{_cell(o, 'd_medmcqa_gold_margin', 1, 3)} for {NAMES[o['method']]}" for o in others)
             + ")")

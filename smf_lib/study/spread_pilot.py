@@ -275,6 +275,6 @@ def spread_answer(after, chosen: str = "frozen-n256") -> str:
             f"{trained['effective_ratio'].max():.0%} of random addressing's effective rows); with the query and keys "
             f"frozen they stay spread ({frozen['effective_ratio'].min():.0%} or more), and at "
             f"{int(pick['slots'].iloc[0]):,} slots per layer, the memory the new-facts study runs on, every layer "
-            f"carries {pick['share'].min():.0%} or more of its MLP's output while a question reads at most "
+            f"carries {pick['share'].min():.1%} or more of its MLP's output while a question reads at most "
             f"{pick['footprint'].max():.1%} of a layer's rows, {pick['overlap'].min():.0%} to "
             f"{pick['overlap'].max():.0%} of them shared with a general paragraph.")

@@ -45,7 +45,8 @@ def plot_fact_rows(snapshot: dict, k: int = 0, selector: str = "tfidf", rows: in
 
 def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5) -> pd.DataFrame:
     """Per fact of the snapshot: rows read, and per selector the rows it trains, how many of them general text
-    reads in at least ``hub_share`` of documents (hubs), and how many the next fact's selection shares."""
+    reads in more than ``hub_share`` of documents (hubs, as the book's hub rows), and how many the next fact's
+    selection shares."""
     df = np.asarray(snapshot["df"]) / snapshot["n_docs"]
     picks = {s: [set(fact_selection(snapshot, k, s).tolist()) for k in range(len(snapshot["facts"]))]
              for s in selectors}
@@ -54,7 +55,7 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
         row = {"fact": f"{fact['entity']}: {fact['answer']}", "rows read": len(fact["rows"])}
         for s in selectors:
             chosen = picks[s][k]
-            row[f"{s}: hubs among its rows"] = sum(df[i] >= hub_share for i in chosen)
+            row[f"{s}: hubs among its rows"] = sum(df[i] > hub_share for i in chosen)
             row[f"{s}: shared with the next fact"] = (len(chosen & picks[s][k + 1]) if k + 1 < len(snapshot["facts"])
                                                       else "—")
         rows.append(row)
