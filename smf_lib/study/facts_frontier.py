@@ -246,7 +246,8 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = 
     best = ends.groupby("arm")["learning"].agg(["min", "max"])
     top = max(runs, key=lambda r: float(np.mean(r["scores"].get("facts_em", [0]))))
     out.append("Learning (answer log-likelihood gain, nats per token) by arm over its rates: " + "; ".join(
-        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f} to {r['max']:+.2f}" for a, r in best.iterrows())
+        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f}" + (f" to {r['max']:+.2f}" if f"{r['max']:+.2f}" != f"{r['min']:+.2f}"
+                                                      else "") for a, r in best.iterrows())
         + f"; the most any run answers exactly is {np.mean(top['scores'].get('facts_em', [0])):.0%} of the questions "
         f"({ARM_LABELS.get(top['arm'], top['arm'])} at {top['lr']:g}).")
     if level is None:
@@ -271,13 +272,17 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = 
                    + ("; ".join(parts) if parts else "no pair to compare")
                    + (f" ({', '.join(ARM_LABELS[a] for a in short)} did not reach that level)" if short else "")
                    + ".")
-    other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")].to_dict("records")
-    if other:
-        n_seeds = min(r["seeds"] for r in other)
-        out.append(f"The other probes at that level, SMF-TF-IDF minus each baseline ({n_seeds} seed"
-                   f"{'s' if n_seeds > 1 else ''}): " + "; ".join(
-                       f"{MEASURES[r['probe']][1].split(' (')[0]} against {ARM_LABELS[r['baseline']]} "
-                       f"{r['verdict']} ({_cell(r)})" for r in other) + ".")
+    other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")]
+    if len(other):
+        words = {"worse": "did worse on", "better": "did better on", "cannot tell": "could not be told apart on"}
+        parts = []
+        for b, g in other.groupby("baseline", sort=False):
+            said = [f"{words[v]} " + " and ".join(MEASURES[m][1].split(" (")[0] for m in g[g["verdict"] == v]["probe"])
+                    for v in ("worse", "better", "cannot tell") if (g["verdict"] == v).any()]
+            parts.append(f"against {ARM_LABELS[b]} it " + ", ".join(said))
+        n_seeds = int(other["seeds"].min())
+        out.append(f"On the other probes at that level ({n_seeds} seed{'s' if n_seeds > 1 else ''}), SMF-TF-IDF: "
+                   + "; ".join(parts) + ".")
     return out
 
 
