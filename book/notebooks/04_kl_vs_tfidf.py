@@ -105,24 +105,29 @@ for j, layer in enumerate(snap["layers"]):
 # A sparse step starts from the batch's reads. For each row of a memory layer it compares the share of the batch's
 # reads that fall on the row ($p_i$) with the share of general text's reads ($q_i$, from the background
 # statistics), scores the row (KL below: $p_i \ln(p_i / q_i)$), and trains only the $t$ rows with the highest
-# scores; the masked update leaves every other row bit-identical. The rows this study's training batch reads most
-# at one memory layer, each step in its own panel:
+# scores; the masked update leaves every other row bit-identical. Drawn for the running example, the question on
+# axonal transport that chapters 1 to 3 follow, as if it were a training batch of its own: the rows it reads most at
+# one memory layer, each step in its own panel:
 
 # %%
+import torch
+
 from smf_lib.study.presets import get_preset
 from smf_lib.views.diagrams import plot_selection_steps
 
+example = [torch.tensor(c) for c in snap["example"]["counts"]]
 shown, top_t = 24, get_preset("cpu-v2").train["top_t"]
-print(f"memory layer {snap['layers'][1]}: the {shown} rows the batch reads most; top-t {top_t}")
-Panels([plot_selection_steps(counts[1], stats.df[1], stats.totals[1], stats.n_docs, top_t, rows=shown)])
+print(f"memory layer {snap['layers'][1]}: the {shown} rows the running example reads most (of "
+      f"{int((example[1] > 0).sum()):,} it reads); top-t {top_t}")
+Panels([plot_selection_steps(example[1], stats.df[1], stats.totals[1], stats.n_docs, top_t, rows=shown)])
 
 # %%
-most = counts[1].argsort(descending=True)[:shown]
+most = example[1].argsort(descending=True)[:shown]
 hubs = int((stats.df[1][most] > stats.n_docs / 2).sum())
 print(textwrap.fill(f"{hubs} of these {shown} rows are hub rows, read by more than half of the {stats.n_docs} "
                     "general documents: in this memory (the cpu-v2 study's, whose reads had collapsed) the score can "
-                    "only pick rows the batch reads a little more than general text does. A task that reads rows "
-                    "of its own would show rows with a small q and a large score.", 76))
+                    "only pick rows the question reads a little more than general text does. A question that reads "
+                    "rows of its own would show rows with a small q and a large score (chapter 7 draws one).", 76))
 
 # %% [markdown]
 # ## The rows each selector picks
@@ -180,13 +185,8 @@ for t in (ts[0], 128):
 # small set of hub rows per layer (chapter 2), so the question reads far fewer distinct rows than in chapters 1 and 2.
 
 # %%
-import torch
-
-from smf_lib.study.presets import get_preset
 from smf_lib.views.selection_tables import example_selection
 
-example = [torch.tensor(c) for c in snap["example"]["counts"]]
-top_t = get_preset("cpu-v2").train["top_t"]
 picks = example_selection(example, counts, stats, top_t, layers=snap["layers"])
 shares = [c for c in picks if "share" in c]
 picks[shares] = (100 * picks[shares]).round(0)
