@@ -362,3 +362,29 @@ def test_overwriting_compares_the_first_facts_with_every_fact_at_the_level():
     assert table.loc["SMF-TF-IDF", "first / every"] == pytest.approx(1.0)
     assert table.loc["LoRA", "every fact"] == pytest.approx(1.0)
     assert table.loc["LoRA", "first facts"] == pytest.approx(0.25)
+
+
+def test_a_diverged_facts_run_is_recorded_skipped_and_counted_as_finished(tmp_path, monkeypatch):
+    from smf_lib.study import facts_study
+    from smf_lib.study.facts_frontier import dev_runs_left, status_lines
+    from smf_lib.study.facts_presets import FactsPreset
+    from smf_lib.training import TrainingDiverged
+
+    p = FactsPreset(name="t", model="tiny", rates={"smf-tfidf": (1e4,)}, dev_facts=2, seeds=(0,), dev_seeds=(0,))
+    runner = facts_study.FactsRunner(p, tmp_path, progress=False)
+    monkeypatch.setattr(runner, "baseline", lambda split: {})
+    monkeypatch.setattr(runner, "starting_model", lambda: (None, None))
+    monkeypatch.setattr(runner, "background", lambda model, tok: None)
+    monkeypatch.setattr(runner, "fact_rows", lambda split="dev": None)
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("the training loss is nan at step 3")
+    monkeypatch.setattr(facts_study, "train", diverge)
+    assert runner.run_all("dev") == [] and (tmp_path / "failed" / "smf-tfidf-lr10000-s0-dev.json").exists()
+
+    def never(*args, **kwargs):
+        raise AssertionError("a diverged run is not trained again with the same settings")
+    monkeypatch.setattr(facts_study, "train", never)
+    assert runner.run("smf-tfidf", 1e4, 0, "dev") is None
+    assert dev_runs_left(p, tmp_path) == []
+    assert status_lines(p, tmp_path)[1] == "diverged (no metrics): smf-tfidf-lr10000-s0-dev"

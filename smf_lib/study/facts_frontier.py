@@ -54,11 +54,12 @@ def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
 
 
 def dev_runs_left(preset, folder: str | Path) -> list[str]:
-    """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in)."""
-    runs = Path(folder) / "runs"
+    """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in); a run
+    whose training diverged (``failed/``) is finished, with no metrics."""
+    folder = Path(folder)
     return [name for name in (f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds
                               for arm, rates in preset.rates.items() for lr in rates)
-            if not (runs / f"{name}.json").exists()]
+            if not (folder / "runs" / f"{name}.json").exists() and not (folder / "failed" / f"{name}.json").exists()]
 
 
 def report_plan(preset, folder: str | Path) -> dict:
@@ -218,12 +219,17 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     folder = Path(folder)
     planned = sum(len(r) for r in preset.rates.values()) * len(preset.dev_seeds)
     todo = dev_runs_left(preset, folder)
+    failed = sorted(f.stem for f in (folder / "failed").glob("*.json")) if (folder / "failed").exists() else []
     lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
+    lines += [f"diverged (no metrics): {', '.join(failed)}"] if failed else []
     if todo:
         return lines + [f"dev runs to do, in order: {', '.join(todo)}",
                         f"reported facts: chosen once the dev runs are in (at most {2 * len(preset.rates)} rates x "
                         f"{len(preset.seeds)} seeds)"]
-    plan = report_plan(preset, folder)
+    try:
+        plan = report_plan(preset, folder)
+    except (ValueError, FileNotFoundError) as err:
+        return lines + [f"reported facts: no rates can be chosen ({err})"]
     names = [f"{arm}-lr{lr:g}-s{seed}-report" for seed in preset.seeds for arm, rates in plan["rates"].items()
              for lr in rates]
     left = [n for n in names if not (folder / "runs" / f"{n}.json").exists()]

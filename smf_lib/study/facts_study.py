@@ -31,7 +31,7 @@ from ..files import check_clean, git_state, plain as _plain, read_json, write_js
 from ..models import load_named as load
 from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perplexity, span_logliks
 from ..selection import BackgroundStats, compute_background_stats
-from ..training import TrainConfig, train
+from ..training import TrainConfig, TrainingDiverged, train
 from .facts_presets import FACT_ARMS, FACT_PRESETS, FactsPreset, get_facts_preset  # noqa: F401 (re-exported)
 from .spread_pilot import SpreadSettings, recipe_identity, run_recipe
 
@@ -163,8 +163,9 @@ class FactsRunner:
         write_json(path, {"split": split, "scores": scores})
         return scores
 
-    def run(self, arm: str, lr: float, seed: int, split: str) -> dict:
-        """One arm at one rate and seed on one split's stream."""
+    def run(self, arm: str, lr: float, seed: int, split: str) -> dict | None:
+        """One arm at one rate and seed on one split's stream; None where its training diverged (recorded under
+        ``out/failed``, and not rerun with the same settings)."""
         name = f"{arm}-lr{lr:g}-s{seed}-{split}"
         path = self.out / "runs" / f"{name}.json"
         config = TrainConfig(**FACT_ARMS[arm], lr=lr, seed=seed, micro_batch=16, grad_accum=1,
@@ -177,14 +178,23 @@ class FactsRunner:
             if same_run(rec.get("identity"), identity):
                 return rec
             raise ValueError(f"{path} was made with other settings: delete it to rerun, or use another --out")
+        failed = self.out / "failed" / f"{name}.json"
+        if failed.exists() and same_run(read_json(failed).get("identity"), identity):
+            return None  # it diverged with these settings: a measured outcome, not rerun
         code, t0 = self.code, time.perf_counter()
         before = self.baseline(split)
         model, tok = self.starting_model()
         facts = facts_of(self.p, split)
         texts, order = fact_order(facts, self.p.steps_per_fact)
         background = self.background(model, tok) if config.method == "smf" else None
-        res = train(model, tok, texts, config, background=background, progress=self.progress, order=order,
-                    checkpoint_dir=self.out / "artifacts" / name)
+        try:
+            res = train(model, tok, texts, config, background=background, progress=self.progress, order=order,
+                        checkpoint_dir=self.out / "artifacts" / name)
+        except TrainingDiverged as err:  # recorded and skipped; the sweep goes on
+            write_json(failed, {"identity": identity, "run": name, "arm": arm, "lr": lr, "seed": seed, "split": split,
+                                "code": code, "error": str(err)})
+            print(f"{name} diverged ({err}); recorded in {failed}", flush=True)
+            return None
         after = score(res.model, tok, facts, probe_items(self.p, tok, split), self.p.first_facts)
         rec = {"identity": identity, "run": name, "arm": arm, "lr": lr, "seed": seed, "split": split, "code": code,
                "changes": _paired(before, after), "scores": after, "train_seconds": res.seconds,
@@ -231,8 +241,9 @@ class FactsRunner:
         self.fact_rows("dev")
         rates = self.p.rates if split == "dev" else self.report_rates()
         seeds = self.p.dev_seeds if split == "dev" else self.p.seeds
-        return [self.run(arm, lr, seed, split) for seed in seeds for arm, arm_rates in rates.items()
-                for lr in arm_rates]
+        records = [self.run(arm, lr, seed, split) for seed in seeds for arm, arm_rates in rates.items()
+                   for lr in arm_rates]
+        return [r for r in records if r is not None]
 
     def report_rates(self) -> dict[str, tuple[float, ...]]:
         """The rates the reported facts run at, chosen on the dev facts only
