@@ -53,12 +53,17 @@ def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
     return read_json(start)["scores"], runs
 
 
+def dev_run_names(preset) -> list[str]:
+    """The names of the preset's dev runs, in the order they run."""
+    return [f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds for arm, rates in preset.rates.items()
+            for lr in rates]
+
+
 def dev_runs_left(preset, folder: str | Path) -> list[str]:
     """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in); a run
     whose training diverged (``failed/``) is finished, with no metrics."""
     folder = Path(folder)
-    return [name for name in (f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds
-                              for arm, rates in preset.rates.items() for lr in rates)
+    return [name for name in dev_run_names(preset)
             if not (folder / "runs" / f"{name}.json").exists() and not (folder / "failed" / f"{name}.json").exists()]
 
 
@@ -71,8 +76,7 @@ def report_plan(preset, folder: str | Path) -> dict:
         raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(left)} dev run(s) are "
                          f"not finished in {folder} ({', '.join(left[:3])}...): run --split dev first")
     start, runs = load(folder, "dev")
-    names = {f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds for arm, rates in preset.rates.items()
-             for lr in rates}
+    names = set(dev_run_names(preset))
     runs = [r for r in runs if r["run"] in names]
     found = level_of(runs, start)
     if found["level"] is None:
@@ -217,7 +221,7 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     """How much of the study has run: the dev runs against the preset's plan, then, once they are all in, the
     reported runs :func:`report_plan` chose (each arm at the dev rates around the level, every seed), in order."""
     folder = Path(folder)
-    planned = sum(len(r) for r in preset.rates.values()) * len(preset.dev_seeds)
+    planned = len(dev_run_names(preset))
     todo = dev_runs_left(preset, folder)
     failed = sorted(f.stem for f in (folder / "failed").glob("*.json")) if (folder / "failed").exists() else []
     lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
