@@ -550,6 +550,36 @@ def test_a_reported_run_loads_the_memory_its_swept_run_trained(reference_grid, t
     assert "smf-kl-s0: 24 texts, lr" in said and "trained already" not in said
 
 
+@pytest.mark.slow
+def test_a_reported_lora_run_resumes_after_its_swept_runs_last_checkpoint(reference_grid, tmp_path, capsys):
+    """With the sweep first, a swept LoRA run at the grid's own rate keeps its last checkpoint; the grid's reported
+    run of the same training resumes after it (trains no step), and its record matches the uninterrupted grid's
+    run, item by item, counting its evaluation only. A kept checkpoint of another training is not taken."""
+    out = tmp_path / "once"
+    rate = get_preset("smoke").lr["lora"]
+    sweep = ["--methods", "base", "lora", "--set", f'sweep={{"lora": [{rate}]}}', "sweep_first=true"]
+    assert main([*SMOKE, "--out", str(out), *sweep]) == 0
+    said = capsys.readouterr().out
+    swept = f"lora-lr{rate:g}-s0"
+    assert f"lora-s0: trained already by {swept}" in said and "its last checkpoint is resumed" in said
+    kept = out / "artifacts" / swept / "trained" / "checkpoint.pt"
+    assert kept.exists() and not (out / "artifacts" / "lora-s0" / "ckpt").exists()  # the reported run's link went
+    a = json.loads((out / "runs" / "lora-s0.json").read_text())
+    b = json.loads((reference_grid / "runs" / "lora-s0.json").read_text())
+    assert a["trained_by"].endswith(f"{swept}.json") and "trained_by" not in b and "resumed" not in a
+    assert a["identity"] == b["identity"] and [e["loss"] for e in a["train_log"]] == [e["loss"] for e in b["train_log"]]
+    assert [t["metrics"] for t in a["trajectory"]] == [t["metrics"] for t in b["trajectory"]]
+    assert a["metrics"] == b["metrics"] and a["items"] == b["items"]
+    swept_rec = json.loads((out / "runs" / f"{swept}.json").read_text())
+    assert a["wall_seconds"] < swept_rec["wall_seconds"] + b["wall_seconds"]  # the swept training is not counted
+    # a checkpoint kept by a folder another run wrote (its identity differs from the record's) is not taken
+    started = out / "artifacts" / swept / "identity.json"
+    started.write_text(json.dumps({**json.loads(started.read_text()), "seed": 7}))
+    (out / "runs" / "lora-s0.json").unlink()
+    assert main([*SMOKE, "--out", str(out), *sweep]) == 0
+    assert "lora-s0: trained already" not in capsys.readouterr().out
+
+
 def _as_older_versions_wrote_it(folder):
     """Rewrite a results folder with the names earlier versions used: evaluation kinds ``full``/``cheap``, the dev
     subset's sizes as ``cheap`` in identities and markers, an untrained model's dev scores as ``cheap``."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import load_memory, save_memory
+from ..adapter import save_memory
 from ..data import data_dir, load_medmcqa, medmcqa_training_text, sample_rows
 from ..files import check_clean, git_state, FolderLock, read_json, write_json
 from ..fingerprints import items_fingerprint, object_hash
@@ -37,8 +37,9 @@ from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, plan, status_line, study_status  # noqa: F401 (the last two: their old home)
 from .preset_spec import Preset
 from .records import REPORT, read_run, upgrade_identity
-from .stages import (RetrofitPlan, StageHost, check_corpora, evenly_spaced_steps, reference_stage, retrofit_stage,
-                     reusable_records, reuse_record, run_flags, trained_memory, trajectory_probe)
+from .stages import (RetrofitPlan, StageHost, check_corpora, evenly_spaced_steps, load_swept_memory, reference_stage,
+                     resume_swept_training, retrofit_stage, reusable_records, reuse_record, run_flags,
+                     settle_checkpoint, trained_memory, trajectory_probe)
 
 
 def _device() -> torch.device:
@@ -272,7 +273,8 @@ class Runner:
         """One run of the grid: skip it if finished (or failed with the same identity), else start from the base
         or retrofitted model, train, evaluate and write its record last. A memory arm's reported run whose
         training a finished swept run already did loads that run's memory
-        (:func:`~smf_lib.study.stages.trained_memory`) instead of training it again."""
+        (:func:`~smf_lib.study.stages.trained_memory`), a LoRA or full-finetuning one resumes after that run's last
+        checkpoint (:func:`~smf_lib.study.stages.resume_swept_training`), instead of training it again."""
         arm, path = get_arm(spec.method), self.run_path(spec)
         key = self.preset.rate_to_choose(spec.method, spec.seed, spec.lr)
         if key is not None:
@@ -306,7 +308,7 @@ class Runner:
                    and spec.evaluation == REPORT else None)
         if trained is not None:  # a swept run trained exactly this: load its memory and only evaluate
             del model
-            model, res = self._load_trained(spec, trained, folder, retrofitted, extra)
+            model, res = load_swept_memory(self.host, spec, trained, folder, retrofitted, extra)
         elif arm.train is not None:
             res = self._train(spec, ident, model, tok, stats, start, folder, retrofitted, extra)
             if res is None:
@@ -319,25 +321,13 @@ class Runner:
         result = self._evaluate(spec, model, tok, res, start)
         self._write_record(spec, ident, result, extra, res, t0)
 
-    def _load_trained(self, spec: RunSpec, trained, folder: Path, retrofitted: Path, extra: dict):
-        """The memory a swept run of the same training left, loaded onto the base model, and its training log."""
-        source, swept, adapter = trained
-        model, _ = self.load(spec.seed)
-        load_memory(model, adapter)
-        self.log(f"{spec.name}: trained already by {source.stem} ({source}); its memory is loaded, not trained again")
-        res = TrainResult(model, log=swept["train_log"], seconds=swept.get("train_seconds", 0.0),
-                          trajectory=swept.get("trajectory") or [])
-        if self.main:
-            save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
-        extra.update(train_config=swept["train_config"], train_log=res.log, train_seconds=res.seconds,
-                     trajectory=res.trajectory, trained_by=str(source))
-        return model, res
-
     def _train(self, spec: RunSpec, ident: dict, model, tok, stats, start: str, folder: Path,
                retrofitted: Path | None, extra: dict) -> TrainResult | None:
         """Train the run (resuming its checkpoint), probing the dev subset along the way; None if it diverged (a
         failure record is written and the grid goes on)."""
         cfg, texts = self.train_config(spec), self.task_texts_for(spec.seed)
+        if by := resume_swept_training(self.out, self.reusable, spec, ident, folder / "ckpt", self.log):
+            extra["trained_by"] = by
         self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
         try:
             res = train(model, tok, texts, cfg, background=stats, checkpoint_dir=folder / "ckpt",
@@ -359,13 +349,14 @@ class Runner:
     def _write_record(self, spec: RunSpec, ident: dict, result: dict, extra: dict, res, t0: float) -> None:
         """The run's record, written last (its existence means the run is complete); the checkpoint goes."""
         # a resumed run counts the earlier processes' time up to its checkpoint, not the work they lost after it
-        earlier = res.resumed["earlier_seconds"] if res is not None and res.resumed else 0.0
+        # (a run trained by a swept run counts its evaluation only, as one that loads a trained memory)
+        earlier = res.resumed["earlier_seconds"] if res is not None and res.resumed and "trained_by" not in extra else 0
         if earlier:
             extra["resumed"] = res.resumed
         rec = run_record(self.preset, spec, ident, {**result, **extra}, self.versions, self.world,
                          time.perf_counter() - t0 + earlier)
         write_json(self.run_path(spec), rec)
-        shutil.rmtree(self.artifacts / spec.name / "ckpt", ignore_errors=True)  # the result is safe now
+        settle_checkpoint(spec, self.artifacts / spec.name / "ckpt")  # the result is safe now
         shown = {k: round(v, 4) for k, v in result["metrics"].items() if isinstance(v, float)}
         self.log(f"{spec.name}: {shown}{' FLAGS ' + ','.join(result['flags']) if result['flags'] else ''}")
 

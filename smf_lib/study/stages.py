@@ -5,6 +5,7 @@ load models and write files, a :class:`StageHost` (the few services of the study
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..training import TrainConfig, micro_batches, train
 from .arms import ARMS
 from .evaluation import corpus, drift_spans, evaluate
 from .plan import _plain
-from .records import TRAJECTORY, is_report, read_run, training_of, upgrade_identity
+from .records import REPORT, TRAJECTORY, is_report, read_run, training_of, upgrade_identity
 
 
 @dataclass(frozen=True)
@@ -225,22 +226,90 @@ def reuse_record(reusable: list[tuple[Path, dict]], spec, ident: dict, target: P
     return False
 
 
-def trained_memory(out: Path, reusable: list[tuple[Path, dict]], ident: dict) -> tuple[Path, dict, Path] | None:
-    """A finished swept (trajectory) run of this run's training whose trained memory was kept, in the results folder
-    ``out`` or among ``reusable`` records: ``(record path, record, adapter folder)``, or None. A reported run
-    of a memory arm loads that memory and is only evaluated, instead of training the same run again; LoRA and full
-    finetuning keep no trained weights, so their reported runs train anew."""
+def _swept_training(out: Path, reusable: list[tuple[Path, dict]], ident: dict, kept: str,
+                    complete: str) -> tuple[Path, dict, Path] | None:
+    """A finished swept (trajectory) run of this run's training, in the results folder ``out`` or among
+    ``reusable`` records, whose artifacts folder kept ``kept`` (complete once ``kept/complete`` exists) and was
+    written by that run: ``(record path, record, kept folder)``, or None."""
     want = training_of({"identity": ident})
     own = [(p, read_run(p, ("identity",))) for p in sorted((Path(out) / "runs").glob("*.json"))]
     for path, rec in [*own, *reusable]:
         if is_report(rec) or not rec.get("train_log") or training_of(rec) != want:
             continue
-        adapter = path.parent.parent / "artifacts" / path.stem / "adapter"
-        started = adapter.parent / "identity.json"  # the run that wrote this memory
-        if ((adapter / CONFIG_NAME).exists()  # written last: the folder is complete
+        folder = path.parent.parent / "artifacts" / path.stem
+        started = folder / "identity.json"  # the run that wrote the folder
+        if ((folder / kept / complete).exists()
                 and started.exists() and upgrade_identity(read_json(started)) == upgrade_identity(rec["identity"])):
-            return path, rec, adapter
+            return path, rec, folder / kept
     return None
+
+
+def trained_memory(out: Path, reusable: list[tuple[Path, dict]], ident: dict) -> tuple[Path, dict, Path] | None:
+    """The trained memory a finished swept run of this run's training kept: ``(record path, record, adapter
+    folder)``, or None. A reported run of a memory arm loads that memory and is only evaluated, instead of training
+    the same run again."""
+    return _swept_training(out, reusable, ident, "adapter", CONFIG_NAME)
+
+
+def load_swept_memory(host: StageHost, spec, trained, folder: Path, retrofitted: Path, extra: dict):
+    """The memory a swept run of the same training left (``trained``, from :func:`trained_memory`), loaded onto
+    the base model, and its training log as a :class:`~smf_lib.steps.TrainResult`; ``extra`` gets the record's
+    training fields and ``trained_by``."""
+    from ..steps import TrainResult
+
+    source, swept, adapter = trained
+    model, _ = host.load(spec.seed)
+    load_memory(model, adapter)
+    host.log(f"{spec.name}: trained already by {source.stem} ({source}); its memory is loaded, not trained again")
+    res = TrainResult(model, log=swept["train_log"], seconds=swept.get("train_seconds", 0.0),
+                      trajectory=swept.get("trajectory") or [])
+    if host.main:
+        save_memory(model, folder / "adapter", reference=retrofitted / "adapter")
+    extra.update(train_config=swept["train_config"], train_log=res.log, train_seconds=res.seconds,
+                 trajectory=res.trajectory, trained_by=str(source))
+    return model, res
+
+
+KEPT_CHECKPOINT = "trained"  # a swept LoRA or full-finetuning run's last checkpoint, kept for its reported run
+
+
+def _keeps_checkpoint(spec) -> bool:
+    return ARMS[spec.method].train in ("lora", "full")
+
+
+def settle_checkpoint(spec, ckpt: Path) -> None:
+    """After a run's record is written: a swept LoRA or full-finetuning run keeps its last checkpoint (moved to
+    ``KEPT_CHECKPOINT`` beside ``ckpt``), since its trained weights exist nowhere else and its reported run resumes
+    from it (:func:`resume_swept_training`); every other run's checkpoint goes (an SMF run keeps its memory
+    adapter). Kept checkpoints can be deleted once a study's reported runs are done."""
+    if spec.evaluation == TRAJECTORY and _keeps_checkpoint(spec) and (ckpt / "checkpoint.pt").exists():
+        kept = ckpt.with_name(KEPT_CHECKPOINT)
+        shutil.rmtree(kept, ignore_errors=True)
+        ckpt.replace(kept)
+    shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def resume_swept_training(out: Path, reusable: list[tuple[Path, dict]], spec, ident: dict, ckpt: Path, log=print):
+    """For a reported LoRA or full-finetuning run: link the last checkpoint that a finished swept run of the same
+    training kept into this run's checkpoint folder ``ckpt``, so that training resumes after its last step (trains
+    nothing) and the run is only evaluated. Returns the swept record's path as text, or None (train as usual)."""
+    if spec.evaluation != REPORT or not _keeps_checkpoint(spec):
+        return None
+    found = _swept_training(out, reusable, ident, KEPT_CHECKPOINT, "checkpoint.pt")
+    if found is None:
+        return None
+    source, _, kept = found
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for f in kept.iterdir():  # the checkpoint and its checksum
+        dest = ckpt / f.name
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(f, dest)  # no copy of the weights: the resumed run writes no checkpoint of its own
+        except OSError:
+            shutil.copy2(f, dest)
+    log(f"{spec.name}: trained already by {source.stem} ({source}); its last checkpoint is resumed, not trained "
+        "again")
+    return str(source)
 
 
 def reusable_records(folders) -> list[tuple[Path, dict]]:
