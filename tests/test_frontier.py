@@ -99,3 +99,68 @@ def test_a_verdict_over_seeds_needs_every_seed_to_agree():
     assert seed_verdict(0.01, 0.03, -1, [0.02, 0.01]) == "worse"  # lower is better for this probe
     assert seed_verdict(0.01, 0.03, +1, [0.05, -0.01]) == "cannot tell"  # one seed points the other way
     assert seed_verdict(-0.01, 0.03, +1, [0.02, 0.01]) == "cannot tell"  # the interval reaches 0
+
+
+def _swept(arms_slopes, seeds=(0, 1)):
+    """Trajectory records of each arm at each (rate, slope), at every seed."""
+    return [dict(_run(arm, seed, lr, slope, -0.3), method=arm, seed=seed)
+            for arm, rates in arms_slopes.items() for lr, slope in rates for seed in seeds]
+
+
+def test_the_reported_rates_are_chosen_on_the_sweep_with_added_rates_at_a_fixed_level(tmp_path):
+    """Once every swept run is in, the level is fixed; an arm outside the margin gets a rate interpolated in
+    log-rate (at both sweep seeds) and the choice is made again at the same level; LoRA and full finetuning from the
+    base take the same-start arms' rates; the preset, the status and the log read the kept choice."""
+    from smf_lib.study import frontier as C
+    from smf_lib.study.plan import study_status
+    from smf_lib.study.presets import get_preset
+
+    p = get_preset("cpu")
+    sweep = {"smf-kl": ((1e-2, 0.01), (3e-2, 0.03), (1e-1, 0.06)), "smf-tfidf": ((1e-2, 0.01), (3e-2, 0.035),
+                                                                                 (1e-1, 0.06)),
+             "lora-mem": ((2e-5, 0.005), (5e-5, 0.02), (2e-4, 0.08)), "full-mem": ((1e-5, 0.01), (3e-5, 0.03),
+                                                                                  (1e-4, 0.06))}
+    runs = _swept(sweep)
+    assert C.choose_step(p, runs[:-1], tmp_path) is None and C.read_choice(tmp_path) is None  # a swept run missing
+    kept = C.choose_step(p, runs, tmp_path, {"git_commit": "abc", "git_clean": True})
+    assert kept["level"] == pytest.approx(0.14) and kept["rounds"] == 1 and kept["rates"] is None
+    add = float(f"{math.exp(math.log(5e-5) + 0.25 * (math.log(2e-4) - math.log(5e-5))):.2g}")
+    assert kept["added"] == {"lora-mem": [add]} and kept["code"]["git_commit"] == "abc"  # 0.08 is 0.06 off 0.14
+    grown = C.apply_choice(p, tmp_path)
+    assert grown.sweep["lora-mem"] == (2e-5, 5e-5, add, 2e-4) and grown.rates_to_choose == p.rates_to_choose
+    status = study_status(grown, tmp_path)
+    assert set(status.loc[status["state"] == "to do", "run"]) >= {f"lora-mem-lr{add:g}-s0", f"lora-mem-lr{add:g}-s1"}
+    assert C.choose_step(p, runs, tmp_path) is None  # the added rate's runs are not in yet
+    runs += _swept({"lora-mem": ((add, 0.034),)})  # ends at 0.136: within the margin of the same level
+    kept = C.choose_step(p, runs, tmp_path)
+    assert kept["level"] == pytest.approx(0.14) and kept["unmatched"] == []
+    assert kept["rates"] == {"smf-kl": 3e-2, "smf-tfidf": 3e-2, "lora-mem": add, "full-mem": 3e-5, "lora": add,
+                             "full": 3e-5}
+    chosen = C.apply_choice(p, tmp_path)
+    assert chosen.rates_to_choose == () and chosen.train_config("lora", 0).lr == add
+    assert chosen.train_config("smf-tfidf", 1).lr == 3e-2 and chosen.rate_to_choose("full-mem", 0) is None
+    assert any(line.startswith("reported rates: smf-kl 0.03") for line in C.choice_lines(p, tmp_path))
+    assert C.choose_step(p, runs, tmp_path) == C.read_choice(tmp_path)  # chosen once: kept as it is
+
+
+def test_arms_whose_ranges_do_not_overlap_get_wider_sweeps_and_an_arm_never_matched_says_so(tmp_path):
+    """No overlap: the arm whose range ends first goes 3x above its top rate, the one that starts last 3x below its
+    bottom; with no rounds left, an arm outside the margin takes its closest rate and the choice says so."""
+    from smf_lib.study import frontier as C
+    from smf_lib.study.presets import get_preset
+
+    p = get_preset("cpu")
+    sweep = {"smf-kl": ((1e-2, 0.001), (3e-2, 0.002), (1e-1, 0.003)), "smf-tfidf": ((1e-2, 0.01), (3e-2, 0.03),
+                                                                                    (1e-1, 0.06)),
+             "lora-mem": ((2e-5, 0.005), (5e-5, 0.02), (2e-4, 0.08)), "full-mem": ((1e-5, 0.012), (3e-5, 0.03),
+                                                                                  (1e-4, 0.06))}
+    kept = C.choose_step(p, _swept(sweep), tmp_path)
+    assert kept["level"] is None and kept["added"] == {"smf-kl": [0.3], "full-mem": [3.3e-6]}  # 3x out each way
+    kept["rounds"] = C.MAX_ROUNDS  # no rounds left: an arm outside the margin takes its closest rate, said so
+    kept["level"] = 0.14
+    (tmp_path / C.CHOSEN).write_text(__import__("json").dumps(kept))
+    runs = _swept({**sweep, "smf-kl": (*sweep["smf-kl"], (0.3, 0.01)), "full-mem": ((3.3e-6, 0.005),
+                                                                                    *sweep["full-mem"])})
+    kept = C.choose_step(p, runs, tmp_path)
+    assert kept["rates"]["smf-kl"] == 0.3 and "smf-kl" in kept["unmatched"]
+    assert "outside the margin: smf-kl" in C.choice_lines(p, tmp_path)[-1]

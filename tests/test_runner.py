@@ -658,7 +658,7 @@ def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, ca
     assert main(waiting) == 0
     runs = {p.stem for p in (tmp_path / "grid" / "runs").glob("*.json")}
     assert runs == {"base", "lora-s0"}
-    assert "smf-kl-s0: skipped: the preset's 'smf-adam' rate is still to be chosen" in capsys.readouterr().out
+    assert "smf-kl-s0: waits: the 'smf-adam' rate is chosen from the sweep's dev results" in capsys.readouterr().out
     p = PRESETS["smoke"]
     table = R.study_status(Preset(**{**vars(p), "rates_to_choose": ("smf-adam",)}), out, ["base", "lora", "smf-kl"])
     assert dict(zip(table["run"], table["state"]))["smf-kl-s0"] == "rate to choose"
@@ -666,6 +666,26 @@ def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, ca
     assert (tmp_path / "grid" / "runs" / "smf-kl-s0.json").exists()
     with pytest.raises(ValueError, match="rates_to_choose"):
         Preset(**{**vars(p), "rates_to_choose": ("smf-fast",)})
+
+
+@pytest.mark.slow
+def test_a_grid_rate_to_choose_is_chosen_on_the_sweep_and_its_runs_follow_in_the_same_call(tmp_path, capsys):
+    """A swept arm whose rate is to be chosen: once its swept runs are in, the runner chooses the rate on their dev
+    results (adding rates if the rule asks), keeps the choice in the results folder and runs the grid's run at it;
+    the status reads the same choice."""
+    from smf_lib.study.frontier import read_choice
+
+    out = tmp_path / "grid"
+    args = [*SMOKE, "--methods", "base", "lora", "--out", str(out), "--set", 'sweep={"lora": [0.001, 0.01]}',
+            "sweep_first=true", 'rates_to_choose=["lora"]']
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    kept = read_choice(out)
+    rec = json.loads((out / "runs" / "lora-s0.json").read_text())
+    assert "lora-s0: waits" in said and "reported rates: lora" in said
+    assert rec["train_config"]["lr"] == kept["rates"]["lora"] and rec["evaluation"] == "report"
+    assert kept["level"] is not None and kept["records"][:2] == ["lora-lr0.001-s0", "lora-lr0.01-s0"]
+    assert main([*args]) == 0 and "texts, lr" not in capsys.readouterr().out  # resumed: nothing left to train
 
 
 def test_changes_are_read_from_the_model_each_run_started_from(reference_grid):

@@ -25,8 +25,11 @@ def _frontier(args) -> int:
     from .frontier import frontier_report
     from .results import load_runs
 
+    from .frontier import choice_lines
+
     out = args.out or f"results/{args.preset}"
-    for line in frontier_report(get_preset(args.preset), load_runs(out), out):
+    for line in frontier_report(get_preset(args.preset), load_runs(out), out) + choice_lines(get_preset(args.preset),
+                                                                                           out):
         print(line)
     return 0
 
@@ -198,9 +201,14 @@ def _status(args) -> int:
         print(f"`python -m smf_lib run --preset {args.preset} --split dev` resumes the dev sweep; `--split report` "
               "runs the reported facts once it is complete.")
         return 0
-    table = study_status(get_preset(args.preset), out)
+    from .frontier import apply_choice, choice_lines
+
+    preset = apply_choice(get_preset(args.preset), out)  # with the rates chosen on dev items, once chosen
+    table = study_status(preset, out)
     print(table.drop(columns=["method", "seed"]).round({"minutes": 1}).fillna("").to_string(index=False))
     print(status_line(table))
+    for line in choice_lines(preset, out):
+        print(line)
     for line in health_lines(out) + dirty_lines(out) + damage_lines(out):
         print(line)
     if (table["state"] != "finished").any():

@@ -11,23 +11,38 @@ items: per-item changes are averaged over the seeds, and the interval is a paire
 own difference is listed beside it. A difference is "better" or "worse" when its 95% interval excludes 0 (in the
 probe's own direction), else "cannot tell".
 
-Choosing the reported runs follows the same rule: the common level lies inside every arm's range of final dev
-learning (the midpoint of the ranges' overlap, so never at any arm's highest rate), and an arm's reported rate is
-the swept rate whose final dev learning is closest to it; it counts as matched when within ``MATCH_MARGIN``
-nats of the level (:mod:`smf_lib.study.paired_stats`; fixed before the runs). An arm outside the margin gets a
-suggested rate, interpolated in log-rate between the two swept rates around the level, to add to its sweep.
+Choosing the reported runs (done by the runner, step by step). A study whose preset lists ``rates_to_choose`` sweeps
+each of those arms first (``sweep``, at every ``sweep_seeds``) along dev trajectories. Once every swept run is in,
+:func:`choose_step` fixes the **common level** once (:func:`~smf_lib.study.paired_stats.common_level` of the swept
+arms' final dev learning: the midpoint of the overlap of their ranges, so never any arm's highest rate) and takes,
+per arm, the swept rate whose final dev learning is closest to it (:func:`choose_rates`). An arm that is not within
+``MATCH_MARGIN`` of the level gets one more swept rate, interpolated in log-rate between its rates around the level,
+at every sweep seed, and the choice is made again at the same level, for at most ``MAX_ROUNDS`` rounds; an arm still
+outside the margin then takes its closest rate and the file says it was not matched. Where the arms' ranges do not
+overlap, the arm whose range ends first gets a rate 3x above its highest and the one whose range starts last a rate
+3x below its lowest, in the same rounds.
+
+Arms that are not swept follow a swept arm of the same training (``FOLLOWS``): LoRA and full finetuning from the base
+model (the paper's view) take the rates chosen for LoRA and full finetuning on the retrofitted model.
+
+The choice is written to ``chosen_rates.json`` in the results folder (with the records it rests on and the code that
+chose it); :func:`apply_choice` fills it into the preset, so ``run``, ``status`` and ``frontier`` read the same
+rates, and a resumed study goes on from it. The runner calls :func:`choose_step` whenever grid runs wait for a rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .paired_stats import (MATCH_MARGIN, METRICS, common_level, item_interval as _interval, seed_verdict,  # noqa: F401
                            verdict)
-from .records import is_report
+from ..files import read_json, write_json
+from .records import is_report, read_run
 
 #: The learning measure along trajectories.
 LEARN = "medmcqa_gold_margin"
@@ -206,4 +221,131 @@ def frontier_report(preset, runs: list[dict], out="the results folder") -> list[
               "interval over items):",
               compare_at_level(runs, level["level"], smf, baselines, seeds)
               .drop(columns=["level"], errors="ignore").round(4).to_string(index=False)]
+    return lines
+
+
+#: The file a study's choice is kept in, in its results folder.
+CHOSEN = "chosen_rates.json"
+#: Rounds of added rates before an arm outside the margin takes its closest rate.
+MAX_ROUNDS = 2
+#: Arms that are not swept and take the rate chosen for another arm of the same training.
+FOLLOWS = {"lora": "lora-mem", "full": "full-mem"}
+
+
+def read_choice(out: str | Path) -> dict | None:
+    """The choice kept in ``out`` (None if there is none yet)."""
+    path = Path(out) / CHOSEN
+    return read_json(path) if path.exists() else None
+
+
+def apply_choice(preset, out: str | Path, kept: dict | None = None):
+    """``preset`` with the choice kept in ``out`` (or ``kept``) filled in: the rates added to the sweep, and the
+    chosen rates set (and dropped from ``rates_to_choose``) once every arm has one. Unchanged when nothing is kept."""
+    kept = kept or (read_choice(out) if preset.rates_to_choose else None)
+    if not kept:
+        return preset
+    sweep = {arm: tuple(sorted({*preset.sweep.get(arm, ()), *added})) for arm, added in kept["added"].items()}
+    chosen = kept.get("rates") or {}
+    return dataclasses.replace(preset, sweep={**preset.sweep, **sweep}, lr={**preset.lr, **chosen},
+                               rates_to_choose=tuple(k for k in preset.rates_to_choose if k not in chosen))
+
+
+def _swept_arms(preset) -> list[str]:
+    return [a for a in preset.rates_to_choose if a in preset.sweep]
+
+
+def _round(rate: float) -> float:
+    """A rate to two significant digits (a run's name carries it)."""
+    return float(f"{rate:.2g}")
+
+
+def _widen(ranges: dict) -> dict:
+    """Where the arms' ranges do not overlap: the arm whose range ends first goes 3x above its highest rate, the
+    one whose range starts last 3x below its lowest."""
+    first = min(ranges, key=lambda a: ranges[a]["max"])
+    last = max(ranges, key=lambda a: ranges[a]["min"])
+    return {first: [_round(ranges[first]["top"] * 3)], last: [_round(ranges[last]["bottom"] / 3)]}
+
+
+def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = None, write: bool = True) -> dict | None:
+    """One step of the choice for ``preset`` from the finished records ``runs`` of ``out``: None while a swept run
+    of a chosen arm is missing; else the kept choice, updated (the level fixed at the first step; rates added for
+    arms outside the margin, or the chosen rates once every arm has one) and written to ``out/CHOSEN`` (where
+    ``write``). ``code``: the commit and tree the choosing code runs from, kept with it."""
+    arms, seeds = _swept_arms(preset), tuple(preset.sweep_seeds or preset.seeds[:1])
+    kept = read_choice(out) or {"level": None, "margin": MATCH_MARGIN, "rounds": 0, "added": {}, "rates": None}
+    if not arms or kept["rates"]:
+        return kept if arms else None
+    swept = {(a, s, float(r)) for a in arms for s in seeds for r in apply_choice(preset, out).sweep[a]}
+    have = {(r["method"], r["seed"], float((r.get("train_config") or {}).get("lr", 0))) for r in runs
+            if len(r.get("trajectory") or []) >= 2}
+    if swept - have:
+        return None
+    ends = final_learning(runs, arms, seeds)
+    added: dict = {}
+    if kept["level"] is None:
+        level = common_level(ends)
+        if level["level"] is None:
+            ranges = {a: {"min": g["learning"].min(), "max": g["learning"].max(), "bottom": g["lr"].min(),
+                          "top": g["lr"].max()} for a, g in ends.groupby("arm")}
+            added = _widen(ranges)
+        else:
+            kept["level"] = level["level"]
+    table = None
+    if kept["level"] is not None:
+        table = choose_rates(ends, kept["level"], kept["margin"])
+        if kept["rounds"] < MAX_ROUNDS:
+            added = {row["arm"]: [_round(row["add rate"])] for _, row in table.iterrows()
+                     if not row["matched"] and row["add rate"] is not None and not math.isnan(row["add rate"])}
+    if added and kept["rounds"] < MAX_ROUNDS:
+        kept["rounds"] += 1
+        for arm, rates in added.items():
+            kept["added"][arm] = sorted({*kept["added"].get(arm, []), *rates})
+    elif table is not None:
+        rates = {row["arm"]: float(row["lr"]) for _, row in table.iterrows()}
+        rates.update({f: rates[lead] for f, lead in FOLLOWS.items() if f in preset.rates_to_choose and lead in rates})
+        rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                for row in table.to_dict("records")]
+        kept.update(rates=rates, table=rows, seeds=list(seeds),
+                    unmatched=[row["arm"] for _, row in table.iterrows() if not row["matched"]])
+    else:
+        raise ValueError(f"the arms' ranges of dev learning still do not overlap after {MAX_ROUNDS} rounds of added "
+                         f"rates; widen the sweep in the preset (see `python -m smf_lib frontier --preset "
+                         f"{preset.name}`)")
+    kept["records"] = sorted(f"{r['method']}-lr{r['train_config']['lr']:g}-s{r['seed']}" for r in runs
+                             if r["method"] in arms and len(r.get("trajectory") or []) >= 2)
+    kept["code"] = code or {}
+    if write:
+        write_json(Path(out) / CHOSEN, kept)
+    return kept
+
+
+def choose_and_apply(preset, out: str | Path, versions: dict | None = None, write: bool = True, log=print):
+    """A step of :func:`choose_step` on the finished records of ``out``, logged, and ``preset`` with its result
+    filled in (:func:`apply_choice`); every process of a run computes it, process 0 alone writes it (``write``).
+    ``versions``: the runner's record of the code (its git commit and tree state are kept with the choice)."""
+    code = {k: v for k, v in (versions or {}).items() if k.startswith("git") or k == "allow_dirty"}
+    runs = [read_run(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
+    kept = choose_step(preset, runs, out, code, write)
+    if kept is None:
+        return preset
+    log("\n".join(choice_lines(preset, out, kept)))
+    return apply_choice(preset, out, kept)
+
+
+def choice_lines(preset, out: str | Path, kept: dict | None = None) -> list[str]:
+    """The kept choice (of ``out``, or ``kept``) in words, for the runner's log, ``status`` and ``frontier``."""
+    kept = kept or read_choice(out)
+    if not _swept_arms(preset) and not kept:
+        return []
+    if kept is None:
+        return [f"rates to choose on dev items once the sweep is in: {', '.join(preset.rates_to_choose)} "
+                f"(the runner chooses them; {CHOSEN} keeps the choice)"]
+    lines = [f"common level of dev learning: {kept['level']:+.4f} nats, matched within {kept['margin']:g}"
+             if kept["level"] is not None else "common level: not yet (the arms' ranges do not overlap)"]
+    for arm, rates in kept["added"].items():
+        lines.append(f"rates added to {arm}'s sweep (both sweep seeds): {', '.join(f'{r:g}' for r in rates)}")
+    if kept.get("rates"):
+        lines.append("reported rates: " + ", ".join(f"{a} {r:g}" for a, r in kept["rates"].items())
+                     + (f"; outside the margin: {', '.join(kept['unmatched'])}" if kept.get("unmatched") else ""))
     return lines

@@ -109,7 +109,9 @@ class Preset:
         lr: :class:`Rates`, peak learning rates by rate key (:func:`rate_names`); an arm's own name sets that arm's
             rate alone (``{"smf-adam": 3e-2, "smf-tfidf": 1e-1}``: TF-IDF at 1e-1, every other SMF arm at 3e-2).
         rates_to_choose: rate keys (or arm names) whose grid rate is still to be chosen from the sweep's dev results:
-            the runner skips the grid's runs at such a rate (saying so) until the key is set here or by ``--lr``.
+            the runner holds back the grid's runs at such a rate (saying so) until it is set here or by ``--lr``, or,
+            for swept arms, until the sweep is in and :mod:`smf_lib.study.frontier` has chosen it (kept in the results
+            folder's ``chosen_rates.json``).
         eval_batch: batch size of the probes.
         dtype: the model's parameter dtype (``"float32"`` | ``"bfloat16"``); ``memory_dtype`` the memory's
             (``None``: the model's); ``eval_dtype`` the dtype the model is scored in (``None``: as trained).

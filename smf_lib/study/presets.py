@@ -236,7 +236,8 @@ PRESETS["cpu-v2"] = dataclasses.replace(
 # model with its memory frozen in place (lora-mem, full-mem); from the base model (lora, full) they are the paper's
 # view, shown second. Every same-start arm runs three rates at both seeds along 8-point trajectories on the dev
 # subset (all 174 dev chat replies); the reported runs wait for the rates at which the arms' dev learning meets
-# (rates_to_choose), chosen from those trajectories.
+# (rates_to_choose), chosen from those trajectories by smf_lib.study.frontier once the sweep is in (lora and full from
+# the base model take lora-mem's and full-mem's rates).
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["cpu-v2"], name="cpu",
     methods=("base", "retrofit", "smf-kl", "smf-tfidf", "lora-mem", "full-mem", "lora", "full"),
@@ -260,9 +261,12 @@ PRESETS["cpu"] = dataclasses.replace(
                                         "base model too, as the paper's view",
                 "top-t": "128 rows per layer per step, as the cpu-v2 study, so the memory is the change (0.2% of "
                          "65,536 slots; the paper's share is 3%)",
-                "LoRA rate": "chosen on dev items where the arms' learning meets (three rates swept per arm)",
+                "LoRA rate": "chosen on dev items where the arms' learning meets (three rates swept per arm, "
+                             "more by a fixed rule where an arm misses the level; from the base model, the "
+                             "same-start arm's rate)",
                 "full finetuning rate": "chosen on dev items where the arms' learning meets (three rates swept per "
-                                        "arm)",
+                                        "arm, more by a fixed rule where an arm misses the level; from the base "
+                                        "model, the same-start arm's rate)",
                 "update and rate of SMF-KL / SMF-TF-IDF": (
                     "project default update: row-sparse Adam (strict); each selector's rate chosen on dev items "
                     "where the arms' learning meets (three rates swept per arm)")},

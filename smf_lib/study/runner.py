@@ -33,6 +33,7 @@ from ..memory import MemoryConfig
 from ..models import load_model, load_tokenizer, tiny_model
 from ..training import TrainConfig, TrainingDiverged, TrainResult, distributed, micro_batches, train
 from .arms import get_arm
+from .frontier import apply_choice, choose_and_apply
 from .evaluation import Reference, build_suite, data_root, evaluate
 from .plan import RunSpec, _plain, plan, status_line, study_status  # noqa: F401 (the last two: their old home)
 from .preset_spec import Preset
@@ -197,7 +198,8 @@ class Runner:
                                                                                 f"preset {preset.name!r}")
         self.rank, self.world = distributed()
         self.main = self.rank == 0
-        self.preset, self.out, self.progress, self.fresh = preset, Path(out), progress and self.main, fresh
+        self.preset, self.out, self.fresh = apply_choice(preset, out), Path(out), fresh
+        self.progress = progress and self.main
         self.artifacts, self.reusable = self.out / "artifacts", reusable_records(reuse)
         self.all_task_questions = task_questions(preset)
         self.task_questions = self.task_questions_for(preset.seeds[0])
@@ -278,8 +280,8 @@ class Runner:
         arm, path = get_arm(spec.method), self.run_path(spec)
         key = self.preset.rate_to_choose(spec.method, spec.seed, spec.lr)
         if key is not None:
-            self.log(f"{spec.name}: skipped: the preset's {key!r} rate is still to be chosen from the sweep's dev "
-                     f"results; set it in the preset (and drop it from rates_to_choose) or pass --lr {key}=RATE")
+            self.log(f"{spec.name}: waits: the {key!r} rate is chosen from the sweep's dev results once they are "
+                     f"all in (smf_lib.study.frontier; or set it: --lr {key}=RATE)")
             self.waiting.append(spec.name)
             return
         ident = self.identity(spec)
@@ -380,6 +382,10 @@ class Runner:
                 failed.unlink()
         return False
 
+    def _choose(self) -> bool:  # rates for the runs waiting for one (smf_lib.study.frontier); True: preset changed
+        before, self.preset = self.preset, choose_and_apply(self.preset, self.out, self.versions, self.main, self.log)
+        return self.preset != before
+
     def _evaluate(self, spec: RunSpec, model, tok, res, start: str) -> dict:
         """The run's metrics and per-item arrays (:func:`evaluate_run`)."""
         arm, report = get_arm(spec.method), spec.evaluation == REPORT
@@ -402,8 +408,12 @@ class Runner:
             t0 = time.perf_counter()
             reference_stage(self.host, self.preset, self.suite, self.reference, self.precision,
                             self.artifacts / "reference")
-            for spec in specs:
-                self.run_one(spec)
+            while True:  # a round of runs; then the rates chosen on the sweep's dev results, if runs wait for them
+                for spec in specs:
+                    self.run_one(spec)
+                if not self.waiting or not self._choose():
+                    break
+                specs, self.waiting = plan(self.preset, methods, seeds), []
             path = self.out / "summary.csv"
             if self.main:
                 write_summary(self.out)
