@@ -889,6 +889,35 @@ def test_the_summary_gives_smf_minus_each_baseline_per_seed(reference_grid):
     assert set(written["smf"]) <= {"smf-kl", "smf-tfidf"} and len(written) == len(table)
 
 
+def test_the_differences_pool_the_seeds_and_a_verdict_needs_every_seed_to_agree():
+    """Per seed, SMF minus the baseline with its item interval and verdict; over seeds, the seeds' differences
+    averaged, one item interval, and better/worse only when every seed agrees. Lower perplexity is better."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(-2.0, 0.3, 200)
+    noise = rng.normal(0, 0.001, 200)
+
+    def rec(method, seed, shift, nll_shift=0.0):
+        return {"method": method, "seed": seed, "evaluation": "report", "split": "report",
+                "items": {"chat_loglik": list(base + shift + noise * (seed + 1)),
+                          "wikitext_window_nll": list(np.full(200, 300.0) + nll_shift),
+                          "wikitext_window_tokens": list(np.full(200, 100.0))}}
+
+    runs = [rec("lora-mem", 0, 0.0), rec("lora-mem", 1, 0.0), rec("smf-kl", 0, 0.05, -5.0),
+            rec("smf-kl", 1, -0.01, 5.0)]
+    table = results.differences_table(runs, smf=("smf-kl",), baselines=("lora-mem",)).set_index(["metric", "seed"])
+    assert table.loc[("chat_loglik", 0), "verdict"] == "better" and table.loc[("chat_loglik", 1), "verdict"] == "worse"
+    pooled = table.loc[("chat_loglik", "all")]
+    assert pooled["difference"] == pytest.approx(0.02, abs=1e-3) and pooled["lo"] > 0  # the items say better ...
+    assert pooled["verdict"] == "cannot tell"  # ... but seed 1 went the other way
+    assert table.loc[("wikitext_ppl", 0), "verdict"] == "better"
+    assert table.loc[("wikitext_ppl", 1), "verdict"] == "worse"
+    same = results.differences_table([*runs[:3], rec("smf-kl", 1, 0.03)], smf=("smf-kl",), baselines=("lora-mem",))
+    row = same[(same["metric"] == "chat_loglik") & (same["seed"] == "all")].iloc[0]
+    assert row["verdict"] == "better" and row["difference"] == pytest.approx(0.04, abs=1e-3)
+
+
 def test_the_running_example_sentence_reads_each_method_from_the_option_probabilities():
     from smf_lib.study.findings import example_sentence
 

@@ -276,7 +276,8 @@ def caveats_cpu_v2(runs: list[dict], spread_folder: str | Path) -> list[str]:
     return out
 
 
-NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning"}
+NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora": "LoRA", "full": "full finetuning",
+         "lora-mem": "LoRA (same start)", "full-mem": "full finetuning (same start)"}
 #: A verdict of SMF minus a baseline on a retention probe, as words about SMF.
 _KEPT = {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
          "cannot tell": "could not be told apart on held-out chat from"}

@@ -62,6 +62,24 @@ def paired_bootstrap(base: dict, other: dict, metric: str, n_boot: int = 2000, s
             "hi": float(np.percentile(deltas, 97.5)), "p_le_0": float((deltas <= 0).mean())}
 
 
+def pooled_bootstrap(pairs: list[tuple[dict, dict]], metric: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`paired_bootstrap` pooled over seeds: ``pairs`` holds one ``(base items, other items)`` per seed, all
+    on the same items; the difference is the mean of the seeds' differences, and each bootstrap draw resamples the
+    same items for every seed. Returns ``{"delta", "lo", "hi", "per_seed"}`` (``per_seed``: each seed's own
+    difference, for :func:`seed_verdict`)."""
+    keys, fn = METRICS[metric][:2]
+    arrays = [([np.asarray(a[k], dtype=float) for k in keys], [np.asarray(b[k], dtype=float) for k in keys])
+              for a, b in pairs]
+    n = arrays[0][0][0].shape[0]
+    if n == 0 or any(x.shape != (n,) for a, b in arrays for x in (*a, *b)):
+        raise ValueError(f"{metric}: runs were evaluated on different items; paired statistics need the same items")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    per_seed = [float(fn(b) - fn(a)) for a, b in arrays]
+    deltas = np.mean([fn([y[idx] for y in b]) - fn([x[idx] for x in a]) for a, b in arrays], axis=0)
+    return {"delta": float(np.mean(per_seed)), "lo": float(np.percentile(deltas, 2.5)),
+            "hi": float(np.percentile(deltas, 97.5)), "per_seed": per_seed}
+
+
 def mcnemar(base_correct, other_correct) -> dict:
     """Exact two-sided McNemar test on paired 0/1 outcomes."""
     a, b = np.asarray(base_correct), np.asarray(other_correct)

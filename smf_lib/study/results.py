@@ -16,7 +16,7 @@ import pandas as pd
 from ..probes import metrics as probe_metrics
 from ..files import atomic_write
 from .arms import order_key
-from .paired_stats import METRICS, mcnemar, paired_bootstrap
+from .paired_stats import METRICS, mcnemar, paired_bootstrap, pooled_bootstrap, seed_verdict, verdict
 from .records import is_report, read_run, without_repeats
 from .tables import interval_cell, rate_label, seed_label
 
@@ -267,24 +267,35 @@ def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
 
 def differences_table(runs: list[dict], smf=("smf-kl", "smf-tfidf"),
                       baselines=("lora-mem", "full-mem", "lora", "full")) -> pd.DataFrame:
-    """SMF minus each baseline directly, per seed: for every metric both fully evaluated runs scored on the same
-    items, the paired difference with its 95% bootstrap interval over items (``other`` is the baseline, ``run``
-    the SMF arm; accuracies as fractions). One row per (SMF arm, baseline, seed, metric)."""
+    """SMF minus each baseline directly: for every metric both fully evaluated runs scored on the same items, the
+    paired difference with its 95% bootstrap interval over items (``other`` is the baseline, ``run`` the SMF arm;
+    accuracies as fractions) and its verdict (:func:`~smf_lib.study.paired_stats.verdict`: better, worse or cannot
+    tell, in the metric's own direction). One row per (SMF arm, baseline, seed, metric), then, where both ran at
+    more than one seed, a row with ``seed`` ``"all"``: the seeds' differences averaged, the interval over items
+    (:func:`~smf_lib.study.paired_stats.pooled_bootstrap`) and a verdict that also needs every seed to agree
+    (:func:`~smf_lib.study.paired_stats.seed_verdict`)."""
     reported = [r for r in runs if is_report(r) and r.get("items")]
     rows = []
     for arm in smf:
         for base in baselines:
+            pairs = []
             for r in (x for x in reported if x["method"] == arm):
                 b = next((x for x in reported if x["method"] == base and x["seed"] == r["seed"]
                           and x.get("split") == r.get("split")), None)
-                if b is None:
-                    continue
-                for metric, (keys, *_rest) in METRICS.items():
-                    if all(k in r["items"] and k in b["items"] for k in keys):
-                        ci = paired_bootstrap(b["items"], r["items"], metric)
-                        rows.append({"smf": arm, "baseline": base, "seed": r["seed"], "metric": metric,
-                                     "difference": ci["delta"], "lo": ci["lo"], "hi": ci["hi"]})
-    return pd.DataFrame(rows, columns=["smf", "baseline", "seed", "metric", "difference", "lo", "hi"])
+                if b is not None:
+                    pairs.append((r["seed"], b["items"], r["items"]))
+            for metric, (keys, _, sign, *_rest) in METRICS.items():
+                have = [(s, b, r) for s, b, r in pairs if all(k in r and k in b for k in keys)]
+                for s, b, r in have:
+                    ci = paired_bootstrap(b, r, metric)
+                    rows.append({"smf": arm, "baseline": base, "seed": s, "metric": metric, "difference": ci["delta"],
+                                 "lo": ci["lo"], "hi": ci["hi"], "verdict": verdict(ci["lo"], ci["hi"], sign)})
+                if len(have) > 1:
+                    ci = pooled_bootstrap([(b, r) for _, b, r in have], metric)
+                    rows.append({"smf": arm, "baseline": base, "seed": "all", "metric": metric,
+                                 "difference": ci["delta"], "lo": ci["lo"], "hi": ci["hi"],
+                                 "verdict": seed_verdict(ci["lo"], ci["hi"], sign, ci["per_seed"])})
+    return pd.DataFrame(rows, columns=["smf", "baseline", "seed", "metric", "difference", "lo", "hi", "verdict"])
 
 
 def write_summary(out: str | Path) -> Path:
