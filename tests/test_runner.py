@@ -368,6 +368,10 @@ def test_claims_compare_the_runs_of_one_seed():
     assert measured[1].startswith("+20.00 [")
     assert second.set_index("claim").loc[lora, "compared"] == "lora - smf-kl, accuracy (points)"
     assert results.claims_table(runs, seed=2)["measured"].eq("not run yet").all()
+    views = results.claims_table([*runs, {**runs[-1], "method": "lora-mem"}], seed=1, baselines=("lora-mem", "lora"))
+    by_claim = views.set_index("claim")["view"]
+    assert by_claim["lora-mem gains more on MedMCQA than smf-kl"] == "same start"
+    assert by_claim[lora] == "from base (paper's view)" and views.iloc[0]["view"] == "SMF against base"
 
 
 def test_frontier_table_names_the_points_that_dominate():

@@ -426,10 +426,10 @@ display(Markdown("Answer by answer, against the model each run started from:\n\n
 # %%
 seeds = sorted({r["seed"] for r in full_runs if r["method"] in ("smf-kl", "lora", "full")})
 if seeds:
-    per_seed = {s: claims_table(full_runs, seed=s).set_index(["claim", "compared"]) for s in seeds}
+    per_seed = {s: claims_table(full_runs, seed=s).set_index(["claim", "view", "compared"]) for s in seeds}
     claims = pd.concat({f"seed {s}": t for s, t in per_seed.items()}, axis=1)
     claims.columns = [f"{a}: {b}" for a, b in claims.columns]
-    display(book_table(claims, key=["claim", "compared"]))
+    display(book_table(claims, key=["claim", "view", "compared"]))
 else:
     print("no trained run of the grid is finished")
 
