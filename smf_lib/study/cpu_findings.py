@@ -1,0 +1,124 @@
+"""The answer of the ``cpu`` study, computed from its records: every arm from the same retrofitted model, each at the
+rate whose dev learning came to the common level (:mod:`smf_lib.study.frontier`), evaluated on every reported item.
+
+SMF minus each baseline is paired over the reported items at each seed and pooled over seeds
+(:func:`~smf_lib.study.results.differences_table`); a verdict needs the pooled interval to exclude 0 and every seed to
+agree (:func:`~smf_lib.study.paired_stats.seed_verdict`). Before any forgetting is read, the learning on the
+reported items is checked against the equivalence margin stated before the runs: SMF minus a baseline in gold margin
+is "matched" when its whole 95% interval lies within the margin.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .paired_stats import MATCH_MARGIN
+
+SMF = ("smf-kl", "smf-tfidf")
+SAME_START = ("lora-mem", "full-mem")
+PAPER_VIEW = ("lora", "full")
+#: The learning measure and the retention probes each selector gets a verdict on, in the order the book shows them.
+PROBES = ("medmcqa_gold_margin", "chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik")
+WORDS = {"medmcqa_gold_margin": "MedMCQA gold margin", "chat_loglik": "held-out chat log-likelihood",
+         "wikitext_ppl": "WikiText perplexity", "triviaqa_alias_loglik": "TriviaQA gold-answer log-likelihood"}
+NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora-mem": "LoRA", "full-mem": "full finetuning",
+         "lora": "LoRA from the base model", "full": "full finetuning from the base model"}
+
+
+def verdict_table(runs: list[dict], baselines=SAME_START, probes=PROBES) -> pd.DataFrame:
+    """Per selector, baseline and probe: SMF minus the baseline on the reported items, pooled over the seeds both
+    ran at (one seed: that seed's row), its 95% interval over items, each seed's own difference and the verdict."""
+    from .results import differences_table
+
+    diff = differences_table(runs, SMF, baselines)
+    rows = []
+    for smf in SMF:
+        for base in baselines:
+            for metric in probes:
+                g = diff[(diff["smf"] == smf) & (diff["baseline"] == base) & (diff["metric"] == metric)]
+                if not len(g):
+                    continue
+                seeds = g[g["seed"] != "all"]
+                row = g[g["seed"] == "all"].iloc[0] if (g["seed"] == "all").any() else seeds.iloc[0]
+                rows.append({"smf": smf, "baseline": base, "metric": metric, "difference": row["difference"],
+                             "lo": row["lo"], "hi": row["hi"], "seeds": len(seeds),
+                             "per seed": [float(v) for v in seeds["difference"]], "verdict": row["verdict"]})
+    return pd.DataFrame(rows, columns=["smf", "baseline", "metric", "difference", "lo", "hi", "seeds", "per seed",
+                                       "verdict"])
+
+
+def _cell(r, digits: int = 3) -> str:
+    return f"{r['difference']:+.{digits}f} [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
+
+
+def _kept(verdict: str) -> str:
+    return {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
+            "cannot tell": "could not be told apart on held-out chat from"}[verdict]
+
+
+def answer(runs: list[dict], level: float | None) -> str | None:
+    """The study's answer in one sentence: each selector against each same-start baseline on held-out chat, on the
+    reported items, at the level of dev learning the rates were chosen at; None before those runs are in."""
+    table = verdict_table(runs, SAME_START, ("chat_loglik",))
+    if not len(table):
+        return None
+    parts = []
+    for smf, g in table.groupby("smf", sort=False):
+        parts.append(f"{NAMES[smf]} " + " and ".join(
+            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)} nats)" for _, r in g.iterrows()))
+    at = f" ({level:+.2f} nats of dev gold margin)" if level is not None else ""
+    return ("On MedMCQA, with every method started from the same model and trained to the same dev learning" + at
+            + ", " + "; ".join(parts) + ".")
+
+
+def learning_sentence(table: pd.DataFrame, margin: float = MATCH_MARGIN) -> str | None:
+    """Whether the arms stayed matched on the reported items: SMF minus each baseline in gold margin against the
+    equivalence margin (matched: the whole interval within it)."""
+    rows = table[table["metric"] == "medmcqa_gold_margin"]
+    if not len(rows):
+        return None
+    inside = rows[(rows["lo"] >= -margin) & (rows["hi"] <= margin)]
+    outside = rows.drop(inside.index)
+    text = (f"On the reported items the learning stayed matched (SMF minus each baseline in gold margin within "
+            f"{margin:g} nats, whole interval) for " + (", ".join(
+                f"{NAMES[r['smf']]} against {NAMES[r['baseline']]}" for _, r in inside.iterrows()) or "no pair"))
+    if len(outside):
+        text += "; not for " + ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]} ({_cell(r)})"
+                                         for _, r in outside.iterrows())
+        text += ", so there the forgetting is compared at unequal learning"
+    return text + "."
+
+
+def against_smf(table: pd.DataFrame) -> str:
+    """Every retention probe on which a selector did worse than a baseline (the verdicts that go against SMF)."""
+    worse = table[(table["metric"] != "medmcqa_gold_margin") & (table["verdict"] == "worse")]
+    if not len(worse):
+        return "No retention probe found a selector worse than a same-start baseline on the reported items."
+    return "Against SMF: " + "; ".join(
+        f"{NAMES[r['smf']]} was worse than {NAMES[r['baseline']]} on {WORDS[r['metric']]} ({_cell(r)})"
+        for _, r in worse.iterrows()) + "."
+
+
+def findings(runs: list[dict], choice: dict | None) -> list[str]:
+    """What the study found, in at most four sentences computed from its records and its kept choice of rates: the
+    rates and level, whether learning stayed matched on the reported items, what goes against SMF, and the
+    paper's view (baselines from the base model) on held-out chat."""
+    out = []
+    if choice and choice.get("rates"):
+        rates = ", ".join(f"{NAMES[a].split(' from')[0]} {r:g}" for a, r in choice["rates"].items()
+                          if a in (*SMF, *SAME_START))
+        off = [NAMES[a] for a in choice.get("unmatched", [])]
+        out.append(f"The rates were chosen on dev items where each method's learning came to {choice['level']:+.3f} "
+                   f"nats of gold margin: {rates}" + (f" ({', '.join(off)} outside the {choice['margin']:g}-nat "
+                                                      "margin)" if off else f", all within {choice['margin']:g} nats")
+                   + ".")
+    table = verdict_table(runs, SAME_START)
+    if not len(table):
+        return out
+    out += [s for s in (learning_sentence(table), against_smf(table)) if s]
+    paper = verdict_table(runs, PAPER_VIEW, ("chat_loglik",))
+    if len(paper):
+        out.append("Counted from the base model, as the paper does, " + "; ".join(
+            f"{NAMES[r['smf']]} {_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)})"
+            for _, r in paper.iterrows()) + ".")
+    return out
