@@ -164,3 +164,25 @@ def test_arms_whose_ranges_do_not_overlap_get_wider_sweeps_and_an_arm_never_matc
     kept = C.choose_step(p, runs, tmp_path)
     assert kept["rates"]["smf-kl"] == 0.3 and "smf-kl" in kept["unmatched"]
     assert "outside the margin: smf-kl" in C.choice_lines(p, tmp_path)[-1]
+
+
+def test_the_status_line_says_how_long_the_runs_left_take_at_the_finished_runs_pace():
+    import pandas as pd
+
+    from smf_lib.study.plan import status_line
+
+    table = pd.DataFrame([
+        {"run": "base", "method": "base", "evaluation": "report", "state": "finished", "minutes": 18.0},
+        {"run": "smf-kl-lr0.01-s0", "method": "smf-kl", "evaluation": "trajectory", "state": "finished",
+         "minutes": 20.0},
+        {"run": "smf-kl-lr0.03-s0", "method": "smf-kl", "evaluation": "trajectory", "state": "finished",
+         "minutes": 30.0},
+        {"run": "lora-mem-lr2e-05-s0", "method": "lora-mem", "evaluation": "trajectory", "state": "to do",
+         "minutes": None},
+        {"run": "lora-mem-lr5e-05-s0", "method": "lora-mem", "evaluation": "trajectory", "state": "started",
+         "minutes": None}])
+    line = " ".join(status_line(table).split())
+    assert line.endswith("At the finished runs' pace: 2 trajectory run(s) at 25 minutes each, about 0.8 hours.")
+    reported = pd.concat([table, pd.DataFrame([{"run": "smf-kl-s0", "method": "smf-kl", "evaluation": "report",
+                                                "state": "rate to choose", "minutes": None}])])
+    assert "pace" not in status_line(reported.reset_index(drop=True))  # no trained reported run to time yet

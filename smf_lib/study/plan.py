@@ -104,7 +104,23 @@ def status_line(table, width: int = 100) -> str:
     if not done.all():
         text += " Not finished yet: " + ", ".join(f"{r} ({s})" for r, s in zip(table.loc[~done, "run"],
                                                                                table.loc[~done, "state"])) + "."
+        text += _pace(table, done)
     return textwrap.fill(text, width)
+
+
+def _pace(table, done) -> str:
+    """The time the runs left would take at the finished runs' pace, by evaluation kind (trained runs only; a run
+    that was copied or only evaluated after a swept run's training counts at its own, shorter time)."""
+    left = table[~done & (table["state"] != "failed")]
+    trained = table["method"].map(lambda m: get_arm(m).train is not None)
+    parts, total = [], 0.0
+    for kind, g in left[trained[left.index]].groupby("evaluation"):
+        pace = table.loc[done & trained & (table["evaluation"] == kind), "minutes"].dropna()
+        if not len(pace):
+            return ""
+        parts.append(f"{len(g)} {kind} run(s) at {pace.median():.0f} minutes each")
+        total += len(g) * float(pace.median())
+    return f" At the finished runs' pace: {'; '.join(parts)}, about {total / 60:.1f} hours." if parts else ""
 
 
 def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
