@@ -223,6 +223,13 @@ def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_one
     lines = status_lines(p, tmp_path)  # level 2.5 (overlap 2 to 3): SMF 1e-2 and 3e-2, LoRA 1e-4 and 3e-4
     assert lines[1] == "reported facts, read at the dev level +2.50: 0 of 8 runs finished"
     assert lines[2].startswith("reported runs to do, in order: smf-tfidf-lr0.01-s0-report, smf-tfidf-lr0.03-s0-report")
+    assert lines[3] == "time left: unknown until a reported run has finished"
+    write_json(tmp_path / "runs" / "smf-tfidf-lr0.01-s0-report.json", {"arm": "smf-tfidf", "seconds": 600.0})
+    write_json(tmp_path / "runs" / "lora-lr0.0001-s0-report.json", {"arm": "lora", "seconds": 1800.0})
+    lines = status_lines(p, tmp_path)  # 3 SMF runs at 10 minutes and 3 LoRA runs at 30 left: 2 hours
+    assert lines[1].endswith("2 of 8 runs finished")
+    assert lines[3] == ("time left: about 2.0 hours at the finished reported runs' pace (per arm: lora 30 min, "
+                        "smf-tfidf 10 min)")
 
 
 def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():

@@ -239,7 +239,27 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     left = [n for n in names if not (folder / "runs" / f"{n}.json").exists()]
     lines.append(f"reported facts, read at the dev level {plan['level']:+.2f}: {len(names) - len(left)} of "
                  f"{len(names)} runs finished")
-    return lines + ([f"reported runs to do, in order: {', '.join(left)}"] if left else [])
+    return lines + ([f"reported runs to do, in order: {', '.join(left)}", _pace(folder, left)] if left else [])
+
+
+def _pace(folder: Path, left: list[str]) -> str:
+    """The time the reported runs left take at the pace of the finished reported runs of the same arm (an arm with
+    none yet: the slowest finished arm's pace, said so)."""
+    done: dict[str, list[float]] = {}
+    for path in (folder / "runs").glob("*-report.json"):
+        rec = read_json(path)
+        if "arm" in rec and rec.get("seconds"):
+            done.setdefault(rec["arm"], []).append(rec["seconds"] / 60)
+    if not done:
+        return "time left: unknown until a reported run has finished"
+    pace = {arm: float(np.median(v)) for arm, v in done.items()}
+    slowest = max(pace.values())
+    arms = [n.rsplit("-lr", 1)[0] for n in left]
+    total = sum(pace.get(a, slowest) for a in arms)
+    guessed = sorted({a for a in arms if a not in pace})
+    return (f"time left: about {total / 60:.1f} hours at the finished reported runs' pace (per arm: "
+            + ", ".join(f"{a} {m:.0f} min" for a, m in sorted(pace.items())) + ")"
+            + (f"; {', '.join(guessed)} not timed yet, counted at the slowest arm's pace" if guessed else ""))
 
 
 def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
