@@ -230,3 +230,28 @@ def test_the_answer_plot_explains_its_seed_markers_in_the_legend():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["smf-kl (0.001)", "lora (0.001)", "seed 0", "seed 1"]
     plt.close(ax.figure)
+
+
+def test_the_frontier_figure_has_one_panel_per_probe_one_line_per_arm_and_the_level_once():
+    import numpy as np
+
+    from smf_lib.views.frontier_plots import plot_frontier_panels
+
+    def run(arm, seed, lr, slope):
+        traj = [{"step": k * 10, "items": {"medmcqa_gold_margin": list(np.full(20, slope * k)),
+                                           "chat_loglik": list(np.full(20, -2 - slope * k / 2)),
+                                           "wikitext_drift_kl": list(np.full(20, slope * k / 10))}}
+                for k in range(5)]
+        return {"method": arm, "seed": seed, "evaluation": "trajectory", "train_config": {"lr": lr},
+                "trajectory": traj}
+
+    runs = [run(a, s, lr, slope) for s in (0, 1) for a in ("smf-kl", "lora-mem")
+            for lr, slope in ((1e-2, 0.02), (3e-2, 0.05))]
+    fig = plot_frontier_panels(runs, ("smf-kl", "lora-mem"), level=0.1, probes=("chat_loglik", "wikitext_drift_kl"))
+    top, bottom = fig.axes
+    assert len(top.get_lines()) == len(bottom.get_lines()) == 4  # two arms, the level, the zero line
+    assert top.get_legend() is not None and bottom.get_legend() is None
+    assert [t.get_text() for t in top.texts] == ["compared here"] and not bottom.texts
+    assert "chat" in top.get_ylabel() and "up is better" in top.get_ylabel() and top.get_xlabel() == ""
+    assert not legend_overlaps(fig)
+    plt.close(fig)
