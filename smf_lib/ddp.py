@@ -43,3 +43,14 @@ def all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
 
 def all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
     return all_reduce(t, world, mean=False)
+
+
+def broadcast_object(obj, world: int):
+    """Process 0's ``obj`` on every process (a picklable object; ``world`` 1: ``obj`` itself)."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

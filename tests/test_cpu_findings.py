@@ -46,6 +46,10 @@ def test_the_answer_and_findings_say_what_was_measured_including_what_goes_again
     assert said.startswith("On MedMCQA, with every method started from the same model and trained to the same dev "
                            "learning (+0.14 nats of dev gold margin), SMF-KL kept more held-out chat than LoRA (+0.025")
     assert "SMF-TF-IDF could not be told apart on held-out chat from LoRA" in said
+    assert "(+0.14 nats of dev gold margin; SMF-TF-IDF outside the 0.02-nat margin)" in CF.answer(runs, 0.14,
+                                                                                                 ["smf-tfidf"])
+    one = CF.answer([r for r in runs if r["seed"] == 0], 0.14)
+    assert "; one seed)" in one and "nats)" not in one
     choice = {"level": 0.14, "margin": 0.02, "rates": {"smf-kl": 0.03, "smf-tfidf": 0.1, "lora-mem": 5e-5,
                                                        "full-mem": 3e-5, "lora": 5e-5, "full": 3e-5},
               "unmatched": ["smf-tfidf"]}

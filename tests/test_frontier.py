@@ -185,4 +185,52 @@ def test_the_status_line_says_how_long_the_runs_left_take_at_the_finished_runs_p
     assert line.endswith("At the finished runs' pace: 2 trajectory run(s) at 25 minutes each, about 0.8 hours.")
     reported = pd.concat([table, pd.DataFrame([{"run": "smf-kl-s0", "method": "smf-kl", "evaluation": "report",
                                                 "state": "rate to choose", "minutes": None}])])
-    assert "pace" not in status_line(reported.reset_index(drop=True))  # no trained reported run to time yet
+    line = " ".join(status_line(reported.reset_index(drop=True)).split())
+    assert line.endswith("about 0.8 hours, besides 1 report run(s) not timed yet.")
+
+
+def test_the_choice_counts_diverged_runs_adds_no_rate_twice_keeps_rates_set_by_hand_and_goes_stale(tmp_path):
+    """A diverged swept run does not hold the choice back (it is named); an interpolated rate that rounds onto a
+    swept one is not added again (the closest rate is taken); a rate set by hand stays, and its follower takes it;
+    a choice whose records changed is stale and made again."""
+    import dataclasses
+    import json
+
+    from smf_lib.files import write_json
+    from smf_lib.study import frontier as C
+    from smf_lib.study.presets import get_preset
+
+    p = get_preset("cpu")
+    sweep = {"smf-kl": ((1e-2, 0.01), (3e-2, 0.03), (1e-1, 0.06)), "smf-tfidf": ((1e-2, 0.01), (3e-2, 0.035),
+                                                                                 (1e-1, 0.06)),
+             "lora-mem": ((2e-5, 0.005), (5e-5, 0.02), (2e-4, 0.08)),
+             "full-mem": ((1e-5, 0.025), (1.04e-5, 0.05), (1e-4, 0.06))}  # level 0.15: halfway 1e-5 to 1.04e-5
+    runs = [r for r in _swept(sweep) if not (r["method"] == "full-mem" and r["train_config"]["lr"] == 1e-4)]
+    for seed in (0, 1):  # full-mem at 1e-4 diverged at both seeds
+        write_json(tmp_path / "failed" / f"full-mem-lr0.0001-s{seed}.json", {"identity": {
+            "method": "full-mem", "seed": seed, "train_config": {"lr": 1e-4}}, "error": "loss is nan"})
+    p = dataclasses.replace(p, sweep={**p.sweep, "full-mem": (1e-5, 1.04e-5, 1e-4)})
+    kept = C.choose_step(p, runs, tmp_path)
+    assert kept["failed"] == ["full-mem-lr0.0001-s0", "full-mem-lr0.0001-s1"]
+    assert kept["level"] == pytest.approx(0.15) and kept["added"]["lora-mem"]  # the others go on as before
+    assert "full-mem" not in kept["added"]  # its interpolated rate, 1.02e-5, rounds onto 1e-5: swept already
+    assert "diverged (left out of the choice): full-mem-lr0.0001-s0" in "\n".join(C.choice_lines(p, tmp_path))
+    by_hand = dataclasses.replace(p, lr={**p.lr, "lora-mem": 2e-4},
+                                  rates_to_choose=tuple(a for a in p.rates_to_choose if a != "lora-mem"))
+    other = tmp_path / "by-hand"
+    for seed in (0, 1):
+        write_json(other / "failed" / f"full-mem-lr0.0001-s{seed}.json",
+                   json.loads((tmp_path / "failed" / f"full-mem-lr0.0001-s{seed}.json").read_text()))
+    write_json(other / C.CHOSEN, {"level": 0.15, "margin": 0.02, "rounds": C.MAX_ROUNDS, "added": {}, "rates": None})
+    kept = C.choose_step(by_hand, runs, other)  # no rounds left: the rates are chosen now
+    assert kept["rates"]["lora"] == 2e-4 and "lora-mem" not in kept["rates"]  # the lead set by hand, followed
+    assert C.apply_choice(by_hand, other).train_config("lora-mem", 0).lr == 2e-4
+    # a record the choice rests on, changed since: the choice is stale and not applied
+    rec = {**runs[0], "identity_hash": "a", "metrics": {}, "items": {}}
+    write_json(other / "runs" / "smf-kl-lr0.01-s0.json", rec)
+    write_json(other / C.CHOSEN, {**kept, "records": {"smf-kl-lr0.01-s0": "a"}})
+    assert C.stale_choice(C.read_choice(other), other) == [] and C.apply_choice(by_hand, other).rates_to_choose == ()
+    write_json(other / "runs" / "smf-kl-lr0.01-s0.json", {**rec, "identity_hash": "b"})
+    assert C.stale_choice(C.read_choice(other), other) == ["smf-kl-lr0.01-s0"]
+    assert C.apply_choice(by_hand, other).rates_to_choose == by_hand.rates_to_choose
+    assert "is stale" in C.choice_lines(by_hand, other)[0]

@@ -368,10 +368,13 @@ def test_claims_compare_the_runs_of_one_seed():
     assert measured[1].startswith("+20.00 [")
     assert second.set_index("claim").loc[lora, "compared"] == "lora - smf-kl, accuracy (points)"
     assert results.claims_table(runs, seed=2)["measured"].eq("not run yet").all()
-    views = results.claims_table([*runs, {**runs[-1], "method": "lora-mem"}], seed=1, baselines=("lora-mem", "lora"))
-    by_claim = views.set_index("claim")["view"]
-    assert by_claim["lora-mem gains more on MedMCQA than smf-kl"] == "same start"
-    assert by_claim[lora] == "from base (paper's view)" and views.iloc[0]["view"] == "SMF against base"
+    same = {**runs[-1], "method": "lora-mem", "items": {"triviaqa_correct": [1] * 40 + [0] * 60}}
+    retro = {"method": "retrofit", "seed": 1, "items": {"triviaqa_correct": [1] * 40 + [0] * 60}}
+    views = results.claims_table([*runs, same, retro], seed=1, baselines=("lora-mem", "lora")).set_index("claim")
+    assert views.loc["lora-mem gains more on MedMCQA than smf-kl", "view"] == "same start"
+    assert views.loc[lora, "view"] == "from base (paper's view)" and views.iloc[0]["view"] == "SMF against base"
+    trivia = views.loc["lora-mem lowers TriviaQA accuracy clearly"]  # from its retrofit (base has no such items)
+    assert trivia["compared"] == "lora-mem - retrofit, accuracy (points)" and trivia["measured"].startswith("+0.00")
 
 
 def test_frontier_table_names_the_points_that_dominate():
@@ -688,7 +691,7 @@ def test_a_grid_rate_to_choose_is_chosen_on_the_sweep_and_its_runs_follow_in_the
     rec = json.loads((out / "runs" / "lora-s0.json").read_text())
     assert "lora-s0: waits" in said and "reported rates: lora" in said
     assert rec["train_config"]["lr"] == kept["rates"]["lora"] and rec["evaluation"] == "report"
-    assert kept["level"] is not None and kept["records"][:2] == ["lora-lr0.001-s0", "lora-lr0.01-s0"]
+    assert kept["level"] is not None and list(kept["records"])[:2] == ["lora-lr0.001-s0", "lora-lr0.01-s0"]
     assert main([*args]) == 0 and "texts, lr" not in capsys.readouterr().out  # resumed: nothing left to train
 
 

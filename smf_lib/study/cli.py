@@ -25,11 +25,11 @@ def _frontier(args) -> int:
     from .frontier import frontier_report
     from .results import load_runs
 
-    from .frontier import choice_lines
+    from .frontier import apply_choice, choice_lines
 
     out = args.out or f"results/{args.preset}"
-    for line in frontier_report(get_preset(args.preset), load_runs(out), out) + choice_lines(get_preset(args.preset),
-                                                                                           out):
+    preset = apply_choice(get_preset(args.preset), out)  # with the rates the runner chose, once chosen
+    for line in frontier_report(preset, load_runs(out), out) + choice_lines(preset, out):
         print(line)
     return 0
 

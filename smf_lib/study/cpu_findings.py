@@ -56,17 +56,22 @@ def _kept(verdict: str) -> str:
             "cannot tell": "could not be told apart on held-out chat from"}[verdict]
 
 
-def answer(runs: list[dict], level: float | None) -> str | None:
+def answer(runs: list[dict], level: float | None, unmatched=(), margin: float = MATCH_MARGIN) -> str | None:
     """The study's answer in one sentence: each selector against each same-start baseline on held-out chat, on the
-    reported items, at the level of dev learning the rates were chosen at; None before those runs are in."""
+    reported items, at the level of dev learning the rates were chosen at (``unmatched``: arms whose chosen rate
+    missed it by more than ``margin``); None before those runs are in."""
     table = verdict_table(runs, SAME_START, ("chat_loglik",))
     if not len(table):
         return None
     parts = []
     for smf, g in table.groupby("smf", sort=False):
         parts.append(f"{NAMES[smf]} " + " and ".join(
-            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)} nats)" for _, r in g.iterrows()))
-    at = f" ({level:+.2f} nats of dev gold margin)" if level is not None else ""
+            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)} nats"
+            + ("; one seed)" if r["seeds"] == 1 else ")") for _, r in g.iterrows()))
+    at = ""
+    if level is not None:
+        off = f"; {', '.join(NAMES[a] for a in unmatched)} outside the {margin:g}-nat margin" if unmatched else ""
+        at = f" ({level:+.2f} nats of dev gold margin{off})"
     return ("On MedMCQA, with every method started from the same model and trained to the same dev learning" + at
             + ", " + "; ".join(parts) + ".")
 

@@ -238,14 +238,42 @@ def read_choice(out: str | Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+def _name(rec: dict) -> str:
+    return f"{rec['method']}-lr{rec['train_config']['lr']:g}-s{rec['seed']}"
+
+
+def _swept_records(out: str | Path) -> dict[str, dict]:
+    """The swept (trajectory) records of ``out`` by name, with their identity hash (as written)."""
+    found = {}
+    for path in sorted(Path(out).glob("runs/*.json")):
+        rec = read_run(path, ("method",))
+        if not is_report(rec) and len(rec.get("trajectory") or []) >= 2 and rec.get("train_config"):
+            found[_name(rec)] = rec
+    return found
+
+
+def stale_choice(kept: dict | None, out: str | Path) -> list[str]:
+    """The swept records a kept choice rests on that changed since (another identity, e.g. after ``--fresh``) or
+    went; a choice with any is stale and is made again."""
+    if not kept:
+        return []
+    now = {name: rec.get("identity_hash") for name, rec in _swept_records(out).items()}
+    return sorted(n for n, h in (kept.get("records") or {}).items() if now.get(n) != h)
+
+
 def apply_choice(preset, out: str | Path, kept: dict | None = None):
-    """``preset`` with the choice kept in ``out`` (or ``kept``) filled in: the rates added to the sweep, and the
-    chosen rates set (and dropped from ``rates_to_choose``) once every arm has one. Unchanged when nothing is kept."""
-    kept = kept or (read_choice(out) if preset.rates_to_choose else None)
+    """``preset`` with the choice kept in ``out`` (or ``kept``) filled in, for the rates still to choose only (a
+    rate set by hand, ``--lr``, stays): the rates added to their sweeps, and their chosen rates (dropped from
+    ``rates_to_choose``) once every arm has one. Unchanged when nothing is kept or the kept choice is stale."""
+    if kept is None:
+        kept = read_choice(out) if preset.rates_to_choose else None
+        kept = None if stale_choice(kept, out) else kept
     if not kept:
         return preset
-    sweep = {arm: tuple(sorted({*preset.sweep.get(arm, ()), *added})) for arm, added in kept["added"].items()}
-    chosen = kept.get("rates") or {}
+    open_ = set(preset.rates_to_choose)
+    sweep = {arm: tuple(sorted({*preset.sweep.get(arm, ()), *added})) for arm, added in kept["added"].items()
+             if arm in open_}
+    chosen = {k: v for k, v in (kept.get("rates") or {}).items() if k in open_}
     return dataclasses.replace(preset, sweep={**preset.sweep, **sweep}, lr={**preset.lr, **chosen},
                                rates_to_choose=tuple(k for k in preset.rates_to_choose if k not in chosen))
 
@@ -267,43 +295,67 @@ def _widen(ranges: dict) -> dict:
     return {first: [_round(ranges[first]["top"] * 3)], last: [_round(ranges[last]["bottom"] / 3)]}
 
 
+def _failed_runs(out: str | Path) -> set[tuple]:
+    """(method, seed, rate) of the runs recorded under ``out/failed`` (diverged: no metrics)."""
+    found = set()
+    for path in sorted(Path(out).glob("failed/*.json")):
+        ident = read_json(path).get("identity") or {}
+        if ident.get("train_config"):
+            found.add((ident["method"], ident["seed"], float(ident["train_config"]["lr"])))
+    return found
+
+
+def _new_rates(table, sweep: dict, widen: dict) -> dict:
+    """Rates to add: interpolated for each arm outside the margin (or ``widen``'s), less any its sweep has."""
+    wanted = dict(widen)
+    if table is not None:
+        wanted = {row["arm"]: [_round(row["add rate"])] for _, row in table.iterrows()
+                  if not row["matched"] and row["add rate"] is not None and not math.isnan(row["add rate"])}
+    new = {arm: [r for r in rates if r not in sweep.get(arm, ())] for arm, rates in wanted.items()}
+    return {arm: rates for arm, rates in new.items() if rates}
+
+
 def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = None, write: bool = True) -> dict | None:
     """One step of the choice for ``preset`` from the finished records ``runs`` of ``out``: None while a swept run
-    of a chosen arm is missing; else the kept choice, updated (the level fixed at the first step; rates added for
-    arms outside the margin, or the chosen rates once every arm has one) and written to ``out/CHOSEN`` (where
-    ``write``). ``code``: the commit and tree the choosing code runs from, kept with it."""
+    of an arm to choose is neither finished nor failed; else the kept choice, updated (the level fixed at the first
+    step; rates added for arms outside the margin, or the chosen rates once every arm has one) and written to
+    ``out/CHOSEN`` (where ``write``). A stale kept choice (:func:`stale_choice`) is made again from the start.
+    ``code``: the commit and tree the choosing code runs from, kept with it."""
     arms, seeds = _swept_arms(preset), tuple(preset.sweep_seeds or preset.seeds[:1])
-    kept = read_choice(out) or {"level": None, "margin": MATCH_MARGIN, "rounds": 0, "added": {}, "rates": None}
-    if not arms or kept["rates"]:
+    kept = read_choice(out)
+    if not arms or (kept and kept.get("rates") and not stale_choice(kept, out)):
         return kept if arms else None
-    swept = {(a, s, float(r)) for a in arms for s in seeds for r in apply_choice(preset, out).sweep[a]}
+    if kept is None or stale_choice(kept, out):
+        kept = {"level": None, "margin": MATCH_MARGIN, "rounds": 0, "added": {}, "rates": None}
+    sweep = apply_choice(preset, out, kept).sweep
+    failed = {f for f in _failed_runs(out) if f[0] in arms}
     have = {(r["method"], r["seed"], float((r.get("train_config") or {}).get("lr", 0))) for r in runs
             if len(r.get("trajectory") or []) >= 2}
-    if swept - have:
+    if {(a, s, float(r)) for a in arms for s in seeds for r in sweep[a]} - have - failed:
         return None
     ends = final_learning(runs, arms, seeds)
-    added: dict = {}
+    if set(arms) - set(ends["arm"]):
+        raise ValueError(f"every swept run of {', '.join(sorted(set(arms) - set(ends['arm'])))} diverged (see "
+                         f"{Path(out) / 'failed'}): lower its rates in the preset's sweep and run again")
+    widen, table = {}, None
     if kept["level"] is None:
         level = common_level(ends)
+        kept["level"] = level["level"]
         if level["level"] is None:
-            ranges = {a: {"min": g["learning"].min(), "max": g["learning"].max(), "bottom": g["lr"].min(),
-                          "top": g["lr"].max()} for a, g in ends.groupby("arm")}
-            added = _widen(ranges)
-        else:
-            kept["level"] = level["level"]
-    table = None
+            widen = _widen({a: {"min": g["learning"].min(), "max": g["learning"].max(), "bottom": g["lr"].min(),
+                                "top": g["lr"].max()} for a, g in ends.groupby("arm")})
     if kept["level"] is not None:
         table = choose_rates(ends, kept["level"], kept["margin"])
-        if kept["rounds"] < MAX_ROUNDS:
-            added = {row["arm"]: [_round(row["add rate"])] for _, row in table.iterrows()
-                     if not row["matched"] and row["add rate"] is not None and not math.isnan(row["add rate"])}
-    if added and kept["rounds"] < MAX_ROUNDS:
+    added = _new_rates(table, sweep, widen) if kept["rounds"] < MAX_ROUNDS else {}
+    if added:
         kept["rounds"] += 1
         for arm, rates in added.items():
             kept["added"][arm] = sorted({*kept["added"].get(arm, []), *rates})
     elif table is not None:
         rates = {row["arm"]: float(row["lr"]) for _, row in table.iterrows()}
-        rates.update({f: rates[lead] for f, lead in FOLLOWS.items() if f in preset.rates_to_choose and lead in rates})
+        for follower, lead in FOLLOWS.items():  # a lead set by hand gives its own rate
+            if follower in preset.rates_to_choose:
+                rates[follower] = rates.get(lead, preset.train_config(lead, seeds[0]).lr)
         rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
                 for row in table.to_dict("records")]
         kept.update(rates=rates, table=rows, seeds=list(seeds),
@@ -312,21 +364,27 @@ def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = N
         raise ValueError(f"the arms' ranges of dev learning still do not overlap after {MAX_ROUNDS} rounds of added "
                          f"rates; widen the sweep in the preset (see `python -m smf_lib frontier --preset "
                          f"{preset.name}`)")
-    kept["records"] = sorted(f"{r['method']}-lr{r['train_config']['lr']:g}-s{r['seed']}" for r in runs
-                             if r["method"] in arms and len(r.get("trajectory") or []) >= 2)
+    kept["records"] = {n: r.get("identity_hash") for n, r in _swept_records(out).items()
+                       if r["method"] in arms}
+    kept["failed"] = sorted(f"{m}-lr{lr:g}-s{s}" for m, s, lr in failed)
     kept["code"] = code or {}
     if write:
         write_json(Path(out) / CHOSEN, kept)
     return kept
 
 
-def choose_and_apply(preset, out: str | Path, versions: dict | None = None, write: bool = True, log=print):
+def choose_and_apply(preset, out: str | Path, versions: dict | None = None, world: int = 1, log=print):
     """A step of :func:`choose_step` on the finished records of ``out``, logged, and ``preset`` with its result
-    filled in (:func:`apply_choice`); every process of a run computes it, process 0 alone writes it (``write``).
-    ``versions``: the runner's record of the code (its git commit and tree state are kept with the choice)."""
-    code = {k: v for k, v in (versions or {}).items() if k.startswith("git") or k == "allow_dirty"}
-    runs = [read_run(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
-    kept = choose_step(preset, runs, out, code, write)
+    filled in (:func:`apply_choice`). Process 0 makes and writes it; the others take process 0's (``world``
+    processes). ``versions``: the runner's record of the code (its git commit and tree state are kept with it)."""
+    from ..ddp import broadcast_object, distributed
+
+    kept = None
+    if distributed()[0] == 0:
+        code = {k: v for k, v in (versions or {}).items() if k.startswith("git") or k == "allow_dirty"}
+        runs = [read_run(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
+        kept = choose_step(preset, runs, out, code)
+    kept = broadcast_object(kept, world)
     if kept is None:
         return preset
     log("\n".join(choice_lines(preset, out, kept)))
@@ -335,7 +393,11 @@ def choose_and_apply(preset, out: str | Path, versions: dict | None = None, writ
 
 def choice_lines(preset, out: str | Path, kept: dict | None = None) -> list[str]:
     """The kept choice (of ``out``, or ``kept``) in words, for the runner's log, ``status`` and ``frontier``."""
-    kept = kept or read_choice(out)
+    if kept is None:
+        kept = read_choice(out)
+        stale = stale_choice(kept, out)
+        if stale:
+            return [f"{CHOSEN} is stale (records changed since: {', '.join(stale)}); the runner chooses again"]
     if not _swept_arms(preset) and not kept:
         return []
     if kept is None:
@@ -345,6 +407,8 @@ def choice_lines(preset, out: str | Path, kept: dict | None = None) -> list[str]
              if kept["level"] is not None else "common level: not yet (the arms' ranges do not overlap)"]
     for arm, rates in kept["added"].items():
         lines.append(f"rates added to {arm}'s sweep (both sweep seeds): {', '.join(f'{r:g}' for r in rates)}")
+    if kept.get("failed"):
+        lines.append(f"swept runs that diverged (left out of the choice): {', '.join(kept['failed'])}")
     if kept.get("rates"):
         lines.append("reported rates: " + ", ".join(f"{a} {r:g}" for a, r in kept["rates"].items())
                      + (f"; outside the margin: {', '.join(kept['unmatched'])}" if kept.get("unmatched") else ""))

@@ -109,18 +109,22 @@ def status_line(table, width: int = 100) -> str:
 
 
 def _pace(table, done) -> str:
-    """The time the runs left would take at the finished runs' pace, by evaluation kind (trained runs only; a run
-    that was copied or only evaluated after a swept run's training counts at its own, shorter time)."""
+    """The time the runs left would take at the finished runs' pace, by evaluation kind (trained runs only; the
+    pace of reported runs that only evaluated a swept run's training is lower than a run that trains)."""
     left = table[~done & (table["state"] != "failed")]
     trained = table["method"].map(lambda m: get_arm(m).train is not None)
-    parts, total = [], 0.0
+    parts, untimed, total = [], [], 0.0
     for kind, g in left[trained[left.index]].groupby("evaluation"):
         pace = table.loc[done & trained & (table["evaluation"] == kind), "minutes"].dropna()
         if not len(pace):
-            return ""
+            untimed.append(f"{len(g)} {kind} run(s)")
+            continue
         parts.append(f"{len(g)} {kind} run(s) at {pace.median():.0f} minutes each")
         total += len(g) * float(pace.median())
-    return f" At the finished runs' pace: {'; '.join(parts)}, about {total / 60:.1f} hours." if parts else ""
+    if not parts:
+        return ""
+    return (f" At the finished runs' pace: {'; '.join(parts)}, about {total / 60:.1f} hours"
+            + (f", besides {', '.join(untimed)} not timed yet." if untimed else "."))
 
 
 def _same_training(identity: dict | None, p: Preset, spec: RunSpec) -> bool:
@@ -163,16 +167,23 @@ def dirty_lines(out: str | Path) -> list[str]:
             f"{', '.join(dirty)}"]
 
 
+#: A swept LoRA or full-finetuning run's last checkpoint, kept (in ``artifacts/RUN/trained``) for its reported run.
+KEPT_CHECKPOINT = "trained"
+
+
 def damaged_files(out: str | Path) -> list[Path]:
     """The files under ``out`` whose bytes no longer match the checksum written with them: stage files with a
     ``.NAME.sha256`` beside them (background statistics, checkpoints, the drift reference) and saved memories
-    (``memory.safetensors`` against the ``weights_sha256`` in its ``memory_config.json``)."""
+    (``memory.safetensors`` against the ``weights_sha256`` in its ``memory_config.json``). Kept checkpoints
+    (``KEPT_CHECKPOINT``) are left to the run that resumes from them, which checks them."""
     import json
 
     from ..files import file_sha256
 
     out, bad = Path(out), []
     for side in sorted(out.rglob(".*.sha256")):
+        if side.parent.name == KEPT_CHECKPOINT:  # large; checked when a reported run resumes from it
+            continue
         target = side.with_name(side.name[1:-len(".sha256")])
         if target.exists() and file_sha256(target) != side.read_text().strip():
             bad.append(target)

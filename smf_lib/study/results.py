@@ -341,7 +341,7 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None,
 
     ``baselines``: the LoRA and full-finetuning arms the last claims are checked on; ``view`` says where each row's
     runs started: ``lora``/``full`` from the base model (the paper's view), ``lora-mem``/``full-mem`` from the same
-    retrofitted model as SMF (same start).
+    retrofitted model as SMF (same start), whose own drift is read from the retrofit of their seed.
     """
     base = next((r for r in runs if r["method"] == "base" and is_report(r)), None)
     rows = []
@@ -371,13 +371,15 @@ def claims_table(runs: list[dict], smf: str = "smf-kl", seed: int | None = None,
         ci(base, s, "wikitext_ppl"), lambda lo, hi: hi <= 1, lambda lo, hi: lo > 1)
     add(f"{smf} keeps TriviaQA accuracy within about 1 point of base", f"{smf} - base, accuracy",
         ci(base, s, "triviaqa_acc"), lambda lo, hi: lo >= -1, lambda lo, hi: hi < -1, 100, "points")
-    for other in baselines:
+    for other in baselines:  # each baseline's own drift is read from the model it started from
         o, view = _first(runs, other, seed), "same start" if other.endswith("-mem") else "from base (paper's view)"
+        ref = start_run(o, runs) if o is not None else None
+        frm = "retrofit" if other.endswith("-mem") else "base"
         add(f"{other} gains more on MedMCQA than {smf}", f"{other} - {smf}, accuracy", ci(s, o, "medmcqa_acc"),
             lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, 100, "points", view)
-        add(f"{other} raises WikiText perplexity clearly", f"{other} - base, perplexity",
-            ci(base, o, "wikitext_ppl"), lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, view=view)
-        add(f"{other} lowers TriviaQA accuracy clearly", f"{other} - base, accuracy", ci(base, o, "triviaqa_acc"),
+        add(f"{other} raises WikiText perplexity clearly", f"{other} - {frm}, perplexity",
+            ci(ref, o, "wikitext_ppl"), lambda lo, hi: lo > 0, lambda lo, hi: hi < 0, view=view)
+        add(f"{other} lowers TriviaQA accuracy clearly", f"{other} - {frm}, accuracy", ci(ref, o, "triviaqa_acc"),
             lambda lo, hi: hi < 0, lambda lo, hi: lo > 0, 100, "points", view)
     return pd.DataFrame(rows)
 

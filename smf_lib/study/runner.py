@@ -208,7 +208,7 @@ class Runner:
         check_corpora(preset)
         self.reference = Reference(self.artifacts / "reference", preset.topk, progress and self.main)
         self.precision = auto_precision(preset, _device())
-        self.failures: list[str] = []
+        self.failures: dict[str, str] = {}  # run -> error, once however often it is met
         self.waiting: list[str] = []  # grid runs skipped until the preset chooses their rate
         self.host = StageHost(self.log, self.check, self.load, self.autocast, self.wait_for, self.main, self.world,
                               self.progress)
@@ -328,7 +328,7 @@ class Runner:
         """Train the run (resuming its checkpoint), probing the dev subset along the way; None if it diverged (a
         failure record is written and the grid goes on)."""
         cfg, texts = self.train_config(spec), self.task_texts_for(spec.seed)
-        if by := resume_swept_training(self.out, self.reusable, spec, ident, folder / "ckpt", self.log):
+        if by := resume_swept_training(self.host, self.out, self.reusable, spec, ident, folder / "ckpt"):
             extra["trained_by"] = by
         self.log(f"{spec.name}: {len(texts)} texts, lr {cfg.lr:g}")
         try:
@@ -340,7 +340,7 @@ class Runner:
             self.log(f"{spec.name}: FAILED: {err}")
             if self.main:
                 write_json(self.out / "failed" / f"{spec.name}.json", {"identity": ident, "error": str(err)})
-            self.failures.append(f"{spec.name}: {err}")
+            self.failures[spec.name] = f"{spec.name}: {err}"
             return None
         if self.main and retrofitted is not None:
             save_memory(res.model, folder / "adapter", reference=retrofitted / "adapter")
@@ -369,6 +369,8 @@ class Runner:
         if path.exists():
             if self.check(path, read_run(path).get("identity"), ident, "finished run"):
                 self.log(f"{spec.name}: done already, skipped")
+                if self.main:  # a crash right after the record was written leaves its checkpoint to settle
+                    settle_checkpoint(spec, self.artifacts / spec.name / "ckpt")
                 return True
             if self.main:
                 path.unlink()
@@ -376,14 +378,14 @@ class Runner:
             earlier = read_json(failed)
             if upgrade_identity(earlier.get("identity")) == ident and not self.fresh:
                 self.log(f"{spec.name}: failed earlier ({failed}); --fresh retries it")
-                self.failures.append(f"{spec.name}: {earlier['error']}")
+                self.failures[spec.name] = f"{spec.name}: {earlier['error']}"
                 return True
             if self.main:
                 failed.unlink()
         return False
 
     def _choose(self) -> bool:  # rates for the runs waiting for one (smf_lib.study.frontier); True: preset changed
-        before, self.preset = self.preset, choose_and_apply(self.preset, self.out, self.versions, self.main, self.log)
+        before, self.preset = self.preset, choose_and_apply(self.preset, self.out, self.versions, self.world, self.log)
         return self.preset != before
 
     def _evaluate(self, spec: RunSpec, model, tok, res, start: str) -> dict:
@@ -414,9 +416,7 @@ class Runner:
                 if not self.waiting or not self._choose():
                     break
                 specs, self.waiting = plan(self.preset, methods, seeds), []
-            path = self.out / "summary.csv"
-            if self.main:
-                write_summary(self.out)
+            path = write_summary(self.out) if self.main else self.out / "summary.csv"
             self.log(f"grid done in {time.perf_counter() - t0:.0f} s; summary at {path}")
             if self.waiting:
                 self.log(f"{len(self.waiting)} run(s) wait for a rate to be chosen: {', '.join(self.waiting)}")
@@ -425,6 +425,6 @@ class Runner:
                 lock.release()
         if self.failures:
             raise TrainingDiverged(f"{len(self.failures)} run(s) stopped with a non-finite loss and have no "
-                                   f"metrics (see {self.out / 'failed'}):\n  " + "\n  ".join(self.failures))
+                                   f"metrics (see {self.out / 'failed'}):\n  " + "\n  ".join(self.failures.values()))
         return path
 

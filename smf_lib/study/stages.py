@@ -25,7 +25,7 @@ from ..selection import BackgroundStats, compute_background_stats
 from ..training import TrainConfig, micro_batches, train
 from .arms import ARMS
 from .evaluation import corpus, drift_spans, evaluate
-from .plan import _plain
+from .plan import KEPT_CHECKPOINT, _plain
 from .records import REPORT, TRAJECTORY, is_report, read_run, training_of, upgrade_identity
 
 
@@ -270,7 +270,6 @@ def load_swept_memory(host: StageHost, spec, trained, folder: Path, retrofitted:
     return model, res
 
 
-KEPT_CHECKPOINT = "trained"  # a swept LoRA or full-finetuning run's last checkpoint, kept for its reported run
 
 
 def _keeps_checkpoint(spec) -> bool:
@@ -289,26 +288,30 @@ def settle_checkpoint(spec, ckpt: Path) -> None:
     shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def resume_swept_training(out: Path, reusable: list[tuple[Path, dict]], spec, ident: dict, ckpt: Path, log=print):
+def resume_swept_training(host: StageHost, out: Path, reusable: list[tuple[Path, dict]], spec, ident: dict,
+                          ckpt: Path):
     """For a reported LoRA or full-finetuning run: link the last checkpoint that a finished swept run of the same
     training kept into this run's checkpoint folder ``ckpt``, so that training resumes after its last step (trains
-    nothing) and the run is only evaluated. Returns the swept record's path as text, or None (train as usual)."""
+    nothing) and the run is only evaluated. Process 0 links; the others wait for the link. Returns the swept
+    record's path as text, or None (train as usual)."""
     if spec.evaluation != REPORT or not _keeps_checkpoint(spec):
         return None
     found = _swept_training(out, reusable, ident, KEPT_CHECKPOINT, "checkpoint.pt")
     if found is None:
         return None
     source, _, kept = found
-    ckpt.mkdir(parents=True, exist_ok=True)
-    for f in kept.iterdir():  # the checkpoint and its checksum
-        dest = ckpt / f.name
-        dest.unlink(missing_ok=True)
-        try:
-            os.link(f, dest)  # no copy of the weights: the resumed run writes no checkpoint of its own
-        except OSError:
-            shutil.copy2(f, dest)
-    log(f"{spec.name}: trained already by {source.stem} ({source}); its last checkpoint is resumed, not trained "
-        "again")
+    if host.main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        for f in sorted(kept.iterdir()):  # the checksum first, then the checkpoint (which the others wait for)
+            dest = ckpt / f.name
+            dest.unlink(missing_ok=True)
+            try:
+                os.link(f, dest)  # no copy of the weights: the resumed run writes no checkpoint of its own
+            except OSError:
+                shutil.copy2(f, dest)
+        host.log(f"{spec.name}: trained already by {source.stem} ({source}); its last checkpoint is resumed, not "
+                 "trained again")
+    host.wait_for(ckpt / "checkpoint.pt")
     return str(source)
 
 
