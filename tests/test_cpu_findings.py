@@ -68,3 +68,16 @@ def test_nothing_is_said_before_the_reported_runs_are_in():
     assert CF.answer([], 0.1) is None and CF.findings([], None) == []
     runs = [r for r in _study(tfidf_trivia=0.0) if r["method"] != "lora"]
     assert "No retention probe found a selector worse" in CF.findings(runs, None)[1]
+
+
+def test_an_interval_that_excludes_zero_with_seeds_that_disagree_says_so_and_no_matched_pair_reads_plainly():
+    runs = _study(kl_chat=(0.06, -0.01), kl_margin=0.1)
+    table = CF.verdict_table(runs)
+    kl = table[(table["smf"] == "smf-kl") & (table["baseline"] == "lora-mem") & (table["metric"] == "chat_loglik")]
+    assert kl.iloc[0]["lo"] > 0 and kl.iloc[0]["verdict"] == "cannot tell"
+    assert "could not be told apart on held-out chat from LoRA (+0.025 [" in CF.answer(runs, 0.1)
+    assert "; the seeds disagree)" in CF.answer(runs, 0.1)
+    said = CF.learning_sentence(table)
+    assert said.startswith("On the reported items the learning did not stay matched (SMF minus the baseline in gold "
+                           "margin, its whole interval within 0.02 nats) for any pair: SMF-KL against LoRA (+0.100")
+

@@ -676,15 +676,22 @@ def test_a_grid_rate_still_to_choose_skips_its_runs_until_it_is_set(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_a_grid_rate_to_choose_is_chosen_on_the_sweep_and_its_runs_follow_in_the_same_call(tmp_path, capsys):
+def test_a_grid_rate_to_choose_is_chosen_on_the_sweep_and_its_runs_follow_in_the_same_call(tmp_path, capsys,
+                                                                                          monkeypatch):
     """A swept arm whose rate is to be chosen: once its swept runs are in, the runner chooses the rate on their dev
     results (adding rates if the rule asks), keeps the choice in the results folder and runs the grid's run at it;
-    the status reads the same choice."""
+    the status reads the same choice. (The tiny model's dev learning is below 0 at every rate, where the choice
+    refuses: it is read 1 nat higher here.)"""
+    from smf_lib.study import frontier
     from smf_lib.study.frontier import read_choice
 
     out = tmp_path / "grid"
     args = [*SMOKE, "--methods", "base", "lora", "--out", str(out), "--set", 'sweep={"lora": [0.001, 0.01]}',
             "sweep_first=true", 'rates_to_choose=["lora"]']
+    assert main(args) == 1 and "not above 0" in capsys.readouterr().err  # nothing learned: no level to compare at
+    learned = frontier.final_learning
+    monkeypatch.setattr(frontier, "final_learning", lambda *a, **k: learned(*a, **k).assign(
+        learning=lambda d: d["learning"] + 1.0))
     assert main(args) == 0
     said = capsys.readouterr().out
     kept = read_choice(out)

@@ -47,8 +47,12 @@ def verdict_table(runs: list[dict], baselines=SAME_START, probes=PROBES) -> pd.D
                                        "verdict"])
 
 
-def _cell(r, digits: int = 3) -> str:
-    return f"{r['difference']:+.{digits}f} [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
+def _cell(r, digits: int = 3, unit: str = "") -> str:
+    """The difference and its interval; where the interval excludes 0 but the verdict cannot tell, the seeds
+    disagree, and the cell says so."""
+    split = r["verdict"] == "cannot tell" and (r["lo"] > 0 or r["hi"] < 0)
+    return (f"{r['difference']:+.{digits}f} [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
+            + (f" {unit}" if unit else "") + ("; the seeds disagree" if split else ""))
 
 
 def _kept(verdict: str) -> str:
@@ -66,7 +70,7 @@ def answer(runs: list[dict], level: float | None, unmatched=(), margin: float = 
     parts = []
     for smf, g in table.groupby("smf", sort=False):
         parts.append(f"{NAMES[smf]} " + " and ".join(
-            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)} nats"
+            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r, unit='nats')}"
             + ("; one seed)" if r["seeds"] == 1 else ")") for _, r in g.iterrows()))
     at = ""
     if level is not None:
@@ -84,14 +88,14 @@ def learning_sentence(table: pd.DataFrame, margin: float = MATCH_MARGIN) -> str 
         return None
     inside = rows[(rows["lo"] >= -margin) & (rows["hi"] <= margin)]
     outside = rows.drop(inside.index)
-    text = (f"On the reported items the learning stayed matched (SMF minus each baseline in gold margin within "
-            f"{margin:g} nats, whole interval) for " + (", ".join(
-                f"{NAMES[r['smf']]} against {NAMES[r['baseline']]}" for _, r in inside.iterrows()) or "no pair"))
-    if len(outside):
-        text += "; not for " + ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]} ({_cell(r)})"
-                                         for _, r in outside.iterrows())
-        text += ", so there the forgetting is compared at unequal learning"
-    return text + "."
+    rule = f"SMF minus the baseline in gold margin, its whole interval within {margin:g} nats"
+    pairs = ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]}" for _, r in inside.iterrows())
+    if not len(outside):
+        return f"On the reported items the learning stayed matched ({rule}) for every pair: {pairs}."
+    missed = ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]} ({_cell(r)})" for _, r in outside.iterrows())
+    text = (f"On the reported items the learning stayed matched ({rule}) for {pairs}; not for {missed}" if pairs
+            else f"On the reported items the learning did not stay matched ({rule}) for any pair: {missed}")
+    return text + ", so there the forgetting is compared at unequal learning."
 
 
 def against_smf(table: pd.DataFrame) -> str:

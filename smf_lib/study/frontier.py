@@ -344,6 +344,10 @@ def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = N
         if level["level"] is None:
             widen = _widen({a: {"min": g["learning"].min(), "max": g["learning"].max(), "bottom": g["lr"].min(),
                                 "top": g["lr"].max()} for a, g in ends.groupby("arm")})
+    if kept["level"] is not None and kept["level"] <= 0:
+        raise ValueError(f"the arms' common level of dev learning is {kept['level']:+.4f} nats, not above 0: at "
+                         "these rates the arms learned nothing to compare at; raise the rates of the preset's sweep "
+                         f"(`python -m smf_lib frontier --preset {preset.name}` shows each arm's learning by rate)")
     if kept["level"] is not None:
         table = choose_rates(ends, kept["level"], kept["margin"])
     added = _new_rates(table, sweep, widen) if kept["rounds"] < MAX_ROUNDS else {}
