@@ -395,3 +395,27 @@ def test_a_diverged_facts_run_is_recorded_skipped_and_counted_as_finished(tmp_pa
     assert runner.run("smf-tfidf", 1e4, 0, "dev") is None
     assert dev_runs_left(p, tmp_path) == []
     assert status_lines(p, tmp_path)[1] == "diverged (no metrics): smf-tfidf-lr10000-s0-dev"
+
+
+def test_the_reads_say_which_arms_lie_on_the_line_from_the_start_and_which_never_reach_the_level():
+    """An arm whose lowest reported rate already learned more than the level is read between the starting model
+    and that run, and the chapter says so; an arm that never reaches the level is named as not compared."""
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    runs = []
+    for seed in (0, 1):
+        runs += [_facts_run("smf-tfidf", 3e-2, seed, -9.7, [-2.0] * 2), _facts_run("smf-tfidf", 1e-1, seed, -9.2,
+                                                                                      [-2.0] * 2),
+                 _facts_run("lora", 1e-5, seed, -9.2 + 0.1 * seed, [-2.0] * 2),
+                 _facts_run("lora", 3e-5, seed, -7.7, [-2.0] * 2),
+                 _facts_run("full", 1e-6, seed, -9.9, [-2.0] * 2)]
+    table = FF.reads_table(runs, start, 0.43)
+    rows = table.set_index(["arm", "seed"])
+    assert rows.loc[("smf-tfidf", 0), "below"] == 3e-2 and not rows.loc[("smf-tfidf", 0), "from start"]
+    assert rows.loc[("lora", 1), "below"] == 0.0 and rows.loc[("lora", 1), "from start"]
+    said = FF.reads_sentence(table, 0.43)
+    assert said.startswith("At the level (+0.43 nats): LoRA's lowest rate, 1e-05, already learned +0.80, +0.90 nats "
+                           "(seeds 0, 1), more than the level, so it is read on the straight line")
+    assert "full finetuning never reaches the level (at most +0.10 nats) and is not compared" in said
+    assert FF.reads_sentence(table[table["arm"] == "smf-tfidf"], 0.43) is None

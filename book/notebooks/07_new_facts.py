@@ -141,7 +141,9 @@ book_table(rows_table(snapshot), key=["fact"])
 # log-likelihood gain on held-out questions), the y axis what it lost on one probe. At any x, every arm has learned
 # the same amount, so the line on its probe's better side forgot less (each panel's label says which way is better:
 # up for the log-likelihoods, down for WikiText's NLL); the dotted line marks the level where all arms are compared.
-# On the reported facts that level is the dev sweep's, fixed before the reported runs.
+# On the reported facts that level is the dev sweep's, fixed before the reported runs. Each arm is read where its
+# line crosses the level, between the two points around it; where its lowest rate already learned more, that is
+# the straight line from the starting model, and the text under the figure says so.
 # Chapter 3 draws the idea on made-up numbers:
 
 # %% tags=["hide-input"]
@@ -154,6 +156,9 @@ display(Panels([plot_facts_frontier(runs, start, level=level, title=f"{split} fa
 if split == "report":  # the dev sweep the rates were chosen on
     display(Panels([plot_facts_frontier(dev_runs, dev_start, level=FF.level_of(dev_runs, dev_start)["level"],
                                         title="dev facts: the sweep the rates were chosen on")]))
+reads = FF.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level) if level is not None else None
+if reads:  # an arm not read between two of its own runs
+    display(Markdown(reads))
 
 # %% [markdown]
 # And the running example, the first fact? Its held-out questions after every run, beside the starting model:

@@ -182,6 +182,48 @@ def compare(runs: list[dict], start: dict, level: float, smf=("smf-tfidf", "smf-
                                        "per seed", "verdict"])
 
 
+def reads_table(runs: list[dict], start: dict, level: float, arms=None, seeds=(0, 1)) -> pd.DataFrame:
+    """Where each arm is read at ``level``, per seed: the two points its reading lies between (``below``: a rate,
+    or 0.0 for the starting model; ``above``: a rate) and their learning. An arm whose lowest rate already learned
+    more than the level is read on the straight line from the starting model to that rate. ``arms``: by default
+    every arm of ``runs``."""
+    rows = []
+    for arm in arms or [a for a in ARM_LABELS if any(r["arm"] == a for r in runs)]:
+        for seed in seeds:
+            points = _points(runs, start, arm, seed)
+            if not points:
+                continue
+            gain = [_mean(s, LEARN) - _mean(start, LEARN) for _, s in points]
+            k = next((i for i, g in enumerate(gain) if g >= level), None)
+            if level <= 0 or k is None:
+                rows.append({"arm": arm, "seed": seed, "below": points[-1][0], "above": None,
+                             "learning below": gain[-1], "learning above": None, "from start": False})
+                continue
+            rows.append({"arm": arm, "seed": seed, "below": points[k - 1][0], "above": points[k][0],
+                         "learning below": gain[k - 1], "learning above": gain[k], "from start": k == 1})
+    return pd.DataFrame(rows, columns=["arm", "seed", "below", "above", "learning below", "learning above",
+                                       "from start"])
+
+
+def reads_sentence(table: pd.DataFrame, level: float) -> str | None:
+    """The arms read between the starting model and their lowest rate (every reported rate learned more than the
+    level), and those that never reach it, in words; None when every arm is read between two of its own runs."""
+    parts = []
+    start = table[table["from start"]]
+    for arm, g in start.groupby("arm", sort=False):
+        parts.append(f"{ARM_LABELS.get(arm, arm)}'s lowest rate, {g['above'].iloc[0]:g}, already learned "
+                     f"{', '.join(f'{v:+.2f}' for v in g['learning above'])} nats (seed{'s' if len(g) > 1 else ''} "
+                     f"{', '.join(map(str, g['seed']))}), more than the level, so it is read on the straight line "
+                     "from the starting model to that run")
+    short = table[table["above"].isna()]
+    for arm, g in short.groupby("arm", sort=False):
+        parts.append(f"{ARM_LABELS.get(arm, arm)} never reaches the level (at most "
+                     f"{g['learning below'].max():+.2f} nats) and is not compared")
+    if not parts:
+        return None
+    return f"At the level ({level:+.2f} nats): " + "; ".join(parts) + "."
+
+
 #: An arm takes part in the common level once it has run at this many rates (one rate is a point, not a range).
 MIN_RATES = 2
 
