@@ -419,3 +419,21 @@ def test_the_reads_say_which_arms_lie_on_the_line_from_the_start_and_which_never
                            "(seeds 0, 1), more than the level, so it is read on the straight line")
     assert "full finetuning never reaches the level (at most +0.10 nats) and is not compared" in said
     assert FF.reads_sentence(table[table["arm"] == "smf-tfidf"], 0.43) is None
+
+
+def test_the_answer_says_when_a_baseline_is_read_on_the_line_from_the_start():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    runs = []
+    for seed in (0, 1):
+        runs += [_facts_run("smf-tfidf", 3e-2, seed, -9.7, [-2.0, -2.0]),
+                 _facts_run("smf-tfidf", 1e-1, seed, -9.2, [-2.01, -2.01]),
+                 _facts_run("lora", 1e-5, seed, -9.2, [-1.99, -1.99]),
+                 _facts_run("lora", 3e-5, seed, -7.7, [-2.2, -2.2])]
+    said = FF.answer(runs, start, (0, 1), split="report", level=0.43)
+    assert said.endswith("(LoRA read on the line from the starting model: its lowest rate already learned more).")
+    bracketed = [r for r in runs if r["arm"] == "smf-tfidf"] + [
+        {**r, "lr": 3e-6, "scores": {**r["scores"], "facts_loglik": [-9.8, -9.8]}} for r in runs
+        if r["arm"] == "lora" and r["lr"] == 1e-5] + [r for r in runs if r["arm"] == "lora"]
+    assert "line from the starting model" not in FF.answer(bracketed, start, (0, 1), split="report", level=0.43)

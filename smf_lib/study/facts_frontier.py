@@ -390,8 +390,13 @@ def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev", leve
         return None
     n_seeds = int(table["seeds"].min())
     where = {"dev": "dev facts", "report": "reported facts"}.get(split, split)
+    reads = reads_table(runs, start, level, ("smf-tfidf", *table["baseline"].unique()), seeds)
+    lined = [ARM_LABELS[a] for a in reads.loc[reads["from start"], "arm"].unique()]
+    their = "their" if len(lined) > 1 else "its"
+    caveat = (f" ({' and '.join(lined)} read on the line from the starting model: {their} lowest rate already "
+              "learned more)" if lined else "")
     return (f"Taught new facts one at a time ({where}, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
-            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + ".")
+            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + caveat + ".")
 
 
 def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the running example") -> str | None:
