@@ -242,22 +242,23 @@ def _name(rec: dict) -> str:
     return f"{rec['method']}-lr{rec['train_config']['lr']:g}-s{rec['seed']}"
 
 
-def _swept_records(out: str | Path) -> dict[str, dict]:
-    """The swept (trajectory) records of ``out`` by name, with their identity hash (as written)."""
-    found = {}
-    for path in sorted(Path(out).glob("runs/*.json")):
-        rec = read_run(path, ("method",))
-        if not is_report(rec) and len(rec.get("trajectory") or []) >= 2 and rec.get("train_config"):
-            found[_name(rec)] = rec
-    return found
+def _swept_records(runs: list[dict]) -> dict[str, dict]:
+    """The swept (trajectory) records among ``runs``, by name."""
+    return {_name(r): r for r in runs
+            if not is_report(r) and len(r.get("trajectory") or []) >= 2 and r.get("train_config")}
 
 
-def stale_choice(kept: dict | None, out: str | Path) -> list[str]:
+def _records(out: str | Path) -> list[dict]:
+    return [read_run(p, ("method",)) for p in sorted(Path(out).glob("runs/*.json"))]
+
+
+def stale_choice(kept: dict | None, out: str | Path, runs: list[dict] | None = None) -> list[str]:
     """The swept records a kept choice rests on that changed since (another identity, e.g. after ``--fresh``) or
-    went; a choice with any is stale and is made again."""
+    went; a choice with any is stale and is made again. ``runs``: the records of ``out``, if read already."""
     if not kept:
         return []
-    now = {name: rec.get("identity_hash") for name, rec in _swept_records(out).items()}
+    now = {name: rec.get("identity_hash") for name, rec in _swept_records(
+        _records(out) if runs is None else runs).items()}
     return sorted(n for n, h in (kept.get("records") or {}).items() if now.get(n) != h)
 
 
@@ -323,9 +324,10 @@ def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = N
     ``code``: the commit and tree the choosing code runs from, kept with it."""
     arms, seeds = _swept_arms(preset), tuple(preset.sweep_seeds or preset.seeds[:1])
     kept = read_choice(out)
-    if not arms or (kept and kept.get("rates") and not stale_choice(kept, out)):
+    stale = bool(stale_choice(kept, out, runs))
+    if not arms or (kept and kept.get("rates") and not stale):
         return kept if arms else None
-    if kept is None or stale_choice(kept, out):
+    if kept is None or stale:
         kept = {"level": None, "margin": MATCH_MARGIN, "rounds": 0, "added": {}, "rates": None}
     sweep = apply_choice(preset, out, kept).sweep
     failed = {f for f in _failed_runs(out) if f[0] in arms}
@@ -368,8 +370,7 @@ def choose_step(preset, runs: list[dict], out: str | Path, code: dict | None = N
         raise ValueError(f"the arms' ranges of dev learning still do not overlap after {MAX_ROUNDS} rounds of added "
                          f"rates; widen the sweep in the preset (see `python -m smf_lib frontier --preset "
                          f"{preset.name}`)")
-    kept["records"] = {n: r.get("identity_hash") for n, r in _swept_records(out).items()
-                       if r["method"] in arms}
+    kept["records"] = {n: r.get("identity_hash") for n, r in _swept_records(runs).items() if r["method"] in arms}
     kept["failed"] = sorted(f"{m}-lr{lr:g}-s{s}" for m, s, lr in failed)
     kept["code"] = code or {}
     if write:
@@ -386,8 +387,7 @@ def choose_and_apply(preset, out: str | Path, versions: dict | None = None, worl
     kept = None
     if distributed()[0] == 0:
         code = {k: v for k, v in (versions or {}).items() if k.startswith("git") or k == "allow_dirty"}
-        runs = [read_run(f, ("method", "metrics", "items")) for f in sorted(Path(out).glob("runs/*.json"))]
-        kept = choose_step(preset, runs, out, code)
+        kept = choose_step(preset, _records(out), out, code)
     kept = broadcast_object(kept, world)
     if kept is None:
         return preset

@@ -18,12 +18,7 @@ def plot_frontier_panels(runs: list[dict], arms, level: float | None = None, pro
     marked; the legend once, beside the first panel. Returns the figure."""
     fig, axes = plt.subplots(len(probes), 1, figsize=(7.2, 3.1 * len(probes)), squeeze=False, sharex=True)
     for i, (ax, probe) in enumerate(zip(axes[:, 0], probes)):
-        plot_equal_learning(runs, arms, seeds, probe, level, ax=ax)
-        if i and ax.get_legend() is not None:
-            ax.get_legend().remove()
-        for text in list(ax.texts) if i else []:  # "compared here" once, on the first panel
-            if text.get_text() == "compared here":
-                text.remove()
+        plot_equal_learning(runs, arms, seeds, probe, level, ax=ax, legend=i == 0)  # legend and label once
         if i < len(probes) - 1:
             ax.set_xlabel("")
     if title:

@@ -443,11 +443,11 @@ def plot_frontier(traj: pd.DataFrame, learn: str = "d_medmcqa_gold_loglik", forg
 
 
 def plot_equal_learning(runs: list[dict], arms, seeds=(0, 1), probe: str = "chat_loglik", level: float | None = None,
-                        points: int = 12, ax=None):
+                        points: int = 12, ax=None, legend: bool = True):
     """Each arm's change in ``probe`` (dev items) at each level of dev learning (MedMCQA gold margin), read along
     its trajectories as :mod:`smf_lib.study.frontier` does (the smallest swept rate that reaches the level, mean
     over seeds and items): one line per arm, so at any x the arms are compared at equal learning. ``level``: the
-    comparison's level, marked."""
+    comparison's level, marked (and named, with the legend, where ``legend``)."""
     from ..study.frontier import at_level, final_learning
 
     ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
@@ -467,11 +467,13 @@ def plot_equal_learning(runs: list[dict], arms, seeds=(0, 1), probe: str = "chat
             ax.plot(xs, ys, marker="o", ms=3, color=PALETTE.get(arm, "k"), label=label)
     if level is not None:
         ax.axvline(level, ls=":", color="0.3")
+    if level is not None and legend:
         ax.annotate("compared here", (level, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", color="0.3")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_xlabel("learning: dev gold-margin gain, nats")
     ax.set_ylabel(f"{LABELS.get(probe, probe)} change")
     _better(ax, "right", "up" if _higher_is_better(probe) else "down")
-    outside_legend(ax)
+    if legend:
+        outside_legend(ax)
     return ax
