@@ -204,7 +204,7 @@ def test_a_dev_run_ignores_the_number_of_reported_facts_and_a_reported_run_does_
 
 def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_ones(tmp_path):
     from smf_lib.files import write_json
-    from smf_lib.study.facts_frontier import status_lines
+    from smf_lib.study.facts_status import status_lines
     from smf_lib.study.facts_presets import FactsPreset
 
     p = FactsPreset(name="t", rates={"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4)}, seeds=(0, 1), dev_seeds=(0,))
@@ -222,13 +222,14 @@ def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_one
                                                                         "run": f"{arm}-lr{lr:g}-s0-dev"})
     lines = status_lines(p, tmp_path)  # level 2.5 (overlap 2 to 3): SMF 1e-2 and 3e-2, LoRA 1e-4 and 3e-4
     assert lines[1] == "reported facts, read at the dev level +2.50: 0 of 8 runs finished"
-    assert lines[2].startswith("reported runs to do, in order: smf-tfidf-lr0.01-s0-report, smf-tfidf-lr0.03-s0-report")
-    assert lines[3] == "time left: unknown until a reported run has finished"
+    assert lines[2].startswith("then, for an arm whose planned reported runs all learned more")
+    assert lines[3].startswith("reported runs to do, in order: smf-tfidf-lr0.01-s0-report, smf-tfidf-lr0.03-s0-report")
+    assert lines[4] == "time left: unknown until a reported run has finished"
     write_json(tmp_path / "runs" / "smf-tfidf-lr0.01-s0-report.json", {"arm": "smf-tfidf", "seconds": 600.0})
     write_json(tmp_path / "runs" / "lora-lr0.0001-s0-report.json", {"arm": "lora", "seconds": 1800.0})
     lines = status_lines(p, tmp_path)  # 3 SMF runs at 10 minutes and 3 LoRA runs at 30 left: 2 hours
     assert lines[1].endswith("2 of 8 runs finished")
-    assert lines[3] == ("time left: about 2.0 hours at the finished reported runs' pace (per arm: lora 30 min, "
+    assert lines[4] == ("time left: about 2.0 hours at the finished reported runs' pace (per arm: lora 30 min, "
                         "smf-tfidf 10 min)")
 
 
@@ -278,6 +279,58 @@ def test_the_answer_rests_on_the_reported_facts_only_once_every_planned_run_is_i
     got = FF.answer_runs(p, tmp_path)
     assert got["split"] == "report" and len(got["runs"]) == 8 and got["seeds"] == (0, 1)
     assert got["level"] == pytest.approx(2.0) and 1e-5 not in {r["lr"] for r in got["runs"]}
+
+
+def test_an_arm_whose_reported_runs_all_learned_more_than_the_level_gets_its_next_lower_dev_rate(tmp_path,
+                                                                                               monkeypatch):
+    """On the longer reported stream LoRA's planned rates both overshoot the dev level: once every planned run is in,
+    the next lower rate of its dev sweep is added (every seed), the answer waits for it and then reads LoRA between
+    two of its own runs; SMF, which straddles the level, gets nothing; an arm short of it gets its next higher rate."""
+    from smf_lib.files import write_json
+    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study.facts_presets import FactsPreset
+    from smf_lib.study.facts_status import status_lines
+    from smf_lib.study.facts_study import FactsRunner
+
+    dev = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-6: 0.2, 1e-5: 0.5, 1e-4: 1.5, 3e-4: 4.0},
+           "full": {1e-7: 0.3, 1e-6: 2.5, 1e-5: 6.0}}
+    p = FactsPreset(name="t", model="tiny", rates={arm: tuple(by) for arm, by in dev.items()}, seeds=(0, 1),
+                    dev_seeds=(0,))
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    for split in ("dev", "report"):
+        write_json(tmp_path / f"start-{split}.json", {"scores": start})
+    for arm, by in dev.items():
+        for lr, g in by.items():
+            write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s0-dev.json",
+                       {**_facts_run(arm, lr, 0, -10.0 + g, [-2.0, -2.0]), "run": f"{arm}-lr{lr:g}-s0-dev"})
+    plan = FF.report_plan(p, tmp_path)  # level 2.0: SMF (1e-2, 3e-2), LoRA (1e-4, 3e-4), full (1e-7, 1e-6)
+    assert plan["level"] == pytest.approx(2.0) and plan["rates"]["lora"] == (1e-4, 3e-4)
+    reported = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-4: 2.5, 3e-4: 5.0}, "full": {1e-7: 0.2, 1e-6: 1.0}}
+    names = FF.run_names(plan["rates"], p.seeds)
+    for name in names[:-1]:
+        arm, lr, seed = name.rsplit("-lr", 1)[0], float(name.split("-lr")[1].split("-s")[0]), int(name[-8])
+        write_json(tmp_path / "runs" / f"{name}.json", _facts_run(arm, lr, seed, -10.0 + reported[arm][lr], [-2.0] * 2))
+    assert FF.bracket_rates(p, tmp_path) is None  # one planned run missing: nothing is decided yet
+    assert "decided once they are in" in status_lines(p, tmp_path)[2]
+    write_json(tmp_path / "runs" / f"{names[-1]}.json", _facts_run("full", 1e-6, 1, -9.0, [-2.0] * 2))
+    assert FF.bracket_rates(p, tmp_path) == {"lora": (1e-5,), "full": (1e-5,)}
+    assert FF.answer_runs(p, tmp_path)["split"] == "dev"  # waits for the added runs
+    lines = status_lines(p, tmp_path)
+    assert lines[1].endswith("12 of 16 runs finished") and lines[2].endswith("lora at 1e-05, full at 1e-05")
+    assert lines[3].endswith("lora-lr1e-05-s0-report, full-lr1e-05-s0-report, lora-lr1e-05-s1-report, "
+                             "full-lr1e-05-s1-report")
+    calls = []
+    monkeypatch.setattr(FactsRunner, "fact_rows", lambda self, split="dev": None)
+    monkeypatch.setattr(FactsRunner, "run", lambda self, arm, lr, seed, split: calls.append((arm, lr, seed)))
+    FactsRunner(p, tmp_path, progress=False).run_all("report")
+    assert calls[-4:] == [("lora", 1e-5, 0), ("full", 1e-5, 0), ("lora", 1e-5, 1), ("full", 1e-5, 1)]
+    for arm, lr, seed in calls[-4:]:
+        write_json(tmp_path / "runs" / f"{arm}-lr{lr:g}-s{seed}-report.json",
+                   _facts_run(arm, lr, seed, -9.0 if arm == "lora" else -6.0, [-2.0] * 2))
+    got = FF.answer_runs(p, tmp_path)
+    assert got["split"] == "report" and len(got["runs"]) == 16 and got["added"] == {"lora": (1e-5,), "full": (1e-5,)}
+    reads = FF.reads_table(got["runs"], got["start"], got["level"], seeds=(0, 1))
+    assert set(reads.loc[reads["arm"] == "lora", "below"]) == {1e-5} and not reads["from start"].any()
 
 
 def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it(tmp_path, monkeypatch):
@@ -373,7 +426,8 @@ def test_overwriting_compares_the_first_facts_with_every_fact_at_the_level():
 
 def test_a_diverged_facts_run_is_recorded_skipped_and_counted_as_finished(tmp_path, monkeypatch):
     from smf_lib.study import facts_study
-    from smf_lib.study.facts_frontier import dev_runs_left, status_lines
+    from smf_lib.study.facts_frontier import dev_runs_left
+    from smf_lib.study.facts_status import status_lines
     from smf_lib.study.facts_presets import FactsPreset
     from smf_lib.training import TrainingDiverged
 
@@ -437,3 +491,22 @@ def test_the_answer_says_when_a_baseline_is_read_on_the_line_from_the_start():
         {**r, "lr": 3e-6, "scores": {**r["scores"], "facts_loglik": [-9.8, -9.8]}} for r in runs
         if r["arm"] == "lora" and r["lr"] == 1e-5] + [r for r in runs if r["arm"] == "lora"]
     assert "line from the starting model" not in FF.answer(bracketed, start, (0, 1), split="report", level=0.43)
+
+
+def test_a_facts_run_resumed_from_a_checkpoint_counts_the_earlier_processes_time(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from smf_lib.study import facts_study
+    from smf_lib.study.facts_presets import FactsPreset
+
+    p = FactsPreset(name="t", model="tiny", rates={"lora": (1e-4,)}, dev_facts=2, seeds=(0,), dev_seeds=(0,))
+    runner = facts_study.FactsRunner(p, tmp_path, progress=False)
+    monkeypatch.setattr(runner, "baseline", lambda split: {})
+    monkeypatch.setattr(runner, "starting_model", lambda: (None, None))
+    monkeypatch.setattr(facts_study, "probe_items", lambda *a: {})
+    monkeypatch.setattr(facts_study, "score", lambda *a: {})
+    resumed = {"step": 8, "earlier_seconds": 600.0}  # the process that trained steps 1 to 8 took 10 minutes
+    monkeypatch.setattr(facts_study, "train", lambda *a, **k: SimpleNamespace(model=None, seconds=620.0,
+                                                                               resumed=resumed))
+    rec = runner.run("lora", 1e-4, 0, "dev")
+    assert rec["resumed"] == resumed and 600.0 <= rec["seconds"] < 660.0

@@ -159,6 +159,16 @@ if split == "report":  # the dev sweep the rates were chosen on
 reads = FF.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level) if level is not None else None
 if reads:  # an arm not read between two of its own runs
     display(Markdown(reads))
+if plan["added"]:  # rates added on the reported facts so that an arm's runs straddle the level
+    planned_runs = [r for r in runs if r["lr"] in plan["planned"].get(r["arm"], ())]
+    alone = FF.answer(planned_runs, start, seeds, split=split, level=level)
+    display(Markdown(
+        "The reported stream is longer than the dev stream, so some arms learned more at their planned rates than "
+        "on the dev facts. For each arm whose planned reported runs all ended on one side of the level, the next "
+        "rate of its dev sweep was added (every seed; the rule reads learning only, "
+        "`smf_lib.study.facts_frontier.bracket_rates`): "
+        + ", ".join(f"{FF.ARM_LABELS[a]} at {lr:g}" for a, rates in plan["added"].items() for lr in rates)
+        + ". The answer above uses them." + (f" Read from the planned runs alone: {alone}" if alone else "")))
 
 # %% [markdown]
 # And the running example, the first fact? Its held-out questions after every run, beside the starting model:

@@ -194,7 +194,7 @@ def _status(args) -> int:
 
     out = args.out or f"results/{args.preset}"
     if args.preset in FACT_PRESETS:
-        from .facts_frontier import status_lines
+        from .facts_status import status_lines
         from .facts_study import get_facts_preset
 
         print("\n".join(status_lines(get_facts_preset(args.preset), out)))

@@ -11,6 +11,14 @@ the overlap of the compared arms' ranges of learning (``COMPARED``: SMF-TF-IDF, 
 its rates reach it. SMF minus a baseline is compared item by item on the same items: per-item changes averaged over
 the seeds both reach the level at, a paired bootstrap interval over items, each seed's own difference, and a verdict
 in the probe's own direction.
+
+The dev facts (one seed) run every rate of the preset; they fix the level and choose each arm's reported rates
+(:func:`report_plan`). The reported stream is longer than the dev stream, so at the same rate an arm can learn more
+(or less) on it, and the dev level can fall between the starting model and an arm's lowest reported rate, or beyond
+its highest. Once every planned reported run is in, :func:`bracket_rates` adds, for such an arm only, the next rate of
+its dev sweep, so that its reading lies between two of its own runs. That rule reads the planned runs' learning (mean
+over seeds), never a forgetting probe, and the level stays the one the dev facts fixed; the answer
+(:func:`answer_runs`) waits for the added runs too.
 """
 
 from __future__ import annotations
@@ -51,58 +59,6 @@ def load(folder: str | Path, split: str = "dev") -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{start} is missing: run python -m smf_lib run --preset facts --split {split}")
     runs = [read_json(p) for p in sorted((folder / "runs").glob(f"*-{split}.json"))]
     return read_json(start)["scores"], runs
-
-
-def dev_run_names(preset) -> list[str]:
-    """The names of the preset's dev runs, in the order they run."""
-    return [f"{arm}-lr{lr:g}-s{seed}-dev" for seed in preset.dev_seeds for arm, rates in preset.rates.items()
-            for lr in rates]
-
-
-def dev_runs_left(preset, folder: str | Path) -> list[str]:
-    """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in); a run
-    whose training diverged (``failed/``) is finished, with no metrics."""
-    folder = Path(folder)
-    return [name for name in dev_run_names(preset)
-            if not (folder / "runs" / f"{name}.json").exists() and not (folder / "failed" / f"{name}.json").exists()]
-
-
-def report_plan(preset, folder: str | Path) -> dict:
-    """What the reported facts run, chosen on the dev facts only: ``level``, the common level of the dev sweep
-    (fixed before any reported run), and ``rates``, per arm the dev rates around the first crossing of that level
-    (:func:`rates_around`). Refuses while a dev run is missing or the compared arms share no level."""
-    left = dev_runs_left(preset, folder)
-    if left:
-        raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(left)} dev run(s) are "
-                         f"not finished in {folder} ({', '.join(left[:3])}...): run --split dev first")
-    start, runs = load(folder, "dev")
-    names = set(dev_run_names(preset))
-    runs = [r for r in runs if r["run"] in names]
-    found = level_of(runs, start)
-    if found["level"] is None:
-        raise ValueError("the dev runs' ranges of learning do not overlap, so no rate can be chosen at equal "
-                         f"learning: add rates to the arms in the preset (ranges: {found.get('ranges')})")
-    around = rates_around(runs, start, found["level"])
-    return {"level": found["level"], "rates": {arm: around[arm] for arm in preset.rates if arm in around}}
-
-
-def answer_runs(preset, folder: str | Path) -> dict:
-    """The runs the study's answer rests on: the reported facts once every planned reported run (each arm at its
-    :func:`report_plan` rates, every seed) has finished, read at the dev level fixed before them; else the dev
-    facts, read at their own common level. Returns ``split``, ``start``, ``runs`` (only the planned ones),
-    ``seeds`` and ``level``."""
-    folder = Path(folder)
-    if (folder / "start-report.json").exists():
-        plan = report_plan(preset, folder)
-        planned = {(arm, lr, seed) for arm, rates in plan["rates"].items() for lr in rates for seed in preset.seeds}
-        start, runs = load(folder, "report")
-        runs = [r for r in runs if (r["arm"], r["lr"], r["seed"]) in planned]
-        if len(runs) == len(planned):
-            return {"split": "report", "start": start, "runs": runs, "seeds": tuple(preset.seeds),
-                    "level": plan["level"]}
-    start, runs = load(folder, "dev")
-    return {"split": "dev", "start": start, "runs": runs, "seeds": tuple(preset.dev_seeds),
-            "level": level_of(runs, start)["level"]}
 
 
 def _points(runs: list[dict], start: dict, arm: str, seed: int) -> list[tuple[float, dict]]:
@@ -259,51 +215,6 @@ def _cell(row: dict) -> str:
     return f"{_signed(row['difference'])} [{_signed(row['lo'])}, {_signed(row['hi'])}]"
 
 
-def status_lines(preset, folder: str | Path) -> list[str]:
-    """How much of the study has run: the dev runs against the preset's plan, then, once they are all in, the
-    reported runs :func:`report_plan` chose (each arm at the dev rates around the level, every seed), in order."""
-    folder = Path(folder)
-    planned = len(dev_run_names(preset))
-    todo = dev_runs_left(preset, folder)
-    failed = sorted(f.stem for f in (folder / "failed").glob("*.json")) if (folder / "failed").exists() else []
-    lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
-    lines += [f"diverged (no metrics): {', '.join(failed)}"] if failed else []
-    if todo:
-        return lines + [f"dev runs to do, in order: {', '.join(todo)}",
-                        f"reported facts: chosen once the dev runs are in (at most {2 * len(preset.rates)} rates x "
-                        f"{len(preset.seeds)} seeds)"]
-    try:
-        plan = report_plan(preset, folder)
-    except (ValueError, FileNotFoundError) as err:
-        return lines + [f"reported facts: no rates can be chosen ({err})"]
-    names = [f"{arm}-lr{lr:g}-s{seed}-report" for seed in preset.seeds for arm, rates in plan["rates"].items()
-             for lr in rates]
-    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists()]
-    lines.append(f"reported facts, read at the dev level {plan['level']:+.2f}: {len(names) - len(left)} of "
-                 f"{len(names)} runs finished")
-    return lines + ([f"reported runs to do, in order: {', '.join(left)}", _pace(folder, left)] if left else [])
-
-
-def _pace(folder: Path, left: list[str]) -> str:
-    """The time the reported runs left take at the pace of the finished reported runs of the same arm (an arm with
-    none yet: the slowest finished arm's pace, said so)."""
-    done: dict[str, list[float]] = {}
-    for path in (folder / "runs").glob("*-report.json"):
-        rec = read_json(path)
-        if "arm" in rec and rec.get("seconds"):
-            done.setdefault(rec["arm"], []).append(rec["seconds"] / 60)
-    if not done:
-        return "time left: unknown until a reported run has finished"
-    pace = {arm: float(np.median(v)) for arm, v in done.items()}
-    slowest = max(pace.values())
-    arms = [n.rsplit("-lr", 1)[0] for n in left]
-    total = sum(pace.get(a, slowest) for a in arms)
-    guessed = sorted({a for a in arms if a not in pace})
-    return (f"time left: about {total / 60:.1f} hours at the finished reported runs' pace (per arm: "
-            + ", ".join(f"{a} {m:.0f} min" for a, m in sorted(pace.items())) + ")"
-            + (f"; {', '.join(guessed)} not timed yet, counted at the slowest arm's pace" if guessed else ""))
-
-
 def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
     """The chapter's answer, in at most four sentences computed from the records: what the start knew, how far
     each arm learned, and SMF against LoRA and full finetuning at equal learning (``level``; by default the runs'
@@ -434,3 +345,104 @@ def overwriting(runs: list[dict], start: dict, level: float, seeds=(0, 1)) -> pd
             rows.append({"arm": ARM_LABELS.get(arm, arm), "every fact": every, "first facts": first,
                          "first / every": first / every if every else float("nan"), "seeds": len(reads)})
     return pd.DataFrame(rows, columns=["arm", "every fact", "first facts", "first / every", "seeds"])
+
+
+def dev_run_names(preset) -> list[str]:
+    """The names of the preset's dev runs, in the order they run."""
+    return run_names(preset.rates, preset.dev_seeds, "dev")
+
+
+def run_names(rates: dict, seeds, split: str = "report") -> list[str]:
+    """The names of the runs of ``rates`` (per arm) at ``seeds``, in the order they run: all of a seed first."""
+    return [f"{arm}-lr{lr:g}-s{seed}-{split}" for seed in seeds for arm, arm_rates in rates.items()
+            for lr in arm_rates]
+
+
+def dev_runs_left(preset, folder: str | Path) -> list[str]:
+    """The dev runs of ``preset`` with no record in ``folder`` (by name, so a stray record cannot stand in); a run
+    whose training diverged (``failed/``) is finished, with no metrics."""
+    folder = Path(folder)
+    return [name for name in dev_run_names(preset)
+            if not (folder / "runs" / f"{name}.json").exists() and not (folder / "failed" / f"{name}.json").exists()]
+
+
+def report_plan(preset, folder: str | Path) -> dict:
+    """What the reported facts run, chosen on the dev facts only: ``level``, the common level of the dev sweep
+    (fixed before any reported run), and ``rates``, per arm the dev rates around the first crossing of that level
+    (:func:`rates_around`). Refuses while a dev run is missing or the compared arms
+    share no level."""
+    left = dev_runs_left(preset, folder)
+    if left:
+        raise ValueError(f"the reported facts run at rates chosen on the dev facts, and {len(left)} dev run(s) are "
+                         f"not finished in {folder} ({', '.join(left[:3])}...): run --split dev first")
+    start, runs = load(folder, "dev")
+    names = set(dev_run_names(preset))
+    runs = [r for r in runs if r["run"] in names]
+    found = level_of(runs, start)
+    if found["level"] is None:
+        raise ValueError("the dev runs' ranges of learning do not overlap, so no rate can be chosen at equal "
+                         f"learning: add rates to the arms in the preset (ranges: {found.get('ranges')})")
+    around = rates_around(runs, start, found["level"])
+    return {"level": found["level"], "rates": {arm: around[arm] for arm in preset.rates if arm in around}}
+
+
+def _reported(preset, folder: Path, rates: dict) -> tuple[dict, list[dict]] | None:
+    """The starting model's reported scores and the reported runs of ``rates`` at every seed, or None while one of
+    them (or the start) is missing."""
+    if not (folder / "start-report.json").exists():
+        return None
+    wanted = {(arm, lr, seed) for arm, arm_rates in rates.items() for lr in arm_rates for seed in preset.seeds}
+    start, runs = load(folder, "report")
+    runs = [r for r in runs if (r["arm"], r["lr"], r["seed"]) in wanted]
+    return (start, runs) if len(runs) == len(wanted) else None
+
+
+def bracket_rates(preset, folder: str | Path, plan: dict | None = None) -> dict[str, tuple[float, ...]] | None:
+    """The rates added to the reported facts, per arm, or None while a planned reported run is missing.
+
+    An arm whose planned reported runs all learned more than the dev level (mean over seeds) gets the next lower
+    rate of its dev sweep; one whose runs all learned less, the next higher; the others nothing. One step only: an
+    arm with no such rate in its sweep, or still on one side after it, is read as
+    :func:`at_level` reads any arm (from the starting model, or not at all)."""
+    folder = Path(folder)
+    plan = plan or report_plan(preset, folder)
+    found = _reported(preset, folder, plan["rates"])
+    if found is None:
+        return None
+    ends = learning_ends(found[1], found[0])
+    out = {}
+    for arm, rates in plan["rates"].items():
+        learned = ends[ends["arm"] == arm].sort_values("lr")["learning"].to_numpy()
+        grid = sorted(preset.rates[arm])
+        pick = ([r for r in grid if r < min(rates)][-1:] if learned[0] > plan["level"] else
+                [r for r in grid if r > max(rates)][:1] if learned[-1] < plan["level"] else [])
+        if pick:
+            out[arm] = (float(pick[0]),)
+    return out
+
+
+def _merged(*parts: dict) -> dict[str, tuple[float, ...]]:
+    out: dict[str, tuple[float, ...]] = {}
+    for part in parts:
+        for arm, rates in part.items():
+            out[arm] = tuple(sorted({*out.get(arm, ()), *rates}))
+    return out
+
+
+def answer_runs(preset, folder: str | Path) -> dict:
+    """The runs the study's answer rests on: the reported facts once every planned reported run (each arm at its
+    :func:`report_plan` rates, every seed) and every run :func:`bracket_rates` added has finished, read at the dev
+    level fixed before them; else the dev facts, read at their own common level. Returns ``split``, ``start``,
+    ``runs`` (only the planned and added ones), ``seeds``, ``level``, ``planned`` (the planned rates per arm; on the
+    dev facts, every swept rate) and ``added`` (the added rates per arm)."""
+    folder = Path(folder)
+    if (folder / "start-report.json").exists():
+        plan = report_plan(preset, folder)
+        added = bracket_rates(preset, folder, plan)
+        found = None if added is None else _reported(preset, folder, _merged(plan["rates"], added))
+        if found is not None:
+            return {"split": "report", "start": found[0], "runs": found[1], "seeds": tuple(preset.seeds),
+                    "level": plan["level"], "planned": plan["rates"], "added": added}
+    start, runs = load(folder, "dev")
+    return {"split": "dev", "start": start, "runs": runs, "seeds": tuple(preset.dev_seeds),
+            "level": level_of(runs, start)["level"], "planned": dict(preset.rates), "added": {}}

@@ -198,7 +198,8 @@ class FactsRunner:
         after = score(res.model, tok, facts, probe_items(self.p, tok, split), self.p.first_facts)
         rec = {"identity": identity, "run": name, "arm": arm, "lr": lr, "seed": seed, "split": split, "code": code,
                "changes": _paired(before, after), "scores": after, "train_seconds": res.seconds,
-               "seconds": time.perf_counter() - t0, "facts": len(facts), "steps": len(order)}
+               "seconds": time.perf_counter() - t0 + (res.resumed or {}).get("earlier_seconds", 0.0),
+               "resumed": res.resumed, "facts": len(facts), "steps": len(order)}
         write_json(path, rec)
         return rec
 
@@ -236,14 +237,22 @@ class FactsRunner:
 
     def run_all(self, split: str = "dev") -> list[dict]:
         """Every arm, rate and seed of the preset on ``split``, all of the first seed first (so that a sweep cut
-        short still holds one whole frontier); first the rows snapshot of the first dev facts (the chapter's
-        running example, the same whichever split runs)."""
+        short still holds one whole frontier), then on the reported facts the rates
+        :func:`~smf_lib.study.facts_frontier.bracket_rates` adds; first the rows snapshot of the first dev facts (the
+        chapter's running example, the same whichever split runs)."""
         self.fact_rows("dev")
         rates = self.p.rates if split == "dev" else self.report_rates()
-        seeds = self.p.dev_seeds if split == "dev" else self.p.seeds
-        records = [self.run(arm, lr, seed, split) for seed in seeds for arm, arm_rates in rates.items()
-                   for lr in arm_rates]
+        records = self._run_rates(rates, split)
+        if split == "report":
+            from .facts_frontier import bracket_rates
+
+            records += self._run_rates(bracket_rates(self.p, self.out) or {}, split)
         return [r for r in records if r is not None]
+
+    def _run_rates(self, rates: dict, split: str) -> list[dict | None]:
+        seeds = self.p.dev_seeds if split == "dev" else self.p.seeds
+        return [self.run(arm, lr, seed, split) for seed in seeds for arm, arm_rates in rates.items()
+                for lr in arm_rates]
 
     def report_rates(self) -> dict[str, tuple[float, ...]]:
         """The rates the reported facts run at, chosen on the dev facts only
