@@ -118,10 +118,6 @@ def at_level(runs: list[dict], arms, seeds, level: float, metrics=PROBES, learn:
     return out
 
 
-
-
-
-
 def compare_at_level(runs: list[dict], level: float, smf=("smf-kl", "smf-tfidf"), baselines=("lora-mem", "full-mem"),
                      seeds=(0, 1), metrics=PROBES, learn: str = LEARN) -> pd.DataFrame:
     """SMF minus each baseline at the same dev learning, per probe: the difference of per-item changes averaged over
@@ -159,8 +155,6 @@ def final_learning(runs: list[dict], arms, seeds=(0, 1), learn: str = LEARN) -> 
         rows += [{"arm": arm, "lr": lr, "learning": float(np.mean(v)), "seeds": len(v)}
                  for lr, v in sorted(per_rate.items())]
     return pd.DataFrame(rows, columns=["arm", "lr", "learning", "seeds"])
-
-
 
 
 def reachable_level(ends: pd.DataFrame, step: float = 0.05) -> float | None:

@@ -270,8 +270,6 @@ def load_swept_memory(host: StageHost, spec, trained, folder: Path, retrofitted:
     return model, res
 
 
-
-
 def _keeps_checkpoint(spec) -> bool:
     return ARMS[spec.method].train in ("lora", "full")
 
