@@ -222,7 +222,7 @@ def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_one
                                                                         "run": f"{arm}-lr{lr:g}-s0-dev"})
     lines = status_lines(p, tmp_path)  # level 2.5 (overlap 2 to 3): SMF 1e-2 and 3e-2, LoRA 1e-4 and 3e-4
     assert lines[1] == "reported facts, read at the dev level +2.50: 0 of 8 runs finished"
-    assert lines[2].startswith("then, for an arm whose planned reported runs all learned more")
+    assert lines[2].startswith("then, for an arm whose lowest planned rate learned more than the level at some seed")
     assert lines[3].startswith("reported runs to do, in order: smf-tfidf-lr0.01-s0-report, smf-tfidf-lr0.03-s0-report")
     assert lines[4] == "time left: unknown until a reported run has finished"
     write_json(tmp_path / "runs" / "smf-tfidf-lr0.01-s0-report.json", {"arm": "smf-tfidf", "seconds": 600.0})
@@ -293,7 +293,7 @@ def test_an_arm_whose_reported_runs_all_learned_more_than_the_level_gets_its_nex
     from smf_lib.study.facts_study import FactsRunner
 
     dev = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-6: 0.2, 1e-5: 0.5, 1e-4: 1.5, 3e-4: 4.0},
-           "full": {1e-7: 0.3, 1e-6: 2.5, 1e-5: 6.0}}
+           "full": {1e-7: 0.3, 1e-6: 2.5, 1e-5: 6.0, 1e-4: 9.0}}  # full: the next higher rate, not the farthest
     p = FactsPreset(name="t", model="tiny", rates={arm: tuple(by) for arm, by in dev.items()}, seeds=(0, 1),
                     dev_seeds=(0,))
     start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
@@ -311,12 +311,13 @@ def test_an_arm_whose_reported_runs_all_learned_more_than_the_level_gets_its_nex
         arm, lr, seed = name.rsplit("-lr", 1)[0], float(name.split("-lr")[1].split("-s")[0]), int(name[-8])
         write_json(tmp_path / "runs" / f"{name}.json", _facts_run(arm, lr, seed, -10.0 + reported[arm][lr], [-2.0] * 2))
     assert FF.bracket_rates(p, tmp_path) is None  # one planned run missing: nothing is decided yet
-    assert "decided once they are in" in status_lines(p, tmp_path)[2]
+    assert "decided once the planned runs are in" in status_lines(p, tmp_path)[2]
     write_json(tmp_path / "runs" / f"{names[-1]}.json", _facts_run("full", 1e-6, 1, -9.0, [-2.0] * 2))
     assert FF.bracket_rates(p, tmp_path) == {"lora": (1e-5,), "full": (1e-5,)}
     assert FF.answer_runs(p, tmp_path)["split"] == "dev"  # waits for the added runs
     lines = status_lines(p, tmp_path)
-    assert lines[1].endswith("12 of 16 runs finished") and lines[2].endswith("lora at 1e-05, full at 1e-05")
+    assert lines[1].endswith("12 of 16 runs finished")
+    assert lines[2].endswith("lora at 1e-05 (below its planned rates), full at 1e-05 (above its planned rates)")
     assert lines[3].endswith("lora-lr1e-05-s0-report, full-lr1e-05-s0-report, lora-lr1e-05-s1-report, "
                              "full-lr1e-05-s1-report")
     calls = []
@@ -510,3 +511,44 @@ def test_a_facts_run_resumed_from_a_checkpoint_counts_the_earlier_processes_time
                                                                                resumed=resumed))
     rec = runner.run("lora", 1e-4, 0, "dev")
     assert rec["resumed"] == resumed and 600.0 <= rec["seconds"] < 660.0
+
+
+def test_a_rate_is_added_where_one_seed_alone_misses_the_level_and_a_diverged_run_counts_as_finished(tmp_path):
+    """The added rate is decided seed by seed (each seed is read on its own); a reported run that diverged is
+    finished, so it does not hold the decision back; a rate that diverged on the dev facts is never added."""
+    from smf_lib.files import write_json
+    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study.facts_presets import FactsPreset
+    from smf_lib.study.facts_status import status_lines
+
+    dev = {"smf-tfidf": {1e-2: 1.0, 3e-2: 3.0}, "lora": {1e-6: 0.1, 3e-6: 0.2, 1e-5: 0.5, 1e-4: 1.5, 3e-4: 4.0}}
+    p = FactsPreset(name="t", rates={arm: tuple(by) for arm, by in dev.items()}, seeds=(0, 1), dev_seeds=(0,))
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    for split in ("dev", "report"):
+        write_json(tmp_path / f"start-{split}.json", {"scores": start})
+    for arm, by in dev.items():
+        for lr, g in by.items():
+            name = f"{arm}-lr{lr:g}-s0-dev"
+            if (arm, lr) == ("lora", 1e-5):  # diverged on the dev facts: no record, never added
+                write_json(tmp_path / "failed" / f"{name}.json", {"run": name})
+                continue
+            write_json(tmp_path / "runs" / f"{name}.json", {**_facts_run(arm, lr, 0, -10.0 + g, [-2.0] * 2),
+                                                            "run": name})
+    plan = FF.report_plan(p, tmp_path)
+    assert plan["level"] == pytest.approx(2.0) and plan["rates"]["lora"] == (1e-4, 3e-4)
+    reported = {("smf-tfidf", 1e-2): 1.0, ("smf-tfidf", 3e-2): 3.0, ("lora", 1e-4): 1.5, ("lora", 3e-4): 4.0}
+    for name in FF.run_names(plan["rates"], p.seeds):
+        arm, rest = name.split("-lr")
+        lr, seed = float(rest.split("-s")[0]), int(rest.split("-s")[1][0])
+        # LoRA's seed 1 alone overshoots at 1e-4 (mean over seeds 1.9, below the level)
+        gain = 2.3 if (arm, lr, seed) == ("lora", 1e-4, 1) else reported[(arm, lr)]
+        if (arm, lr, seed) == ("smf-tfidf", 3e-2, 1):
+            write_json(tmp_path / "failed" / f"{name}.json", {"run": name})  # diverged: finished, no metrics
+            continue
+        write_json(tmp_path / "runs" / f"{name}.json", _facts_run(arm, lr, seed, -10.0 + gain, [-2.0] * 2))
+    assert FF.bracket_rates(p, tmp_path) == {"lora": (3e-6,)}  # not 1e-5: it diverged on the dev facts
+    lines = status_lines(p, tmp_path)
+    assert lines[1] == "diverged (no metrics): lora-lr1e-05-s0-dev"
+    assert lines[2].endswith("8 of 10 runs finished") and lines[3].endswith("smf-tfidf-lr0.03-s1-report")
+    assert lines[4].startswith("added, one step along the dev sweep: lora at 3e-06 (below")
+    assert "smf-tfidf-lr0.03-s1-report" not in lines[5]  # not to do again

@@ -84,8 +84,13 @@ print(textwrap.fill(f"The answer below rests on the {where}: {len(runs)} runs, s
 
 # %% tags=["hide-input"]
 sentence = FF.answer(runs, start, seeds, split=split, level=level)
+planned_runs = [r for r in runs if r["lr"] in plan["planned"].get(r["arm"], ())]
+as_planned = FF.answer(planned_runs, start, seeds, split=split, level=level) if plan["added"] else None
+if as_planned:  # rates were added after the planned runs: the reading fixed before them, beside the answer
+    as_planned = ("Read from the planned rates alone (the reading fixed before the reported runs): "
+                  + as_planned[0].lower() + as_planned[1:])
 if sentence:
-    display(found_box([sentence], title="In one sentence"))
+    display(found_box([s for s in (sentence, as_planned) if s], title="In one sentence"))
 display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds, level=level)]))
 display(Markdown("Their 95% intervals over items are in the table of SMF minus each baseline, under "
                  "[Learning against forgetting](#learning-against-forgetting), and every run's changes in the "
@@ -159,16 +164,21 @@ if split == "report":  # the dev sweep the rates were chosen on
 reads = FF.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level) if level is not None else None
 if reads:  # an arm not read between two of its own runs
     display(Markdown(reads))
-if plan["added"]:  # rates added on the reported facts so that an arm's runs straddle the level
-    planned_runs = [r for r in runs if r["lr"] in plan["planned"].get(r["arm"], ())]
+if plan["added"]:  # rates added on the reported facts so that an arm can be read between two of its own runs
     alone = FF.answer(planned_runs, start, seeds, split=split, level=level)
+    added = [f"{FF.ARM_LABELS[a]} at {lr:g} ("
+             + ("below its planned rates: at some seed its lowest planned rate learned more than the level"
+                if lr < min(plan["planned"][a]) else
+                "above its planned rates: at some seed its highest planned rate learned less than the level") + ")"
+             for a, rates in plan["added"].items() for lr in rates]
     display(Markdown(
-        "The reported stream is longer than the dev stream, so some arms learned more at their planned rates than "
-        "on the dev facts. For each arm whose planned reported runs all ended on one side of the level, the next "
-        "rate of its dev sweep was added (every seed; the rule reads learning only, "
-        "`smf_lib.study.facts_frontier.bracket_rates`): "
-        + ", ".join(f"{FF.ARM_LABELS[a]} at {lr:g}" for a, rates in plan["added"].items() for lr in rates)
-        + ". The answer above uses them." + (f" Read from the planned runs alone: {alone}" if alone else "")))
+        "The reported stream is longer than the dev stream, so at the rates planned on the dev facts an arm can "
+        "learn more (or less) than the level there. Where it did at some seed, the next rate of the arm's dev sweep "
+        "was added, every seed, so that the arm can be read between two of its own runs: " + "; ".join(added)
+        + ". The rule reads learning only, never a forgetting probe, and the level stays the dev facts' "
+        "(`smf_lib.study.facts_frontier.bracket_rates`); it was fixed after the first seed's planned runs had been "
+        "scored, so the reading from the planned runs alone, the one fixed before them, is given too: "
+        + (alone if alone else "from the planned runs alone, no SMF and baseline pair reaches the level.")))
 
 # %% [markdown]
 # And the running example, the first fact? Its held-out questions after every run, beside the starting model:

@@ -16,9 +16,10 @@ The dev facts (one seed) run every rate of the preset; they fix the level and ch
 (:func:`report_plan`). The reported stream is longer than the dev stream, so at the same rate an arm can learn more
 (or less) on it, and the dev level can fall between the starting model and an arm's lowest reported rate, or beyond
 its highest. Once every planned reported run is in, :func:`bracket_rates` adds, for such an arm only, the next rate of
-its dev sweep, so that its reading lies between two of its own runs. That rule reads the planned runs' learning (mean
-over seeds), never a forgetting probe, and the level stays the one the dev facts fixed; the answer
-(:func:`answer_runs`) waits for the added runs too.
+its dev sweep, so that it can be read between two of its own runs. That rule reads the planned runs' learning, never
+a forgetting probe, and the level stays the one the dev facts fixed; the answer (:func:`answer_runs`) waits for the
+added runs too. The rule was fixed after the first seed's planned reported runs had been scored, so the reading from
+the planned runs alone (the one fixed before them) is given beside it.
 """
 
 from __future__ import annotations
@@ -386,38 +387,53 @@ def report_plan(preset, folder: str | Path) -> dict:
     return {"level": found["level"], "rates": {arm: around[arm] for arm in preset.rates if arm in around}}
 
 
+def _name(run: dict, split: str = "report") -> str:
+    return f"{run['arm']}-lr{run['lr']:g}-s{run['seed']}-{split}"
+
+
+def _failed(folder: Path) -> set[str]:
+    """The runs whose training diverged (``failed/``): finished, with no metrics."""
+    return {f.stem for f in (folder / "failed").glob("*.json")} if (folder / "failed").exists() else set()
+
+
 def _reported(preset, folder: Path, rates: dict) -> tuple[dict, list[dict]] | None:
-    """The starting model's reported scores and the reported runs of ``rates`` at every seed, or None while one of
-    them (or the start) is missing."""
+    """The starting model's reported scores and the reported runs of ``rates`` at every seed (matched by name; a run
+    that diverged counts as finished, with no record), or None while one of them (or the start) is missing."""
     if not (folder / "start-report.json").exists():
         return None
-    wanted = {(arm, lr, seed) for arm, arm_rates in rates.items() for lr in arm_rates for seed in preset.seeds}
+    names = set(run_names(rates, preset.seeds))
     start, runs = load(folder, "report")
-    runs = [r for r in runs if (r["arm"], r["lr"], r["seed"]) in wanted]
-    return (start, runs) if len(runs) == len(wanted) else None
+    runs = [r for r in runs if _name(r) in names]
+    missing = names - {_name(r) for r in runs} - _failed(folder)
+    return None if missing else (start, runs)
 
 
 def bracket_rates(preset, folder: str | Path, plan: dict | None = None) -> dict[str, tuple[float, ...]] | None:
     """The rates added to the reported facts, per arm, or None while a planned reported run is missing.
 
-    An arm whose planned reported runs all learned more than the dev level (mean over seeds) gets the next lower
-    rate of its dev sweep; one whose runs all learned less, the next higher; the others nothing. One step only: an
-    arm with no such rate in its sweep, or still on one side after it, is read as
-    :func:`at_level` reads any arm (from the starting model, or not at all)."""
+    Per arm, where at some seed its lowest planned rate already learned more than the dev level (so that seed would
+    be read on the line from the starting model), the next lower rate of its dev sweep is added; where at some seed
+    its highest planned rate learned less, the next higher one. The dev sweep's rates are those with a dev record
+    (a rate that diverged on the dev facts is never added). One step only: an arm with no such rate, or still on one
+    side after it, is read as :func:`at_level` reads any arm (from the starting model, or not at all)."""
     folder = Path(folder)
     plan = plan or report_plan(preset, folder)
     found = _reported(preset, folder, plan["rates"])
     if found is None:
         return None
-    ends = learning_ends(found[1], found[0])
+    start, runs = found
+    _, dev = load(folder, "dev")
+    swept = set(dev_run_names(preset))
     out = {}
     for arm, rates in plan["rates"].items():
-        learned = ends[ends["arm"] == arm].sort_values("lr")["learning"].to_numpy()
-        grid = sorted(preset.rates[arm])
-        pick = ([r for r in grid if r < min(rates)][-1:] if learned[0] > plan["level"] else
-                [r for r in grid if r > max(rates)][:1] if learned[-1] < plan["level"] else [])
+        gain = {(r["lr"], r["seed"]): _mean(r["scores"], LEARN) - _mean(start, LEARN) for r in runs if r["arm"] == arm}
+        lowest = [g for (lr, _), g in gain.items() if lr == min(rates)]
+        highest = [g for (lr, _), g in gain.items() if lr == max(rates)]
+        grid = sorted({r["lr"] for r in dev if r["arm"] == arm and r.get("run") in swept})
+        pick = ([r for r in grid if r < min(rates)][-1:] if any(g > plan["level"] for g in lowest) else [])
+        pick += [r for r in grid if r > max(rates)][:1] if any(g < plan["level"] for g in highest) else []
         if pick:
-            out[arm] = (float(pick[0]),)
+            out[arm] = tuple(float(r) for r in pick)
     return out
 
 

@@ -20,7 +20,8 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     todo = dev_runs_left(preset, folder)
     failed = sorted(f.stem for f in (folder / "failed").glob("*.json")) if (folder / "failed").exists() else []
     lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
-    lines += [f"diverged (no metrics): {', '.join(failed)}"] if failed else []
+    dev_failed = [n for n in failed if n.endswith("-dev")]
+    lines += [f"diverged (no metrics): {', '.join(dev_failed)}"] if dev_failed else []
     if todo:
         return lines + [f"dev runs to do, in order: {', '.join(todo)}",
                         f"reported facts: chosen once the dev runs are in (at most {2 * len(preset.rates)} rates x "
@@ -31,15 +32,23 @@ def status_lines(preset, folder: str | Path) -> list[str]:
         return lines + [f"reported facts: no rates can be chosen ({err})"]
     added = bracket_rates(preset, folder, plan)
     names = run_names(plan["rates"], preset.seeds) + run_names(added or {}, preset.seeds)
-    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists()]
+    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists() and
+            not (folder / "failed" / f"{n}.json").exists()]
     lines.append(f"reported facts, read at the dev level {plan['level']:+.2f}: {len(names) - len(left)} of "
                  f"{len(names)} runs finished")
+    lines += [f"diverged (no metrics): {', '.join(n for n in names if n not in left and n in failed)}"] if any(
+        n in failed for n in names) else []
     if added is None:
-        lines.append("then, for an arm whose planned reported runs all learned more (or all less) than the level, "
-                     f"its next dev rate, every seed (decided once they are in; at most {len(plan['rates'])} rates)")
+        lines.append("then, for an arm whose lowest planned rate learned more than the level at some seed (or its "
+                     "highest less), the next rate of its dev sweep, every seed (decided once the planned runs are "
+                     "in)")
     elif added:
-        lines.append("added so that each arm's runs straddle the level: "
-                     + ", ".join(f"{arm} at {lr:g}" for arm, rates in added.items() for lr in rates))
+        lines.append("added, one step along the dev sweep: " + ", ".join(
+            f"{arm} at {lr:g} ({'below' if lr < min(plan['rates'][arm]) else 'above'} its planned rates)"
+            for arm, rates in added.items() for lr in rates))
+    else:
+        lines.append("no rate added: every arm's planned runs straddle the level at every seed, or its dev sweep "
+                     "has no rate beyond them")
     return lines + ([f"reported runs to do, in order: {', '.join(left)}", _pace(folder, left)] if left else [])
 
 

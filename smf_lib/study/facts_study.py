@@ -246,7 +246,11 @@ class FactsRunner:
         if split == "report":
             from .facts_frontier import bracket_rates
 
-            records += self._run_rates(bracket_rates(self.p, self.out) or {}, split)
+            added = bracket_rates(self.p, self.out)
+            if added is None:
+                print("no rate added to the reported facts: a planned reported run is missing (see python -m smf_lib "
+                      f"status --preset {self.p.name})", flush=True)
+            records += self._run_rates(added or {}, split)
         return [r for r in records if r is not None]
 
     def _run_rates(self, rates: dict, split: str) -> list[dict | None]:
