@@ -20,9 +20,9 @@
 #
 # **In this chapter you will**
 #
-# - see the answer first: what each method learned against what it forgot, in one figure;
-# - learn how SMF's learning rate is chosen on dev items so that its learning comes closest to LoRA's and full
-#   finetuning's;
+# - see the answer first: what each method learned against what it forgot, every method started from the same
+#   model and read at the same learning;
+# - learn how each method's learning rate is chosen on dev items, by a rule fixed before the runs;
 # - see why MedMCQA accuracy misleads at this scale (a letter prior), and what measures learning instead;
 # - read SMF's changes net of the retrofit it starts from, with paired 95% intervals and what each probe can
 #   resolve;
@@ -78,14 +78,26 @@ v1_share = v1_retrofit["retrofit"]["heldout_oasst1"]["after"]["memory_to_mlp_nor
 planned = int((status["evaluation"] == "report").sum())
 
 # %% tags=["hide-input"]
-display(found_box([answer_cpu_v2(runs)], title="In one sentence"))
-display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)]))
-display(found_box([without_intervals(c) for c in caveats_cpu_v2(runs, results_dir("spread-pilot"))],
-                  title="What this study cannot carry"))
-display(Markdown("The changes behind these sentences, each from the model the run started from, with paired 95% "
-                 "intervals over the reported items:"))
-book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik",
-                                                                       "wikitext_ppl")), key=["method", "lr", "seed"])
+from smf_lib.study import cpu_findings as CF
+from smf_lib.study.frontier import apply_choice, read_choice
+from smf_lib.study.plan import study_status as grid_status
+from smf_lib.study.results import load_runs
+
+eq_folder = folder.parent / "cpu"  # the comparison on an equal footing: python -m smf_lib run --preset cpu
+eq_status = grid_status(apply_choice(get_preset("cpu"), eq_folder), eq_folder)
+eq_runs = load_runs(eq_folder)
+eq_choice = read_choice(eq_folder)
+eq_done = bool(eq_choice and eq_choice.get("rates")) and eq_status["state"].isin(["finished", "failed"]).all()
+eq_finished, eq_planned = int((eq_status["state"] == "finished").sum()), len(eq_status)
+if eq_done:
+    display(found_box([CF.answer(eq_runs, eq_choice["level"], eq_choice.get("unmatched", ()), eq_choice["margin"])],
+                      title="In one sentence"))
+else:
+    display(found_box([
+        f"The comparison on an equal footing (every method from the same model, read at the same learning; "
+        f"`python -m smf_lib run --preset cpu`) has not finished: {eq_finished} of {eq_planned} runs are in. Until "
+        "it has, the answer is the earlier study's, which its design cannot carry (below): " + answer_cpu_v2(runs)],
+        title="In one sentence"))
 
 # %% [markdown]
 # ## The probes
@@ -110,6 +122,90 @@ book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_g
 # once and taking the 2.5th and 97.5th percentiles of the resampled $\Delta$. Item difficulty cancels out.
 
 # %% [markdown]
+# ## How to read a learning-against-forgetting plot
+# Every figure of this chapter puts what a run learned on the x axis and what it kept on the y axis, each as a
+# change from the model the run started from. A method run at several rates gives several points, and they join
+# into a curve: a higher rate learns more and usually forgets more. Two methods are compared **at equal
+# learning**: on a vertical line that both curves reach, read the height of each; the gap between them is the
+# answer, and its interval comes from the items. Two points at different learning cannot be ranked by height
+# alone: the one further right may sit lower only because it learned more. The picture, on made-up numbers:
+
+# %% tags=["hide-input"]
+from smf_lib.views.diagrams import plot_how_to_read
+
+fig = plot_how_to_read(("SMF", "LoRA"))
+plt.show()
+
+# %% [markdown]
+# ## The comparison on an equal footing
+# The figure above is the whole method of this comparison. Every method starts from the **same model**, the
+# retrofitted one of chapter 2 (LoRA and full finetuning train the base weights with its memory in place), so no
+# method is credited or blamed for where it started. Each method runs at **three rates or more**, at two seeds,
+# scoring the dev items at 8 points along training, so each draws a curve rather than a point. A rule fixed before the
+# runs picks the **level** of learning every method reaches (the middle of the range all their curves share, never
+# one method's highest rate) and each method's rate closest to it; "matched" means within an equivalence margin of
+# gold margin stated in advance, not overlapping intervals. The runs at the chosen rates are then scored on every
+# reported item, and SMF minus each baseline is paired item by item, per seed and pooled over seeds
+# ({py:mod}`smf_lib.study.frontier`, {py:mod}`smf_lib.study.cpu_findings`).
+
+# %% tags=["hide-input"]
+from smf_lib.views.frontier_plots import plot_frontier_panels
+
+EQ_ARMS = ("smf-kl", "smf-tfidf", "lora-mem", "full-mem")
+if eq_done:
+    fig = plot_frontier_panels(eq_runs, EQ_ARMS, level=eq_choice["level"],
+                               title="dev items: each probe's change against learning, one line per method")
+    plt.show()
+    display(found_box([without_intervals(f) for f in CF.findings(eq_runs, eq_choice)]))
+else:
+    print(textwrap.fill(f"Not finished yet: {eq_finished} of {eq_planned} runs are in "
+                        "(python -m smf_lib status --preset cpu lists them). Once they are, this section shows the "
+                        "figure above on the study's own curves, what it found, and SMF minus each baseline per "
+                        "probe, with its interval and verdict.", 76))
+
+# %% [markdown]
+# SMF minus each baseline on the reported items, per probe: the difference pooled over the seeds, its 95% paired
+# interval over the items, each seed's own difference, and the verdict ("better" means SMF kept more of that probe,
+# for perplexity a lower value; it needs the interval to exclude 0 and every seed to agree). The first table is the
+# comparison from the same start; the second, the paper's view: LoRA and full finetuning trained from the base
+# model, each run counted from where it started.
+
+# %% tags=["hide-input"]
+if eq_done:
+    for view, baselines in (("from the same start", CF.SAME_START),
+                            ("the paper's view: baselines from the base model", CF.PAPER_VIEW)):
+        t = CF.verdict_table(eq_runs, baselines)
+        if len(t):
+            digits = t["metric"].map(lambda m: 1 if m == "wikitext_ppl" else 3)
+            display(book_table(pd.DataFrame({
+                "SMF": t["smf"].map(CF.NAMES), "baseline": t["baseline"].map(CF.NAMES),
+                "probe": t["metric"].map(CF.WORDS),
+                "SMF minus baseline [95%]": [interval_cell(r.difference, r.lo, r.hi, digits=d)
+                                             for r, d in zip(t.itertuples(), digits)],
+                "per seed": [", ".join(f"{v:+.3g}" for v in r) for r in t["per seed"]],
+                "verdict": t["verdict"]}), key=["SMF", "baseline"], caption=view))
+else:
+    print("the verdict tables wait for the study's reported runs")
+
+# %% [markdown]
+# ## The earlier study
+# The rest of this chapter is the study that came before, `cpu-v2`. It taught two things that shaped the comparison
+# above: its memory had collapsed (the retrofit's reads landed on a few hub rows, so SMF had no rows of the task's
+# own to train; chapter 2), and SMF started from the retrofitted model while LoRA and full finetuning started from
+# the base, so part of SMF's chat result was the retrofit's. Its answer and what its design cannot carry, computed
+# from its records:
+
+# %% tags=["hide-input"]
+display(found_box([answer_cpu_v2(runs)], title="Its answer"))
+display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)]))
+display(found_box([without_intervals(c) for c in caveats_cpu_v2(runs, results_dir("spread-pilot"))],
+                  title="What this study cannot carry"))
+display(Markdown("The changes behind these sentences, each from the model the run started from, with paired 95% "
+                 "intervals over the reported items:"))
+book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik",
+                                                                       "wikitext_ppl")), key=["method", "lr", "seed"])
+
+# %% [markdown]
 # The study is `python -m smf_lib run --preset cpu-v2` (files in `results/cpu-v2/`): SmolLM2-135M-Instruct on 2 CPU
 # cores, a memory retrofitted with the recipe of chapter 2's pilot, the first 1,200 MedMCQA training questions for
 # one epoch (75 steps), and every probe scored on reported items that nothing was chosen on. Where it stands:
@@ -129,22 +225,7 @@ print(textwrap.fill("reported items: " + ", ".join(
     if k in base["items"]), 76))
 
 # %% [markdown]
-# ## How to read a learning-against-forgetting plot
-# Every figure of this chapter puts what a run learned on the x axis and what it kept on the y axis, each as a
-# change from the model the run started from. A method run at several rates gives several points, and they join
-# into a curve: a higher rate learns more and usually forgets more. Two methods are compared **at equal
-# learning**: on a vertical line that both curves reach, read the height of each; the gap between them is the
-# answer, and its interval comes from the items. Two points at different learning cannot be ranked by height
-# alone: the one further right may sit lower only because it learned more. The picture, on made-up numbers:
-
-# %% tags=["hide-input"]
-from smf_lib.views.diagrams import plot_how_to_read
-
-fig = plot_how_to_read(("SMF", "LoRA"))
-plt.show()
-
-# %% [markdown]
-# ## The answer in one figure
+# ## The earlier study in one figure
 # Each point is one training run: how much it learned (x) against how much it forgot (y), each as a paired change
 # with its 95% interval on both axes. Learning is the gold option's log-likelihood margin over the best distractor
 # on MedMCQA questions (next sections say why not accuracy); forgetting is the change in log-likelihood of held-out
@@ -466,9 +547,10 @@ for _, row in at_rate.iterrows():
           + (f"worse on {', '.join(hit)}" if hit else "no retention probe worse"))
 
 # %% [markdown]
-# ## What the study answers
-# The paper's question is: at equal learning, which method forgets less? Read from the reported items, each run from
-# the model it started from, with its seeds pooled (the mean, and the union of their intervals):
+# ## What the earlier study answers
+# The paper's question is: at equal learning, which method forgets less? The earlier study's reading, from its
+# reported items, each run from the model it started from, with its seeds pooled (the mean, and the union of their
+# intervals):
 
 # %% tags=["hide-input"]
 display(Markdown("\n\n".join(reported_findings(net)) or
@@ -477,10 +559,11 @@ display(Markdown("\n\n".join(reported_findings(net)) or
 # %% [markdown]
 # :::{admonition} What this chapter shows, and what it does not
 # :class: note
-# **It shows**, for every run of the study, what it learned against what it forgot, each measured from the model it
-# started from, with paired 95% intervals and what each probe can resolve; how SMF's rate was matched to the
-# baselines' learning on dev items; why accuracy is not the learning measure at this scale; and, counted from the
-# base model as the paper's table counts, how much of SMF's chat result is its retrofit's.
+# **It shows** SMF against LoRA and full finetuning started from the same model and read at the same learning, with
+# a verdict per selector and probe (once that study's runs are in); and, for every run of the earlier study, what it
+# learned against what it forgot, each measured from the model it started from, with paired 95% intervals and what
+# each probe can resolve; why accuracy is not the learning measure at this scale; and, counted from the base model
+# as the paper's table counts, how much of SMF's chat result was its retrofit's.
 #
 # **It does not show** the paper's setting. A 135M model trained on 1,200 questions for one epoch is far from
 # Qwen2.5-0.5B on 60,000, so the verdicts are about this setting. An interval that crosses zero does not show that
@@ -490,8 +573,10 @@ display(Markdown("\n\n".join(reported_findings(net)) or
 #
 # ## Summary
 # - Compare methods at matched learning: at their own default rates, a method that learns little will also forget
-#   little, and that says nothing about the method.
-# - Measure each run from the model it started from: SMF's retrofit changes the model by itself.
+#   little, and that says nothing about the method. Sweep every method's rate so the curves overlap, and fix the
+#   level and the margin before the runs.
+# - Start every method from the same model; where they cannot, measure each run from the model it started from:
+#   SMF's retrofit changes the model by itself.
 # - At this scale accuracy carries a letter prior; the gold option's margin over the best distractor measures
 #   learning without it.
 # - A rate matched on dev items is a prediction: check on the reported items that the learning still matches before
