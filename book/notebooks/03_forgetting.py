@@ -95,7 +95,7 @@ if eq_done:
 else:
     display(found_box([
         f"The comparison on an equal footing (every method from the same model, read at the same learning; "
-        f"`python -m smf_lib run --preset cpu`) has not finished: {eq_finished} of {eq_planned} runs are in. Until "
+        f"python -m smf_lib run --preset cpu) has not finished: {eq_finished} of {eq_planned} runs are in. Until "
         "it has, the answer is the earlier study's, which its design cannot carry (below): " + answer_cpu_v2(runs)],
         title="In one sentence"))
 

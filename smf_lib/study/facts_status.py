@@ -13,8 +13,9 @@ from .facts_frontier import bracket_rates, dev_run_names, dev_runs_left, report_
 
 def status_lines(preset, folder: str | Path) -> list[str]:
     """How much of the study has run: the dev runs against the preset's plan, then, once they are all in, the
-    reported runs :func:`report_plan` chose (each arm at the dev rates around the level, every seed), in order, and
-    the runs :func:`bracket_rates` adds once those are in."""
+    reported runs :func:`~smf_lib.study.facts_frontier.report_plan` chose (each arm at the dev rates around the
+    level, every seed), in order, and the runs :func:`~smf_lib.study.facts_frontier.bracket_rates` adds once those
+    are in."""
     folder = Path(folder)
     planned = len(dev_run_names(preset))
     todo = dev_runs_left(preset, folder)
