@@ -168,6 +168,18 @@ def fact_order(facts: list[Fact], steps_per_fact: int = 4, micro_batch: int | No
     return texts, order
 
 
+def arrival_order(facts: list[Fact], seed: int = 0, keep_first: int = 0) -> list[Fact]:
+    """The order a training seed's stream brings ``facts`` in. Seed 0 is the stream as built; any other seed keeps
+    the first ``keep_first`` facts first, in their order (so "the first facts", scored apart for overwriting, are
+    the same facts at every seed), and shuffles the rest with that seed. Without it an SMF or full-finetuning run
+    would be the same at every seed: nothing else in them draws a random number."""
+    if seed == 0:
+        return list(facts)
+    head, tail = list(facts[:keep_first]), list(facts[keep_first:])
+    perm = torch.randperm(len(tail), generator=torch.Generator().manual_seed(seed)).tolist()
+    return head + [tail[i] for i in perm]
+
+
 def answer_text(fact: Fact) -> str:
     """The continuation a question expects: the answer after a space."""
     return " " + fact.answer

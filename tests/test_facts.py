@@ -552,3 +552,37 @@ def test_a_rate_is_added_where_one_seed_alone_misses_the_level_and_a_diverged_ru
     assert lines[2].endswith("8 of 10 runs finished") and lines[3].endswith("smf-tfidf-lr0.03-s1-report")
     assert lines[4].startswith("added, one step along the dev sweep: lora at 3e-06 (below")
     assert "smf-tfidf-lr0.03-s1-report" not in lines[5]  # not to do again
+
+
+def test_a_seed_shuffles_the_arrival_of_the_facts_after_the_first_ones():
+    """Seed 0 is the stream as built; another seed keeps the first facts first (the ones scored apart for
+    overwriting) and reorders the rest, deterministically, so a seed changes an SMF run."""
+    from smf_lib.facts import arrival_order
+
+    facts = make_facts(30)
+    assert arrival_order(facts, 0, 5) == facts
+    one, again, two = arrival_order(facts, 1, 5), arrival_order(facts, 1, 5), arrival_order(facts, 2, 5)
+    assert one == again and one[:5] == facts[:5] and one[5:] != facts[5:] and one[5:] != two[5:]
+    assert sorted(f.index for f in one) == [f.index for f in facts]
+
+
+def test_a_facts_run_trains_on_its_seeds_arrival_order(tmp_path, monkeypatch):
+    from smf_lib.study import facts_study
+    from smf_lib.study.facts_presets import FactsPreset
+
+    p = FactsPreset(name="t", model="tiny", rates={"smf-tfidf": (1e-2,)}, n_facts=6, first_facts=2, seeds=(0, 1))
+    runner = facts_study.FactsRunner(p, tmp_path, progress=False)
+    monkeypatch.setattr(runner, "baseline", lambda split: {})
+    monkeypatch.setattr(runner, "starting_model", lambda: (None, None))
+    monkeypatch.setattr(runner, "background", lambda model, tok: None)
+    trained = {}
+
+    def record(model, tok, texts, config, order, **kwargs):
+        trained[config.seed] = [texts[step[0][0]] for step in order[::p.steps_per_fact]]
+        raise facts_study.TrainingDiverged("stop here")
+    monkeypatch.setattr(facts_study, "train", record)
+    for seed in (0, 1):
+        runner.run("smf-tfidf", 1e-2, seed, "report")
+    facts = facts_study.facts_of(p, "report")
+    assert trained[0] == [f.statements[0] for f in facts]
+    assert trained[1][:2] == trained[0][:2] and sorted(trained[1]) == sorted(trained[0]) and trained[1] != trained[0]

@@ -31,7 +31,8 @@ class FactsPreset:
         first_facts: the first facts of the stream, scored apart (overwriting).
         rates: the rates of each arm (a frontier: learning brackets the other arms'), by arm name, in the order
             the arms run.
-        seeds: training seeds of the reported facts.
+        seeds: training seeds of the reported facts. A seed other than 0 shuffles the arrival of every fact after
+            the first ``first_facts`` (:func:`smf_lib.facts.arrival_order`); seed 0 is the stream as built.
         dev_seeds: training seeds of the dev sweep (it only chooses the rates; the reported runs carry the seed
             spread).
         top_t: SMF's rows per layer per step.

@@ -26,7 +26,7 @@ import torch
 
 from .. import data
 from ..adapter import load_memory
-from ..facts import fact_order, facts_probe, make_facts
+from ..facts import arrival_order, fact_order, facts_probe, make_facts
 from ..files import check_clean, git_state, plain as _plain, read_json, write_json
 from ..models import load_named as load
 from ..probes import chat_items, continuation_logprobs, medmcqa_accuracy, perplexity, span_logliks
@@ -185,7 +185,7 @@ class FactsRunner:
         before = self.baseline(split)
         model, tok = self.starting_model()
         facts = facts_of(self.p, split)
-        texts, order = fact_order(facts, self.p.steps_per_fact)
+        texts, order = fact_order(arrival_order(facts, seed, self.p.first_facts), self.p.steps_per_fact)
         background = self.background(model, tok) if config.method == "smf" else None
         try:
             res = train(model, tok, texts, config, background=background, progress=self.progress, order=order,
