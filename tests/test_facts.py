@@ -509,8 +509,13 @@ def test_a_facts_run_resumed_from_a_checkpoint_counts_the_earlier_processes_time
     resumed = {"step": 8, "earlier_seconds": 600.0}  # the process that trained steps 1 to 8 took 10 minutes
     monkeypatch.setattr(facts_study, "train", lambda *a, **k: SimpleNamespace(model=None, seconds=620.0,
                                                                                resumed=resumed))
+    ckpt = tmp_path / "artifacts" / "lora-lr0.0001-s0-dev"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint.pt").write_bytes(b"0" * 16)
     rec = runner.run("lora", 1e-4, 0, "dev")
     assert rec["resumed"] == resumed and 600.0 <= rec["seconds"] < 660.0
+    assert not ckpt.exists()  # once the record is written, the checkpoint goes (a full-finetuning one is 1.6 GB)
+    assert "arrival" not in rec["identity"]  # seed 0: the stream as built, as every earlier record
 
 
 def test_a_rate_is_added_where_one_seed_alone_misses_the_level_and_a_diverged_run_counts_as_finished(tmp_path):
@@ -586,3 +591,7 @@ def test_a_facts_run_trains_on_its_seeds_arrival_order(tmp_path, monkeypatch):
     facts = facts_study.facts_of(p, "report")
     assert trained[0] == [f.statements[0] for f in facts]
     assert trained[1][:2] == trained[0][:2] and sorted(trained[1]) == sorted(trained[0]) and trained[1] != trained[0]
+    from smf_lib.files import read_json
+
+    identity = {s: read_json(tmp_path / "failed" / f"smf-tfidf-lr0.01-s{s}-report.json")["identity"] for s in (0, 1)}
+    assert "arrival" in identity[1] and "arrival" not in identity[0]  # a seed-1 record of the old order is not reused

@@ -181,7 +181,8 @@ if plan["added"]:  # rates added on the reported facts so that an arm can be rea
         + ". The rule reads learning only, never a forgetting probe, and the level stays the dev facts' "
         "(`smf_lib.study.facts_frontier.bracket_rates`); it was fixed after the first seed's planned runs had been "
         "scored, so the reading from the planned runs alone, the one fixed before them, is given too (a dev stream "
-        "as long as the reported one would have chosen rates that bracket the level there): "
+        "as long as the reported one might have chosen rates that bracket the level there; no such stream was "
+        "run): "
         + (alone if alone else "from the planned runs alone, no SMF and baseline pair reaches the level.")))
 
 # %% [markdown]

@@ -172,7 +172,9 @@ class FactsRunner:
                              max_length=self.p.max_length, warmup_steps=0, schedule="constant", top_t=self.p.top_t,
                              checkpoint_every=100)
         identity = _plain({"preset": dataclasses.asdict(self.p), "arm": arm, "split": split,
-                           "train_config": config.record()})
+                           "train_config": config.record(),
+                           # seed 0 trains on the stream as built; another seed on its own arrival order
+                           **({"arrival": "first facts kept, the rest shuffled by the seed"} if seed else {})})
         if path.exists():
             rec = read_json(path)
             if same_run(rec.get("identity"), identity):
@@ -201,6 +203,7 @@ class FactsRunner:
                "seconds": time.perf_counter() - t0 + (res.resumed or {}).get("earlier_seconds", 0.0),
                "resumed": res.resumed, "facts": len(facts), "steps": len(order)}
         write_json(path, rec)
+        shutil.rmtree(self.out / "artifacts" / name, ignore_errors=True)  # its checkpoint: the record is the result
         return rec
 
     def fact_rows(self, split: str = "dev", n: int = 8, layer: int | None = None) -> Path:
