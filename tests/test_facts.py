@@ -595,3 +595,12 @@ def test_a_facts_run_trains_on_its_seeds_arrival_order(tmp_path, monkeypatch):
 
     identity = {s: read_json(tmp_path / "failed" / f"smf-tfidf-lr0.01-s{s}-report.json")["identity"] for s in (0, 1)}
     assert "arrival" in identity[1] and "arrival" not in identity[0]  # a seed-1 record of the old order is not reused
+
+
+def test_the_resolution_is_the_median_half_width_of_the_runs_intervals():
+    from smf_lib.study import facts_frontier as FF
+
+    runs = [{"changes": {"chat_loglik": {"delta": 0.0, "lo": -w, "hi": w, "n": 174}}} for w in (0.002, 0.004, 0.010)]
+    table = FF.resolution(runs).set_index("measure")
+    assert table.loc["held-out chat log-lik (nats)", "half-width"] == pytest.approx(0.004)
+    assert table.loc["held-out chat log-lik (nats)", "items"] == 174 and len(table) == 1  # only measures runs have

@@ -143,6 +143,32 @@ display(Panels([plot_fact_rows(snapshot, 0, "tfidf")]))
 book_table(rows_table(snapshot), key=["fact"])
 
 # %% [markdown]
+# ## Before the comparison: the memory and the probes
+# Two checks come before any verdict. The starting memory must be alive and spread, or SMF has nothing of its own to
+# train (chapter 2), and each forgetting probe must be able to see a change of the size that matters. Both read from
+# the records:
+
+# %% tags=["hide-input"]
+from smf_lib.spread import MAX_TOP5_SHARE
+
+start_record = read_json(folder / "start" / f"{preset.start['recipe']}.json")
+health = start_record["verdict"]
+alive = "alive" if health["alive"] else "not alive"
+random_top5 = max(m["general_top5_share"] for m in start_record["trajectory"][0]["spread"]["layers"].values())
+display(Markdown(
+    f"The starting memory ({start_record['n_slots']:,} rows per layer) is {alive}: its quietest layer adds "
+    f"{health['min_share']:.0%} of its MLP's output, and the retrofit lowered held-out chat loss by "
+    f"{health['loss_gain']:.2f} nats. General text's reads are as spread as random addressing's "
+    f"({health['min_effective_ratio']:.2f} of its effective rows at the least spread layer), though at some layer "
+    f"the 5% most-read rows take {health['max_top5_share']:.0%} of the reads "
+    f"({'within' if health['max_top5_share'] <= MAX_TOP5_SHARE else 'above'} the spread pilot's bound of "
+    f"{MAX_TOP5_SHARE:.0%}), as they did under random addressing before the retrofit ({random_top5:.0%}): a few "
+    "hundred paragraphs do not read a table this large evenly (chapter 2)."))
+power = FF.resolution(runs)
+display(book_table(power, key=["measure"], caption="the smallest change each measure resolves: the median "
+                   "half-width of the runs' paired 95% intervals"))
+
+# %% [markdown]
 # ## Learning against forgetting
 # How to read the next figure: each line is one arm, starting at the origin (the starting model) and passing through
 # its rates, lowest first, with the mean over seeds. The x axis is what the arm learned (the facts' answer

@@ -208,6 +208,19 @@ def level_of(runs: list[dict], start: dict, arms=COMPARED) -> dict:
             "left_out": sorted(set(ends["arm"]) - set(kept["arm"]))}
 
 
+def resolution(runs: list[dict], measures=(LEARN, *FORGETTING)) -> pd.DataFrame:
+    """What each measure can resolve on these items: its items and the median half-width, over ``runs``, of each
+    run's paired 95% interval of its change from the starting model (``changes`` in the record). A change smaller
+    than the half-width cannot be told from zero here."""
+    rows = []
+    for m in measures:
+        have = [r["changes"][m] for r in runs if m in r.get("changes", {})]
+        if have:
+            rows.append({"measure": MEASURES[m][1], "items": int(have[0]["n"]),
+                         "half-width": float(np.median([(c["hi"] - c["lo"]) / 2 for c in have]))})
+    return pd.DataFrame(rows, columns=["measure", "items", "half-width"])
+
+
 def _signed(x: float, digits: int = 3) -> str:
     return f"{x:+.{digits}f}"
 
