@@ -311,7 +311,10 @@ def test_an_arm_whose_reported_runs_all_learned_more_than_the_level_gets_its_nex
         arm, lr, seed = name.rsplit("-lr", 1)[0], float(name.split("-lr")[1].split("-s")[0]), int(name[-8])
         write_json(tmp_path / "runs" / f"{name}.json", _facts_run(arm, lr, seed, -10.0 + reported[arm][lr], [-2.0] * 2))
     assert FF.bracket_rates(p, tmp_path) is None  # one planned run missing: nothing is decided yet
-    assert "decided once the planned runs are in" in status_lines(p, tmp_path)[2]
+    assert FF.bracket_rates_so_far(p, tmp_path) == {"lora": (1e-5,), "full": (1e-5,)}  # but seed 0 already decides
+    assert status_lines(p, tmp_path)[2].endswith(
+        "(decided once the planned runs are in; already certain from the finished runs: lora at 1e-05, full at 1e-05, "
+        "4 runs)")
     write_json(tmp_path / "runs" / f"{names[-1]}.json", _facts_run("full", 1e-6, 1, -9.0, [-2.0] * 2))
     assert FF.bracket_rates(p, tmp_path) == {"lora": (1e-5,), "full": (1e-5,)}
     assert FF.answer_runs(p, tmp_path)["split"] == "dev"  # waits for the added runs

@@ -432,9 +432,23 @@ def bracket_rates(preset, folder: str | Path, plan: dict | None = None) -> dict[
     folder = Path(folder)
     plan = plan or report_plan(preset, folder)
     found = _reported(preset, folder, plan["rates"])
-    if found is None:
-        return None
-    start, runs = found
+    return None if found is None else _additions(preset, folder, plan, *found)
+
+
+def bracket_rates_so_far(preset, folder: str | Path, plan: dict | None = None) -> dict[str, tuple[float, ...]]:
+    """The rates :func:`bracket_rates` will add whatever the planned runs still to come give: the rule adds a rate
+    when *some* seed's run lies on one side of the level, so the finished runs already decide these (more may
+    follow). For ``status``."""
+    folder = Path(folder)
+    plan = plan or report_plan(preset, folder)
+    if not (folder / "start-report.json").exists():
+        return {}
+    start, runs = load(folder, "report")
+    names = set(run_names(plan["rates"], preset.seeds))
+    return _additions(preset, folder, plan, start, [r for r in runs if _name(r) in names])
+
+
+def _additions(preset, folder: Path, plan: dict, start: dict, runs: list[dict]) -> dict[str, tuple[float, ...]]:
     _, dev = load(folder, "dev")
     swept = set(dev_run_names(preset))
     out = {}

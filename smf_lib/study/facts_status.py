@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
-from .facts_frontier import bracket_rates, dev_run_names, dev_runs_left, report_plan, run_names
+from .facts_frontier import bracket_rates, bracket_rates_so_far, dev_run_names, dev_runs_left, report_plan, run_names
 
 
 def status_lines(preset, folder: str | Path) -> list[str]:
@@ -40,9 +40,12 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     lines += [f"diverged (no metrics): {', '.join(n for n in names if n not in left and n in failed)}"] if any(
         n in failed for n in names) else []
     if added is None:
+        sure = bracket_rates_so_far(preset, folder, plan)
         lines.append("then, for an arm whose lowest planned rate learned more than the level at some seed (or its "
                      "highest less), the next rate of its dev sweep, every seed (decided once the planned runs are "
-                     "in)")
+                     "in" + ("; already certain from the finished runs: " + ", ".join(
+                         f"{arm} at {lr:g}" for arm, rates in sure.items() for lr in rates)
+                         + f", {sum(map(len, sure.values())) * len(preset.seeds)} runs" if sure else "") + ")")
     elif added:
         lines.append("added, one step along the dev sweep: " + ", ".join(
             f"{arm} at {lr:g} ({'below' if lr < min(plan['rates'][arm]) else 'above'} its planned rates)"
