@@ -404,7 +404,7 @@ def _name(run: dict, split: str = "report") -> str:
     return f"{run['arm']}-lr{run['lr']:g}-s{run['seed']}-{split}"
 
 
-def _failed(folder: Path) -> set[str]:
+def failed_runs(folder: Path) -> set[str]:
     """The runs whose training diverged (``failed/``): finished, with no metrics."""
     return {f.stem for f in (folder / "failed").glob("*.json")} if (folder / "failed").exists() else set()
 
@@ -417,7 +417,7 @@ def _reported(preset, folder: Path, rates: dict) -> tuple[dict, list[dict]] | No
     names = set(run_names(rates, preset.seeds))
     start, runs = load(folder, "report")
     runs = [r for r in runs if _name(r) in names]
-    missing = names - {_name(r) for r in runs} - _failed(folder)
+    missing = names - {_name(r) for r in runs} - failed_runs(folder)
     return None if missing else (start, runs)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json
-from .facts_frontier import bracket_rates, bracket_rates_so_far, dev_run_names, dev_runs_left, report_plan, run_names
+from .facts_frontier import (bracket_rates, bracket_rates_so_far, dev_run_names, dev_runs_left, failed_runs,
+                             report_plan, run_names)
 
 
 def status_lines(preset, folder: str | Path) -> list[str]:
@@ -19,9 +20,9 @@ def status_lines(preset, folder: str | Path) -> list[str]:
     folder = Path(folder)
     planned = len(dev_run_names(preset))
     todo = dev_runs_left(preset, folder)
-    failed = sorted(f.stem for f in (folder / "failed").glob("*.json")) if (folder / "failed").exists() else []
+    failed = failed_runs(folder)
     lines = [f"dev facts (rates are chosen here): {planned - len(todo)} of {planned} runs finished"]
-    dev_failed = [n for n in failed if n.endswith("-dev")]
+    dev_failed = sorted(n for n in failed if n.endswith("-dev"))
     lines += [f"diverged (no metrics): {', '.join(dev_failed)}"] if dev_failed else []
     if todo:
         return lines + [f"dev runs to do, in order: {', '.join(todo)}",
@@ -33,12 +34,11 @@ def status_lines(preset, folder: str | Path) -> list[str]:
         return lines + [f"reported facts: no rates can be chosen ({err})"]
     added = bracket_rates(preset, folder, plan)
     names = run_names(plan["rates"], preset.seeds) + run_names(added or {}, preset.seeds)
-    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists() and
-            not (folder / "failed" / f"{n}.json").exists()]
+    left = [n for n in names if not (folder / "runs" / f"{n}.json").exists() and n not in failed]
     lines.append(f"reported facts, read at the dev level {plan['level']:+.2f}: {len(names) - len(left)} of "
                  f"{len(names)} runs finished")
-    lines += [f"diverged (no metrics): {', '.join(n for n in names if n not in left and n in failed)}"] if any(
-        n in failed for n in names) else []
+    diverged = [n for n in names if n in failed]
+    lines += [f"diverged (no metrics): {', '.join(diverged)}"] if diverged else []
     if added is None:
         sure = bracket_rates_so_far(preset, folder, plan)
         lines.append("then, for an arm whose lowest planned rate learned more than the level at some seed (or its "
