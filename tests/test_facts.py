@@ -182,6 +182,28 @@ def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
                                                                    ("lora", 1e-4): 2.0, ("lora", 3e-4): 4.0}
 
 
+def test_the_facts_answer_names_the_probe_once_and_joins_baselines_with_the_same_verdict():
+    """Two baselines: the same verdict is said once for both ("... than LoRA (...) and full finetuning (...)",
+    "... from LoRA (...) or full finetuning (...)"); an interval that excludes 0 while the seeds disagree says so."""
+    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study.tables import verdict_cell
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    smf = [_facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]), _facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0])]
+    base = [_facts_run(arm, lr, 0, ll, chat) for arm in ("lora", "full")
+            for lr, ll, chat in ((1e-4, -8.0, [-2.4, -2.2]), (3e-4, -6.0, [-3.0, -3.0]))]
+    said = FF.answer(smf + base, start, seeds=(0,))
+    assert "SMF-TF-IDF did better on held-out chat than LoRA (+0.400 [" in said
+    assert "nats) and full finetuning (+0.400 [" in said and said.count("held-out chat") == 1
+    same = [dict(r, arm=arm) for arm in ("smf-tfidf", "lora", "full") for r in base[:2]]
+    said = FF.answer(same, start, seeds=(0,))
+    assert "could not be told apart on held-out chat from LoRA (+0.000 [+0.000, +0.000] nats) or full finetuning" in said
+    assert list(FF.frontier_table(smf, start)["lr"]) == [1e-2, 3e-2]  # by rate, whatever the records' order
+    row = {"difference": 0.01, "lo": 0.002, "hi": 0.02, "verdict": "cannot tell"}
+    assert verdict_cell(row, unit="nats") == "+0.010 [+0.002, +0.020] nats; the seeds disagree"
+    assert verdict_cell(dict(row, verdict="better")) == "+0.010 [+0.002, +0.020]"
+
+
 def test_a_finished_facts_run_survives_a_new_rate_in_its_preset_but_not_another_setting():
     from smf_lib.study.facts_study import same_run
 

@@ -87,8 +87,8 @@ sentence = FF.answer(runs, start, seeds, split=split, level=level)
 planned_runs = [r for r in runs if r["lr"] in plan["planned"].get(r["arm"], ())]
 as_planned = FF.answer(planned_runs, start, seeds, split=split, level=level) if plan["added"] else None
 if as_planned:  # rates were added after the planned runs: the reading fixed before them, beside the answer
-    as_planned = ("Read from the planned rates alone (the reading fixed before the reported runs): "
-                  + as_planned[0].lower() + as_planned[1:])
+    as_planned = ("Read from the planned rates alone (the reading fixed before the reported runs), "
+                  + as_planned[as_planned.index("SMF-TF-IDF "):])
 if sentence:
     display(found_box([s for s in (sentence, as_planned) if s], title="In one sentence"))
 display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds, level=level)]))
@@ -194,7 +194,6 @@ reads = FF.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level
 if reads:  # an arm not read between two of its own runs
     display(Markdown(reads))
 if plan["added"]:  # rates added on the reported facts so that an arm can be read between two of its own runs
-    alone = FF.answer(planned_runs, start, seeds, split=split, level=level)
     added = [f"{FF.ARM_LABELS[a]} at {lr:g} ("
              + ("below its planned rates: at some seed its lowest planned rate learned more than the level"
                 if lr < min(plan["planned"][a]) else
@@ -206,10 +205,11 @@ if plan["added"]:  # rates added on the reported facts so that an arm can be rea
         "was added, every seed, so that the arm can be read between two of its own runs: " + "; ".join(added)
         + ". The rule reads learning only, never a forgetting probe, and the level stays the dev facts' "
         "(`smf_lib.study.facts_frontier.bracket_rates`); it was fixed after the first seed's planned runs had been "
-        "scored, so the reading from the planned runs alone, the one fixed before them, is given too (a dev stream "
-        "as long as the reported one might have chosen rates that bracket the level there; no such stream was "
-        "run): "
-        + (alone if alone else "from the planned runs alone, no SMF and baseline pair reaches the level.")))
+        "scored, so the reading from the planned runs alone, the one fixed before them, "
+        + ("is given beside the answer at the top of the chapter" if as_planned else
+           "was looked for too: from the planned runs alone, no SMF and baseline pair reaches the level")
+        + " (a dev stream as long as the reported one might have chosen rates that bracket the level there; no such "
+        "stream was run)."))
 
 # %% [markdown]
 # And the running example, the first fact? Its held-out questions after every run, beside the starting model:

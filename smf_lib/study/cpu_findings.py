@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .paired_stats import MATCH_MARGIN
+from .tables import verdict_cell as _cell
 
 SMF = ("smf-kl", "smf-tfidf")
 SAME_START = ("lora-mem", "full-mem")
@@ -45,14 +46,6 @@ def verdict_table(runs: list[dict], baselines=SAME_START, probes=PROBES) -> pd.D
                              "per seed": [float(v) for v in seeds["difference"]], "verdict": row["verdict"]})
     return pd.DataFrame(rows, columns=["smf", "baseline", "metric", "difference", "lo", "hi", "seeds", "per seed",
                                        "verdict"])
-
-
-def _cell(r, digits: int = 3, unit: str = "") -> str:
-    """The difference and its interval; where the interval excludes 0 but the verdict cannot tell, the seeds
-    disagree, and the cell says so."""
-    split = r["verdict"] == "cannot tell" and (r["lo"] > 0 or r["hi"] < 0)
-    return (f"{r['difference']:+.{digits}f} [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
-            + (f" {unit}" if unit else "") + ("; the seeds disagree" if split else ""))
 
 
 def _kept(verdict: str) -> str:

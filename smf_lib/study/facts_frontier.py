@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..files import read_json
 from .paired_stats import common_level, item_interval, seed_verdict
+from .tables import verdict_cell
 
 #: The learning measure: the facts' answer log-likelihood (nats per answer token, held-out questions).
 LEARN = "facts_loglik"
@@ -84,7 +85,8 @@ def frontier_table(runs: list[dict], start: dict, measures=tuple(MEASURES)) -> p
             if all(m in s for s in picked):
                 row[m] = float(np.mean([_mean(s, m) - _mean(start, m) for s in picked]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["arm", "lr"], ignore_index=True) if len(table) else table
 
 
 def learning_ends(runs: list[dict], start: dict) -> pd.DataFrame:
@@ -225,10 +227,6 @@ def _signed(x: float, digits: int = 3) -> str:
     return f"{x:+.{digits}f}"
 
 
-def _cell(row: dict) -> str:
-    return f"{_signed(row['difference'])} [{_signed(row['lo'])}, {_signed(row['hi'])}]"
-
-
 def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
     """The chapter's answer, in at most four sentences computed from the records: what the start knew, how far
     each arm learned, and SMF against LoRA and full finetuning at equal learning (``level``; by default the runs'
@@ -261,8 +259,8 @@ def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = 
     table = compare(runs, start, level, smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in arms),
                     baselines=tuple(a for a in ("lora", "full") if a in arms), seeds=seeds)
     chat = table[table["probe"] == "chat_loglik"].to_dict("records")
-    parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} ({_cell(r)} nats)"
-             for r in chat]
+    parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} "
+             f"({verdict_cell(r, unit='nats')})" for r in chat]
     short = [a for a in COMPARED if a in arms and all(at_level(runs, start, a, sd, level) is None for sd in seeds)]
     if parts or short:
         out.append(f"At equal learning ({level:+.2f} nats), held-out chat log-likelihood, SMF minus baseline: "
@@ -308,11 +306,17 @@ def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev", leve
     arms = {r["arm"] for r in runs}
     table = compare(runs, start, level, smf=("smf-tfidf",), baselines=tuple(a for a in ("lora", "full") if a in arms),
                     seeds=seeds, probes=("chat_loglik",))
+    rows = table.to_dict("records")
+    if not rows:
+        return None
     words = {"better": "did better on held-out chat than", "worse": "did worse on held-out chat than",
              "cannot tell": "could not be told apart on held-out chat from"}
-    parts = [f"{words[r['verdict']]} {ARM_LABELS[r['baseline']]} ({_cell(r)} nats)" for r in table.to_dict("records")]
-    if not parts:
-        return None
+    again = {"better": "did better than", "worse": "did worse than", "cannot tell": "could not be told apart from"}
+    parts = [f"{words[rows[0]['verdict']]} {ARM_LABELS[rows[0]['baseline']]} ({verdict_cell(rows[0], unit='nats')})"]
+    for r in rows[1:]:  # the probe is said once; a second baseline with the same verdict joins the first
+        same = r["verdict"] == rows[0]["verdict"]
+        parts.append(("or " if same and r["verdict"] == "cannot tell" else "" if same else again[r["verdict"]] + " ")
+                     + f"{ARM_LABELS[r['baseline']]} ({verdict_cell(r, unit='nats')})")
     n_seeds = int(table["seeds"].min())
     where = {"dev": "dev facts", "report": "reported facts"}.get(split, split)
     reads = reads_table(runs, start, level, ("smf-tfidf", *table["baseline"].unique()), seeds)
@@ -321,7 +325,8 @@ def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev", leve
     caveat = (f" ({' and '.join(lined)} read on the line from the starting model: {their} lowest rate already "
               "learned more)" if lined else "")
     return (f"Taught new facts one at a time ({where}, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
-            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + " and ".join(parts) + caveat + ".")
+            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + parts[0]
+            + "".join((" " if p.startswith("or ") else " and ") + p for p in parts[1:]) + caveat + ".")
 
 
 def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the running example") -> str | None:

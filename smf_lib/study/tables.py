@@ -34,6 +34,15 @@ def interval_cell(d: float, lo: float, hi: float, digits: int | None = None) -> 
     return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
 
 
+def verdict_cell(row, digits: int = 3, unit: str = "") -> str:
+    """A verdict row's difference and interval (``difference``, ``lo``, ``hi``, ``verdict``), as a sentence cites
+    it. Where the interval over items excludes 0 but the verdict is "cannot tell", the seeds pointed different ways,
+    and the cell says so, lest a reader take the interval for the verdict."""
+    split = row["verdict"] == "cannot tell" and (row["lo"] > 0 or row["hi"] < 0)
+    return (interval_cell(row["difference"], row["lo"], row["hi"], digits) + (f" {unit}" if unit else "")
+            + ("; the seeds disagree" if split else ""))
+
+
 def count(n) -> str:
     """A count with thousands separators (``4,096``; ``""`` for none). Identifiers (a slot's index, an item's
     number) are not counts: print them as they are."""
