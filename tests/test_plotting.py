@@ -255,3 +255,29 @@ def test_the_frontier_figure_has_one_panel_per_probe_one_line_per_arm_and_the_le
     assert "chat" in top.get_ylabel() and "up is better" in top.get_ylabel() and top.get_xlabel() == ""
     assert not legend_overlaps(fig)
     plt.close(fig)
+
+
+def test_the_facts_frontier_zooms_in_on_the_level_and_fits_each_panel_to_what_lies_there():
+    """Without ``xmax`` every run is in view; with it the x axis stops there and each panel's y range covers the
+    lines up to it (where a line leaves the window included), not a far run that would squeeze them flat."""
+    from smf_lib.views.facts_plots import plot_facts_frontier
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+
+    def run(arm, lr, gain, chat):
+        scores = {"facts_loglik": [-10 + gain] * 2, "chat_loglik": [chat] * 2}
+        return {"arm": arm, "lr": lr, "seed": 0, "scores": scores}
+
+    runs = [run("smf-tfidf", 1e-2, 0.3, -1.99), run("smf-tfidf", 3e-2, 0.8, -2.01),
+            run("lora", 1e-5, 0.4, -1.995), run("lora", 3e-5, 2.4, -2.2)]
+    whole = plot_facts_frontier(runs, start, probes=("chat_loglik",), level=0.4)
+    (ax,) = whole.axes
+    assert ax.get_xlim()[1] > 2.4 and ax.get_ylim()[0] < -0.2
+    near = plot_facts_frontier(runs, start, probes=("chat_loglik",), level=0.4, xmax=0.8)
+    (ax,) = near.axes
+    lo, hi = ax.get_ylim()
+    assert ax.get_xlim()[1] == pytest.approx(0.8)
+    # in view: SMF's +0.01 at 0.3 and -0.01 at 0.8, and LoRA where it leaves the window (-0.036 at 0.8), not its -0.2
+    assert -0.045 < lo < -0.036 and 0.01 < hi < 0.015
+    assert not legend_overlaps(near)
+    plt.close("all")

@@ -177,7 +177,8 @@ display(book_table(power, key=["measure"], caption="the smallest change each mea
 # up for the log-likelihoods, down for WikiText's NLL); the dotted line marks the level where all arms are compared.
 # On the reported facts that level is the dev sweep's, fixed before the reported runs. Each arm is read where its
 # line crosses the level, between the two points around it; where its lowest rate already learned more, that is
-# the straight line from the starting model, and the text under the figure says so.
+# the straight line from the starting model, and the text under the figure says so. The second figure is the first
+# one zoomed in on learning up to twice the level, where the comparison is made.
 # Chapter 3 draws the idea on made-up numbers:
 
 # %% tags=["hide-input"]
@@ -186,7 +187,10 @@ from smf_lib.views.diagrams import plot_how_to_read
 display(Panels([plot_how_to_read(("SMF", "LoRA"))]))
 
 # %%
-display(Panels([plot_facts_frontier(runs, start, level=level, title=f"{split} facts")]))
+near = None if level is None else 2 * level  # runs far to the right squeeze the level's neighbourhood: zoom in too
+display(Panels([plot_facts_frontier(runs, start, level=level, title=where)]
+               + ([plot_facts_frontier(runs, start, level=level, title=f"{where}, near the level", xmax=near)]
+                  if near is not None else [])))
 if split == "report":  # the dev sweep the rates were chosen on
     display(Panels([plot_facts_frontier(dev_runs, dev_start, level=FF.level_of(dev_runs, dev_start)["level"],
                                         title="dev facts: the sweep the rates were chosen on")]))

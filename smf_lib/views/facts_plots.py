@@ -62,14 +62,25 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
     return pd.DataFrame(rows)
 
 
+def _seen(xs, ys, xmax: float) -> list[float]:
+    """The y values a line takes for x up to ``xmax``: its points there and where it leaves the window."""
+    out = [y for x, y in zip(xs, ys) if x <= xmax]
+    out += [y0 + (y1 - y0) * (xmax - x0) / (x1 - x0) for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])
+            if min(x0, x1) < xmax < max(x0, x1)]
+    return out
+
+
 def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level: float | None = None,
-                        title: str | None = None):
+                        title: str | None = None, xmax: float | None = None):
     """Learning (x: the facts' answer log-likelihood change) against each forgetting probe's change (y), one line
     per arm through the start and its rates (mean over seeds), the comparison's level marked (dotted); ``title``
-    over the first panel. Returns the figure, one panel per probe, one below the other."""
+    over the first panel. ``xmax`` zooms in on learning up to it (each panel's y range fitted to what the lines do
+    there), where a run far to the right would squeeze the region around the level. Returns the figure, one panel
+    per probe, one below the other."""
     table = frontier_table(runs, start)
     fig, axes = plt.subplots(len(probes), 1, figsize=(6.6, 3.0 * len(probes)), squeeze=False)
     for ax, probe in zip(axes[:, 0], probes):
+        seen = [0.0]
         for arm, g in table.groupby("arm", sort=False):
             if probe not in g:
                 continue
@@ -77,6 +88,11 @@ def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level:
             xs, ys = [0.0, *g[LEARN]], [0.0, *g[probe]]
             ax.plot(xs, ys, ls=_STYLE.get(arm, "-"), marker="o", ms=4, color=_COLOUR.get(arm, "k"),
                     label=ARM_LABELS.get(arm, arm))
+            seen += _seen(xs, ys, xmax) if xmax is not None else []
+        if xmax is not None:
+            pad = 0.08 * ((max(seen) - min(seen)) or 1e-3)
+            ax.set_xlim(-0.03 * xmax, xmax)
+            ax.set_ylim(min(seen) - pad, max(seen) + pad)
         if level is not None:
             ax.axvline(level, ls=":", color="0.3")
         ax.axhline(0, color="0.7", lw=0.8)
