@@ -156,6 +156,7 @@ def _facts_run(arm, lr, seed, loglik, chat):
 def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
     """Constructed runs with known crossings: learning is the answer log-likelihood's change, the level the middle
     of the arms' overlap, and each probe's per-item change is interpolated between the rates around it."""
+    from smf_lib.study import facts_findings as FX
     from smf_lib.study import facts_frontier as FF
 
     start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
@@ -171,10 +172,10 @@ def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
     table = FF.compare(runs, start, 2.5, smf=("smf-tfidf",), baselines=("lora",), seeds=(0,), probes=("chat_loglik",))
     (row,) = table.to_dict("records")
     assert row["difference"] == pytest.approx(0.4) and row["lo"] > 0 and row["verdict"] == "better"
-    sentence = FF.answer(runs, start, seeds=(0,))
+    sentence = FX.answer(runs, start, seeds=(0,))
     assert "at equal learning (+2.50 nats" in sentence
     assert "SMF-TF-IDF did better on held-out chat than LoRA" in sentence
-    assert FF.answer(runs[:2], start) is None  # one arm: nothing to compare
+    assert FX.answer(runs[:2], start) is None  # one arm: nothing to compare
     assert FF.rates_around(runs, start, 2.5) == {"smf-tfidf": (1e-2, 3e-2), "lora": (1e-4, 3e-4)}
     assert FF.rates_around(runs, start, 0.5) == {"smf-tfidf": (1e-2,), "lora": (1e-4,)}
     ends = FF.learning_ends(runs, start)
@@ -185,6 +186,7 @@ def test_the_facts_frontier_reads_every_arm_at_the_same_learning():
 def test_the_facts_answer_names_the_probe_once_and_joins_baselines_with_the_same_verdict():
     """Two baselines: the same verdict is said once for both ("... than LoRA (...) and full finetuning (...)",
     "... from LoRA (...) or full finetuning (...)"); an interval that excludes 0 while the seeds disagree says so."""
+    from smf_lib.study import facts_findings as FX
     from smf_lib.study import facts_frontier as FF
     from smf_lib.study.tables import verdict_cell
 
@@ -192,11 +194,11 @@ def test_the_facts_answer_names_the_probe_once_and_joins_baselines_with_the_same
     smf = [_facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]), _facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0])]
     base = [_facts_run(arm, lr, 0, ll, chat) for arm in ("lora", "full")
             for lr, ll, chat in ((1e-4, -8.0, [-2.4, -2.2]), (3e-4, -6.0, [-3.0, -3.0]))]
-    said = FF.answer(smf + base, start, seeds=(0,))
+    said = FX.answer(smf + base, start, seeds=(0,))
     assert "SMF-TF-IDF did better on held-out chat than LoRA (+0.400 [" in said
     assert "nats) and full finetuning (+0.400 [" in said and said.count("held-out chat") == 1
     same = [dict(r, arm=arm) for arm in ("smf-tfidf", "lora", "full") for r in base[:2]]
-    said = FF.answer(same, start, seeds=(0,))
+    said = FX.answer(same, start, seeds=(0,))
     assert "told apart on held-out chat from LoRA (+0.000 [+0.000, +0.000] nats) or full finetuning" in said
     assert list(FF.frontier_table(smf, start)["lr"]) == [1e-2, 3e-2]  # by rate, whatever the records' order
     row = {"difference": 0.01, "lo": 0.002, "hi": 0.02, "verdict": "cannot tell"}
@@ -255,21 +257,38 @@ def test_the_facts_status_lists_the_dev_runs_left_in_order_then_the_reported_one
                         "smf-tfidf 10 min)")
 
 
-def test_the_facts_findings_answer_in_at_most_four_sentences_from_the_records():
-    from smf_lib.study import facts_frontier as FF
+def test_the_facts_findings_answer_in_at_most_five_sentences_from_the_records():
+    from smf_lib.study import facts_findings as FX
 
     start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
     runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]),
             _facts_run("lora", 1e-4, 0, -8.0, [-2.4, -2.2]), _facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0])]
-    found = FF.findings(runs + [_facts_run("full", 1e-6, 0, -9.5, [-2.0, -2.0])], start, seeds=(0,))
+    found = FX.findings(runs + [_facts_run("full", 1e-6, 0, -9.5, [-2.0, -2.0])], start, seeds=(0,))
     assert "full finetuning ran at fewer than 2 rates" in found[1]  # one rate: a point, left out of the level
-    assert 3 <= len(found) <= 4 and "answers 0% of the 2 held-out questions" in found[0]
+    assert 3 <= len(found) <= 5 and "answers 0% of the 2 held-out questions" in found[0]
     assert "LoRA +1.00 to +4.00" not in found[1] and "LoRA +2.00 to +4.00" in found[1]
     assert "SMF-TF-IDF against LoRA: better (+0.400" in found[2]
     far = [_facts_run("smf-tfidf", 1e-2, 0, -9.9, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -5.0, [-3.0, -3.0])]
-    assert "do not overlap" in FF.findings(far, start)[-1]
-    one = FF.findings([_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0])], start)
+    assert "do not overlap" in FX.findings(far, start)[-1]
+    one = FX.findings([_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0])], start)
     assert "by arm over its rates: SMF-TF-IDF +1.00; the most" in one[1]
+
+
+def test_the_findings_give_every_verdict_against_smf_including_the_sgd_arms():
+    """A plain-SGD arm that lost more chat than LoRA at the level is named with its interval, though the headline
+    sentences speak of SMF-TF-IDF and SMF-KL only; with no such verdict, the findings say that none went so."""
+    from smf_lib.study import facts_findings as FX
+
+    start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
+    runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("smf-tfidf", 3e-2, 0, -7.0, [-2.2, -2.0]),
+            _facts_run("lora", 1e-4, 0, -8.0, [-2.4, -2.2]), _facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0])]
+    sgd = [_facts_run("smf-tfidf-sgd", 1e2, 0, -9.0, [-2.5, -2.6]),
+           _facts_run("smf-tfidf-sgd", 1e3, 0, -7.0, [-3.5, -3.6])]
+    found = FX.findings(runs + sgd, start, seeds=(0,))
+    assert found[-1].startswith("Also against SMF at that level: SMF-TF-IDF, SGD did worse than LoRA on held-out "
+                                "chat log-lik (-0.825 [")  # at +2.50: (-1.25, -1.35) against LoRA's (-0.55, -0.40)
+    calm = [dict(r, scores={**r["scores"], "chat_loglik": [-2.0, -2.0]}) for r in sgd]
+    assert FX.findings(runs + calm, start, seeds=(0,))[-1].startswith("Nothing else at that level went against SMF")
 
 
 def test_the_answer_rests_on_the_reported_facts_only_once_every_planned_run_is_in(tmp_path):
@@ -390,16 +409,16 @@ def test_the_common_level_is_the_compared_arms_and_the_reported_rates_bracket_it
 
 
 def test_the_facts_example_sentence_reads_one_reported_medmcqa_item_per_arm():
-    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study import facts_findings as FX
 
     start = {"medmcqa_gold_margin": [0.5, -0.2]}
     runs = [{"arm": "smf-tfidf", "split": "report", "scores": {"medmcqa_gold_margin": [0.5, -0.1]}},
             {"arm": "smf-tfidf", "split": "report", "scores": {"medmcqa_gold_margin": [0.5, -0.15]}},
             {"arm": "lora", "split": "report", "scores": {"medmcqa_gold_margin": [0.4, -0.3]}}]
-    sentence = FF.example_sentence(runs, start, 1)
+    sentence = FX.example_sentence(runs, start, 1)
     assert "starts at -0.200 nats" in sentence
     assert "+0.050 to +0.100 under SMF-TF-IDF, -0.100 under LoRA" in sentence
-    assert FF.example_sentence([{**r, "split": "dev"} for r in runs], start, 1) is None
+    assert FX.example_sentence([{**r, "split": "dev"} for r in runs], start, 1) is None
 
 
 def test_rates_around_follow_the_first_crossing_and_verdicts_need_every_seed_to_agree():
@@ -427,11 +446,11 @@ def test_rates_around_follow_the_first_crossing_and_verdicts_need_every_seed_to_
 
 
 def test_the_findings_say_which_arm_falls_short_of_a_given_level():
-    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study import facts_findings as FX
 
     start = {"facts_loglik": [-10.0, -10.0], "facts_em": [0, 0], "chat_loglik": [-2.0, -2.0]}
     runs = [_facts_run("smf-tfidf", 1e-2, 0, -9.0, [-2.0, -2.0]), _facts_run("lora", 1e-4, 0, -6.0, [-2.4, -2.2])]
-    found = FF.findings(runs, start, seeds=(0,), level=2.0)  # the level fixed beforehand: SMF reaches only 1.0
+    found = FX.findings(runs, start, seeds=(0,), level=2.0)  # the level fixed beforehand: SMF reaches only 1.0
     assert found[-1].endswith("no pair to compare (SMF-TF-IDF did not reach that level).")
 
 
@@ -480,6 +499,7 @@ def test_a_diverged_facts_run_is_recorded_skipped_and_counted_as_finished(tmp_pa
 def test_the_reads_say_which_arms_lie_on_the_line_from_the_start_and_which_never_reach_the_level():
     """An arm whose lowest reported rate already learned more than the level is read between the starting model
     and that run, and the chapter says so; an arm that never reaches the level is named as not compared."""
+    from smf_lib.study import facts_findings as FX
     from smf_lib.study import facts_frontier as FF
 
     start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
@@ -494,15 +514,15 @@ def test_the_reads_say_which_arms_lie_on_the_line_from_the_start_and_which_never
     rows = table.set_index(["arm", "seed"])
     assert rows.loc[("smf-tfidf", 0), "below"] == 3e-2 and not rows.loc[("smf-tfidf", 0), "from start"]
     assert rows.loc[("lora", 1), "below"] == 0.0 and rows.loc[("lora", 1), "from start"]
-    said = FF.reads_sentence(table, 0.43)
+    said = FX.reads_sentence(table, 0.43)
     assert said.startswith("At the level (+0.43 nats): LoRA's lowest rate, 1e-05, already learned +0.80, +0.90 nats "
                            "(seeds 0, 1), more than the level, so it is read on the straight line")
     assert "full finetuning never reaches the level (at most +0.10 nats) and is not compared" in said
-    assert FF.reads_sentence(table[table["arm"] == "smf-tfidf"], 0.43) is None
+    assert FX.reads_sentence(table[table["arm"] == "smf-tfidf"], 0.43) is None
 
 
 def test_the_answer_says_when_a_baseline_is_read_on_the_line_from_the_start():
-    from smf_lib.study import facts_frontier as FF
+    from smf_lib.study import facts_findings as FX
 
     start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
     runs = []
@@ -511,12 +531,12 @@ def test_the_answer_says_when_a_baseline_is_read_on_the_line_from_the_start():
                  _facts_run("smf-tfidf", 1e-1, seed, -9.2, [-2.01, -2.01]),
                  _facts_run("lora", 1e-5, seed, -9.2, [-1.99, -1.99]),
                  _facts_run("lora", 3e-5, seed, -7.7, [-2.2, -2.2])]
-    said = FF.answer(runs, start, (0, 1), split="report", level=0.43)
+    said = FX.answer(runs, start, (0, 1), split="report", level=0.43)
     assert said.endswith("(LoRA read on the line from the starting model: its lowest rate already learned more).")
     bracketed = [r for r in runs if r["arm"] == "smf-tfidf"] + [
         {**r, "lr": 3e-6, "scores": {**r["scores"], "facts_loglik": [-9.8, -9.8]}} for r in runs
         if r["arm"] == "lora" and r["lr"] == 1e-5] + [r for r in runs if r["arm"] == "lora"]
-    assert "line from the starting model" not in FF.answer(bracketed, start, (0, 1), split="report", level=0.43)
+    assert "line from the starting model" not in FX.answer(bracketed, start, (0, 1), split="report", level=0.43)
 
 
 def test_a_facts_run_resumed_from_a_checkpoint_counts_the_earlier_processes_time(tmp_path, monkeypatch):

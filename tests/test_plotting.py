@@ -281,3 +281,23 @@ def test_the_facts_frontier_zooms_in_on_the_level_and_fits_each_panel_to_what_li
     assert -0.045 < lo < -0.036 and 0.01 < hi < 0.015
     assert not legend_overlaps(near)
     plt.close("all")
+
+
+def test_one_facts_rows_are_told_in_words_that_match_the_selection():
+    """The rows sentence and table count from the snapshot: hubs among the fact's most-read rows, how many of those
+    the selector trains, hubs in its top-t; the table's columns name the selector and the top-t."""
+    from smf_lib.views.facts_plots import fact_selection, rows_sentence, rows_table
+
+    # rows 0-1: hubs the fact reads most; rows 2-3: rare rows it reads less; rows 4-7: untouched
+    snapshot = {"n_slots": 8, "n_docs": 10, "top_t": 2, "df": [9, 8, 1, 0, 5, 5, 5, 5],
+                "totals": [90, 80, 1, 1, 50, 50, 50, 50],
+                "facts": [{"entity": "A", "answer": "x", "rows": [0, 1, 2, 3], "reads": [9, 8, 3, 2]},
+                          {"entity": "B", "answer": "y", "rows": [0, 2], "reads": [5, 5]}]}
+    chosen = set(fact_selection(snapshot, 0, "tfidf").tolist())
+    assert chosen == {2, 3}  # TF-IDF passes over the hubs
+    said = rows_sentence(snapshot, 0, "tfidf", rows=3)
+    assert said.startswith("Of the 3 rows this fact's batch reads most, 2 are hubs, read by more than 50%")
+    assert "TF-IDF trains 1 of those 3; the rest of its 2 rows" in said and said.endswith("they hold 0 hubs in all.")
+    table = rows_table(snapshot)
+    assert list(table.columns[2:4]) == ["TF-IDF: hubs among its 2 rows", "TF-IDF: shared with the next fact"]
+    assert table.iloc[0, 2] == 0 and table.iloc[0, 3] == len(chosen & set(fact_selection(snapshot, 1).tolist()))

@@ -59,7 +59,7 @@ device = setup_notebook(SEED)
 # comparison are chosen):
 
 # %% tags=["hide-input"]
-from smf_lib.study import facts_frontier
+from smf_lib.study import facts_findings, facts_frontier
 from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.findings import answer_cpu_v2, findings_cpu, findings_v1
 from smf_lib.study.records import is_report
@@ -72,7 +72,7 @@ from IPython.display import Markdown, display
 folder, summary, runs = load_results("cpu-v2")
 status = study_status(get_preset("cpu-v2"), folder)
 facts = facts_frontier.answer_runs(get_facts_preset("facts"), results_dir("facts"))
-facts_answer = facts_frontier.answer(facts["runs"], facts["start"], facts["seeds"], split=facts["split"],
+facts_answer = facts_findings.answer(facts["runs"], facts["start"], facts["seeds"], split=facts["split"],
                                      level=facts["level"])
 found_box([s for s in (answer_cpu_v2(runs), facts_answer) if s], title="In one sentence")
 

@@ -31,6 +31,18 @@
 # - see which memory rows one fact reads, which of them SMF trains and how much general text reads them;
 # - compare SMF with LoRA and full finetuning at equal learning, on four forgetting probes with paired intervals.
 #
+# **The arms.** SMF-TF-IDF and SMF-KL train only the top-t memory rows that the TF-IDF or the KL score picks for
+# each batch (chapter 4), with the project's row-sparse Adam; "SMF-TF-IDF, SGD" and "SMF-KL, SGD" are the same
+# selections trained with plain SGD, as Lin et al. train them (an SGD rate is not on Adam's scale: SGD's step is the
+# rate times the gradient, which is tiny for a memory row, so its rates run to the thousands). LoRA and full
+# finetuning train the model's own weights, with the same memory in place. Every arm starts from the same model.
+# The one-sentence answer speaks of SMF-TF-IDF, Lin et al.'s selector, and of held-out chat.
+#
+# **The probes.** Learning is the log-likelihood of each fact's answer on questions training never shows. Forgetting
+# is read on four things the stream never touches: the log-likelihood of held-out chat replies (the model's everyday
+# behaviour), WikiText's negative log-likelihood per token (general text), the log-likelihood of TriviaQA's gold
+# answers (world knowledge) and MedMCQA's gold margin (the paper's task, chapter 3).
+#
 # Everything below is read from `results/facts`, written by `python -m smf_lib run --preset facts --split dev` (the
 # dev facts, where the rates and the level of comparison are chosen); `--split report` runs the reported facts at
 # the chosen rates.
@@ -56,11 +68,11 @@ from IPython.display import Markdown, display
 
 from smf_lib.facts import make_facts
 from smf_lib.files import read_json
+from smf_lib.study import facts_findings as FX
 from smf_lib.study import facts_frontier as FF
 from smf_lib.study.facts_presets import get_facts_preset
 from smf_lib.study.results import results_dir
-from smf_lib.study.tables import without_intervals
-from smf_lib.views.facts_plots import example_table, plot_fact_rows, plot_facts_frontier, rows_table
+from smf_lib.views.facts_plots import example_table, plot_fact_rows, plot_facts_frontier, rows_sentence, rows_table
 from smf_lib.views.notebook import found_box, setup_notebook
 from smf_lib.views.plotting import Panels
 from smf_lib.views.tables import book_table
@@ -80,21 +92,25 @@ print(textwrap.fill(f"The answer below rests on the {where}: {len(runs)} runs, s
 
 # %% [markdown]
 # ## The answer
-# Computed from the records of the facts named on the line above, first in one sentence, then in four:
+# Computed from the records of the facts named on the line above, first in one sentence, then in a few. "SMF minus
+# baseline" is positive where SMF kept more of a probe than the baseline did (for WikiText's NLL, where lower is
+# better, negative), with its 95% interval over items.
 
 # %% tags=["hide-input"]
-sentence = FF.answer(runs, start, seeds, split=split, level=level)
+sentence = FX.answer(runs, start, seeds, split=split, level=level)
 planned_runs = [r for r in runs if r["lr"] in plan["planned"].get(r["arm"], ())]
-as_planned = FF.answer(planned_runs, start, seeds, split=split, level=level) if plan["added"] else None
+as_planned = FX.answer(planned_runs, start, seeds, split=split, level=level) if plan["added"] else None
 if as_planned:  # rates were added after the planned runs: the reading fixed before them, beside the answer
+    same = sentence is not None and as_planned.startswith(sentence[:-1])  # the same numbers, perhaps a caveat more
     as_planned = ("Read from the planned rates alone (the reading fixed before the reported runs), "
-                  + as_planned[as_planned.index("SMF-TF-IDF "):])
+                  + ("the numbers are the same" + as_planned[len(sentence) - 1:] if same
+                     else as_planned[as_planned.index("SMF-TF-IDF "):]))
 if sentence:
     display(found_box([s for s in (sentence, as_planned) if s], title="In one sentence"))
-display(found_box([without_intervals(f) for f in FF.findings(runs, start, seeds, level=level)]))
-display(Markdown("Their 95% intervals over items are in the table of SMF minus each baseline, under "
-                 "[Learning against forgetting](#learning-against-forgetting), and every run's changes in the "
-                 "table after it."))
+display(found_box(FX.findings(runs, start, seeds, level=level)))
+display(Markdown("Every probe's difference is in the table of SMF minus each baseline, under "
+                 "[Learning against forgetting](#learning-against-forgetting), and every run's changes in the last "
+                 "table of that section."))
 
 # %% [markdown]
 # ## The stream
@@ -125,19 +141,20 @@ print(textwrap.fill(
 # ## One fact's rows
 # What SMF does with that fact, drawn step by step for the starting memory's middle layer: the rows the fact's
 # phrasings read most, how much general text (Wikipedia paragraphs) reads the same rows, TF-IDF's score, and the
-# top-t rows, the only ones SMF's update moves.
+# top-t rows, the only ones SMF's update moves. (Chapter 4 defines the shares $p_i$ and $q_i$ and both scores.)
 
 # %%
 snapshot = read_json(folder / "fact_rows.json")
-print(f"layer {snapshot['layer']}: {snapshot['n_slots']:,} rows; the fact's batch reads "
-      f"{len(snapshot['facts'][0]['rows']):,} of them; SMF trains the top {snapshot['top_t']}")
+print(textwrap.fill(f"{snapshot['facts'][0]['statement']} At layer {snapshot['layer']}, of {snapshot['n_slots']:,} "
+                    f"rows, this fact's batch reads {len(snapshot['facts'][0]['rows']):,}; SMF trains the top "
+                    f"{snapshot['top_t']}.", 76))
 display(Panels([plot_fact_rows(snapshot, 0, "tfidf")]))
+display(Markdown(rows_sentence(snapshot, 0, "tfidf")))
 
 # %% [markdown]
-# A fact's own rows are rows general text rarely reads, so TF-IDF ranks them first. The next table does the same for
-# the first facts of the stream, with both selectors: how many of the rows each trains are hub rows (read by more
-# than half of all general paragraphs), and how many it shares with the next fact's (a second fact written into the
-# same rows would overwrite the first).
+# The next table does the same for the first facts of the stream, with both selectors: how many of the rows each
+# trains are hub rows (read by more than half of all general paragraphs), and how many it shares with the next
+# fact's (a second fact written into the same rows would overwrite the first).
 
 # %%
 book_table(rows_table(snapshot), key=["fact"])
@@ -158,7 +175,8 @@ random_top5 = max(m["general_top5_share"] for m in start_record["trajectory"][0]
 display(Markdown(
     f"The starting memory ({start_record['n_slots']:,} rows per layer) is {alive}: its quietest layer adds "
     f"{health['min_share']:.0%} of its MLP's output, and the retrofit lowered held-out chat loss by "
-    f"{health['loss_gain']:.2f} nats. General text's reads are as spread as random addressing's "
+    f"{health['loss_gain']:.2f} nats. General text's reads are "
+    f"{'as spread as' if health['min_effective_ratio'] >= 0.9 else 'less spread than'} random addressing's "
     f"({health['min_effective_ratio']:.2f} of its effective rows at the least spread layer), though at some layer "
     f"the 5% most-read rows take {health['max_top5_share']:.0%} of the reads "
     f"({'within' if health['max_top5_share'] <= MAX_TOP5_SHARE else 'above'} the spread pilot's bound of "
@@ -188,13 +206,19 @@ display(Panels([plot_how_to_read(("SMF", "LoRA"))]))
 
 # %%
 near = None if level is None else 2 * level  # runs far to the right squeeze the level's neighbourhood: zoom in too
+found = FF.level_of(dev_runs, dev_start)
+if found["level"] is not None:
+    display(Markdown(f"The level is the middle of the learning that every compared arm reaches on the dev facts: "
+                     f"their ranges overlap from {found['lo']:+.2f} to {found['hi']:+.2f} nats per token, so the "
+                     f"arms are compared at {found['level']:+.2f}."))
 display(Panels([plot_facts_frontier(runs, start, level=level, title=where)]
                + ([plot_facts_frontier(runs, start, level=level, title=f"{where}, near the level", xmax=near)]
                   if near is not None else [])))
 if split == "report":  # the dev sweep the rates were chosen on
+    display(Markdown("And the dev sweep, where the rates and the level were chosen:"))
     display(Panels([plot_facts_frontier(dev_runs, dev_start, level=FF.level_of(dev_runs, dev_start)["level"],
                                         title="dev facts: the sweep the rates were chosen on")]))
-reads = FF.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level) if level is not None else None
+reads = FX.reads_sentence(FF.reads_table(runs, start, level, seeds=seeds), level) if level is not None else None
 if reads:  # an arm not read between two of its own runs
     display(Markdown(reads))
 if plan["added"]:  # rates added on the reported facts so that an arm can be read between two of its own runs
@@ -216,15 +240,23 @@ if plan["added"]:  # rates added on the reported facts so that an arm can be rea
         "stream was run)."))
 
 # %% [markdown]
-# And the running example, the first fact? Its held-out questions after every run, beside the starting model:
+# And the running example, the first fact? It is a dev fact, so the dev runs (seed 0) are the ones that saw it: its
+# held-out questions after every one of them, beside the starting model.
 
 # %%
-book_table(example_table(dev_runs, dev_start, len(fact.questions)), key=["arm", "lr", "seed"])
+ex = example_table(dev_runs, dev_start, len(fact.questions))
+gain = ex["answer log-lik"].iloc[1:] - ex["answer log-lik"].iloc[0]
+top = ex.loc[gain.idxmax()]
+right = int((ex["exact"].iloc[1:].map(lambda e: int(e.split(" of ")[0])) > 0).sum())
+print(textwrap.fill(f"{'No run answers' if not right else f'{right} of {len(ex) - 1} runs answer'} any of its "
+                    f"{len(fact.questions)} questions exactly; the most any run raised its answer log-likelihood on "
+                    f"them is {gain.max():+.2f} nats ({top['arm']} at {top['lr']:g}).", 76))
+book_table(ex, key=["arm", "lr", "seed"])
 
 # %% tags=["hide-input"]
 from smf_lib.views.notebook import RUNNING_EXAMPLE
 
-example = FF.example_sentence(runs, start, RUNNING_EXAMPLE, "the book's running example, the question on axonal "
+example = FX.example_sentence(runs, start, RUNNING_EXAMPLE, "the book's running example, the question on axonal "
                               "transport that chapters 1 to 4 follow")
 if example:
     display(Markdown(example))
@@ -250,16 +282,19 @@ else:
 
 # %% [markdown]
 # Did later facts overwrite earlier ones? At the same level, each arm's answer log-likelihood gain on every fact's
-# questions beside its gain on the first facts of the stream alone, the ones trained longest ago (their ratio is 1
-# when the oldest facts are kept as well as the average one):
+# questions (the level itself, by construction) beside its gain on the first facts of the stream alone, the ones
+# trained longest ago. The first facts are the same for every arm and seed, but they may be easier or harder than the
+# average fact, so compare the ratios across arms rather than with 1. (The rows table above counts how many rows
+# SMF's selection for one fact shares with the next's: the room one fact has to overwrite another.)
 
 # %%
 if level is not None:
     kept = FF.overwriting(runs, start, level, seeds)
     display(book_table(kept, key=["arm"]))
-    worst = kept.loc[kept["first / every"].idxmin()]
+    worst, best = kept.loc[kept["first / every"].idxmin()], kept.loc[kept["first / every"].idxmax()]
     print(textwrap.fill(f"{worst['arm']} keeps its first facts least: {worst['first facts']:+.2f} nats against "
-                        f"{worst['every fact']:+.2f} on every fact ({worst['first / every']:.2f} of it).", 76))
+                        f"{worst['every fact']:+.2f} on every fact ({worst['first / every']:.2f} of it); "
+                        f"{best['arm']} keeps them best ({best['first / every']:.2f}).", 76))
 
 # %% [markdown]
 # Every run, each measure's change from the starting model (mean over seeds):
@@ -271,15 +306,19 @@ book_table(ends, key=["arm", "lr"])
 
 # %% [markdown]
 # ## What it costs
-# The study's time on 2 CPU cores, from the records (training and scoring every probe):
+# The study's time on 2 CPU cores, from the records: each run's seconds, training and scoring every probe, one run
+# after another. The starting memory is built once, by the spread pilot's recipe (chapter 2), and is not counted.
 
 # %%
 report_runs = runs if split == "report" else []
+total = 0.0
 for name, these, n_facts in (("dev", dev_runs, preset.dev_facts), ("reported", report_runs, preset.n_facts)):
     if these:
         minutes = sum(r["seconds"] for r in these) / 60
+        total += minutes
         print(textwrap.fill(f"{len(these)} {name} runs took {minutes:.0f} minutes, {minutes / len(these):.1f} per "
                             f"run ({n_facts} facts x {preset.steps_per_fact} steps each, then every probe).", 76))
+print(f"In all: {total / 60:.1f} hours.")
 
 # %% [markdown]
 # ## Exercises
@@ -289,13 +328,15 @@ for name, these, n_facts in (("dev", dev_runs, preset.dev_facts), ("reported", r
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    `make_facts(preset.dev_facts, seed=1)[k]` has `.statements` and `.questions`.
+#    `make_facts(preset.dev_facts, seed=1)[5]` has `.statements` and `.questions`; a question is
+#    `"Question: ...?\nAnswer:"`, so compare its first line without the `"Question: "` prefix.
 #    ```
 #
 #    ```{admonition} Solution
 #    :class: dropdown
-#    `f = facts[5]; print(set(f.questions) & set(f.statements))` prints an empty set: the stream is built so, and
-#    `tests/test_facts.py` checks it for every fact.
+#    `f = facts[5]; stems = [q.split("\n")[0].removeprefix("Question: ") for q in f.questions]` and then
+#    `any(st in s for st in stems for s in f.statements)` is `False`: no question appears in any training phrasing,
+#    not even as part of one. The stream is built so, and `tests/test_facts.py` checks it for every fact.
 #    ```
 #
 # 2. (CPU, seconds) Redraw the rows figure for the second fact with the KL selector. Do its top rows differ from
@@ -308,21 +349,27 @@ for name, these, n_facts in (("dev", dev_runs, preset.dev_facts), ("reported", r
 #
 #    ```{admonition} Solution
 #    :class: dropdown
-#    KL weighs a row by the batch's share of its reads against general text's share of all reads, so it can keep a
-#    row that general text reads often but the fact reads even more; TF-IDF discounts any row many documents read.
-#    The table above counts the hub rows each keeps.
+#    Count them: `len(set(fact_selection(snapshot, 1, "kl").tolist()) & set(fact_selection(snapshot, 1,
+#    "tfidf").tolist()))` (`fact_selection` is in `smf_lib.views.facts_plots`) gives how many rows both keep, out
+#    of the top-t. They differ because KL weighs a row by the batch's share of its reads against general text's
+#    share of all reads, so it keeps rows that general text reads often but the fact reads even more; TF-IDF
+#    discounts any row many documents read. The rows table above counts the hub rows each keeps.
 #    ```
 #
-# 3. (CPU, one run's time as the cost section prints it) Add a rate to one arm and rerun the dev sweep:
-#    `python -m smf_lib run --preset facts --split dev` reads back every finished run and trains only the new one.
+# 3. (CPU, one run's time as the cost section prints it) Add a rate to one arm's dev sweep and run only that rate.
+#    Where does the new point land on the arm's line, and does the level move?
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    Change the arm's tuple in `FACT_PRESETS["facts"].rates` (`smf_lib/study/facts_presets.py`).
+#    `p = dataclasses.replace(preset, rates={**preset.rates, "smf-tfidf": (*preset.rates["smf-tfidf"], 0.2)})`,
+#    then `FactsRunner(p, folder).run("smf-tfidf", 0.2, 0, "dev")` (`FactsRunner` is in
+#    `smf_lib.study.facts_study`). It reads back the starting model and writes one more record into `folder`, so
+#    this page then reads it too: pass a copy of the folder to keep the page as it is.
 #    ```
 #
 #    ```{admonition} Solution
 #    :class: dropdown
-#    The new rate appears as one more point on the arm's line; the common level moves only if the arm's range of
-#    learning grows past the others'.
+#    The new rate is one more point on the arm's line. The level is the middle of the overlap of the compared arms'
+#    ranges of learning, so it moves only if the new rate widens the arm's range past another arm's end of the
+#    overlap.
 #    ```

@@ -31,7 +31,6 @@ import pandas as pd
 
 from ..files import read_json
 from .paired_stats import common_level, item_interval, seed_verdict
-from .tables import verdict_cell
 
 #: The learning measure: the facts' answer log-likelihood (nats per answer token, held-out questions).
 LEARN = "facts_loglik"
@@ -164,25 +163,6 @@ def reads_table(runs: list[dict], start: dict, level: float, arms=None, seeds=(0
                                        "from start"])
 
 
-def reads_sentence(table: pd.DataFrame, level: float) -> str | None:
-    """The arms read between the starting model and their lowest rate (every reported rate learned more than the
-    level), and those that never reach it, in words; None when every arm is read between two of its own runs."""
-    parts = []
-    start = table[table["from start"]]
-    for arm, g in start.groupby("arm", sort=False):
-        parts.append(f"{ARM_LABELS.get(arm, arm)}'s lowest rate, {g['above'].iloc[0]:g}, already learned "
-                     f"{', '.join(f'{v:+.2f}' for v in g['learning above'])} nats (seed{'s' if len(g) > 1 else ''} "
-                     f"{', '.join(map(str, g['seed']))}), more than the level, so it is read on the straight line "
-                     "from the starting model to that run")
-    short = table[table["above"].isna()]
-    for arm, g in short.groupby("arm", sort=False):
-        parts.append(f"{ARM_LABELS.get(arm, arm)} never reaches the level (at most "
-                     f"{g['learning below'].max():+.2f} nats) and is not compared")
-    if not parts:
-        return None
-    return f"At the level ({level:+.2f} nats): " + "; ".join(parts) + "."
-
-
 #: An arm takes part in the common level once it has run at this many rates (one rate is a point, not a range).
 MIN_RATES = 2
 
@@ -223,64 +203,6 @@ def resolution(runs: list[dict], measures=(LEARN, *FORGETTING)) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["measure", "items", "half-width"])
 
 
-def _signed(x: float, digits: int = 3) -> str:
-    return f"{x:+.{digits}f}"
-
-
-def findings(runs: list[dict], start: dict, seeds=(0, 1), level: float | None = None) -> list[str]:
-    """The chapter's answer, in at most four sentences computed from the records: what the start knew, how far
-    each arm learned, and SMF against LoRA and full finetuning at equal learning (``level``; by default the runs'
-    own common level) on held-out chat, then on the other probes (with what goes against SMF)."""
-    n_q = len(start[LEARN])
-    base_em = float(np.mean(start["facts_em"]))
-    out = [f"The starting model answers {base_em:.0%} of the {n_q} held-out questions about the facts exactly "
-           f"(answer log-likelihood {_mean(start, LEARN):.2f} nats per token): it does not know them."]
-    ends = learning_ends(runs, start)
-    if ends.empty:
-        return out
-    best = ends.groupby("arm")["learning"].agg(["min", "max"])
-    top = max(runs, key=lambda r: float(np.mean(r["scores"].get("facts_em", [0]))))
-    out.append("Learning (answer log-likelihood gain, nats per token) by arm over its rates: " + "; ".join(
-        f"{ARM_LABELS.get(a, a)} {r['min']:+.2f}" + (f" to {r['max']:+.2f}" if f"{r['max']:+.2f}" != f"{r['min']:+.2f}"
-                                                      else "") for a, r in best.iterrows())
-        + f"; the most any run answers exactly is {np.mean(top['scores'].get('facts_em', [0])):.0%} of the questions "
-        f"({ARM_LABELS.get(top['arm'], top['arm'])} at {top['lr']:g}).")
-    if level is None:
-        found = level_of(runs, start)
-        level = found["level"]
-        if found["left_out"]:
-            out[-1] += (" " + ", ".join(ARM_LABELS.get(a, a) for a in found["left_out"])
-                        + f" ran at fewer than {MIN_RATES} rates: too few to place on the frontier, left out below.")
-    if level is None:
-        out.append("The arms' ranges of learning do not overlap, so no level of learning is common to all of them "
-                   "and they cannot be compared at equal learning: the sweep needs rates that bracket each other.")
-        return out
-    arms = set(ends["arm"])
-    table = compare(runs, start, level, smf=tuple(a for a in ("smf-tfidf", "smf-kl") if a in arms),
-                    baselines=tuple(a for a in ("lora", "full") if a in arms), seeds=seeds)
-    chat = table[table["probe"] == "chat_loglik"].to_dict("records")
-    parts = [f"{ARM_LABELS[r['smf']]} against {ARM_LABELS[r['baseline']]}: {r['verdict']} "
-             f"({verdict_cell(r, unit='nats')})" for r in chat]
-    short = [a for a in COMPARED if a in arms and all(at_level(runs, start, a, sd, level) is None for sd in seeds)]
-    if parts or short:
-        out.append(f"At equal learning ({level:+.2f} nats), held-out chat log-likelihood, SMF minus baseline: "
-                   + ("; ".join(parts) if parts else "no pair to compare")
-                   + (f" ({', '.join(ARM_LABELS[a] for a in short)} did not reach that level)" if short else "")
-                   + ".")
-    other = table[(table["probe"] != "chat_loglik") & (table["smf"] == "smf-tfidf")]
-    if len(other):
-        words = {"worse": "did worse on", "better": "did better on", "cannot tell": "could not be told apart on"}
-        parts = []
-        for b, g in other.groupby("baseline", sort=False):
-            said = [f"{words[v]} " + " and ".join(MEASURES[m][1].split(" (")[0] for m in g[g["verdict"] == v]["probe"])
-                    for v in ("worse", "better", "cannot tell") if (g["verdict"] == v).any()]
-            parts.append(f"against {ARM_LABELS[b]} it " + ", ".join(said))
-        n_seeds = int(other["seeds"].min())
-        out.append(f"On the other probes at that level ({n_seeds} seed{'s' if n_seeds > 1 else ''}), SMF-TF-IDF: "
-                   + "; ".join(parts) + ".")
-    return out
-
-
 def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple[float, ...]]:
     """Per arm, the swept rates around the first crossing of ``level`` along its rates in order (learning as the
     mean over seeds; the start counts as rate 0), as :func:`at_level` reads it: the rate before the crossing and the
@@ -293,62 +215,6 @@ def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple
         pick = [rates[-1]] if k is None else [r for r in (rates[k - 1], rates[k]) if r > 0]
         out[arm] = tuple(float(r) for r in pick)
     return out
-
-
-def answer(runs: list[dict], start: dict, seeds=(0, 1), split: str = "dev", level: float | None = None
-           ) -> str | None:
-    """The new-facts study's answer in one sentence: SMF-TF-IDF (Lin et al.'s selector) against LoRA and full
-    finetuning on held-out chat at equal learning (``level``; by default the runs' own common level), or None where
-    there is no level or no arm pair reaches it."""
-    level = level_of(runs, start)["level"] if level is None else level
-    if level is None:
-        return None
-    arms = {r["arm"] for r in runs}
-    table = compare(runs, start, level, smf=("smf-tfidf",), baselines=tuple(a for a in ("lora", "full") if a in arms),
-                    seeds=seeds, probes=("chat_loglik",))
-    rows = table.to_dict("records")
-    if not rows:
-        return None
-    words = {"better": "did better on held-out chat than", "worse": "did worse on held-out chat than",
-             "cannot tell": "could not be told apart on held-out chat from"}
-    again = {"better": "did better than", "worse": "did worse than", "cannot tell": "could not be told apart from"}
-    parts = [f"{words[rows[0]['verdict']]} {ARM_LABELS[rows[0]['baseline']]} ({verdict_cell(rows[0], unit='nats')})"]
-    for r in rows[1:]:  # the probe is said once; a second baseline with the same verdict joins the first
-        same = r["verdict"] == rows[0]["verdict"]
-        parts.append(("or " if same and r["verdict"] == "cannot tell" else "" if same else again[r["verdict"]] + " ")
-                     + f"{ARM_LABELS[r['baseline']]} ({verdict_cell(r, unit='nats')})")
-    n_seeds = int(table["seeds"].min())
-    where = {"dev": "dev facts", "report": "reported facts"}.get(split, split)
-    reads = reads_table(runs, start, level, ("smf-tfidf", *table["baseline"].unique()), seeds)
-    lined = [ARM_LABELS[a] for a in reads.loc[reads["from start"], "arm"].unique()]
-    their = "their" if len(lined) > 1 else "its"
-    caveat = (f" ({' and '.join(lined)} read on the line from the starting model: {their} lowest rate already "
-              "learned more)" if lined else "")
-    return (f"Taught new facts one at a time ({where}, {n_seeds} seed{'s' if n_seeds > 1 else ''}), at equal "
-            f"learning ({level:+.2f} nats of answer log-likelihood) SMF-TF-IDF " + parts[0]
-            + "".join((" " if p.startswith("or ") else " and ") + p for p in parts[1:]) + caveat + ".")
-
-
-def example_sentence(runs: list[dict], start: dict, item: int, what: str = "the running example") -> str | None:
-    """What the stream did to one reported MedMCQA question (index ``item`` of the probe's items): its gold margin
-    at the start and each arm's change (the range over its runs), in one sentence; None without reported runs."""
-    runs = [r for r in runs if r.get("split") == "report"]
-    margins = start.get("medmcqa_gold_margin") or []
-    if not runs or item >= len(margins):
-        return None
-    base = float(margins[item])
-    by: dict[str, list[float]] = {}
-    for r in runs:
-        by.setdefault(r["arm"], []).append(float(r["scores"]["medmcqa_gold_margin"][item]) - base)
-
-    def span(v):
-        lo, hi = min(v), max(v)
-        return f"{lo:+.3f}" if abs(hi - lo) < 5e-4 else f"{lo:+.3f} to {hi:+.3f}"
-
-    return (f"On {what} (a MedMCQA question no run trains on), the gold option's margin over the best distractor "
-            f"starts at {base:+.3f} nats; the stream of facts moved it by " + ", ".join(
-                f"{span(v)} under {ARM_LABELS.get(a, a)}" for a, v in by.items())
-            + " (each arm over its reported rates and seeds, not at equal learning).")
 
 
 def overwriting(runs: list[dict], start: dict, level: float, seeds=(0, 1)) -> pd.DataFrame:

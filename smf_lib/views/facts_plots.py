@@ -15,6 +15,7 @@ from .diagrams import plot_selection_steps
 from .plotting import outside_legend
 
 #: Line styles: the project's row-sparse Adam solid, plain SGD (Lin et al.'s update) dashed.
+_SELECTORS = {"tfidf": "TF-IDF", "kl": "KL"}
 _STYLE = {"smf-tfidf-sgd": "--", "smf-kl-sgd": "--"}
 _COLOUR = {**PALETTE, "smf-tfidf-sgd": PALETTE["smf-tfidf"], "smf-kl-sgd": PALETTE["smf-kl"]}
 
@@ -43,6 +44,21 @@ def plot_fact_rows(snapshot: dict, k: int = 0, selector: str = "tfidf", rows: in
                                 selector=selector)
 
 
+def rows_sentence(snapshot: dict, k: int = 0, selector: str = "tfidf", rows: int = 24, hub_share: float = 0.5) -> str:
+    """What :func:`plot_fact_rows` shows, in words computed from the snapshot: how many of the ``k``-th fact's
+    ``rows`` most-read rows are hubs (read by more than ``hub_share`` of the general documents), how many of them
+    the selector trains, and how many hubs its whole top-t holds."""
+    c = fact_counts(snapshot, k)
+    top = set(torch.argsort(c, descending=True, stable=True)[:rows].tolist())
+    df = np.asarray(snapshot["df"]) / snapshot["n_docs"]
+    chosen = set(fact_selection(snapshot, k, selector).tolist())
+    name, hubs = _SELECTORS.get(selector, selector), sum(df[i] > hub_share for i in chosen)
+    return (f"Of the {rows} rows this fact's batch reads most, {sum(df[i] > hub_share for i in top)} are hubs, read "
+            f"by more than {hub_share:.0%} of the general paragraphs (panel 2's dots). {name} trains "
+            f"{len(chosen & top)} of those {rows}; the rest of its {snapshot['top_t']} rows come from further down the "
+            f"fact's reads, and they hold {hubs} hub{'' if hubs == 1 else 's'} in all.")
+
+
 def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5) -> pd.DataFrame:
     """Per fact of the snapshot: rows read, and per selector the rows it trains, how many of them general text
     reads in more than ``hub_share`` of documents (hubs, as the book's hub rows), and how many the next fact's
@@ -55,8 +71,9 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
         row = {"fact": f"{fact['entity']}: {fact['answer']}", "rows read": len(fact["rows"])}
         for s in selectors:
             chosen = picks[s][k]
-            row[f"{s}: hubs among its rows"] = sum(df[i] > hub_share for i in chosen)
-            row[f"{s}: shared with the next fact"] = (len(chosen & picks[s][k + 1]) if k + 1 < len(snapshot["facts"])
+            name = _SELECTORS.get(s, s)
+            row[f"{name}: hubs among its {snapshot['top_t']} rows"] = sum(df[i] > hub_share for i in chosen)
+            row[f"{name}: shared with the next fact"] = (len(chosen & picks[s][k + 1]) if k + 1 < len(snapshot["facts"])
                                                       else "—")
         rows.append(row)
     return pd.DataFrame(rows)
