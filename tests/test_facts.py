@@ -649,3 +649,15 @@ def test_the_resolution_is_the_median_half_width_of_the_runs_intervals():
     table = FF.resolution(runs).set_index("measure")
     assert table.loc["held-out chat log-lik (nats)", "half-width"] == pytest.approx(0.004)
     assert table.loc["held-out chat log-lik (nats)", "items"] == 174 and len(table) == 1  # only measures runs have
+
+
+def test_each_arms_change_at_the_level_is_read_between_its_rates_and_averaged_over_seeds():
+    from smf_lib.study import facts_frontier as FF
+
+    start = {"facts_loglik": [-10.0, -10.0], "chat_loglik": [-2.0, -2.0]}
+    runs = [_facts_run("lora", 1e-4, sd, -8.0, [-2.4, -2.2]) for sd in (0, 1)]
+    runs += [_facts_run("lora", 3e-4, 0, -6.0, [-3.0, -3.0]), _facts_run("lora", 3e-4, 1, -6.0, [-2.0, -2.0])]
+    table = FF.changes_at_level(runs, start, 2.5, seeds=(0, 1), probes=("chat_loglik",))
+    (row,) = table.to_dict("records")  # a quarter of the way from gain 2 to 4: seed 0 -0.475, seed 1 -0.225
+    assert row["arm"] == "lora" and row["seeds"] == 2 and row["change"] == pytest.approx(-0.35)
+    assert FF.changes_at_level(runs, start, 9.0, probes=("chat_loglik",)).empty  # no rate reaches it

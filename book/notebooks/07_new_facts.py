@@ -183,8 +183,15 @@ display(Markdown(
     f"{MAX_TOP5_SHARE:.0%}), as they did under random addressing before the retrofit ({random_top5:.0%}): a few "
     "hundred paragraphs do not read a table this large evenly (chapter 2)."))
 power = FF.resolution(runs)
-display(book_table(power, key=["measure"], caption="the smallest change each measure resolves: the median "
-                   "half-width of the runs' paired 95% intervals"))
+if level is not None:  # beside each probe's resolution, the largest change any arm makes to it at the level
+    moved = FF.changes_at_level(runs, start, level, seeds)
+    moved = moved.loc[moved.groupby("probe")["change"].apply(lambda c: c.abs().idxmax())]
+    largest = {FF.MEASURES[r["probe"]][1]: f"{r['change']:+.4f} ({FF.ARM_LABELS[r['arm']]})"
+               for r in moved.to_dict("records")}
+    largest[FF.MEASURES[FF.LEARN][1]] = f"{level:+.4f} (the level itself)"
+    power["largest change at the level"] = power["measure"].map(largest).fillna("")
+display(book_table(power, key=["measure"], caption="the smallest change each measure resolves (the median half-width "
+                   "of the runs' paired 95% intervals) beside the largest change any arm makes to it at the level"))
 
 # %% [markdown]
 # ## Learning against forgetting
@@ -263,9 +270,10 @@ if example:
 
 # %% [markdown]
 # The same comparison in numbers: SMF minus each baseline at that level, per probe, with 95% paired intervals over
-# the items and each seed's own difference. "better" means SMF kept more of that probe than the baseline did (for
-# WikiText's NLL, where lower is better, a negative difference); it is said only when the interval excludes 0 and
-# every seed's own difference points the same way, since an interval over items says nothing about other seeds.
+# the items and each seed's own difference (seed 0 / seed 1). "better" means SMF kept more of that probe than the
+# baseline did (for WikiText's NLL, where lower is better, a negative difference); it is said only when the interval
+# excludes 0 and every seed's own difference points the same way, since an interval over items says nothing about
+# other seeds.
 
 # %%
 arms = {r["arm"] for r in runs}
@@ -278,6 +286,7 @@ else:
     table["probe"] = table["probe"].map(lambda m: FF.MEASURES[m][1])
     table["smf"] = table["smf"].map(FF.ARM_LABELS)
     table["baseline"] = table["baseline"].map(FF.ARM_LABELS)
+    table["per seed"] = table["per seed"].map(lambda v: " / ".join(f"{x:+.4f}" for x in v))  # not an interval
     display(book_table(table.drop(columns=["level"]), key=["smf", "baseline"]))
 
 # %% [markdown]

@@ -203,6 +203,19 @@ def resolution(runs: list[dict], measures=(LEARN, *FORGETTING)) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["measure", "items", "half-width"])
 
 
+def changes_at_level(runs: list[dict], start: dict, level: float, seeds=(0, 1), probes=FORGETTING) -> pd.DataFrame:
+    """Each arm's change of each probe at ``level`` of learning (:func:`at_level`, the per-item mean, averaged over
+    the seeds that reach the level): the size of the effects a probe has to resolve (:func:`resolution`)."""
+    rows = []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        reads = [x for x in (at_level(runs, start, arm, sd, level) for sd in seeds) if x is not None]
+        for m in probes:
+            have = [float(np.mean(x[m])) for x in reads if m in x]
+            if have:
+                rows.append({"arm": arm, "probe": m, "change": float(np.mean(have)), "seeds": len(have)})
+    return pd.DataFrame(rows, columns=["arm", "probe", "change", "seeds"])
+
+
 def rates_around(runs: list[dict], start: dict, level: float) -> dict[str, tuple[float, ...]]:
     """Per arm, the swept rates around the first crossing of ``level`` along its rates in order (learning as the
     mean over seeds; the start counts as rate 0), as :func:`at_level` reads it: the rate before the crossing and the
