@@ -279,8 +279,16 @@ def test_the_facts_frontier_zooms_in_on_the_level_and_fits_each_panel_to_what_li
     assert ax.get_xlim()[1] == pytest.approx(0.8)
     # in view: SMF's +0.01 at 0.3 and -0.01 at 0.8, and LoRA where it leaves the window (-0.036 at 0.8), not its -0.2
     assert -0.045 < lo < -0.036 and 0.01 < hi < 0.015
+    drawn = [x for line in ax.get_lines() if not line.get_label().startswith("_") for x in line.get_xdata()]
+    assert max(x for x in drawn if x == x) == pytest.approx(0.8)  # nothing beyond the window, under the legend
     assert not legend_overlaps(near)
     plt.close("all")
+    from smf_lib.views.facts_plots import _clipped
+
+    # out of the window and back (a higher rate that learned less): a gap, the crossings, markers on real points only
+    xs, ys, marks = _clipped([0.0, 0.5, 1.5, 0.7], [0.0, 1.0, 3.0, 1.4], 1.0)
+    assert xs[:3] == [0.0, 0.5, 1.0] and xs[3] != xs[3] and xs[4:] == [1.0, 0.7]
+    assert ys[2] == pytest.approx(2.0) and ys[4] == pytest.approx(2.0) and marks == [0, 1, 5]
 
 
 def test_one_facts_rows_are_told_in_words_that_match_the_selection():

@@ -79,12 +79,26 @@ def rows_table(snapshot: dict, selectors=("tfidf", "kl"), hub_share: float = 0.5
     return pd.DataFrame(rows)
 
 
-def _seen(xs, ys, xmax: float) -> list[float]:
-    """The y values a line takes for x up to ``xmax``: its points there and where it leaves the window."""
-    out = [y for x, y in zip(xs, ys) if x <= xmax]
-    out += [y0 + (y1 - y0) * (xmax - x0) / (x1 - x0) for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])
-            if min(x0, x1) < xmax < max(x0, x1)]
-    return out
+def _clipped(xs, ys, xmax: float) -> tuple[list[float], list[float], list[int]]:
+    """A line cut to x <= ``xmax``: its points there, the point where each segment leaves or re-enters the window
+    (NaN between, so nothing is drawn outside it), and the indices of the real points, which carry markers."""
+    cx, cy, real = [], [], []
+
+    def cross(x0, y0, x1, y1):
+        return y0 + (y1 - y0) * (xmax - x0) / (x1 - x0)
+
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if k and (xs[k - 1] <= xmax) != (x <= xmax):  # the segment from the last point crosses the edge
+            cx.append(xmax)
+            cy.append(cross(xs[k - 1], ys[k - 1], x, y))
+            if x > xmax:
+                cx.append(float("nan"))
+                cy.append(float("nan"))
+        if x <= xmax:
+            real.append(len(cx))
+            cx.append(x)
+            cy.append(y)
+    return cx, cy, real
 
 
 def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level: float | None = None,
@@ -103,9 +117,12 @@ def plot_facts_frontier(runs: list[dict], start: dict, probes=FORGETTING, level:
                 continue
             g = g.sort_values("lr")
             xs, ys = [0.0, *g[LEARN]], [0.0, *g[probe]]
-            ax.plot(xs, ys, ls=_STYLE.get(arm, "-"), marker="o", ms=4, color=_COLOUR.get(arm, "k"),
+            marks = list(range(len(xs)))
+            if xmax is not None:  # only what lies in the window is drawn (nothing under the legend beside it)
+                xs, ys, marks = _clipped(xs, ys, xmax)
+                seen += [y for y in ys if y == y]
+            ax.plot(xs, ys, ls=_STYLE.get(arm, "-"), marker="o", ms=4, markevery=marks, color=_COLOUR.get(arm, "k"),
                     label=ARM_LABELS.get(arm, arm))
-            seen += _seen(xs, ys, xmax) if xmax is not None else []
         if xmax is not None:
             pad = 0.08 * ((max(seen) - min(seen)) or 1e-3)
             ax.set_xlim(-0.03 * xmax, xmax)
