@@ -661,3 +661,27 @@ def test_each_arms_change_at_the_level_is_read_between_its_rates_and_averaged_ov
     (row,) = table.to_dict("records")  # a quarter of the way from gain 2 to 4: seed 0 -0.475, seed 1 -0.225
     assert row["arm"] == "lora" and row["seeds"] == 2 and row["change"] == pytest.approx(-0.35)
     assert FF.changes_at_level(runs, start, 9.0, probes=("chat_loglik",)).empty  # no rate reaches it
+
+
+def test_the_paper_sentence_sets_the_study_beside_lin_et_al_on_the_nearest_probe():
+    """World knowledge at the level for SMF-TF-IDF, LoRA and full finetuning, with what the probe resolves; it says
+    when neither baseline lost any measurably (the paper's contrast cannot show) and when one did."""
+    from smf_lib.study import facts_findings as FX
+
+    start = {"facts_loglik": [-10.0] * 2, "triviaqa_gold_loglik": [-3.0, -3.0]}
+
+    def run(arm, lr, gain, tqa):
+        change = {"n": 2, "lo": -0.01, "hi": 0.01}  # half-width 0.01
+        return {"arm": arm, "lr": lr, "seed": 0, "changes": {"triviaqa_gold_loglik": change},
+                "scores": {"facts_loglik": [-10.0 + gain] * 2, "triviaqa_gold_loglik": tqa}}
+
+    calm = [run(a, lr, g, [-3.0, -3.0]) for a in ("smf-tfidf", "lora", "full") for lr, g in ((1.0, 1.0), (2.0, 3.0))]
+    said = FX.paper_sentence(calm, start, 2.0, seeds=(0,))
+    assert "89% under full finetuning, 71% under LoRA, 11% under SMF" in said
+    assert "changed by +0.000 nats under SMF-TF-IDF" in said and "resolves about 0.010" in said
+    assert said.endswith("it needs a level of learning at which the baselines forget.")
+    hit = calm[:2] + [run("lora", 1.0, 1.0, [-3.2, -3.1]), run("lora", 2.0, 3.0, [-3.4, -3.3])] + calm[4:]
+    said = FX.paper_sentence(hit, start, 2.0, seeds=(0,))
+    assert "-0.250 under LoRA" in said and "SMF-TF-IDF kept more than LoRA (+0.250 [" in said
+    assert said.endswith("LoRA lost world knowledge measurably, the setting in which the paper's contrast can show.")
+    assert FX.paper_sentence(calm[:4], start, 2.0, seeds=(0,)) is None  # full finetuning did not run

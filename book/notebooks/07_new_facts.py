@@ -290,6 +290,15 @@ else:
     display(book_table(table.drop(columns=["level"]), key=["smf", "baseline"]))
 
 # %% [markdown]
+# Beside the paper: Lin et al.'s numbers are quoted from their paper (not measured here); the rest is read from this
+# study's records.
+
+# %% tags=["hide-input"]
+beside = FX.paper_sentence(runs, start, level, seeds) if level is not None else None
+display(Markdown(beside or "Not every one of SMF-TF-IDF, LoRA and full finetuning reaches the level, so there is "
+                 "nothing to set beside the paper's numbers."))
+
+# %% [markdown]
 # Did later facts overwrite earlier ones? At the same level, each arm's answer log-likelihood gain on every fact's
 # questions (the level itself, by construction) beside its gain on the first facts of the stream alone, the ones
 # trained longest ago. The first facts are the same for every arm and seed, but they may be easier or harder than the

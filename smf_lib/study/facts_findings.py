@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .facts_frontier import (ARM_LABELS, COMPARED, LEARN, MEASURES, MIN_RATES, at_level, compare, learning_ends,
-                             level_of, reads_table)
+from .facts_frontier import (ARM_LABELS, COMPARED, LEARN, MEASURES, MIN_RATES, at_level, changes_at_level, compare,
+                             learning_ends, level_of, reads_table, resolution)
 from .tables import verdict_cell
 
+#: Lin et al. (2025), as published (not measured here): the drop in held-out NaturalQuestions F1 at matched learning.
+LIN_NQ_F1_DROP = {"full": 0.89, "lora": 0.71, "smf": 0.11}
 #: The SMF arms, in the order the chapter names them.
 SMF_ARMS = ("smf-tfidf", "smf-kl", "smf-tfidf-sgd", "smf-kl-sgd")
 
@@ -176,3 +178,32 @@ def against_smf(runs: list[dict], start: dict, level: float, seeds=(0, 1), said=
         parts.append(f"{ARM_LABELS[a]} did worse than {ARM_LABELS[b]} on "
                      + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
     return "Also against SMF at that level: " + "; ".join(parts) + "."
+
+
+def paper_sentence(runs: list[dict], start: dict, level: float, seeds=(0, 1), probe: str = "triviaqa_gold_loglik"
+                   ) -> str | None:
+    """This study set beside Lin et al.'s published result (:data:`LIN_NQ_F1_DROP`), on the probe nearest theirs
+    (TriviaQA's gold answers: world-knowledge questions the stream never asks): each of SMF-TF-IDF, LoRA and full
+    finetuning's change at ``level``, whether the probe resolves it (:func:`~smf_lib.study.facts_frontier.resolution`)
+    and SMF-TF-IDF against each baseline. None where an arm does not reach the level."""
+    moved = changes_at_level(runs, start, level, seeds, (probe,)).set_index("arm")["change"]
+    if not {"smf-tfidf", "lora", "full"} <= set(moved.index):
+        return None
+    hw = float(resolution(runs, (probe,))["half-width"].iloc[0])
+    name = {"triviaqa_gold_loglik": "the log-likelihood of TriviaQA's gold answers"}.get(probe, MEASURES[probe][1])
+    lost = [a for a in ("lora", "full") if moved[a] < -hw]
+    table = compare(runs, start, level, smf=("smf-tfidf",), baselines=("lora", "full"), seeds=seeds, probes=(probe,))
+    said = {"better": "kept more than", "worse": "lost more than", "cannot tell": "could not be told apart from"}
+    versus = " and ".join(f"{said[r['verdict']]} {ARM_LABELS[r['baseline']]} ({verdict_cell(r)})"
+                          for r in table.to_dict("records"))
+    pct = LIN_NQ_F1_DROP
+    return (f"Lin et al. measure forgetting as the drop in held-out NaturalQuestions F1 at matched learning: "
+            f"{pct['full']:.0%} under full finetuning, {pct['lora']:.0%} under LoRA, {pct['smf']:.0%} under SMF. The "
+            f"nearest probe here is {name}, questions about the world that the stream never asks. At the level it "
+            f"changed by {moved['smf-tfidf']:+.3f} nats under SMF-TF-IDF, {moved['lora']:+.3f} under LoRA and "
+            f"{moved['full']:+.3f} under full finetuning (the probe resolves about {hw:.3f}), and SMF-TF-IDF "
+            + versus + ". "
+            + (f"{' and '.join(ARM_LABELS[a] for a in lost)} lost world knowledge measurably, the setting in which "
+               "the paper's contrast can show." if lost else
+               "Neither baseline lost world knowledge measurably at this level, so the paper's contrast cannot show "
+               "here: it needs a level of learning at which the baselines forget."))
