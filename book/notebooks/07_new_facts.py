@@ -128,14 +128,14 @@ for s in fact.statements[:3]:
     print("  train:", s)
 for q in fact.questions:
     print("  asked:", q.replace("\n", " "), "->", fact.answer)
-print(textwrap.fill(
+display(Markdown(
     f"The study's plan: the {preset.dev_facts} dev facts, at seed{'s' if len(preset.dev_seeds) > 1 else ''} "
     f"{', '.join(map(str, preset.dev_seeds))}, choose every arm's rates and the level of learning where the arms are "
     f"compared; then the {preset.n_facts} reported facts (their own entities and probe items), at seeds "
     f"{', '.join(map(str, preset.seeds))}, run each arm at the dev rates around that level, and are read at it. "
     f"Seed 0 brings the facts in the order they were made; another seed keeps the first {preset.first_facts} first "
     "and shuffles the arrival of the rest, so that the seeds differ for every arm (SMF and full finetuning draw no "
-    "other random number).", 76))
+    "other random number)."))
 
 # %% [markdown]
 # ## One fact's rows
