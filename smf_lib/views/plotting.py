@@ -446,14 +446,17 @@ def plot_equal_learning(runs: list[dict], arms, seeds=(0, 1), probe: str = "chat
                         points: int = 12, ax=None, legend: bool = True):
     """Each arm's change in ``probe`` (dev items) at each level of dev learning (MedMCQA gold margin), read along
     its trajectories as :mod:`smf_lib.study.frontier` does (the smallest swept rate that reaches the level, mean
-    over seeds and items): one line per arm, so at any x the arms are compared at equal learning. ``level``: the
-    comparison's level, marked (and named, with the legend, where ``legend``)."""
+    over seeds and items): one line per arm, so at any x the arms are compared at equal learning. The x axis runs to
+    twice the learning every arm reaches (the range where they are compared), in ``points`` steps and through
+    ``level``: the comparison's level, marked (and named, with the legend, where ``legend``)."""
     from ..study.frontier import at_level, final_learning
 
     ax = ax or plt.subplots(figsize=(6.4, 4.2))[1]
     ends = final_learning(runs, arms, seeds)
     top = float(ends["learning"].max()) if len(ends) else 0.0
-    grid = np.linspace(top / points, top, points) if top > 0 else []
+    shared = float(ends.groupby("arm")["learning"].max().min()) if len(ends) else 0.0
+    top = min(top, 2 * shared) if shared > 0 else top  # the range the arms share, where they are compared
+    grid = sorted({*np.linspace(top / points, top, points), *([level] if level is not None and level > 0 else [])})
     for arm in arms:
         xs, ys = [], []
         for x in grid:
