@@ -43,11 +43,16 @@ def test_the_verdicts_pool_the_seeds_and_say_cannot_tell_when_they_disagree():
 def test_the_answer_and_findings_say_what_was_measured_including_what_goes_against_smf():
     runs = _study()
     said = CF.answer(runs, 0.14)
-    assert said.startswith("On MedMCQA, with every method started from the same model and trained to the same dev "
-                           "learning (+0.14 nats of dev gold margin), SMF-KL kept more held-out chat than LoRA (+0.025")
+    assert said.startswith("Trained on MedMCQA, with every method started from the same model and brought to "
+                           "the same learning (+0.140 nats of gold margin on dev questions), SMF-KL kept more held-out "
+                           "chat than LoRA (+0.025")
+    assert "nats) and full finetuning (+0.035" in said and said.count("held-out chat") == 2  # once per selector
     assert "SMF-TF-IDF could not be told apart on held-out chat from LoRA" in said
-    assert "(+0.14 nats of dev gold margin; SMF-TF-IDF outside the 0.02-nat margin)" in CF.answer(runs, 0.14,
-                                                                                                 ["smf-tfidf"])
+    # SMF-TF-IDF learned 0.1 more gold margin on the reported items: the sentence says its pairs are not matched
+    assert said.endswith("; there the forgetting is compared at unequal learning.")
+    assert "margin: SMF-TF-IDF learned more than LoRA (+0.100 [" in said and "SMF-KL learned" not in said
+    assert "(+0.140 nats of gold margin on dev questions; SMF-TF-IDF outside the 0.02-nat margin)" in CF.answer(
+        runs, 0.14, ["smf-tfidf"])
     one = CF.answer([r for r in runs if r["seed"] == 0], 0.14)
     assert "; one seed)" in one and "nats)" not in one
     choice = {"level": 0.14, "margin": 0.02, "rates": {"smf-kl": 0.03, "smf-tfidf": 0.1, "lora-mem": 5e-5,
@@ -58,7 +63,7 @@ def test_the_answer_and_findings_say_what_was_measured_including_what_goes_again
     assert found[0].startswith("The rates were chosen on dev items where each method's learning came to +0.140 nats")
     assert "(SMF-TF-IDF outside the 0.02-nat margin)" in found[0] and "LoRA 5e-05" in found[0]
     assert "stayed matched" in found[1] and "SMF-KL against LoRA" in found[1]
-    assert "not for SMF-TF-IDF against LoRA (+0.100" in found[1] and "unequal learning" in found[1]
+    assert "not where SMF-TF-IDF learned more than LoRA (+0.100" in found[1] and "unequal learning" in found[1]
     assert "SMF-TF-IDF was worse than LoRA on TriviaQA gold-answer log-likelihood (-0.050" in found[2]
     assert found[3].startswith("Counted from the base model, as the paper does, SMF-KL lost more held-out chat than "
                                "LoRA from the base model")
@@ -79,5 +84,6 @@ def test_an_interval_that_excludes_zero_with_seeds_that_disagree_says_so_and_no_
     assert "; the seeds disagree)" in CF.answer(runs, 0.1)
     said = CF.learning_sentence(table)
     assert said.startswith("On the reported items the learning did not stay matched (SMF minus the baseline in gold "
-                           "margin, its whole interval within 0.02 nats) for any pair: SMF-KL against LoRA (+0.100")
+                           "margin, its whole interval within 0.02 nats) for any pair: SMF-KL learned more than LoRA "
+                           "(+0.100")
 

@@ -18,10 +18,17 @@ from .tables import verdict_cell as _cell
 SMF = ("smf-kl", "smf-tfidf")
 SAME_START = ("lora-mem", "full-mem")
 PAPER_VIEW = ("lora", "full")
-#: The learning measure and the retention probes each selector gets a verdict on, in the order the book shows them.
-PROBES = ("medmcqa_gold_margin", "chat_loglik", "wikitext_ppl", "triviaqa_alias_loglik")
-WORDS = {"medmcqa_gold_margin": "MedMCQA gold margin", "chat_loglik": "held-out chat log-likelihood",
-         "wikitext_ppl": "WikiText perplexity", "triviaqa_alias_loglik": "TriviaQA gold-answer log-likelihood"}
+#: What the arms learned (gold margin is the measure they are matched on) and what they kept: every probe each
+#: selector gets a verdict on, in the order the book shows them.
+LEARNING = ("medmcqa_gold_margin", "medmcqa_acc", "acquisition_gold_margin")
+RETENTION = ("chat_loglik", "chat_drift_kl", "wikitext_ppl", "wikitext_drift_kl", "triviaqa_alias_loglik",
+             "triviaqa_acc")
+PROBES = LEARNING + RETENTION
+WORDS = {"medmcqa_gold_margin": "MedMCQA gold margin", "medmcqa_acc": "MedMCQA accuracy",
+         "acquisition_gold_margin": "trained questions' gold margin", "chat_loglik": "held-out chat log-likelihood",
+         "chat_drift_kl": "drift on chat (KL)", "wikitext_ppl": "WikiText perplexity",
+         "wikitext_drift_kl": "drift on WikiText (KL)", "triviaqa_alias_loglik": "TriviaQA gold-answer log-likelihood",
+         "triviaqa_acc": "TriviaQA accuracy"}
 NAMES = {"smf-kl": "SMF-KL", "smf-tfidf": "SMF-TF-IDF", "lora-mem": "LoRA", "full-mem": "full finetuning",
          "lora": "LoRA from the base model", "full": "full finetuning from the base model"}
 
@@ -48,29 +55,56 @@ def verdict_table(runs: list[dict], baselines=SAME_START, probes=PROBES) -> pd.D
                                        "verdict"])
 
 
-def _kept(verdict: str) -> str:
-    return {"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
-            "cannot tell": "could not be told apart on held-out chat from"}[verdict]
+def _kept(verdict: str, probe: bool = True) -> str:
+    """The verdict on held-out chat in words; ``probe=False`` leaves the probe out (said once already)."""
+    return ({"better": "kept more held-out chat than", "worse": "lost more held-out chat than",
+             "cannot tell": "could not be told apart on held-out chat from"} if probe else
+            {"better": "kept more than", "worse": "lost more than", "cannot tell": "could not be told apart from"}
+            )[verdict]
+
+
+def matched(row, margin: float = MATCH_MARGIN) -> bool:
+    """Whether SMF minus a baseline in gold margin (a verdict-table row) is within the equivalence margin: its whole
+    95% interval inside [-margin, +margin]."""
+    return row["lo"] >= -margin and row["hi"] <= margin
+
+
+def _learned(row) -> str:
+    """SMF against the baseline in gold margin, in words with the interval."""
+    how = "learned more than" if row["difference"] > 0 else "learned less than"
+    return f"{NAMES[row['smf']]} {how} {NAMES[row['baseline']]} ({_cell(row, unit='nats of gold margin')})"
 
 
 def answer(runs: list[dict], level: float | None, unmatched=(), margin: float = MATCH_MARGIN) -> str | None:
     """The study's answer in one sentence: each selector against each same-start baseline on held-out chat, on the
     reported items, at the level of dev learning the rates were chosen at (``unmatched``: arms whose chosen rate
     missed it by more than ``margin``); None before those runs are in."""
-    table = verdict_table(runs, SAME_START, ("chat_loglik",))
-    if not len(table):
+    table = verdict_table(runs, SAME_START, ("chat_loglik", "medmcqa_gold_margin"))
+    chat = table[table["metric"] == "chat_loglik"]
+    if not len(chat):
         return None
-    parts = []
-    for smf, g in table.groupby("smf", sort=False):
-        parts.append(f"{NAMES[smf]} " + " and ".join(
-            f"{_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r, unit='nats')}"
-            + ("; one seed)" if r["seeds"] == 1 else ")") for _, r in g.iterrows()))
+    learn = {(r["smf"], r["baseline"]): r for r in table[table["metric"] == "medmcqa_gold_margin"].to_dict("records")}
+    parts, apart = [], []
+    for smf, g in chat.groupby("smf", sort=False):
+        said = []
+        for k, r in enumerate(g.to_dict("records")):
+            same = k and r["verdict"] == g.iloc[0]["verdict"]
+            said.append(("or " if same and r["verdict"] == "cannot tell" else "" if same else _kept(r["verdict"], not k)
+                         + " ") + f"{NAMES[r['baseline']]} ({_cell(r, unit='nats')}"
+                        + ("; one seed)" if r["seeds"] == 1 else ")"))
+            pair = learn.get((smf, r["baseline"]))
+            if pair is not None and not matched(pair, margin):
+                apart.append(_learned(pair))
+        parts.append(f"{NAMES[smf]} " + said[0] + "".join((" " if x.startswith("or ") else " and ") + x
+                                                          for x in said[1:]))
     at = ""
     if level is not None:
         off = f"; {', '.join(NAMES[a] for a in unmatched)} outside the {margin:g}-nat margin" if unmatched else ""
-        at = f" ({level:+.2f} nats of dev gold margin{off})"
-    return ("On MedMCQA, with every method started from the same model and trained to the same dev learning" + at
-            + ", " + "; ".join(parts) + ".")
+        at = f" ({level:+.3f} nats of gold margin on dev questions{off})"
+    caveat = (f" On the reported items the learning did not stay within the {margin:g}-nat margin: "
+              + "; ".join(apart) + "; there the forgetting is compared at unequal learning." if apart else "")
+    return ("Trained on MedMCQA, with every method started from the same model and brought to the same learning" + at
+            + ", " + "; ".join(parts) + "." + caveat)
 
 
 def learning_sentence(table: pd.DataFrame, margin: float = MATCH_MARGIN) -> str | None:
@@ -79,26 +113,29 @@ def learning_sentence(table: pd.DataFrame, margin: float = MATCH_MARGIN) -> str 
     rows = table[table["metric"] == "medmcqa_gold_margin"]
     if not len(rows):
         return None
-    inside = rows[(rows["lo"] >= -margin) & (rows["hi"] <= margin)]
+    inside = rows[rows.apply(lambda r: matched(r, margin), axis=1)]
     outside = rows.drop(inside.index)
     rule = f"SMF minus the baseline in gold margin, its whole interval within {margin:g} nats"
     pairs = ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]}" for _, r in inside.iterrows())
     if not len(outside):
         return f"On the reported items the learning stayed matched ({rule}) for every pair: {pairs}."
-    missed = ", ".join(f"{NAMES[r['smf']]} against {NAMES[r['baseline']]} ({_cell(r)})" for _, r in outside.iterrows())
-    text = (f"On the reported items the learning stayed matched ({rule}) for {pairs}; not for {missed}" if pairs
+    missed = "; ".join(_learned(r) for r in outside.to_dict("records"))
+    text = (f"On the reported items the learning stayed matched ({rule}) for {pairs}; not where {missed}" if pairs
             else f"On the reported items the learning did not stay matched ({rule}) for any pair: {missed}")
     return text + ", so there the forgetting is compared at unequal learning."
 
 
 def against_smf(table: pd.DataFrame) -> str:
     """Every retention probe on which a selector did worse than a baseline (the verdicts that go against SMF)."""
-    worse = table[(table["metric"] != "medmcqa_gold_margin") & (table["verdict"] == "worse")]
+    worse = table[table["metric"].isin(RETENTION) & (table["verdict"] == "worse")]
     if not len(worse):
         return "No retention probe found a selector worse than a same-start baseline on the reported items."
-    return "Against SMF: " + "; ".join(
-        f"{NAMES[r['smf']]} was worse than {NAMES[r['baseline']]} on {WORDS[r['metric']]} ({_cell(r)})"
-        for _, r in worse.iterrows()) + "."
+    parts = []
+    for (smf, base), g in worse.groupby(["smf", "baseline"], sort=False):
+        said = [f"{WORDS[r['metric']]} ({_cell(r)})" for r in g.to_dict("records")]
+        parts.append(f"{NAMES[smf]} was worse than {NAMES[base]} on "
+                     + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
+    return "Against SMF: " + "; ".join(parts) + "."
 
 
 def findings(runs: list[dict], choice: dict | None) -> list[str]:
