@@ -143,23 +143,35 @@ plt.show()
 # ## The comparison on an equal footing
 # The figure above is the whole method of this comparison. Every method starts from the **same model**, the
 # retrofitted one of chapter 2 (LoRA and full finetuning train the base weights with its memory in place), so no
-# method is credited or blamed for where it started. Each method runs at **three rates or more**, at two seeds,
-# scoring the dev items at 8 points along training, so each draws a curve rather than a point. A rule fixed before the
-# runs picks the **level** of learning every method reaches (the middle of the range all their curves share, never
-# one method's highest rate) and each method's rate closest to it; "matched" means within an equivalence margin of
-# gold margin stated in advance, not overlapping intervals. The runs at the chosen rates are then scored on every
-# reported item, and SMF minus each baseline is paired item by item, per seed and pooled over seeds
-# ({py:mod}`smf_lib.study.frontier`, {py:mod}`smf_lib.study.cpu_findings`).
+# method is credited or blamed for where it started. Each method runs at several rates and seeds, scoring the dev
+# items at points along training, so each draws a curve rather than a point. A rule fixed before the runs picks the
+# **level** of learning every method reaches (the middle of the range all their curves share, never one method's
+# highest rate) and each method's rate closest to it; "matched" means within an equivalence margin of gold margin
+# stated in advance, not overlapping intervals. The runs at the chosen rates are then scored on every reported item,
+# and SMF minus each baseline is paired item by item, per seed and pooled over seeds
+# ({py:mod}`smf_lib.study.frontier`, {py:mod}`smf_lib.study.cpu_findings`). The design, from the preset:
 
 # %% tags=["hide-input"]
+from smf_lib.study.paired_stats import MATCH_MARGIN
 from smf_lib.views.frontier_plots import plot_frontier_panels
+
+eq_preset = get_preset("cpu")
+display(Markdown(
+    "; ".join(f"{CF.NAMES[a]} at {', '.join(f'{r:g}' for r in rates)}" for a, rates in eq_preset.sweep.items())
+    + f"; seeds {', '.join(map(str, eq_preset.sweep_seeds))}; {eq_preset.trajectory_points} points along training on "
+    f"the dev subset ({eq_preset.dev_subset['medmcqa']} MedMCQA questions, {eq_preset.dev_subset['chat']} chat "
+    f"replies); the equivalence margin: {MATCH_MARGIN:g} nats of gold margin."))
 
 EQ_ARMS = ("smf-kl", "smf-tfidf", "lora-mem", "full-mem")
 if eq_done:
     fig = plot_frontier_panels(eq_runs, EQ_ARMS, level=eq_choice["level"],
                                title="dev items: each probe's change against learning, one line per method")
     plt.show()
-    display(found_box([without_intervals(f) for f in CF.findings(eq_runs, eq_choice)]))
+    display(found_box(CF.findings(eq_runs, eq_choice)))
+    failed = eq_status[eq_status["state"] == "failed"]
+    if len(failed):  # a diverged run leaves its arm out of a pair, which the tables below would not show
+        display(Markdown("Diverged, left out of every comparison: " + ", ".join(f"`{n}`" for n in failed["run"])
+                         + "."))
 else:
     print(textwrap.fill(f"Not finished yet: {eq_finished} of {eq_planned} runs are in "
                         "(python -m smf_lib status --preset cpu lists them). Once they are, this section shows the "
@@ -167,11 +179,37 @@ else:
                         "probe, with its interval and verdict.", 76))
 
 # %% [markdown]
-# SMF minus each baseline on the reported items, per probe: the difference pooled over the seeds, its 95% paired
-# interval over the items, each seed's own difference, and the verdict ("better" means SMF kept more of that probe,
-# for perplexity a lower value; it needs the interval to exclude 0 and every seed to agree). The first table is the
-# comparison from the same start; the second, the paper's view: LoRA and full finetuning trained from the base
-# model, each run counted from where it started.
+# At equal learning, read along the curves: SMF minus each same-start baseline at the level, on the dev items, each
+# method interpolated along its trajectory where it crosses the level (the smallest swept rate that reaches it),
+# with the 95% interval over items, each seed's own difference and the verdict. This comparison is matched by
+# construction.
+
+# %% tags=["hide-input"]
+from smf_lib.study.frontier import compare_at_level
+
+if eq_done:
+    at = compare_at_level(eq_runs, eq_choice["level"], CF.SMF, CF.SAME_START, tuple(eq_preset.sweep_seeds))
+    if len(at):
+        display(book_table(pd.DataFrame({
+            "SMF": at["smf"].map(CF.NAMES), "baseline": at["baseline"].map(CF.NAMES),
+            "probe": at["probe"].map(lambda m: CF.WORDS.get(m, m)),
+            "SMF minus baseline [95%]": [interval_cell(r.difference, r.lo, r.hi) for r in at.itertuples()],
+            "seed 0 / seed 1": [" / ".join(f"{v:+.3g}" for v in r) for r in at["per seed"]],
+            "verdict": at["verdict"]}), key=["SMF", "baseline"],
+            caption=f"dev items, at {eq_choice['level']:+.3f} nats of dev gold margin"))
+else:
+    print("the comparison along the curves waits for the study's runs")
+
+# %% [markdown]
+# Then the runs at the chosen rates, on every reported item: SMF minus each baseline per probe, the difference
+# pooled over the seeds, its 95% paired interval over the items, each seed's own difference, and the verdict
+# ("better" means SMF kept more of that probe, for perplexity and drift a lower value; it needs the interval to
+# exclude 0 and every seed to agree). The learning rows come first: on gold margin a pair is "matched" when its whole
+# interval lies within the margin, and otherwise SMF learned more or less than the baseline; the accuracies and the
+# trained questions say which learned more. The first table is the comparison from the same start; the second, the
+# paper's view: LoRA and full finetuning trained from the base model, both runs of a pair counted from the base model
+# (SMF's retrofit included), at the same-start arms' rates, so their learning is not matched (its gold-margin row
+# says by how much).
 
 # %% tags=["hide-input"]
 if eq_done:
@@ -179,14 +217,17 @@ if eq_done:
                             ("the paper's view: baselines from the base model", CF.PAPER_VIEW)):
         t = CF.verdict_table(eq_runs, baselines)
         if len(t):
-            digits = t["metric"].map(lambda m: 1 if m == "wikitext_ppl" else 3)
+            said = [("matched" if CF.matched(r, eq_choice["margin"]) else
+                     "not matched: " + ("learned more" if r["difference"] > 0 else "learned less"))
+                    if r["metric"] == "medmcqa_gold_margin" else
+                    {"better": "learned more", "worse": "learned less"}.get(r["verdict"], r["verdict"])
+                    if r["metric"] in CF.LEARNING else r["verdict"] for r in t.to_dict("records")]
             display(book_table(pd.DataFrame({
                 "SMF": t["smf"].map(CF.NAMES), "baseline": t["baseline"].map(CF.NAMES),
                 "probe": t["metric"].map(CF.WORDS),
-                "SMF minus baseline [95%]": [interval_cell(r.difference, r.lo, r.hi, digits=d)
-                                             for r, d in zip(t.itertuples(), digits)],
-                "per seed": [", ".join(f"{v:+.3g}" for v in r) for r in t["per seed"]],
-                "verdict": t["verdict"]}), key=["SMF", "baseline"], caption=view))
+                "SMF minus baseline [95%]": [interval_cell(r.difference, r.lo, r.hi) for r in t.itertuples()],
+                "seed 0 / seed 1": [" / ".join(f"{v:+.3g}" for v in r) for r in t["per seed"]],
+                "verdict": said}), key=["SMF", "baseline"], caption=view))
 else:
     print("the verdict tables wait for the study's reported runs")
 
@@ -204,7 +245,7 @@ else:
 display(found_box([answer_cpu_v2(runs)], title="Its answer"))
 display(found_box([without_intervals(f) for f in findings_cpu(runs, planned=planned, first_share=v1_share)]))
 display(found_box([without_intervals(c) for c in caveats_cpu_v2(runs, results_dir("spread-pilot"))],
-                  title="What this study cannot carry"))
+                  title="What the earlier study cannot carry"))
 display(Markdown("The changes behind these sentences, each from the model the run started from, with paired 95% "
                  "intervals over the reported items:"))
 book_table(delta_table(net_table([r for r in runs if is_report(r)]), ("medmcqa_gold_margin", "chat_loglik",
@@ -382,9 +423,9 @@ display(Markdown(example_sentence(probs)))
 
 # %% [markdown]
 # ## What each probe can resolve
-# A paired interval's half-width is the smallest change a probe can tell from zero on these items. The study scores
-# chat retention on every English OASST1 validation reply to a prompt, so that a change of a hundredth of a nat is
-# resolved; the first study's 150 replies could not
+# A paired interval's half-width is the smallest change a probe can tell from zero on these items. The earlier study
+# (`cpu-v2`) scores chat retention on every English OASST1 validation reply to a prompt, so that a change of a
+# hundredth of a nat is resolved; the first study's 150 replies could not
 # ({py:func}`~smf_lib.study.results.resolution_table`: the median over the study's runs).
 
 # %%
@@ -445,7 +486,8 @@ if len(from_base) and len(retro):
 
 # %% [markdown]
 # ## Along training
-# Every trained run also scored the dev subset at four points along training (`trajectories.csv`). The paths below
+# Every trained run of the earlier study (`cpu-v2`) also scored the dev subset at points along training
+# (`trajectories.csv`). The paths below
 # start at each run's own start (x = 0) and end at its last step (the arrow); a flat path learned without moving
 # chat log-likelihood, and a path that bends down lost chat log-likelihood as it learned.
 
@@ -479,7 +521,7 @@ if len(spread):
         cells.append(row)
     display(book_table(pd.DataFrame(cells), key=["method"]))
 else:
-    print("no method of this study has a second seed")
+    print("no method of the earlier study has a second seed")
 
 # %% [markdown]
 # ## Paired tests on MedMCQA
@@ -501,7 +543,7 @@ display(Markdown("Answer by answer, against the model each run started from:\n\n
                  + "\n".join(f"- {line}" for line in lines)))
 
 # %% [markdown]
-# ## The paper's claims, checked on this study
+# ## The paper's claims, checked on the earlier study
 # The paper claims that SMF gains about 2.5 points on MedMCQA while keeping WikiText perplexity and TriviaQA
 # accuracy within about a point of the base model, and that LoRA and full finetuning gain more and drift clearly
 # (section 7 of the {doc}`method <../method>`). Each row tests one claim for one training seed, against the base
@@ -521,7 +563,7 @@ else:
 
 # %% [markdown]
 # ## The first study: a memory too quiet to test SMF
-# Before this study, the same grid ran on a memory retrofitted at the paper's rate for 50 steps
+# Before the earlier study (`cpu-v2`), the same grid ran on a memory retrofitted at the paper's rate for 50 steps
 # (`python -m smf_lib run --preset cpu-v1`, files in `results/cpu-v1/`). What it found, computed from its files:
 
 # %% tags=["hide-input"]
@@ -639,8 +681,8 @@ display(Markdown("\n\n".join(reported_findings(net)) or
 #    Neither. At both seeds the two models disagree on many questions but split them nearly evenly, LoRA losing a
 #    few more than it gains, and `p` stays above 0.05. That matches the changes table, where LoRA's accuracy
 #    interval crosses zero. MedMCQA accuracy cannot rank the two at this size; the gold option's log-likelihood,
-#    which LoRA moved far more than SMF, is the sensitive score. Repeat it on this study's `full_runs`: the same
-#    question, on a living memory.
+#    which LoRA moved far more than SMF, is the sensitive score. Repeat it on `full_runs` of the `cpu-v2` records:
+#    the same question, on a living memory.
 #    :::
 #
 # 3. (reading only) The first study's `smf-kl` and `smf-tfidf` runs differ only in their selector. In chapter 4's
