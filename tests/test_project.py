@@ -49,3 +49,32 @@ def test_ci_lints_the_chapters_scripts_and_benchmarks_and_they_pass():
     assert run.returncode == 0, run.stdout
     ruff = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
     assert ruff["line-length"] == 120 and ruff["format"]["quote-style"] == "double"
+
+
+def _readme_answers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_answers", ROOT / "scripts" / "readme_answers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_answers_are_the_ones_the_result_files_give_now():
+    """The README's answers are computed from results/ (the book's own functions); a result file that changes
+    without the block being rewritten fails here."""
+    ra = _readme_answers()
+    block = ra.rewrite((ROOT / "README.md").read_text(), ra.sentences(ROOT / "results"))
+    assert block == (ROOT / "README.md").read_text(), "run python scripts/readme_answers.py"
+    assert "not finished, so there is no answer yet" in block or "Trained on MedMCQA" in block  # chapter 3's state
+
+
+def test_the_readme_block_is_replaced_between_its_markers_and_missing_markers_say_what_to_do():
+    import pytest
+
+    ra = _readme_answers()
+    text = "intro\n<!-- answers -->\n- old\n<!-- /answers -->\nrest\n"
+    new = ra.rewrite(text, ["- new a", "- new b"])
+    assert new == "intro\n<!-- answers -->\n- new a\n- new b\n<!-- /answers -->\nrest\n"
+    with pytest.raises(ValueError, match="add the two markers"):
+        ra.rewrite("no block here", ["- x"])

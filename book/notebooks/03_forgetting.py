@@ -79,18 +79,11 @@ planned = int((status["evaluation"] == "report").sum())
 
 # %% tags=["hide-input"]
 from smf_lib.study import cpu_findings as CF
-from smf_lib.study.frontier import apply_choice, read_choice
-from smf_lib.study.plan import study_status as grid_status
-from smf_lib.study.results import load_runs
 
 eq_folder = folder.parent / "cpu"  # the comparison on an equal footing: python -m smf_lib run --preset cpu
-eq_status = grid_status(apply_choice(get_preset("cpu"), eq_folder), eq_folder)
-eq_runs = load_runs(eq_folder)
-eq_choice = read_choice(eq_folder)
-eq_done = bool(eq_choice and eq_choice.get("rates")) and eq_status["state"].isin(["finished", "failed"]).all()
-eq_finished, eq_planned = int((eq_status["state"] == "finished").sum()), len(eq_status)
-eq_answer = CF.answer(eq_runs, eq_choice["level"], eq_choice.get("unmatched", ()), eq_choice["margin"]) if eq_done \
-    else None
+eq = CF.study_state(eq_folder)
+eq_status, eq_runs, eq_choice, eq_done, eq_answer = (eq[k] for k in ("status", "runs", "choice", "done", "answer"))
+eq_finished, eq_planned = eq["finished"], eq["planned"]
 if eq_answer:
     display(found_box([eq_answer], title="In one sentence"))
 else:

@@ -161,3 +161,21 @@ def findings(runs: list[dict], choice: dict | None) -> list[str]:
             f"{NAMES[r['smf']]} {_kept(r['verdict'])} {NAMES[r['baseline']]} ({_cell(r)})"
             for _, r in paper.iterrows()) + ".")
     return out
+
+
+def study_state(folder) -> dict:
+    """Where the ``cpu`` study in ``folder`` stands, as chapter 3 and the README read it: ``runs`` (its records),
+    ``choice`` (the kept choice of rates, or None), ``status`` (one row per planned run), ``finished`` and
+    ``planned`` (counts), ``done`` (the rates are chosen and every planned run has finished or diverged) and
+    ``answer`` (:func:`answer` once done, else None)."""
+    from .frontier import apply_choice, read_choice
+    from .plan import study_status
+    from .presets import get_preset
+    from .results import load_runs
+
+    status = study_status(apply_choice(get_preset("cpu"), folder), folder)
+    runs, choice = load_runs(folder), read_choice(folder)
+    done = bool(choice and choice.get("rates")) and bool(status["state"].isin(["finished", "failed"]).all())
+    return {"runs": runs, "choice": choice, "status": status, "done": done,
+            "finished": int((status["state"] == "finished").sum()), "planned": len(status),
+            "answer": answer(runs, choice["level"], choice.get("unmatched", ()), choice["margin"]) if done else None}
