@@ -10,7 +10,7 @@ from .facts_frontier import (ARM_LABELS, COMPARED, LEARN, MEASURES, MIN_RATES, a
                              learning_ends, level_of, reads_table, resolution)
 from .tables import verdict_cell
 
-#: Lin et al. (2025), as published (not measured here): the drop in held-out NaturalQuestions F1 at matched learning.
+#: The drop in held-out NaturalQuestions F1 at matched learning that Lin et al. (2025) report, quoted, not measured.
 LIN_NQ_F1_DROP = {"full": 0.89, "lora": 0.71, "smf": 0.11}
 #: The SMF arms, in the order the chapter names them.
 SMF_ARMS = ("smf-tfidf", "smf-kl", "smf-tfidf-sgd", "smf-kl-sgd")
