@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .paired_stats import MATCH_MARGIN
-from .tables import verdict_cell as _cell
+from .tables import spoken_list, verdict_cell as _cell
 
 SMF = ("smf-kl", "smf-tfidf")
 SAME_START = ("lora-mem", "full-mem")
@@ -134,7 +134,7 @@ def against_smf(table: pd.DataFrame) -> str:
     for (smf, base), g in worse.groupby(["smf", "baseline"], sort=False):
         said = [f"{WORDS[r['metric']]} ({_cell(r)})" for r in g.to_dict("records")]
         parts.append(f"{NAMES[smf]} was worse than {NAMES[base]} on "
-                     + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
+                     + spoken_list(said))
     return "Against SMF: " + "; ".join(parts) + "."
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .facts_frontier import (ARM_LABELS, COMPARED, LEARN, MEASURES, MIN_RATES, at_level, changes_at_level, compare,
                              learning_ends, level_of, reads_table, resolution)
-from .tables import verdict_cell
+from .tables import spoken_list, verdict_cell
 
 #: The drop in held-out NaturalQuestions F1 at matched learning that Lin et al. (2025) report, quoted, not measured.
 LIN_NQ_F1_DROP = {"full": 0.89, "lora": 0.71, "smf": 0.11}
@@ -176,7 +176,7 @@ def against_smf(runs: list[dict], start: dict, level: float, seeds=(0, 1), said=
     for (a, b), g in worse.groupby(["smf", "baseline"], sort=False):
         said = [f"{MEASURES[r['probe']][1].split(' (')[0]} ({verdict_cell(r)})" for r in g.to_dict("records")]
         parts.append(f"{ARM_LABELS[a]} did worse than {ARM_LABELS[b]} on "
-                     + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
+                     + spoken_list(said))
     return "Also against SMF at that level: " + "; ".join(parts) + "."
 
 

@@ -34,6 +34,12 @@ def interval_cell(d: float, lo: float, hi: float, digits: int | None = None) -> 
     return f"{d:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]"
 
 
+def spoken_list(items) -> str:
+    """Items as prose lists them: ``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
 def verdict_cell(row, digits: int = 3, unit: str = "") -> str:
     """A verdict row's difference and interval (``difference``, ``lo``, ``hi``, ``verdict``), as a sentence cites
     it. Where the interval over items excludes 0 but the verdict is "cannot tell", the seeds pointed different ways,
