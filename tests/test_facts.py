@@ -149,6 +149,31 @@ def test_the_start_is_copied_from_a_spread_pilot_that_made_the_same_memory(tmp_p
     assert (start / "artifacts" / "frozen" / "final").exists()
 
 
+def test_a_start_whose_memory_is_gone_is_made_again_and_kept_only_if_it_trains_the_same(tmp_path):
+    import json
+    import shutil
+
+    from smf_lib.study.facts_study import FactsRunner, get_facts_preset
+
+    runner = FactsRunner(get_facts_preset("facts-smoke"), tmp_path / "facts", progress=False)
+    runner.starting_model()
+    start = tmp_path / "facts" / "start"
+    record = start / f"{runner.start_recipe}.json"
+    final = start / "artifacts" / runner.start_recipe / "final"
+    written, weights = record.read_bytes(), (final / "memory.safetensors").read_bytes()
+    shutil.rmtree(start / "artifacts")  # a fresh clone: the record, not the memory
+    runner.starting_model()
+    assert (final / "memory.safetensors").read_bytes() == weights and record.read_bytes() == written
+    assert not (start / "again").exists()
+    rec = json.loads(written)
+    rec["loss_log"][-1] += 0.5  # a record of another retrofit
+    record.write_text(json.dumps(rec))
+    shutil.rmtree(start / "artifacts")
+    with pytest.raises(RuntimeError, match="trained differently"):
+        runner.starting_model()
+    assert not final.exists()
+
+
 def _facts_run(arm, lr, seed, loglik, chat):
     return {"arm": arm, "lr": lr, "seed": seed, "scores": {"facts_loglik": [loglik, loglik], "chat_loglik": chat}}
 

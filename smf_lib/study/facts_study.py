@@ -123,6 +123,7 @@ class FactsRunner:
         """The retrofitted model every arm starts from (retrofitted once, by the spread pilot's recipe, or copied
         from the spread pilot's folder where it made the same one)."""
         self._copy_start()
+        self._make_start_again()
         run_recipe(self.start_recipe, self.out / "start", self.start_settings(), progress=self.progress)
         model, tok = load(self.p.model)
         load_memory(model, self.out / "start" / "artifacts" / self.start_recipe / "final")
@@ -142,6 +143,26 @@ class FactsRunner:
             return
         shutil.copytree(memory, here / "artifacts" / name / "final", dirs_exist_ok=True)
         shutil.copy2(record, here / f"{name}.json")  # the record last: it marks the start as complete
+
+    def _make_start_again(self) -> None:
+        """Where the start's record is here but its memory is not (a fresh clone keeps records, not weights), make
+        the memory again in a scratch folder and keep it only if its retrofit is the recorded one: the same loss at
+        every step (to the record's 5 decimals). Otherwise refuse, so that no later run starts from another model."""
+        name, here = self.start_recipe, self.out / "start"
+        record = here / f"{name}.json"
+        if not record.exists() or (here / "artifacts" / name / "final").exists():
+            return
+        again = here / "again"
+        made = run_recipe(name, again, self.start_settings(), progress=self.progress)
+        recorded = read_json(record)
+        if made.get("loss_log") != recorded.get("loss_log"):
+            raise RuntimeError(
+                f"the starting memory made again in {again} trained differently from the one {record} records (its "
+                "loss differs along the retrofit: another torch version, thread count or machine). The finished runs "
+                "started from the recorded one; rerun where they ran, or start this study in a new --out")
+        (here / "artifacts" / name).mkdir(parents=True, exist_ok=True)
+        (again / "artifacts" / name / "final").replace(here / "artifacts" / name / "final")
+        shutil.rmtree(again)
 
     def background(self, model, tok) -> BackgroundStats:
         """The starting model's background statistics (computed once; checked against the model when read)."""

@@ -129,12 +129,36 @@ def retrofit_stage(host: StageHost, preset, suite, plan: RetrofitPlan
             write_json(started, ident)
         _retrofit(host, preset, suite, plan)
         if host.main:
+            check_regenerated(folder, ident)
             write_json(marker, ident)
             shutil.rmtree(folder / "ckpt", ignore_errors=True)
     host.wait_for(marker)
     model, tok = host.load(plan.seed)
     load_memory(model, folder / "adapter")
     return model, tok, BackgroundStats.load(folder / "background.safetensors", model), folder
+
+
+def check_regenerated(folder: Path, ident: dict) -> None:
+    """Where finished runs of the results folder (``folder``'s grandparent) were made on this retrofit and its
+    memory is made again (its artifacts folder was deleted, or the results came from another checkout), check that
+    the new memory is the same, byte for byte, as the one those runs started from (``retrofit.weights_sha256`` in
+    their records); a different one would start the study's later runs from another model, so it is refused."""
+    made = read_json(folder / "train_log.json").get("weights_sha256")
+    for path in sorted((folder.parent.parent / "runs").glob("*.json")):
+        rec = read_run(path, ("identity",))
+        earlier = (rec.get("retrofit") or {}).get("weights_sha256")
+        if earlier is None or upgrade_identity((rec.get("identity") or {}).get("retrofit")) != upgrade_identity(ident):
+            continue
+        if earlier != made:
+            aside = folder.with_name(folder.name + ".differs")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.replace(aside)
+            raise RuntimeError(
+                f"the retrofit made again in {folder} differs from the one {path.name} started from (memory "
+                f"{made} != {earlier}): the same settings gave other weights here (another torch version, thread "
+                f"count or machine). It was moved to {aside}. Rerun on the machine and torch version the records "
+                "name, or start the study in a new --out")
+        return
 
 
 def _retrofit(host: StageHost, preset, suite, plan: RetrofitPlan) -> None:
@@ -175,6 +199,8 @@ def _retrofit(host: StageHost, preset, suite, plan: RetrofitPlan) -> None:
                  f"({health['after']['share_by_layer']}); SMF on it will learn little. "
                  "`python -m smf_lib retrofit-pilot` compares recipes")
     write_json(folder / "train_log.json", {"log": res.log, "seconds": res.seconds, "n_texts": len(texts),
+                                           "weights_sha256": read_json(folder / "adapter" / CONFIG_NAME)
+                                           .get("weights_sha256"),
                                            "processes": host.world, "heldout_oasst1": health,
                                            "spread": {"before": spread_before, "after": spread_after}})
     _background(host, preset, res.model, tok, folder, length)
