@@ -165,6 +165,11 @@ def test_a_start_whose_memory_is_gone_is_made_again_and_kept_only_if_it_trains_t
     runner.starting_model()
     assert (final / "memory.safetensors").read_bytes() == weights and record.read_bytes() == written
     assert not (start / "again").exists()
+    remade = json.loads((start / "made-again.json").read_text())["remakes"]
+    assert len(remade) == 1 and remade[0]["max_loss_difference"] <= remade[0]["tolerance"]
+    note = runner.start_note("dev")  # what the runs made on it record: the remake and its scores' offsets
+    assert note["made_again"] == 1 and set(note["offsets"]) >= {"chat_loglik", "facts_loglik"}
+    assert all(abs(v) < 1e-3 for v in note["offsets"].values())
     rec = json.loads(written)
     rec["loss_log"][-1] += 0.5  # a record of another retrofit
     record.write_text(json.dumps(rec))
