@@ -715,3 +715,21 @@ def test_the_paper_sentence_sets_the_study_beside_lin_et_al_on_the_nearest_probe
     assert "-0.250 under LoRA" in said and "SMF-TF-IDF kept more than LoRA (+0.250 [" in said
     assert said.endswith("LoRA lost world knowledge measurably, the setting in which the paper's contrast can show.")
     assert FX.paper_sentence(calm[:4], start, 2.0, seeds=(0,)) is None  # full finetuning did not run
+
+
+def test_the_provenance_sentence_counts_clean_trees_and_names_runs_on_a_remade_start():
+    from smf_lib.study.facts_findings import provenance_sentence
+
+    change = {"chat_loglik": {"delta": 0.0, "lo": -0.01, "hi": 0.01, "n": 10}}
+    runs = [{"run": f"lora-lr1e-05-s{s}-report", "code": {"git_commit": "abc", "git_clean": True}, "changes": change}
+            for s in (0, 1)]
+    said = provenance_sentence(runs)
+    assert said.startswith("2 of 2 runs started from a commit with a clean tree (1 commit in all")
+    assert "made again" not in said
+    runs.append({"run": "full-lr3e-07-s1-report", "code": {"git_commit": "def", "git_clean": False},
+                 "changes": change, "start_made_again": {"max_loss_difference": 3e-5,
+                                                         "offsets": {"chat_loglik": -0.002}}})
+    said = provenance_sentence(runs)
+    assert said.startswith("2 of 3 runs") and "(2 commits in all" in said
+    assert "1 of them (full-lr3e-07-s1-report) started from the starting memory made again" in said
+    assert "within 3e-05 nats" in said and "at most 20% of the half-width" in said

@@ -337,6 +337,7 @@ for name, these, n_facts in (("dev", dev_runs, preset.dev_facts), ("reported", r
         print(textwrap.fill(f"{len(these)} {name} runs took {minutes:.0f} minutes, {minutes / len(these):.1f} per "
                             f"run ({n_facts} facts x {preset.steps_per_fact} steps each, then every probe).", 76))
 print(f"In all: {total / 60:.1f} hours.")
+print(textwrap.fill(FX.provenance_sentence(dev_runs + report_runs), 76))
 
 # %% [markdown]
 # ## Exercises

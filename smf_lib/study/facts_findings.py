@@ -207,3 +207,27 @@ def paper_sentence(runs: list[dict], start: dict, level: float, seeds=(0, 1), pr
                "the paper's contrast can show." if lost else
                "Neither baseline lost world knowledge measurably at this level, so the paper's contrast cannot show "
                "here: it needs a level of learning at which the baselines forget."))
+
+
+def provenance_sentence(runs: list[dict]) -> str:
+    """Which code made the runs (each record names its commit and whether the tree was clean when it started) and,
+    where some started from a remade starting memory (a new checkout keeps the records, not the weights), how close
+    that memory is to the recorded one: its retrofit loss at every step, and its scores on the runs' split."""
+    clean = sum(bool((r.get("code") or {}).get("git_clean")) for r in runs)
+    commits = {(r.get("code") or {}).get("git_commit") for r in runs} - {None}
+    out = (f"{clean} of {len(runs)} runs started from a commit with a clean tree ({len(commits)} commit"
+           f"{'s' if len(commits) != 1 else ''} in all; each record names its own).")
+    remade = [r for r in runs if r.get("start_made_again")]
+    if remade:
+        loss = max(r["start_made_again"]["max_loss_difference"] for r in remade)
+        offsets = {k: max(abs(r["start_made_again"]["offsets"][k]) for r in remade)
+                   for k in remade[0]["start_made_again"]["offsets"]}
+        widths = {k: float(np.median([(r["changes"][k]["hi"] - r["changes"][k]["lo"]) / 2 for r in runs
+                                      if k in r.get("changes", {})])) for k in offsets}
+        share = max(offsets[k] / widths[k] for k in offsets if widths.get(k))
+        out += (f" {len(remade)} of them ({spoken_list([r['run'] for r in remade])}) started from the starting "
+                f"memory made again on a new checkout, which keeps the records but not the weights: its retrofit "
+                f"loss lies within {loss:.0e} nats of the recorded one at every step, and its mean score on each "
+                f"measure within {max(offsets.values()):.0e} of the recorded start's, at most {share:.0%} of the "
+                "half-width of that measure's interval.")
+    return out
