@@ -138,27 +138,43 @@ def retrofit_stage(host: StageHost, preset, suite, plan: RetrofitPlan
     return model, tok, BackgroundStats.load(folder / "background.safetensors", model), folder
 
 
+#: How far (nats, at any step) a remade retrofit's loss may lie from the recorded one when its bytes differ.
+REMAKE_TOLERANCE = 1e-4
+
+
 def check_regenerated(folder: Path, ident: dict) -> None:
     """Where finished runs of the results folder (``folder``'s grandparent) were made on this retrofit and its
     memory is made again (its artifacts folder was deleted, or the results came from another checkout), check that
-    the new memory is the same, byte for byte, as the one those runs started from (``retrofit.weights_sha256`` in
-    their records); a different one would start the study's later runs from another model, so it is refused."""
-    made = read_json(folder / "train_log.json").get("weights_sha256")
+    the new memory is the one those runs started from: the same bytes (``retrofit.weights_sha256`` in their
+    records), or, since CPU kernels need not repeat a sum bit for bit, a retrofit loss within ``REMAKE_TOLERANCE``
+    nats of the recorded one at every step; the later runs' records then say so (``retrofit.made_again``). A
+    retrofit that trained otherwise would start the study's later runs from another model: it is set aside and
+    refused."""
+    log = read_json(folder / "train_log.json")
     for path in sorted((folder.parent.parent / "runs").glob("*.json")):
         rec = read_run(path, ("identity",))
-        earlier = (rec.get("retrofit") or {}).get("weights_sha256")
-        if earlier is None or upgrade_identity((rec.get("identity") or {}).get("retrofit")) != upgrade_identity(ident):
+        earlier = rec.get("retrofit") or {}
+        if (earlier.get("weights_sha256") is None
+                or upgrade_identity((rec.get("identity") or {}).get("retrofit")) != upgrade_identity(ident)):
             continue
-        if earlier != made:
-            aside = folder.with_name(folder.name + ".differs")
-            shutil.rmtree(aside, ignore_errors=True)
-            folder.replace(aside)
-            raise RuntimeError(
-                f"the retrofit made again in {folder} differs from the one {path.name} started from (memory "
-                f"{made} != {earlier}): the same settings gave other weights here (another torch version, thread "
-                f"count or machine). It was moved to {aside}. Rerun on the machine and torch version the records "
-                "name, or start the study in a new --out")
-        return
+        if earlier["weights_sha256"] == log.get("weights_sha256"):
+            return
+        was, now = [e["loss"] for e in earlier.get("log", [])], [e["loss"] for e in log["log"]]
+        gap = max((abs(a - b) for a, b in zip(was, now)), default=float("inf")) if len(was) == len(now) else None
+        if gap is not None and gap <= REMAKE_TOLERANCE:
+            write_json(folder / "train_log.json", {**log, "made_again": {
+                "max_loss_difference": gap, "tolerance": REMAKE_TOLERANCE, "recorded_sha256": earlier["weights_sha256"],
+                "recorded_in": path.name}})
+            return
+        aside = folder.with_name(folder.name + ".differs")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.replace(aside)
+        raise RuntimeError(
+            f"the retrofit made again in {folder} differs from the one {path.name} started from (its loss differs "
+            f"{'in length' if gap is None else f'by up to {gap:.2g} nats'} along the retrofit, more than "
+            f"{REMAKE_TOLERANCE:g}): the same settings trained otherwise here (another torch version, thread count or "
+            f"machine). It was moved to {aside}. Rerun with the code and torch version the records name, or start "
+            "the study in a new --out")
 
 
 def _retrofit(host: StageHost, preset, suite, plan: RetrofitPlan) -> None:
