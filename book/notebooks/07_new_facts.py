@@ -325,7 +325,7 @@ book_table(ends, key=["arm", "lr"])
 # %% [markdown]
 # ## What it costs
 # The study's time on 2 CPU cores, from the records: each run's seconds, training and scoring every probe, one run
-# after another. The starting memory is built once, by the spread pilot's recipe (chapter 2), and is not counted.
+# after another. The starting memory, made by the spread pilot's recipe (chapter 2), is not counted.
 
 # %%
 report_runs = runs if split == "report" else []

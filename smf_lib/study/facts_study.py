@@ -178,8 +178,9 @@ class FactsRunner:
                                                 "code": made.get("code"), "offsets": {}}]})
 
     def start_note(self, split: str) -> dict | None:
-        """For a run made on a remade start (:meth:`_make_start_again`): that remake, with the mean difference of
-        its scores from the recorded start's on ``split``, per measure (computed once per remake and split)."""
+        """For a run made on a remade start (the start's memory made again on a new checkout): that remake, with the
+        mean difference of its scores from the recorded start's on ``split``, per measure (computed once per remake
+        and split)."""
         log = self.out / "start" / "made-again.json"
         if not log.exists():
             return None
