@@ -47,3 +47,11 @@ def test_a_retrofit_made_again_must_match_the_one_the_records_started_from(tmp_p
         main([*SMOKE, "--out", str(out)])
     assert not (out / "runs" / "smf-kl-s0.json").exists()
     assert list((out / "artifacts").glob("retrofit-*.differs"))
+
+
+def test_loss_gap_is_the_largest_step_difference_and_none_for_another_length():
+    from smf_lib.study.stages import loss_gap
+
+    assert loss_gap([2.0, 1.5, 1.25], [2.0, 1.50003, 1.2499]) == pytest.approx(1e-4)
+    assert loss_gap([], []) == 0.0
+    assert loss_gap([2.0, 1.5], [2.0]) is None

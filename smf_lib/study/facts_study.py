@@ -34,6 +34,7 @@ from ..selection import BackgroundStats, compute_background_stats
 from ..training import TrainConfig, TrainingDiverged, train
 from .facts_presets import FACT_ARMS, FACT_PRESETS, FactsPreset, get_facts_preset  # noqa: F401 (re-exported)
 from .spread_pilot import SpreadSettings, recipe_identity, run_recipe
+from .stages import REMAKE_TOLERANCE, loss_gap
 
 def facts_of(p: FactsPreset, split: str):
     """The facts of a split: reported (seed 0) or dev (seed 1), never sharing an entity."""
@@ -103,10 +104,6 @@ def same_run(stored: dict | None, current: dict) -> bool:
     return stored is not None and run_only(stored) == run_only(current)
 
 
-#: How far (nats, at any step) a remade starting memory's retrofit loss may lie from the recorded one.
-REMAKE_TOLERANCE = 1e-4
-
-
 class FactsRunner:
     """Runs a :class:`~smf_lib.study.facts_presets.FactsPreset` into ``out`` (resumable; finished runs are read
     back). The code is read when it starts; a preset on the real data refuses a checkout with uncommitted changes
@@ -161,12 +158,12 @@ class FactsRunner:
             return
         again = here / "again"
         made, recorded = run_recipe(name, again, self.start_settings(), progress=self.progress), read_json(record)
-        a, b = made.get("loss_log") or [], recorded.get("loss_log") or []
-        gap = max((abs(x - y) for x, y in zip(a, b)), default=float("inf")) if len(a) == len(b) else float("inf")
-        if gap > REMAKE_TOLERANCE:
+        gap = loss_gap(recorded.get("loss_log") or [], made.get("loss_log") or [])
+        if gap is None or gap > REMAKE_TOLERANCE:
             raise RuntimeError(
                 f"the starting memory made again in {again} trained differently from the one {record} records (its "
-                f"loss differs by up to {gap:.2g} nats along the retrofit, more than {REMAKE_TOLERANCE:g}). The "
+                f"loss differs {'in length' if gap is None else f'by up to {gap:.2g} nats'} along the retrofit, "
+                f"more than {REMAKE_TOLERANCE:g}). The "
                 "finished runs started from the recorded one; rerun with the code and torch version they name, or "
                 "start this study in a new --out")
         (here / "artifacts" / name).mkdir(parents=True, exist_ok=True)

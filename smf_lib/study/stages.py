@@ -142,6 +142,14 @@ def retrofit_stage(host: StageHost, preset, suite, plan: RetrofitPlan
 REMAKE_TOLERANCE = 1e-4
 
 
+def loss_gap(recorded: list[float], made: list[float]) -> float | None:
+    """The largest difference, step by step, between a recorded training loss and the loss of the same training
+    made again; None when they differ in length (not the same training)."""
+    if len(recorded) != len(made):
+        return None
+    return max((abs(a - b) for a, b in zip(recorded, made)), default=0.0)
+
+
 def check_regenerated(folder: Path, ident: dict) -> None:
     """Where finished runs of the results folder (``folder``'s grandparent) were made on this retrofit and its
     memory is made again (its artifacts folder was deleted, or the results came from another checkout), check that
@@ -160,7 +168,7 @@ def check_regenerated(folder: Path, ident: dict) -> None:
         if earlier["weights_sha256"] == log.get("weights_sha256"):
             return
         was, now = [e["loss"] for e in earlier.get("log", [])], [e["loss"] for e in log["log"]]
-        gap = max((abs(a - b) for a, b in zip(was, now)), default=float("inf")) if len(was) == len(now) else None
+        gap = loss_gap(was, now)
         if gap is not None and gap <= REMAKE_TOLERANCE:
             write_json(folder / "train_log.json", {**log, "made_again": {
                 "max_loss_difference": gap, "tolerance": REMAKE_TOLERANCE, "recorded_sha256": earlier["weights_sha256"],
