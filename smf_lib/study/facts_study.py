@@ -174,10 +174,10 @@ class FactsRunner:
         write_json(log, {"remakes": [*remakes, {"max_loss_difference": gap, "tolerance": REMAKE_TOLERANCE,
                                                 "code": made.get("code"), "offsets": {}}]})
 
-    def start_note(self, split: str) -> dict | None:
+    def start_note(self, split: str, model=None, tok=None) -> dict | None:
         """For a run made on a remade start (the start's memory made again on a new checkout): that remake, with the
         mean difference of its scores from the recorded start's on ``split``, per measure (computed once per remake
-        and split)."""
+        and split, on ``model`` when given: the starting model a run has loaded and not yet trained)."""
         log = self.out / "start" / "made-again.json"
         if not log.exists():
             return None
@@ -186,7 +186,8 @@ class FactsRunner:
         if split not in last["offsets"]:
             import numpy as np
 
-            model, tok = self.starting_model()
+            if model is None:
+                model, tok = self.starting_model()
             now = score(model, tok, facts_of(self.p, split), probe_items(self.p, tok, split), self.p.first_facts)
             was = self.baseline(split)
             last["offsets"][split] = {k: float(np.mean(now[k]) - np.mean(was[k])) for k in was if len(was[k])}
@@ -239,7 +240,7 @@ class FactsRunner:
         facts = facts_of(self.p, split)
         texts, order = fact_order(arrival_order(facts, seed, self.p.first_facts), self.p.steps_per_fact)
         background = self.background(model, tok) if config.method == "smf" else None
-        remade = self.start_note(split)
+        remade = self.start_note(split, model, tok)  # before training: the model is still the start
         try:
             res = train(model, tok, texts, config, background=background, progress=self.progress, order=order,
                         checkpoint_dir=self.out / "artifacts" / name)
